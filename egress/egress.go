@@ -1,0 +1,173 @@
+// Package egress sends workers' replies back to clients. It subscribes to
+// its node's reply subject, closes the exchange named by the reply's
+// correlation id in the gateway's pending table, and writes the reply
+// through the socket that received the request, from the address the
+// request was sent to. The destination is the one recorded in the table,
+// never anything from the worker's message, so a worker cannot aim traffic
+// at arbitrary hosts. Unknown, late and second replies are dropped and
+// counted, as are exchanges that expire unanswered.
+package egress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// DefaultSweep is how often expired exchanges are swept when Server.Sweep is
+// zero.
+const DefaultSweep = 100 * time.Millisecond
+
+// Server delivers the replies of one gateway node. Set its fields, then call
+// Serve once. Its methods are safe for concurrent use.
+type Server struct {
+	// NATS is the connection to subscribe on. Required.
+	NATS *nats.Conn
+	// Subject is the node's reply subject, schemas.ReplySubject. Required.
+	Subject string
+	// Table is the gateway's pending exchanges, shared with ingress.
+	// Required.
+	Table *exchange.Table
+	// Sweep is how often exchanges past their deadline are expired
+	// (DefaultSweep if zero).
+	Sweep time.Duration
+	// Log receives errors; nothing per reply above Debug. Nil discards.
+	Log *slog.Logger
+
+	stats counters
+
+	readyOnce sync.Once
+	ready     chan struct{} // closed once the reply subscription is in place
+}
+
+// Ready returns a channel that is closed once Serve's subscription is
+// registered with the server, so replies published from then on are
+// received.
+func (s *Server) Ready() <-chan struct{} {
+	s.readyOnce.Do(func() { s.ready = make(chan struct{}) })
+	return s.ready
+}
+
+// Stats are cumulative counts of a node's replies.
+type Stats struct {
+	Sent        uint64 // replies written to clients
+	Late        uint64 // dropped: arrived after the deadline
+	Duplicate   uint64 // dropped: the exchange was already answered
+	Unknown     uint64 // dropped: no such exchange (malformed id, other process, or long gone)
+	WorkerError uint64 // replies with status error: exchange closed, nothing sent on raw
+	SendErrors  uint64 // the socket refused the write
+	NoAnswer    uint64 // exchanges that reached their deadline unanswered
+}
+
+type counters struct {
+	sent, late, duplicate, unknown, workerError, sendErrors, noAnswer atomic.Uint64
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(), Unknown: c.unknown.Load(),
+		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
+	}
+}
+
+// Serve subscribes to the reply subject and delivers replies until ctx is
+// cancelled; then it unsubscribes and returns nil.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.NATS == nil || s.Table == nil || s.Subject == "" {
+		return errors.New("egress: NATS, Table and Subject are required")
+	}
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	if s.Sweep <= 0 {
+		s.Sweep = DefaultSweep
+	}
+	sub, err := s.NATS.Subscribe(s.Subject, s.deliver)
+	if err != nil {
+		return fmt.Errorf("egress: subscribe %s: %w", s.Subject, err)
+	}
+	// Replies must never be dropped by the client library for being slow
+	// to consume; the table bounds what can be pending anyway.
+	if err := sub.SetPendingLimits(-1, 256<<20); err != nil {
+		sub.Unsubscribe()
+		return fmt.Errorf("egress: subscribe %s: %w", s.Subject, err)
+	}
+	if err := s.NATS.Flush(); err != nil {
+		sub.Unsubscribe()
+		return fmt.Errorf("egress: subscribe %s: %w", s.Subject, err)
+	}
+	s.Ready()
+	close(s.ready)
+	t := time.NewTicker(s.Sweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				s.Log.Warn("egress: unsubscribe", "subject", s.Subject, "err", err)
+			}
+			return nil
+		case now := <-t.C:
+			if n := s.Table.Expire(now, nil); n > 0 {
+				s.stats.noAnswer.Add(uint64(n))
+			}
+		}
+	}
+}
+
+// deliver handles one reply message.
+func (s *Server) deliver(msg *nats.Msg) {
+	seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID))
+	if !ok {
+		s.stats.unknown.Add(1)
+		return
+	}
+	ex, outcome := s.Table.Close(seq, time.Now())
+	switch outcome {
+	case exchange.Late:
+		s.stats.late.Add(1)
+		return
+	case exchange.Duplicate:
+		s.stats.duplicate.Add(1)
+		return
+	case exchange.Unknown:
+		s.stats.unknown.Add(1)
+		return
+	}
+	if status := msg.Header.Get(schemas.HeaderStatus); status != "" && status != schemas.StatusOK {
+		s.stats.workerError.Add(1)
+		return
+	}
+	if err := s.write(ex, msg.Data); err != nil {
+		s.stats.sendErrors.Add(1)
+		s.Log.Debug("egress: send", "err", err)
+		return
+	}
+	s.stats.sent.Add(1)
+}
+
+// write sends b to the exchange's client through the socket that received
+// the request, with the request's destination as the source address.
+func (s *Server) write(ex exchange.Exchange, b []byte) error {
+	var oobbuf [oobSize]byte
+	var oob []byte
+	if ex.SetSource {
+		oob = sourceOOB(oobbuf[:0], ex)
+	}
+	// On a dual-stack socket net maps an IPv4 client to ::ffff:a.b.c.d.
+	if _, _, err := ex.Conn.WriteMsgUDPAddrPort(b, oob, ex.Remote); err != nil {
+		return fmt.Errorf("egress: write to %s: %w", ex.Remote, err)
+	}
+	return nil
+}

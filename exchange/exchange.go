@@ -1,0 +1,287 @@
+// Package exchange keeps the gateway's pending exchanges: for each request
+// datagram in flight, the socket that received it, the client's address, the
+// address the client sent to, and the deadline. Ingress opens an exchange
+// before it publishes a request; egress closes it when the reply arrives,
+// and takes the client's address from here, never from the worker's message.
+//
+// A Table is a fixed ring of slots indexed by a sequence number, so its
+// memory is bounded and set once; a correlation id names its table instance
+// (a random boot id) and sequence number, so a reply meant for an earlier
+// process, an expired exchange or an exchange already answered is recognised
+// as such.
+package exchange
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Exchange is one request awaiting its reply.
+type Exchange struct {
+	// Conn is the socket that received the request; the reply is written
+	// through it, so it leaves from the port the client sent to.
+	Conn *net.UDPConn
+	// Remote is the client's address.
+	Remote netip.AddrPort
+	// Local is the address the client sent the request to.
+	Local netip.AddrPort
+	// SetSource asks egress to set Local as the reply's source address
+	// explicitly (IP_PKTINFO), as a socket bound to a wildcard address needs.
+	SetSource bool
+	// IfIndex is the interface the request arrived on, 0 if unknown.
+	IfIndex int
+	// Port is the listener port, for accounting.
+	Port uint16
+	// Deadline is when the exchange expires unanswered.
+	Deadline time.Time
+}
+
+// Outcome is what Close found.
+type Outcome uint8
+
+// Outcomes of Close.
+const (
+	// Answered: the exchange was open; the caller sends the reply.
+	Answered Outcome = iota + 1
+	// Late: the exchange's deadline had passed.
+	Late
+	// Duplicate: the exchange was already answered.
+	Duplicate
+	// Unknown: the id is malformed, from another process, or so old that
+	// its slot was reused.
+	Unknown
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Answered:
+		return "answered"
+	case Late:
+		return "late"
+	case Duplicate:
+		return "duplicate"
+	case Unknown:
+		return "unknown"
+	}
+	return "outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+type state uint8
+
+const (
+	free state = iota
+	open
+	answered
+	expired
+)
+
+type slot struct {
+	seq   uint64
+	state state
+	ex    Exchange
+}
+
+// Table is a bounded table of pending exchanges. It is safe for concurrent
+// use.
+type Table struct {
+	boot string // random, names this table in ids: BOOT-SEQ
+
+	mu    sync.Mutex // guards slots, next and pending
+	slots []slot
+	next  uint64 // last sequence number handed out
+	open  int    // slots in state open
+}
+
+// DefaultSize is the capacity of a table made with size 0.
+const DefaultSize = 1 << 16
+
+// NewTable returns a table for up to size open exchanges, rounded up to a
+// power of two (DefaultSize if size <= 0).
+func NewTable(size int) *Table {
+	if size <= 0 {
+		size = DefaultSize
+	}
+	n := 1
+	for n < size {
+		n <<= 1
+	}
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("exchange: crypto/rand: " + err.Error()) // never happens on supported systems
+	}
+	return &Table{boot: hex.EncodeToString(b[:]), slots: make([]slot, n)}
+}
+
+// Len returns the number of open exchanges.
+func (t *Table) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.open
+}
+
+// Cap returns the table's capacity.
+func (t *Table) Cap() int { return len(t.slots) }
+
+// Open records ex and returns its sequence number. It reports false when the
+// slot the next sequence number maps to still holds an open exchange whose
+// deadline has not passed: the table is full. An open exchange past its
+// deadline is overwritten, and expired reports it so the caller can count an
+// unanswered request.
+func (t *Table) Open(ex Exchange, now time.Time) (seq uint64, ok bool, expiredOld bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	seq = t.next + 1
+	s := &t.slots[seq&uint64(len(t.slots)-1)]
+	if s.state == open {
+		if now.Before(s.ex.Deadline) {
+			return 0, false, false
+		}
+		expiredOld = true
+		t.open--
+	}
+	t.next = seq
+	*s = slot{seq: seq, state: open, ex: ex}
+	t.open++
+	return seq, true, expiredOld
+}
+
+// Close closes the exchange seq for its reply. Only when the outcome is
+// Answered is the exchange returned and a reply due; every later Close of
+// the same seq reports Duplicate (or Late, or Unknown once the slot is
+// reused).
+func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.lookup(seq)
+	if s == nil {
+		return Exchange{}, Unknown
+	}
+	switch s.state {
+	case answered:
+		return Exchange{}, Duplicate
+	case expired:
+		return Exchange{}, Late
+	}
+	// open
+	t.open--
+	if !now.Before(s.ex.Deadline) {
+		s.state = expired
+		s.ex.Conn = nil
+		return Exchange{}, Late
+	}
+	s.state = answered
+	ex := s.ex
+	s.ex.Conn = nil // do not keep the socket reachable from a closed slot
+	return ex, Answered
+}
+
+// Release forgets the open exchange seq without an answer, as when its
+// request could not be published. It reports whether seq was open.
+func (t *Table) Release(seq uint64) (Exchange, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.lookup(seq)
+	if s == nil || s.state != open {
+		return Exchange{}, false
+	}
+	ex := s.ex
+	*s = slot{}
+	t.open--
+	return ex, true
+}
+
+// Expire marks every open exchange whose deadline is not after now as
+// expired and calls fn, if not nil, for each, outside the table's lock. It
+// returns how many expired. The table's owner calls it periodically; it
+// costs a walk of the whole ring, in chunks so that Open and Close wait
+// briefly.
+func (t *Table) Expire(now time.Time, fn func(seq uint64, ex Exchange)) int {
+	const chunk = 1024
+	var batch []struct {
+		seq uint64
+		ex  Exchange
+	}
+	n := 0
+	for lo := 0; lo < len(t.slots); lo += chunk {
+		hi := min(lo+chunk, len(t.slots))
+		t.mu.Lock()
+		if t.open == 0 {
+			t.mu.Unlock()
+			break
+		}
+		for i := lo; i < hi; i++ {
+			s := &t.slots[i]
+			if s.state != open || now.Before(s.ex.Deadline) {
+				continue
+			}
+			s.state = expired
+			t.open--
+			n++
+			if fn != nil {
+				batch = append(batch, struct {
+					seq uint64
+					ex  Exchange
+				}{s.seq, s.ex})
+			}
+			s.ex.Conn = nil
+		}
+		t.mu.Unlock()
+		for _, e := range batch {
+			fn(e.seq, e.ex)
+		}
+		batch = batch[:0]
+	}
+	return n
+}
+
+// lookup returns the slot holding seq, or nil. t.mu must be held.
+func (t *Table) lookup(seq uint64) *slot {
+	if seq == 0 || seq > t.next {
+		return nil
+	}
+	s := &t.slots[seq&uint64(len(t.slots)-1)]
+	if s.seq != seq || s.state == free {
+		return nil
+	}
+	return s
+}
+
+// AppendID appends the correlation id of seq, BOOT-SEQ with SEQ in hex, to
+// dst.
+func (t *Table) AppendID(dst []byte, seq uint64) []byte {
+	dst = append(dst, t.boot...)
+	dst = append(dst, '-')
+	return strconv.AppendUint(dst, seq, 16)
+}
+
+// ID returns the correlation id of seq.
+func (t *Table) ID(seq uint64) string {
+	return string(t.AppendID(make([]byte, 0, len(t.boot)+17), seq))
+}
+
+// ParseID returns the sequence number in id. It reports false when id is
+// malformed or was made by another table (another process or node).
+func (t *Table) ParseID(id string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(id, t.boot)
+	if !ok || len(rest) < 2 || rest[0] != '-' || len(rest) > 17 {
+		return 0, false
+	}
+	rest = rest[1:]
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return 0, false
+		}
+	}
+	seq, err := strconv.ParseUint(rest, 16, 64)
+	if err != nil || seq == 0 {
+		return 0, false
+	}
+	return seq, true
+}

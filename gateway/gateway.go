@@ -1,0 +1,176 @@
+// Package gateway runs a udpgate gateway node: the ingress of each listener
+// socket and the node's egress, sharing one table of pending exchanges, on
+// one NATS connection. It owns the wiring only; ingress and egress never
+// import each other.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/egress"
+	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// Listener is one bound socket and the protocol it speaks.
+type Listener struct {
+	Conn     *net.UDPConn // bound with ingress.Listen; the gateway closes it
+	Protocol string       // schemas.ProtocolRaw
+}
+
+// Gateway is one gateway node. Set its fields, then call Serve once.
+type Gateway struct {
+	NATS      *nats.Conn // required
+	Node      string     // required; names the node's reply subject
+	Prefix    string     // schemas.DefaultPrefix if empty
+	Stream    ingress.StreamConfig
+	Listeners []Listener
+
+	Deadline    time.Duration // per request; ingress.DefaultDeadline if zero
+	MaxDatagram int           // ingress.DefaultMaxDatagram if zero
+	Queue       int           // per listener; ingress.DefaultQueue if zero
+	MaxInFlight int           // per listener; ingress.DefaultMaxInFlight if zero
+	MaxPending  int           // open exchanges per node; exchange.DefaultSize if zero
+	Log         *slog.Logger  // nil discards
+
+	mu      sync.Mutex // guards ingress and egress, set by Serve
+	ingress []*ingress.Server
+	egress  *egress.Server
+	ready   chan struct{}
+	once    sync.Once
+}
+
+// Stats are a node's counters.
+type Stats struct {
+	Ingress map[string]ingress.Stats // by listener, PORT/PROTOCOL
+	Egress  egress.Stats
+	Pending int // open exchanges
+}
+
+// Ready returns a channel closed once the gateway reads its sockets and
+// receives replies.
+func (g *Gateway) Ready() <-chan struct{} {
+	g.once.Do(func() { g.ready = make(chan struct{}) })
+	return g.ready
+}
+
+// Stats returns a snapshot of the node's counters; zero before Serve.
+func (g *Gateway) Stats() Stats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st := Stats{Ingress: map[string]ingress.Stats{}}
+	for _, in := range g.ingress {
+		st.Ingress[in.Listener()] = in.Stats()
+	}
+	if g.egress != nil {
+		st.Egress = g.egress.Stats()
+		st.Pending = g.egress.Table.Len()
+	}
+	return st
+}
+
+// Serve makes sure the capture stream exists, then serves every listener
+// until ctx is cancelled, and returns nil once all sockets are closed. If
+// any part fails, it stops the rest and returns the error.
+func (g *Gateway) Serve(ctx context.Context) error {
+	closeAll := func() {
+		for _, l := range g.Listeners {
+			l.Conn.Close()
+		}
+	}
+	if g.NATS == nil || g.Node == "" {
+		closeAll()
+		return errors.New("gateway: NATS and Node are required")
+	}
+	if g.Log == nil {
+		g.Log = slog.New(slog.DiscardHandler)
+	}
+	if g.Prefix == "" {
+		g.Prefix = schemas.DefaultPrefix
+	}
+	if g.Stream.Name == "" {
+		g.Stream.Name = schemas.StreamIn
+	}
+	if g.Stream.Subject == "" {
+		g.Stream.Subject = schemas.InWildcard(g.Prefix)
+	}
+	js, err := jetstream.New(g.NATS)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("gateway: jetstream: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	did, err := ingress.EnsureStream(sctx, js, g.Stream)
+	cancel()
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.Log.Info("gateway: "+did, "subject", g.Stream.Subject)
+
+	table := exchange.NewTable(g.MaxPending)
+	eg := &egress.Server{
+		NATS:    g.NATS,
+		Subject: schemas.ReplySubject(g.Prefix, g.Node),
+		Table:   table,
+		Log:     g.Log,
+	}
+	ins := make([]*ingress.Server, len(g.Listeners))
+	for i, l := range g.Listeners {
+		ins[i] = &ingress.Server{
+			Conn:        l.Conn,
+			Protocol:    l.Protocol,
+			NATS:        g.NATS,
+			Table:       table,
+			Prefix:      g.Prefix,
+			Node:        g.Node,
+			Deadline:    g.Deadline,
+			MaxDatagram: g.MaxDatagram,
+			Queue:       g.Queue,
+			MaxInFlight: g.MaxInFlight,
+			Log:         g.Log,
+		}
+	}
+	g.mu.Lock()
+	g.ingress, g.egress = ins, eg
+	g.mu.Unlock()
+
+	ctx, cancel = context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+	)
+	fail := func(err error) {
+		if err != nil {
+			errOnce.Do(func() { first = err })
+			cancel()
+		}
+	}
+	wg.Go(func() { fail(eg.Serve(ctx)) })
+	select {
+	case <-eg.Ready():
+	case <-ctx.Done():
+		closeAll()
+		wg.Wait()
+		return first
+	}
+	for _, in := range ins {
+		wg.Go(func() { fail(in.Serve(ctx)) })
+	}
+	g.Ready()
+	close(g.ready)
+	wg.Wait()
+	return first
+}

@@ -1,0 +1,311 @@
+// Package ingress reads request datagrams from a listener socket and
+// publishes each one to JetStream, on the listener's subject in the capture
+// stream, after opening its exchange in the gateway's pending table.
+//
+// The read loop never waits on NATS: it hands each datagram to a bounded
+// queue drained by one publisher goroutine, and drops (and counts) what does
+// not fit. Publishes are asynchronous and bounded in number; a publish that
+// fails or is not acknowledged in time releases its exchange and is counted.
+package ingress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// Defaults for the zero values of Server's fields.
+const (
+	DefaultDeadline    = 5 * time.Second
+	DefaultMaxDatagram = 8192
+	DefaultQueue       = 1024
+	DefaultMaxInFlight = 4096
+)
+
+// Server publishes the datagrams that arrive on one listener socket. Set its
+// fields, then call Serve once. Its methods are safe for concurrent use.
+type Server struct {
+	// Conn is the listener socket, bound with Listen so that a wildcard
+	// bind learns each datagram's destination. Serve closes it on return.
+	Conn *net.UDPConn
+	// Protocol is the listener's protocol; only schemas.ProtocolRaw so far.
+	Protocol string
+	// NATS is the connection to publish on. Required.
+	NATS *nats.Conn
+	// Table is the gateway's pending exchanges, shared with egress. Required.
+	Table *exchange.Table
+	// Prefix is the subject prefix (schemas.DefaultPrefix if empty).
+	Prefix string
+	// Node names this gateway; replies come back on its reply subject.
+	// Required.
+	Node string
+	// Deadline is how long a request waits for its reply (DefaultDeadline
+	// if zero).
+	Deadline time.Duration
+	// MaxDatagram is the largest datagram accepted, in bytes
+	// (DefaultMaxDatagram if zero); larger ones are dropped and counted.
+	MaxDatagram int
+	// Queue bounds the datagrams read and not yet handed to NATS
+	// (DefaultQueue if zero).
+	Queue int
+	// MaxInFlight bounds the publishes awaiting JetStream's acknowledgement
+	// (DefaultMaxInFlight if zero).
+	MaxInFlight int
+	// Log receives errors; nothing per datagram above Debug. Nil discards.
+	Log *slog.Logger
+
+	stats counters
+
+	// Set by Serve before any goroutine starts, read-only after.
+	port      uint16
+	listener  string
+	subject   string
+	reply     string
+	source    string
+	wildcard  bool
+	localAddr netip.AddrPort
+}
+
+// Stats are cumulative counts of one listener's datagrams.
+type Stats struct {
+	Received      uint64 // datagrams read
+	Published     uint64 // acknowledged by JetStream
+	TooLarge      uint64 // dropped: larger than MaxDatagram
+	QueueFull     uint64 // dropped: the publish queue was full
+	TableFull     uint64 // dropped: the pending table had no room
+	InFlight      uint64 // dropped: too many publishes awaiting acknowledgement
+	NATSDown      uint64 // dropped: not connected to NATS
+	PublishFailed uint64 // dropped: JetStream refused or did not acknowledge in time
+	Expired       uint64 // exchanges overwritten after their deadline (also counted by egress sweeps)
+	ReadErrors    uint64 // socket read errors other than closing
+}
+
+type counters struct {
+	received, published, tooLarge, queueFull, tableFull, inFlight atomic.Uint64
+	natsDown, publishFailed, expired, readErrors                  atomic.Uint64
+}
+
+// Stats returns a snapshot of the server's counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Received: c.received.Load(), Published: c.published.Load(), TooLarge: c.tooLarge.Load(),
+		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), InFlight: c.inFlight.Load(),
+		NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(), Expired: c.expired.Load(),
+		ReadErrors: c.readErrors.Load(),
+	}
+}
+
+// datagram is one request between the read loop and the publisher. data is
+// owned by the datagram.
+type datagram struct {
+	data    []byte
+	remote  netip.AddrPort
+	local   netip.AddrPort
+	ifindex int
+	at      time.Time
+}
+
+// Serve reads datagrams until ctx is cancelled, then closes the socket,
+// waits for its goroutines and returns nil. It returns an error if the
+// server is misconfigured or the socket fails.
+func (s *Server) Serve(ctx context.Context) error {
+	if err := s.init(); err != nil {
+		s.Conn.Close()
+		return err
+	}
+	js, err := jetstream.New(s.NATS,
+		jetstream.WithPublishAsyncMaxPending(s.MaxInFlight),
+		jetstream.WithPublishAsyncTimeout(s.Deadline),
+		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) {
+			s.stats.published.Add(1)
+		}),
+		jetstream.WithPublishAsyncErrHandler(s.publishFailed),
+	)
+	if err != nil {
+		s.Conn.Close()
+		return fmt.Errorf("ingress: %s: jetstream: %w", s.listener, err)
+	}
+
+	queue := make(chan datagram, s.Queue)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.publish(js, queue) })
+	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
+	defer stop()
+
+	err = s.read(queue)
+	close(queue)
+	wg.Wait()
+	if errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("ingress: %s: read: %w", s.listener, err)
+}
+
+func (s *Server) init() error {
+	if s.Conn == nil || s.NATS == nil || s.Table == nil || s.Node == "" {
+		return errors.New("ingress: Conn, NATS, Table and Node are required")
+	}
+	if s.Protocol == "" {
+		s.Protocol = schemas.ProtocolRaw
+	}
+	if s.Protocol != schemas.ProtocolRaw {
+		return fmt.Errorf("ingress: protocol %q is not supported", s.Protocol)
+	}
+	if s.Prefix == "" {
+		s.Prefix = schemas.DefaultPrefix
+	}
+	if s.Deadline <= 0 {
+		s.Deadline = DefaultDeadline
+	}
+	if s.MaxDatagram <= 0 {
+		s.MaxDatagram = DefaultMaxDatagram
+	}
+	if s.Queue <= 0 {
+		s.Queue = DefaultQueue
+	}
+	if s.MaxInFlight <= 0 {
+		s.MaxInFlight = DefaultMaxInFlight
+	}
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	la := s.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	s.localAddr = netip.AddrPortFrom(la.Addr().Unmap(), la.Port())
+	s.wildcard = la.Addr().IsUnspecified()
+	s.port = la.Port()
+	s.listener = strconv.Itoa(int(s.port)) + "/" + s.Protocol
+	s.subject = schemas.InSubject(s.Prefix, s.port)
+	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
+	s.source = schemas.Source(s.Node, s.listener)
+	return nil
+}
+
+// Listener returns the listener's name, PORT/PROTOCOL, once Serve has
+// started.
+func (s *Server) Listener() string { return s.listener }
+
+// read is the read loop: one reused buffer, one copy per accepted datagram,
+// and a non-blocking hand-off to the publisher.
+func (s *Server) read(queue chan<- datagram) error {
+	buf := make([]byte, s.MaxDatagram+1)
+	oob := make([]byte, oobSize)
+	for {
+		n, oobn, _, remote, err := s.Conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			s.stats.readErrors.Add(1)
+			s.Log.Debug("ingress: read", "listener", s.listener, "err", err)
+			continue
+		}
+		s.stats.received.Add(1)
+		if n > s.MaxDatagram {
+			s.stats.tooLarge.Add(1)
+			continue
+		}
+		d := datagram{
+			remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
+			local:  s.localAddr,
+			at:     time.Now(),
+		}
+		if s.wildcard {
+			if dst, ifindex, ok := parseDestination(oob[:oobn]); ok {
+				d.local = netip.AddrPortFrom(dst.Unmap(), s.port)
+				d.ifindex = ifindex
+			}
+		}
+		d.data = make([]byte, n)
+		copy(d.data, buf[:n])
+		select {
+		case queue <- d:
+		default:
+			s.stats.queueFull.Add(1)
+		}
+	}
+}
+
+// publish opens the exchange of each queued datagram and publishes it.
+func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
+	idbuf := make([]byte, 0, 64)
+	for d := range queue {
+		if !s.NATS.IsConnected() {
+			s.stats.natsDown.Add(1)
+			continue
+		}
+		deadline := d.at.Add(s.Deadline)
+		seq, ok, expiredOld := s.Table.Open(exchange.Exchange{
+			Conn:      s.Conn,
+			Remote:    d.remote,
+			Local:     d.local,
+			SetSource: s.wildcard,
+			IfIndex:   d.ifindex,
+			Port:      s.port,
+			Deadline:  deadline,
+		}, d.at)
+		if expiredOld {
+			s.stats.expired.Add(1)
+		}
+		if !ok {
+			s.stats.tableFull.Add(1)
+			continue
+		}
+		idbuf = s.Table.AppendID(idbuf[:0], seq)
+		id := string(idbuf)
+		msg := &nats.Msg{
+			Subject: s.subject,
+			Data:    d.data,
+			Header: nats.Header{
+				schemas.HeaderSpecVersion: {schemas.SpecVersion},
+				schemas.HeaderCEID:        {id},
+				schemas.HeaderSource:      {s.source},
+				schemas.HeaderType:        {schemas.TypeRaw},
+				schemas.HeaderTime:        {d.at.UTC().Format(time.RFC3339Nano)},
+				schemas.HeaderID:          {id},
+				schemas.HeaderRemote:      {d.remote.String()},
+				schemas.HeaderLocal:       {d.local.String()},
+				schemas.HeaderListener:    {s.listener},
+				schemas.HeaderDeadline:    {strconv.FormatInt(deadline.UnixMilli(), 10)},
+				schemas.HeaderReply:       {s.reply},
+			},
+		}
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait)); err != nil {
+			s.Table.Release(seq)
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				s.stats.inFlight.Add(1)
+			} else {
+				s.stats.publishFailed.Add(1)
+				s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
+			}
+		}
+	}
+}
+
+// stallWait is how long the publisher waits for a free in-flight slot before
+// dropping a datagram; meanwhile the queue absorbs what the socket reads.
+const stallWait = 50 * time.Millisecond
+
+// publishFailed runs when JetStream refuses a publish or does not
+// acknowledge it before the deadline: the request was not captured and no
+// worker will see it, so its exchange is released.
+func (s *Server) publishFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
+	s.stats.publishFailed.Add(1)
+	if seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID)); ok {
+		s.Table.Release(seq)
+	}
+	s.Log.Debug("ingress: publish not acknowledged", "listener", s.listener, "err", err)
+}

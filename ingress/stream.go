@@ -1,0 +1,108 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamConfig is the capture stream ingress publishes to.
+type StreamConfig struct {
+	Name     string        // schemas.StreamIn by default
+	Subject  string        // schemas.InWildcard(prefix)
+	MaxAge   time.Duration // 0: unlimited
+	MaxBytes int64         // 0 or negative: unlimited
+	Replicas int           // 1 if 0
+	// Duplicates is the window in which JetStream drops a repeated
+	// Nats-Msg-Id; it must cover CoAP's EXCHANGE_LIFETIME (247 s).
+	Duplicates time.Duration
+}
+
+// DefaultDuplicates is the duplicate window of a stream that ingress
+// creates: longer than CoAP's EXCHANGE_LIFETIME of 247 seconds.
+const DefaultDuplicates = 5 * time.Minute
+
+// EnsureStream creates the capture stream if it does not exist. A stream
+// that exists is used as it is and never updated; if it cannot serve as the
+// capture (its subjects do not cover c.Subject, or its retention would
+// delete messages once one worker group has them), EnsureStream returns an
+// error that says what differs. It returns what it did, for the log.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (string, error) {
+	s, err := js.Stream(ctx, c.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if c.Duplicates == 0 {
+			c.Duplicates = DefaultDuplicates
+		}
+		maxBytes := c.MaxBytes
+		if maxBytes <= 0 {
+			maxBytes = -1
+		}
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name:        c.Name,
+			Description: "udpgate capture: every request datagram",
+			Subjects:    []string{c.Subject},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      c.MaxAge,
+			MaxBytes:    maxBytes,
+			Replicas:    max(c.Replicas, 1),
+			Duplicates:  c.Duplicates,
+			Discard:     jetstream.DiscardOld,
+		})
+		if err != nil {
+			return "", fmt.Errorf("ingress: create stream %s on %s: %w", c.Name, c.Subject, err)
+		}
+		return "created stream " + c.Name, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("ingress: look up stream %s: %w", c.Name, err)
+	}
+	info := s.CachedInfo()
+	if err := checkStream(info.Config, c); err != nil {
+		return "", err
+	}
+	return "using existing stream " + c.Name + " as it is", nil
+}
+
+// checkStream reports why an existing stream cannot serve as the capture.
+func checkStream(have jetstream.StreamConfig, want StreamConfig) error {
+	var problems []string
+	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return covers(s, want.Subject) }) {
+		problems = append(problems, fmt.Sprintf("its subjects %q do not cover %q", have.Subjects, want.Subject))
+	}
+	if have.Retention != jetstream.LimitsPolicy {
+		problems = append(problems, fmt.Sprintf("its retention is %s, not limits (the capture must keep what workers acknowledge)", have.Retention))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("ingress: stream %s exists but %s; udpgate never changes an existing stream: fix it, or point UDPGATE_STREAM at another name",
+		have.Name, strings.Join(problems, ", and "))
+}
+
+// covers reports whether the stream subject pattern p matches every subject
+// that the pattern q matches.
+func covers(p, q string) bool {
+	pt, qt := strings.Split(p, "."), strings.Split(q, ".")
+	for i, t := range pt {
+		if t == ">" {
+			return i < len(qt)
+		}
+		if i >= len(qt) {
+			return false
+		}
+		switch {
+		case qt[i] == ">":
+			return false
+		case t == "*":
+		case t != qt[i] || qt[i] == "*":
+			return false
+		}
+	}
+	return len(pt) == len(qt)
+}

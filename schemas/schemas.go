@@ -1,0 +1,171 @@
+// Package schemas is udpgate's wire contract: the subjects, headers, stream
+// names and statuses that cross NATS. Everything here is public: a worker in
+// any language is written against these names, which schemas/README.md
+// documents. The package imports nothing of udpgate's own.
+package schemas
+
+import (
+	"strconv"
+	"strings"
+)
+
+// DefaultPrefix is the subject prefix used when none is configured.
+const DefaultPrefix = "udpgate"
+
+// StreamIn is the default name of the JetStream stream that captures every
+// request datagram (subjects PREFIX.in.>).
+const StreamIn = "UDPGATE_IN"
+
+// Protocols a listener can speak.
+const (
+	ProtocolRaw  = "raw"
+	ProtocolCoAP = "coap"
+	ProtocolRPC  = "rpc"
+)
+
+// CloudEvents binary-mode headers carried by every request message.
+const (
+	HeaderSpecVersion = "ce-specversion" // always SpecVersion
+	HeaderCEID        = "ce-id"          // equals HeaderID
+	HeaderSource      = "ce-source"      // udpgate://NODE/PORT/PROTOCOL
+	HeaderType        = "ce-type"        // TypeRaw, ...
+	HeaderTime        = "ce-time"        // RFC 3339 UTC, nanoseconds, when the datagram was read
+)
+
+// SpecVersion is the CloudEvents version of request messages.
+const SpecVersion = "1.0"
+
+// CloudEvents types of request messages, one per protocol.
+const (
+	TypeRaw = "io.udpgate.raw.datagram"
+)
+
+// udpgate headers. Request messages carry all but HeaderStatus; a reply
+// carries HeaderID and, optionally, HeaderStatus. NATS headers are
+// case-sensitive: use these constants, never retype the names.
+const (
+	HeaderID       = "udpgate-id"       // correlation id of the exchange
+	HeaderRemote   = "udpgate-remote"   // client address, ip:port ([ip6]:port)
+	HeaderLocal    = "udpgate-local"    // address the datagram was sent to, ip:port
+	HeaderListener = "udpgate-listener" // listener, PORT/PROTOCOL
+	HeaderDeadline = "udpgate-deadline" // Unix time in milliseconds after which no reply is sent
+	HeaderReply    = "udpgate-reply"    // core NATS subject to publish the reply to
+	HeaderStatus   = "udpgate-status"   // reply outcome, one of the Status values
+)
+
+// Reply statuses, the value of HeaderStatus on a reply. A reply without the
+// header has status StatusOK.
+const (
+	// StatusOK: the body is the answer; the gateway sends it to the client.
+	StatusOK = "ok"
+	// StatusError: the worker failed. The gateway closes the exchange and
+	// answers with the protocol's error form; a raw listener sends nothing.
+	StatusError = "error"
+)
+
+// InSubject returns the request subject of a raw listener on port:
+// PREFIX.in.PORT.
+func InSubject(prefix string, port uint16) string {
+	return prefix + ".in." + strconv.FormatUint(uint64(port), 10)
+}
+
+// InWildcard returns the subject filter that covers every request subject:
+// PREFIX.in.>. It is the subject of the capture stream.
+func InWildcard(prefix string) string {
+	return prefix + ".in.>"
+}
+
+// ReplySubject returns the core NATS subject on which node's egress receives
+// replies: PREFIX.reply.NODE, with NODE escaped by EscapeToken.
+func ReplySubject(prefix, node string) string {
+	return prefix + ".reply." + EscapeToken(node)
+}
+
+// Source returns the ce-source of requests received by node on listener
+// (PORT/PROTOCOL): udpgate://NODE/PORT/PROTOCOL.
+func Source(node, listener string) string {
+	return "udpgate://" + node + "/" + listener
+}
+
+// EscapeToken turns any string into a single NATS subject token, reversibly.
+// Bytes A-Z, a-z, 0-9, '-' and '_' stand for themselves; every other byte
+// (including '.', '*', '>', '~', whitespace and each byte of a non-ASCII
+// character) becomes '~' followed by two upper-case hex digits. The empty
+// string becomes "~". UnescapeToken reverses it.
+func EscapeToken(s string) string {
+	if s == "" {
+		return "~"
+	}
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if !plainByte(s[i]) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if plainByte(c) {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('~')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&0x0f])
+	}
+	return b.String()
+}
+
+// UnescapeToken reverses EscapeToken. It reports false for a token that
+// EscapeToken cannot have produced.
+func UnescapeToken(tok string) (string, bool) {
+	if tok == "~" {
+		return "", true
+	}
+	if tok == "" {
+		return "", false
+	}
+	out := make([]byte, 0, len(tok))
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if plainByte(c) {
+			out = append(out, c)
+			continue
+		}
+		if c != '~' || i+2 >= len(tok) {
+			return "", false
+		}
+		hi, ok1 := unhex(tok[i+1])
+		lo, ok2 := unhex(tok[i+2])
+		if !ok1 || !ok2 {
+			return "", false
+		}
+		b := hi<<4 | lo
+		if plainByte(b) {
+			return "", false // not canonical: EscapeToken never escapes it
+		}
+		out = append(out, b)
+		i += 2
+	}
+	return string(out), true
+}
+
+func plainByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
