@@ -1,0 +1,316 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/internal/natstest"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// testGateway runs a gateway node on the given listen addresses against s
+// and returns it with its sockets' addresses. It stops with the test.
+func testGateway(t testing.TB, s *server.Server, g *Gateway, addrs ...string) []*net.UDPAddr {
+	t.Helper()
+	g.NATS = natstest.Connect(t, s)
+	if g.Node == "" {
+		g.Node = "node-1"
+	}
+	var bound []*net.UDPAddr
+	for _, a := range addrs {
+		network := "udp4"
+		if a[0] == '[' {
+			network = "udp6"
+		}
+		c, err := ingress.Listen(context.Background(), network, a, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolRaw})
+		bound = append(bound, c.LocalAddr().(*net.UDPAddr))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway Serve: %v", err)
+		}
+	})
+	select {
+	case <-g.Ready():
+	case err := <-done:
+		t.Fatalf("gateway Serve: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("gateway not ready after 10s")
+	}
+	return bound
+}
+
+// contractWorker answers every request on subject through the wire
+// contract alone (no SDK), as a worker in another language would: reply
+// returns the reply body, or nil for no reply.
+func contractWorker(t testing.TB, s *server.Server, group, subject string, reply func(jetstream.Msg) []byte) {
+	t.Helper()
+	nc, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := js.CreateOrUpdateConsumer(ctx, schemas.StreamIn, jetstream.ConsumerConfig{
+		Durable: group, FilterSubject: subject, AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if body := reply(m); body != nil {
+			err := nc.PublishMsg(&nats.Msg{
+				Subject: m.Headers().Get(schemas.HeaderReply),
+				Header:  nats.Header{schemas.HeaderID: {m.Headers().Get(schemas.HeaderID)}},
+				Data:    body,
+			})
+			if err != nil {
+				t.Errorf("worker publish: %v", err)
+			}
+		}
+		m.Ack()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+}
+
+// exchangeUDP sends payload from a connect()ed socket to addr and returns
+// the reply, or an error if none comes within wait.
+func exchangeUDP(t testing.TB, addr string, payload []byte, wait time.Duration) ([]byte, error) {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+func echo(m jetstream.Msg) []byte { return append([]byte("echo:"), m.Data()...) }
+
+func TestReplyFromReceivingAddress(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{}
+	addrs := testGateway(t, s, g, "127.0.0.1:0", "0.0.0.0:0", "[::]:0")
+	for _, a := range addrs {
+		contractWorker(t, s, "echo-"+itoa(a.Port), schemas.InSubject(schemas.DefaultPrefix, uint16(a.Port)), echo)
+	}
+	tests := []struct {
+		name string
+		dial string
+	}{
+		{"specific bind", net.JoinHostPort("127.0.0.1", itoa(addrs[0].Port))},
+		// The kernel would answer 127.0.0.2 from 127.0.0.1 (the source it
+		// picks for lo); the connected socket accepts only 127.0.0.2, so
+		// this passes only if egress sets the source from IP_PKTINFO.
+		{"wildcard bind, second loopback address", net.JoinHostPort("127.0.0.2", itoa(addrs[1].Port))},
+		{"wildcard bind, first loopback address", net.JoinHostPort("127.0.0.1", itoa(addrs[1].Port))},
+		{"IPv6 wildcard bind", net.JoinHostPort("::1", itoa(addrs[2].Port))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := exchangeUDP(t, tt.dial, []byte("hello "+tt.name), 5*time.Second)
+			if err != nil {
+				t.Fatalf("no reply from %s: %v", tt.dial, err)
+			}
+			if want := "echo:hello " + tt.name; string(got) != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
+		})
+	}
+	st := g.Stats()
+	if st.Egress.Sent != uint64(len(tests)) {
+		t.Errorf("egress sent %d, want %d", st.Egress.Sent, len(tests))
+	}
+}
+
+func TestRequestMessage(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{Node: "edge.1", Deadline: 3 * time.Second}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	port := uint16(addrs[0].Port)
+	got := make(chan jetstream.Msg, 1)
+	contractWorker(t, s, "inspect", schemas.InSubject("udpgate", port), func(m jetstream.Msg) []byte {
+		got <- m
+		return []byte("ok")
+	})
+	c, err := net.DialUDP("udp", nil, addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := time.Now()
+	payload := []byte{0, 1, 2, 0xff, '.', '>'}
+	c.Write(payload)
+	var m jetstream.Msg
+	select {
+	case m = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("worker saw no request")
+	}
+	if !bytes.Equal(m.Data(), payload) {
+		t.Errorf("body %x, want %x", m.Data(), payload)
+	}
+	h := m.Headers()
+	id := h.Get(schemas.HeaderID)
+	want := map[string]string{
+		schemas.HeaderSpecVersion: "1.0",
+		schemas.HeaderCEID:        id,
+		schemas.HeaderSource:      "udpgate://edge.1/" + itoa(int(port)) + "/raw",
+		schemas.HeaderType:        schemas.TypeRaw,
+		schemas.HeaderRemote:      c.LocalAddr().String(),
+		schemas.HeaderLocal:       addrs[0].String(),
+		schemas.HeaderListener:    itoa(int(port)) + "/raw",
+		schemas.HeaderReply:       "udpgate.reply.edge~2E1",
+	}
+	for k, v := range want {
+		if h.Get(k) != v {
+			t.Errorf("header %s = %q, want %q", k, h.Get(k), v)
+		}
+	}
+	if id == "" {
+		t.Error("no correlation id")
+	}
+	ts, err := time.Parse(time.RFC3339Nano, h.Get(schemas.HeaderTime))
+	if err != nil || ts.Before(before.Add(-time.Second)) || ts.After(time.Now()) {
+		t.Errorf("ce-time %q: %v", h.Get(schemas.HeaderTime), err)
+	}
+	if d := deadlineOf(t, m).Sub(ts); d < 2900*time.Millisecond || d > 3100*time.Millisecond {
+		t.Errorf("deadline %s after ce-time, want 3s", d)
+	}
+}
+
+func TestLateAndDuplicateRepliesAreNotSent(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{Deadline: 300 * time.Millisecond}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	subject := schemas.InSubject("udpgate", uint16(addrs[0].Port))
+
+	requests := make(chan jetstream.Msg, 4)
+	contractWorker(t, s, "slow", subject, func(m jetstream.Msg) []byte {
+		requests <- m
+		return nil // replies are sent by the test below
+	})
+	nc := natstest.Connect(t, s)
+	reply := func(m jetstream.Msg, body string) {
+		t.Helper()
+		err := nc.PublishMsg(&nats.Msg{
+			Subject: m.Headers().Get(schemas.HeaderReply),
+			Header:  nats.Header{schemas.HeaderID: {m.Headers().Get(schemas.HeaderID)}},
+			Data:    []byte(body),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.Flush()
+	}
+	c, err := net.DialUDP("udp", nil, addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 100)
+
+	// Twice: the first reply is sent, the second is dropped.
+	c.Write([]byte("one"))
+	m := <-requests
+	reply(m, "first")
+	reply(m, "second")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "first" {
+		t.Fatalf("read %q, %v; want first", buf[:n], err)
+	}
+	waitFor(t, "duplicate counted", func() bool { return g.Stats().Egress.Duplicate == 1 })
+
+	// Late: wait past the deadline, then reply.
+	c.Write([]byte("two"))
+	m = <-requests
+	dl := deadlineOf(t, m)
+	time.Sleep(time.Until(dl) + 20*time.Millisecond) // the point of the test: be late
+	reply(m, "late")
+	waitFor(t, "late counted", func() bool { return g.Stats().Egress.Late == 1 })
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := c.Read(buf); !isTimeout(err) {
+		t.Fatalf("late reply was sent: %q, %v", buf[:n], err)
+	}
+	if st := g.Stats().Egress; st.Sent != 1 {
+		t.Errorf("sent %d replies, want 1", st.Sent)
+	}
+
+	// A correlation id the gateway never issued.
+	nc.PublishMsg(&nats.Msg{Subject: m.Headers().Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {"bogus-1"}}})
+	waitFor(t, "unknown counted", func() bool { return g.Stats().Egress.Unknown == 1 })
+}
+
+func TestDatagramLargerThanMaximumIsDropped(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{MaxDatagram: 100}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	contractWorker(t, s, "echo", schemas.InSubject("udpgate", uint16(addrs[0].Port)), echo)
+	if _, err := exchangeUDP(t, addrs[0].String(), bytes.Repeat([]byte("x"), 101), 300*time.Millisecond); !isTimeout(err) {
+		t.Fatalf("a 101-byte datagram was answered (err %v)", err)
+	}
+	got, err := exchangeUDP(t, addrs[0].String(), bytes.Repeat([]byte("x"), 100), 5*time.Second)
+	if err != nil || len(got) != 105 {
+		t.Fatalf("a 100-byte datagram: reply of %d bytes, %v", len(got), err)
+	}
+	st := g.Stats().Ingress[itoa(addrs[0].Port)+"/raw"]
+	if st.TooLarge != 1 || st.Received != 2 {
+		t.Errorf("stats %+v, want 1 too large of 2 received", st)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func deadlineOf(t testing.TB, m jetstream.Msg) time.Time {
+	t.Helper()
+	ms, err := strconv.ParseInt(m.Headers().Get(schemas.HeaderDeadline), 10, 64)
+	if err != nil {
+		t.Fatalf("deadline header: %v", err)
+	}
+	return time.UnixMilli(ms)
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
