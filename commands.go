@@ -1,0 +1,358 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
+	"github.com/udpgate/udpgate/workers/builtin"
+)
+
+// builtinListeners are the listeners `udpgate run` opens by default, each
+// answered by a built-in worker. `udpgate worker NAME` consumes the same
+// port's subject unless UDPGATE_WORKER_SUBJECTS says otherwise.
+var builtinListeners = []struct {
+	worker string
+	port   uint16
+}{
+	{"echo", 9000},
+	{"time", 9001},
+}
+
+// runAll is `udpgate run`: an embedded NATS server with JetStream, the
+// gateway on the default listeners plus UDPGATE_LISTENERS, and the built-in
+// workers, until ctx is cancelled.
+func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) error {
+	ns, err := startNATS(cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("udpgate run "+cfg.Node))
+	if err != nil {
+		return fmt.Errorf("run: connect to the embedded NATS server: %w", err)
+	}
+	defer nc.Close()
+
+	listeners := cfg.Listeners
+	workerOf := map[uint16]string{}
+	for _, b := range builtinListeners {
+		workerOf[b.port] = b.worker
+		if !hasPort(listeners, b.port) { // a listener the user put on this port replaces the default
+			listeners = append(listeners, listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.port), Protocol: schemas.ProtocolRaw})
+		}
+	}
+	g, err := newGateway(ctx, cfg, log, nc, listeners)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+	)
+	fail := func(err error) {
+		if err != nil {
+			errOnce.Do(func() { first = err })
+			cancel()
+		}
+	}
+	wg.Go(func() { fail(g.Serve(ctx)) })
+	select {
+	case <-g.Ready():
+	case <-ctx.Done():
+		wg.Wait()
+		return first
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("run: jetstream: %w", err)
+	}
+	for _, b := range builtinListeners {
+		h, _ := builtin.Lookup(b.worker)
+		w := &workers.Server{
+			JetStream:   js,
+			Stream:      cfg.Stream,
+			Group:       b.worker,
+			Subjects:    []string{schemas.InSubject(cfg.Prefix, b.port)},
+			Handler:     h,
+			Concurrency: cfg.WorkerConc,
+			AckWait:     cfg.AckWait,
+			Log:         log,
+		}
+		wg.Go(func() { fail(w.Serve(ctx)) })
+	}
+
+	fmt.Fprintf(stdout, "udpgate %s: node %s\n", "run", cfg.Node)
+	fmt.Fprintf(stdout, "  NATS      %s (JetStream store %s): outside workers connect here\n", ns.ClientURL(), cfg.DataDir)
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	for _, l := range listeners {
+		who := "no built-in worker: attach yours to this subject"
+		if w, ok := workerOf[l.Addr.Port()]; ok && l.Protocol == schemas.ProtocolRaw {
+			who = "worker " + w
+		}
+		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()), who)
+	}
+	tw.Flush()
+	fmt.Fprintf(stdout, "try: go run . send udp://127.0.0.1:%d hello   (Ctrl-C stops)\n", builtinListeners[0].port)
+
+	wg.Wait()
+	return first
+}
+
+func hasPort(ls []listener, port uint16) bool {
+	for _, l := range ls {
+		if l.Addr.Port() == port {
+			return true
+		}
+	}
+	return false
+}
+
+// startNATS starts the embedded NATS server with JetStream for `run`.
+func startNATS(cfg config) (*server.Server, error) {
+	// Bind once ourselves: nats-server reports a busy port only in its log.
+	probe, err := net.Listen("tcp", cfg.NATSListen.String())
+	if err != nil {
+		return nil, fmt.Errorf("run: embedded NATS cannot listen on %s (set UDPGATE_NATS_LISTEN): %w", cfg.NATSListen, err)
+	}
+	probe.Close()
+	dir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("run: UDPGATE_DATA_DIR %q: %w", cfg.DataDir, err)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("run: UDPGATE_DATA_DIR: %w", err)
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "udpgate-" + schemas.EscapeToken(cfg.Node),
+		Host:       cfg.NATSListen.Addr().String(),
+		Port:       int(cfg.NATSListen.Port()),
+		JetStream:  true,
+		StoreDir:   dir,
+		NoSigs:     true,
+		NoLog:      true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("run: embedded NATS: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("run: embedded NATS on %s did not start within 30s (is %s usable?)", cfg.NATSListen, dir)
+	}
+	return ns, nil
+}
+
+// newGateway binds the listeners and returns the gateway that serves them.
+func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener) (*gateway.Gateway, error) {
+	g := &gateway.Gateway{
+		NATS:   nc,
+		Node:   cfg.Node,
+		Prefix: cfg.Prefix,
+		Stream: ingress.StreamConfig{
+			Name:     cfg.Stream,
+			MaxAge:   cfg.StreamMaxAge,
+			MaxBytes: cfg.StreamMaxBytes,
+			Replicas: cfg.StreamReplicas,
+		},
+		Deadline:    cfg.Deadline,
+		MaxDatagram: cfg.MaxDatagram,
+		Queue:       cfg.Queue,
+		MaxInFlight: cfg.MaxInFlight,
+		MaxPending:  cfg.MaxPending,
+		Log:         log,
+	}
+	for _, l := range listeners {
+		c, err := ingress.Listen(ctx, l.network(), l.Addr.String(), cfg.RcvBuf)
+		if err != nil {
+			for _, b := range g.Listeners {
+				b.Conn.Close()
+			}
+			return nil, fmt.Errorf("listener %s: %w", l, err)
+		}
+		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol})
+	}
+	return g, nil
+}
+
+// connectNATS connects to cfg.NATSURL for a production process. It fails at
+// once, naming the URL, if no server answers; after that it reconnects
+// forever.
+func connectNATS(cfg config, name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(cfg.NATSURL,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectBufSize(-1), // publishing while disconnected fails at once instead of queueing
+	)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to NATS at %s (UDPGATE_NATS_URL): %w", redactURLs(cfg.NATSURL), err)
+	}
+	return nc, nil
+}
+
+// redactURLs hides passwords and tokens in a comma-separated URL list.
+func redactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx")
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// runGateway is `udpgate gateway`.
+func runGateway(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer) error {
+	if len(cfg.Listeners) == 0 {
+		return errors.New("gateway: UDPGATE_LISTENERS is empty: name at least one listener, like 9000/raw")
+	}
+	nc, err := connectNATS(cfg, "udpgate gateway "+cfg.Node)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	defer nc.Close()
+	g, err := newGateway(ctx, cfg, log, nc, cfg.Listeners)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- g.Serve(ctx) }()
+	select {
+	case <-g.Ready():
+		fmt.Fprintf(stdout, "udpgate gateway: node %s, NATS %s, replies on %s\n", cfg.Node, redactURLs(nc.ConnectedUrlRedacted()), schemas.ReplySubject(cfg.Prefix, cfg.Node))
+		for _, l := range cfg.Listeners {
+			fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
+		}
+	case err := <-errc:
+		return err
+	}
+	return <-errc
+}
+
+// runWorker is `udpgate worker NAME`.
+func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) error {
+	h, ok := builtin.Lookup(name)
+	if !ok {
+		return fmt.Errorf("worker: unknown worker %q (built-in: %s)", name, strings.Join(builtin.Names(), ", "))
+	}
+	subjects := cfg.WorkerSubjects
+	if len(subjects) == 0 {
+		for _, b := range builtinListeners {
+			if b.worker == name {
+				subjects = []string{schemas.InSubject(cfg.Prefix, b.port)}
+			}
+		}
+	}
+	group := cfg.WorkerGroup
+	if group == "" {
+		group = name
+	}
+	nc, err := connectNATS(cfg, "udpgate worker "+name)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("worker: jetstream: %w", err)
+	}
+	w := &workers.Server{
+		JetStream:   js,
+		Stream:      cfg.Stream,
+		Group:       group,
+		Subjects:    subjects,
+		Handler:     h,
+		Concurrency: cfg.WorkerConc,
+		AckWait:     cfg.AckWait,
+		Log:         log,
+	}
+	log.Info("worker: serving", "worker", name, "group", group, "subjects", subjects)
+	return w.Serve(ctx)
+}
+
+// send is `udpgate send`: one request on a connected socket, its reply
+// printed. Exit status 1 when no reply comes in time.
+func send(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("send", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the reply")
+	if err := fs.Parse(args); err != nil || fs.NArg() < 1 || fs.NArg() > 2 {
+		fmt.Fprintln(stderr, "usage: udpgate send [-timeout 2s] udp://HOST:PORT [PAYLOAD]   (no PAYLOAD: read standard input)")
+		return errUsage
+	}
+	u, err := url.Parse(fs.Arg(0))
+	if err != nil || u.Scheme != "udp" || u.Port() == "" {
+		return fmt.Errorf("send: %q: want udp://HOST:PORT", fs.Arg(0))
+	}
+	var payload []byte
+	if fs.NArg() == 2 {
+		payload = []byte(fs.Arg(1))
+	} else if payload, err = io.ReadAll(io.LimitReader(os.Stdin, 65536)); err != nil {
+		return fmt.Errorf("send: read standard input: %w", err)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", u.Host)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	defer c.Close()
+	if _, err := c.Write(payload); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	c.SetReadDeadline(time.Now().Add(*timeout))
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	defer stop()
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return &exitError{1, fmt.Errorf("send: no reply from %s within %s", u.Host, *timeout)}
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("send: nothing listens on %s (ICMP port unreachable)", u.Host)
+		}
+		return fmt.Errorf("send: %w", err)
+	}
+	stdout.Write(buf[:n])
+	if n == 0 || buf[n-1] != '\n' {
+		io.WriteString(stdout, "\n")
+	}
+	return nil
+}

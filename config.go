@@ -1,0 +1,365 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// env is the environment as envconfig reads it: every UDPGATE_* variable as
+// text, with its default. parse turns it into a config, checking every
+// variable and reporting every problem at once.
+type env struct {
+	NATSURL        string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server(s) for gateway, worker (comma-separated URLs)"`
+	Node           string `envconfig:"NODE" desc:"name of this gateway node (default: host name)"`
+	Listeners      string `envconfig:"LISTENERS" desc:"listeners, comma-separated [ADDR:]PORT/PROTOCOL"`
+	DataDir        string `envconfig:"DATA_DIR" default:"./udpgate-data" desc:"JetStream store of the embedded NATS server (run)"`
+	NATSListen     string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS server accepts clients (run)"`
+	SubjectPrefix  string `envconfig:"SUBJECT_PREFIX" default:"udpgate" desc:"first token of every subject"`
+	Stream         string `envconfig:"STREAM" default:"UDPGATE_IN" desc:"capture stream name"`
+	StreamMaxAge   string `envconfig:"STREAM_MAX_AGE" default:"24h" desc:"capture kept this long (0: forever)"`
+	StreamMaxBytes string `envconfig:"STREAM_MAX_BYTES" default:"1GiB" desc:"capture size limit (0: none)"`
+	StreamReplicas string `envconfig:"STREAM_REPLICAS" default:"1" desc:"capture stream replicas"`
+	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
+	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
+	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
+	Queue          string `envconfig:"QUEUE" default:"1024" desc:"datagrams queued for publishing, per listener"`
+	MaxInFlight    string `envconfig:"MAX_INFLIGHT" default:"4096" desc:"publishes awaiting acknowledgement, per listener"`
+	RcvBuf         string `envconfig:"RCVBUF" default:"0" desc:"SO_RCVBUF per listener socket, bytes (0: system default)"`
+	WorkerGroup    string `envconfig:"WORKER_GROUP" desc:"worker group (durable consumer) name (default: the worker's name)"`
+	WorkerSubjects string `envconfig:"WORKER_SUBJECTS" desc:"subjects a worker consumes, comma-separated (default: its built-in listener's)"`
+	WorkerConc     string `envconfig:"WORKER_CONCURRENCY" default:"16" desc:"handlers running at once per worker instance"`
+	AckWait        string `envconfig:"ACK_WAIT" default:"2s" desc:"redelivery delay of a request whose worker died"`
+	LogLevel       string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+}
+
+// config is the validated configuration.
+type config struct {
+	NATSURL        string
+	Node           string
+	Listeners      []listener
+	DataDir        string
+	NATSListen     netip.AddrPort
+	Prefix         string
+	Stream         string
+	StreamMaxAge   time.Duration
+	StreamMaxBytes int64
+	StreamReplicas int
+	Deadline       time.Duration
+	MaxDatagram    int
+	MaxPending     int
+	Queue          int
+	MaxInFlight    int
+	RcvBuf         int
+	WorkerGroup    string
+	WorkerSubjects []string
+	WorkerConc     int
+	AckWait        time.Duration
+	LogLevel       slog.Level
+}
+
+// listener is one [ADDR:]PORT/PROTOCOL entry.
+type listener struct {
+	Addr     netip.AddrPort // address 0.0.0.0 when none was given
+	Protocol string
+}
+
+func (l listener) String() string { return l.Addr.String() + "/" + l.Protocol }
+
+// network is the socket network for the listener's address.
+func (l listener) network() string {
+	if l.Addr.Addr().Is4() {
+		return "udp4"
+	}
+	return "udp6"
+}
+
+const envPrefix = "UDPGATE"
+
+// loadConfig reads UDPGATE_* from the environment.
+func loadConfig() (config, error) {
+	var e env
+	if err := envconfig.Process(envPrefix, &e); err != nil {
+		return config{}, fmt.Errorf("config: %w", err)
+	}
+	return e.parse(os.Environ())
+}
+
+// parse validates e. environ is checked for UDPGATE_* names that are not
+// udpgate's, such as misspellings. The error lists every problem, one per
+// line, each naming its variable.
+func (e env) parse(environ []string) (config, error) {
+	var problems []string
+	bad := func(name, format string, args ...any) {
+		problems = append(problems, envPrefix+"_"+name+": "+fmt.Sprintf(format, args...))
+	}
+	c := config{
+		NATSURL: e.NATSURL, Node: e.Node, DataDir: e.DataDir, Prefix: e.SubjectPrefix,
+		Stream: e.Stream, WorkerGroup: e.WorkerGroup,
+	}
+	if strings.TrimSpace(c.NATSURL) == "" {
+		bad("NATS_URL", "must not be empty")
+	}
+	if c.Node == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			bad("NODE", "not set, and the host name is unknown (%v)", err)
+		}
+		c.Node = h
+	}
+	if !validSubjectPrefix(c.Prefix) {
+		bad("SUBJECT_PREFIX", "%q is not a NATS subject prefix (tokens of letters, digits, - and _ separated by dots)", c.Prefix)
+	}
+	if !validStreamName(c.Stream) {
+		bad("STREAM", "%q is not a JetStream stream name (no spaces, dots, *, > or path separators)", c.Stream)
+	}
+	var err error
+	if c.Listeners, err = parseListeners(e.Listeners); err != nil {
+		bad("LISTENERS", "%v", err)
+	}
+	if c.NATSListen, err = parseHostPort(e.NATSListen); err != nil {
+		bad("NATS_LISTEN", "%v", err)
+	}
+	duration := func(name, s string, min time.Duration, dst *time.Duration) {
+		d, err := time.ParseDuration(s)
+		switch {
+		case err != nil:
+			bad(name, "%q is not a duration (like 500ms, 5s, 24h)", s)
+		case d < min:
+			bad(name, "%s is below the minimum %s", d, min)
+		default:
+			*dst = d
+		}
+	}
+	integer := func(name, s string, lo, hi int, dst *int) {
+		n, err := strconv.Atoi(s)
+		switch {
+		case err != nil:
+			bad(name, "%q is not an integer", s)
+		case n < lo || n > hi:
+			bad(name, "%d is outside %d..%d", n, lo, hi)
+		default:
+			*dst = n
+		}
+	}
+	duration("STREAM_MAX_AGE", e.StreamMaxAge, 0, &c.StreamMaxAge)
+	duration("DEADLINE", e.Deadline, time.Millisecond, &c.Deadline)
+	duration("ACK_WAIT", e.AckWait, 100*time.Millisecond, &c.AckWait)
+	if c.StreamMaxBytes, err = parseBytes(e.StreamMaxBytes); err != nil {
+		bad("STREAM_MAX_BYTES", "%v", err)
+	}
+	integer("STREAM_REPLICAS", e.StreamReplicas, 1, 5, &c.StreamReplicas)
+	integer("MAX_DATAGRAM", e.MaxDatagram, 1, 65535, &c.MaxDatagram)
+	integer("MAX_PENDING", e.MaxPending, 1, 1<<24, &c.MaxPending)
+	integer("QUEUE", e.Queue, 1, 1<<20, &c.Queue)
+	integer("MAX_INFLIGHT", e.MaxInFlight, 1, 1<<20, &c.MaxInFlight)
+	integer("RCVBUF", e.RcvBuf, 0, 1<<30, &c.RcvBuf)
+	integer("WORKER_CONCURRENCY", e.WorkerConc, 1, 1<<16, &c.WorkerConc)
+	for _, s := range splitList(e.WorkerSubjects) {
+		if strings.ContainsAny(s, " \t") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
+			bad("WORKER_SUBJECTS", "%q is not a NATS subject", s)
+			continue
+		}
+		c.WorkerSubjects = append(c.WorkerSubjects, s)
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
+		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", e.LogLevel)
+	}
+	for _, name := range unknownVariables(environ) {
+		problems = append(problems, name+": not a udpgate variable"+suggest(name))
+	}
+	if len(problems) > 0 {
+		return c, &configError{problems}
+	}
+	return c, nil
+}
+
+// configError lists every configuration problem.
+type configError struct{ problems []string }
+
+func (e *configError) Error() string {
+	return "bad configuration:\n  " + strings.Join(e.problems, "\n  ")
+}
+
+// knownVariables are the UDPGATE_* names env reads.
+func knownVariables() []string {
+	var names []string
+	t := reflect.TypeFor[env]()
+	for i := range t.NumField() {
+		names = append(names, envPrefix+"_"+t.Field(i).Tag.Get("envconfig"))
+	}
+	return names
+}
+
+func unknownVariables(environ []string) []string {
+	known := knownVariables()
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, envPrefix+"_") && !slices.Contains(known, name) {
+			unknown = append(unknown, name)
+		}
+	}
+	slices.Sort(unknown)
+	return unknown
+}
+
+// suggest names the known variable closest to name, if one is close.
+func suggest(name string) string {
+	best, bestD := "", 4
+	for _, k := range knownVariables() {
+		if d := editDistance(name, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return " (did you mean " + best + "?)"
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// parseListeners parses comma-separated [ADDR:]PORT/PROTOCOL entries. A
+// missing ADDR means 0.0.0.0; IPv6 addresses are bracketed. Every bad
+// entry is reported.
+func parseListeners(s string) ([]listener, error) {
+	var (
+		out  []listener
+		errs []error
+	)
+	ports := map[uint16]string{}
+	for _, f := range splitList(s) {
+		l, err := parseListener(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if p, ok := ports[l.Addr.Port()]; ok && p != l.Protocol {
+			errs = append(errs, fmt.Errorf("%q: port %d is already a %s listener (one subject per port)", f, l.Addr.Port(), p))
+			continue
+		}
+		ports[l.Addr.Port()] = l.Protocol
+		if slices.Contains(out, l) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out, errors.Join(errs...)
+}
+
+func parseListener(f string) (listener, error) {
+	hostport, proto, ok := strings.Cut(f, "/")
+	if !ok {
+		return listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
+	}
+	switch proto {
+	case schemas.ProtocolRaw:
+	case schemas.ProtocolCoAP, schemas.ProtocolRPC:
+		return listener{}, fmt.Errorf("%q: protocol %s is not supported yet (supported: raw)", f, proto)
+	default:
+		return listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw)", f, proto)
+	}
+	if !strings.Contains(hostport, ":") {
+		hostport = "0.0.0.0:" + hostport
+	}
+	ap, err := parseHostPort(hostport)
+	if err != nil {
+		return listener{}, fmt.Errorf("%q: %v", f, err)
+	}
+	if ap.Port() == 0 {
+		return listener{}, fmt.Errorf("%q: port must be 1..65535", f)
+	}
+	return listener{Addr: ap, Protocol: proto}, nil
+}
+
+func parseHostPort(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not IP:PORT or [IPv6]:PORT", s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// parseBytes parses a size: a number of bytes, optionally with a suffix
+// KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024).
+// 0 and -1 mean no limit.
+func parseBytes(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+	}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < -1 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (like 1073741824, 512MiB, 10GB; 0 for no limit)", s)
+	}
+	if n <= 0 {
+		return -1, nil
+	}
+	return n * mult, nil
+}
+
+func validSubjectPrefix(p string) bool {
+	if p == "" {
+		return false
+	}
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" || schemas.EscapeToken(tok) != tok {
+			return false
+		}
+	}
+	return true
+}
+
+func validStreamName(s string) bool {
+	return s != "" && !strings.ContainsAny(s, " \t\r\n.*>/\\")
+}

@@ -1,0 +1,121 @@
+// Command udpgate is a UDP API gateway on NATS JetStream: clients send
+// datagrams to real ports, workers answer them through NATS, and the reply
+// leaves from the address and port the request was sent to.
+//
+//	udpgate run                 one-command start: embedded NATS, gateway, built-in workers
+//	udpgate gateway             the gateway alone, against UDPGATE_NATS_URL
+//	udpgate worker NAME         a built-in worker (echo, time) against UDPGATE_NATS_URL
+//	udpgate send URL [PAYLOAD]  send one request and print the reply
+//
+// Configuration comes from UDPGATE_* environment variables; `udpgate help`
+// lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := runCommand(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "udpgate:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+var errUsage = errors.New("usage")
+
+// exitError carries a specific exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+// runCommand dispatches a subcommand. Configuration is read here, once.
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		usage(stderr)
+		return errUsage
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return nil
+	case "send":
+		return send(ctx, args, stdout, stderr)
+	case "run", "gateway", "worker":
+	default:
+		fmt.Fprintf(stderr, "udpgate: unknown command %q\n\n", cmd)
+		usage(stderr)
+		return errUsage
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	switch cmd {
+	case "run":
+		return runAll(ctx, cfg, log, stdout)
+	case "gateway":
+		return runGateway(ctx, cfg, log, stdout)
+	default:
+		if fs.NArg() != 1 {
+			fmt.Fprintln(stderr, "usage: udpgate worker NAME   (built-in workers: echo, time)")
+			return errUsage
+		}
+		return runWorker(ctx, cfg, log, fs.Arg(0))
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `udpgate: a UDP API gateway on NATS JetStream
+
+Usage:
+  udpgate run                  embedded NATS with JetStream, the gateway and the built-in workers
+  udpgate gateway              the gateway, against the NATS server at UDPGATE_NATS_URL
+  udpgate worker NAME          a built-in worker (echo, time), against UDPGATE_NATS_URL
+  udpgate send URL [PAYLOAD]   send one request (udp://HOST:PORT) and print the reply
+  udpgate help                 this text
+
+Environment:
+`)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	envconfig.Usagef(envPrefix, &env{}, tw, "  {{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}")
+	tw.Flush()
+}
