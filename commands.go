@@ -155,7 +155,7 @@ func startNATS(cfg config) (*server.Server, error) {
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "udpgate-" + schemas.EscapeToken(cfg.Node),
 		Host:       cfg.NATSListen.Addr().String(),
-		Port:       int(cfg.NATSListen.Port()),
+		Port:       natsPort(cfg.NATSListen.Port()),
 		JetStream:  true,
 		StoreDir:   dir,
 		NoSigs:     true,
@@ -170,6 +170,15 @@ func startNATS(cfg config) (*server.Server, error) {
 		return nil, fmt.Errorf("run: embedded NATS on %s did not start within 30s (is %s usable?)", cfg.NATSListen, dir)
 	}
 	return ns, nil
+}
+
+// natsPort maps port 0 (any free port) to nats-server's RANDOM_PORT; its
+// own 0 means 4222.
+func natsPort(p uint16) int {
+	if p == 0 {
+		return server.RANDOM_PORT
+	}
+	return int(p)
 }
 
 // newGateway binds the listeners and returns the gateway that serves them.
