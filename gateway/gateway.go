@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -43,8 +44,9 @@ type Gateway struct {
 	MaxPending  int           // open exchanges per node; exchange.DefaultSize if zero
 	Log         *slog.Logger  // nil discards
 
-	mu      sync.Mutex // guards ingress and egress, set by Serve
+	mu      sync.Mutex // guards ingress, names and egress, set by Serve
 	ingress []*ingress.Server
+	names   []string // PORT/PROTOCOL of each ingress
 	egress  *egress.Server
 	ready   chan struct{}
 	once    sync.Once
@@ -69,8 +71,8 @@ func (g *Gateway) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := Stats{Ingress: map[string]ingress.Stats{}}
-	for _, in := range g.ingress {
-		st.Ingress[in.Listener()] = in.Stats()
+	for i, in := range g.ingress {
+		st.Ingress[g.names[i]] = in.Stats()
 	}
 	if g.egress != nil {
 		st.Egress = g.egress.Stats()
@@ -126,7 +128,12 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Log:     g.Log,
 	}
 	ins := make([]*ingress.Server, len(g.Listeners))
+	names := make([]string, len(g.Listeners))
 	for i, l := range g.Listeners {
+		if l.Protocol == "" {
+			l.Protocol = schemas.ProtocolRaw
+		}
+		names[i] = strconv.Itoa(l.Conn.LocalAddr().(*net.UDPAddr).Port) + "/" + l.Protocol
 		ins[i] = &ingress.Server{
 			Conn:        l.Conn,
 			Protocol:    l.Protocol,
@@ -142,7 +149,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		}
 	}
 	g.mu.Lock()
-	g.ingress, g.egress = ins, eg
+	g.ingress, g.names, g.egress = ins, names, eg
 	g.mu.Unlock()
 
 	ctx, cancel = context.WithCancel(ctx)

@@ -314,3 +314,29 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestNATSDownKeepsReading: with NATS gone, the read loop goes on reading
+// and counts each datagram it cannot publish.
+func TestNATSDownKeepsReading(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	s.Shutdown()
+	waitFor(t, "client disconnected", func() bool { return !g.NATS.IsConnected() })
+	c, err := net.DialUDP("udp", nil, addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 20 {
+		c.Write([]byte("lost"))
+	}
+	listener := itoa(addrs[0].Port) + "/raw"
+	waitFor(t, "20 drops counted", func() bool {
+		st := g.Stats().Ingress[listener]
+		return st.Received == 20 && st.NATSDown == 20
+	})
+	if st := g.Stats(); st.Pending != 0 {
+		t.Errorf("%d exchanges left open", st.Pending)
+	}
+}

@@ -194,10 +194,6 @@ func (s *Server) init() error {
 	return nil
 }
 
-// Listener returns the listener's name, PORT/PROTOCOL, once Serve has
-// started.
-func (s *Server) Listener() string { return s.listener }
-
 // read is the read loop: one reused buffer, one copy per accepted datagram,
 // and a non-blocking hand-off to the publisher.
 func (s *Server) read(queue chan<- datagram) error {

@@ -1,0 +1,89 @@
+package ingress
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/internal/natstest"
+)
+
+func TestCovers(t *testing.T) {
+	tests := []struct {
+		p, q string
+		want bool
+	}{
+		{"udpgate.in.>", "udpgate.in.>", true},
+		{"udpgate.>", "udpgate.in.>", true},
+		{">", "udpgate.in.>", true},
+		{"*.in.>", "udpgate.in.>", true},
+		{"udpgate.in.*", "udpgate.in.>", false},
+		{"udpgate.in.9000", "udpgate.in.>", false},
+		{"udpgate.in", "udpgate.in.>", false},
+		{"other.in.>", "udpgate.in.>", false},
+		{"udpgate.in.>", "udpgate.>", false},
+	}
+	for _, tt := range tests {
+		if got := covers(tt.p, tt.q); got != tt.want {
+			t.Errorf("covers(%q, %q) = %v, want %v", tt.p, tt.q, got, tt.want)
+		}
+	}
+}
+
+func TestEnsureStream(t *testing.T) {
+	s := natstest.RunServer(t)
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	want := StreamConfig{Name: "CAPTURE", Subject: "udpgate.in.>", MaxAge: time.Hour, MaxBytes: 1 << 20}
+
+	t.Run("missing stream is created", func(t *testing.T) {
+		did, err := EnsureStream(ctx, js, want)
+		if err != nil || !strings.Contains(did, "created") {
+			t.Fatalf("EnsureStream: %q, %v", did, err)
+		}
+		info, err := js.Stream(ctx, "CAPTURE")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := info.CachedInfo().Config
+		if c.Retention != jetstream.LimitsPolicy || c.Storage != jetstream.FileStorage || c.MaxAge != time.Hour ||
+			c.MaxBytes != 1<<20 || c.Duplicates != DefaultDuplicates || len(c.Subjects) != 1 || c.Subjects[0] != "udpgate.in.>" {
+			t.Errorf("created %+v", c)
+		}
+	})
+	t.Run("existing stream is used as it is", func(t *testing.T) {
+		other := want
+		other.MaxAge = 2 * time.Hour
+		did, err := EnsureStream(ctx, js, other)
+		if err != nil || !strings.Contains(did, "as it is") {
+			t.Fatalf("EnsureStream: %q, %v", did, err)
+		}
+		info, _ := js.Stream(ctx, "CAPTURE")
+		if got := info.CachedInfo().Config.MaxAge; got != time.Hour {
+			t.Errorf("existing stream rewritten: MaxAge %s", got)
+		}
+	})
+	t.Run("mismatch is reported and not rewritten", func(t *testing.T) {
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "WRONG", Subjects: []string{"elsewhere.>"}, Retention: jetstream.WorkQueuePolicy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = EnsureStream(ctx, js, StreamConfig{Name: "WRONG", Subject: "udpgate2.in.>"})
+		if err == nil {
+			t.Fatal("no error")
+		}
+		for _, w := range []string{"stream WRONG exists", `"elsewhere.>"`, `"udpgate2.in.>"`, "retention is WorkQueue", "never changes"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error lacks %q: %v", w, err)
+			}
+		}
+		info, _ := js.Stream(ctx, "WRONG")
+		if c := info.CachedInfo().Config; c.Subjects[0] != "elsewhere.>" || c.Retention != jetstream.WorkQueuePolicy {
+			t.Errorf("stream was changed: %+v", c)
+		}
+	})
+}

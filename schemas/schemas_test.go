@@ -1,0 +1,69 @@
+package schemas
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestEscapeToken(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", "~"},
+		{"sensors", "sensors"},
+		{"Temp-1_a", "Temp-1_a"},
+		{"a.b", "a~2Eb"},
+		{"*", "~2A"},
+		{">", "~3E"},
+		{"~", "~7E"},
+		{"a b\t", "a~20b~09"},
+		{"żółw", "~C5~BC~C3~B3~C5~82w"},
+		{"node.example.com", "node~2Eexample~2Ecom"},
+	}
+	for _, tt := range tests {
+		got := EscapeToken(tt.in)
+		if got != tt.want {
+			t.Errorf("EscapeToken(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+		back, ok := UnescapeToken(got)
+		if !ok || back != tt.in {
+			t.Errorf("UnescapeToken(%q) = %q, %v; want %q", got, back, ok, tt.in)
+		}
+	}
+	for _, bad := range []string{"", "a.b", "~2", "~zz", "~41", "~2e", "a~", "*", ">"} {
+		if s, ok := UnescapeToken(bad); ok {
+			t.Errorf("UnescapeToken(%q) accepted, = %q", bad, s)
+		}
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	if got := InSubject("udpgate", 9000); got != "udpgate.in.9000" {
+		t.Errorf("InSubject = %q", got)
+	}
+	if got := InWildcard("acme.udp"); got != "acme.udp.in.>" {
+		t.Errorf("InWildcard = %q", got)
+	}
+	if got := ReplySubject("udpgate", "gw-1.eu"); got != "udpgate.reply.gw-1~2Eeu" {
+		t.Errorf("ReplySubject = %q", got)
+	}
+}
+
+func FuzzEscapeToken(f *testing.F) {
+	for _, s := range []string{"", "a", "a.b", "~", "~7E", "żółw", "\x00\xff", " > * "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tok := EscapeToken(s)
+		if tok == "" || strings.ContainsAny(tok, ".*> \t\r\n") || !utf8.ValidString(tok) {
+			t.Fatalf("EscapeToken(%q) = %q is not a subject token", s, tok)
+		}
+		back, ok := UnescapeToken(tok)
+		if !ok || back != s {
+			t.Fatalf("round trip %q -> %q -> %q, %v", s, tok, back, ok)
+		}
+		// Any token that unescapes is canonical: escaping gives it back.
+		if u, ok := UnescapeToken(s); ok && EscapeToken(u) != s {
+			t.Fatalf("UnescapeToken(%q) = %q, which escapes to %q", s, u, EscapeToken(u))
+		}
+	})
+}
