@@ -298,3 +298,21 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestReadmeWorkerCompiles keeps the README's Go worker identical to
+// workers/examples/upper, which the build compiles.
+func TestReadmeWorkerCompiles(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("workers/examples/upper/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "```go\n")
+	block, _, _ = strings.Cut(block, "```")
+	if !ok || !strings.HasSuffix(string(src), block) {
+		t.Errorf("README's Go worker differs from workers/examples/upper/main.go")
+	}
+}

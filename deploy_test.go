@@ -1,0 +1,53 @@
+package main
+
+import (
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestDeployFiles checks docker-compose.yml and deploy/ statically (CI has
+// no Docker engine): every UDPGATE_* variable set there is one udpgate
+// reads, every command is one of its subcommands, every built-in worker
+// exists, and listeners parse.
+func TestDeployFiles(t *testing.T) {
+	files := []string{"docker-compose.yml", "deploy/Dockerfile", "deploy/README.md"}
+	known := knownVariables()
+	varRE := regexp.MustCompile(`UDPGATE_[A-Z_]+`)
+	cmdRE := regexp.MustCompile(`command: \["([a-z]+)"(?:, "([a-z]+)")?\]`)
+	listenersRE := regexp.MustCompile(`UDPGATE_LISTENERS: (\S+)`)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(b)
+		for _, v := range varRE.FindAllString(s, -1) {
+			if !slices.Contains(known, v) {
+				t.Errorf("%s: %s is not a udpgate variable", f, v)
+			}
+		}
+		for _, m := range cmdRE.FindAllStringSubmatch(s, -1) {
+			if !slices.Contains([]string{"gateway", "worker", "run", "help"}, m[1]) {
+				continue // another image's command (nats)
+			}
+			if m[1] == "worker" && !slices.Contains([]string{"echo", "time"}, m[2]) {
+				t.Errorf("%s: unknown worker %q", f, m[2])
+			}
+		}
+		for _, m := range listenersRE.FindAllStringSubmatch(s, -1) {
+			if _, err := parseListeners(m[1]); err != nil {
+				t.Errorf("%s: UDPGATE_LISTENERS: %v", f, err)
+			}
+		}
+		if f == "docker-compose.yml" {
+			for _, want := range []string{"9000:9000/udp", "9001:9001/udp", "dockerfile: deploy/Dockerfile", `["worker", "echo"]`, `["gateway"]`} {
+				if !strings.Contains(s, want) {
+					t.Errorf("%s lacks %q", f, want)
+				}
+			}
+		}
+	}
+}
