@@ -1,0 +1,75 @@
+// Package builtin holds the workers that ship with udpgate, for tests,
+// demos and health checks, and a registry to find them by name. Every
+// handler here is safe for concurrent use.
+package builtin
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/udpgate/udpgate/workers"
+)
+
+// Echo answers every request with its body, unchanged; an empty request
+// gets an empty reply.
+var Echo workers.Handler = workers.HandlerFunc(func(_ context.Context, w workers.ResponseWriter, r *workers.Request) error {
+	_, err := w.Write(r.Body)
+	return err
+})
+
+// Time answers with the current time. A request whose body is a JSON array
+// of exactly two elements, [id, anything], gets the JSON array
+// [id, "The time is TIME"], with id copied byte for byte; any other request
+// gets TIME as plain text. TIME is RFC 3339 in UTC, to the second.
+//
+// The zero Time uses time.Now.
+type Time struct {
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Handle writes the time to w.
+func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Request) error {
+	now := time.Now
+	if t.Now != nil {
+		now = t.Now
+	}
+	stamp := now().UTC().Format(time.RFC3339)
+	var call []json.RawMessage
+	if json.Unmarshal(r.Body, &call) != nil || len(call) != 2 {
+		_, err := w.Write([]byte(stamp))
+		return err
+	}
+	text, err := json.Marshal("The time is " + stamp)
+	if err != nil {
+		return err
+	}
+	reply := make([]byte, 0, len(call[0])+len(text)+3)
+	reply = append(reply, '[')
+	reply = append(reply, call[0]...)
+	reply = append(reply, ',')
+	reply = append(reply, text...)
+	reply = append(reply, ']')
+	_, err = w.Write(reply)
+	return err
+}
+
+// registry maps the names of the built-in workers to their handlers.
+var registry = map[string]workers.Handler{
+	"echo": Echo,
+	"time": Time{},
+}
+
+// Lookup returns the built-in worker called name ("echo" or "time").
+func Lookup(name string) (workers.Handler, bool) {
+	h, ok := registry[name]
+	return h, ok
+}
+
+// Names returns the names of the built-in workers, sorted.
+func Names() []string {
+	return slices.Sorted(maps.Keys(registry))
+}

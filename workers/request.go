@@ -1,0 +1,94 @@
+package workers
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// parseRequest builds the Request of a request message. It never fails: a
+// missing or malformed header leaves its field zero, and the returned error,
+// if not nil, lists every malformed header for a Debug log. A missing
+// udpgate-id or udpgate-reply is reported too, since no reply can be sent.
+func parseRequest(subject string, h nats.Header, body []byte) (*Request, error) {
+	r := &Request{
+		ID:       h.Get(schemas.HeaderID),
+		Subject:  subject,
+		Listener: h.Get(schemas.HeaderListener),
+		Body:     body,
+		Header:   h,
+	}
+	var errs []error
+	if r.ID == "" {
+		errs = append(errs, fmt.Errorf("missing %s", schemas.HeaderID))
+	}
+	if h.Get(schemas.HeaderReply) == "" {
+		errs = append(errs, fmt.Errorf("missing %s", schemas.HeaderReply))
+	}
+	if r.Listener != "" {
+		port, proto, ok := parseListener(r.Listener)
+		if ok {
+			r.Port, r.Protocol = port, proto
+		} else {
+			errs = append(errs, fmt.Errorf("bad %s %q", schemas.HeaderListener, r.Listener))
+		}
+	}
+	var err error
+	if r.Remote, err = parseAddrPort(h, schemas.HeaderRemote); err != nil {
+		errs = append(errs, err)
+	}
+	if r.Local, err = parseAddrPort(h, schemas.HeaderLocal); err != nil {
+		errs = append(errs, err)
+	}
+	if v := h.Get(schemas.HeaderTime); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("bad %s %q", schemas.HeaderTime, v))
+		} else {
+			r.Received = t
+		}
+	}
+	if v := h.Get(schemas.HeaderDeadline); v != "" {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || ms <= 0 {
+			errs = append(errs, fmt.Errorf("bad %s %q", schemas.HeaderDeadline, v))
+		} else {
+			r.Deadline = time.UnixMilli(ms)
+		}
+	}
+	return r, errors.Join(errs...)
+}
+
+// parseListener splits a listener, PORT/PROTOCOL, into its parts.
+func parseListener(s string) (port uint16, protocol string, ok bool) {
+	p, proto, found := strings.Cut(s, "/")
+	if !found || proto == "" {
+		return 0, "", false
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return 0, "", false
+	}
+	return uint16(n), proto, true
+}
+
+// parseAddrPort parses the ip:port in header key; a missing header is the
+// zero AddrPort and no error.
+func parseAddrPort(h nats.Header, key string) (netip.AddrPort, error) {
+	v := h.Get(key)
+	if v == "" {
+		return netip.AddrPort{}, nil
+	}
+	ap, err := netip.ParseAddrPort(v)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad %s %q", key, v)
+	}
+	return ap, nil
+}

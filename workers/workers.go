@@ -1,0 +1,160 @@
+// Package workers is udpgate's worker SDK: it turns the request messages that
+// the gateway captures in JetStream into calls of a Handler, and the
+// handler's outcome into a reply and a JetStream acknowledgement.
+//
+// A worker is a Handler run by a Server. Every Server with the same Group
+// binds to one durable pull consumer of the request stream, so the instances
+// of a group share the work; two groups each see every request. A handler
+// reads the Request and writes its answer to a ResponseWriter, as a
+// net/http handler does; the SDK, not the handler, acks, naks and terms.
+//
+// # Outcomes
+//
+// When Handle returns, the SDK maps the outcome to a reply and an
+// acknowledgement, in this order of precedence:
+//
+//   - Handle returned nil without writing (no Write call, no reply header):
+//     no reply is published and the request is acked. Observer groups, which
+//     must never answer, are written this way.
+//   - The request's deadline (udpgate-deadline) has passed: if it passed
+//     before the handler was called, the handler is not called; if it
+//     passed before the handler returned (in any other way than above), its
+//     reply or error is dropped. Nothing is published and the request is
+//     acked (counted Expired): the gateway has closed the exchange, so a
+//     late reply or a redelivery would serve no one.
+//   - Handle returned an error while Serve's context was cancelled (the
+//     instance is shutting down): the request is nak'd once this instance
+//     has stopped fetching, so another instance of the group takes it at
+//     once (counted Retried). Requests fetched but not yet handled when
+//     Serve's context is cancelled are nak'd the same way.
+//   - Handle returned an error wrapping ErrRetry: the request is nak'd and
+//     JetStream redelivers it at once (Retried), unless this was the
+//     consumer's last delivery (MaxDeliver): then it fails as below, so the
+//     gateway hears of it before the deadline.
+//   - Handle returned any other error, or panicked: a reply with
+//     udpgate-status "error" and an empty body is published and the request
+//     is termed, never redelivered (Failed). The error itself never crosses
+//     NATS; it is logged at Debug level, a panic at Error level.
+//   - Handle returned nil after writing a body (any Write call, even empty)
+//     or setting a reply header: the reply is published with the handler's
+//     headers, udpgate-id set by the SDK, then the request is acked
+//     (Replied). A reply without udpgate-status means "ok".
+//
+// A request without udpgate-id or udpgate-reply cannot be answered. It is
+// still handled; if the handler returns nil without writing, it is acked as
+// usual, but if the handler answers or fails, the reply is dropped, the
+// request is termed and counted Failed, and the reason is logged at Debug
+// level. Other malformed headers (deadline, addresses, listener, ce-time)
+// leave the matching Request field zero: a bad deadline means no deadline.
+//
+// A handler that runs longer than half the consumer's AckWait gets
+// "in progress" acknowledgements every AckWait/2, so JetStream does not
+// redeliver a request whose handler is alive.
+//
+// Nothing is logged per request at Info level; Server.Stats counts outcomes.
+package workers
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// ErrRetry is returned, wrapped or not, by a handler that wants the request
+// redelivered later, for example when a resource it needs is briefly
+// unavailable. Redelivery stops after the consumer's MaxDeliver attempts.
+var ErrRetry = errors.New("workers: retry")
+
+// Request is one request datagram as a worker sees it. Each Request, its
+// Body and its Header belong to the one Handle call they are passed to,
+// which may keep them after it returns.
+type Request struct {
+	// ID is the correlation id of the exchange (udpgate-id); empty if the
+	// header is missing, in which case no reply can be published.
+	ID string
+	// Subject is the subject the request was captured on, for example
+	// udpgate.in.9000.
+	Subject string
+	// Listener is the gateway listener that read the datagram, PORT/PROTOCOL
+	// (udpgate-listener), for example "9000/raw".
+	Listener string
+	// Protocol is the PROTOCOL part of Listener, for example "raw"; empty if
+	// Listener is malformed.
+	Protocol string
+	// Port is the PORT part of Listener; zero if Listener is malformed.
+	Port uint16
+	// Remote is the client's address (udpgate-remote); Local is the address
+	// the datagram was sent to (udpgate-local). Either is the zero AddrPort
+	// if its header is missing or malformed.
+	Remote, Local netip.AddrPort
+	// Received is when the gateway read the datagram (ce-time); zero if
+	// missing or malformed.
+	Received time.Time
+	// Deadline is the time after which no reply is sent (udpgate-deadline);
+	// zero if missing or malformed. The handler's context ends at Deadline.
+	Deadline time.Time
+	// Body is the datagram.
+	Body []byte
+	// Header holds every header of the request message as received.
+	Header nats.Header
+	// Delivery is the delivery attempt, 1 on first delivery, from the
+	// JetStream metadata; zero if unknown.
+	Delivery uint64
+}
+
+// ResponseWriter builds the reply to one request. It is not safe for
+// concurrent use and is valid only until Handle returns.
+type ResponseWriter interface {
+	// Header returns the reply's headers, for example to set
+	// schemas.HeaderStatus. The SDK sets schemas.HeaderID itself. Setting a
+	// header makes a reply, even with an empty body.
+	Header() nats.Header
+	// Write appends p to the reply body. It never fails. Any call, even
+	// with an empty p, makes a reply.
+	Write(p []byte) (int, error)
+}
+
+// Handler answers requests. Handle is called concurrently from several
+// goroutines, so it must be safe for concurrent use. Its context ends at
+// the request's deadline and when the Server stops; see the package
+// documentation for how its outcome becomes a reply and an
+// acknowledgement.
+type Handler interface {
+	Handle(ctx context.Context, w ResponseWriter, r *Request) error
+}
+
+// HandlerFunc adapts an ordinary function to a Handler.
+type HandlerFunc func(ctx context.Context, w ResponseWriter, r *Request) error
+
+// Handle calls f(ctx, w, r).
+func (f HandlerFunc) Handle(ctx context.Context, w ResponseWriter, r *Request) error {
+	return f(ctx, w, r)
+}
+
+// response is the ResponseWriter the Server passes to handlers.
+type response struct {
+	header nats.Header // allocated on the first Header call
+	body   []byte
+	wrote  bool // Write was called
+}
+
+func (w *response) Header() nats.Header {
+	if w.header == nil {
+		w.header = make(nats.Header)
+	}
+	return w.header
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	w.wrote = true
+	w.body = append(w.body, p...)
+	return len(p), nil
+}
+
+// answered reports whether the handler produced a reply.
+func (w *response) answered() bool {
+	return w.wrote || len(w.header) > 0
+}
