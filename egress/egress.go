@@ -119,7 +119,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return nil
 		case now := <-t.C:
-			if n := s.Table.Expire(now, nil); n > 0 {
+			if n := s.Table.Expire(now, s.expired); n > 0 {
 				s.stats.noAnswer.Add(uint64(n))
 			}
 		}
@@ -145,29 +145,34 @@ func (s *Server) deliver(msg *nats.Msg) {
 		s.stats.unknown.Add(1)
 		return
 	}
-	if status := msg.Header.Get(schemas.HeaderStatus); status != "" && status != schemas.StatusOK {
-		s.stats.workerError.Add(1)
-		return
+	status := msg.Header.Get(schemas.HeaderStatus)
+	if status == "" {
+		status = schemas.StatusOK
 	}
-	if err := s.write(ex, msg.Data); err != nil {
+	if status != schemas.StatusOK {
+		s.stats.workerError.Add(1)
+	}
+	var err error
+	switch {
+	case ex.Replier != nil:
+		err = ex.Replier.Reply(ex, status, msg.Header, msg.Data)
+	case status != schemas.StatusOK:
+		return // raw: an error has no wire form
+	default:
+		err = ex.Write(msg.Data)
+	}
+	if err != nil {
 		s.stats.sendErrors.Add(1)
-		s.Log.Debug("egress: send", "err", err)
+		s.Log.Debug("egress: send", "err", fmt.Errorf("egress: %w", err))
 		return
 	}
 	s.stats.sent.Add(1)
 }
 
-// write sends b to the exchange's client through the socket that received
-// the request, with the request's destination as the source address.
-func (s *Server) write(ex exchange.Exchange, b []byte) error {
-	var oobbuf [oobSize]byte
-	var oob []byte
-	if ex.SetSource {
-		oob = sourceOOB(oobbuf[:0], ex)
+// expired answers an exchange that reached its deadline unanswered, in its
+// protocol (CoAP: 5.04); raw exchanges get nothing.
+func (s *Server) expired(_ uint64, ex exchange.Exchange) {
+	if ex.Replier != nil {
+		ex.Replier.Fail(ex, exchange.NoAnswer)
 	}
-	// On a dual-stack socket net maps an IPv4 client to ::ffff:a.b.c.d.
-	if _, _, err := ex.Conn.WriteMsgUDPAddrPort(b, oob, ex.Remote); err != nil {
-		return fmt.Errorf("egress: write to %s: %w", ex.Remote, err)
-	}
-	return nil
 }

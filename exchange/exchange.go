@@ -14,6 +14,7 @@ package exchange
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -40,7 +41,31 @@ type Exchange struct {
 	Port uint16
 	// Deadline is when the exchange expires unanswered.
 	Deadline time.Time
+	// Replier answers the exchange in its protocol; nil for raw listeners,
+	// whose reply is the worker's body as is.
+	Replier Replier
 }
+
+// Replier answers an exchange in its listener's protocol (CoAP, RPC). Egress
+// calls Reply for the exchange's one accepted reply; Fail is called instead
+// when no reply will come. Implementations are safe for concurrent use.
+type Replier interface {
+	// Reply sends the worker's reply: its udpgate-status, headers and body.
+	Reply(ex Exchange, status string, header map[string][]string, body []byte) error
+	// Fail answers an exchange that will get no reply from a worker.
+	Fail(ex Exchange, why Failure)
+}
+
+// Failure is why an exchange gets no reply from a worker.
+type Failure uint8
+
+// Failures passed to Replier.Fail.
+const (
+	// NoAnswer: no reply before the deadline.
+	NoAnswer Failure = iota + 1
+	// Unavailable: the request could not be published.
+	Unavailable
+)
 
 // Outcome is what Close found.
 type Outcome uint8
@@ -131,24 +156,24 @@ func (t *Table) Cap() int { return len(t.slots) }
 // Open records ex and returns its sequence number. It reports false when the
 // slot the next sequence number maps to still holds an open exchange whose
 // deadline has not passed: the table is full. An open exchange past its
-// deadline is overwritten, and expired reports it so the caller can count an
-// unanswered request.
-func (t *Table) Open(ex Exchange, now time.Time) (seq uint64, ok bool, expiredOld bool) {
+// deadline that the sweep has not reached yet is overwritten and returned
+// as expired (its Conn is not nil), so the caller can count and answer it.
+func (t *Table) Open(ex Exchange, now time.Time) (seq uint64, expired Exchange, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	seq = t.next + 1
 	s := &t.slots[seq&uint64(len(t.slots)-1)]
 	if s.state == open {
 		if now.Before(s.ex.Deadline) {
-			return 0, false, false
+			return 0, Exchange{}, false
 		}
-		expiredOld = true
+		expired = s.ex
 		t.open--
 	}
 	t.next = seq
 	*s = slot{seq: seq, state: open, ex: ex}
 	t.open++
-	return seq, true, expiredOld
+	return seq, expired, true
 }
 
 // Close closes the exchange seq for its reply. Only when the outcome is
@@ -172,12 +197,12 @@ func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 	t.open--
 	if !now.Before(s.ex.Deadline) {
 		s.state = expired
-		s.ex.Conn = nil
+		s.ex.Conn, s.ex.Replier = nil, nil
 		return Exchange{}, Late
 	}
 	s.state = answered
 	ex := s.ex
-	s.ex.Conn = nil // do not keep the socket reachable from a closed slot
+	s.ex.Conn, s.ex.Replier = nil, nil // do not keep them reachable from a closed slot
 	return ex, Answered
 }
 
@@ -229,7 +254,7 @@ func (t *Table) Expire(now time.Time, fn func(seq uint64, ex Exchange)) int {
 					ex  Exchange
 				}{s.seq, s.ex})
 			}
-			s.ex.Conn = nil
+			s.ex.Conn, s.ex.Replier = nil, nil
 		}
 		t.mu.Unlock()
 		for _, e := range batch {
@@ -284,4 +309,20 @@ func (t *Table) ParseID(id string) (uint64, bool) {
 		return 0, false
 	}
 	return seq, true
+}
+
+// Write sends b to the exchange's client through the socket that received
+// the request, with the request's destination as the source address when
+// SetSource is set. It is safe for concurrent use.
+func (ex Exchange) Write(b []byte) error {
+	var oobbuf [oobSize]byte
+	var oob []byte
+	if ex.SetSource {
+		oob = sourceOOB(oobbuf[:0], ex)
+	}
+	// On a dual-stack socket net maps an IPv4 client to ::ffff:a.b.c.d.
+	if _, _, err := ex.Conn.WriteMsgUDPAddrPort(b, oob, ex.Remote); err != nil {
+		return fmt.Errorf("write to %s: %w", ex.Remote, err)
+	}
+	return nil
 }

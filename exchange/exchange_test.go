@@ -1,6 +1,7 @@
 package exchange
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -16,7 +17,7 @@ func ex(deadline time.Time) Exchange {
 
 func TestCloseOutcomes(t *testing.T) {
 	tb := NewTable(4)
-	a, ok, _ := tb.Open(ex(t0.Add(time.Second)), t0)
+	a, _, ok := tb.Open(ex(t0.Add(time.Second)), t0)
 	if !ok {
 		t.Fatal("open failed")
 	}
@@ -50,15 +51,19 @@ func TestCloseOutcomes(t *testing.T) {
 func TestFullTableRefusesUntilDeadline(t *testing.T) {
 	tb := NewTable(2)
 	for range 2 {
-		if _, ok, _ := tb.Open(ex(t0.Add(time.Second)), t0); !ok {
+		if _, _, ok := tb.Open(ex(t0.Add(time.Second)), t0); !ok {
 			t.Fatal("open failed")
 		}
 	}
-	if _, ok, _ := tb.Open(ex(t0.Add(time.Second)), t0); ok {
+	if _, _, ok := tb.Open(ex(t0.Add(time.Second)), t0); ok {
 		t.Fatal("third open in a table of 2 succeeded")
 	}
-	seq, ok, expired := tb.Open(ex(t0.Add(3*time.Second)), t0.Add(time.Second))
-	if !ok || !expired {
+	first := ex(t0.Add(time.Second))
+	first.Conn = new(net.UDPConn)
+	tb = NewTable(1)
+	tb.Open(first, t0)
+	seq, expired, ok := tb.Open(ex(t0.Add(3*time.Second)), t0.Add(time.Second))
+	if !ok || expired.Conn != first.Conn {
 		t.Fatalf("open after the oldest deadline: ok %v expired %v", ok, expired)
 	}
 	if _, got := tb.Close(1, t0); got != Unknown {
@@ -72,7 +77,7 @@ func TestFullTableRefusesUntilDeadline(t *testing.T) {
 func TestAnsweredSlotsAreReused(t *testing.T) {
 	tb := NewTable(2)
 	for i := range 10 {
-		seq, ok, _ := tb.Open(ex(t0.Add(time.Hour)), t0)
+		seq, _, ok := tb.Open(ex(t0.Add(time.Hour)), t0)
 		if !ok {
 			t.Fatalf("open %d failed", i)
 		}
@@ -142,7 +147,7 @@ func TestConcurrentUse(t *testing.T) {
 	for range 4 {
 		wg.Go(func() {
 			for range 1000 {
-				seq, ok, _ := tb.Open(ex(t0.Add(time.Hour)), t0)
+				seq, _, ok := tb.Open(ex(t0.Add(time.Hour)), t0)
 				if !ok {
 					continue
 				}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/egress"
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/ingress"
@@ -26,7 +27,7 @@ import (
 // Listener is one bound socket and the protocol it speaks.
 type Listener struct {
 	Conn     *net.UDPConn // bound with ingress.Listen; the gateway closes it
-	Protocol string       // schemas.ProtocolRaw
+	Protocol string       // schemas.ProtocolRaw or schemas.ProtocolCoAP
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
@@ -42,6 +43,7 @@ type Gateway struct {
 	Queue       int           // per listener; ingress.DefaultQueue if zero
 	MaxInFlight int           // per listener; ingress.DefaultMaxInFlight if zero
 	MaxPending  int           // open exchanges per node; exchange.DefaultSize if zero
+	CoAP        coap.Config   // the messaging layer of coap listeners
 	Log         *slog.Logger  // nil discards
 
 	mu      sync.Mutex // guards ingress, names and egress, set by Serve
@@ -55,6 +57,7 @@ type Gateway struct {
 // Stats are a node's counters.
 type Stats struct {
 	Ingress map[string]ingress.Stats // by listener, PORT/PROTOCOL
+	CoAP    map[string]coap.Stats    // coap listeners, by PORT/PROTOCOL
 	Egress  egress.Stats
 	Pending int // open exchanges
 }
@@ -70,9 +73,12 @@ func (g *Gateway) Ready() <-chan struct{} {
 func (g *Gateway) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := Stats{Ingress: map[string]ingress.Stats{}}
+	st := Stats{Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}}
 	for i, in := range g.ingress {
 		st.Ingress[g.names[i]] = in.Stats()
+		if g.Listeners[i].Protocol == schemas.ProtocolCoAP {
+			st.CoAP[g.names[i]] = in.CoAPStats()
+		}
 	}
 	if g.egress != nil {
 		st.Egress = g.egress.Stats()
@@ -145,6 +151,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			MaxDatagram: g.MaxDatagram,
 			Queue:       g.Queue,
 			MaxInFlight: g.MaxInFlight,
+			CoAP:        g.CoAP,
 			Log:         g.Log,
 		}
 	}

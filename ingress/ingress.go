@@ -10,6 +10,8 @@ package ingress
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -41,8 +44,11 @@ type Server struct {
 	// Conn is the listener socket, bound with Listen so that a wildcard
 	// bind learns each datagram's destination. Serve closes it on return.
 	Conn *net.UDPConn
-	// Protocol is the listener's protocol; only schemas.ProtocolRaw so far.
+	// Protocol is the listener's protocol: schemas.ProtocolRaw (the
+	// default) or schemas.ProtocolCoAP.
 	Protocol string
+	// CoAP tunes the CoAP messaging layer of a coap listener.
+	CoAP coap.Config
 	// NATS is the connection to publish on. Required.
 	NATS *nats.Conn
 	// Table is the gateway's pending exchanges, shared with egress. Required.
@@ -70,6 +76,8 @@ type Server struct {
 	stats counters
 
 	// Set by Serve before any goroutine starts, read-only after.
+	edge      *coap.Edge // coap listeners only
+	published atomic.Pointer[coap.Edge] // edge, for CoAPStats from other goroutines
 	port      uint16
 	listener  string
 	subject   string
@@ -117,6 +125,7 @@ type datagram struct {
 	local   netip.AddrPort
 	ifindex int
 	at      time.Time
+	coap    *coap.Request // the decoded request on a coap listener
 }
 
 // Serve reads datagrams until ctx is cancelled, then closes the socket,
@@ -143,12 +152,20 @@ func (s *Server) Serve(ctx context.Context) error {
 	queue := make(chan datagram, s.Queue)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.publish(js, queue) })
+	done := make(chan struct{})
+	if s.edge != nil {
+		wg.Go(func() { s.sweep(done) })
+	}
 	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
 	defer stop()
 
 	err = s.read(queue)
 	close(queue)
+	close(done)
 	wg.Wait()
+	if s.edge != nil {
+		s.edge.Close()
+	}
 	if errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
 		return nil
 	}
@@ -162,7 +179,7 @@ func (s *Server) init() error {
 	if s.Protocol == "" {
 		s.Protocol = schemas.ProtocolRaw
 	}
-	if s.Protocol != schemas.ProtocolRaw {
+	if s.Protocol != schemas.ProtocolRaw && s.Protocol != schemas.ProtocolCoAP {
 		return fmt.Errorf("ingress: protocol %q is not supported", s.Protocol)
 	}
 	if s.Prefix == "" {
@@ -191,7 +208,40 @@ func (s *Server) init() error {
 	s.subject = schemas.InSubject(s.Prefix, s.port)
 	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
 	s.source = schemas.Source(s.Node, s.listener)
+	if s.Protocol == schemas.ProtocolCoAP {
+		s.edge = &coap.Edge{
+			Config: s.CoAP,
+			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
+			Log:    s.Log,
+		}
+		s.edge.Start()
+		s.published.Store(s.edge)
+	}
 	return nil
+}
+
+// CoAPStats returns the counters of a coap listener's messaging layer,
+// zero for other listeners or before Serve.
+func (s *Server) CoAPStats() coap.Stats {
+	e := s.published.Load()
+	if e == nil {
+		return coap.Stats{}
+	}
+	return e.Stats()
+}
+
+// sweep expires the CoAP edge's caches until done is closed.
+func (s *Server) sweep(done <-chan struct{}) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			s.edge.Sweep(now)
+		}
+	}
 }
 
 // read is the read loop: one reused buffer, one copy per accepted datagram,
@@ -225,12 +275,25 @@ func (s *Server) read(queue chan<- datagram) error {
 				d.ifindex = ifindex
 			}
 		}
-		d.data = make([]byte, n)
-		copy(d.data, buf[:n])
+		if s.edge != nil {
+			// The messaging layer answers what the gateway answers
+			// itself; only complete requests go on.
+			if d.coap = s.edge.Receive(buf[:n], d.remote, d.local, d.ifindex, d.at); d.coap == nil {
+				continue
+			}
+			d.data = d.coap.Payload
+		} else {
+			d.data = make([]byte, n)
+			copy(d.data, buf[:n])
+		}
 		select {
 		case queue <- d:
+			if d.coap != nil {
+				d.coap.Started()
+			}
 		default:
 			s.stats.queueFull.Add(1)
+			s.unavailable(d)
 		}
 	}
 }
@@ -241,10 +304,11 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 	for d := range queue {
 		if !s.NATS.IsConnected() {
 			s.stats.natsDown.Add(1)
+			s.unavailable(d)
 			continue
 		}
 		deadline := d.at.Add(s.Deadline)
-		seq, ok, expiredOld := s.Table.Open(exchange.Exchange{
+		seq, expired, ok := s.Table.Open(exchange.Exchange{
 			Conn:      s.Conn,
 			Remote:    d.remote,
 			Local:     d.local,
@@ -252,12 +316,17 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			IfIndex:   d.ifindex,
 			Port:      s.port,
 			Deadline:  deadline,
+			Replier:   replier(d.coap),
 		}, d.at)
-		if expiredOld {
+		if expired.Conn != nil {
 			s.stats.expired.Add(1)
+			if expired.Replier != nil {
+				expired.Replier.Fail(expired, exchange.NoAnswer)
+			}
 		}
 		if !ok {
 			s.stats.tableFull.Add(1)
+			s.unavailable(d)
 			continue
 		}
 		idbuf = s.Table.AppendID(idbuf[:0], seq)
@@ -279,8 +348,13 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 				schemas.HeaderReply:       {s.reply},
 			},
 		}
+		if d.coap != nil {
+			s.coapMessage(msg, d.coap)
+		}
 		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait)); err != nil {
-			s.Table.Release(seq)
+			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
+				ex.Replier.Fail(ex, exchange.Unavailable)
+			}
 			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
 				s.stats.inFlight.Add(1)
 			} else {
@@ -301,7 +375,58 @@ const stallWait = 50 * time.Millisecond
 func (s *Server) publishFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
 	s.stats.publishFailed.Add(1)
 	if seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID)); ok {
-		s.Table.Release(seq)
+		if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
+			ex.Replier.Fail(ex, exchange.Unavailable)
+		}
 	}
 	s.Log.Debug("ingress: publish not acknowledged", "listener", s.listener, "err", err)
+}
+
+// unavailable answers a request that will not be published, in its
+// protocol (CoAP: 5.03); raw datagrams get nothing.
+func (s *Server) unavailable(d datagram) {
+	if d.coap != nil {
+		d.coap.Fail(exchange.Exchange{}, exchange.Unavailable)
+	}
+}
+
+// replier returns r as an exchange.Replier, or nil for a raw datagram (a
+// nil *coap.Request must not become a non-nil interface).
+func replier(r *coap.Request) exchange.Replier {
+	if r == nil {
+		return nil
+	}
+	return r
+}
+
+// coapMessage turns msg into a CoAP request message: its subject names the
+// method and path, and headers carry the decoded fields.
+func (s *Server) coapMessage(msg *nats.Msg, r *coap.Request) {
+	msg.Subject = schemas.CoAPSubject(s.Prefix, s.port, r.Method, r.Segments)
+	h := msg.Header
+	h[schemas.HeaderType] = []string{schemas.TypeCoAP}
+	h[schemas.HeaderCoAPMethod] = []string{r.Method}
+	h[schemas.HeaderCoAPPath] = []string{r.Path}
+	if r.Query != "" {
+		h[schemas.HeaderCoAPQuery] = []string{r.Query}
+	}
+	if r.ContentFormat >= 0 {
+		h[schemas.HeaderCoAPContentFormat] = []string{strconv.Itoa(r.ContentFormat)}
+	}
+	if r.Accept >= 0 {
+		h[schemas.HeaderCoAPAccept] = []string{strconv.Itoa(r.Accept)}
+	}
+	h[schemas.HeaderCoAPToken] = []string{hex.EncodeToString(r.Token)}
+	typ := "NON"
+	if r.Confirmable {
+		typ = "CON"
+	}
+	h[schemas.HeaderCoAPType] = []string{typ}
+	h[schemas.HeaderCoAPMessageID] = []string{strconv.Itoa(int(r.MessageID))}
+	if r.Head != nil {
+		h[schemas.HeaderDatagramHead] = []string{base64.StdEncoding.EncodeToString(r.Head)}
+	}
+	// A retransmission that reaches the stream again (after a gateway
+	// restart, or through another node) is dropped by JetStream.
+	h[jetstream.MsgIDHeader] = []string{r.MsgID}
 }

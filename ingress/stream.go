@@ -19,13 +19,15 @@ type StreamConfig struct {
 	MaxBytes int64         // 0 or negative: unlimited
 	Replicas int           // 1 if 0
 	// Duplicates is the window in which JetStream drops a repeated
-	// Nats-Msg-Id; it must cover CoAP's EXCHANGE_LIFETIME (247 s).
+	// Nats-Msg-Id (DefaultDuplicates if zero).
 	Duplicates time.Duration
 }
 
 // DefaultDuplicates is the duplicate window of a stream that ingress
-// creates: longer than CoAP's EXCHANGE_LIFETIME of 247 seconds.
-const DefaultDuplicates = 5 * time.Minute
+// creates. It covers a CoAP client's retransmissions (MAX_TRANSMIT_SPAN,
+// 45 s) and stays below EXCHANGE_LIFETIME (247 s), after which a client may
+// reuse a message id for a new request.
+const DefaultDuplicates = 2 * time.Minute
 
 // EnsureStream creates the capture stream if it does not exist. A stream
 // that exists is used as it is and never updated; if it cannot serve as the

@@ -1,11 +1,9 @@
-package egress
+package exchange
 
 import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/udpgate/udpgate/exchange"
 )
 
 // oobSize holds one IP_PKTINFO or IPV6_PKTINFO control message.
@@ -15,7 +13,7 @@ const oobSize = 64
 // from ex.Local: IP_PKTINFO's ipi_spec_dst for IPv4 (also accepted on a
 // dual-stack socket), IPV6_PKTINFO for IPv6. The interface is left to
 // routing except for link-local sources, which need it.
-func sourceOOB(dst []byte, ex exchange.Exchange) []byte {
+func sourceOOB(dst []byte, ex Exchange) []byte {
 	local := ex.Local.Addr()
 	if local.Is4() || local.Is4In6() {
 		b := dst[len(dst) : len(dst)+unix.CmsgSpace(unix.SizeofInet4Pktinfo)]

@@ -1,11 +1,9 @@
 //go:build !linux
 
-package egress
-
-import "github.com/udpgate/udpgate/exchange"
+package exchange
 
 const oobSize = 0
 
 // sourceOOB is empty where udpgate does not set the source address: a
 // wildcard bind answers from the address the kernel picks.
-func sourceOOB(dst []byte, ex exchange.Exchange) []byte { return nil }
+func sourceOOB(dst []byte, ex Exchange) []byte { return nil }

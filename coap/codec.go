@@ -1,0 +1,138 @@
+package coap
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
+)
+
+// Message types (RFC 7252 §3).
+const (
+	typeCON = message.Confirmable
+	typeNON = message.NonConfirmable
+	typeACK = message.Acknowledgement
+	typeRST = message.Reset
+)
+
+// header is the fixed four-byte CoAP header, read without decoding the rest.
+type header struct {
+	typ  message.Type
+	tkl  int
+	code codes.Code
+	mid  uint16
+}
+
+// errShort and errVersion are the failures peekHeader reports.
+var (
+	errShort   = errors.New("coap: shorter than the 4-byte header")
+	errVersion = errors.New("coap: version is not 1")
+)
+
+// peekHeader checks the fixed header cheaply, before a full decode.
+func peekHeader(b []byte) (header, error) {
+	if len(b) < 4 {
+		return header{}, errShort
+	}
+	if b[0]>>6 != 1 {
+		return header{}, errVersion
+	}
+	return header{
+		typ:  message.Type(b[0] >> 4 & 3),
+		tkl:  int(b[0] & 0x0f),
+		code: codes.Code(b[1]),
+		mid:  binary.BigEndian.Uint16(b[2:4]),
+	}, nil
+}
+
+// decode parses b into m with go-coap's codec. m.Options must have spare
+// capacity (maxOptions); m's slices alias b.
+func decode(b []byte, m *message.Message) error {
+	if _, err := coder.DefaultCoder.Decode(b, m); err != nil {
+		return err
+	}
+	return nil
+}
+
+// maxOptions bounds the options of one request; more is a format error.
+const maxOptions = 32
+
+// appendEncoded appends the encoding of m to dst.
+func appendEncoded(dst []byte, m message.Message) ([]byte, error) {
+	n, err := coder.DefaultCoder.Size(m)
+	if err != nil {
+		return dst, err
+	}
+	start := len(dst)
+	dst = append(dst, make([]byte, n)...)
+	if _, err := coder.DefaultCoder.Encode(m, dst[start:]); err != nil {
+		return dst[:start], err
+	}
+	return dst, nil
+}
+
+// empty returns an empty message (ACK or RST) for mid: four bytes.
+func empty(typ message.Type, mid uint16) []byte {
+	b := make([]byte, 4)
+	b[0] = 1<<6 | byte(typ)<<4
+	binary.BigEndian.PutUint16(b[2:], mid)
+	return b
+}
+
+// ParseCode parses a response code written "c.dd" (2.05, 4.04).
+func ParseCode(s string) (codes.Code, error) {
+	if len(s) != 4 || s[1] != '.' || s[0] < '2' || s[0] > '5' || s[0] == '3' {
+		return 0, fmt.Errorf("coap: response code %q: want c.dd with class 2, 4 or 5", s)
+	}
+	detail, err := strconv.Atoi(s[2:])
+	if err != nil || detail > 31 || s[2] < '0' || s[2] > '9' {
+		return 0, fmt.Errorf("coap: response code %q: detail is 00..31", s)
+	}
+	return codes.Code(int(s[0]-'0')<<5 | detail), nil
+}
+
+// FormatCode writes c as "c.dd".
+func FormatCode(c codes.Code) string {
+	return strconv.Itoa(int(c>>5)) + "." + fmt.Sprintf("%02d", int(c&0x1f))
+}
+
+// methods maps request codes to their names (RFC 7252, RFC 8132).
+var methods = map[codes.Code]string{
+	codes.GET: "GET", codes.POST: "POST", codes.PUT: "PUT", codes.DELETE: "DELETE",
+	codes.FETCH: "FETCH", codes.PATCH: "PATCH", codes.IPATCH: "iPATCH",
+}
+
+// Block options (RFC 7959 §2.2): NUM, M and SZX packed in one uint.
+type block struct {
+	num  uint32
+	more bool
+	szx  uint8 // size 2^(szx+4); 7 is reserved (BERT, TCP only)
+}
+
+func (b block) size() int { return 1 << (b.szx + 4) }
+
+func (b block) value() uint32 {
+	v := b.num<<4 | uint32(b.szx)
+	if b.more {
+		v |= 1 << 3
+	}
+	return v
+}
+
+func parseBlock(v uint32) (block, bool) {
+	b := block{num: v >> 4, more: v&8 != 0, szx: uint8(v & 7)}
+	return b, b.szx < 7 && b.num < 1<<20
+}
+
+// szxFor returns the largest SZX whose size is at most n (16..1024).
+func szxFor(n int) uint8 {
+	szx := uint8(6)
+	for szx > 0 && 1<<(szx+4) > n {
+		szx--
+	}
+	return szx
+}

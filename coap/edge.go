@@ -1,0 +1,931 @@
+// Package coap is udpgate's CoAP edge: the RFC 7252 messaging layer and
+// RFC 7959 block-wise transfer, run by the gateway so that workers see
+// complete requests and answer with a code and a body, nothing more.
+//
+// Ingress passes every datagram of a coap listener to Edge.Receive, which
+// answers at once what the gateway answers itself (pings, duplicates,
+// malformed or unsupported requests, Block1 continuations, further Block2
+// blocks) and returns the requests to publish. Each published request
+// carries a *Request, which egress calls (as an exchange.Replier) with the
+// worker's reply or with the reason none will come. The messaging layer:
+//
+//   - a CON request answered within Piggyback gets its response in the ACK;
+//     otherwise an empty ACK goes out when Piggyback elapses and the
+//     response follows as a CON, retransmitted with RFC 7252's backoff until
+//     the client acknowledges or resets it;
+//   - a NON request gets a NON response;
+//   - a duplicate (same peer and message id) within EXCHANGE_LIFETIME is
+//     answered from a bounded cache and never published again;
+//   - an empty CON (ping) gets a RST; a CON that does not parse gets a RST;
+//     anything else that does not parse is dropped and counted;
+//   - unrecognised critical options get 4.02, Proxy-Uri 5.05, unknown
+//     methods 4.05; no reply before the deadline 5.04; no NATS 5.03.
+//
+// The gateway's own messages never carry more bytes than the datagram that
+// caused them, except responses from workers.
+package coap
+
+import (
+	"encoding/hex"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+
+	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// RFC 7252 §4.8 transmission parameters.
+const (
+	ackRandomFactor  = 1.5
+	maxRetransmit    = 4
+	exchangeLifetime = 247 * time.Second
+	nonLifetime      = 145 * time.Second
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultPiggyback = 500 * time.Millisecond
+	DefaultBlockSize = 1024
+	DefaultMaxBody   = 64 << 10
+	DefaultCacheSize = 16384
+	// DefaultACKTimeout is RFC 7252's ACK_TIMEOUT.
+	DefaultACKTimeout = 2 * time.Second
+	// maxTransfers bounds Block1 uploads and Block2 downloads in progress.
+	maxTransfers = 1024
+)
+
+// Config tunes an Edge; zero values take the defaults.
+type Config struct {
+	// Piggyback is how long a CON request waits for its worker before the
+	// gateway acknowledges it and answers later in a separate CON.
+	Piggyback time.Duration
+	// BlockSize is the largest block of a block-wise response (16..1024).
+	BlockSize int
+	// MaxBody bounds a request reassembled from Block1 transfers; beyond it
+	// the client gets 4.13.
+	MaxBody int
+	// CacheSize bounds the duplicate-detection cache (exchanges).
+	CacheSize int
+	// ACKTimeout is RFC 7252's ACK_TIMEOUT for separate responses
+	// (DefaultACKTimeout if zero); the first retransmission waits between
+	// it and 1.5 times it, each later one twice as long.
+	ACKTimeout time.Duration
+}
+
+// Edge is the CoAP messaging layer of one listener socket. Set its fields
+// and call Start before Receive; Close stops its timers. It is safe for
+// concurrent use.
+type Edge struct {
+	Config
+	// Socket is the listener; Conn, SetSource and Local's port are used to
+	// answer. Remote, Local and IfIndex are filled per datagram.
+	Socket exchange.Exchange
+	Log    *slog.Logger
+
+	mu        sync.Mutex // guards everything below
+	dedupe    map[peerMID]*cached
+	order     []peerMID // dedupe keys, oldest first
+	uploads   map[transferKey]*upload
+	downloads map[transferKey]*download
+	outgoing  map[peerMID]*retransmission
+	peers     map[netip.AddrPort]*midState
+	closed    bool
+
+	stats counters
+}
+
+type peerMID struct {
+	peer netip.AddrPort
+	mid  uint16
+}
+
+// cached is what the dedupe cache knows of one received message.
+type cached struct {
+	key      peerMID
+	expires  time.Time
+	response []byte // resent to a duplicate; nil while none
+	separate bool   // an empty ACK was sent; the response comes as a CON
+}
+
+type transferKey struct {
+	peer netip.AddrPort
+	op   string // method and URI
+}
+
+type upload struct {
+	body    []byte
+	next    uint32
+	szx     uint8
+	expires time.Time
+}
+
+type download struct {
+	body    []byte
+	code    codes.Code
+	cf      int
+	etag    []byte
+	szx     uint8
+	expires time.Time
+}
+
+type retransmission struct {
+	dst      exchange.Exchange
+	msg      []byte
+	attempts int
+	timeout  time.Duration
+	timer    *time.Timer
+}
+
+type midState struct {
+	next     uint16
+	issued   int
+	since    time.Time
+	lastUsed time.Time
+}
+
+// Stats are cumulative counts of one CoAP listener's messaging layer.
+type Stats struct {
+	Requests        uint64 // requests returned for publishing
+	Duplicates      uint64 // duplicates answered from the cache (or ignored while pending)
+	Pings           uint64 // empty CONs answered with RST
+	Malformed       uint64 // datagrams that did not parse (a CON among them got RST)
+	BadOption       uint64 // 4.02 sent
+	Rejected        uint64 // other gateway-made errors: 4.00, 4.05, 4.08, 4.13, 5.05
+	BlockContinue   uint64 // 2.31 Continue sent for Block1
+	BlocksServed    uint64 // Block2 blocks served from the gateway's copy
+	Piggybacked     uint64 // responses sent in the ACK
+	Separate        uint64 // responses sent as separate CON
+	Retransmissions uint64 // separate responses sent again
+	GaveUp          uint64 // separate responses never acknowledged
+	Resets          uint64 // RSTs received for separate responses
+	Timeouts        uint64 // 5.04 sent
+	Unavailable     uint64 // 5.03 sent
+	Evicted         uint64 // cache entries dropped to stay within CacheSize
+	SendErrors      uint64
+}
+
+type counters struct {
+	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
+	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
+	sendErrors                                                                               atomic.Uint64
+}
+
+// Stats returns a snapshot of the edge's counters.
+func (e *Edge) Stats() Stats {
+	c := &e.stats
+	return Stats{
+		Requests: c.requests.Load(), Duplicates: c.duplicates.Load(), Pings: c.pings.Load(),
+		Malformed: c.malformed.Load(), BadOption: c.badOption.Load(), Rejected: c.rejected.Load(),
+		BlockContinue: c.blockContinue.Load(), BlocksServed: c.blocksServed.Load(), Piggybacked: c.piggybacked.Load(),
+		Separate: c.separate.Load(), Retransmissions: c.retransmissions.Load(), GaveUp: c.gaveUp.Load(),
+		Resets: c.resets.Load(), Timeouts: c.timeouts.Load(), Unavailable: c.unavailable.Load(),
+		Evicted: c.evicted.Load(), SendErrors: c.sendErrors.Load(),
+	}
+}
+
+// Start sets defaults and allocates the edge's state.
+func (e *Edge) Start() {
+	if e.Piggyback <= 0 {
+		e.Piggyback = DefaultPiggyback
+	}
+	if e.BlockSize <= 0 || e.BlockSize > 1024 {
+		e.BlockSize = DefaultBlockSize
+	}
+	if e.MaxBody <= 0 {
+		e.MaxBody = DefaultMaxBody
+	}
+	if e.CacheSize <= 0 {
+		e.CacheSize = DefaultCacheSize
+	}
+	if e.ACKTimeout <= 0 {
+		e.ACKTimeout = DefaultACKTimeout
+	}
+	if e.Log == nil {
+		e.Log = slog.New(slog.DiscardHandler)
+	}
+	e.dedupe = make(map[peerMID]*cached)
+	e.uploads = make(map[transferKey]*upload)
+	e.downloads = make(map[transferKey]*download)
+	e.outgoing = make(map[peerMID]*retransmission)
+	e.peers = make(map[netip.AddrPort]*midState)
+}
+
+// Close stops retransmissions and pending timers. Receive and Reply after
+// Close send nothing.
+func (e *Edge) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closed = true
+	for k, r := range e.outgoing {
+		r.timer.Stop()
+		delete(e.outgoing, k)
+	}
+}
+
+// Sweep drops expired cache entries, transfers and message-id state. The
+// edge's owner calls it every few seconds.
+func (e *Edge) Sweep(now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i := 0
+	for ; i < len(e.order); i++ {
+		k := e.order[i]
+		c, ok := e.dedupe[k]
+		if ok && c.key == k && now.Before(c.expires) {
+			break
+		}
+		if ok && c.key == k {
+			delete(e.dedupe, k)
+		}
+	}
+	e.order = append(e.order[:0], e.order[i:]...)
+	for k, u := range e.uploads {
+		if now.After(u.expires) {
+			delete(e.uploads, k)
+		}
+	}
+	for k, d := range e.downloads {
+		if now.After(d.expires) {
+			delete(e.downloads, k)
+		}
+	}
+	for p, m := range e.peers {
+		if now.Sub(m.lastUsed) > exchangeLifetime {
+			delete(e.peers, p)
+		}
+	}
+}
+
+// Request is a CoAP request to publish, and the exchange's Replier.
+type Request struct {
+	Method        string
+	Segments      []string // decoded Uri-Path segments
+	Path          string   // "/" + percent-encoded segments joined by "/"
+	Query         string   // Uri-Query options, percent-encoded, joined by "&"
+	ContentFormat int      // -1 if absent
+	Accept        int      // -1 if absent
+	Token         []byte
+	Confirmable   bool
+	MessageID     uint16
+	Payload       []byte // owned by the Request
+	Head          []byte // the datagram before the payload; nil if reassembled
+	MsgID         string // Nats-Msg-Id: peer, message id and token
+
+	edge   *Edge
+	dst    exchange.Exchange
+	cache  *cached
+	acked  bool   // an empty ACK was sent (separate response)
+	done   bool   // answered
+	block1 *block // the final Block1 of a reassembled upload, echoed in the response
+	block2 block  // the block the client asked for
+	op     string // method and URI, for Block2 follow-ups
+	timer  *time.Timer
+}
+
+// Receive handles one datagram from remote, sent to local on interface
+// ifindex. It answers what the gateway answers itself and returns the
+// request to publish, or nil. It does not keep b.
+func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now time.Time) *Request {
+	dst := e.Socket
+	dst.Remote, dst.Local, dst.IfIndex = remote, local, ifindex
+	h, err := peekHeader(b)
+	if err != nil {
+		e.stats.malformed.Add(1)
+		return nil
+	}
+	class := h.code >> 5
+	switch {
+	case h.code == codes.Empty:
+		e.receiveEmpty(h, b, dst)
+		return nil
+	case class != 0 || h.typ == typeACK || h.typ == typeRST:
+		// A response, or a request in an ACK or RST: we are no client.
+		if h.typ == typeCON {
+			e.send(dst, empty(typeRST, h.mid))
+		}
+		e.stats.malformed.Add(1)
+		return nil
+	}
+	var m message.Message
+	var opts [maxOptions]message.Option
+	m.Options = opts[:0]
+	if err := decode(b, &m); err != nil {
+		e.stats.malformed.Add(1)
+		if h.typ == typeCON {
+			e.send(dst, empty(typeRST, h.mid))
+		}
+		return nil
+	}
+
+	key := peerMID{remote, h.mid}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	if c, ok := e.dedupe[key]; ok && now.Before(c.expires) {
+		e.stats.duplicates.Add(1)
+		var again []byte
+		switch {
+		case c.response != nil:
+			again = c.response
+		case c.separate:
+			again = empty(typeACK, h.mid)
+		}
+		e.mu.Unlock()
+		if again != nil {
+			e.send(dst, again)
+		}
+		return nil
+	}
+	c := e.remember(key, h.typ, now)
+	e.mu.Unlock()
+
+	r := &Request{
+		edge: e, dst: dst, cache: c,
+		Confirmable: h.typ == typeCON, MessageID: h.mid,
+		Token: append([]byte(nil), m.Token...), ContentFormat: -1, Accept: -1,
+	}
+	method, ok := methods[m.Code]
+	if !ok {
+		e.stats.rejected.Add(1)
+		r.respond(codes.MethodNotAllowed, nil, nil)
+		return nil
+	}
+	r.Method = method
+	var (
+		query    []string
+		b1, b2   *block
+		badOpt   bool
+		proxying bool
+	)
+	for _, o := range m.Options {
+		switch o.ID {
+		case message.URIPath:
+			r.Segments = append(r.Segments, string(o.Value))
+		case message.URIQuery:
+			query = append(query, string(o.Value))
+		case message.ContentFormat:
+			r.ContentFormat = int(decodeUint(o.Value))
+		case message.Accept:
+			r.Accept = int(decodeUint(o.Value))
+		case message.Block1, message.Block2:
+			blk, ok := parseBlock(decodeUint(o.Value))
+			if !ok {
+				badOpt = true
+			}
+			if o.ID == message.Block1 {
+				b1 = &blk
+			} else {
+				b2 = &blk
+			}
+		case message.ProxyURI, message.ProxyScheme:
+			proxying = true
+		case message.URIHost, message.URIPort:
+		default:
+			if o.ID&1 == 1 { // critical, and not one we implement
+				badOpt = true
+			}
+		}
+	}
+	switch {
+	case proxying:
+		e.stats.rejected.Add(1)
+		r.respond(codes.ProxyingNotSupported, nil, nil)
+		return nil
+	case badOpt:
+		e.stats.badOption.Add(1)
+		r.respond(codes.BadOption, nil, nil)
+		return nil
+	}
+	r.Path = joinPath(r.Segments)
+	r.Query = joinQuery(query)
+	r.op = r.Method + " " + r.Path + "?" + r.Query
+	if b2 != nil {
+		r.block2 = *b2
+	}
+	r.block2.szx = min(r.block2.szx, szxFor(e.BlockSize))
+	if b2 == nil {
+		r.block2.szx = szxFor(e.BlockSize)
+	}
+
+	if b1 != nil {
+		body, done := e.receiveBlock1(r, *b1, m.Payload, now)
+		if !done {
+			return nil
+		}
+		r.Payload = body
+	} else {
+		if b2 != nil && b2.num > 0 && e.serveBlock2(r, now) {
+			return nil
+		}
+		r.Payload = append([]byte(nil), m.Payload...)
+		head := b[:len(b)-len(m.Payload)]
+		r.Head = append([]byte(nil), head...)
+	}
+	r.MsgID = remote.String() + "|" + strconv.Itoa(int(h.mid)) + "|" + hex.EncodeToString(r.Token)
+	e.stats.requests.Add(1)
+	return r
+}
+
+// remember records a new received message in the dedupe cache. e.mu must
+// be held.
+func (e *Edge) remember(key peerMID, typ message.Type, now time.Time) *cached {
+	life := exchangeLifetime
+	if typ == typeNON {
+		life = nonLifetime
+	}
+	if len(e.dedupe) >= e.CacheSize {
+		for len(e.order) > 0 && len(e.dedupe) >= e.CacheSize {
+			old := e.order[0]
+			e.order = e.order[1:]
+			if _, ok := e.dedupe[old]; ok {
+				delete(e.dedupe, old)
+				e.stats.evicted.Add(1)
+			}
+		}
+	}
+	c := &cached{key: key, expires: now.Add(life)}
+	e.dedupe[key] = c
+	e.order = append(e.order, key)
+	return c
+}
+
+// Started is called by ingress once the request is on its way to NATS: a
+// CON starts its piggyback window.
+func (r *Request) Started() {
+	if !r.Confirmable {
+		return
+	}
+	r.edge.mu.Lock()
+	defer r.edge.mu.Unlock()
+	if r.done || r.acked {
+		return
+	}
+	r.timer = time.AfterFunc(r.edge.Piggyback, r.ackEmpty)
+}
+
+// ackEmpty acknowledges a CON whose worker has not answered within the
+// piggyback window; the response will follow as a separate CON.
+func (r *Request) ackEmpty() {
+	e := r.edge
+	e.mu.Lock()
+	if r.done || r.acked || e.closed {
+		e.mu.Unlock()
+		return
+	}
+	r.acked = true
+	r.cache.separate = true
+	e.mu.Unlock()
+	e.send(r.dst, empty(typeACK, r.MessageID))
+}
+
+// Reply implements exchange.Replier: it sends the worker's reply as the
+// CoAP response.
+func (r *Request) Reply(_ exchange.Exchange, status string, header map[string][]string, body []byte) error {
+	get := func(k string) string {
+		if v := header[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	if status != schemas.StatusOK {
+		r.respond(codes.InternalServerError, nil, nil)
+		return nil
+	}
+	code := codes.Content
+	if s := get(schemas.HeaderCoAPCode); s != "" {
+		c, err := ParseCode(s)
+		if err != nil {
+			r.respond(codes.InternalServerError, nil, nil)
+			return err
+		}
+		code = c
+	}
+	var opts message.Options
+	buf := make([]byte, 0, 64)
+	add := func(id message.OptionID, v []byte) {
+		start := len(buf)
+		buf = append(buf, v...)
+		opts = opts.Add(message.Option{ID: id, Value: buf[start:len(buf):len(buf)]})
+	}
+	cf := -1
+	if s := get(schemas.HeaderCoAPContentFormat); s != "" {
+		if n, err := strconv.ParseUint(s, 10, 16); err == nil {
+			cf = int(n)
+			add(message.ContentFormat, encodeUint(uint32(n)))
+		}
+	}
+	if s := get(schemas.HeaderCoAPMaxAge); s != "" {
+		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+			add(message.MaxAge, encodeUint(uint32(n)))
+		}
+	}
+	var etag []byte
+	if s := get(schemas.HeaderCoAPETag); s != "" {
+		if t, err := hex.DecodeString(s); err == nil && len(t) >= 1 && len(t) <= 8 {
+			etag = t
+			add(message.ETag, t)
+		}
+	}
+	if s := get(schemas.HeaderCoAPLocationPath); s != "" {
+		for _, seg := range splitPath(s) {
+			add(message.LocationPath, []byte(seg))
+		}
+	}
+	if s := get(schemas.HeaderCoAPLocationQuery); s != "" {
+		for _, q := range splitQuery(s) {
+			add(message.LocationQuery, []byte(q))
+		}
+	}
+	size := r.block2.size()
+	if len(body) > size || r.block2.num > 0 {
+		e := r.edge
+		e.mu.Lock()
+		e.storeDownload(transferKey{r.dst.Remote, r.op}, &download{
+			body: body, code: code, cf: cf, etag: etag, szx: r.block2.szx, expires: time.Now().Add(exchangeLifetime),
+		})
+		e.mu.Unlock()
+		var chunk []byte
+		chunk, opts = blockOf(body, r.block2, opts, &buf)
+		body = chunk
+	}
+	r.respond(code, opts, body)
+	return nil
+}
+
+// Fail implements exchange.Replier: 5.04 when no worker answered in time,
+// 5.03 when the request could not be published.
+func (r *Request) Fail(_ exchange.Exchange, why exchange.Failure) {
+	if why == exchange.NoAnswer {
+		r.edge.stats.timeouts.Add(1)
+		r.respond(codes.GatewayTimeout, nil, nil)
+		return
+	}
+	r.edge.stats.unavailable.Add(1)
+	r.respond(codes.ServiceUnavailable, nil, nil)
+}
+
+// respond sends the response to r: in the ACK while the piggyback window
+// is open, as a separate CON after an empty ACK, or as a NON.
+func (r *Request) respond(code codes.Code, opts message.Options, payload []byte) {
+	e := r.edge
+	if r.block1 != nil {
+		b := *r.block1
+		opts = opts.Add(message.Option{ID: message.Block1, Value: encodeUint(b.value())})
+	}
+	e.mu.Lock()
+	if r.done || e.closed {
+		e.mu.Unlock()
+		return
+	}
+	r.done = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	m := message.Message{Token: r.Token, Options: opts, Code: code, Payload: payload}
+	var rt *retransmission
+	switch {
+	case r.Confirmable && !r.acked:
+		m.Type, m.MessageID = typeACK, int32(r.MessageID)
+		e.stats.piggybacked.Add(1)
+	case r.Confirmable:
+		mid, ok := e.newMID(r.dst.Remote, time.Now())
+		if !ok {
+			e.mu.Unlock()
+			e.stats.sendErrors.Add(1)
+			return
+		}
+		m.Type, m.MessageID = typeCON, int32(mid)
+		e.stats.separate.Add(1)
+		rt = &retransmission{dst: r.dst, timeout: initialTimeout(e.ACKTimeout)}
+	default:
+		mid, ok := e.newMID(r.dst.Remote, time.Now())
+		if !ok {
+			e.mu.Unlock()
+			e.stats.sendErrors.Add(1)
+			return
+		}
+		m.Type, m.MessageID = typeNON, int32(mid)
+	}
+	b, err := appendEncoded(nil, m)
+	if err != nil {
+		e.mu.Unlock()
+		e.stats.sendErrors.Add(1)
+		e.Log.Debug("coap: encode response", "err", err)
+		return
+	}
+	if rt == nil {
+		r.cache.response = b
+	} else {
+		rt.msg = b
+		key := peerMID{r.dst.Remote, uint16(m.MessageID)}
+		rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(key) })
+		e.outgoing[key] = rt
+	}
+	e.mu.Unlock()
+	e.send(r.dst, b)
+}
+
+// retransmit resends a separate CON response that has not been
+// acknowledged, doubling the timeout, up to MAX_RETRANSMIT times.
+func (e *Edge) retransmit(key peerMID) {
+	e.mu.Lock()
+	rt, ok := e.outgoing[key]
+	if !ok || e.closed {
+		e.mu.Unlock()
+		return
+	}
+	if rt.attempts >= maxRetransmit {
+		delete(e.outgoing, key)
+		e.mu.Unlock()
+		e.stats.gaveUp.Add(1)
+		return
+	}
+	rt.attempts++
+	rt.timeout *= 2
+	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(key) })
+	e.mu.Unlock()
+	e.stats.retransmissions.Add(1)
+	e.send(rt.dst, rt.msg)
+}
+
+func initialTimeout(ack time.Duration) time.Duration {
+	return ack + time.Duration(rand.Int64N(int64(float64(ack)*(ackRandomFactor-1))+1))
+}
+
+// receiveEmpty handles an empty message: a ping, or the client's ACK or
+// RST of a separate response.
+func (e *Edge) receiveEmpty(h header, b []byte, dst exchange.Exchange) {
+	if len(b) != 4 {
+		// An empty message with a token, options or payload is a format
+		// error (RFC 7252 §4.1).
+		e.stats.malformed.Add(1)
+		if h.typ == typeCON {
+			e.send(dst, empty(typeRST, h.mid))
+		}
+		return
+	}
+	switch h.typ {
+	case typeCON:
+		e.stats.pings.Add(1)
+		e.send(dst, empty(typeRST, h.mid))
+	case typeACK, typeRST:
+		key := peerMID{dst.Remote, h.mid}
+		e.mu.Lock()
+		if rt, ok := e.outgoing[key]; ok {
+			rt.timer.Stop()
+			delete(e.outgoing, key)
+			if h.typ == typeRST {
+				e.stats.resets.Add(1)
+			}
+		}
+		e.mu.Unlock()
+	default:
+		e.stats.malformed.Add(1)
+	}
+}
+
+// receiveBlock1 adds one block of an upload. It returns the whole body and
+// true when the last block arrived; otherwise it has answered the block.
+func (e *Edge) receiveBlock1(r *Request, b block, payload []byte, now time.Time) ([]byte, bool) {
+	key := transferKey{r.dst.Remote, r.op}
+	e.mu.Lock()
+	up := e.uploads[key]
+	switch {
+	case b.num == 0:
+		up = &upload{szx: b.szx}
+		e.storeUpload(key, up)
+	case up == nil || up.next != b.num || up.szx != b.szx:
+		delete(e.uploads, key)
+		e.mu.Unlock()
+		e.stats.rejected.Add(1)
+		r.respond(codes.RequestEntityIncomplete, nil, nil)
+		return nil, false
+	}
+	if b.more && len(payload) != b.size() {
+		delete(e.uploads, key)
+		e.mu.Unlock()
+		e.stats.rejected.Add(1)
+		r.respond(codes.BadRequest, nil, nil)
+		return nil, false
+	}
+	if len(up.body)+len(payload) > e.MaxBody {
+		delete(e.uploads, key)
+		e.mu.Unlock()
+		e.stats.rejected.Add(1)
+		r.respond(codes.RequestEntityTooLarge, message.Options{{ID: message.Size1, Value: encodeUint(uint32(e.MaxBody))}}, nil)
+		return nil, false
+	}
+	up.body = append(up.body, payload...)
+	up.next++
+	up.expires = now.Add(exchangeLifetime)
+	if b.more {
+		e.mu.Unlock()
+		e.stats.blockContinue.Add(1)
+		r.respond(codes.Continue, message.Options{{ID: message.Block1, Value: encodeUint(b.value())}}, nil)
+		return nil, false
+	}
+	delete(e.uploads, key)
+	e.mu.Unlock()
+	final := b
+	r.block1 = &final
+	return up.body, true
+}
+
+// serveBlock2 answers a request for a further block of a response the
+// gateway holds. It reports false when it holds none.
+func (e *Edge) serveBlock2(r *Request, now time.Time) bool {
+	e.mu.Lock()
+	d, ok := e.downloads[transferKey{r.dst.Remote, r.op}]
+	if !ok || now.After(d.expires) {
+		e.mu.Unlock()
+		return false
+	}
+	e.mu.Unlock()
+	want := r.block2
+	want.szx = min(want.szx, d.szx)
+	if int(want.num)*want.size() >= len(d.body) {
+		e.stats.rejected.Add(1)
+		r.respond(codes.BadOption, nil, nil)
+		return true
+	}
+	var opts message.Options
+	buf := make([]byte, 0, 32)
+	if d.cf >= 0 {
+		opts = opts.Add(message.Option{ID: message.ContentFormat, Value: encodeUint(uint32(d.cf))})
+	}
+	if d.etag != nil {
+		opts = opts.Add(message.Option{ID: message.ETag, Value: d.etag})
+	}
+	chunk, opts := blockOf(d.body, want, opts, &buf)
+	e.stats.blocksServed.Add(1)
+	r.respond(d.code, opts, chunk)
+	return true
+}
+
+// blockOf returns block want of body and opts with the Block2 option (and
+// Size2 on the first block).
+func blockOf(body []byte, want block, opts message.Options, buf *[]byte) ([]byte, message.Options) {
+	size := want.size()
+	start := min(int(want.num)*size, len(body))
+	end := min(start+size, len(body))
+	b := block{num: want.num, szx: want.szx, more: end < len(body)}
+	opts = opts.Add(message.Option{ID: message.Block2, Value: encodeUint(b.value())})
+	if want.num == 0 {
+		opts = opts.Add(message.Option{ID: message.Size2, Value: encodeUint(uint32(len(body)))})
+	}
+	return body[start:end], opts
+}
+
+// storeUpload and storeDownload keep at most maxTransfers of each,
+// dropping the one closest to expiry. e.mu must be held.
+func (e *Edge) storeUpload(k transferKey, u *upload) {
+	if _, ok := e.uploads[k]; !ok && len(e.uploads) >= maxTransfers {
+		var oldest transferKey
+		var at time.Time
+		for k2, u2 := range e.uploads {
+			if at.IsZero() || u2.expires.Before(at) {
+				oldest, at = k2, u2.expires
+			}
+		}
+		delete(e.uploads, oldest)
+		e.stats.evicted.Add(1)
+	}
+	u.expires = time.Now().Add(exchangeLifetime)
+	e.uploads[k] = u
+}
+
+func (e *Edge) storeDownload(k transferKey, d *download) {
+	if _, ok := e.downloads[k]; !ok && len(e.downloads) >= maxTransfers {
+		var oldest transferKey
+		var at time.Time
+		for k2, d2 := range e.downloads {
+			if at.IsZero() || d2.expires.Before(at) {
+				oldest, at = k2, d2.expires
+			}
+		}
+		delete(e.downloads, oldest)
+		e.stats.evicted.Add(1)
+	}
+	e.downloads[k] = d
+}
+
+// newMID returns a message id for a message the gateway originates to
+// peer. Each peer's ids start at a random value and count up; at most
+// 32768 are issued per EXCHANGE_LIFETIME, so none is reused within it.
+// e.mu must be held.
+func (e *Edge) newMID(peer netip.AddrPort, now time.Time) (uint16, bool) {
+	m, ok := e.peers[peer]
+	if !ok {
+		m = &midState{next: uint16(rand.Uint32()), since: now}
+		e.peers[peer] = m
+	}
+	if now.Sub(m.since) >= exchangeLifetime {
+		m.issued, m.since = 0, now
+	}
+	if m.issued >= 1<<15 {
+		return 0, false
+	}
+	mid := m.next
+	m.next++
+	m.issued++
+	m.lastUsed = now
+	return mid, true
+}
+
+func (e *Edge) send(dst exchange.Exchange, b []byte) {
+	if err := dst.Write(b); err != nil {
+		e.stats.sendErrors.Add(1)
+		e.Log.Debug("coap: send", "err", err)
+	}
+}
+
+func decodeUint(v []byte) uint32 {
+	var n uint32
+	for _, b := range v {
+		n = n<<8 | uint32(b)
+	}
+	return n
+}
+
+func encodeUint(n uint32) []byte {
+	switch {
+	case n == 0:
+		return nil
+	case n < 1<<8:
+		return []byte{byte(n)}
+	case n < 1<<16:
+		return []byte{byte(n >> 8), byte(n)}
+	case n < 1<<24:
+		return []byte{byte(n >> 16), byte(n >> 8), byte(n)}
+	}
+	return []byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+}
+
+// joinPath makes the udpgate-coap-path header: "/" followed by the
+// segments, each percent-encoded, joined by "/".
+func joinPath(segs []string) string {
+	var b strings.Builder
+	b.WriteByte('/')
+	for i, s := range segs {
+		if i > 0 {
+			b.WriteByte('/')
+		}
+		b.WriteString(url.PathEscape(s))
+	}
+	return b.String()
+}
+
+func splitPath(p string) []string {
+	p = strings.TrimPrefix(p, "/")
+	if p == "" {
+		return nil
+	}
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if u, err := url.PathUnescape(s); err == nil {
+			parts[i] = u
+		}
+	}
+	return parts
+}
+
+// joinQuery makes the udpgate-coap-query header: the options, each
+// percent-encoded as a query component except '=', joined by "&".
+func joinQuery(q []string) string {
+	for i, s := range q {
+		k, v, ok := strings.Cut(s, "=")
+		if ok {
+			q[i] = url.QueryEscape(k) + "=" + url.QueryEscape(v)
+		} else {
+			q[i] = url.QueryEscape(s)
+		}
+	}
+	return strings.Join(q, "&")
+}
+
+func splitQuery(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, "&") {
+		k, v, ok := strings.Cut(part, "=")
+		k, _ = url.QueryUnescape(k)
+		if ok {
+			v, _ = url.QueryUnescape(v)
+			out = append(out, k+"="+v)
+		} else {
+			out = append(out, k)
+		}
+	}
+	return out
+}

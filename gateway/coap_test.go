@@ -1,0 +1,270 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+	"github.com/plgd-dev/go-coap/v3/options"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
+	"github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/internal/natstest"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// coapGateway runs a gateway with one coap listener on 127.0.0.1 and a
+// worker (written against the contract, without the SDK) for its port:
+// GET /time, POST /echo, GET /slow (answers after delay), anything else
+// 4.04. seen counts the requests the worker received.
+func coapGateway(t *testing.T, g *Gateway, delay time.Duration) (addr string, s *server.Server, seen *atomic.Int64) {
+	t.Helper()
+	s = natstest.RunServer(t)
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.NATS = natstest.Connect(t, s)
+	g.Node = "coap-node"
+	g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolCoAP})
+	port := c.LocalAddr().(*net.UDPAddr).Port
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+	})
+	<-g.Ready()
+	seen = new(atomic.Int64)
+	nc, js := natstest.JetStream(t, s)
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	cons, err := js.CreateOrUpdateConsumer(cctx, schemas.StreamIn, jetstream.ConsumerConfig{
+		Durable: "coap", FilterSubject: "udpgate.in." + strconv.Itoa(port) + ".>", AckPolicy: jetstream.AckExplicitPolicy,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		seen.Add(1)
+		h := m.Headers()
+		reply := &nats.Msg{Subject: h.Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {h.Get(schemas.HeaderID)}}}
+		switch h.Get(schemas.HeaderCoAPMethod) + " " + h.Get(schemas.HeaderCoAPPath) {
+		case "GET /time":
+			reply.Header.Set(schemas.HeaderCoAPContentFormat, "0")
+			reply.Data = []byte("2026-11-23T00:00:00Z")
+		case "POST /echo":
+			reply.Header.Set(schemas.HeaderCoAPContentFormat, h.Get(schemas.HeaderCoAPContentFormat))
+			reply.Data = m.Data()
+		case "GET /slow":
+			time.Sleep(delay) // the slow worker under test
+			reply.Data = []byte("slow answer")
+		default:
+			reply.Header.Set(schemas.HeaderCoAPCode, "4.04")
+		}
+		nc.PublishMsg(reply)
+		m.Ack()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	return c.LocalAddr().String(), s, seen
+}
+
+func dialCoAP(t *testing.T, addr string) *client.Conn {
+	t.Helper()
+	co, err := coapudp.Dial(addr, options.WithBlockwise(true, blockwise.SZX1024, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { co.Close() })
+	return co
+}
+
+func TestCoAPGoCoAPClient(t *testing.T) {
+	g := &Gateway{CoAP: coapConfig(300 * time.Millisecond)}
+	addr, _, seen := coapGateway(t, g, 700*time.Millisecond)
+	co := dialCoAP(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	t.Run("GET /time piggybacked", func(t *testing.T) {
+		resp, err := co.Get(ctx, "/time")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := resp.ReadBody()
+		if resp.Code() != codes.Content || string(body) != "2026-11-23T00:00:00Z" {
+			t.Errorf("%v %q", resp.Code(), body)
+		}
+	})
+	t.Run("POST /echo 5 KB, block-wise both ways", func(t *testing.T) {
+		payload := bytes.Repeat([]byte("0123456789abcdef"), 320) // 5120 bytes
+		resp, err := co.Post(ctx, "/echo", message.AppOctets, bytes.NewReader(payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := resp.ReadBody()
+		cf, _ := resp.ContentFormat()
+		if resp.Code() != codes.Content || !bytes.Equal(body, payload) || cf != message.AppOctets {
+			t.Errorf("%v cf %v, %d bytes back", resp.Code(), cf, len(body))
+		}
+		st := g.Stats().CoAP
+		for _, c := range st {
+			if c.BlockContinue < 4 || c.BlocksServed < 4 {
+				t.Errorf("block-wise not used: %+v", c)
+			}
+		}
+	})
+	t.Run("slow worker, separate response", func(t *testing.T) {
+		resp, err := co.Get(ctx, "/slow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := resp.ReadBody()
+		if string(body) != "slow answer" {
+			t.Errorf("%v %q", resp.Code(), body)
+		}
+		waitFor(t, "separate response acknowledged", func() bool {
+			for _, c := range g.Stats().CoAP {
+				return c.Separate == 1 && c.GaveUp == 0
+			}
+			return false
+		})
+	})
+	t.Run("unknown path", func(t *testing.T) {
+		resp, err := co.Get(ctx, "/nope/x y")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Code() != codes.NotFound {
+			t.Errorf("%v", resp.Code())
+		}
+	})
+	if seen.Load() == 0 {
+		t.Error("the worker saw nothing")
+	}
+}
+
+func coapConfig(piggyback time.Duration) coap.Config {
+	return coap.Config{Piggyback: piggyback, ACKTimeout: 200 * time.Millisecond}
+}
+
+// rawCoAP sends hand-made CoAP datagrams from one connected socket.
+type rawCoAP struct {
+	t *testing.T
+	c *net.UDPConn
+}
+
+func dialRaw(t *testing.T, addr string) *rawCoAP {
+	t.Helper()
+	ua, _ := net.ResolveUDPAddr("udp", addr)
+	c, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawCoAP{t, c}
+}
+
+func (r *rawCoAP) send(b []byte) { r.c.Write(b) }
+
+// read returns the next datagram, or nil after wait.
+func (r *rawCoAP) read(wait time.Duration) []byte {
+	buf := make([]byte, 2048)
+	r.c.SetReadDeadline(time.Now().Add(wait))
+	n, err := r.c.Read(buf)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
+}
+
+// con builds a CON GET for path with message id mid and a 2-byte token.
+func con(mid uint16, typ byte, path ...string) []byte {
+	b := []byte{0x40 | typ<<4 | 2, 0x01, 0, 0, 0xAB, 0xCD}
+	binary.BigEndian.PutUint16(b[2:], mid)
+	prev := 0
+	for _, p := range path {
+		b = append(b, byte((11-prev)<<4|len(p)))
+		b = append(b, p...)
+		prev = 11
+	}
+	return b
+}
+
+func TestCoAPMessagingLayer(t *testing.T) {
+	g := &Gateway{CoAP: coapConfig(200 * time.Millisecond)}
+	addr, _, seen := coapGateway(t, g, 600*time.Millisecond)
+	r := dialRaw(t, addr)
+
+	t.Run("retransmitted CON answered once from cache", func(t *testing.T) {
+		before := seen.Load()
+		req := con(0x1234, 0, "time")
+		r.send(req)
+		first := r.read(5 * time.Second)
+		if first == nil || first[0]>>4&3 != 2 || first[1] != byte(codes.Content) || binary.BigEndian.Uint16(first[2:]) != 0x1234 {
+			t.Fatalf("first answer % x: want a piggybacked 2.05 ACK", first)
+		}
+		r.send(req) // the client did not hear the ACK and retransmits
+		again := r.read(5 * time.Second)
+		if !bytes.Equal(first, again) {
+			t.Errorf("duplicate answered % x, want the cached % x", again, first)
+		}
+		if n := seen.Load() - before; n != 1 {
+			t.Errorf("the worker saw the request %d times, want 1", n)
+		}
+	})
+	t.Run("NON in, NON out", func(t *testing.T) {
+		r.send(con(0x2000, 1, "time"))
+		resp := r.read(5 * time.Second)
+		if resp == nil || resp[0]>>4&3 != 1 || resp[1] != byte(codes.Content) || !bytes.Equal(resp[4:6], []byte{0xAB, 0xCD}) {
+			t.Errorf("answer % x: want a NON 2.05 with the token", resp)
+		}
+	})
+	t.Run("ping gets RST", func(t *testing.T) {
+		r.send([]byte{0x40, 0, 0x33, 0x44})
+		if resp := r.read(2 * time.Second); !bytes.Equal(resp, []byte{0x70, 0, 0x33, 0x44}) {
+			t.Errorf("answer % x, want RST 0x3344", resp)
+		}
+	})
+	t.Run("slow worker: empty ACK, then CON response", func(t *testing.T) {
+		r.send(con(0x3000, 0, "slow"))
+		ack := r.read(2 * time.Second)
+		if !bytes.Equal(ack, []byte{0x60, 0, 0x30, 0x00}) {
+			t.Fatalf("first answer % x, want an empty ACK", ack)
+		}
+		resp := r.read(5 * time.Second)
+		if resp == nil || resp[0]>>4&3 != 0 || resp[1] != byte(codes.Content) || !strings.HasSuffix(string(resp), "slow answer") {
+			t.Fatalf("response % x: want a CON 2.05", resp)
+		}
+		// Not acknowledged: it is retransmitted with the same message id.
+		again := r.read(2 * time.Second)
+		if !bytes.Equal(again, resp) {
+			t.Fatalf("retransmission % x, want % x", again, resp)
+		}
+		ackResp := []byte{0x60, 0, resp[2], resp[3]}
+		r.send(ackResp)
+		// The next retransmission would come within 0.2 to 0.6 s.
+		if extra := r.read(1500 * time.Millisecond); extra != nil {
+			t.Errorf("sent again after the ACK: % x", extra)
+		}
+	})
+}

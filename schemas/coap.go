@@ -1,0 +1,69 @@
+package schemas
+
+import "strconv"
+
+// CloudEvents type of CoAP request messages.
+const TypeCoAP = "io.udpgate.coap.request"
+
+// CoAP request headers, set by the gateway on requests from coap listeners.
+const (
+	HeaderCoAPMethod        = "udpgate-coap-method"         // GET, POST, PUT, DELETE, FETCH, PATCH, iPATCH
+	HeaderCoAPPath          = "udpgate-coap-path"           // "/" + segments joined by "/", each percent-encoded (RFC 3986)
+	HeaderCoAPQuery         = "udpgate-coap-query"          // Uri-Query options joined by "&", each percent-encoded; absent if none
+	HeaderCoAPContentFormat = "udpgate-coap-content-format" // decimal; absent if none
+	HeaderCoAPAccept        = "udpgate-coap-accept"         // decimal; absent if none
+	HeaderCoAPToken         = "udpgate-coap-token"          // hex, lower case; empty for a zero-length token
+	HeaderCoAPType          = "udpgate-coap-type"           // CON or NON
+	HeaderCoAPMessageID     = "udpgate-coap-mid"            // decimal
+	// HeaderDatagramHead holds, in standard base64, the bytes of the request
+	// datagram before its payload: CoAP header, token, options and the
+	// payload marker if a payload follows. Head plus body is the datagram
+	// byte for byte. Absent for a request reassembled from Block1 transfers.
+	HeaderDatagramHead = "udpgate-datagram-head"
+)
+
+// CoAP reply headers, read by the gateway on replies to CoAP requests. All
+// are optional.
+const (
+	HeaderCoAPCode          = "udpgate-coap-code"           // response code "c.dd", e.g. "2.05"; default CoAPDefaultCode
+	HeaderCoAPMaxAge        = "udpgate-coap-max-age"        // decimal seconds
+	HeaderCoAPETag          = "udpgate-coap-etag"           // hex, 1 to 8 bytes
+	HeaderCoAPLocationPath  = "udpgate-coap-location-path"  // like HeaderCoAPPath
+	HeaderCoAPLocationQuery = "udpgate-coap-location-query" // like HeaderCoAPQuery
+	// A reply's HeaderCoAPContentFormat sets the response's Content-Format.
+)
+
+// CoAPDefaultCode is the response code of a reply without HeaderCoAPCode:
+// 2.05 Content.
+const CoAPDefaultCode = "2.05"
+
+// CoAP response codes the gateway itself sends.
+const (
+	CoAPBadOption          = "4.02" // an unrecognised critical option
+	CoAPRequestTooLarge    = "4.13" // a Block1 upload beyond the gateway's limit
+	CoAPInternalError      = "5.00" // the worker replied with StatusError
+	CoAPServiceUnavailable = "5.03" // NATS unavailable: the request could not be published
+	CoAPGatewayTimeout     = "5.04" // no reply before the deadline
+	CoAPProxyingNotSupp    = "5.05" // Proxy-Uri or Proxy-Scheme
+)
+
+// CoAPSubject returns the request subject of a CoAP request on port:
+// PREFIX.in.PORT.METHOD followed by one token per Uri-Path segment, each
+// escaped with EscapeToken. A request for "/" has no path tokens.
+func CoAPSubject(prefix string, port uint16, method string, segments []string) string {
+	n := len(prefix) + 12 + len(method)
+	for _, s := range segments {
+		n += len(s) + 1
+	}
+	b := make([]byte, 0, n+8)
+	b = append(b, prefix...)
+	b = append(b, ".in."...)
+	b = strconv.AppendUint(b, uint64(port), 10)
+	b = append(b, '.')
+	b = append(b, method...)
+	for _, s := range segments {
+		b = append(b, '.')
+		b = append(b, EscapeToken(s)...)
+	}
+	return string(b)
+}
