@@ -63,6 +63,11 @@ func parseRequest(subject string, h nats.Header, body []byte) (*Request, error) 
 			r.Deadline = time.UnixMilli(ms)
 		}
 	}
+	if isCoAP(h, r.Protocol) {
+		var cerrs []error
+		r.CoAP, cerrs = parseCoAP(h)
+		errs = append(errs, cerrs...)
+	}
 	return r, errors.Join(errs...)
 }
 

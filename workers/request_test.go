@@ -15,13 +15,17 @@ import (
 func TestParseRequest(t *testing.T) {
 	full := func() nats.Header {
 		return nats.Header{
-			schemas.HeaderID:       {"abc"},
-			schemas.HeaderReply:    {"udpgate.reply.node1"},
-			schemas.HeaderListener: {"5683/coap"},
-			schemas.HeaderRemote:   {"[2001:db8::1]:40000"},
-			schemas.HeaderLocal:    {"127.0.0.1:5683"},
-			schemas.HeaderTime:     {"2026-01-02T03:04:05.123456789Z"},
-			schemas.HeaderDeadline: {"1767323045623"},
+			schemas.HeaderID:            {"abc"},
+			schemas.HeaderReply:         {"udpgate.reply.node1"},
+			schemas.HeaderListener:      {"5683/coap"},
+			schemas.HeaderRemote:        {"[2001:db8::1]:40000"},
+			schemas.HeaderLocal:         {"127.0.0.1:5683"},
+			schemas.HeaderTime:          {"2026-01-02T03:04:05.123456789Z"},
+			schemas.HeaderDeadline:      {"1767323045623"},
+			schemas.HeaderCoAPMethod:    {"GET"},
+			schemas.HeaderCoAPPath:      {"/time"},
+			schemas.HeaderCoAPType:      {"CON"},
+			schemas.HeaderCoAPMessageID: {"7"},
 		}
 	}
 	tests := []struct {
@@ -38,8 +42,14 @@ func TestParseRequest(t *testing.T) {
 					r.Remote == netip.MustParseAddrPort("[2001:db8::1]:40000") &&
 					r.Local == netip.MustParseAddrPort("127.0.0.1:5683") &&
 					r.Received.Equal(time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)) &&
-					r.Deadline.Equal(time.UnixMilli(1767323045623))
+					r.Deadline.Equal(time.UnixMilli(1767323045623)) &&
+					r.CoAP != nil && r.CoAP.Method == "GET" && r.CoAP.Path == "/time"
 			},
+		},
+		{
+			name:  "raw listener",
+			edit:  func(h nats.Header) { h.Set(schemas.HeaderListener, "9000/raw") },
+			check: func(r *Request) bool { return r.Protocol == schemas.ProtocolRaw && r.CoAP == nil },
 		},
 		{
 			name: "no headers",

@@ -96,13 +96,48 @@ type Request struct {
 	// Deadline is the time after which no reply is sent (udpgate-deadline);
 	// zero if missing or malformed. The handler's context ends at Deadline.
 	Deadline time.Time
-	// Body is the datagram.
+	// Body is the datagram; for a CoAP request, its payload.
 	Body []byte
 	// Header holds every header of the request message as received.
 	Header nats.Header
 	// Delivery is the delivery attempt, 1 on first delivery, from the
 	// JetStream metadata; zero if unknown.
 	Delivery uint64
+	// CoAP holds the CoAP fields of a request from a coap listener (its
+	// Protocol or its ce-type says so); nil for other protocols.
+	CoAP *CoAPRequest
+	// Pattern is the Mux pattern that matched the request, for example
+	// "GET /items/{id}"; empty if no Mux routed it.
+	Pattern string
+
+	pathValues []pathValue // set by a Mux or SetPathValue
+}
+
+type pathValue struct{ name, value string }
+
+// PathValue returns the value of the wildcard name in the Mux pattern that
+// matched the request: the decoded segment for {name}, the decoded
+// segments joined by "/" for {name...}. It returns "" if the pattern has
+// no such wildcard or no Mux routed the request.
+func (r *Request) PathValue(name string) string {
+	for _, v := range r.pathValues {
+		if v.name == name {
+			return v.value
+		}
+	}
+	return ""
+}
+
+// SetPathValue sets the value PathValue returns for name, for example to
+// call a handler in a test without a Mux.
+func (r *Request) SetPathValue(name, value string) {
+	for i, v := range r.pathValues {
+		if v.name == name {
+			r.pathValues[i].value = value
+			return
+		}
+	}
+	r.pathValues = append(r.pathValues, pathValue{name, value})
 }
 
 // ResponseWriter builds the reply to one request. It is not safe for
