@@ -14,8 +14,9 @@
 //     response follows as a CON, retransmitted with RFC 7252's backoff until
 //     the client acknowledges or resets it;
 //   - a NON request gets a NON response;
-//   - a duplicate (same peer and message id) within EXCHANGE_LIFETIME is
-//     answered from a bounded cache and never published again;
+//   - a duplicate (same peer, message id and bytes) within
+//     EXCHANGE_LIFETIME is answered from a bounded cache and never published
+//     again; the same message id with other bytes is dropped;
 //   - an empty CON (ping) gets a RST; a CON that does not parse gets a RST;
 //     anything else that does not parse is dropped and counted;
 //   - unrecognised critical options get 4.02, Proxy-Uri 5.05, unknown
@@ -27,6 +28,7 @@ package coap
 
 import (
 	"encoding/hex"
+	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
@@ -112,6 +114,7 @@ type peerMID struct {
 // cached is what the dedupe cache knows of one received message.
 type cached struct {
 	key      peerMID
+	sum      uint64 // hash of the datagram: only identical copies are duplicates
 	expires  time.Time
 	response []byte // resent to a duplicate; nil while none
 	separate bool   // an empty ACK was sent; the response comes as a CON
@@ -333,7 +336,16 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		e.mu.Unlock()
 		return nil
 	}
+	sum := maphash.Bytes(hashSeed, b)
 	if c, ok := e.dedupe[key]; ok && now.Before(c.expires) {
+		if c.sum != sum {
+			// Same message id, other content: not a retransmission. It is
+			// dropped, so that no one can fetch a cached response larger
+			// than what they send.
+			e.mu.Unlock()
+			e.stats.malformed.Add(1)
+			return nil
+		}
 		e.stats.duplicates.Add(1)
 		var again []byte
 		switch {
@@ -349,6 +361,7 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		return nil
 	}
 	c := e.remember(key, h.typ, now)
+	c.sum = sum
 	e.mu.Unlock()
 
 	r := &Request{
@@ -437,6 +450,9 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 	e.stats.requests.Add(1)
 	return r
 }
+
+// hashSeed keys the hashes of the dedupe cache.
+var hashSeed = maphash.MakeSeed()
 
 // remember records a new received message in the dedupe cache. e.mu must
 // be held.
