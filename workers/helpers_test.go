@@ -2,7 +2,9 @@ package workers_test
 
 import (
 	"context"
+	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -245,4 +247,38 @@ func waitStats(t testing.TB, s *workers.Server, want workers.Stats) {
 			t.Fatalf("Stats = %+v, want %+v", got, want)
 		}
 	}
+}
+
+// coapPort is the port of the CoAP listener the fake gateway has.
+const coapPort = 5683
+
+// coapMsg returns a CoAP request message as the gateway builds it for a
+// request on coapPort: the subject of method and segments, the usual
+// headers and the CoAP ones, and body as the payload. query holds the
+// Uri-Query options, unescaped.
+func (e *env) coapMsg(id, method string, segments, query []string, body []byte) *nats.Msg {
+	msg := e.request(schemas.CoAPSubject(prefix, coapPort, method, segments), id, body, time.Time{})
+	listener := strconv.Itoa(coapPort) + "/" + schemas.ProtocolCoAP
+	h := msg.Header
+	h.Set(schemas.HeaderSource, schemas.Source("node1", listener))
+	h.Set(schemas.HeaderType, schemas.TypeCoAP)
+	h.Set(schemas.HeaderListener, listener)
+	h.Set(schemas.HeaderLocal, "127.0.0.1:"+strconv.Itoa(coapPort))
+	h.Set(schemas.HeaderCoAPMethod, method)
+	escaped := make([]string, len(segments))
+	for i, s := range segments {
+		escaped[i] = url.PathEscape(s)
+	}
+	h.Set(schemas.HeaderCoAPPath, "/"+strings.Join(escaped, "/"))
+	if len(query) > 0 {
+		escaped = escaped[:0]
+		for _, q := range query {
+			escaped = append(escaped, strings.ReplaceAll(url.QueryEscape(q), "+", "%20"))
+		}
+		h.Set(schemas.HeaderCoAPQuery, strings.Join(escaped, "&"))
+	}
+	h.Set(schemas.HeaderCoAPToken, "0a0b")
+	h.Set(schemas.HeaderCoAPType, "CON")
+	h.Set(schemas.HeaderCoAPMessageID, "513")
+	return msg
 }

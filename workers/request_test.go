@@ -1,7 +1,9 @@
 package workers
 
 import (
+	"encoding/hex"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,19 +127,40 @@ func TestParseRequest(t *testing.T) {
 }
 
 func FuzzParseRequest(f *testing.F) {
-	f.Add("abc", "udpgate.reply.node1", "9000/raw", "192.0.2.7:40000", "[::1]:9000", "2026-01-02T03:04:05.1Z", "1767323045623")
-	f.Add("", "", "", "", "", "", "")
-	f.Add("x", "y", "/", "[::1]", "1.2.3.4:99999", "2026-13-01T00:00:00Z", "99999999999999999999")
-	f.Add("x", "y", "65535/rpc/extra", "[fe80::1%eth0]:1", "0.0.0.0:0", "0001-01-01T00:00:00Z", "-0")
-	f.Fuzz(func(t *testing.T, id, reply, listener, remote, local, received, deadline string) {
+	f.Add("abc", "udpgate.reply.node1", "9000/raw", "192.0.2.7:40000", "[::1]:9000", "2026-01-02T03:04:05.1Z", "1767323045623",
+		false, "", "", "", "", "", "", "", "")
+	f.Add("", "", "", "", "", "", "", false, "", "", "", "", "", "", "", "")
+	f.Add("x", "y", "/", "[::1]", "1.2.3.4:99999", "2026-13-01T00:00:00Z", "99999999999999999999",
+		false, "", "", "", "", "", "", "", "")
+	f.Add("x", "y", "65535/rpc/extra", "[fe80::1%eth0]:1", "0.0.0.0:0", "0001-01-01T00:00:00Z", "-0",
+		false, "", "", "", "", "", "", "", "")
+	f.Add("abc", "r", "5683/coap", "192.0.2.7:40000", "[::1]:5683", "2026-01-02T03:04:05.1Z", "1767323045623",
+		true, "GET", "/a/b%2Fc/%C5%BC", "x=1&y", "0", "50", "c0ffee", "CON", "4660")
+	f.Add("abc", "r", "5683/coap", "", "", "", "",
+		false, "iPATCH", "/", "", "65535", "", "", "NON", "65535")
+	f.Add("abc", "r", "9000/raw", "", "", "", "",
+		true, "", "a//%zz", "%&&", "-1", "65536", "abc", "ACK", "-1")
+	f.Fuzz(func(t *testing.T, id, reply, listener, remote, local, received, deadline string,
+		coapType bool, method, path, query, contentFormat, accept, token, typ, mid string) {
 		h := nats.Header{
-			schemas.HeaderID:       {id},
-			schemas.HeaderReply:    {reply},
-			schemas.HeaderListener: {listener},
-			schemas.HeaderRemote:   {remote},
-			schemas.HeaderLocal:    {local},
-			schemas.HeaderTime:     {received},
-			schemas.HeaderDeadline: {deadline},
+			schemas.HeaderID:                {id},
+			schemas.HeaderReply:             {reply},
+			schemas.HeaderListener:          {listener},
+			schemas.HeaderRemote:            {remote},
+			schemas.HeaderLocal:             {local},
+			schemas.HeaderTime:              {received},
+			schemas.HeaderDeadline:          {deadline},
+			schemas.HeaderCoAPMethod:        {method},
+			schemas.HeaderCoAPPath:          {path},
+			schemas.HeaderCoAPQuery:         {query},
+			schemas.HeaderCoAPContentFormat: {contentFormat},
+			schemas.HeaderCoAPAccept:        {accept},
+			schemas.HeaderCoAPToken:         {token},
+			schemas.HeaderCoAPType:          {typ},
+			schemas.HeaderCoAPMessageID:     {mid},
+		}
+		if coapType {
+			h.Set(schemas.HeaderType, schemas.TypeCoAP)
 		}
 		r, err := parseRequest("s", h, nil)
 		if r == nil {
@@ -161,7 +184,52 @@ func FuzzParseRequest(f *testing.F) {
 		if ap, perr := netip.ParseAddrPort(remote); perr == nil && r.Remote != ap {
 			t.Errorf("remote %q parsed as %v", remote, r.Remote)
 		}
+		if isCoAP := coapType || r.Protocol == schemas.ProtocolCoAP; isCoAP != (r.CoAP != nil) {
+			t.Fatalf("CoAP = %+v for ce-type CoAP %v, protocol %q", r.CoAP, coapType, r.Protocol)
+		}
+		if r.CoAP != nil {
+			checkCoAP(t, r.CoAP, method, path, query, contentFormat, accept, token, typ, mid)
+		}
 	})
+}
+
+// checkCoAP checks that c holds what the headers say, or zero values.
+func checkCoAP(t *testing.T, c *CoAPRequest, method, path, query, contentFormat, accept, token, typ, mid string) {
+	t.Helper()
+	if c.Method != method {
+		t.Errorf("Method = %q, want %q", c.Method, method)
+	}
+	if c.Path != "" {
+		if c.Path != "/"+strings.Join(c.Segments, "/") {
+			t.Errorf("Path %q is not the joined Segments %q", c.Path, c.Segments)
+		}
+		if want, err := url.PathUnescape(path); err != nil || c.Path != want {
+			t.Errorf("path %q parsed as %q", path, c.Path)
+		}
+	} else if c.Segments != nil {
+		t.Errorf("Segments = %q without a Path", c.Segments)
+	}
+	if c.Query != nil && len(c.Query) != strings.Count(query, "&")+1 {
+		t.Errorf("query %q parsed as %q", query, c.Query)
+	}
+	for _, o := range []struct {
+		header string
+		got    int
+	}{{contentFormat, c.ContentFormat}, {accept, c.Accept}} {
+		n, err := strconv.ParseUint(o.header, 10, 16)
+		if err != nil && o.got != -1 || err == nil && o.got != int(n) {
+			t.Errorf("option %q parsed as %d", o.header, o.got)
+		}
+	}
+	if c.Type != "" && c.Type != typ || c.Type == "" && (typ == "CON" || typ == "NON") {
+		t.Errorf("type %q parsed as %q", typ, c.Type)
+	}
+	if n, err := strconv.ParseUint(mid, 10, 16); err == nil && c.MessageID != uint16(n) {
+		t.Errorf("message id %q parsed as %d", mid, c.MessageID)
+	}
+	if len(c.Token) > 0 && !strings.EqualFold(hex.EncodeToString(c.Token), token) {
+		t.Errorf("token %q parsed as %x", token, c.Token)
+	}
 }
 
 func BenchmarkParseRequest(b *testing.B) {
