@@ -268,3 +268,40 @@ func TestCoAPMessagingLayer(t *testing.T) {
 		}
 	})
 }
+
+func TestCoAPGatewayTimeout(t *testing.T) {
+	g := &Gateway{Deadline: 400 * time.Millisecond, CoAP: coapConfig(100 * time.Millisecond)}
+	addr, _, _ := coapGateway(t, g, 1500*time.Millisecond)
+	r := dialRaw(t, addr)
+	r.send(con(0x4000, 0, "slow"))
+	if ack := r.read(2 * time.Second); !bytes.Equal(ack, []byte{0x60, 0, 0x40, 0}) {
+		t.Fatalf("first answer % x, want an empty ACK", ack)
+	}
+	resp := r.read(3 * time.Second)
+	if len(resp) < 4 || resp[0]>>4&3 != 0 || resp[1] != byte(codes.GatewayTimeout) {
+		t.Fatalf("answer % x, want a CON 5.04", resp)
+	}
+	r.send([]byte{0x60, 0, resp[2], resp[3]})
+	waitFor(t, "the worker's late reply dropped", func() bool { return g.Stats().Egress.Late == 1 })
+	for _, c := range g.Stats().CoAP {
+		if c.Timeouts != 1 {
+			t.Errorf("timeouts %d, want 1", c.Timeouts)
+		}
+	}
+}
+
+func TestCoAPServiceUnavailable(t *testing.T) {
+	g := &Gateway{CoAP: coapConfig(time.Second)}
+	addr, s, seen := coapGateway(t, g, 0)
+	s.Shutdown()
+	waitFor(t, "client disconnected", func() bool { return !g.NATS.IsConnected() })
+	r := dialRaw(t, addr)
+	r.send(con(0x5000, 0, "time"))
+	resp := r.read(2 * time.Second)
+	if len(resp) < 4 || resp[0]>>4&3 != 2 || resp[1] != byte(codes.ServiceUnavailable) {
+		t.Fatalf("answer % x, want a piggybacked 5.03", resp)
+	}
+	if seen.Load() != 0 {
+		t.Error("a worker saw the request")
+	}
+}
