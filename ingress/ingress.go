@@ -76,7 +76,7 @@ type Server struct {
 	stats counters
 
 	// Set by Serve before any goroutine starts, read-only after.
-	edge      *coap.Edge // coap listeners only
+	edge      *coap.Edge                // coap listeners only
 	published atomic.Pointer[coap.Edge] // edge, for CoAPStats from other goroutines
 	port      uint16
 	listener  string
