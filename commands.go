@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/schemas"
@@ -33,11 +34,25 @@ import (
 // answered by a built-in worker. `udpgate worker NAME` consumes the same
 // port's subject unless UDPGATE_WORKER_SUBJECTS says otherwise.
 var builtinListeners = []struct {
-	worker string
-	port   uint16
+	worker   string
+	port     uint16
+	protocol string
 }{
-	{"echo", 9000},
-	{"time", 9001},
+	{"echo", 9000, schemas.ProtocolRaw},
+	{"time", 9001, schemas.ProtocolRaw},
+	{"coap", 5683, schemas.ProtocolCoAP},
+}
+
+// workerSubjects returns the subjects a built-in worker consumes on port:
+// a mux's own routes, or the port's subject(s).
+func workerSubjects(h workers.Handler, prefix string, port uint16, protocol string) []string {
+	if m, ok := h.(*workers.Mux); ok {
+		return m.Subjects(prefix, port)
+	}
+	if protocol == schemas.ProtocolCoAP {
+		return []string{schemas.InSubject(prefix, port) + ".>"}
+	}
+	return []string{schemas.InSubject(prefix, port)}
 }
 
 // runAll is `udpgate run`: an embedded NATS server with JetStream, the
@@ -59,11 +74,12 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 	defer nc.Close()
 
 	listeners := cfg.Listeners
-	workerOf := map[uint16]string{}
+	type builtinWorker struct{ name, protocol string }
+	workerOf := map[uint16]builtinWorker{}
 	for _, b := range builtinListeners {
-		workerOf[b.port] = b.worker
+		workerOf[b.port] = builtinWorker{b.worker, b.protocol}
 		if !hasPort(listeners, b.port) { // a listener the user put on this port replaces the default
-			listeners = append(listeners, listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.port), Protocol: schemas.ProtocolRaw})
+			listeners = append(listeners, listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.port), Protocol: b.protocol})
 		}
 	}
 	g, err := newGateway(ctx, cfg, log, nc, listeners)
@@ -97,12 +113,15 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 		return fmt.Errorf("run: jetstream: %w", err)
 	}
 	for _, b := range builtinListeners {
+		if l, ok := listenerOn(listeners, b.port); !ok || l.Protocol != b.protocol {
+			continue // the user gave the port to another protocol
+		}
 		h, _ := builtin.Lookup(b.worker)
 		w := &workers.Server{
 			JetStream:   js,
 			Stream:      cfg.Stream,
 			Group:       b.worker,
-			Subjects:    []string{schemas.InSubject(cfg.Prefix, b.port)},
+			Subjects:    workerSubjects(h, cfg.Prefix, b.port, b.protocol),
 			Handler:     h,
 			Concurrency: cfg.WorkerConc,
 			AckWait:     cfg.AckWait,
@@ -116,25 +135,35 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	for _, l := range listeners {
 		who := "no built-in worker: attach yours to this subject"
-		if w, ok := workerOf[l.Addr.Port()]; ok && l.Protocol == schemas.ProtocolRaw {
-			who = "worker " + w
+		if w, ok := workerOf[l.Addr.Port()]; ok && w.protocol == l.Protocol {
+			who = "worker " + w.name
 		}
-		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()), who)
+		subject := schemas.InSubject(cfg.Prefix, l.Addr.Port())
+		if l.Protocol == schemas.ProtocolCoAP {
+			subject += ".METHOD.PATH..."
+		}
+		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, subject, who)
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "try: go run . send udp://127.0.0.1:%d hello   (Ctrl-C stops)\n", builtinListeners[0].port)
+	fmt.Fprintf(stdout, "     coap-client -m get coap://127.0.0.1:%d/time\n", builtinListeners[2].port)
 
 	wg.Wait()
 	return first
 }
 
 func hasPort(ls []listener, port uint16) bool {
+	_, ok := listenerOn(ls, port)
+	return ok
+}
+
+func listenerOn(ls []listener, port uint16) (listener, bool) {
 	for _, l := range ls {
 		if l.Addr.Port() == port {
-			return true
+			return l, true
 		}
 	}
-	return false
+	return listener{}, false
 }
 
 // startNATS starts the embedded NATS server with JetStream for `run`.
@@ -198,7 +227,12 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 		Queue:       cfg.Queue,
 		MaxInFlight: cfg.MaxInFlight,
 		MaxPending:  cfg.MaxPending,
-		Log:         log,
+		CoAP: coap.Config{
+			Piggyback: cfg.CoAPPiggyback,
+			BlockSize: cfg.CoAPBlockSize,
+			MaxBody:   cfg.CoAPMaxBody,
+		},
+		Log: log,
 	}
 	for _, l := range listeners {
 		c, err := ingress.Listen(ctx, l.network(), l.Addr.String(), cfg.RcvBuf)
@@ -284,7 +318,7 @@ func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) e
 	if len(subjects) == 0 {
 		for _, b := range builtinListeners {
 			if b.worker == name {
-				subjects = []string{schemas.InSubject(cfg.Prefix, b.port)}
+				subjects = workerSubjects(h, cfg.Prefix, b.port, b.protocol)
 			}
 		}
 	}

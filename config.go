@@ -42,6 +42,9 @@ type env struct {
 	WorkerConc     string `envconfig:"WORKER_CONCURRENCY" default:"16" desc:"handlers running at once per worker instance"`
 	AckWait        string `envconfig:"ACK_WAIT" default:"2s" desc:"redelivery delay of a request whose worker died"`
 	LogLevel       string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	CoAPPiggyback  string `envconfig:"COAP_PIGGYBACK" default:"500ms" desc:"how long a CON request waits for its worker before an empty ACK"`
+	CoAPBlockSize  string `envconfig:"COAP_BLOCK_SIZE" default:"1024" desc:"largest block of a block-wise CoAP response (16, 32, ... 1024)"`
+	CoAPMaxBody    string `envconfig:"COAP_MAX_BODY" default:"64KiB" desc:"largest CoAP request reassembled from Block1 transfers"`
 }
 
 // config is the validated configuration.
@@ -67,6 +70,9 @@ type config struct {
 	WorkerConc     int
 	AckWait        time.Duration
 	LogLevel       slog.Level
+	CoAPPiggyback  time.Duration
+	CoAPBlockSize  int
+	CoAPMaxBody    int
 }
 
 // listener is one [ADDR:]PORT/PROTOCOL entry.
@@ -172,6 +178,19 @@ func (e env) parse(environ []string) (config, error) {
 			continue
 		}
 		c.WorkerSubjects = append(c.WorkerSubjects, s)
+	}
+	duration("COAP_PIGGYBACK", e.CoAPPiggyback, time.Millisecond, &c.CoAPPiggyback)
+	integer("COAP_BLOCK_SIZE", e.CoAPBlockSize, 16, 1024, &c.CoAPBlockSize)
+	if c.CoAPBlockSize&(c.CoAPBlockSize-1) != 0 {
+		bad("COAP_BLOCK_SIZE", "%d is not a power of two (16, 32, 64, ... 1024)", c.CoAPBlockSize)
+	}
+	if n, err := parseBytes(e.CoAPMaxBody); err != nil || n <= 0 || n > 1<<30 {
+		bad("COAP_MAX_BODY", "%q is not a size between 1 byte and 1GiB", e.CoAPMaxBody)
+	} else {
+		c.CoAPMaxBody = int(n)
+	}
+	if c.CoAPPiggyback >= c.Deadline && c.Deadline > 0 {
+		bad("COAP_PIGGYBACK", "%s is not shorter than UDPGATE_DEADLINE %s", c.CoAPPiggyback, c.Deadline)
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
 		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", e.LogLevel)
@@ -293,11 +312,11 @@ func parseListener(f string) (listener, error) {
 		return listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
 	}
 	switch proto {
-	case schemas.ProtocolRaw:
-	case schemas.ProtocolCoAP, schemas.ProtocolRPC:
-		return listener{}, fmt.Errorf("%q: protocol %s is not supported yet (supported: raw)", f, proto)
+	case schemas.ProtocolRaw, schemas.ProtocolCoAP:
+	case schemas.ProtocolRPC:
+		return listener{}, fmt.Errorf("%q: protocol %s is not supported yet (supported: raw, coap)", f, proto)
 	default:
-		return listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw)", f, proto)
+		return listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap)", f, proto)
 	}
 	if !strings.Contains(hostport, ":") {
 		hostport = "0.0.0.0:" + hostport

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 )
 
 // defaults returns env as envconfig fills it with no UDPGATE_* variable
@@ -53,6 +56,9 @@ func TestConfigReportsEveryBadVariable(t *testing.T) {
 	e.Deadline = "0s"
 	e.MaxDatagram = "70000"
 	e.LogLevel = "loud"
+	e.CoAPBlockSize = "1000"
+	e.CoAPMaxBody = "0"
+	e.CoAPPiggyback = "6s"
 	_, err := e.parse([]string{"UDPGATE_LISTENER=9000/raw", "PATH=/bin", "UDPGATE_NODE=x"})
 	if err == nil {
 		t.Fatal("no error")
@@ -62,7 +68,8 @@ func TestConfigReportsEveryBadVariable(t *testing.T) {
 		`UDPGATE_LISTENERS: "abc/raw"`, `"9002/udp": unknown protocol "udp"`, `"9003": want [ADDR:]PORT/PROTOCOL`,
 		"UDPGATE_NATS_LISTEN:", "UDPGATE_SUBJECT_PREFIX:", "UDPGATE_STREAM:", "UDPGATE_STREAM_MAX_AGE:",
 		"UDPGATE_STREAM_MAX_BYTES:", "UDPGATE_STREAM_REPLICAS:", "UDPGATE_DEADLINE:", "UDPGATE_MAX_DATAGRAM:",
-		"UDPGATE_LOG_LEVEL:", "UDPGATE_LISTENER: not a udpgate variable (did you mean UDPGATE_LISTENERS?)",
+		"UDPGATE_LOG_LEVEL:", "UDPGATE_COAP_BLOCK_SIZE: 1000 is not a power of two", "UDPGATE_COAP_MAX_BODY:",
+		"UDPGATE_COAP_PIGGYBACK: 6s is not shorter than UDPGATE_DEADLINE", "UDPGATE_LISTENER: not a udpgate variable (did you mean UDPGATE_LISTENERS?)",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not mention %q:\n%s", want, msg)
@@ -85,7 +92,9 @@ func TestParseListeners(t *testing.T) {
 		{"9000/raw,9000/raw", []string{"0.0.0.0:9000/raw"}, ""},
 		{"0/raw", nil, "port must be"},
 		{"70000/raw", nil, "not IP:PORT"},
-		{"9000/coap", nil, "not supported yet"},
+		{"5683/coap", []string{"0.0.0.0:5683/coap"}, ""},
+		{"9000/rpc", nil, "not supported yet"},
+		{"9000/raw,9000/coap", nil, "already a raw listener"},
 		{"host:9000/raw", nil, "not IP:PORT"},
 	}
 	for _, tt := range tests {
@@ -224,8 +233,9 @@ func TestSend(t *testing.T) {
 func TestRun(t *testing.T) {
 	saved := builtinListeners
 	t.Cleanup(func() { builtinListeners = saved })
-	echoPort, timePort := freeUDPPort(t), freeUDPPort(t)
-	builtinListeners[0].port, builtinListeners[1].port = echoPort, timePort
+	builtinListeners = slices.Clone(saved)
+	echoPort, timePort, coapPort := freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)
+	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port = echoPort, timePort, coapPort
 	extra := freeUDPPort(t)
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
@@ -249,7 +259,7 @@ func TestRun(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, want := range []string{
-		"worker echo", "worker time", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
+		"worker echo", "worker time", "worker coap", "coap  -> udpgate.in." + strconv.Itoa(int(coapPort)) + ".METHOD.PATH...", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("run output lacks %q:\n%s", want, out.String())
@@ -269,6 +279,23 @@ func TestRun(t *testing.T) {
 	}
 	if got := ask(timePort, `["req-1", {}]`); !strings.HasPrefix(got, `["req-1","The time is `) {
 		t.Errorf("time replied %q", got)
+	}
+	co, err := coapudp.Dial(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer co.Close()
+	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ccancel()
+	for path, want := range map[string]string{"/hello": "Hello from udpgate", "/time": "20"} {
+		resp, err := co.Get(cctx, path)
+		if err != nil {
+			t.Fatalf("coap GET %s: %v", path, err)
+		}
+		body, _ := resp.ReadBody()
+		if resp.Code() != codes.Content || !strings.HasPrefix(string(body), want) {
+			t.Errorf("coap GET %s: %v %q", path, resp.Code(), body)
+		}
 	}
 	cancel()
 	select {
