@@ -2,9 +2,11 @@ package workers_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -40,6 +42,50 @@ func Example() {
 	fmt.Println(<-done)
 	// Output:
 	// HELLO, UDPGATE
+	// <nil>
+}
+
+// A CoAP worker: a Mux routes the requests of the gateway's listener
+// 5683/coap by method and path, and its group consumes only the subjects
+// of its patterns.
+func ExampleMux() {
+	nc, stop := exampleGateway() // NATS with the gateway's stream, for the example
+	defer stop()
+
+	mux := workers.NewMux()
+	mux.RouteFunc("GET /hello/{name}", func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		res := workers.NewCoAPResponse(w)
+		res.SetContentFormat(0) // text/plain;charset=utf-8
+		_, err := fmt.Fprintf(res, "hello, %s", r.PathValue("name"))
+		return err
+	})
+	mux.RouteFunc("POST /items", func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		res := workers.NewCoAPResponse(w)
+		res.SetCode(workers.Created)
+		res.SetLocationPath("items", "1")
+		return nil
+	})
+
+	js, _ := jetstream.New(nc)
+	srv := &workers.Server{
+		JetStream: js,
+		Group:     "hello",
+		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5683),
+		Handler:   mux,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- srv.Serve(ctx) }()
+
+	fmt.Println(srv.Subjects)
+	fmt.Println(exampleCoAPRequest(js, "hello", "GET", []string{"hello", "ana"}, ""))
+	fmt.Println(exampleCoAPRequest(js, "hello", "POST", []string{"items"}, "an item"))
+	cancel()
+	fmt.Println(<-done)
+	// Output:
+	// [udpgate.in.5683.GET.hello.* udpgate.in.5683.POST.items]
+	// 2.05 hello, ana
+	// 2.01 location /items/1
 	// <nil>
 }
 
@@ -80,9 +126,37 @@ func exampleGateway() (*nats.Conn, func()) {
 	}
 }
 
-// exampleRequest does what the gateway does with a datagram: once group
-// pulls, it stores a request and waits for the reply.
+// exampleRequest does what the gateway does with a datagram on 9000/raw:
+// once group pulls, it stores a request and waits for the reply's body.
 func exampleRequest(js jetstream.JetStream, group, body string) string {
+	msg := nats.NewMsg(schemas.InSubject(schemas.DefaultPrefix, 9000))
+	msg.Header.Set(schemas.HeaderListener, "9000/raw")
+	msg.Data = []byte(body)
+	return string(exampleExchange(js, group, msg).Data)
+}
+
+// exampleCoAPRequest does what the gateway does with a CoAP request on
+// 5683/coap, and returns the reply's code and body.
+func exampleCoAPRequest(js jetstream.JetStream, group, method string, segments []string, body string) string {
+	msg := nats.NewMsg(schemas.CoAPSubject(schemas.DefaultPrefix, 5683, method, segments))
+	msg.Header.Set(schemas.HeaderListener, "5683/coap")
+	msg.Header.Set(schemas.HeaderType, schemas.TypeCoAP)
+	msg.Header.Set(schemas.HeaderCoAPMethod, method)
+	msg.Header.Set(schemas.HeaderCoAPPath, "/"+strings.Join(segments, "/"))
+	msg.Header.Set(schemas.HeaderCoAPType, "CON")
+	msg.Header.Set(schemas.HeaderCoAPMessageID, "1")
+	msg.Data = []byte(body)
+	reply := exampleExchange(js, group, msg)
+	code := cmp.Or(reply.Header.Get(schemas.HeaderCoAPCode), schemas.CoAPDefaultCode)
+	if loc := reply.Header.Get(schemas.HeaderCoAPLocationPath); loc != "" {
+		return code + " location " + loc
+	}
+	return code + " " + string(reply.Data)
+}
+
+// exampleExchange publishes msg to the stream once group pulls, and waits
+// for the reply.
+func exampleExchange(js jetstream.JetStream, group string, msg *nats.Msg) *nats.Msg {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
@@ -101,11 +175,8 @@ func exampleRequest(js jetstream.JetStream, group, body string) string {
 		panic(err)
 	}
 	defer replies.Unsubscribe()
-	msg := nats.NewMsg(schemas.InSubject(schemas.DefaultPrefix, 9000))
 	msg.Header.Set(schemas.HeaderID, "1")
-	msg.Header.Set(schemas.HeaderListener, "9000/raw")
 	msg.Header.Set(schemas.HeaderReply, replies.Subject)
-	msg.Data = []byte(body)
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		panic(err)
 	}
@@ -113,5 +184,5 @@ func exampleRequest(js jetstream.JetStream, group, body string) string {
 	if err != nil {
 		panic(err)
 	}
-	return string(reply.Data)
+	return reply
 }

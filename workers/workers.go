@@ -52,6 +52,37 @@
 // redeliver a request whose handler is alive.
 //
 // Nothing is logged per request at Info level; Server.Stats counts outcomes.
+//
+// # CoAP
+//
+// The gateway publishes a request from a coap listener on the subject
+// PREFIX.in.PORT.METHOD.SEGMENT... (schemas.CoAPSubject), with the request's
+// payload as the body and the CoAP options in udpgate-coap-* headers. The
+// SDK parses those into Request.CoAP (nil for other protocols): method,
+// decoded path segments and query options, Content-Format, Accept, token,
+// message type and ID. A handler answers with a CoAPResponse, which sets
+// the response code (2.05 Content if it sets none), Content-Format,
+// Max-Age, ETag and Location options, and writes the payload. A handler
+// error or panic makes the gateway answer 5.00 Internal Server Error.
+//
+// A Mux routes CoAP requests by method and path, as net/http's ServeMux
+// does: patterns such as "GET /items/{id}" or "/files/{path...}", the most
+// specific pattern first, 4.04 and 4.05 answered by the Mux itself.
+// Mux.Subjects gives the filter subjects of its patterns, so that a group
+// consumes only the requests it serves:
+//
+//	mux := workers.NewMux()
+//	mux.RouteFunc("GET /items/{id}", getItem)
+//	mux.RouteFunc("POST /items", addItem)
+//	srv := &workers.Server{
+//		JetStream: js,
+//		Group:     "items",
+//		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5683),
+//		Handler:   mux,
+//	}
+//
+// Middleware is a func(Handler) Handler, as in net/http: it wraps a Mux, or
+// the handler of one pattern, with no support needed from the SDK.
 package workers
 
 import (

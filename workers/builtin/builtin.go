@@ -13,9 +13,16 @@ import (
 	"github.com/udpgate/udpgate/workers"
 )
 
+// textPlain is the CoAP Content-Format of text/plain;charset=utf-8.
+const textPlain = 0
+
 // Echo answers every request with its body, unchanged; an empty request
-// gets an empty reply.
+// gets an empty reply. The reply to a CoAP request has the request's
+// Content-Format, if it has one.
 var Echo workers.Handler = workers.HandlerFunc(func(_ context.Context, w workers.ResponseWriter, r *workers.Request) error {
+	if r.CoAP != nil {
+		workers.NewCoAPResponse(w).SetContentFormat(r.CoAP.ContentFormat)
+	}
 	_, err := w.Write(r.Body)
 	return err
 })
@@ -23,7 +30,8 @@ var Echo workers.Handler = workers.HandlerFunc(func(_ context.Context, w workers
 // Time answers with the current time. A request whose body is a JSON array
 // of exactly two elements, [id, anything], gets the JSON array
 // [id, "The time is TIME"], with id copied byte for byte; any other request
-// gets TIME as plain text. TIME is RFC 3339 in UTC, to the second.
+// gets TIME as plain text. TIME is RFC 3339 in UTC, to the second. A CoAP
+// request always gets TIME, as text/plain;charset=utf-8 (Content-Format 0).
 //
 // The zero Time uses time.Now.
 type Time struct {
@@ -38,6 +46,11 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 		now = t.Now
 	}
 	stamp := now().UTC().Format(time.RFC3339)
+	if r.CoAP != nil {
+		workers.NewCoAPResponse(w).SetContentFormat(textPlain)
+		_, err := w.Write([]byte(stamp))
+		return err
+	}
 	var call []json.RawMessage
 	if json.Unmarshal(r.Body, &call) != nil || len(call) != 2 {
 		_, err := w.Write([]byte(stamp))
@@ -57,13 +70,41 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 	return err
 }
 
+// CoAP returns a new Mux serving the built-in CoAP resources:
+//
+//   - GET /time: the current time, from time.Now, as Time answers it;
+//   - POST /echo: the request's payload and Content-Format, as Echo
+//     answers it, with code 2.05 Content;
+//   - GET /hello: "Hello from udpgate", text/plain;charset=utf-8.
+//
+// Another path gets 4.04 Not Found, another method 4.05 Method Not Allowed,
+// if the group consumes every CoAP request of its port: with the Subjects
+// of the Mux, it never receives them. To read the time from another clock,
+// route Time{Now: clock} on a Mux of your own.
+func CoAP() *workers.Mux {
+	m := workers.NewMux()
+	m.Route("GET /time", Time{})
+	m.Route("POST /echo", Echo)
+	m.RouteFunc("GET /hello", hello)
+	return m
+}
+
+func hello(_ context.Context, w workers.ResponseWriter, _ *workers.Request) error {
+	res := workers.NewCoAPResponse(w)
+	res.SetContentFormat(textPlain)
+	_, err := res.Write([]byte("Hello from udpgate"))
+	return err
+}
+
 // registry maps the names of the built-in workers to their handlers.
 var registry = map[string]workers.Handler{
+	"coap": CoAP(),
 	"echo": Echo,
 	"time": Time{},
 }
 
-// Lookup returns the built-in worker called name ("echo" or "time").
+// Lookup returns the built-in worker called name: "coap", "echo" or
+// "time".
 func Lookup(name string) (workers.Handler, bool) {
 	h, ok := registry[name]
 	return h, ok

@@ -3,12 +3,15 @@ package builtin_test
 import (
 	"bytes"
 	"context"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
 	"github.com/udpgate/udpgate/workers/builtin"
 )
@@ -100,7 +103,7 @@ func TestTimeZeroValue(t *testing.T) {
 }
 
 func TestLookup(t *testing.T) {
-	if got, want := builtin.Names(), []string{"echo", "time"}; !slices.Equal(got, want) {
+	if got, want := builtin.Names(), []string{"coap", "echo", "time"}; !slices.Equal(got, want) {
 		t.Errorf("Names() = %q, want %q", got, want)
 	}
 	for _, name := range builtin.Names() {
@@ -123,4 +126,133 @@ func mustLookup(t *testing.T, name string) workers.Handler {
 		t.Fatalf("Lookup(%q) not found", name)
 	}
 	return h
+}
+
+// coapRequest returns a CoAP request for method and path ("/a/b"), with
+// Content-Format cf (-1 for none) and body as the payload.
+func coapRequest(method, path string, cf int, body string) *workers.Request {
+	var segs []string
+	if path != "/" {
+		segs = strings.Split(strings.TrimPrefix(path, "/"), "/")
+	}
+	return &workers.Request{
+		Protocol: schemas.ProtocolCoAP,
+		Body:     []byte(body),
+		CoAP: &workers.CoAPRequest{
+			Method: method, Path: path, Segments: segs, ContentFormat: cf, Accept: -1, Type: "CON",
+		},
+	}
+}
+
+func TestCoAPHandlers(t *testing.T) {
+	now := time.Date(2026, 3, 4, 6, 7, 8, 9, time.FixedZone("CET", 3600))
+	tests := []struct {
+		name    string
+		handler workers.Handler
+		req     *workers.Request
+		want    string
+		header  nats.Header
+	}{
+		{
+			name:    "time",
+			handler: builtin.Time{Now: func() time.Time { return now }},
+			req:     coapRequest("GET", "/time", -1, ""),
+			want:    "2026-03-04T05:07:08Z",
+			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"0"}},
+		},
+		{
+			name:    "time ignores a JSON call",
+			handler: builtin.Time{Now: func() time.Time { return now }},
+			req:     coapRequest("GET", "/time", 50, `[1,"time?"]`),
+			want:    "2026-03-04T05:07:08Z",
+			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"0"}},
+		},
+		{
+			name:    "echo with content-format",
+			handler: builtin.Echo,
+			req:     coapRequest("POST", "/echo", 50, `{"a":1}`),
+			want:    `{"a":1}`,
+			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"50"}},
+		},
+		{
+			name:    "echo without content-format",
+			handler: builtin.Echo,
+			req:     coapRequest("POST", "/echo", -1, "\x00\xff"),
+			want:    "\x00\xff",
+			header:  nats.Header{},
+		},
+		{
+			name:    "mux hello",
+			handler: builtin.CoAP(),
+			req:     coapRequest("GET", "/hello", -1, ""),
+			want:    "Hello from udpgate",
+			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"0"}},
+		},
+		{
+			name:    "mux echo",
+			handler: builtin.CoAP(),
+			req:     coapRequest("POST", "/echo", 0, "ping"),
+			want:    "ping",
+			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"0"}},
+		},
+		{
+			name:    "mux empty echo",
+			handler: builtin.CoAP(),
+			req:     coapRequest("POST", "/echo", -1, ""),
+			want:    "",
+			header:  nats.Header{},
+		},
+		{
+			name:    "mux unknown path",
+			handler: builtin.CoAP(),
+			req:     coapRequest("GET", "/nope", -1, ""),
+			header:  nats.Header{schemas.HeaderCoAPCode: {"4.04"}},
+		},
+		{
+			name:    "mux root",
+			handler: builtin.CoAP(),
+			req:     coapRequest("GET", "/", -1, ""),
+			header:  nats.Header{schemas.HeaderCoAPCode: {"4.04"}},
+		},
+		{
+			name:    "mux other method",
+			handler: builtin.CoAP(),
+			req:     coapRequest("GET", "/echo", -1, "x"),
+			header:  nats.Header{schemas.HeaderCoAPCode: {"4.05"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var w recorder
+			if err := tt.handler.Handle(context.Background(), &w, tt.req); err != nil {
+				t.Fatalf("Handle = %v", err)
+			}
+			if got := w.body.String(); got != tt.want {
+				t.Errorf("body = %q, want %q", got, tt.want)
+			}
+			if got := w.Header(); !reflect.DeepEqual(got, tt.header) {
+				t.Errorf("header = %v, want %v", got, tt.header)
+			}
+		})
+	}
+}
+
+func TestCoAPTimeNow(t *testing.T) {
+	before := time.Now().Truncate(time.Second)
+	var w recorder
+	if err := builtin.CoAP().Handle(context.Background(), &w, coapRequest("GET", "/time", -1, "")); err != nil {
+		t.Fatalf("Handle = %v", err)
+	}
+	after := time.Now()
+	got, err := time.Parse(time.RFC3339, w.body.String())
+	if err != nil || got.Before(before) || got.After(after) {
+		t.Errorf("GET /time = %q, %v; want RFC 3339 between %v and %v", w.body.String(), err, before, after)
+	}
+}
+
+func TestCoAPRawRequest(t *testing.T) {
+	var w recorder
+	if err := builtin.CoAP().Handle(context.Background(), &w, &workers.Request{Body: []byte("x")}); err == nil {
+		t.Errorf("a raw request to the CoAP worker: no error, reply %v %q", w.header, w.body.String())
+	}
 }
