@@ -43,12 +43,10 @@ var builtinListeners = []struct {
 	{"coap", 5683, schemas.ProtocolCoAP},
 }
 
-// workerSubjects returns the subjects a built-in worker consumes on port:
-// a mux's own routes, or the port's subject(s).
-func workerSubjects(h workers.Handler, prefix string, port uint16, protocol string) []string {
-	if m, ok := h.(*workers.Mux); ok {
-		return m.Subjects(prefix, port)
-	}
+// workerSubjects returns the subjects a built-in worker consumes on its
+// port. A CoAP worker takes every path of its port, so that its mux answers
+// 4.04 and 4.05 at once rather than leaving unknown paths to the deadline.
+func workerSubjects(prefix string, port uint16, protocol string) []string {
 	if protocol == schemas.ProtocolCoAP {
 		return []string{schemas.InSubject(prefix, port) + ".>"}
 	}
@@ -112,6 +110,7 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 		wg.Wait()
 		return fmt.Errorf("run: jetstream: %w", err)
 	}
+	var servers []*workers.Server
 	for _, b := range builtinListeners {
 		if l, ok := listenerOn(listeners, b.port); !ok || l.Protocol != b.protocol {
 			continue // the user gave the port to another protocol
@@ -121,13 +120,24 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			JetStream:   js,
 			Stream:      cfg.Stream,
 			Group:       b.worker,
-			Subjects:    workerSubjects(h, cfg.Prefix, b.port, b.protocol),
+			Subjects:    workerSubjects(cfg.Prefix, b.port, b.protocol),
 			Handler:     h,
 			Concurrency: cfg.WorkerConc,
 			AckWait:     cfg.AckWait,
 			Log:         log,
 		}
 		wg.Go(func() { fail(w.Serve(ctx)) })
+		servers = append(servers, w)
+	}
+	// Announce only once every worker's consumer exists: a group sees only
+	// requests that arrive after its consumer is created.
+	for _, w := range servers {
+		select {
+		case <-w.Ready():
+		case <-ctx.Done():
+			wg.Wait()
+			return first
+		}
 	}
 
 	fmt.Fprintf(stdout, "udpgate %s: node %s\n", "run", cfg.Node)
@@ -318,7 +328,7 @@ func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) e
 	if len(subjects) == 0 {
 		for _, b := range builtinListeners {
 			if b.worker == name {
-				subjects = workerSubjects(h, cfg.Prefix, b.port, b.protocol)
+				subjects = workerSubjects(cfg.Prefix, b.port, b.protocol)
 			}
 		}
 	}

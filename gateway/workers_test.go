@@ -39,14 +39,13 @@ func startWorker(t *testing.T, s *server.Server, group, subject string, h worker
 		cancel()
 		<-done
 	})
-	// Serve creates or binds the group's consumer; wait until it exists so
-	// that requests sent from now on are delivered to it.
-	waitFor(t, "consumer "+group, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := js.Consumer(ctx, schemas.StreamIn, group)
-		return err == nil
-	})
+	select {
+	case <-w.Ready(): // requests sent from now on reach the group
+	case <-done:
+		t.Fatalf("worker %s stopped before it was ready", group)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("worker %s not ready after 10s", group)
+	}
 	return nc
 }
 

@@ -254,3 +254,32 @@ func BenchmarkParseRequest(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkParseRequestCoAP(b *testing.B) {
+	h := nats.Header{
+		schemas.HeaderSpecVersion:   {schemas.SpecVersion},
+		schemas.HeaderCEID:          {"0194f3b6c1d27a4e9b1f2c3d4e5f6a7b"},
+		schemas.HeaderSource:        {"udpgate://node1/5683/coap"},
+		schemas.HeaderType:          {schemas.TypeCoAP},
+		schemas.HeaderTime:          {"2026-01-02T03:04:05.123456789Z"},
+		schemas.HeaderID:            {"0194f3b6c1d27a4e9b1f2c3d4e5f6a7b"},
+		schemas.HeaderReply:         {"udpgate.reply.node1"},
+		schemas.HeaderListener:      {"5683/coap"},
+		schemas.HeaderRemote:        {"192.0.2.7:40000"},
+		schemas.HeaderLocal:         {"127.0.0.1:5683"},
+		schemas.HeaderDeadline:      {"1767323045623"},
+		schemas.HeaderCoAPMethod:    {"GET"},
+		schemas.HeaderCoAPPath:      {"/sensors/temp%20C"},
+		schemas.HeaderCoAPQuery:     {"unit=C"},
+		schemas.HeaderCoAPAccept:    {"50"},
+		schemas.HeaderCoAPToken:     {"c0ffee01"},
+		schemas.HeaderCoAPType:      {"CON"},
+		schemas.HeaderCoAPMessageID: {"4660"},
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := parseRequest("udpgate.in.5683.GET.sensors.temp~20C", h, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

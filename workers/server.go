@@ -59,6 +59,17 @@ type Server struct {
 	Log *slog.Logger
 
 	stats counters
+
+	readyOnce sync.Once
+	ready     chan struct{} // closed once the group's consumer is bound
+}
+
+// Ready returns a channel that is closed once Serve has bound the group's
+// consumer: requests published from then on reach the group (a group's
+// consumer delivers only requests that arrive after it is created).
+func (s *Server) Ready() <-chan struct{} {
+	s.readyOnce.Do(func() { s.ready = make(chan struct{}) })
+	return s.ready
 }
 
 // Stats counts the outcomes of the requests a Server has taken, since it
@@ -132,6 +143,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		maxDeliver: cfg.MaxDeliver,
 	}
 	log.Info("workers: serving", "subjects", s.Subjects, "concurrency", concurrency)
+	s.Ready()
+	close(s.ready)
 
 	work := make(chan jetstream.Msg)
 	var wg sync.WaitGroup

@@ -44,8 +44,9 @@
 // still handled; if the handler returns nil without writing, it is acked as
 // usual, but if the handler answers or fails, the reply is dropped, the
 // request is termed and counted Failed, and the reason is logged at Debug
-// level. Other malformed headers (deadline, addresses, listener, ce-time)
-// leave the matching Request field zero: a bad deadline means no deadline.
+// level. Other malformed headers (deadline, addresses, listener, ce-time,
+// CoAP options) leave the matching Request field zero: a bad deadline means
+// no deadline.
 //
 // A handler that runs longer than half the consumer's AckWait gets
 // "in progress" acknowledgements every AckWait/2, so JetStream does not
@@ -69,7 +70,10 @@
 // does: patterns such as "GET /items/{id}" or "/files/{path...}", the most
 // specific pattern first, 4.04 and 4.05 answered by the Mux itself.
 // Mux.Subjects gives the filter subjects of its patterns, so that a group
-// consumes only the requests it serves:
+// consumes only the requests it serves (and the Mux never answers 4.04 or
+// 4.05: unless another group serves them, the gateway answers the other
+// requests 5.04 at their deadline; a group that filters every CoAP request
+// of the port, PREFIX.in.PORT.>, gets them all and answers them):
 //
 //	mux := workers.NewMux()
 //	mux.RouteFunc("GET /items/{id}", getItem)

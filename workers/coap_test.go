@@ -1,0 +1,331 @@
+package workers
+
+import (
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/udpgate/udpgate/schemas"
+)
+
+func TestParseCoAP(t *testing.T) {
+	// coap returns the headers of a CoAP request, with kv as extra header
+	// pairs; an empty value deletes the header.
+	coap := func(kv ...string) nats.Header {
+		h := nats.Header{
+			schemas.HeaderID:            {"abc"},
+			schemas.HeaderReply:         {"udpgate.reply.node1"},
+			schemas.HeaderListener:      {"5683/coap"},
+			schemas.HeaderType:          {schemas.TypeCoAP},
+			schemas.HeaderCoAPMethod:    {"GET"},
+			schemas.HeaderCoAPPath:      {"/time"},
+			schemas.HeaderCoAPType:      {"CON"},
+			schemas.HeaderCoAPMessageID: {"4660"},
+			schemas.HeaderCoAPToken:     {"c0ffee"},
+		}
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				h.Del(kv[i])
+			} else {
+				h.Set(kv[i], kv[i+1])
+			}
+		}
+		return h
+	}
+	// want returns the CoAPRequest of coap(), changed by edit.
+	want := func(edit func(*CoAPRequest)) *CoAPRequest {
+		c := &CoAPRequest{
+			Method: "GET", Path: "/time", Segments: []string{"time"},
+			ContentFormat: -1, Accept: -1,
+			Token: []byte{0xc0, 0xff, 0xee}, Type: "CON", MessageID: 0x1234,
+		}
+		edit(c)
+		return c
+	}
+	tests := []struct {
+		name    string
+		header  nats.Header
+		want    *CoAPRequest
+		wantErr bool
+	}{
+		{"complete", coap(), want(func(*CoAPRequest) {}), false},
+		{
+			name: "all options",
+			header: coap(schemas.HeaderCoAPMethod, "iPATCH", schemas.HeaderCoAPPath, "/a/b%2Fc/%C5%BC%C3%B3%C5%82w/+",
+				schemas.HeaderCoAPQuery, "x=1&y%3D%262&&z", schemas.HeaderCoAPContentFormat, "50",
+				schemas.HeaderCoAPAccept, "65535", schemas.HeaderCoAPType, "NON", schemas.HeaderCoAPMessageID, "0"),
+			want: want(func(c *CoAPRequest) {
+				c.Method, c.Type, c.MessageID = "iPATCH", "NON", 0
+				c.Path, c.Segments = "/a/b/c/żółw/+", []string{"a", "b/c", "żółw", "+"}
+				c.Query = []string{"x=1", "y=&2", "", "z"}
+				c.ContentFormat, c.Accept = 50, 65535
+			}),
+		},
+		{
+			name:   "content-format 0",
+			header: coap(schemas.HeaderCoAPContentFormat, "0"),
+			want:   want(func(c *CoAPRequest) { c.ContentFormat = 0 }),
+		},
+		{
+			name:   "root",
+			header: coap(schemas.HeaderCoAPPath, "/"),
+			want:   want(func(c *CoAPRequest) { c.Path, c.Segments = "/", nil }),
+		},
+		{
+			name:   "empty segments",
+			header: coap(schemas.HeaderCoAPPath, "/a//"),
+			want:   want(func(c *CoAPRequest) { c.Path, c.Segments = "/a//", []string{"a", "", ""} }),
+		},
+		{
+			name:   "empty token",
+			header: coap(schemas.HeaderCoAPToken, ""),
+			want:   want(func(c *CoAPRequest) { c.Token = nil }),
+		},
+		{
+			name:   "upper-case token",
+			header: coap(schemas.HeaderCoAPToken, "C0FFEE"),
+			want:   want(func(*CoAPRequest) {}),
+		},
+		{
+			name:    "ce-type alone makes it CoAP",
+			header:  coap(schemas.HeaderListener, ""),
+			want:    want(func(*CoAPRequest) {}),
+			wantErr: false,
+		},
+		{
+			name:    "coap listener alone makes it CoAP",
+			header:  coap(schemas.HeaderType, ""),
+			want:    want(func(*CoAPRequest) {}),
+			wantErr: false,
+		},
+		{
+			name:   "not CoAP",
+			header: coap(schemas.HeaderType, schemas.TypeRaw, schemas.HeaderListener, "9000/raw"),
+			want:   nil,
+		},
+		{
+			name:    "no CoAP headers",
+			header:  coap(schemas.HeaderCoAPMethod, "", schemas.HeaderCoAPPath, "", schemas.HeaderCoAPType, "", schemas.HeaderCoAPMessageID, "", schemas.HeaderCoAPToken, ""),
+			want:    &CoAPRequest{ContentFormat: -1, Accept: -1},
+			wantErr: true,
+		},
+		{
+			name:    "path without slash",
+			header:  coap(schemas.HeaderCoAPPath, "time"),
+			want:    want(func(c *CoAPRequest) { c.Path, c.Segments = "", nil }),
+			wantErr: true,
+		},
+		{
+			name:    "bad escape in path",
+			header:  coap(schemas.HeaderCoAPPath, "/a/%zz"),
+			want:    want(func(c *CoAPRequest) { c.Path, c.Segments = "", nil }),
+			wantErr: true,
+		},
+		{
+			name:    "bad escape in query",
+			header:  coap(schemas.HeaderCoAPQuery, "a&%4"),
+			want:    want(func(*CoAPRequest) {}),
+			wantErr: true,
+		},
+		{
+			name:    "content-format not a number",
+			header:  coap(schemas.HeaderCoAPContentFormat, "text/plain"),
+			want:    want(func(*CoAPRequest) {}),
+			wantErr: true,
+		},
+		{
+			name:    "content-format too large",
+			header:  coap(schemas.HeaderCoAPContentFormat, "65536"),
+			want:    want(func(*CoAPRequest) {}),
+			wantErr: true,
+		},
+		{
+			name:    "negative accept",
+			header:  coap(schemas.HeaderCoAPAccept, "-1"),
+			want:    want(func(*CoAPRequest) {}),
+			wantErr: true,
+		},
+		{
+			name:    "odd token",
+			header:  coap(schemas.HeaderCoAPToken, "abc"),
+			want:    want(func(c *CoAPRequest) { c.Token = nil }),
+			wantErr: true,
+		},
+		{
+			name:    "ACK type",
+			header:  coap(schemas.HeaderCoAPType, "ACK"),
+			want:    want(func(c *CoAPRequest) { c.Type = "" }),
+			wantErr: true,
+		},
+		{
+			name:    "message id too large",
+			header:  coap(schemas.HeaderCoAPMessageID, "65536"),
+			want:    want(func(c *CoAPRequest) { c.MessageID = 0 }),
+			wantErr: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := parseRequest("s", tt.header, nil)
+			if (err != nil) != tt.wantErr {
+				t.Errorf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if !reflect.DeepEqual(r.CoAP, tt.want) {
+				t.Errorf("CoAP = %+v\nwant   %+v", r.CoAP, tt.want)
+			}
+		})
+	}
+}
+
+// TestLocationRoundTrip checks that the location headers a worker writes
+// decode, as the request headers do, to what it wrote.
+func TestLocationRoundTrip(t *testing.T) {
+	tests := []struct {
+		name  string
+		parts []string
+		want  []string // what the headers parse as; nil for none
+	}{
+		{"plain", []string{"items", "7"}, nil},
+		{"reserved", []string{"a/b", "c&d", "e+f", "100%", "?#[]", "x y"}, nil},
+		{"kept", []string{"a=b", "-._~!$'()*,;:@"}, nil},
+		{"utf-8", []string{"żółw", "\x00\xff"}, nil},
+		// The headers cannot tell one empty option from none.
+		{"one empty", []string{""}, []string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want := tt.parts
+			if tt.want != nil {
+				want = tt.want
+			}
+			w := NewCoAPResponse(&response{})
+			w.SetLocationPath(tt.parts...)
+			w.SetLocationQuery(tt.parts...)
+			path := w.Header().Get(schemas.HeaderCoAPLocationPath)
+			query := w.Header().Get(schemas.HeaderCoAPLocationQuery)
+			req, _ := parseCoAP(nats.Header{schemas.HeaderCoAPPath: {path}, schemas.HeaderCoAPQuery: {query}})
+			if len(req.Segments) != len(want) || len(want) > 0 && !reflect.DeepEqual(req.Segments, want) {
+				t.Errorf("location path %q parses as %q; want %q", path, req.Segments, want)
+			}
+			if len(req.Query) != len(want) || len(want) > 0 && !reflect.DeepEqual(req.Query, want) {
+				t.Errorf("location query %q parses as %q; want %q", query, req.Query, want)
+			}
+		})
+	}
+}
+
+func TestParseCode(t *testing.T) {
+	tests := []struct {
+		s  string
+		ok bool
+	}{
+		{"2.05", true}, {"2.01", true}, {"2.31", true}, {"4.00", true}, {"4.29", true}, {"5.05", true}, {"5.31", true},
+		{"", false}, {"205", false}, {"2.5", false}, {"2.055", false}, {"2,05", false}, {"0.01", false},
+		{"1.00", false}, {"3.00", false}, {"6.00", false}, {"7.00", false}, {"2.32", false}, {"4.99", false},
+		{"x.05", false}, {"2.x5", false}, {"2.0x", false}, {"+.05", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.s, func(t *testing.T) {
+			c, err := ParseCode(tt.s)
+			if (err == nil) != tt.ok || tt.ok && c != Code(tt.s) {
+				t.Errorf("ParseCode(%q) = %q, %v; want ok %v", tt.s, c, err, tt.ok)
+			}
+		})
+	}
+	for _, c := range []Code{Created, Deleted, Valid, Changed, Content, BadRequest, Unauthorized, BadOption,
+		Forbidden, NotFound, MethodNotAllowed, NotAcceptable, PreconditionFailed, RequestEntityTooLarge,
+		UnsupportedContentFormat, InternalServerError, NotImplemented, BadGateway, ServiceUnavailable,
+		GatewayTimeout, ProxyingNotSupported} {
+		if _, err := ParseCode(string(c)); err != nil {
+			t.Errorf("constant %q: %v", c, err)
+		}
+	}
+	if Content != schemas.CoAPDefaultCode || InternalServerError != schemas.CoAPInternalError {
+		t.Errorf("Content, InternalServerError = %q, %q; want the gateway's %q, %q",
+			Content, InternalServerError, schemas.CoAPDefaultCode, schemas.CoAPInternalError)
+	}
+}
+
+func TestCoAPResponse(t *testing.T) {
+	tests := []struct {
+		name  string
+		write func(CoAPResponse)
+		want  nats.Header
+	}{
+		{"nothing", func(CoAPResponse) {}, nats.Header{}},
+		{"code", func(w CoAPResponse) { w.SetCode(Created) }, nats.Header{schemas.HeaderCoAPCode: {"2.01"}}},
+		{"code string", func(w CoAPResponse) { w.SetCode("4.29") }, nats.Header{schemas.HeaderCoAPCode: {"4.29"}}},
+		{"code set twice", func(w CoAPResponse) { w.SetCode(Created); w.SetCode(Changed) }, nats.Header{schemas.HeaderCoAPCode: {"2.04"}}},
+		{"content-format 0", func(w CoAPResponse) { w.SetContentFormat(0) }, nats.Header{schemas.HeaderCoAPContentFormat: {"0"}}},
+		{"content-format max", func(w CoAPResponse) { w.SetContentFormat(65535) }, nats.Header{schemas.HeaderCoAPContentFormat: {"65535"}}},
+		{"content-format removed", func(w CoAPResponse) { w.SetContentFormat(50); w.SetContentFormat(-1) }, nats.Header{}},
+		{"max-age", func(w CoAPResponse) { w.SetMaxAge(90*time.Second + 999*time.Millisecond) }, nats.Header{schemas.HeaderCoAPMaxAge: {"90"}}},
+		{"max-age zero", func(w CoAPResponse) { w.SetMaxAge(0) }, nats.Header{schemas.HeaderCoAPMaxAge: {"0"}}},
+		{"max-age negative", func(w CoAPResponse) { w.SetMaxAge(-time.Hour) }, nats.Header{schemas.HeaderCoAPMaxAge: {"0"}}},
+		{"max-age huge", func(w CoAPResponse) { w.SetMaxAge(200 * 365 * 24 * time.Hour) }, nats.Header{schemas.HeaderCoAPMaxAge: {"4294967295"}}},
+		{"etag", func(w CoAPResponse) { w.SetETag([]byte{0xAB, 0x01}) }, nats.Header{schemas.HeaderCoAPETag: {"ab01"}}},
+		{"etag 8 bytes", func(w CoAPResponse) { w.SetETag([]byte("12345678")) }, nats.Header{schemas.HeaderCoAPETag: {"3132333435363738"}}},
+		{"location", func(w CoAPResponse) { w.SetLocationPath("items", "a b/c"); w.SetLocationQuery("v=2", "x&y") },
+			nats.Header{schemas.HeaderCoAPLocationPath: {"/items/a%20b%2Fc"}, schemas.HeaderCoAPLocationQuery: {"v=2&x%26y"}}},
+		{"location removed", func(w CoAPResponse) {
+			w.SetLocationPath("a")
+			w.SetLocationQuery("b")
+			w.SetLocationPath()
+			w.SetLocationQuery()
+		}, nats.Header{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r response
+			w := NewCoAPResponse(&r)
+			tt.write(w)
+			if got := w.Header(); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("headers = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCoAPResponsePanics(t *testing.T) {
+	tests := []struct {
+		name  string
+		write func(CoAPResponse)
+		want  string
+	}{
+		{"bad code", func(w CoAPResponse) { w.SetCode("2.5") }, `workers: CoAP response code "2.5": want c.dd`},
+		{"request code", func(w CoAPResponse) { w.SetCode("0.01") }, `workers: CoAP response code "0.01": class must be 2, 4 or 5`},
+		{"detail", func(w CoAPResponse) { w.SetCode("4.32") }, `workers: CoAP response code "4.32": detail must be at most 31`},
+		{"content-format", func(w CoAPResponse) { w.SetContentFormat(65536) }, "workers: CoAP Content-Format 65536 above 65535"},
+		{"empty etag", func(w CoAPResponse) { w.SetETag(nil) }, "workers: CoAP ETag of 0 bytes: want 1 to 8"},
+		{"long etag", func(w CoAPResponse) { w.SetETag(make([]byte, 9)) }, "workers: CoAP ETag of 9 bytes: want 1 to 8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var r response
+			defer func() {
+				if got := fmt.Sprint(recover()); got != tt.want {
+					t.Errorf("panic = %q, want %q", got, tt.want)
+				}
+				if r.answered() {
+					t.Errorf("a panicking setter wrote headers %v", r.header)
+				}
+			}()
+			tt.write(NewCoAPResponse(&r))
+		})
+	}
+}
+
+func TestCoAPResponseWrite(t *testing.T) {
+	var r response
+	w := NewCoAPResponse(&r)
+	w.SetContentFormat(0)
+	if n, err := w.Write([]byte("hi")); n != 2 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if !r.answered() || string(r.body) != "hi" || r.header.Get(schemas.HeaderCoAPContentFormat) != "0" {
+		t.Errorf("response = %v %q", r.header, r.body)
+	}
+}
