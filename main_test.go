@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -326,20 +327,41 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestReadmeWorkerCompiles keeps the README's Go worker identical to
-// workers/examples/upper, which the build compiles.
-func TestReadmeWorkerCompiles(t *testing.T) {
+// TestReadmeWorkersCompile keeps every complete Go program in the README
+// identical to one in workers/examples/, which the build compiles.
+func TestReadmeWorkersCompile(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile("workers/examples/upper/main.go")
-	if err != nil {
-		t.Fatal(err)
+	examples, err := filepath.Glob("workers/examples/*/main.go")
+	if err != nil || len(examples) == 0 {
+		t.Fatalf("no examples: %v", err)
 	}
-	_, block, ok := strings.Cut(string(readme), "```go\n")
-	block, _, _ = strings.Cut(block, "```")
-	if !ok || !strings.HasSuffix(string(src), block) {
-		t.Errorf("README's Go worker differs from workers/examples/upper/main.go")
+	rest, blocks := string(readme), 0
+	for {
+		_, block, ok := strings.Cut(rest, "```go\n")
+		if !ok {
+			break
+		}
+		block, rest, _ = strings.Cut(block, "```")
+		if !strings.HasPrefix(block, "package main") {
+			continue
+		}
+		blocks++
+		found := false
+		for _, f := range examples {
+			src, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found = found || strings.HasSuffix(string(src), block)
+		}
+		if !found {
+			t.Errorf("a README program is not in workers/examples/*/main.go:\n%.200s", block)
+		}
+	}
+	if blocks != len(examples) {
+		t.Errorf("README has %d programs, workers/examples has %d", blocks, len(examples))
 	}
 }
