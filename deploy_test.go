@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/udpgate/udpgate/workers/builtin"
 )
 
 // TestDeployFiles checks docker-compose.yml and deploy/ statically (CI has
@@ -33,7 +35,7 @@ func TestDeployFiles(t *testing.T) {
 			if !slices.Contains([]string{"gateway", "worker", "run", "help"}, m[1]) {
 				continue // another image's command (nats)
 			}
-			if m[1] == "worker" && !slices.Contains([]string{"echo", "time"}, m[2]) {
+			if m[1] == "worker" && !slices.Contains(builtin.Names(), m[2]) {
 				t.Errorf("%s: unknown worker %q", f, m[2])
 			}
 		}
@@ -43,7 +45,7 @@ func TestDeployFiles(t *testing.T) {
 			}
 		}
 		if f == "docker-compose.yml" {
-			for _, want := range []string{"9000:9000/udp", "9001:9001/udp", "dockerfile: deploy/Dockerfile", `["worker", "echo"]`, `["gateway"]`} {
+			for _, want := range []string{"9000:9000/udp", "9001:9001/udp", "5683:5683/udp", `["worker", "coap"]`, "dockerfile: deploy/Dockerfile", `["worker", "echo"]`, `["gateway"]`} {
 				if !strings.Contains(s, want) {
 					t.Errorf("%s lacks %q", f, want)
 				}
