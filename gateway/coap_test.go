@@ -20,6 +20,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/options"
 	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 	"github.com/plgd-dev/go-coap/v3/udp/client"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/internal/natstest"
@@ -303,5 +304,51 @@ func TestCoAPServiceUnavailable(t *testing.T) {
 	}
 	if seen.Load() != 0 {
 		t.Error("a worker saw the request")
+	}
+}
+
+// TestCoAPBlock2ClientSize: a client that asks for 64-byte blocks (Block2
+// SZX 2 in its request) gets the response in 64-byte blocks, the further
+// ones served by the gateway without asking the worker again.
+func TestCoAPBlock2ClientSize(t *testing.T) {
+	g := &Gateway{CoAP: coapConfig(time.Second)}
+	addr, _, seen := coapGateway(t, g, 0)
+	r := dialRaw(t, addr)
+	payload := bytes.Repeat([]byte("0123456789"), 20) // 200 bytes: 4 blocks of 64
+	post := func(mid uint16, num byte) []byte {
+		b := []byte{0x42, 0x02, byte(mid >> 8), byte(mid), 0xAB, 0xCD}
+		b = append(b, 0xb4, 'e', 'c', 'h', 'o') // Uri-Path (11)
+		b = append(b, 0xc1, num<<4|2)           // Block2 (delta 12 → 23): NUM, M=0, SZX 2
+		return append(append(b, 0xff), payload...)
+	}
+	var got []byte
+	for num := byte(0); ; num++ {
+		r.send(post(0x6000+uint16(num), num))
+		resp := r.read(5 * time.Second)
+		if resp == nil {
+			t.Fatalf("block %d: no answer", num)
+		}
+		var m message.Message
+		m.Options = make(message.Options, 0, 8)
+		if _, err := coder.DefaultCoder.Decode(resp, &m); err != nil || m.Code != codes.Content {
+			t.Fatalf("block %d: % x: %v", num, resp, err)
+		}
+		v, err := m.Options.GetUint32(message.Block2)
+		if err != nil {
+			t.Fatalf("block %d: no Block2 option", num)
+		}
+		if v>>4 != uint32(num) || v&7 != 2 || len(m.Payload) > 64 {
+			t.Fatalf("block %d: Block2 %x, %d bytes", num, v, len(m.Payload))
+		}
+		got = append(got, m.Payload...)
+		if v&8 == 0 {
+			break
+		}
+	}
+	if !bytes.Equal(got, payload) {
+		t.Errorf("reassembled %q", got)
+	}
+	if n := seen.Load(); n != 1 {
+		t.Errorf("the worker saw %d requests, want 1", n)
 	}
 }
