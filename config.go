@@ -132,7 +132,9 @@ func (e env) parse(environ []string) (config, error) {
 	}
 	var err error
 	if c.Listeners, err = parseListeners(e.Listeners); err != nil {
-		bad("LISTENERS", "%v", err)
+		for _, line := range strings.Split(err.Error(), "\n") {
+			bad("LISTENERS", "%s", line)
+		}
 	}
 	if c.NATSListen, err = parseHostPort(e.NATSListen); err != nil {
 		bad("NATS_LISTEN", "%v", err)

@@ -59,7 +59,6 @@ func TestConfigReportsEveryBadVariable(t *testing.T) {
 	e.LogLevel = "loud"
 	e.CoAPBlockSize = "1000"
 	e.CoAPMaxBody = "0"
-	e.CoAPPiggyback = "6s"
 	_, err := e.parse([]string{"UDPGATE_LISTENER=9000/raw", "PATH=/bin", "UDPGATE_NODE=x"})
 	if err == nil {
 		t.Fatal("no error")
@@ -70,7 +69,7 @@ func TestConfigReportsEveryBadVariable(t *testing.T) {
 		"UDPGATE_NATS_LISTEN:", "UDPGATE_SUBJECT_PREFIX:", "UDPGATE_STREAM:", "UDPGATE_STREAM_MAX_AGE:",
 		"UDPGATE_STREAM_MAX_BYTES:", "UDPGATE_STREAM_REPLICAS:", "UDPGATE_DEADLINE:", "UDPGATE_MAX_DATAGRAM:",
 		"UDPGATE_LOG_LEVEL:", "UDPGATE_COAP_BLOCK_SIZE: 1000 is not a power of two", "UDPGATE_COAP_MAX_BODY:",
-		"UDPGATE_COAP_PIGGYBACK: 6s is not shorter than UDPGATE_DEADLINE", "UDPGATE_LISTENER: not a udpgate variable (did you mean UDPGATE_LISTENERS?)",
+		`UDPGATE_LISTENERS: "9002/udp"`, "UDPGATE_LISTENER: not a udpgate variable (did you mean UDPGATE_LISTENERS?)",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error does not mention %q:\n%s", want, msg)
@@ -78,6 +77,15 @@ func TestConfigReportsEveryBadVariable(t *testing.T) {
 	}
 	if strings.Contains(msg, "UDPGATE_NODE:") || strings.Contains(msg, "PATH") {
 		t.Errorf("error mentions a good variable:\n%s", msg)
+	}
+}
+
+func TestConfigPiggybackShorterThanDeadline(t *testing.T) {
+	e := defaults(t)
+	e.CoAPPiggyback = "6s"
+	_, err := e.parse(nil)
+	if err == nil || !strings.Contains(err.Error(), "UDPGATE_COAP_PIGGYBACK: 6s is not shorter than UDPGATE_DEADLINE 5s") {
+		t.Errorf("error %v", err)
 	}
 }
 
