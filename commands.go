@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/gateway"
@@ -84,30 +84,20 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 	if err != nil {
 		return err
 	}
+	// The first part to fail stops the others; run returns its error.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		first   error
-	)
-	fail := func(err error) {
-		if err != nil {
-			errOnce.Do(func() { first = err })
-			cancel()
-		}
-	}
-	wg.Go(func() { fail(g.Serve(ctx)) })
+	grp, ctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return g.Serve(ctx) })
 	select {
 	case <-g.Ready():
 	case <-ctx.Done():
-		wg.Wait()
-		return first
+		return grp.Wait()
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		cancel()
-		wg.Wait()
+		grp.Wait()
 		return fmt.Errorf("run: jetstream: %w", err)
 	}
 	var servers []*workers.Server
@@ -126,7 +116,7 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			AckWait:     cfg.AckWait,
 			Log:         log,
 		}
-		wg.Go(func() { fail(w.Serve(ctx)) })
+		grp.Go(func() error { return w.Serve(ctx) })
 		servers = append(servers, w)
 	}
 	// Announce only once every worker's consumer exists: a group sees only
@@ -135,8 +125,7 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 		select {
 		case <-w.Ready():
 		case <-ctx.Done():
-			wg.Wait()
-			return first
+			return grp.Wait()
 		}
 	}
 
@@ -157,9 +146,7 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 	tw.Flush()
 	fmt.Fprintf(stdout, "try: go run . send udp://127.0.0.1:%d hello   (Ctrl-C stops)\n", builtinListeners[0].port)
 	fmt.Fprintf(stdout, "     coap-client -m get coap://127.0.0.1:%d/time\n", builtinListeners[2].port)
-
-	wg.Wait()
-	return first
+	return grp.Wait()
 }
 
 func hasPort(ls []listener, port uint16) bool {

@@ -807,34 +807,31 @@ func blockOf(body []byte, want block, opts message.Options, buf *[]byte) ([]byte
 // storeUpload and storeDownload keep at most maxTransfers of each,
 // dropping the one closest to expiry. e.mu must be held.
 func (e *Edge) storeUpload(k transferKey, u *upload) {
-	if _, ok := e.uploads[k]; !ok && len(e.uploads) >= maxTransfers {
-		var oldest transferKey
-		var at time.Time
-		for k2, u2 := range e.uploads {
-			if at.IsZero() || u2.expires.Before(at) {
-				oldest, at = k2, u2.expires
-			}
-		}
-		delete(e.uploads, oldest)
-		e.stats.evicted.Add(1)
-	}
 	u.expires = time.Now().Add(exchangeLifetime)
-	e.uploads[k] = u
+	e.stats.evicted.Add(store(e.uploads, k, u, func(u *upload) time.Time { return u.expires }))
 }
 
 func (e *Edge) storeDownload(k transferKey, d *download) {
-	if _, ok := e.downloads[k]; !ok && len(e.downloads) >= maxTransfers {
-		var oldest transferKey
+	e.stats.evicted.Add(store(e.downloads, k, d, func(d *download) time.Time { return d.expires }))
+}
+
+// store puts v in m under k, first dropping the entry that expires soonest
+// if m is full. It returns how many entries it dropped.
+func store[V any](m map[transferKey]V, k transferKey, v V, expires func(V) time.Time) uint64 {
+	var dropped uint64
+	if _, ok := m[k]; !ok && len(m) >= maxTransfers {
+		var soonest transferKey
 		var at time.Time
-		for k2, d2 := range e.downloads {
-			if at.IsZero() || d2.expires.Before(at) {
-				oldest, at = k2, d2.expires
+		for k2, v2 := range m {
+			if t := expires(v2); at.IsZero() || t.Before(at) {
+				soonest, at = k2, t
 			}
 		}
-		delete(e.downloads, oldest)
-		e.stats.evicted.Add(1)
+		delete(m, soonest)
+		dropped = 1
 	}
-	e.downloads[k] = d
+	m[k] = v
+	return dropped
 }
 
 // newMID returns a message id for a message the gateway originates to

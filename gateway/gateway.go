@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/egress"
@@ -159,32 +160,19 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.ingress, g.names, g.egress = ins, names, eg
 	g.mu.Unlock()
 
-	ctx, cancel = context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		first   error
-	)
-	fail := func(err error) {
-		if err != nil {
-			errOnce.Do(func() { first = err })
-			cancel()
-		}
-	}
-	wg.Go(func() { fail(eg.Serve(ctx)) })
+	// The first part to fail stops the others; Serve returns its error.
+	grp, ctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return eg.Serve(ctx) })
 	select {
 	case <-eg.Ready():
 	case <-ctx.Done():
 		closeAll()
-		wg.Wait()
-		return first
+		return grp.Wait()
 	}
 	for _, in := range ins {
-		wg.Go(func() { fail(in.Serve(ctx)) })
+		grp.Go(func() error { return in.Serve(ctx) })
 	}
 	g.Ready()
 	close(g.ready)
-	wg.Wait()
-	return first
+	return grp.Wait()
 }
