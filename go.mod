@@ -9,6 +9,8 @@ require (
 	github.com/plgd-dev/go-coap/v3 v3.8.0
 	golang.org/x/sync v0.24.0
 	golang.org/x/sys v0.49.0
+	google.golang.org/genproto v0.0.0-20261026165753-2ffab32bce7e
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
@@ -29,3 +31,5 @@ require (
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
+
+tool google.golang.org/protobuf/cmd/protoc-gen-go
