@@ -41,16 +41,18 @@ var builtinListeners = []struct {
 	{"echo", 9000, schemas.ProtocolRaw},
 	{"time", 9001, schemas.ProtocolRaw},
 	{"coap", 5683, schemas.ProtocolCoAP},
+	{"places", 7000, schemas.ProtocolRPC},
 }
 
 // workerSubjects returns the subjects a built-in worker consumes on its
-// port. A CoAP worker takes every path of its port, so that its mux answers
-// 4.04 and 4.05 at once rather than leaving unknown paths to the deadline.
+// port. CoAP and RPC workers take every path or method of their port, so
+// that they answer 4.04 or STATUS_UNIMPLEMENTED at once rather than leaving
+// unknown ones to the deadline.
 func workerSubjects(prefix string, port uint16, protocol string) []string {
-	if protocol == schemas.ProtocolCoAP {
-		return []string{schemas.InSubject(prefix, port) + ".>"}
+	if protocol == schemas.ProtocolRaw {
+		return []string{schemas.InSubject(prefix, port)}
 	}
-	return []string{schemas.InSubject(prefix, port)}
+	return []string{schemas.InSubject(prefix, port) + ".>"}
 }
 
 // runAll is `udpgate run`: an embedded NATS server with JetStream, the
@@ -138,8 +140,11 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			who = "worker " + w.name
 		}
 		subject := schemas.InSubject(cfg.Prefix, l.Addr.Port())
-		if l.Protocol == schemas.ProtocolCoAP {
+		switch l.Protocol {
+		case schemas.ProtocolCoAP:
 			subject += ".METHOD.PATH..."
+		case schemas.ProtocolRPC:
+			subject += ".SERVICE.METHOD"
 		}
 		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, subject, who)
 	}

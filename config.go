@@ -314,11 +314,9 @@ func parseListener(f string) (listener, error) {
 		return listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
 	}
 	switch proto {
-	case schemas.ProtocolRaw, schemas.ProtocolCoAP:
-	case schemas.ProtocolRPC:
-		return listener{}, fmt.Errorf("%q: protocol %s is not supported yet (supported: raw, coap)", f, proto)
+	case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC:
 	default:
-		return listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap)", f, proto)
+		return listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc)", f, proto)
 	}
 	if !strings.Contains(hostport, ":") {
 		hostport = "0.0.0.0:" + hostport

@@ -4,7 +4,7 @@
 //
 //	udpgate run                 one-command start: embedded NATS, gateway, built-in workers
 //	udpgate gateway             the gateway alone, against UDPGATE_NATS_URL
-//	udpgate worker NAME         a built-in worker (echo, time, coap) against UDPGATE_NATS_URL
+//	udpgate worker NAME         a built-in worker (echo, time, coap, places) against UDPGATE_NATS_URL
 //	udpgate send URL [PAYLOAD]  send one request and print the reply
 //
 // Configuration comes from UDPGATE_* environment variables; `udpgate help`
@@ -96,7 +96,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return runGateway(ctx, cfg, log, stdout)
 	default:
 		if fs.NArg() != 1 {
-			fmt.Fprintln(stderr, "usage: udpgate worker NAME   (built-in workers: echo, time, coap)")
+			fmt.Fprintln(stderr, "usage: udpgate worker NAME   (built-in workers: echo, time, coap, places)")
 			return errUsage
 		}
 		return runWorker(ctx, cfg, log, fs.Arg(0))
@@ -109,7 +109,7 @@ func usage(w io.Writer) {
 Usage:
   udpgate run                  embedded NATS with JetStream, the gateway and the built-in workers
   udpgate gateway              the gateway, against the NATS server at UDPGATE_NATS_URL
-  udpgate worker NAME          a built-in worker (echo, time, coap), against UDPGATE_NATS_URL
+  udpgate worker NAME          a built-in worker (echo, time, coap, places), against UDPGATE_NATS_URL
   udpgate send URL [PAYLOAD]   send one datagram (udp://HOST:PORT) and print the reply
   udpgate help                 this text
 

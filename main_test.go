@@ -102,7 +102,8 @@ func TestParseListeners(t *testing.T) {
 		{"0/raw", nil, "port must be"},
 		{"70000/raw", nil, "not IP:PORT"},
 		{"5683/coap", []string{"0.0.0.0:5683/coap"}, ""},
-		{"9000/rpc", nil, "not supported yet"},
+		{"7000/rpc", []string{"0.0.0.0:7000/rpc"}, ""},
+		{"9000/udp", nil, "unknown protocol"},
 		{"9000/raw,9000/coap", nil, "already a raw listener"},
 		{"host:9000/raw", nil, "not IP:PORT"},
 	}
@@ -243,8 +244,8 @@ func TestRun(t *testing.T) {
 	saved := builtinListeners
 	t.Cleanup(func() { builtinListeners = saved })
 	builtinListeners = slices.Clone(saved)
-	echoPort, timePort, coapPort := freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)
-	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port = echoPort, timePort, coapPort
+	echoPort, timePort, coapPort, rpcPort := freeUDPPort(t), freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)
+	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port, builtinListeners[3].port = echoPort, timePort, coapPort, rpcPort
 	extra := freeUDPPort(t)
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
@@ -268,7 +269,7 @@ func TestRun(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, want := range []string{
-		"worker echo", "worker time", "worker coap", "coap  -> udpgate.in." + strconv.Itoa(int(coapPort)) + ".METHOD.PATH...", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
+		"worker echo", "worker time", "worker coap", "worker places", "rpc   -> udpgate.in." + strconv.Itoa(int(rpcPort)) + ".SERVICE.METHOD", "coap  -> udpgate.in." + strconv.Itoa(int(coapPort)) + ".METHOD.PATH...", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("run output lacks %q:\n%s", want, out.String())

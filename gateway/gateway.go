@@ -22,13 +22,14 @@ import (
 	"github.com/udpgate/udpgate/egress"
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 )
 
 // Listener is one bound socket and the protocol it speaks.
 type Listener struct {
 	Conn     *net.UDPConn // bound with ingress.Listen; the gateway closes it
-	Protocol string       // schemas.ProtocolRaw or schemas.ProtocolCoAP
+	Protocol string       // schemas.ProtocolRaw, schemas.ProtocolCoAP or schemas.ProtocolRPC
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
@@ -59,6 +60,7 @@ type Gateway struct {
 type Stats struct {
 	Ingress map[string]ingress.Stats // by listener, PORT/PROTOCOL
 	CoAP    map[string]coap.Stats    // coap listeners, by PORT/PROTOCOL
+	RPC     map[string]rpc.Stats     // rpc listeners, by PORT/PROTOCOL
 	Egress  egress.Stats
 	Pending int // open exchanges
 }
@@ -74,11 +76,14 @@ func (g *Gateway) Ready() <-chan struct{} {
 func (g *Gateway) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := Stats{Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}}
+	st := Stats{Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{}}
 	for i, in := range g.ingress {
 		st.Ingress[g.names[i]] = in.Stats()
-		if g.Listeners[i].Protocol == schemas.ProtocolCoAP {
+		switch g.Listeners[i].Protocol {
+		case schemas.ProtocolCoAP:
 			st.CoAP[g.names[i]] = in.CoAPStats()
+		case schemas.ProtocolRPC:
+			st.RPC[g.names[i]] = in.RPCStats()
 		}
 	}
 	if g.egress != nil {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -45,7 +46,7 @@ type Server struct {
 	// bind learns each datagram's destination. Serve closes it on return.
 	Conn *net.UDPConn
 	// Protocol is the listener's protocol: schemas.ProtocolRaw (the
-	// default) or schemas.ProtocolCoAP.
+	// default), schemas.ProtocolCoAP or schemas.ProtocolRPC.
 	Protocol string
 	// CoAP tunes the CoAP messaging layer of a coap listener.
 	CoAP coap.Config
@@ -78,6 +79,8 @@ type Server struct {
 	// Set by Serve before any goroutine starts, read-only after.
 	edge      *coap.Edge                // coap listeners only
 	published atomic.Pointer[coap.Edge] // edge, for CoAPStats from other goroutines
+	rpcEdge   *rpc.Edge                 // rpc listeners only
+	rpcShown  atomic.Pointer[rpc.Edge]  // rpcEdge, for RPCStats from other goroutines
 	port      uint16
 	listener  string
 	subject   string
@@ -126,6 +129,7 @@ type datagram struct {
 	ifindex int
 	at      time.Time
 	coap    *coap.Request // the decoded request on a coap listener
+	rpc     *rpc.Call     // the decoded call on an rpc listener
 }
 
 // Serve reads datagrams until ctx is cancelled, then closes the socket,
@@ -179,7 +183,9 @@ func (s *Server) init() error {
 	if s.Protocol == "" {
 		s.Protocol = schemas.ProtocolRaw
 	}
-	if s.Protocol != schemas.ProtocolRaw && s.Protocol != schemas.ProtocolCoAP {
+	switch s.Protocol {
+	case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC:
+	default:
 		return fmt.Errorf("ingress: protocol %q is not supported", s.Protocol)
 	}
 	if s.Prefix == "" {
@@ -217,7 +223,24 @@ func (s *Server) init() error {
 		s.edge.Start()
 		s.published.Store(s.edge)
 	}
+	if s.Protocol == schemas.ProtocolRPC {
+		s.rpcEdge = &rpc.Edge{
+			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
+			Log:    s.Log,
+		}
+		s.rpcShown.Store(s.rpcEdge)
+	}
 	return nil
+}
+
+// RPCStats returns the counters of an rpc listener's envelopes, zero for
+// other listeners or before Serve.
+func (s *Server) RPCStats() rpc.Stats {
+	e := s.rpcShown.Load()
+	if e == nil {
+		return rpc.Stats{}
+	}
+	return e.Stats()
 }
 
 // CoAPStats returns the counters of a coap listener's messaging layer,
@@ -282,6 +305,12 @@ func (s *Server) read(queue chan<- datagram) error {
 				continue
 			}
 			d.data = d.coap.Payload
+		} else if s.rpcEdge != nil {
+			// Only calls go on; anything else is dropped unanswered.
+			if d.rpc = s.rpcEdge.Receive(buf[:n], d.remote, d.local, d.ifindex); d.rpc == nil {
+				continue
+			}
+			d.data = d.rpc.Params
 		} else {
 			d.data = make([]byte, n)
 			copy(d.data, buf[:n])
@@ -316,7 +345,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			IfIndex:   d.ifindex,
 			Port:      s.port,
 			Deadline:  deadline,
-			Replier:   replier(d.coap),
+			Replier:   d.replier(),
 		}, d.at)
 		if expired.Conn != nil {
 			s.stats.expired.Add(1)
@@ -348,8 +377,11 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 				schemas.HeaderReply:       {s.reply},
 			},
 		}
-		if d.coap != nil {
+		switch {
+		case d.coap != nil:
 			s.coapMessage(msg, d.coap)
+		case d.rpc != nil:
+			s.rpcMessage(msg, d.rpc)
 		}
 		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait)); err != nil {
 			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
@@ -385,18 +417,32 @@ func (s *Server) publishFailed(_ jetstream.JetStream, msg *nats.Msg, err error) 
 // unavailable answers a request that will not be published, in its
 // protocol (CoAP: 5.03); raw datagrams get nothing.
 func (s *Server) unavailable(d datagram) {
-	if d.coap != nil {
-		d.coap.Fail(exchange.Exchange{}, exchange.Unavailable)
+	if r := d.replier(); r != nil {
+		r.Fail(exchange.Exchange{}, exchange.Unavailable)
 	}
 }
 
-// replier returns r as an exchange.Replier, or nil for a raw datagram (a
-// nil *coap.Request must not become a non-nil interface).
-func replier(r *coap.Request) exchange.Replier {
-	if r == nil {
-		return nil
+// replier returns the protocol's replier of d, or nil for a raw datagram
+// (a nil pointer must not become a non-nil interface).
+func (d datagram) replier() exchange.Replier {
+	switch {
+	case d.coap != nil:
+		return d.coap
+	case d.rpc != nil:
+		return d.rpc
 	}
-	return r
+	return nil
+}
+
+// rpcMessage turns msg into an RPC call message: its subject names the
+// service and method, headers carry the call's id.
+func (s *Server) rpcMessage(msg *nats.Msg, c *rpc.Call) {
+	msg.Subject = schemas.RPCSubject(s.Prefix, s.port, c.Service, c.Method)
+	h := msg.Header
+	h[schemas.HeaderType] = []string{schemas.TypeRPC}
+	h[schemas.HeaderRPCService] = []string{c.Service}
+	h[schemas.HeaderRPCMethod] = []string{c.Method}
+	h[schemas.HeaderRPCID] = []string{strconv.FormatUint(c.ID, 10)}
 }
 
 // coapMessage turns msg into a CoAP request message: its subject names the

@@ -68,6 +68,13 @@ func parseRequest(subject string, h nats.Header, body []byte) (*Request, error) 
 		r.CoAP, cerrs = parseCoAP(h)
 		errs = append(errs, cerrs...)
 	}
+	if r.Protocol == schemas.ProtocolRPC || h.Get(schemas.HeaderType) == schemas.TypeRPC {
+		var err error
+		r.RPC, err = parseRPC(h)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return r, errors.Join(errs...)
 }
 

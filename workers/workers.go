@@ -131,7 +131,8 @@ type Request struct {
 	// Deadline is the time after which no reply is sent (udpgate-deadline);
 	// zero if missing or malformed. The handler's context ends at Deadline.
 	Deadline time.Time
-	// Body is the datagram; for a CoAP request, its payload.
+	// Body is the datagram; for a CoAP request, its payload; for an RPC
+	// call, its params.
 	Body []byte
 	// Header holds every header of the request message as received.
 	Header nats.Header
@@ -141,6 +142,9 @@ type Request struct {
 	// CoAP holds the CoAP fields of a request from a coap listener (its
 	// Protocol or its ce-type says so); nil for other protocols.
 	CoAP *CoAPRequest
+	// RPC holds the envelope fields of a call from an rpc listener; nil for
+	// other protocols. Body is the call's params.
+	RPC *RPCRequest
 	// Pattern is the Mux pattern that matched the request, for example
 	// "GET /items/{id}"; empty if no Mux routed it.
 	Pattern string

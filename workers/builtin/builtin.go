@@ -100,6 +100,7 @@ func hello(_ context.Context, w workers.ResponseWriter, _ *workers.Request) erro
 var registry = map[string]workers.Handler{
 	"coap": CoAP(),
 	"echo": Echo,
+	"places": Places{},
 	"time": Time{},
 }
 

@@ -103,7 +103,7 @@ func TestTimeZeroValue(t *testing.T) {
 }
 
 func TestLookup(t *testing.T) {
-	if got, want := builtin.Names(), []string{"coap", "echo", "time"}; !slices.Equal(got, want) {
+	if got, want := builtin.Names(), []string{"coap", "echo", "places", "time"}; !slices.Equal(got, want) {
 		t.Errorf("Names() = %q, want %q", got, want)
 	}
 	for _, name := range builtin.Names() {
