@@ -1,84 +1,252 @@
 package gateway
 
 import (
-	"bufio"
+	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 )
 
-// TestNodeWorker runs schemas/examples/node/worker.mjs, a worker written in
-// JavaScript from schemas/README.md alone, against a real gateway. CI
-// installs its dependencies (.ci/run: npm ci); elsewhere the test says how.
+// TestNodeWorker runs workers/examples/node/worker.mjs, a worker written in
+// JavaScript from schemas/README.md alone with only the @nats-io packages,
+// against a real gateway with a raw and a coap listener. CI installs its
+// dependencies (.ci/run: npm ci) and fails without them; elsewhere the test
+// says how.
 func TestNodeWorker(t *testing.T) {
-	dir, err := filepath.Abs("../schemas/examples/node")
-	if err != nil {
-		t.Fatal(err)
-	}
-	node, err := exec.LookPath("node")
-	if _, serr := os.Stat(filepath.Join(dir, "node_modules", "nats")); err != nil || serr != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("node or its dependencies missing in CI (node: %v; run npm ci in %s)", err, dir)
-		}
-		t.Skipf("needs node and `npm ci` in %s", dir)
-	}
+	dir, node := nodeWorkerDeps(t)
 	s := natstest.RunServer(t)
 	g := &Gateway{}
-	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	coapAddr := coapListener(t, g) // testGateway adds the raw one and serves both
+	raw := testGateway(t, s, g, "127.0.0.1:0")[0]
+	env := []string{
+		"NATS_URL=" + s.ClientURL(),
+		"RAW_PORT=" + strconv.Itoa(raw.Port),
+		"COAP_PORT=" + strconv.Itoa(coapAddr.Port),
+		"GROUP=node-example",
+		"STREAM=" + schemas.StreamIn,
+	}
+	w1 := startNodeWorker(t, node, dir, env)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, node, "worker.mjs")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(),
-		"NATS_URL="+s.ClientURL(),
-		"SUBJECT="+schemas.InSubject("udpgate", uint16(addrs[0].Port)),
-		"GROUP=node-upper",
-	)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
+	t.Run("group", func(t *testing.T) { // as "Worker groups" says to create it
+		_, js := natstest.JetStream(t, s)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := js.Consumer(ctx, schemas.StreamIn, "node-example")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := c.CachedInfo().Config
+		want := []string{
+			schemas.InSubject(schemas.DefaultPrefix, uint16(raw.Port)),
+			schemas.InSubject(schemas.DefaultPrefix, uint16(coapAddr.Port)) + ".GET.greeting.*",
+		}
+		if cfg.Durable != "node-example" || !slices.Equal(cfg.FilterSubjects, want) ||
+			cfg.DeliverPolicy != jetstream.DeliverNewPolicy || cfg.AckPolicy != jetstream.AckExplicitPolicy ||
+			cfg.AckWait != 2*time.Second || cfg.MaxDeliver != 5 {
+			t.Errorf("consumer %+v", cfg)
+		}
+	})
+
+	t.Run("raw", func(t *testing.T) {
+		for _, msg := range []string{"hello from udp", "żółw ąę"} {
+			got, err := exchangeUDP(t, raw.String(), []byte(msg), 5*time.Second)
+			if err != nil {
+				t.Fatalf("%q: no reply: %v (worker stderr: %s)", msg, err, w1.stderr())
+			}
+			if want := strings.ToUpper(msg); string(got) != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
+		}
+	})
+	t.Run("coap", func(t *testing.T) {
+		co := dialCoAP(t, coapAddr.String())
+		for _, name := range []string{"world", "żółw a.b"} { // escaped in the subject, percent-encoded in the header
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := co.Get(ctx, "/greeting/"+name)
+			cancel()
+			if err != nil {
+				t.Fatalf("GET /greeting/%s: %v (worker stderr: %s)", name, err, w1.stderr())
+			}
+			body, _ := resp.ReadBody()
+			cf, cfErr := resp.ContentFormat()
+			if resp.Code() != codes.Content || string(body) != "Hello, "+name || cfErr != nil || cf != message.TextPlain {
+				t.Errorf("GET /greeting/%s: %v %q, content-format %v (%v)", name, resp.Code(), body, cf, cfErr)
+			}
+		}
+	})
+	t.Run("two instances share the group", func(t *testing.T) {
+		w2 := startNodeWorker(t, node, dir, env) // binds to the consumer w1 created
+		before1, before2 := w1.replied(), w2.replied()
+		const n = 20 // JetStream hands a consumer's messages to its waiting pulls in turn
+		for i := range n {
+			msg := "request " + strconv.Itoa(i)
+			got, err := exchangeUDP(t, raw.String(), []byte(msg), 5*time.Second)
+			if err != nil {
+				t.Fatalf("%q: no reply: %v (worker stderr: %s / %s)", msg, err, w1.stderr(), w2.stderr())
+			}
+			if want := strings.ToUpper(msg); string(got) != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
+		}
+		// Each instance prints its line after the ack, which follows the reply.
+		waitFor(t, "both instances counting all replies", func() bool {
+			return w1.replied()-before1+w2.replied()-before2 == n
+		})
+		d1, d2 := w1.replied()-before1, w2.replied()-before2
+		t.Logf("instance 1 answered %d, instance 2 %d", d1, d2)
+		if d1 == 0 || d2 == 0 {
+			t.Errorf("the group did not share the work: %d and %d of %d requests", d1, d2, n)
+		}
+	})
+}
+
+// nodeWorkerDeps returns the example's directory and the node binary. It
+// fails in CI (CI set) and skips elsewhere when either is missing.
+func nodeWorkerDeps(t *testing.T) (dir, node string) {
+	t.Helper()
+	dir, err := filepath.Abs("../workers/examples/node")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	node, err = exec.LookPath("node")
+	var missing []string
+	if err != nil {
+		missing = append(missing, "node ("+err.Error()+")")
+	}
+	for _, pkg := range []string{"@nats-io/transport-node", "@nats-io/jetstream"} {
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err != nil {
+			missing = append(missing, pkg)
+		}
+	}
+	if len(missing) > 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("missing in CI: %s (.ci/run runs npm ci in %s)", strings.Join(missing, ", "), dir)
+		}
+		t.Skipf("missing %s: needs node, and `npm ci` in %s", strings.Join(missing, ", "), dir)
+	}
+	return dir, node
+}
+
+// coapListener adds a coap listener on 127.0.0.1 to g, before testGateway.
+func coapListener(t *testing.T, g *Gateway) *net.UDPAddr {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
 		t.Fatal(err)
 	}
+	g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolCoAP})
+	return c.LocalAddr().(*net.UDPAddr)
+}
+
+// nodeWorker is one running `node worker.mjs`.
+type nodeWorker struct {
+	cmd   *exec.Cmd
+	ready chan struct{}
+
+	mu      sync.Mutex
+	line    []byte // stdout after the last newline
+	sawUp   bool
+	replies int
+	errOut  bytes.Buffer
+}
+
+// startNodeWorker starts worker.mjs with env and waits for its "ready". At
+// the end of the test it gets SIGTERM and must exit cleanly.
+func startNodeWorker(t *testing.T, node, dir string, env []string) *nodeWorker {
+	t.Helper()
+	w := &nodeWorker{ready: make(chan struct{})}
+	w.cmd = exec.Command(node, "worker.mjs")
+	w.cmd.Dir = dir
+	w.cmd.Env = append(os.Environ(), env...)
+	w.cmd.Stdout = stdoutLines{w}
+	w.cmd.Stderr = stderrWriter{w}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- w.cmd.Wait() }()
 	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if sc.Text() == "ready" {
-				ready <- true
+		w.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("worker.mjs on SIGTERM: %v (stderr: %s)", err, w.stderr())
 			}
+		case <-time.After(10 * time.Second):
+			w.cmd.Process.Kill()
+			<-exited
+			t.Errorf("worker.mjs still running 10s after SIGTERM (stderr: %s)", w.stderr())
 		}
-		close(ready)
-	}()
+	})
 	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatalf("worker.mjs exited: %s", stderr.String())
-		}
+	case <-w.ready:
+	case err := <-exited:
+		exited <- err // for the cleanup
+		t.Fatalf("worker.mjs exited: %v (stderr: %s)", err, w.stderr())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("worker.mjs not ready after 30s: %s", stderr.String())
+		t.Fatalf("worker.mjs not ready after 30s (stderr: %s)", w.stderr())
 	}
-	for _, msg := range []string{"hello from udp", "żółw ąę"} {
-		got, err := exchangeUDP(t, addrs[0].String(), []byte(msg), 5*time.Second)
-		if err != nil {
-			t.Fatalf("%q: no reply: %v (worker stderr: %s)", msg, err, stderr.String())
+	return w
+}
+
+// replied is the number of requests the worker has answered so far.
+func (w *nodeWorker) replied() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.replies
+}
+
+func (w *nodeWorker) stderr() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.errOut.String()
+}
+
+// stdoutLines reads the worker's stdout: "ready", then "replied SUBJECT"
+// per request.
+type stdoutLines struct{ w *nodeWorker }
+
+func (o stdoutLines) Write(p []byte) (int, error) {
+	w := o.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.line = append(w.line, p...)
+	for {
+		i := bytes.IndexByte(w.line, '\n')
+		if i < 0 {
+			return len(p), nil
 		}
-		if want := strings.ToUpper(msg); string(got) != want {
-			t.Errorf("reply %q, want %q", got, want)
+		switch l := string(w.line[:i]); {
+		case l == "ready" && !w.sawUp:
+			w.sawUp = true
+			close(w.ready)
+		case strings.HasPrefix(l, "replied "):
+			w.replies++
 		}
+		w.line = w.line[i+1:]
 	}
+}
+
+type stderrWriter struct{ w *nodeWorker }
+
+func (e stderrWriter) Write(p []byte) (int, error) {
+	e.w.mu.Lock()
+	defer e.w.mu.Unlock()
+	return e.w.errOut.Write(p)
 }
