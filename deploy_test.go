@@ -45,7 +45,7 @@ func TestDeployFiles(t *testing.T) {
 			}
 		}
 		if f == "docker-compose.yml" {
-			for _, want := range []string{"9000:9000/udp", "9001:9001/udp", "5683:5683/udp", `["worker", "coap"]`, "dockerfile: deploy/Dockerfile", `["worker", "echo"]`, `["gateway"]`} {
+			for _, want := range []string{"9000:9000/udp", "9001:9001/udp", "5683:5683/udp", "7000:7000/udp", `["worker", "coap"]`, `["worker", "places"]`, "dockerfile: deploy/Dockerfile", `["worker", "echo"]`, `["gateway"]`} {
 				if !strings.Contains(s, want) {
 					t.Errorf("%s lacks %q", f, want)
 				}
