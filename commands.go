@@ -12,20 +12,24 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/udpgate/udpgate/client"
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/schemas/rpcpb"
 	"github.com/udpgate/udpgate/workers"
 	"github.com/udpgate/udpgate/workers/builtin"
 )
@@ -351,53 +355,158 @@ func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) e
 	return w.Serve(ctx)
 }
 
-// send is `udpgate send`: one request on a connected socket, its reply
-// printed. Exit status 1 when no reply comes in time.
+// sendUsage is the synopsis of `udpgate send`.
+const sendUsage = `usage: udpgate send [flags] URL [PAYLOAD]   (no PAYLOAD: read standard input)
+  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD`
+
+// send is `udpgate send`: requests to URL, resent on a backoff until a
+// valid reply comes; the reply on stdout, how it went on stderr. With
+// -count N it sends N requests one after the other and prints a line per
+// reply and a summary, as ping does. Exit status 1 when a request got no
+// reply (or an RPC error or CoAP error code), 2 for a usage error.
 func send(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("send", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the reply")
-	if err := fs.Parse(args); err != nil || fs.NArg() < 1 || fs.NArg() > 2 {
-		fmt.Fprintln(stderr, "usage: udpgate send [-timeout 2s] udp://HOST:PORT [PAYLOAD]   (no PAYLOAD: read standard input)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, sendUsage)
+		fs.PrintDefaults()
+	}
+	method := fs.String("method", "get", "CoAP method: get, post, put, delete, fetch, patch or ipatch")
+	format := fs.Int("content-format", -1, "CoAP Content-Format of the payload, e.g. 0 (text), 50 (JSON); -1 for none")
+	wait := fs.Duration("wait", client.DefaultWait, "how long the first copy waits for a reply before the request is sent again")
+	factor := fs.Float64("factor", client.DefaultFactor, "each further copy waits this many times longer (CoAP: always 2)")
+	timeout := fs.Duration("timeout", client.DefaultTimeout, "give up on a request this long after its first copy")
+	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
+	verbose := fs.Bool("v", false, "say where the reply came from, how soon and after how many tries")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return errUsage
 	}
-	u, err := url.Parse(fs.Arg(0))
-	if err != nil || u.Scheme != "udp" || u.Port() == "" {
-		return fmt.Errorf("send: %q: want udp://HOST:PORT", fs.Arg(0))
+	if fs.NArg() < 1 || fs.NArg() > 2 || *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {
+		fs.Usage()
+		return errUsage
 	}
+	opts := client.Options{Wait: *wait, Factor: *factor, Timeout: *timeout, Method: *method}
+	if *format >= 0 {
+		cf := uint16(*format)
+		opts.ContentFormat = &cf
+	}
+	target := fs.Arg(0)
 	var payload []byte
 	if fs.NArg() == 2 {
 		payload = []byte(fs.Arg(1))
-	} else if payload, err = io.ReadAll(io.LimitReader(os.Stdin, 65536)); err != nil {
-		return fmt.Errorf("send: read standard input: %w", err)
+	} else if m := strings.ToLower(*method); !strings.HasPrefix(target, "coap:") || (m != "get" && m != "delete") {
+		const limit = 1 << 20
+		var err error
+		if payload, err = io.ReadAll(io.LimitReader(os.Stdin, limit+1)); err != nil {
+			return fmt.Errorf("send: read standard input: %w", err)
+		}
+		if len(payload) > limit {
+			return fmt.Errorf("send: standard input is larger than %d bytes", limit)
+		}
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", u.Host)
+	c, err := client.Dial(ctx, target, opts)
+	if errors.Is(err, client.ErrInvalid) {
+		return &exitError{2, fmt.Errorf("send: %w", err)}
+	}
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
 	defer c.Close()
-	if _, err := c.Write(payload); err != nil {
-		return fmt.Errorf("send: %w", err)
+	if *count == 1 {
+		return sendOne(ctx, c, payload, *verbose, stdout, stderr)
 	}
-	c.SetReadDeadline(time.Now().Add(*timeout))
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
-	defer stop()
-	buf := make([]byte, 65536)
-	n, err := c.Read(buf)
+	return sendMany(ctx, c, target, payload, *count, stdout, stderr)
+}
+
+// sendOne prints the reply to one request.
+func sendOne(ctx context.Context, c *client.Conn, payload []byte, verbose bool, stdout, stderr io.Writer) error {
+	res, err := c.Do(ctx, payload)
+	for _, r := range res.Rejected {
+		fmt.Fprintln(stderr, r)
+	}
 	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return &exitError{1, fmt.Errorf("send: no reply from %s within %s", u.Host, *timeout)}
-		}
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("send: nothing listens on %s (ICMP port unreachable)", u.Host)
-		}
-		return fmt.Errorf("send: %w", err)
+		return &exitError{1, fmt.Errorf("send: %w", err)}
 	}
-	stdout.Write(buf[:n])
-	if n == 0 || buf[n-1] != '\n' {
-		io.WriteString(stdout, "\n")
+	if verbose || res.Tries > 1 {
+		after := ""
+		if res.Tries > 0 { // 0 for CoAP: go-coap does not count its retransmissions
+			after = fmt.Sprintf(" after %d tries", res.Tries)
+			if res.Tries == 1 {
+				after = " after 1 try"
+			}
+		}
+		fmt.Fprintf(stderr, "reply from %s in %s%s\n", res.From, res.Latency.Round(time.Microsecond), after)
+	}
+	if verbose && res.Code != 0 {
+		fmt.Fprintf(stderr, "coap: %s, content-format %d\n", client.CodeString(res.Code), res.ContentFormat)
+	}
+	if res.Status != rpcpb.Status_STATUS_OK {
+		return &exitError{1, fmt.Errorf("rpc: %s: %s", res.Status, res.Error)}
+	}
+	body := res.Body
+	if res.Response != nil {
+		if body, err = protojson.Marshal(res.Response); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+	stdout.Write(body)
+	if len(body) == 0 || (body[len(body)-1] != '\n' && utf8.Valid(body)) {
+		io.WriteString(stdout, "\n") // end a text reply's line; binary replies stay byte for byte
+	}
+	if res.Code != 0 && res.Code>>5 != 2 {
+		return &exitError{1, fmt.Errorf("coap: %s", client.CodeString(res.Code))}
 	}
 	return nil
+}
+
+// sendMany sends count requests one after the other, a line for each
+// reply, then the summary; an interrupt ends the run early, with the
+// summary of the requests that were answered or timed out.
+func sendMany(ctx context.Context, c *client.Conn, target string, payload []byte, count int, stdout, stderr io.Writer) error {
+	var latencies []time.Duration
+	sent := 0
+	for seq := 1; seq <= count; seq++ {
+		res, err := c.Do(ctx, payload)
+		for _, r := range res.Rejected {
+			fmt.Fprintf(stderr, "seq=%d: %s\n", seq, r)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		sent++
+		if err != nil {
+			fmt.Fprintf(stderr, "seq=%d: %v\n", seq, err)
+			continue
+		}
+		latencies = append(latencies, res.Latency)
+		var extra strings.Builder
+		if res.Tries > 1 {
+			fmt.Fprintf(&extra, " tries=%d", res.Tries)
+		}
+		if res.Code != 0 {
+			fmt.Fprintf(&extra, " code=%d.%02d", res.Code>>5, res.Code&31)
+		}
+		if res.Status != rpcpb.Status_STATUS_OK {
+			fmt.Fprintf(&extra, " status=%s", res.Status)
+		}
+		fmt.Fprintf(stdout, "%d bytes from %s: seq=%d time=%s ms%s\n", len(res.Body), res.From, seq, ms(res.Latency), extra.String())
+	}
+	st := client.Summarize(sent, latencies)
+	fmt.Fprintf(stdout, "--- %s ---\n", target)
+	fmt.Fprintf(stdout, "%d sent, %d received, %.4g%% loss\n", st.Sent, st.Received, st.Loss())
+	if st.Received > 0 {
+		fmt.Fprintf(stdout, "latency min/p50/p90/p99/max = %s/%s/%s/%s/%s ms\n",
+			ms(st.Min), ms(st.P50), ms(st.P90), ms(st.P99), ms(st.Max))
+	}
+	if st.Received < st.Sent {
+		return &exitError{1, fmt.Errorf("send: %d of %d requests got no reply", st.Sent-st.Received, st.Sent)}
+	}
+	return nil
+}
+
+// ms formats d in milliseconds with three decimals, as ping does.
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
 }

@@ -5,7 +5,7 @@
 //	udpgate run                 one-command start: embedded NATS, gateway, built-in workers
 //	udpgate gateway             the gateway alone, against UDPGATE_NATS_URL
 //	udpgate worker NAME         a built-in worker (echo, time, coap, places) against UDPGATE_NATS_URL
-//	udpgate send URL [PAYLOAD]  send one request and print the reply
+//	udpgate send URL [PAYLOAD]  send a request (udp://, coap://, rpc://) and print the reply
 //
 // Configuration comes from UDPGATE_* environment variables; `udpgate help`
 // lists them.
@@ -110,7 +110,7 @@ Usage:
   udpgate run                  embedded NATS with JetStream, the gateway and the built-in workers
   udpgate gateway              the gateway, against the NATS server at UDPGATE_NATS_URL
   udpgate worker NAME          a built-in worker (echo, time, coap, places), against UDPGATE_NATS_URL
-  udpgate send URL [PAYLOAD]   send one datagram (udp://HOST:PORT) and print the reply
+  udpgate send URL [PAYLOAD]   send a request (udp://, coap://, rpc://) and print the reply; -h for flags
   udpgate help                 this text
 
 Environment:

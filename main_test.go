@@ -11,12 +11,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	coapudp "github.com/plgd-dev/go-coap/v3/udp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/udpgate/udpgate/schemas/placespb"
+	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
 
 // defaults returns env as envconfig fills it with no UDPGATE_* variable
@@ -202,38 +208,235 @@ func TestGatewayFailsClearlyWithoutNATS(t *testing.T) {
 	}
 }
 
-func TestSend(t *testing.T) {
-	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+// udpResponder serves UDP on 127.0.0.1 until the test ends, calling answer
+// for the n-th datagram (from 1) with the socket it came in on and a second
+// socket on another port. It returns the first socket's address.
+func udpResponder(t *testing.T, answer func(n int, req []byte, from netip.AddrPort, srv, other *net.UDPConn)) string {
+	t.Helper()
+	var socks [2]*net.UDPConn
+	for i := range socks {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		socks[i] = c
 	}
-	defer srv.Close()
+	done := make(chan struct{})
 	go func() {
-		buf := make([]byte, 100)
-		for {
-			n, from, err := srv.ReadFromUDPAddrPort(buf)
+		defer close(done)
+		buf := make([]byte, 65536)
+		for n := 1; ; n++ {
+			m, from, err := socks[0].ReadFromUDPAddrPort(buf)
 			if err != nil {
 				return
 			}
-			if string(buf[:n]) == "ping" {
-				srv.WriteToUDPAddrPort([]byte("pong"), from)
-			}
+			answer(n, buf[:m], from, socks[0], socks[1])
 		}
 	}()
-	url := "udp://" + srv.LocalAddr().String()
+	t.Cleanup(func() {
+		socks[0].Close()
+		<-done
+	})
+	return socks[0].LocalAddr().String()
+}
+
+func TestSend(t *testing.T) {
+	var otherPort atomic.Int32 // the port the "other port" responder answers from
+	tests := []struct {
+		name     string
+		args     []string // before the URL
+		payload  []string // after it; none: standard input
+		answer   func(n int, req []byte, from netip.AddrPort, srv, other *net.UDPConn)
+		exit     int
+		stdout   string
+		stderr   []string
+		errorMsg string
+	}{
+		{
+			name:    "one reply",
+			payload: []string{"ping"},
+			answer: func(_ int, req []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+				if string(req) == "ping" {
+					srv.WriteToUDPAddrPort([]byte("pong"), from)
+				}
+			},
+			stdout: "pong\n",
+		},
+		{
+			name:    "verbose",
+			args:    []string{"-v"},
+			payload: []string{"ping"},
+			answer: func(_ int, _ []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+				srv.WriteToUDPAddrPort([]byte("pong\n"), from)
+			},
+			stdout: "pong\n",
+			stderr: []string{"reply from 127.0.0.1:", " after 1 try\n"},
+		},
+		{
+			name:    "answer to the third copy",
+			args:    []string{"-wait", "50ms", "-timeout", "10s"},
+			payload: []string{"hello"},
+			answer: func(n int, req []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+				if n == 3 {
+					srv.WriteToUDPAddrPort(req, from)
+				}
+			},
+			stdout: "hello\n",
+			stderr: []string{"reply from 127.0.0.1:", " after 3 tries\n"},
+		},
+		{
+			name:    "binary reply",
+			payload: []string{"x"},
+			answer: func(_ int, _ []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+				srv.WriteToUDPAddrPort([]byte{0, 0xff, 0xfe}, from)
+			},
+			stdout: "\x00\xff\xfe",
+		},
+		{
+			name:    "request id mismatch",
+			args:    []string{"-wait", "50ms", "-timeout", "10s"},
+			payload: []string{`[7, "what time is it?"]`},
+			answer: func(n int, _ []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+				reply := `[9,"The time is never"]`
+				if n > 1 {
+					reply = `[7,"The time is now"]`
+				}
+				srv.WriteToUDPAddrPort([]byte(reply), from)
+			},
+			stdout: `[7,"The time is now"]` + "\n",
+			stderr: []string{"rejected reply from 127.0.0.1:", ": reply id 9 does not match request id 7\n", " after 2 tries"},
+		},
+		{
+			name:    "reply from another port",
+			args:    []string{"-wait", "50ms", "-timeout", "300ms"},
+			payload: []string{"hi"},
+			answer: func(_ int, _ []byte, from netip.AddrPort, _, other *net.UDPConn) {
+				otherPort.Store(int32(other.LocalAddr().(*net.UDPAddr).Port))
+				other.WriteToUDPAddrPort([]byte("from elsewhere"), from)
+			},
+			exit:     1,
+			stderr:   []string{"rejected reply from 127.0.0.1:", ": not the address the request was sent to\n"},
+			errorMsg: "no reply from",
+		},
+		{
+			name:     "silence",
+			args:     []string{"-timeout", "100ms"},
+			payload:  []string{"silence"},
+			answer:   func(int, []byte, netip.AddrPort, *net.UDPConn, *net.UDPConn) {},
+			exit:     1,
+			errorMsg: "no reply from",
+		},
+		{name: "bad flag", args: []string{"-count", "0"}, payload: []string{"x"}, exit: 2},
+		{name: "unknown flag", args: []string{"-nope"}, payload: []string{"x"}, exit: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			url := "udp://127.0.0.1:1"
+			if tt.answer != nil {
+				url = "udp://" + udpResponder(t, tt.answer)
+			}
+			var out, errb bytes.Buffer
+			args := append(append(append([]string{"send"}, tt.args...), url), tt.payload...)
+			err := runCommand(context.Background(), args, &out, &errb)
+			if tt.exit == 0 && err != nil {
+				t.Fatalf("send: %v (%s)", err, errb.String())
+			}
+			if tt.exit != 0 && (err == nil || exitCode(err) != tt.exit) {
+				t.Fatalf("send: err %v, exit %d, want %d (%s)", err, exitCode(err), tt.exit, errb.String())
+			}
+			if tt.errorMsg != "" && !strings.Contains(err.Error(), tt.errorMsg) {
+				t.Errorf("error %q does not say %q", err, tt.errorMsg)
+			}
+			if tt.exit != 2 && out.String() != tt.stdout {
+				t.Errorf("stdout %q, want %q", out.String(), tt.stdout)
+			}
+			for _, want := range tt.stderr {
+				if !strings.Contains(errb.String(), want) {
+					t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+				}
+			}
+			if p := strconv.Itoa(int(otherPort.Load())); tt.name == "reply from another port" && !strings.Contains(errb.String(), "127.0.0.1:"+p+": not the address") {
+				t.Errorf("stderr does not name port %s:\n%s", p, errb.String())
+			}
+		})
+	}
+	for _, url := range []string{"tcp://x:1", "udp://127.0.0.1", "rpc://127.0.0.1:1/NoMethod"} {
+		var out, errb bytes.Buffer
+		if err := runCommand(context.Background(), []string{"send", url, "a"}, &out, &errb); exitCode(err) != 2 {
+			t.Errorf("send %s: err %v, exit %d, want 2", url, err, exitCode(err))
+		}
+	}
+}
+
+func TestSendRPC(t *testing.T) {
+	addr := udpResponder(t, func(_ int, req []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+		var call rpcpb.Call
+		var params placespb.GetRandomRequest
+		if proto.Unmarshal(req, &call) != nil || proto.Unmarshal(call.Params, &params) != nil {
+			return
+		}
+		reply := &rpcpb.Reply{Id: call.Id}
+		if params.Limit < 1 {
+			reply.Status, reply.Error = rpcpb.Status_STATUS_INVALID_ARGUMENT, "limit must be at least 1"
+		} else {
+			reply.Body, _ = proto.Marshal(&placespb.GetRandomResponse{Places: []*placespb.Place{{Name: "Mont Saint-Michel"}}})
+		}
+		b, _ := proto.Marshal(reply)
+		srv.WriteToUDPAddrPort(b, from)
+	})
+	url := "rpc://" + addr + "/InterestingPlaces/GetRandom"
 	var out, errb bytes.Buffer
-	if err := runCommand(context.Background(), []string{"send", url, "ping"}, &out, &errb); err != nil {
+	if err := runCommand(context.Background(), []string{"send", url, `{"limit": 1}`}, &out, &errb); err != nil {
 		t.Fatalf("send: %v (%s)", err, errb.String())
 	}
-	if out.String() != "pong\n" {
-		t.Errorf("printed %q, want pong", out.String())
+	var got placespb.GetRandomResponse
+	if err := protojson.Unmarshal(out.Bytes(), &got); err != nil || len(got.Places) != 1 || got.Places[0].Name != "Mont Saint-Michel" {
+		t.Errorf("printed %q (%v), want the response as JSON", out.String(), err)
 	}
-	err = runCommand(context.Background(), []string{"send", "-timeout", "100ms", url, "silence"}, &out, &errb)
-	if exitCode(err) != 1 || !strings.Contains(err.Error(), "no reply from") {
-		t.Errorf("no reply: err %v, exit %d", err, exitCode(err))
+	out.Reset()
+	err := runCommand(context.Background(), []string{"send", url, `{"limit": 0}`}, &out, &errb)
+	if exitCode(err) != 1 || err.Error() != "rpc: STATUS_INVALID_ARGUMENT: limit must be at least 1" || out.Len() != 0 {
+		t.Errorf("error %v, exit %d, stdout %q", err, exitCode(err), out.String())
 	}
-	if err := runCommand(context.Background(), []string{"send", "tcp://x:1", "a"}, &out, &errb); err == nil {
-		t.Error("tcp:// accepted")
+}
+
+func TestSendCount(t *testing.T) {
+	echo := udpResponder(t, func(_ int, req []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+		srv.WriteToUDPAddrPort(req, from)
+	})
+	var out, errb bytes.Buffer
+	if err := runCommand(context.Background(), []string{"send", "-count", "100", "udp://" + echo, "ping"}, &out, &errb); err != nil {
+		t.Fatalf("send: %v (%s)", err, errb.String())
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 103 {
+		t.Fatalf("%d lines, want 100 replies and 3 of summary:\n%s", len(lines), out.String())
+	}
+	for i, l := range lines[:100] {
+		if want := "4 bytes from " + echo + ": seq=" + strconv.Itoa(i+1) + " time="; !strings.HasPrefix(l, want) || !strings.HasSuffix(l, " ms") {
+			t.Errorf("line %d is %q, want %q...", i+1, l, want)
+		}
+	}
+	if lines[100] != "--- udp://"+echo+" ---" || lines[101] != "100 sent, 100 received, 0% loss" ||
+		!strings.HasPrefix(lines[102], "latency min/p50/p90/p99/max = ") || !strings.HasSuffix(lines[102], " ms") {
+		t.Errorf("summary:\n%s", strings.Join(lines[100:], "\n"))
+	}
+
+	// Only the first three requests are answered: two of five are lost.
+	some := udpResponder(t, func(n int, req []byte, from netip.AddrPort, srv, _ *net.UDPConn) {
+		if n <= 3 {
+			srv.WriteToUDPAddrPort(req, from)
+		}
+	})
+	out.Reset()
+	errb.Reset()
+	err := runCommand(context.Background(), []string{"send", "-count", "5", "-timeout", "100ms", "udp://" + some, "ping"}, &out, &errb)
+	if exitCode(err) != 1 {
+		t.Errorf("exit %d (%v), want 1 after losses", exitCode(err), err)
+	}
+	if !strings.Contains(out.String(), "\n5 sent, 3 received, 40% loss\n") || strings.Count(errb.String(), "no reply from") != 2 {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
 	}
 }
 
@@ -289,6 +492,11 @@ func TestRun(t *testing.T) {
 	}
 	if got := ask(timePort, `["req-1", {}]`); !strings.HasPrefix(got, `["req-1","The time is `) {
 		t.Errorf("time replied %q", got)
+	}
+	var o, e bytes.Buffer
+	coapURL := "coap://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String() + "/hello"
+	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", coapURL}, &o, &e); err != nil || o.String() != "Hello from udpgate\n" {
+		t.Errorf("send %s: %v, printed %q (%s)", coapURL, err, o.String(), e.String())
 	}
 	co, err := coapudp.Dial(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String())
 	if err != nil {

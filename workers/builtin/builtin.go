@@ -98,10 +98,10 @@ func hello(_ context.Context, w workers.ResponseWriter, _ *workers.Request) erro
 
 // registry maps the names of the built-in workers to their handlers.
 var registry = map[string]workers.Handler{
-	"coap": CoAP(),
-	"echo": Echo,
+	"coap":   CoAP(),
+	"echo":   Echo,
 	"places": Places{},
-	"time": Time{},
+	"time":   Time{},
 }
 
 // Lookup returns the built-in worker called name: "coap", "echo" or
