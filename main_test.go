@@ -498,6 +498,13 @@ func TestRun(t *testing.T) {
 	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", coapURL}, &o, &e); err != nil || o.String() != "Hello from udpgate\n" {
 		t.Errorf("send %s: %v, printed %q (%s)", coapURL, err, o.String(), e.String())
 	}
+	o.Reset()
+	e.Reset()
+	rpcURL := "rpc://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rpcPort).String() + "/InterestingPlaces/GetRandom"
+	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", rpcURL, `{"limit": 3}`}, &o, &e); err != nil ||
+		strings.Count(o.String(), `"name"`) != 3 || !strings.Contains(o.String(), `"latitude"`) {
+		t.Errorf("send %s: %v, printed %q (%s)", rpcURL, err, o.String(), e.String())
+	}
 	co, err := coapudp.Dial(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String())
 	if err != nil {
 		t.Fatal(err)
