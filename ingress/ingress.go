@@ -77,8 +77,8 @@ type Server struct {
 	stats counters
 
 	// Set by Serve before any goroutine starts, read-only after.
-	edge      *coap.Edge                // coap listeners only
-	published atomic.Pointer[coap.Edge] // edge, for CoAPStats from other goroutines
+	coapEdge  *coap.Edge                // coap listeners only
+	coapShown atomic.Pointer[coap.Edge] // coapEdge, for CoAPStats from other goroutines
 	rpcEdge   *rpc.Edge                 // rpc listeners only
 	rpcShown  atomic.Pointer[rpc.Edge]  // rpcEdge, for RPCStats from other goroutines
 	port      uint16
@@ -157,7 +157,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.publish(js, queue) })
 	done := make(chan struct{})
-	if s.edge != nil {
+	if s.coapEdge != nil {
 		wg.Go(func() { s.sweep(done) })
 	}
 	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
@@ -167,8 +167,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	close(queue)
 	close(done)
 	wg.Wait()
-	if s.edge != nil {
-		s.edge.Close()
+	if s.coapEdge != nil {
+		s.coapEdge.Close()
 	}
 	if errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
 		return nil
@@ -215,13 +215,13 @@ func (s *Server) init() error {
 	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
 	s.source = schemas.Source(s.Node, s.listener)
 	if s.Protocol == schemas.ProtocolCoAP {
-		s.edge = &coap.Edge{
+		s.coapEdge = &coap.Edge{
 			Config: s.CoAP,
 			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
 			Log:    s.Log,
 		}
-		s.edge.Start()
-		s.published.Store(s.edge)
+		s.coapEdge.Start()
+		s.coapShown.Store(s.coapEdge)
 	}
 	if s.Protocol == schemas.ProtocolRPC {
 		s.rpcEdge = &rpc.Edge{
@@ -246,7 +246,7 @@ func (s *Server) RPCStats() rpc.Stats {
 // CoAPStats returns the counters of a coap listener's messaging layer,
 // zero for other listeners or before Serve.
 func (s *Server) CoAPStats() coap.Stats {
-	e := s.published.Load()
+	e := s.coapShown.Load()
 	if e == nil {
 		return coap.Stats{}
 	}
@@ -262,7 +262,7 @@ func (s *Server) sweep(done <-chan struct{}) {
 		case <-done:
 			return
 		case now := <-t.C:
-			s.edge.Sweep(now)
+			s.coapEdge.Sweep(now)
 		}
 	}
 }
@@ -298,10 +298,10 @@ func (s *Server) read(queue chan<- datagram) error {
 				d.ifindex = ifindex
 			}
 		}
-		if s.edge != nil {
+		if s.coapEdge != nil {
 			// The messaging layer answers what the gateway answers
 			// itself; only complete requests go on.
-			if d.coap = s.edge.Receive(buf[:n], d.remote, d.local, d.ifindex, d.at); d.coap == nil {
+			if d.coap = s.coapEdge.Receive(buf[:n], d.remote, d.local, d.ifindex, d.at); d.coap == nil {
 				continue
 			}
 			d.data = d.coap.Payload
