@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -45,6 +46,15 @@ type env struct {
 	CoAPPiggyback  string `envconfig:"COAP_PIGGYBACK" default:"500ms" desc:"how long a CON request waits for its worker before an empty ACK"`
 	CoAPBlockSize  string `envconfig:"COAP_BLOCK_SIZE" default:"1024" desc:"largest block of a block-wise CoAP response (16, 32, ... 1024)"`
 	CoAPMaxBody    string `envconfig:"COAP_MAX_BODY" default:"64KiB" desc:"largest CoAP request reassembled from Block1 transfers"`
+	LambdaFunction string `envconfig:"LAMBDA_FUNCTION" desc:"lambda: the function to invoke (name, ARN or alias)"`
+	LambdaSubjects string `envconfig:"LAMBDA_SUBJECTS" desc:"lambda: subjects the bridge consumes, comma-separated"`
+	LambdaGroup    string `envconfig:"LAMBDA_GROUP" desc:"lambda: worker group (default: lambda-FUNCTION)"`
+	LambdaConc     string `envconfig:"LAMBDA_CONCURRENCY" default:"16" desc:"lambda: invocations in flight at most"`
+	LambdaTimeout  string `envconfig:"LAMBDA_TIMEOUT" default:"3s" desc:"lambda: how long one invocation may take before it is retried"`
+	LambdaEvent    string `envconfig:"LAMBDA_EVENT" default:"native" desc:"lambda: event shape, native or batch"`
+	LambdaBatch    string `envconfig:"LAMBDA_BATCH_SIZE" default:"10" desc:"lambda: requests per batch invocation (batch)"`
+	LambdaWindow   string `envconfig:"LAMBDA_BATCH_WINDOW" default:"20ms" desc:"lambda: how long a batch waits to fill (batch)"`
+	LambdaEndpoint string `envconfig:"LAMBDA_ENDPOINT" desc:"lambda: endpoint URL for a local emulator (AWS_ENDPOINT_URL_LAMBDA works too)"`
 }
 
 // config is the validated configuration.
@@ -73,6 +83,21 @@ type config struct {
 	CoAPPiggyback  time.Duration
 	CoAPBlockSize  int
 	CoAPMaxBody    int
+	Lambda         lambdaConfig
+}
+
+// lambdaConfig configures `udpgate lambda`; checked by that command, since
+// only it needs a function.
+type lambdaConfig struct {
+	Function    string
+	Subjects    []string
+	Group       string
+	Concurrency int
+	Timeout     time.Duration
+	Event       string
+	BatchSize   int
+	BatchWindow time.Duration
+	Endpoint    string
 }
 
 // listener is one [ADDR:]PORT/PROTOCOL entry.
@@ -193,6 +218,23 @@ func (e env) parse(environ []string) (config, error) {
 	}
 	if c.CoAPPiggyback >= c.Deadline && c.Deadline > 0 {
 		bad("COAP_PIGGYBACK", "%s is not shorter than UDPGATE_DEADLINE %s", c.CoAPPiggyback, c.Deadline)
+	}
+	c.Lambda.Function, c.Lambda.Group, c.Lambda.Endpoint = e.LambdaFunction, e.LambdaGroup, e.LambdaEndpoint
+	c.Lambda.Subjects = splitList(e.LambdaSubjects)
+	integer("LAMBDA_CONCURRENCY", e.LambdaConc, 1, 1<<12, &c.Lambda.Concurrency)
+	duration("LAMBDA_TIMEOUT", e.LambdaTimeout, time.Millisecond, &c.Lambda.Timeout)
+	switch e.LambdaEvent {
+	case "native", "batch":
+		c.Lambda.Event = e.LambdaEvent
+	default:
+		bad("LAMBDA_EVENT", "%q is not native or batch", e.LambdaEvent)
+	}
+	integer("LAMBDA_BATCH_SIZE", e.LambdaBatch, 1, 1000, &c.Lambda.BatchSize)
+	duration("LAMBDA_BATCH_WINDOW", e.LambdaWindow, 0, &c.Lambda.BatchWindow)
+	if e.LambdaEndpoint != "" {
+		if u, err := url.Parse(e.LambdaEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("LAMBDA_ENDPOINT", "%q is not an http:// or https:// URL", e.LambdaEndpoint)
+		}
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
 		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", e.LogLevel)
