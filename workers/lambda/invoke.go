@@ -1,0 +1,147 @@
+package lambda
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
+
+	"github.com/udpgate/udpgate/workers"
+)
+
+// Retry timing: the wait before retry n (from 0) is drawn from
+// [d/2, d] with d = minBackoff·2ⁿ, at most maxBackoff.
+const (
+	minBackoff = 25 * time.Millisecond
+	maxBackoff = time.Second
+	// maxTries bounds the tries of a request without a deadline; after
+	// them JetStream's redelivery (MaxDeliver) takes over.
+	maxTries = 5
+)
+
+// errTimeout marks an Invoke call abandoned after InvokeTimeout.
+var errTimeout = errors.New("invoke timeout")
+
+// invoke calls the function with payload until it answers, retrying
+// throttles, 5xx, network errors and timeouts with backoff while ctx
+// allows. It returns the function's result, or an error for Handle to
+// return.
+func (b *Bridge) invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	for try := 0; ; try++ {
+		out, err := b.invokeOnce(ctx, payload)
+		if err == nil {
+			if out.FunctionError != nil {
+				b.stats.functionErrors.Add(1)
+				return nil, fmt.Errorf("lambda: function %s failed (%s): %s",
+					b.Function, *out.FunctionError, truncate(out.Payload, 256))
+			}
+			return out.Payload, nil
+		}
+		if ctx.Err() != nil {
+			return nil, abandon(ctx, fmt.Errorf("lambda: invoke %s: %w", b.Function, ctx.Err()))
+		}
+		if !b.retryable(err) {
+			b.stats.invokeErrors.Add(1)
+			b.log.Warn("lambda: invoke failed", "function", b.Function, "err", err)
+			return nil, fmt.Errorf("lambda: invoke %s: %w", b.Function, err)
+		}
+		if _, ok := ctx.Deadline(); !ok && try+1 >= maxTries {
+			return nil, fmt.Errorf("lambda: invoke %s: %w after %d tries: %w", b.Function, workers.ErrRetry, maxTries, err)
+		}
+		b.stats.retries.Add(1)
+		t := time.NewTimer(backoff(try))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, abandon(ctx, fmt.Errorf("lambda: invoke %s: %w (after %w)", b.Function, ctx.Err(), err))
+		}
+	}
+}
+
+// invokeOnce makes one Invoke call, in one of the MaxInvocations slots.
+func (b *Bridge) invokeOnce(ctx context.Context, payload []byte) (*awslambda.InvokeOutput, error) {
+	select {
+	case b.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-b.sem }()
+	n := uint64(b.inFlight.Add(1))
+	defer b.inFlight.Add(-1)
+	for m := b.stats.maxInFlight.Load(); n > m && !b.stats.maxInFlight.CompareAndSwap(m, n); {
+		m = b.stats.maxInFlight.Load()
+	}
+	b.stats.invocations.Add(1)
+
+	ictx := ctx
+	if b.InvokeTimeout > 0 {
+		var cancel context.CancelFunc
+		ictx, cancel = context.WithTimeout(ctx, b.InvokeTimeout)
+		defer cancel()
+	}
+	out, err := b.Client.Invoke(ictx, &awslambda.InvokeInput{
+		FunctionName: aws.String(b.Function),
+		Payload:      payload,
+	})
+	if err != nil && ctx.Err() == nil && ictx.Err() != nil {
+		b.stats.timeouts.Add(1)
+		return nil, fmt.Errorf("%w after %v: %w", errTimeout, b.InvokeTimeout, err)
+	}
+	return out, err
+}
+
+// retryable reports whether an Invoke error is worth another try, counting
+// throttles.
+func (b *Bridge) retryable(err error) bool {
+	var tooMany *types.TooManyRequestsException
+	var status interface{ HTTPStatusCode() int }
+	var netErr net.Error
+	switch {
+	case errors.Is(err, errTimeout):
+		return true
+	case errors.As(err, &tooMany):
+		b.stats.throttles.Add(1)
+		return true
+	case errors.As(err, &status) && status.HTTPStatusCode() != 0: // 0: no response
+		code := status.HTTPStatusCode()
+		if code == http.StatusTooManyRequests {
+			b.stats.throttles.Add(1)
+		}
+		return code == http.StatusTooManyRequests || code >= 500
+	case errors.As(err, &netErr):
+		return true
+	}
+	return false
+}
+
+// abandon returns err for a request whose context ended: as it is if the
+// deadline has passed (the SDK then acks the request as expired), wrapping
+// workers.ErrRetry if time remains (the Server is stopping: another
+// instance should take it).
+func abandon(ctx context.Context, err error) error {
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", workers.ErrRetry, err)
+}
+
+func backoff(try int) time.Duration {
+	d := min(minBackoff<<min(try, 10), maxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// truncate returns p as a string of at most n bytes, for logs.
+func truncate(p []byte, n int) string {
+	if len(p) > n {
+		return string(p[:n]) + "..."
+	}
+	return string(p)
+}
