@@ -32,6 +32,7 @@ import (
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 	"github.com/udpgate/udpgate/workers"
 	"github.com/udpgate/udpgate/workers/builtin"
+	lambdabridge "github.com/udpgate/udpgate/workers/lambda"
 )
 
 // builtinListeners are the listeners `udpgate run` opens by default, each
@@ -153,9 +154,41 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, subject, who)
 	}
 	tw.Flush()
-	fmt.Fprintf(stdout, "try: go run . send udp://127.0.0.1:%d hello   (Ctrl-C stops)\n", builtinListeners[0].port)
-	fmt.Fprintf(stdout, "     coap-client -m get coap://127.0.0.1:%d/time\n", builtinListeners[2].port)
+	for i, hint := range tryHints(listeners) {
+		if i == 0 {
+			fmt.Fprintf(stdout, "try: %s   (Ctrl-C stops)\n", hint)
+		} else {
+			fmt.Fprintf(stdout, "     %s\n", hint)
+		}
+	}
 	return grp.Wait()
+}
+
+// tryHints returns a `send` command for the first listener of each
+// protocol, for the start-up banner.
+func tryHints(ls []listener) []string {
+	var hints []string
+	seen := map[string]bool{}
+	for _, l := range ls {
+		if seen[l.Protocol] {
+			continue
+		}
+		seen[l.Protocol] = true
+		host := l.Addr.Addr()
+		if host.IsUnspecified() {
+			host = netip.MustParseAddr("127.0.0.1")
+		}
+		hp := netip.AddrPortFrom(host, l.Addr.Port()).String()
+		switch l.Protocol {
+		case schemas.ProtocolRaw:
+			hints = append(hints, "go run . send udp://"+hp+" hello")
+		case schemas.ProtocolCoAP:
+			hints = append(hints, "go run . send coap://"+hp+"/time")
+		case schemas.ProtocolRPC:
+			hints = append(hints, "go run . send rpc://"+hp+`/InterestingPlaces/GetRandom '{"limit": 2}'`)
+		}
+	}
+	return hints
 }
 
 func hasPort(ls []listener, port uint16) bool {
@@ -509,4 +542,60 @@ func sendMany(ctx context.Context, c *client.Conn, target string, payload []byte
 // ms formats d in milliseconds with three decimals, as ping does.
 func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+}
+
+// runLambda is `udpgate lambda`: a worker group that invokes an AWS Lambda
+// function for each request.
+func runLambda(ctx context.Context, cfg config, log *slog.Logger) error {
+	lc := cfg.Lambda
+	var problems []string
+	if lc.Function == "" {
+		problems = append(problems, "UDPGATE_LAMBDA_FUNCTION: required by lambda (a function name, ARN or alias)")
+	}
+	if len(lc.Subjects) == 0 {
+		problems = append(problems, "UDPGATE_LAMBDA_SUBJECTS: required by lambda (the subjects to serve, like "+schemas.InSubject(cfg.Prefix, 9000)+")")
+	}
+	if len(problems) > 0 {
+		return &configError{problems}
+	}
+	client, err := lambdabridge.NewClient(ctx, lc.Endpoint)
+	if err != nil {
+		return err
+	}
+	group := lc.Group
+	if group == "" {
+		group = "lambda-" + schemas.EscapeToken(lc.Function)
+	}
+	nc, err := connectNATS(cfg, "udpgate lambda "+lc.Function)
+	if err != nil {
+		return fmt.Errorf("lambda: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("lambda: jetstream: %w", err)
+	}
+	b := &lambdabridge.Bridge{
+		Client:         client,
+		Function:       lc.Function,
+		Shape:          lc.Event,
+		BatchSize:      lc.BatchSize,
+		BatchWindow:    lc.BatchWindow,
+		MaxInvocations: lc.Concurrency,
+		InvokeTimeout:  lc.Timeout,
+		Log:            log,
+	}
+	defer b.Close()
+	w := &workers.Server{
+		JetStream:   js,
+		Stream:      cfg.Stream,
+		Group:       group,
+		Subjects:    lc.Subjects,
+		Handler:     b,
+		Concurrency: b.Concurrency(),
+		AckWait:     cfg.AckWait,
+		Log:         log,
+	}
+	log.Info("lambda: serving", "function", lc.Function, "event", lc.Event, "group", group, "subjects", lc.Subjects)
+	return w.Serve(ctx)
 }

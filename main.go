@@ -5,6 +5,7 @@
 //	udpgate run                 one-command start: embedded NATS, gateway, built-in workers
 //	udpgate gateway             the gateway alone, against UDPGATE_NATS_URL
 //	udpgate worker NAME         a built-in worker (echo, time, coap, places) against UDPGATE_NATS_URL
+//	udpgate lambda              an AWS Lambda function as a worker group
 //	udpgate send URL [PAYLOAD]  send a request (udp://, coap://, rpc://) and print the reply
 //
 // Configuration comes from UDPGATE_* environment variables; `udpgate help`
@@ -73,7 +74,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return nil
 	case "send":
 		return send(ctx, args, stdout, stderr)
-	case "run", "gateway", "worker":
+	case "run", "gateway", "worker", "lambda":
 	default:
 		fmt.Fprintf(stderr, "udpgate: unknown command %q\n\n", cmd)
 		usage(stderr)
@@ -94,6 +95,8 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return runAll(ctx, cfg, log, stdout)
 	case "gateway":
 		return runGateway(ctx, cfg, log, stdout)
+	case "lambda":
+		return runLambda(ctx, cfg, log)
 	default:
 		if fs.NArg() != 1 {
 			fmt.Fprintln(stderr, "usage: udpgate worker NAME   (built-in workers: echo, time, coap, places)")
@@ -110,6 +113,7 @@ Usage:
   udpgate run                  embedded NATS with JetStream, the gateway and the built-in workers
   udpgate gateway              the gateway, against the NATS server at UDPGATE_NATS_URL
   udpgate worker NAME          a built-in worker (echo, time, coap, places), against UDPGATE_NATS_URL
+  udpgate lambda               invoke UDPGATE_LAMBDA_FUNCTION for each request on UDPGATE_LAMBDA_SUBJECTS
   udpgate send URL [PAYLOAD]   send a request (udp://, coap://, rpc://) and print the reply; -h for flags
   udpgate help                 this text
 
