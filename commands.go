@@ -261,6 +261,12 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			MaxBytes: cfg.StreamMaxBytes,
 			Replicas: cfg.StreamReplicas,
 		},
+		Replies: ingress.StreamConfig{
+			Name:     cfg.RepliesStream,
+			MaxAge:   cfg.StreamMaxAge,
+			MaxBytes: cfg.StreamMaxBytes,
+			Replicas: cfg.StreamReplicas,
+		},
 		Deadline:    cfg.Deadline,
 		MaxDatagram: cfg.MaxDatagram,
 		Queue:       cfg.Queue,

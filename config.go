@@ -32,6 +32,7 @@ type env struct {
 	StreamMaxAge   string `envconfig:"STREAM_MAX_AGE" default:"24h" desc:"capture kept this long (0: forever)"`
 	StreamMaxBytes string `envconfig:"STREAM_MAX_BYTES" default:"1GiB" desc:"capture size limit (0: none)"`
 	StreamReplicas string `envconfig:"STREAM_REPLICAS" default:"1" desc:"capture stream replicas"`
+	RepliesStream  string `envconfig:"REPLIES_STREAM" default:"UDPGATE_REPLIES" desc:"stream recording workers' replies, same limits as the capture (\"off\": none)"`
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
@@ -69,6 +70,7 @@ type config struct {
 	StreamMaxAge   time.Duration
 	StreamMaxBytes int64
 	StreamReplicas int
+	RepliesStream  string // "" records no replies
 	Deadline       time.Duration
 	MaxDatagram    int
 	MaxPending     int
@@ -151,6 +153,14 @@ func (e env) parse(environ []string) (config, error) {
 	}
 	if !validSubjectPrefix(c.Prefix) {
 		bad("SUBJECT_PREFIX", "%q is not a NATS subject prefix (tokens of letters, digits, - and _ separated by dots)", c.Prefix)
+	}
+	switch c.RepliesStream = e.RepliesStream; {
+	case c.RepliesStream == "off":
+		c.RepliesStream = ""
+	case !validStreamName(c.RepliesStream):
+		bad("REPLIES_STREAM", "%q is not a JetStream stream name, or off", c.RepliesStream)
+	case c.RepliesStream == e.Stream:
+		bad("REPLIES_STREAM", "%q is also UDPGATE_STREAM", c.RepliesStream)
 	}
 	if !validStreamName(c.Stream) {
 		bad("STREAM", "%q is not a JetStream stream name (no spaces, dots, *, > or path separators)", c.Stream)

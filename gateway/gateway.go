@@ -34,10 +34,13 @@ type Listener struct {
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
 type Gateway struct {
-	NATS      *nats.Conn // required
-	Node      string     // required; names the node's reply subject
-	Prefix    string     // schemas.DefaultPrefix if empty
-	Stream    ingress.StreamConfig
+	NATS   *nats.Conn // required
+	Node   string     // required; names the node's reply subject
+	Prefix string     // schemas.DefaultPrefix if empty
+	Stream ingress.StreamConfig
+	// Replies is the stream that records workers' replies; its subject is
+	// set from Prefix. An empty Name records none.
+	Replies   ingress.StreamConfig
 	Listeners []Listener
 
 	Deadline    time.Duration // per request; ingress.DefaultDeadline if zero
@@ -131,6 +134,20 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.Log.Info("gateway: "+did, "subject", g.Stream.Subject)
+	if g.Replies.Name != "" {
+		g.Replies.Subject = schemas.ReplyWildcard(g.Prefix)
+		if g.Replies.Description == "" {
+			g.Replies.Description = "udpgate: every worker reply, joined to its request by udpgate-id"
+		}
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		did, err := ingress.EnsureStream(sctx, js, g.Replies)
+		cancel()
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("gateway: %w", err)
+		}
+		g.Log.Info("gateway: "+did, "subject", g.Replies.Subject)
+	}
 
 	table := exchange.NewTable(g.MaxPending)
 	eg := &egress.Server{

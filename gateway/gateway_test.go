@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -338,5 +339,40 @@ func TestNATSDownKeepsReading(t *testing.T) {
 	})
 	if st := g.Stats(); st.Pending != 0 {
 		t.Errorf("%d exchanges left open", st.Pending)
+	}
+}
+
+// TestRepliesRecorded: with a replies stream configured, a worker's reply
+// is kept and can be joined to its request by udpgate-id.
+func TestRepliesRecorded(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{Replies: ingress.StreamConfig{Name: schemas.StreamReplies}}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	contractWorker(t, s, "echo", schemas.InSubject("udpgate", uint16(addrs[0].Port)), echo)
+	if _, err := exchangeUDP(t, addrs[0].String(), []byte("keep me"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	get := func(stream string) *jetstream.RawStreamMsg {
+		t.Helper()
+		st, err := js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m *jetstream.RawStreamMsg
+		waitFor(t, "a message in "+stream, func() bool {
+			m, err = st.GetMsg(ctx, 1)
+			return err == nil
+		})
+		return m
+	}
+	req, rep := get(schemas.StreamIn), get(schemas.StreamReplies)
+	if req.Header.Get(schemas.HeaderID) != rep.Header.Get(schemas.HeaderID) || string(rep.Data) != "echo:keep me" {
+		t.Errorf("recorded reply %q (id %s) for request id %s", rep.Data, rep.Header.Get(schemas.HeaderID), req.Header.Get(schemas.HeaderID))
+	}
+	if !strings.HasPrefix(rep.Subject, "udpgate.reply.") {
+		t.Errorf("reply subject %s", rep.Subject)
 	}
 }

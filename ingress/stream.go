@@ -11,13 +11,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// StreamConfig is the capture stream ingress publishes to.
+// StreamConfig is a stream the gateway makes sure of: the capture stream
+// ingress publishes to, or the stream that records replies.
 type StreamConfig struct {
-	Name     string        // schemas.StreamIn by default
-	Subject  string        // schemas.InWildcard(prefix)
-	MaxAge   time.Duration // 0: unlimited
-	MaxBytes int64         // 0 or negative: unlimited
-	Replicas int           // 1 if 0
+	Name        string        // schemas.StreamIn by default
+	Description string        // for operators; the capture's by default
+	Subject     string        // schemas.InWildcard(prefix)
+	MaxAge      time.Duration // 0: unlimited
+	MaxBytes    int64         // 0 or negative: unlimited
+	Replicas    int           // 1 if 0
 	// Duplicates is the window in which JetStream drops a repeated
 	// Nats-Msg-Id (DefaultDuplicates if zero).
 	Duplicates time.Duration
@@ -44,9 +46,12 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 		if maxBytes <= 0 {
 			maxBytes = -1
 		}
+		if c.Description == "" {
+			c.Description = "udpgate capture: every request datagram"
+		}
 		_, err = js.CreateStream(ctx, jetstream.StreamConfig{
 			Name:        c.Name,
-			Description: "udpgate capture: every request datagram",
+			Description: c.Description,
 			Subjects:    []string{c.Subject},
 			Retention:   jetstream.LimitsPolicy,
 			Storage:     jetstream.FileStorage,
@@ -83,7 +88,7 @@ func checkStream(have jetstream.StreamConfig, want StreamConfig) error {
 	if len(problems) == 0 {
 		return nil
 	}
-	return fmt.Errorf("ingress: stream %s exists but %s; udpgate never changes an existing stream: fix it, or point UDPGATE_STREAM at another name",
+	return fmt.Errorf("ingress: stream %s exists but %s; udpgate never changes an existing stream: fix it, or configure another name (UDPGATE_STREAM, UDPGATE_REPLIES_STREAM)",
 		have.Name, strings.Join(problems, ", and "))
 }
 

@@ -16,6 +16,17 @@ const DefaultPrefix = "udpgate"
 // request datagram (subjects PREFIX.in.>).
 const StreamIn = "UDPGATE_IN"
 
+// StreamReplies is the default name of the JetStream stream that records
+// workers' replies (subjects PREFIX.reply.>), so that a request and its
+// recorded reply can be joined by udpgate-id.
+const StreamReplies = "UDPGATE_REPLIES"
+
+// ReplyWildcard returns the subject filter that covers every node's reply
+// subject: PREFIX.reply.>.
+func ReplyWildcard(prefix string) string {
+	return prefix + ".reply.>"
+}
+
 // Protocols a listener can speak.
 const (
 	ProtocolRaw  = "raw"
