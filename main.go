@@ -74,6 +74,17 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return nil
 	case "send":
 		return send(ctx, args, stdout, stderr)
+	case "replay", "pcap":
+		// Their own flags follow the command.
+		cfg, err := loadConfig()
+		if err != nil {
+			return err
+		}
+		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+		if cmd == "replay" {
+			return runReplay(ctx, cfg, log, args, stdout, stderr)
+		}
+		return runPcap(ctx, cfg, log, args, stdout, stderr)
 	case "run", "gateway", "worker", "lambda":
 	default:
 		fmt.Fprintf(stderr, "udpgate: unknown command %q\n\n", cmd)
@@ -114,6 +125,8 @@ Usage:
   udpgate gateway              the gateway, against the NATS server at UDPGATE_NATS_URL
   udpgate worker NAME          a built-in worker (echo, time, coap, places), against UDPGATE_NATS_URL
   udpgate lambda               invoke UDPGATE_LAMBDA_FUNCTION for each request on UDPGATE_LAMBDA_SUBJECTS
+  udpgate replay [flags]       replay captured requests to a subject prefix or onto the wire; -h for flags
+  udpgate pcap import|export   bring a pcap into the capture, or write the capture as a pcap; -h for flags
   udpgate send URL [PAYLOAD]   send a request (udp://, coap://, rpc://) and print the reply; -h for flags
   udpgate help                 this text
 
