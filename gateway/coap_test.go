@@ -42,16 +42,7 @@ func coapGateway(t *testing.T, g *Gateway, delay time.Duration) (addr string, s 
 	g.Node = "coap-node"
 	g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolCoAP})
 	port := c.LocalAddr().(*net.UDPAddr).Port
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-	})
-	<-g.Ready()
+	serveGateway(t, g)
 	seen = new(atomic.Int64)
 	nc, js := natstest.JetStream(t, s)
 	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -40,6 +40,13 @@ func testGateway(t testing.TB, s *server.Server, g *Gateway, addrs ...string) []
 		g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolRaw})
 		bound = append(bound, c.LocalAddr().(*net.UDPAddr))
 	}
+	serveGateway(t, g)
+	return bound
+}
+
+// serveGateway serves g until the test ends and waits until it is ready.
+func serveGateway(t testing.TB, g *Gateway) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Serve(ctx) }()
@@ -56,7 +63,6 @@ func testGateway(t testing.TB, s *server.Server, g *Gateway, addrs ...string) []
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway not ready after 10s")
 	}
-	return bound
 }
 
 // contractWorker answers every request on subject through the wire

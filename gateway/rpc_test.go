@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"net"
 	"testing"
 	"time"
@@ -28,16 +27,7 @@ func rpcGateway(t *testing.T, g *Gateway) *net.UDPAddr {
 	g.NATS = natstest.Connect(t, s)
 	g.Node = "rpc-node"
 	g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolRPC})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("gateway: %v", err)
-		}
-	})
-	<-g.Ready()
+	serveGateway(t, g)
 	addr := c.LocalAddr().(*net.UDPAddr)
 	startWorker(t, s, "places", schemas.RPCSubject("udpgate", uint16(addr.Port), "InterestingPlaces", "GetRandom"), workers.HandlerFunc(builtin.Places{}.Handle))
 	return addr
