@@ -3,11 +3,215 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/replay"
 )
 
-// runReplay is `udpgate replay`.
+// runReplay is `udpgate replay`: it selects captured requests by time,
+// port and subject and sends them again, either onto the wire (--to) or to
+// a subject prefix that a candidate worker group consumes, and with
+// --compare compares the candidate's replies with the recorded ones.
 func runReplay(ctx context.Context, cfg config, log *slog.Logger, args []string, stdout, stderr io.Writer) error {
-	return errors.New("replay: not implemented yet")
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		since     = fs.String("since", "", "start of the window: RFC 3339 time or a duration ago (10m); default: the capture's first request")
+		until     = fs.String("until", "", "end of the window: RFC 3339 time or a duration ago; default: now")
+		subjects  stringList
+		ports     portList
+		to        = fs.String("to", "", "send onto the wire to `udp://HOST:PORT`, datagram by datagram, instead of to a subject prefix")
+		target    = fs.String("subject-prefix", replay.DefaultTarget(cfg.Prefix), "send to PREFIX.in.PORT... in the replay stream, for a candidate worker group")
+		replayStr = fs.String("replay-stream", "", "the replay stream (created if missing, used as is otherwise); default: the subject prefix in upper case, dots as _")
+		speed     = fs.String("speed", "original", "pace: original (the recorded gaps), max, or a factor like 2x")
+		compare   = fs.Bool("compare", false, "compare the candidate's replies with the recorded ones (UDPGATE_REPLIES_STREAM); exit status 1 if any differ or are missing")
+		diffs     = fs.Int("diffs", 5, "with --compare, how many differences to show")
+		wait      = fs.Duration("wait", 2*time.Second, "how long to wait for replies after the last send")
+		stream    = fs.String("stream", cfg.Stream, "the capture stream to read")
+		prepare   = fs.Bool("prepare", false, "only create the replay stream, so that a candidate group can bind to it before the first replay")
+	)
+	fs.Var(&ports, "port", "only requests received on this port (repeat, or a comma list)")
+	fs.Var(&subjects, "subject", "only requests whose subject matches this filter, wildcards allowed (repeat, or a comma list)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `usage: udpgate replay [flags]
+
+  udpgate replay --since 10m --port 9000 --to udp://127.0.0.1:7777 --speed max
+  udpgate replay --since 1h --subject-prefix %[1]s.shadow --compare
+
+Reads the capture stream with an ephemeral ordered consumer (worker groups
+are not disturbed). Without --to, requests go to SUBJECT-PREFIX.in.PORT...
+in the replay stream, with a fresh udpgate-id, %[2]s set to
+the recorded one and udpgate-reply set to SUBJECT-PREFIX.reply.RANDOM.
+
+`, cfg.Prefix, replay.HeaderReplayOf)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "udpgate replay: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+
+	now := time.Now()
+	r := &replay.Replayer{Stream: *stream, Prefix: cfg.Prefix, Ports: ports, Subjects: subjects, Wait: *wait}
+	var err error
+	if *since != "" {
+		if r.Since, err = replay.ParseTime(*since, now); err != nil {
+			return fmt.Errorf("replay: --since: %w", err)
+		}
+	}
+	if *until != "" {
+		if r.Until, err = replay.ParseTime(*until, now); err != nil {
+			return fmt.Errorf("replay: --until: %w", err)
+		}
+		if r.Until.Before(r.Since) {
+			return fmt.Errorf("replay: --until %s is before --since %s", r.Until.Format(time.RFC3339), r.Since.Format(time.RFC3339))
+		}
+	}
+	if r.Speed, err = replay.ParseSpeed(*speed); err != nil {
+		return fmt.Errorf("replay: --speed: %w", err)
+	}
+	if *compare && *to != "" {
+		return errors.New("replay: --compare needs a replay to a subject prefix (a candidate group), not --to")
+	}
+	if *compare && cfg.RepliesStream == "" {
+		return errors.New("replay: --compare needs the recorded replies, but UDPGATE_REPLIES_STREAM is off")
+	}
+	if f, ok := stderr.(*os.File); ok && isTerminal(f) {
+		r.Progress = stderr
+	}
+
+	nc, err := connectNATS(cfg, "udpgate replay")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("replay: jetstream: %w", err)
+	}
+	r.JetStream = js
+
+	if *to != "" {
+		return replayWire(ctx, r, *to, stdout)
+	}
+
+	t := replay.Target{Prefix: *target, Stream: *replayStr, Keep: *compare}
+	if t.Stream == "" {
+		t.Stream = replay.StreamName(t.Prefix)
+	}
+	did, err := replay.EnsureStream(ctx, js, t.Stream, t.Prefix)
+	if err != nil {
+		return err
+	}
+	if *prepare {
+		fmt.Fprintf(stdout, "replay: %s; candidate groups consume %s.in.PORT... from it\n", did, t.Prefix)
+		return nil
+	}
+	log.Debug("replay: " + did)
+	if st, err := js.Stream(ctx, t.Stream); err == nil && st.CachedInfo().State.Consumers == 0 {
+		log.Warn("replay: no worker group consumes the replay stream yet: start the candidate first, or its replies are missed",
+			"stream", t.Stream, "subjects", t.Prefix+".in.>")
+	}
+	res, err := r.Publish(ctx, t)
+	if err != nil {
+		return err
+	}
+	printSummary(stdout, r, res, t.Prefix+".in.> (stream "+t.Stream+")")
+	if !*compare {
+		return nil
+	}
+	cmp, err := replay.Compare(ctx, js, cfg.RepliesStream, res, *diffs)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "compare with %s: %d identical, %d different, %d missing, %d unanswered\n",
+		cfg.RepliesStream, cmp.Identical, cmp.Different, cmp.Missing, cmp.Unanswered)
+	for i, d := range cmp.Diffs {
+		fmt.Fprintf(stdout, "\ndifference %d of %d: %s", i+1, cmp.Different+cmp.Missing, d)
+	}
+	if !cmp.OK() {
+		return &exitError{code: 1, err: fmt.Errorf("replay: %d different, %d missing", cmp.Different, cmp.Missing)}
+	}
+	return nil
+}
+
+// replayWire is `udpgate replay --to udp://HOST:PORT`.
+func replayWire(ctx context.Context, r *replay.Replayer, to string, stdout io.Writer) error {
+	dst, err := replay.ParseTo(to)
+	if err != nil {
+		return fmt.Errorf("replay: --to: %w", err)
+	}
+	network := "udp4"
+	if dst.Addr().Is6() {
+		network = "udp6"
+	}
+	conn, err := net.ListenUDP(network, nil)
+	if err != nil {
+		return fmt.Errorf("replay: socket: %w", err)
+	}
+	defer conn.Close()
+	res, err := r.Wire(ctx, conn, dst)
+	if err != nil {
+		return err
+	}
+	printSummary(stdout, r, res, "udp://"+dst.String())
+	return nil
+}
+
+// printSummary writes what a replay did, in two lines.
+func printSummary(w io.Writer, r *replay.Replayer, res replay.Result, dest string) {
+	window := ""
+	if res.Selected > 0 {
+		window = fmt.Sprintf(" (captured %s .. %s)", res.First.UTC().Format(time.RFC3339Nano), res.Last.UTC().Format(time.RFC3339Nano))
+	}
+	fmt.Fprintf(w, "replay: %d requests from %s%s to %s, speed %s\n", res.Selected, r.Stream, window, dest, r.Speed)
+	fmt.Fprintf(w, "sent %d, answered %d, skipped %d, errors %d, duration %s\n",
+		res.Sent, res.Answered, res.Skipped, res.Errors, res.Duration.Round(time.Millisecond))
+}
+
+// isTerminal reports whether f is a terminal (a character device).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// stringList is a repeatable flag whose values may also be comma lists.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error {
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			*l = append(*l, f)
+		}
+	}
+	return nil
+}
+
+// portList is a repeatable flag of ports, also comma lists.
+type portList []uint16
+
+func (l *portList) String() string { return fmt.Sprint([]uint16(*l)) }
+func (l *portList) Set(s string) error {
+	p, err := replay.ParsePorts(s)
+	if err != nil {
+		return err
+	}
+	*l = append(*l, p...)
+	return nil
 }
