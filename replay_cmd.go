@@ -71,22 +71,22 @@ the recorded one and udpgate-reply set to SUBJECT-PREFIX.reply.RANDOM.
 	var err error
 	if *since != "" {
 		if r.Since, err = replay.ParseTime(*since, now); err != nil {
-			return fmt.Errorf("replay: --since: %w", err)
+			return usageError(fmt.Errorf("replay: --since: %w", err))
 		}
 	}
 	if *until != "" {
 		if r.Until, err = replay.ParseTime(*until, now); err != nil {
-			return fmt.Errorf("replay: --until: %w", err)
+			return usageError(fmt.Errorf("replay: --until: %w", err))
 		}
 		if r.Until.Before(r.Since) {
-			return fmt.Errorf("replay: --until %s is before --since %s", r.Until.Format(time.RFC3339), r.Since.Format(time.RFC3339))
+			return usageError(fmt.Errorf("replay: --until %s is before --since %s", r.Until.Format(time.RFC3339), r.Since.Format(time.RFC3339)))
 		}
 	}
 	if r.Speed, err = replay.ParseSpeed(*speed); err != nil {
-		return fmt.Errorf("replay: --speed: %w", err)
+		return usageError(fmt.Errorf("replay: --speed: %w", err))
 	}
 	if *compare && *to != "" {
-		return errors.New("replay: --compare needs a replay to a subject prefix (a candidate group), not --to")
+		return usageError(errors.New("replay: --compare needs a replay to a subject prefix (a candidate group), not --to"))
 	}
 	if *compare && cfg.RepliesStream == "" {
 		return errors.New("replay: --compare needs the recorded replies, but UDPGATE_REPLIES_STREAM is off")
@@ -154,7 +154,7 @@ the recorded one and udpgate-reply set to SUBJECT-PREFIX.reply.RANDOM.
 func replayWire(ctx context.Context, r *replay.Replayer, to string, stdout io.Writer) error {
 	dst, err := replay.ParseTo(to)
 	if err != nil {
-		return fmt.Errorf("replay: --to: %w", err)
+		return usageError(fmt.Errorf("replay: --to: %w", err))
 	}
 	network := "udp4"
 	if dst.Addr().Is6() {
@@ -215,3 +215,6 @@ func (l *portList) Set(s string) error {
 	*l = append(*l, p...)
 	return nil
 }
+
+// usageError marks err as a mistake in the command line: exit status 2.
+func usageError(err error) error { return &exitError{code: 2, err: err} }

@@ -27,12 +27,9 @@ import (
 	"github.com/udpgate/udpgate/schemas"
 )
 
-// HeaderReplayOf is set on every request replayed to a subject prefix: the
-// udpgate-id of the captured request it repeats. A replayed request gets a
-// fresh udpgate-id (and ce-id), so that its reply can never be taken for
-// the reply of a live exchange; this header joins it to the original, and
-// through it to the recorded reply.
-const HeaderReplayOf = "udpgate-replay-of"
+// HeaderReplayOf is schemas.HeaderReplayOf, kept here for callers of this
+// package.
+const HeaderReplayOf = schemas.HeaderReplayOf
 
 // Speed is how fast requests are sent again, as a factor of the recorded
 // pace: Original (1) keeps the recorded gaps, 2 halves them, Max (0) sends

@@ -62,6 +62,10 @@ const (
 	HeaderDeadline = "udpgate-deadline" // Unix time in milliseconds after which no reply is sent
 	HeaderReply    = "udpgate-reply"    // core NATS subject to publish the reply to
 	HeaderStatus   = "udpgate-status"   // reply outcome, one of the Status values
+	// HeaderReplayOf is set on requests that `udpgate replay` publishes to
+	// a replay prefix: the udpgate-id of the captured request, which joins a
+	// candidate's reply with the recorded one.
+	HeaderReplayOf = "udpgate-replay-of"
 )
 
 // Reply statuses, the value of HeaderStatus on a reply. A reply without the
