@@ -3,11 +3,294 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/pcap"
+	"github.com/udpgate/udpgate/schemas"
 )
+
+const pcapUsage = `usage:
+  udpgate pcap import [flags] FILE   publish a capture's UDP requests into the capture stream (FILE - is stdin)
+  udpgate pcap export [flags]        write the capture stream's requests (and replies) as a pcap
+
+Both use UDPGATE_NATS_URL, UDPGATE_SUBJECT_PREFIX and UDPGATE_STREAM; flags may come before or after FILE.
+`
 
 // runPcap is `udpgate pcap import|export`.
 func runPcap(ctx context.Context, cfg config, log *slog.Logger, args []string, stdout, stderr io.Writer) error {
-	return errors.New("pcap: not implemented yet")
+	if len(args) == 0 {
+		fmt.Fprint(stderr, pcapUsage)
+		return errUsage
+	}
+	switch args[0] {
+	case "import":
+		return pcapImport(ctx, cfg, log, args[1:], stdout, stderr)
+	case "export":
+		return pcapExport(ctx, cfg, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, pcapUsage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "udpgate pcap: unknown command %q\n\n%s", args[0], pcapUsage)
+	return errUsage
+}
+
+// listFlag collects comma-separated values from a repeated flag.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	*l = append(*l, splitList(s)...)
+	return nil
+}
+
+// parseInterspersed parses flags that may come before and after the
+// positional arguments, which it returns.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func parsePorts(list []string) ([]uint16, error) {
+	var out []uint16
+	for _, s := range list {
+		n, err := strconv.ParseUint(s, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("port %q: want 1..65535", s)
+		}
+		out = append(out, uint16(n))
+	}
+	return out, nil
+}
+
+func pcapImport(ctx context.Context, cfg config, log *slog.Logger, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pcap import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var ports, lists listFlag
+	fs.Var(&ports, "port", "raw listener port(s) whose datagrams to import, comma-separated or repeated (9000,9001)")
+	fs.Var(&lists, "listener", "listener(s) PORT/PROTOCOL, comma-separated or repeated (5683/coap,7000/rpc); default: UDPGATE_LISTENERS if no -port")
+	stream := fs.String("stream", cfg.Stream, "stream to import into, created like the capture if missing (UDPGATE_STREAM)")
+	prefix := fs.String("prefix", cfg.Prefix, "subject prefix (UDPGATE_SUBJECT_PREFIX); another stream than the capture needs another prefix")
+	node := fs.String("node", pcap.DefaultNode, "gateway node named in ce-source and udpgate-reply")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: udpgate pcap import [flags] FILE\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errUsage
+	}
+	listeners := map[uint16]string{}
+	rawPorts, err := parsePorts(ports)
+	if err != nil {
+		return fmt.Errorf("pcap import: -port: %w", err)
+	}
+	for _, p := range rawPorts {
+		listeners[p] = schemas.ProtocolRaw
+	}
+	ls, err := parseListeners(strings.Join(lists, ","))
+	if err != nil {
+		return fmt.Errorf("pcap import: -listener: %w", err)
+	}
+	if len(ports) == 0 && len(lists) == 0 {
+		ls = cfg.Listeners
+	}
+	for _, l := range ls {
+		if p, ok := listeners[l.Addr.Port()]; ok && p != l.Protocol {
+			return fmt.Errorf("pcap import: port %d is both %s and %s", l.Addr.Port(), p, l.Protocol)
+		}
+		listeners[l.Addr.Port()] = l.Protocol
+	}
+	if len(listeners) == 0 {
+		fmt.Fprintln(stderr, "udpgate pcap import: name the ports to import: -port 9000 (raw) or -listener 5683/coap,7000/rpc")
+		return errUsage
+	}
+	if !validSubjectPrefix(*prefix) || !validStreamName(*stream) {
+		return fmt.Errorf("pcap import: bad -prefix %q or -stream %q", *prefix, *stream)
+	}
+
+	name := pos[0]
+	var in io.Reader = os.Stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return fmt.Errorf("pcap import: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	nc, err := connectNATS(cfg, "udpgate pcap import")
+	if err != nil {
+		return fmt.Errorf("pcap import: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("pcap import: jetstream: %w", err)
+	}
+	if _, err := ingress.EnsureStream(ctx, js, ingress.StreamConfig{
+		Name: *stream, Subject: schemas.InWildcard(*prefix),
+		MaxAge: cfg.StreamMaxAge, MaxBytes: cfg.StreamMaxBytes, Replicas: cfg.StreamReplicas,
+	}); err != nil {
+		return fmt.Errorf("pcap import: %w", err)
+	}
+	im := &pcap.Importer{
+		NATS: nc, Stream: *stream, Prefix: *prefix, Node: *node, Listeners: listeners,
+		Deadline: cfg.Deadline, MaxInFlight: cfg.MaxInFlight, Log: log,
+		CoAP: coap.Config{BlockSize: cfg.CoAPBlockSize, MaxBody: cfg.CoAPMaxBody},
+	}
+	start := time.Now()
+	st, err := im.Import(ctx, in)
+	printImport(stdout, name, *stream, st, time.Since(start))
+	if err != nil {
+		return fmt.Errorf("pcap import: %w", err)
+	}
+	if st.Failed > 0 {
+		return fmt.Errorf("pcap import: %d publishes failed", st.Failed)
+	}
+	return nil
+}
+
+func printImport(w io.Writer, name, stream string, st pcap.ImportStats, took time.Duration) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "pcap import %s -> stream %s in %s\n", name, stream, took.Round(time.Millisecond))
+	fmt.Fprintf(tw, "  frames read\t%d\n", st.Frames)
+	fmt.Fprintf(tw, "  UDP datagrams\t%d\t(%d reassembled from %d IPv4 fragments)\n", st.Datagrams, st.Reassembled, st.FragmentsReused)
+	fmt.Fprintf(tw, "  requests published\t%d\n", st.Requests)
+	fmt.Fprintf(tw, "    stored\t%d\n", st.Published)
+	fmt.Fprintf(tw, "    duplicates\t%d\t(CoAP retransmissions within the stream's duplicate window)\n", st.Duplicates)
+	fmt.Fprintf(tw, "    failed\t%d\n", st.Failed)
+	fmt.Fprintf(tw, "  skipped\t%d\n", st.SkippedTotal())
+	for _, r := range []pcap.Reason{pcap.NotIP, pcap.NotUDP, pcap.Fragment, pcap.Truncated, pcap.Malformed, pcap.UnsupportedLink} {
+		fmt.Fprintf(tw, "    %s\t%d\n", r, st.Skipped[r])
+	}
+	fmt.Fprintf(tw, "    other port\t%d\n", st.OtherPort)
+	fmt.Fprintf(tw, "    not a request\t%d\t(coap: %d pings, %d malformed or not requests, %d retransmissions, %d Block1 continuations, %d rejected; rpc: %d not calls)\n",
+		st.NotRequest, st.CoAP.Pings, st.CoAP.Malformed, st.CoAP.Duplicates, st.CoAP.BlockContinue, st.CoAP.BadOption+st.CoAP.Rejected, st.RPC.Malformed)
+	tw.Flush()
+}
+
+func pcapExport(ctx context.Context, cfg config, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pcap export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var ports listFlag
+	fs.Var(&ports, "port", "listener port(s) to export, comma-separated or repeated; default: all")
+	since := fs.String("since", "", "start of the window, by each request's ce-time: RFC 3339 time or a duration before now (10m); default: the stream's start")
+	until := fs.String("until", "", "end of the window: RFC 3339 time or a duration before now; default: now")
+	out := fs.String("o", "-", "output file; - is stdout")
+	replies := fs.Bool("replies", false, "also write the recorded replies (UDPGATE_REPLIES_STREAM)")
+	stream := fs.String("stream", cfg.Stream, "capture stream (UDPGATE_STREAM)")
+	repliesStream := fs.String("replies-stream", cfg.RepliesStream, "stream of recorded replies (UDPGATE_REPLIES_STREAM)")
+	prefix := fs.String("prefix", cfg.Prefix, "subject prefix (UDPGATE_SUBJECT_PREFIX)")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: udpgate pcap export [flags]\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	if len(pos) != 0 {
+		fs.Usage()
+		return errUsage
+	}
+	now := time.Now()
+	ex := &pcap.Exporter{Stream: *stream, Prefix: *prefix}
+	if ex.Ports, err = parsePorts(ports); err != nil {
+		return fmt.Errorf("pcap export: -port: %w", err)
+	}
+	if ex.Since, err = parseWhen(*since, now); err != nil {
+		return fmt.Errorf("pcap export: -since: %w", err)
+	}
+	if ex.Until, err = parseWhen(*until, now); err != nil {
+		return fmt.Errorf("pcap export: -until: %w", err)
+	}
+	if ex.Until.IsZero() {
+		ex.Until = now
+	}
+	if *replies {
+		if *repliesStream == "" || *repliesStream == "off" {
+			return errors.New("pcap export: -replies: no replies stream (UDPGATE_REPLIES_STREAM is off)")
+		}
+		ex.RepliesStream = *repliesStream
+	}
+
+	nc, err := connectNATS(cfg, "udpgate pcap export")
+	if err != nil {
+		return fmt.Errorf("pcap export: %w", err)
+	}
+	defer nc.Close()
+	if ex.JetStream, err = jetstream.New(nc); err != nil {
+		return fmt.Errorf("pcap export: jetstream: %w", err)
+	}
+	w, summary := stdout, stdout
+	var f *os.File
+	if *out != "-" {
+		if f, err = os.Create(*out); err != nil {
+			return fmt.Errorf("pcap export: %w", err)
+		}
+		defer f.Close()
+		w = f
+	} else {
+		summary = stderr // stdout is the pcap
+	}
+	st, err := ex.Export(ctx, w)
+	if err == nil && f != nil {
+		err = f.Close()
+	}
+	name := *out
+	if name == "-" {
+		name = "stdout"
+	}
+	fmt.Fprintf(summary, "pcap export -> %s: %d packets (%d requests, %d replies); left out: %d outside the window, %d undecodable, %d replies unmatched, %d replies not sent\n",
+		name, st.Requests+st.Replies, st.Requests, st.Replies, st.Outside, st.Undecodable, st.Unmatched, st.NotSent)
+	if err != nil {
+		return fmt.Errorf("pcap export: %w", err)
+	}
+	return nil
+}
+
+// parseWhen parses an RFC 3339 time, or a duration before now ("10m");
+// empty is the zero time.
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("%q: a duration before now must not be negative", s)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a duration like 10m", s)
+	}
+	return t, nil
 }

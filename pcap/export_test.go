@@ -1,0 +1,222 @@
+package pcap
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/schemas/rpcpb"
+)
+
+// liveRequest is a request message as the gateway publishes it.
+func liveRequest(id string, at time.Time, remote, local, listener string, body []byte, extra map[string]string) *nats.Msg {
+	port, _, _ := strings.Cut(listener, "/")
+	m := &nats.Msg{
+		Subject: "udpgate.in." + port,
+		Data:    body,
+		Header: nats.Header{
+			schemas.HeaderSpecVersion: {schemas.SpecVersion},
+			schemas.HeaderCEID:        {id},
+			schemas.HeaderSource:      {"udpgate://gw-1/" + listener},
+			schemas.HeaderType:        {schemas.TypeRaw},
+			schemas.HeaderTime:        {at.UTC().Format(time.RFC3339Nano)},
+			schemas.HeaderID:          {id},
+			schemas.HeaderRemote:      {remote},
+			schemas.HeaderLocal:       {local},
+			schemas.HeaderListener:    {listener},
+			schemas.HeaderDeadline:    {strconv.FormatInt(at.Add(time.Minute).UnixMilli(), 10)},
+			schemas.HeaderReply:       {"udpgate.reply.gw-1"},
+		},
+	}
+	for k, v := range extra {
+		if k == "subject" {
+			m.Subject = v
+			continue
+		}
+		m.Header.Set(k, v)
+	}
+	return m
+}
+
+func publish(t testing.TB, js jetstream.JetStream, msgs ...*nats.Msg) {
+	t.Helper()
+	for _, m := range msgs {
+		if _, err := js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatalf("publish %s: %v", m.Subject, err)
+		}
+	}
+}
+
+func reply(id string, body []byte, extra map[string]string) *nats.Msg {
+	m := &nats.Msg{Subject: "udpgate.reply.gw-1", Data: body, Header: nats.Header{schemas.HeaderID: {id}}}
+	for k, v := range extra {
+		m.Header.Set(k, v)
+	}
+	return m
+}
+
+type packet struct{ src, dst, payload, time string }
+
+// tsharkUDP returns the UDP packets tshark reads in file.
+func tsharkUDP(t testing.TB, file string) []packet {
+	t.Helper()
+	bin := tool(t, "tshark", "tshark")
+	out := run(t, bin, "-r", file, "-Y", "udp", "-T", "fields",
+		"-e", "udp.srcport", "-e", "udp.dstport", "-e", "udp.payload", "-e", "frame.time_epoch")
+	var pkts []packet
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line == "" {
+			continue
+		}
+		f := strings.Split(line, "\t")
+		if len(f) != 4 {
+			t.Fatalf("tshark line %q", line)
+		}
+		pkts = append(pkts, packet{f[0], f[1], f[2], f[3]})
+	}
+	return pkts
+}
+
+// TestExportTshark exports a window of requests published with the
+// contract's headers, and their recorded replies, and reads the file with
+// tshark.
+func TestExportTshark(t *testing.T) {
+	tool(t, "tshark", "tshark")
+	_, js := testStreams(t, "udpgate")
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	coapHead := []byte{0x42, 0x01, 0x9c, 0xb9, 0xa1, 0xb2, 0xb4, 't', 'i', 'm', 'e'} // CON GET mid 40121 token a1b2 /time
+	call := &rpcpb.Call{Id: 77, Service: "InterestingPlaces", Method: "GetRandom", Params: []byte{8, 2}}
+	callBytes, _ := proto.Marshal(call)
+	publish(t, js,
+		liveRequest("b-1", now.Add(-2*time.Hour), "10.0.0.9:1", "10.0.0.2:9000", "9000/raw", []byte("too old"), nil),
+		liveRequest("b-2", now.Add(-3*time.Second), "10.0.0.1:40000", "10.0.0.2:9000", "9000/raw", []byte("hello"), nil),
+		liveRequest("b-3", now.Add(-2*time.Second), "[2001:db8::1]:40001", "[2001:db8::2]:9000", "9000/raw", []byte("hello v6"), nil),
+		liveRequest("b-4", now.Add(-time.Second), "10.0.0.1:40002", "10.0.0.2:5683", "5683/coap", nil, map[string]string{
+			"subject": "udpgate.in.5683.GET.time", schemas.HeaderType: schemas.TypeCoAP,
+			schemas.HeaderCoAPMethod: "GET", schemas.HeaderCoAPPath: "/time", schemas.HeaderCoAPToken: "a1b2",
+			schemas.HeaderCoAPType: "CON", schemas.HeaderCoAPMessageID: "40121",
+			schemas.HeaderDatagramHead: base64.StdEncoding.EncodeToString(coapHead),
+		}),
+		liveRequest("b-5", now, "10.0.0.1:40003", "10.0.0.2:7000", "7000/rpc", call.Params, map[string]string{
+			"subject": "udpgate.in.7000.InterestingPlaces.GetRandom", schemas.HeaderType: schemas.TypeRPC,
+			schemas.HeaderRPCService: call.Service, schemas.HeaderRPCMethod: call.Method, schemas.HeaderRPCID: "77",
+		}),
+	)
+	publish(t, js,
+		reply("b-2", []byte("HELLO"), nil),
+		reply("b-3", nil, map[string]string{schemas.HeaderStatus: schemas.StatusError}), // raw: nothing sent
+		reply("b-4", []byte("16:36"), map[string]string{schemas.HeaderCoAPContentFormat: "0"}),
+		reply("b-5", []byte{10, 0}, nil),
+		reply("b-9", []byte("no such request"), nil),
+	)
+
+	file := filepath.Join(t.TempDir(), "capture.pcap")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &Exporter{JetStream: js, Since: now.Add(-10 * time.Minute), Until: now.Add(time.Minute), RepliesStream: schemas.StreamReplies}
+	st, err := ex.Export(context.Background(), f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Requests != 4 || st.Replies != 3 || st.Outside != 1 || st.NotSent != 1 || st.Unmatched != 1 || st.Undecodable != 0 {
+		t.Errorf("stats %+v", st)
+	}
+
+	hexOf := func(b []byte) string { return hex.EncodeToString(b) }
+	rpcReply, _ := proto.Marshal(&rpcpb.Reply{Id: 77, Body: []byte{10, 0}})
+	coapReply, _ := encodeCoAP(message.Message{Type: message.Acknowledgement, Code: codes.Content, MessageID: 40121, Token: []byte{0xa1, 0xb2},
+		Options: message.Options{{ID: message.ContentFormat, Value: nil}}, Payload: []byte("16:36")})
+	want := []packet{
+		{"40000", "9000", hexOf([]byte("hello")), ""},
+		{"40001", "9000", hexOf([]byte("hello v6")), ""},
+		{"40002", "5683", hexOf(coapHead), ""},
+		{"40003", "7000", hexOf(callBytes), ""},
+		{"9000", "40000", hexOf([]byte("HELLO")), ""},
+		{"5683", "40002", hexOf(coapReply), ""},
+		{"7000", "40003", hexOf(rpcReply), ""},
+	}
+	got := tsharkUDP(t, file)
+	if len(got) != len(want) {
+		t.Fatalf("tshark sees %d UDP packets, want %d: %v", len(got), len(want), got)
+	}
+	// Requests keep their ce-time; replies come at their stream time,
+	// after their request.
+	for i, p := range got[:4] {
+		at := now.Add(time.Duration(i-3) * time.Second)
+		if p.time != fmt.Sprintf("%d.%09d", at.Unix(), at.Nanosecond()) {
+			t.Errorf("request %d at %s, want %s", i, p.time, at.Format(time.RFC3339Nano))
+		}
+	}
+	slices.SortFunc(got, func(a, b packet) int { return strings.Compare(a.src+a.dst, b.src+b.dst) })
+	slices.SortFunc(want, func(a, b packet) int { return strings.Compare(a.src+a.dst, b.src+b.dst) })
+	for i := range want {
+		if got[i].src != want[i].src || got[i].dst != want[i].dst || got[i].payload != want[i].payload {
+			t.Errorf("packet %s -> %s: payload %s, want %s -> %s %s", got[i].src, got[i].dst, got[i].payload, want[i].src, want[i].dst, want[i].payload)
+		}
+	}
+
+	// tshark finds the checksums good.
+	bin := tool(t, "tshark", "tshark")
+	status := run(t, bin, "-r", file, "-o", "udp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE",
+		"-Y", "udp.checksum.status != 1 || ip.checksum.status == 0", "-T", "fields", "-e", "frame.number")
+	if s := strings.TrimSpace(string(status)); s != "" {
+		t.Errorf("frames with checksums tshark does not find good: %s", s)
+	}
+}
+
+// TestExportImportRoundTrip imports a capture, exports it and imports the
+// export elsewhere: the messages are the same but for their ids.
+func TestExportImportRoundTrip(t *testing.T) {
+	frames, _, _, _ := protocolCapture(t)
+	nc, js := testStreams(t, "udpgate")
+	im := &Importer{NATS: nc, Listeners: protocolListeners}
+	if _, err := im.Import(context.Background(), bytes.NewReader(writePcap(t, frames))); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	st, err := (&Exporter{JetStream: js}).Export(context.Background(), &out)
+	if err != nil || st.Requests != 4 {
+		t.Fatalf("export: %+v, %v", st, err)
+	}
+	ensureStreams(t, js, "again", "AGAIN", "")
+	im2 := &Importer{NATS: nc, Prefix: "again", Stream: "AGAIN", Listeners: protocolListeners}
+	st2, err := im2.Import(context.Background(), &out)
+	if err != nil || st2.Published != 4 {
+		t.Fatalf("import of the export: %+v, %v", st2, err)
+	}
+	first, second := storedMsgs(t, js, schemas.StreamIn), storedMsgs(t, js, "AGAIN")
+	for i := range first {
+		a, b := first[i], second[i]
+		if "again"+strings.TrimPrefix(a.Subject, "udpgate") != b.Subject || !bytes.Equal(a.Data, b.Data) {
+			t.Errorf("message %d: %s %q, then %s %q", i, a.Subject, a.Data, b.Subject, b.Data)
+		}
+		for k := range a.Header {
+			switch k {
+			case schemas.HeaderID, schemas.HeaderCEID, schemas.HeaderReply:
+				continue
+			}
+			if !slices.Equal(a.Header[k], b.Header[k]) {
+				t.Errorf("message %d: %s %q, then %q", i, k, a.Header[k], b.Header[k])
+			}
+		}
+	}
+}
