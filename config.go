@@ -32,6 +32,7 @@ type env struct {
 	StreamMaxAge   string `envconfig:"STREAM_MAX_AGE" default:"24h" desc:"capture kept this long (0: forever)"`
 	StreamMaxBytes string `envconfig:"STREAM_MAX_BYTES" default:"1GiB" desc:"capture size limit (0: none)"`
 	StreamReplicas string `envconfig:"STREAM_REPLICAS" default:"1" desc:"capture stream replicas"`
+	StreamStorage  string `envconfig:"STREAM_STORAGE" default:"file" desc:"capture and replies storage, file or memory"`
 	RepliesStream  string `envconfig:"REPLIES_STREAM" default:"UDPGATE_REPLIES" desc:"stream recording workers' replies, same limits as the capture (\"off\": none)"`
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
@@ -70,6 +71,7 @@ type config struct {
 	StreamMaxAge   time.Duration
 	StreamMaxBytes int64
 	StreamReplicas int
+	StreamMemory   bool   // memory storage rather than file
 	RepliesStream  string // "" records no replies
 	Deadline       time.Duration
 	MaxDatagram    int
@@ -203,6 +205,13 @@ func (e env) parse(environ []string) (config, error) {
 		bad("STREAM_MAX_BYTES", "%v", err)
 	}
 	integer("STREAM_REPLICAS", e.StreamReplicas, 1, 5, &c.StreamReplicas)
+	switch e.StreamStorage {
+	case "file":
+	case "memory":
+		c.StreamMemory = true
+	default:
+		bad("STREAM_STORAGE", "%q is not file or memory", e.StreamStorage)
+	}
 	integer("MAX_DATAGRAM", e.MaxDatagram, 1, 65535, &c.MaxDatagram)
 	integer("MAX_PENDING", e.MaxPending, 1, 1<<24, &c.MaxPending)
 	integer("QUEUE", e.Queue, 1, 1<<20, &c.Queue)

@@ -20,6 +20,7 @@ type StreamConfig struct {
 	MaxAge      time.Duration // 0: unlimited
 	MaxBytes    int64         // 0 or negative: unlimited
 	Replicas    int           // 1 if 0
+	Memory      bool          // memory storage instead of file storage
 	// Duplicates is the window in which JetStream drops a repeated
 	// Nats-Msg-Id (DefaultDuplicates if zero).
 	Duplicates time.Duration
@@ -54,7 +55,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 			Description: c.Description,
 			Subjects:    []string{c.Subject},
 			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
+			Storage:     storage(c.Memory),
 			MaxAge:      c.MaxAge,
 			MaxBytes:    maxBytes,
 			Replicas:    max(c.Replicas, 1),
@@ -112,4 +113,11 @@ func covers(p, q string) bool {
 		}
 	}
 	return len(pt) == len(qt)
+}
+
+func storage(memory bool) jetstream.StorageType {
+	if memory {
+		return jetstream.MemoryStorage
+	}
+	return jetstream.FileStorage
 }

@@ -55,6 +55,15 @@ func TestEnsureStream(t *testing.T) {
 			t.Errorf("created %+v", c)
 		}
 	})
+	t.Run("memory storage", func(t *testing.T) {
+		if _, err := EnsureStream(ctx, js, StreamConfig{Name: "MEM", Subject: "mem.in.>", Memory: true}); err != nil {
+			t.Fatal(err)
+		}
+		info, _ := js.Stream(ctx, "MEM")
+		if got := info.CachedInfo().Config.Storage; got != jetstream.MemoryStorage {
+			t.Errorf("storage %v, want memory", got)
+		}
+	})
 	t.Run("existing stream is used as it is", func(t *testing.T) {
 		other := want
 		other.MaxAge = 2 * time.Hour
