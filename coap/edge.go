@@ -20,7 +20,8 @@
 //   - an empty CON (ping) gets a RST; a CON that does not parse gets a RST;
 //     anything else that does not parse is dropped and counted;
 //   - unrecognised critical options get 4.02, Proxy-Uri 5.05, unknown
-//     methods 4.05; no reply before the deadline 5.04; no NATS 5.03.
+//     methods 4.05, a path too long for a NATS subject 4.00; no reply
+//     before the deadline 5.04; no NATS 5.03.
 //
 // The gateway's own messages never carry more bytes than the datagram that
 // caused them, except responses from workers.
@@ -411,10 +412,20 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 			}
 		}
 	}
+	pathLen := 0
+	for _, seg := range r.Segments {
+		pathLen += 1 + schemas.EscapedLen(seg)
+	}
 	switch {
 	case proxying:
 		e.stats.rejected.Add(1)
 		r.respond(codes.ProxyingNotSupported, nil, nil)
+		return nil
+	case pathLen > schemas.MaxPathSubject:
+		// Its subject would be too long for NATS, which would close the
+		// gateway's connection over it.
+		e.stats.rejected.Add(1)
+		r.respond(codes.BadRequest, nil, nil)
 		return nil
 	case badOpt:
 		e.stats.badOption.Add(1)

@@ -104,6 +104,8 @@ var malformed = []struct {
 	{"If-Match is not implemented", "40 01 12 34 11 00", "60 82 12 34"},
 	{"Proxy-Uri", "40 01 12 34 d3 16 61 3a 2f", "60 a5 12 34"},
 	{"Block1 with SZX 7", "40 02 12 34 d1 0e 07", "60 82 12 34"},
+	// Four Uri-Path segments of 253 dots: 3 KB of escaped subject tokens.
+	{"path too long for a subject", "40 01 12 34 bd f0" + strings.Repeat(" 2e", 253) + strings.Repeat(" 0d f0"+strings.Repeat(" 2e", 253), 3), "60 80 12 34"},
 }
 
 func TestMalformed(t *testing.T) {

@@ -137,6 +137,28 @@ func EscapeToken(s string) string {
 	return b.String()
 }
 
+// EscapedLen returns len(EscapeToken(s)) without building it.
+func EscapedLen(s string) int {
+	if s == "" {
+		return 1
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if plainByte(s[i]) {
+			n++
+		} else {
+			n += 3
+		}
+	}
+	return n
+}
+
+// MaxPathSubject bounds the escaped path tokens of a CoAP request subject,
+// dots included. NATS refuses a publish whose control line (which holds the
+// subject) exceeds its max_control_line, 4096 bytes by default, and closes
+// the connection: a client's path must never make a subject that long.
+const MaxPathSubject = 1024
+
 // UnescapeToken reverses EscapeToken. It reports false for a token that
 // EscapeToken cannot have produced.
 func UnescapeToken(tok string) (string, bool) {

@@ -57,6 +57,9 @@ func FuzzEscapeToken(f *testing.F) {
 		if tok == "" || strings.ContainsAny(tok, ".*> \t\r\n") || !utf8.ValidString(tok) {
 			t.Fatalf("EscapeToken(%q) = %q is not a subject token", s, tok)
 		}
+		if EscapedLen(s) != len(tok) {
+			t.Fatalf("EscapedLen(%q) = %d, len(EscapeToken) = %d", s, EscapedLen(s), len(tok))
+		}
 		back, ok := UnescapeToken(tok)
 		if !ok || back != s {
 			t.Fatalf("round trip %q -> %q -> %q, %v", s, tok, back, ok)
