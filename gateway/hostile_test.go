@@ -1,6 +1,9 @@
 package gateway
 
 import (
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/schemas"
 	"strings"
 	"testing"
 	"time"
@@ -32,8 +35,14 @@ func coapPath(mid uint16, segs ...string) []byte {
 // harming the gateway's connection.
 func TestCoAPHostilePaths(t *testing.T) {
 	g := &Gateway{CoAP: coapConfig(time.Second)}
-	addr, _, seen := coapGateway(t, g, 0)
+	addr, s, seen := coapGateway(t, g, 0)
 	r := dialRaw(t, addr)
+	// An observer group records what workers see: subject and path header.
+	observed := make(chan jetstream.Msg, 16)
+	contractWorker(t, s, "observer", "udpgate.in.>", func(m jetstream.Msg) []byte {
+		observed <- m
+		return nil
+	})
 
 	// 30 segments of 200 dots: 6 KB of datagram, 18 KB of escaped subject.
 	var long []string
@@ -67,5 +76,31 @@ func TestCoAPHostilePaths(t *testing.T) {
 	}
 	if n := seen.Load() - before; n != 3 {
 		t.Errorf("the worker saw %d hostile requests, want 3", n)
+	}
+	port := strings.TrimPrefix(addr[strings.LastIndex(addr, ":"):], ":")
+	want := map[string]string{ // subject -> the path the worker sees
+		"udpgate.in." + port + ".GET.~24JS.API.STREAM.DELETE.UDPGATE_IN": "/$JS/API/STREAM/DELETE/UDPGATE_IN",
+		"udpgate.in." + port + ".GET.a~2Eb.~2A.~3E":                      "/a.b/%2A/%3E",
+		"udpgate.in." + port + ".GET.~FF~FE.~.~20":                       "/%FF%FE//%20",
+	}
+	deadline := time.After(5 * time.Second)
+	for len(want) > 0 {
+		select {
+		case m := <-observed:
+			if strings.HasSuffix(m.Subject(), ".time") {
+				continue
+			}
+			path, ok := want[m.Subject()]
+			if !ok {
+				t.Errorf("unexpected subject %q", m.Subject())
+				continue
+			}
+			if got := m.Headers().Get(schemas.HeaderCoAPPath); got != path {
+				t.Errorf("%s: path header %q, want %q", m.Subject(), got, path)
+			}
+			delete(want, m.Subject())
+		case <-deadline:
+			t.Fatalf("the observer did not see: %v", want)
+		}
 	}
 }
