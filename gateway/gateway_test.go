@@ -48,18 +48,23 @@ func testGateway(t testing.TB, s *server.Server, g *Gateway, addrs ...string) []
 func serveGateway(t testing.TB, g *Gateway) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(ctx) }()
+	var err error
+	done := make(chan struct{}) // closed once Serve has returned err
+	go func() {
+		err = g.Serve(ctx)
+		close(done)
+	}()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
+		<-done
+		if err != nil {
 			t.Errorf("gateway Serve: %v", err)
 		}
 	})
 	select {
 	case <-g.Ready():
-	case err := <-done:
-		t.Fatalf("gateway Serve: %v", err)
+	case <-done:
+		t.Fatalf("gateway Serve stopped before it was ready")
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway not ready after 10s")
 	}
