@@ -28,6 +28,7 @@ import (
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/observe"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 	"github.com/udpgate/udpgate/workers"
@@ -91,21 +92,30 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 	if err != nil {
 		return err
 	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		closeListeners(g)
+		return fmt.Errorf("run: jetstream: %w", err)
+	}
 	// The first part to fail stops the others; run returns its error.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	grp, ctx := errgroup.WithContext(ctx)
+	obs, metricsURL, err := startHTTP(ctx, cfg, log, grp)
+	if err == nil {
+		err = observeGateway(obs, g, nc, js, cfg)
+	}
+	if err != nil {
+		closeListeners(g)
+		cancel()
+		grp.Wait()
+		return fmt.Errorf("run: %w", err)
+	}
 	grp.Go(func() error { return g.Serve(ctx) })
 	select {
 	case <-g.Ready():
 	case <-ctx.Done():
 		return grp.Wait()
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		cancel()
-		grp.Wait()
-		return fmt.Errorf("run: jetstream: %w", err)
 	}
 	var servers []*workers.Server
 	for _, b := range builtinListeners {
@@ -123,8 +133,16 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			AckWait:     cfg.AckWait,
 			Log:         log,
 		}
-		grp.Go(func() error { return w.Serve(ctx) })
 		servers = append(servers, w)
+	}
+	if err := observe.RegisterWorkers(obs.Registry, servers...); err != nil {
+		cancel()
+		grp.Wait()
+		return fmt.Errorf("run: metrics: %w", err)
+	}
+	for _, w := range servers {
+		obs.AddCheck("worker "+w.Group, observe.WorkerBound(w, 0))
+		grp.Go(func() error { return w.Serve(ctx) })
 	}
 	// Announce only once every worker's consumer exists: a group sees only
 	// requests that arrive after its consumer is created.
@@ -138,6 +156,9 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 
 	fmt.Fprintf(stdout, "udpgate %s: node %s\n", "run", cfg.Node)
 	fmt.Fprintf(stdout, "  NATS      %s (JetStream store %s): outside workers connect here\n", ns.ClientURL(), cfg.DataDir)
+	if metricsURL != "" {
+		fmt.Fprintf(stdout, "  metrics   %s/metrics, %s/healthz, %s/readyz\n", metricsURL, metricsURL, metricsURL)
+	}
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	for _, l := range listeners {
 		who := "no built-in worker: attach yours to this subject"
@@ -294,6 +315,60 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 	return g, nil
 }
 
+// closeListeners closes the sockets of a gateway that will not Serve.
+func closeListeners(g *gateway.Gateway) {
+	for _, l := range g.Listeners {
+		l.Conn.Close()
+	}
+}
+
+// startHTTP returns the process's metrics and health server, serving on
+// cfg.HTTPListen in grp until ctx ends, and its base URL; an empty
+// UDPGATE_HTTP_LISTEN serves nothing (the URL is empty) and the server only
+// collects.
+func startHTTP(ctx context.Context, cfg config, log *slog.Logger, grp *errgroup.Group) (*observe.Server, string, error) {
+	srv := &observe.Server{Registry: observe.NewRegistry(), Log: log}
+	if cfg.HTTPListen == "" {
+		return srv, "", nil
+	}
+	ln, err := observe.Listen(cfg.HTTPListen)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w (set UDPGATE_HTTP_LISTEN; empty disables)", err)
+	}
+	u := observe.URL(ln)
+	grp.Go(func() error { return srv.Serve(ctx, ln) })
+	log.Info("http: serving /metrics, /healthz and /readyz", "url", u)
+	return srv, u, nil
+}
+
+// observeGateway registers a gateway's metrics and readiness checks; call
+// it before g.Serve.
+func observeGateway(obs *observe.Server, g *gateway.Gateway, nc *nats.Conn, js jetstream.JetStream, cfg config) error {
+	if err := observe.RegisterNATS(obs.Registry, nc); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if err := observe.RegisterGateway(obs.Registry, g); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	obs.AddCheck("nats", observe.NATSConnected(nc))
+	obs.AddCheck("gateway", observe.GatewayServing(g))
+	obs.AddCheck("capture", observe.StreamReachable(js, cfg.Stream, 0))
+	return nil
+}
+
+// observeWorker registers a worker process's metrics and readiness checks.
+func observeWorker(obs *observe.Server, w *workers.Server, nc *nats.Conn) error {
+	if err := observe.RegisterNATS(obs.Registry, nc); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if err := observe.RegisterWorkers(obs.Registry, w); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	obs.AddCheck("nats", observe.NATSConnected(nc))
+	obs.AddCheck("worker "+w.Group, observe.WorkerBound(w, 0))
+	return nil
+}
+
 // connectNATS connects to cfg.NATSURL for a production process. It fails at
 // once, naming the URL, if no server answers; after that it reconnects
 // forever.
@@ -341,18 +416,42 @@ func runGateway(ctx context.Context, cfg config, log *slog.Logger, stdout io.Wri
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		closeListeners(g)
+		return fmt.Errorf("gateway: jetstream: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	grp, ctx := errgroup.WithContext(ctx)
+	obs, metricsURL, err := startHTTP(ctx, cfg, log, grp)
+	if err == nil {
+		err = observeGateway(obs, g, nc, js, cfg)
+	}
+	if err != nil {
+		closeListeners(g)
+		cancel()
+		grp.Wait()
+		return fmt.Errorf("gateway: %w", err)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- g.Serve(ctx) }()
+	grp.Go(func() error {
+		err := g.Serve(ctx)
+		errc <- err
+		return err
+	})
 	select {
 	case <-g.Ready():
 		fmt.Fprintf(stdout, "udpgate gateway: node %s, NATS %s, replies on %s\n", cfg.Node, redactURLs(nc.ConnectedUrlRedacted()), schemas.ReplySubject(cfg.Prefix, cfg.Node))
 		for _, l := range cfg.Listeners {
 			fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
 		}
-	case err := <-errc:
-		return err
+		if metricsURL != "" {
+			fmt.Fprintf(stdout, "  metrics %s/metrics, %s/healthz, %s/readyz\n", metricsURL, metricsURL, metricsURL)
+		}
+	case <-errc:
 	}
-	return <-errc
+	return grp.Wait()
 }
 
 // runWorker is `udpgate worker NAME`.
@@ -392,8 +491,21 @@ func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) e
 		AckWait:     cfg.AckWait,
 		Log:         log,
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	grp, ctx := errgroup.WithContext(ctx)
+	obs, _, err := startHTTP(ctx, cfg, log, grp)
+	if err == nil {
+		err = observeWorker(obs, w, nc)
+	}
+	if err != nil {
+		cancel()
+		grp.Wait()
+		return fmt.Errorf("worker: %w", err)
+	}
 	log.Info("worker: serving", "worker", name, "group", group, "subjects", subjects)
-	return w.Serve(ctx)
+	grp.Go(func() error { return w.Serve(ctx) })
+	return grp.Wait()
 }
 
 // sendUsage is the synopsis of `udpgate send`.
@@ -604,6 +716,22 @@ func runLambda(ctx context.Context, cfg config, log *slog.Logger) error {
 		AckWait:     cfg.AckWait,
 		Log:         log,
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	grp, ctx := errgroup.WithContext(ctx)
+	obs, _, err := startHTTP(ctx, cfg, log, grp)
+	if err == nil {
+		err = observeWorker(obs, w, nc)
+	}
+	if err == nil {
+		err = observe.RegisterLambda(obs.Registry, b, lc.Function)
+	}
+	if err != nil {
+		cancel()
+		grp.Wait()
+		return fmt.Errorf("lambda: %w", err)
+	}
 	log.Info("lambda: serving", "function", lc.Function, "event", lc.Event, "group", group, "subjects", lc.Subjects)
-	return w.Serve(ctx)
+	grp.Go(func() error { return w.Serve(ctx) })
+	return grp.Wait()
 }

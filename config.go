@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
@@ -45,6 +46,8 @@ type env struct {
 	WorkerConc     string `envconfig:"WORKER_CONCURRENCY" default:"16" desc:"handlers running at once per worker instance"`
 	AckWait        string `envconfig:"ACK_WAIT" default:"2s" desc:"redelivery delay of a request whose worker died"`
 	LogLevel       string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat      string `envconfig:"LOG_FORMAT" default:"auto" desc:"text, json or auto (text on a terminal, else JSON)"`
+	HTTPListen     string `envconfig:"HTTP_LISTEN" default:"127.0.0.1:9090" desc:"HOST:PORT of /metrics, /healthz and /readyz (empty: none)"`
 	CoAPPiggyback  string `envconfig:"COAP_PIGGYBACK" default:"500ms" desc:"how long a CON request waits for its worker before an empty ACK"`
 	CoAPBlockSize  string `envconfig:"COAP_BLOCK_SIZE" default:"1024" desc:"largest block of a block-wise CoAP response (16, 32, ... 1024)"`
 	CoAPMaxBody    string `envconfig:"COAP_MAX_BODY" default:"64KiB" desc:"largest CoAP request reassembled from Block1 transfers"`
@@ -84,6 +87,8 @@ type config struct {
 	WorkerConc     int
 	AckWait        time.Duration
 	LogLevel       slog.Level
+	LogFormat      string // "text", "json" or "auto"
+	HTTPListen     string // "" serves no metrics
 	CoAPPiggyback  time.Duration
 	CoAPBlockSize  int
 	CoAPMaxBody    int
@@ -257,6 +262,18 @@ func (e env) parse(environ []string) (config, error) {
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
 		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", e.LogLevel)
+	}
+	switch e.LogFormat {
+	case "text", "json", "auto":
+		c.LogFormat = e.LogFormat
+	default:
+		bad("LOG_FORMAT", "%q is not text, json or auto", e.LogFormat)
+	}
+	if c.HTTPListen = strings.TrimSpace(e.HTTPListen); c.HTTPListen != "" {
+		host, port, err := net.SplitHostPort(c.HTTPListen)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || (host != "" && host != "localhost" && net.ParseIP(host) == nil) {
+			bad("HTTP_LISTEN", "%q is not HOST:PORT (like 127.0.0.1:9090, :9090, [::1]:0), or empty", e.HTTPListen)
+		}
 	}
 	for _, name := range unknownVariables(environ) {
 		problems = append(problems, name+": not a udpgate variable"+suggest(name))

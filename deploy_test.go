@@ -1,28 +1,54 @@
 package main
 
 import (
+	"errors"
+	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/udpgate/udpgate/workers/builtin"
 )
 
-// TestDeployFiles checks docker-compose.yml and deploy/ statically (CI has
-// no Docker engine): every UDPGATE_* variable set there is one udpgate
-// reads, every command is one of its subcommands, every built-in worker
-// exists, and listeners parse.
+// deployFiles are docker-compose.yml and every file in deploy/, except the
+// Grafana dashboards.
+func deployFiles(t *testing.T) []string {
+	t.Helper()
+	files := []string{"docker-compose.yml"}
+	err := filepath.WalkDir("deploy", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && path == filepath.Join("deploy", "grafana") {
+			return fs.SkipDir
+		}
+		if !d.IsDir() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestDeployFiles checks docker-compose.yml and deploy/ as text (CI has no
+// Docker engine): every UDPGATE_* variable named there is one udpgate
+// reads, and a secret's value comes only from the environment.
 func TestDeployFiles(t *testing.T) {
-	files := []string{"docker-compose.yml", "deploy/Dockerfile", "deploy/README.md"}
 	known := knownVariables()
 	varRE := regexp.MustCompile(`UDPGATE_[A-Z_]+`)
-	cmdRE := regexp.MustCompile(`command: \["([a-z]+)"(?:, "([a-z]+)")?\]`)
 	// A secret value may only come from the environment of compose itself.
 	secretRE := regexp.MustCompile(`(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_ACCESS_KEY_ID):\s*(\S*)`)
-	listenersRE := regexp.MustCompile(`UDPGATE_LISTENERS: (\S+)`)
-	for _, f := range files {
+	for _, f := range deployFiles(t) {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -33,30 +59,339 @@ func TestDeployFiles(t *testing.T) {
 				t.Errorf("%s: %s is not a udpgate variable", f, v)
 			}
 		}
-		for _, m := range cmdRE.FindAllStringSubmatch(s, -1) {
-			if !slices.Contains([]string{"gateway", "worker", "run", "lambda", "help"}, m[1]) {
-				continue // another image's command (nats)
-			}
-			if m[1] == "worker" && !slices.Contains(builtin.Names(), m[2]) {
-				t.Errorf("%s: unknown worker %q", f, m[2])
-			}
-		}
-		for _, m := range listenersRE.FindAllStringSubmatch(s, -1) {
-			if _, err := parseListeners(m[1]); err != nil {
-				t.Errorf("%s: UDPGATE_LISTENERS: %v", f, err)
-			}
-		}
 		for _, m := range secretRE.FindAllStringSubmatch(s, -1) {
 			if !strings.HasPrefix(m[2], "${") {
 				t.Errorf("%s: %s is set in the file, not taken from the environment", f, m[1])
 			}
 		}
-		if f == "docker-compose.yml" {
-			for _, want := range []string{"9000:9000/udp", "9001:9001/udp", "5683:5683/udp", "7000:7000/udp", `["worker", "coap"]`, `["worker", "places"]`, `["lambda"]`, "dockerfile: deploy/Dockerfile", `["worker", "echo"]`, `["gateway"]`} {
-				if !strings.Contains(s, want) {
-					t.Errorf("%s lacks %q", f, want)
+	}
+}
+
+// udpgateCommand checks that args run a udpgate subcommand.
+func udpgateCommand(t *testing.T, where string, args []string) {
+	t.Helper()
+	subcommands := []string{"run", "gateway", "worker", "lambda", "replay", "pcap", "send", "help"}
+	switch {
+	case len(args) == 0:
+		t.Errorf("%s: no udpgate command", where)
+	case !slices.Contains(subcommands, args[0]):
+		t.Errorf("%s: %q is not a udpgate subcommand", where, args[0])
+	case args[0] == "worker" && (len(args) != 2 || !slices.Contains(builtin.Names(), args[1])):
+		t.Errorf("%s: %q: want worker NAME with NAME one of %v", where, args, builtin.Names())
+	}
+}
+
+// listenerPorts parses a UDPGATE_LISTENERS value into its ports.
+func listenerPorts(t *testing.T, where, value string) map[int]bool {
+	t.Helper()
+	ls, err := parseListeners(value)
+	if err != nil || len(ls) == 0 {
+		t.Fatalf("%s: UDPGATE_LISTENERS %q: %v", where, value, err)
+	}
+	ports := map[int]bool{}
+	for _, l := range ls {
+		ports[int(l.Addr.Port())] = true
+	}
+	return ports
+}
+
+// subjectPorts checks that the request subjects in a comma-separated list
+// are those of listeners.
+func subjectPorts(t *testing.T, where, subjects string, ports map[int]bool) {
+	t.Helper()
+	for _, s := range splitList(subjects) {
+		tok := strings.Split(s, ".")
+		p, err := strconv.Atoi(tok[min(2, len(tok)-1)])
+		if len(tok) < 3 || tok[1] != "in" || err != nil || !ports[p] {
+			t.Errorf("%s: subject %s is not one of a listener (ports %v)", where, s, ports)
+		}
+	}
+}
+
+func TestComposeFile(t *testing.T) {
+	b, err := os.ReadFile("docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Image       string            `yaml:"image"`
+			Build       map[string]string `yaml:"build"`
+			Command     []string          `yaml:"command"`
+			Environment map[string]string `yaml:"environment"`
+			Ports       []string          `yaml:"ports"`
+			Profiles    []string          `yaml:"profiles"`
+			Deploy      struct {
+				Replicas int `yaml:"replicas"`
+			} `yaml:"deploy"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(b, &compose); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	known := knownVariables()
+	gw, ok := compose.Services["gateway"]
+	if !ok {
+		t.Fatal("docker-compose.yml: no gateway service")
+	}
+	ports := listenerPorts(t, "gateway", gw.Environment["UDPGATE_LISTENERS"])
+	var nats, workers []string
+	groups := map[string]int{}
+	for name, svc := range compose.Services {
+		where := "docker-compose.yml: " + name
+		for k := range svc.Environment {
+			if strings.HasPrefix(k, envPrefix+"_") && !slices.Contains(known, k) {
+				t.Errorf("%s: %s is not a udpgate variable", where, k)
+			}
+		}
+		if strings.HasPrefix(svc.Image, "nats:") {
+			nats = append(nats, name)
+			if !slices.Contains(svc.Command, "/etc/nats/cluster.conf") {
+				t.Errorf("%s: not started with deploy/nats/cluster.conf", where)
+			}
+			continue
+		}
+		if svc.Build["dockerfile"] != "deploy/Dockerfile" {
+			t.Errorf("%s: not built from deploy/Dockerfile", where)
+		}
+		udpgateCommand(t, where, svc.Command)
+		if len(svc.Command) == 2 && svc.Command[0] == "worker" {
+			workers = append(workers, svc.Command[1])
+			groups[svc.Command[1]] += max(1, svc.Deploy.Replicas)
+		}
+		if svc.Command[0] == "lambda" {
+			if !slices.Contains(svc.Profiles, "lambda") {
+				t.Errorf("%s: the Lambda bridge is not behind the lambda profile", where)
+			}
+			subjectPorts(t, where, svc.Environment["UDPGATE_LAMBDA_SUBJECTS"], ports)
+		}
+		if url := svc.Environment["UDPGATE_NATS_URL"]; len(splitList(url)) != 3 {
+			t.Errorf("%s: UDPGATE_NATS_URL %q does not name the 3 NATS nodes", where, url)
+		}
+	}
+	slices.Sort(nats)
+	if want := []string{"nats-1", "nats-2", "nats-3"}; !slices.Equal(nats, want) {
+		t.Errorf("NATS services %v, want %v", nats, want)
+	}
+	if groups["echo"] != 2 {
+		t.Errorf("the echo worker group has %d instances, want 2", groups["echo"])
+	}
+	slices.Sort(workers)
+	if !slices.Equal(workers, builtin.Names()) {
+		t.Errorf("workers %v, want every built-in worker %v", workers, builtin.Names())
+	}
+	if r := gw.Environment["UDPGATE_STREAM_REPLICAS"]; r != "3" {
+		t.Errorf("gateway: UDPGATE_STREAM_REPLICAS %q, want 3 on a 3-node cluster", r)
+	}
+	// Published UDP ports are exactly the listeners' ports, each on the
+	// same port in the container; TCP is the metrics port.
+	published := map[int]bool{}
+	for _, p := range gw.Ports {
+		spec, proto, _ := strings.Cut(p, "/")
+		parts := strings.Split(spec, ":")
+		container, err := strconv.Atoi(parts[len(parts)-1])
+		if err != nil {
+			t.Errorf("gateway: port %q", p)
+			continue
+		}
+		if proto == "udp" {
+			published[container] = true
+			if host := parts[len(parts)-2]; host != parts[len(parts)-1] {
+				t.Errorf("gateway: port %q maps to another host port", p)
+			}
+			continue
+		}
+		if _, hp, _ := strings.Cut(gw.Environment["UDPGATE_HTTP_LISTEN"], ":"); hp != strconv.Itoa(container) {
+			t.Errorf("gateway: TCP port %q is not UDPGATE_HTTP_LISTEN %q", p, gw.Environment["UDPGATE_HTTP_LISTEN"])
+		}
+	}
+	if !mapsEqual(published, ports) {
+		t.Errorf("gateway: UDP ports published %v, listeners %v", keys(published), keys(ports))
+	}
+
+	conf, err := os.ReadFile("deploy/nats/cluster.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nats {
+		if !strings.Contains(string(conf), "nats-route://"+n+":6222") {
+			t.Errorf("deploy/nats/cluster.conf: no route to %s", n)
+		}
+	}
+	for _, want := range []string{"jetstream", "cluster", "store_dir: /data"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("deploy/nats/cluster.conf lacks %q", want)
+		}
+	}
+}
+
+// k8sObject is the part of a Kubernetes object the checks read.
+type k8sObject struct {
+	Kind     string `yaml:"kind"`
+	Metadata struct{ Name string }
+	Data     map[string]string `yaml:"data"`
+	Spec     struct {
+		Type     string `yaml:"type"`
+		Template struct {
+			Spec struct {
+				HostNetwork bool           `yaml:"hostNetwork"`
+				Containers  []k8sContainer `yaml:"containers"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+		Ports []struct {
+			Port       int    `yaml:"port"`
+			TargetPort int    `yaml:"targetPort"`
+			Protocol   string `yaml:"protocol"`
+		} `yaml:"ports"`
+		ScaleTargetRef struct{ Kind, Name string } `yaml:"scaleTargetRef"`
+	} `yaml:"spec"`
+}
+
+type k8sContainer struct {
+	Image   string   `yaml:"image"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
+		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
+		ValueFrom any    `yaml:"valueFrom"`
+	} `yaml:"env"`
+	Ports []struct {
+		ContainerPort int    `yaml:"containerPort"`
+		Protocol      string `yaml:"protocol"`
+	} `yaml:"ports"`
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	paths, err := filepath.Glob("deploy/kubernetes/*.yaml")
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("no manifests: %v", err)
+	}
+	var objs []k8sObject
+	where := map[int]string{}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(f)
+		for {
+			var o k8sObject
+			if err := dec.Decode(&o); err != nil {
+				if !errors.Is(err, io.EOF) {
+					t.Errorf("%s: %v", p, err)
+				}
+				break
+			}
+			where[len(objs)] = p + ": " + o.Kind + " " + o.Metadata.Name
+			objs = append(objs, o)
+		}
+		f.Close()
+	}
+	known := knownVariables()
+	var cm *k8sObject
+	for i := range objs {
+		if objs[i].Kind == "ConfigMap" && objs[i].Metadata.Name == "udpgate" {
+			cm = &objs[i]
+		}
+	}
+	if cm == nil {
+		t.Fatal("no ConfigMap udpgate")
+	}
+	for k := range cm.Data {
+		if !slices.Contains(known, k) {
+			t.Errorf("ConfigMap: %s is not a udpgate variable", k)
+		}
+	}
+	if r := cm.Data["UDPGATE_STREAM_REPLICAS"]; r != "3" {
+		t.Errorf("ConfigMap: UDPGATE_STREAM_REPLICAS %q, want 3", r)
+	}
+	ports := listenerPorts(t, "ConfigMap", cm.Data["UDPGATE_LISTENERS"])
+	_, httpPort, _ := strings.Cut(cm.Data["UDPGATE_HTTP_LISTEN"], ":")
+	kinds := map[string]int{}
+	deployments := map[string]bool{}
+	for i, o := range objs {
+		kinds[o.Kind]++
+		if o.Kind == "Deployment" {
+			deployments[o.Metadata.Name] = true
+		}
+		for _, c := range o.Spec.Template.Spec.Containers {
+			if !strings.Contains(c.Image, "udpgate") {
+				continue
+			}
+			// The image's entrypoint is /udpgate: the subcommand is in args.
+			if len(c.Command) > 0 && !slices.Equal(c.Command, []string{"/udpgate"}) {
+				t.Errorf("%s: command %q replaces the udpgate entrypoint", where[i], c.Command)
+			}
+			udpgateCommand(t, where[i], c.Args)
+			for _, e := range c.Env {
+				if strings.HasPrefix(e.Name, envPrefix+"_") && !slices.Contains(known, e.Name) {
+					t.Errorf("%s: %s is not a udpgate variable", where[i], e.Name)
+				}
+				if strings.HasPrefix(e.Name, "AWS_") && e.Name != "AWS_REGION" && e.ValueFrom == nil {
+					t.Errorf("%s: %s is set in the file, not taken from a Secret", where[i], e.Name)
+				}
+				if e.Name == "UDPGATE_LAMBDA_SUBJECTS" {
+					subjectPorts(t, where[i], e.Value, ports)
+				}
+			}
+			udp := map[int]bool{}
+			for _, p := range c.Ports {
+				switch {
+				case p.Protocol == "UDP":
+					udp[p.ContainerPort] = true
+				case strconv.Itoa(p.ContainerPort) != httpPort:
+					t.Errorf("%s: TCP port %d is not UDPGATE_HTTP_LISTEN's", where[i], p.ContainerPort)
+				}
+			}
+			if o.Kind == "DaemonSet" {
+				if !o.Spec.Template.Spec.HostNetwork {
+					t.Errorf("%s: the gateway is not on the host network", where[i])
+				}
+				if !slices.Equal(c.Args, []string{"gateway"}) {
+					t.Errorf("%s: runs %q, want the gateway", where[i], c.Args)
+				}
+				if !mapsEqual(udp, ports) {
+					t.Errorf("%s: UDP ports %v, listeners %v", where[i], keys(udp), keys(ports))
+				}
+			} else if len(udp) > 0 {
+				t.Errorf("%s: only the gateway has UDP ports", where[i])
+			}
+		}
+		if o.Kind == "Service" {
+			for _, p := range o.Spec.Ports {
+				if p.Protocol != "UDP" || !ports[p.TargetPort] || p.Port != p.TargetPort {
+					t.Errorf("%s: port %d->%d/%s is not a listener", where[i], p.Port, p.TargetPort, p.Protocol)
 				}
 			}
 		}
+		if o.Kind == "HorizontalPodAutoscaler" && o.Spec.ScaleTargetRef.Kind != "Deployment" {
+			t.Errorf("%s: scales a %s", where[i], o.Spec.ScaleTargetRef.Kind)
+		}
 	}
+	for i, o := range objs {
+		if o.Kind == "HorizontalPodAutoscaler" && !deployments[o.Spec.ScaleTargetRef.Name] {
+			t.Errorf("%s: scales %s, which is not defined", where[i], o.Spec.ScaleTargetRef.Name)
+		}
+		if strings.Contains(strings.ToLower(o.Kind), "statefulset") || strings.Contains(o.Metadata.Name, "nats") {
+			t.Errorf("%s: NATS is referenced (UDPGATE_NATS_URL), not defined here", where[i])
+		}
+	}
+	if kinds["DaemonSet"] != 1 || kinds["HorizontalPodAutoscaler"] == 0 || kinds["Deployment"] == 0 {
+		t.Errorf("manifests hold %v; want one gateway DaemonSet, worker Deployments and autoscalers", kinds)
+	}
+	if !strings.HasPrefix(cm.Data["UDPGATE_NATS_URL"], "nats://") {
+		t.Errorf("ConfigMap: UDPGATE_NATS_URL %q", cm.Data["UDPGATE_NATS_URL"])
+	}
+}
+
+func mapsEqual(a, b map[int]bool) bool { return slices.Equal(keys(a), keys(b)) }
+
+func keys(m map[int]bool) []int {
+	var out []int
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }

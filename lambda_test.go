@@ -46,6 +46,7 @@ func TestLambdaCommand(t *testing.T) {
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(port))+"/raw")
+	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // never the fixed default port
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var runOut, runErr syncBuffer

@@ -80,7 +80,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+		log := newLogger(stderr, cfg)
 		if cmd == "replay" {
 			return runReplay(ctx, cfg, log, args, stdout, stderr)
 		}
@@ -100,7 +100,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := newLogger(stderr, cfg)
 	switch cmd {
 	case "run":
 		return runAll(ctx, cfg, log, stdout)
@@ -115,6 +115,23 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		return runWorker(ctx, cfg, log, fs.Arg(0))
 	}
+}
+
+// newLogger returns the process's logger on w: text on a terminal and JSON
+// otherwise, unless UDPGATE_LOG_FORMAT says which.
+func newLogger(w io.Writer, cfg config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	format := cfg.LogFormat
+	if format == "auto" || format == "" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && isTerminal(f) {
+			format = "text"
+		}
+	}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 func usage(w io.Writer) {

@@ -194,6 +194,7 @@ func TestGatewayFailsClearlyWithoutNATS(t *testing.T) {
 	url := "nats://user:secret@127.0.0.1:" + strconv.Itoa(int(freeTCPPort(t)))
 	t.Setenv("UDPGATE_NATS_URL", url)
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(freeUDPPort(t)))+"/raw")
+	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // never the fixed default port
 	var out, errb bytes.Buffer
 	err := runCommand(context.Background(), []string{"gateway"}, &out, &errb)
 	if err == nil {
@@ -453,6 +454,7 @@ func TestRun(t *testing.T) {
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(extra))+"/raw")
+	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // never the fixed default port
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer

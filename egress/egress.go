@@ -42,8 +42,15 @@ type Server struct {
 	Sweep time.Duration
 	// Log receives errors; nothing per reply above Debug. Nil discards.
 	Log *slog.Logger
+	// Latency, if not nil, is called for every reply sent, with the
+	// listener port and the time since the request was read. It runs on
+	// the reply path, so it must be quick and should not allocate.
+	Latency func(port uint16, d time.Duration)
 
-	stats counters
+	unknown atomic.Uint64 // replies with no exchange: no port to count them under
+
+	portsMu sync.Mutex                           // serializes adding to ports
+	ports   atomic.Pointer[map[uint16]*counters] // copy on write; read without a lock
 
 	readyOnce sync.Once
 	ready     chan struct{} // closed once the reply subscription is in place
@@ -69,16 +76,67 @@ type Stats struct {
 }
 
 type counters struct {
-	sent, late, duplicate, unknown, workerError, sendErrors, noAnswer atomic.Uint64
+	sent, late, duplicate, workerError, sendErrors, noAnswer atomic.Uint64
 }
 
-// Stats returns a snapshot of the server's counters.
-func (s *Server) Stats() Stats {
-	c := &s.stats
+func (c *counters) snapshot() Stats {
 	return Stats{
-		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(), Unknown: c.unknown.Load(),
+		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(),
 		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
 	}
+}
+
+// Stats returns a snapshot of the server's counters, all ports together.
+func (s *Server) Stats() Stats {
+	st := Stats{Unknown: s.unknown.Load()}
+	for _, p := range s.PortStats() {
+		st.Sent += p.Sent
+		st.Late += p.Late
+		st.Duplicate += p.Duplicate
+		st.WorkerError += p.WorkerError
+		st.SendErrors += p.SendErrors
+		st.NoAnswer += p.NoAnswer
+	}
+	return st
+}
+
+// PortStats returns a snapshot of the server's counters by listener port.
+// Unknown replies name no port and are counted only by Stats.
+func (s *Server) PortStats() map[uint16]Stats {
+	out := map[uint16]Stats{}
+	if m := s.ports.Load(); m != nil {
+		for port, c := range *m {
+			out[port] = c.snapshot()
+		}
+	}
+	return out
+}
+
+// port returns the counters of a listener port, adding them on first use.
+func (s *Server) port(p uint16) *counters {
+	if m := s.ports.Load(); m != nil {
+		if c, ok := (*m)[p]; ok {
+			return c
+		}
+	}
+	s.portsMu.Lock()
+	defer s.portsMu.Unlock()
+	old := s.ports.Load()
+	if old != nil {
+		if c, ok := (*old)[p]; ok {
+			return c
+		}
+	}
+	m := make(map[uint16]*counters, 1)
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	c := &counters{}
+	m[p] = c
+	s.ports.Store(&m)
+	return c
 }
 
 // Serve subscribes to the reply subject and delivers replies until ctx is
@@ -119,9 +177,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return nil
 		case now := <-t.C:
-			if n := s.Table.Expire(now, s.expired); n > 0 {
-				s.stats.noAnswer.Add(uint64(n))
-			}
+			s.Table.Expire(now, s.expired)
 		}
 	}
 }
@@ -130,27 +186,33 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) deliver(msg *nats.Msg) {
 	seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID))
 	if !ok {
-		s.stats.unknown.Add(1)
+		s.unknown.Add(1)
 		return
 	}
 	ex, outcome := s.Table.Close(seq, time.Now())
 	switch outcome {
 	case exchange.Late:
-		s.stats.late.Add(1)
+		s.port(ex.Port).late.Add(1)
+		return
+	case exchange.Expired:
+		// The sweep has not reached it yet: answer it as the sweep would.
+		s.port(ex.Port).late.Add(1)
+		s.expired(seq, ex)
 		return
 	case exchange.Duplicate:
-		s.stats.duplicate.Add(1)
+		s.port(ex.Port).duplicate.Add(1)
 		return
 	case exchange.Unknown:
-		s.stats.unknown.Add(1)
+		s.unknown.Add(1)
 		return
 	}
+	c := s.port(ex.Port)
 	status := msg.Header.Get(schemas.HeaderStatus)
 	if status == "" {
 		status = schemas.StatusOK
 	}
 	if status != schemas.StatusOK {
-		s.stats.workerError.Add(1)
+		c.workerError.Add(1)
 	}
 	var err error
 	switch {
@@ -162,16 +224,20 @@ func (s *Server) deliver(msg *nats.Msg) {
 		err = ex.Write(msg.Data)
 	}
 	if err != nil {
-		s.stats.sendErrors.Add(1)
+		c.sendErrors.Add(1)
 		s.Log.Debug("egress: send", "err", fmt.Errorf("egress: %w", err))
 		return
 	}
-	s.stats.sent.Add(1)
+	c.sent.Add(1)
+	if s.Latency != nil && !ex.Received.IsZero() {
+		s.Latency(ex.Port, time.Since(ex.Received))
+	}
 }
 
 // expired answers an exchange that reached its deadline unanswered, in its
 // protocol (CoAP: 5.04); raw exchanges get nothing.
 func (s *Server) expired(_ uint64, ex exchange.Exchange) {
+	s.port(ex.Port).noAnswer.Add(1)
 	if ex.Replier != nil {
 		ex.Replier.Fail(ex, exchange.NoAnswer)
 	}

@@ -39,6 +39,9 @@ type Exchange struct {
 	IfIndex int
 	// Port is the listener port, for accounting.
 	Port uint16
+	// Received is when the request was read from the socket, for the
+	// request-to-reply latency; zero if unknown.
+	Received time.Time
 	// Deadline is when the exchange expires unanswered.
 	Deadline time.Time
 	// Replier answers the exchange in its protocol; nil for raw listeners,
@@ -74,8 +77,13 @@ type Outcome uint8
 const (
 	// Answered: the exchange was open; the caller sends the reply.
 	Answered Outcome = iota + 1
-	// Late: the exchange's deadline had passed.
+	// Late: the exchange's deadline had passed and it was already
+	// answered as unanswered (by Expire, or an earlier Expired).
 	Late
+	// Expired: the exchange was still open but its deadline had passed:
+	// the reply is late, and the caller answers the exchange as
+	// unanswered, as Expire's callback would (it gets the whole exchange).
+	Expired
 	// Duplicate: the exchange was already answered.
 	Duplicate
 	// Unknown: the id is malformed, from another process, or so old that
@@ -93,6 +101,8 @@ func (o Outcome) String() string {
 		return "duplicate"
 	case Unknown:
 		return "unknown"
+	case Expired:
+		return "expired"
 	}
 	return "outcome(" + strconv.Itoa(int(o)) + ")"
 }
@@ -179,7 +189,8 @@ func (t *Table) Open(ex Exchange, now time.Time) (seq uint64, expired Exchange, 
 // Close closes the exchange seq for its reply. Only when the outcome is
 // Answered is the exchange returned and a reply due; every later Close of
 // the same seq reports Duplicate (or Late, or Unknown once the slot is
-// reused).
+// reused). For Late and Duplicate, only the returned exchange's Port is
+// set, for accounting.
 func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -189,16 +200,17 @@ func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 	}
 	switch s.state {
 	case answered:
-		return Exchange{}, Duplicate
+		return Exchange{Port: s.ex.Port}, Duplicate
 	case expired:
-		return Exchange{}, Late
+		return Exchange{Port: s.ex.Port}, Late
 	}
 	// open
 	t.open--
 	if !now.Before(s.ex.Deadline) {
 		s.state = expired
+		ex := s.ex
 		s.ex.Conn, s.ex.Replier = nil, nil
-		return Exchange{}, Late
+		return ex, Expired
 	}
 	s.state = answered
 	ex := s.ex

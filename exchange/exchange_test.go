@@ -33,7 +33,7 @@ func TestCloseOutcomes(t *testing.T) {
 	}{
 		{"first reply", a, t0, Answered},
 		{"second reply", a, t0, Duplicate},
-		{"reply after the deadline", b, t0.Add(time.Second), Late},
+		{"reply after the deadline, before the sweep", b, t0.Add(time.Second), Expired},
 		{"again after the deadline", b, t0, Late},
 		{"never issued", 99, t0, Unknown},
 		{"zero", 0, t0, Unknown},

@@ -50,6 +50,10 @@ type Gateway struct {
 	MaxPending  int           // open exchanges per node; exchange.DefaultSize if zero
 	CoAP        coap.Config   // the messaging layer of coap listeners
 	Log         *slog.Logger  // nil discards
+	// Latency, if not nil, is called for every reply sent, with the
+	// listener port and the time from reading the request to sending the
+	// reply; see egress.Server.Latency.
+	Latency func(port uint16, d time.Duration)
 
 	mu      sync.Mutex // guards ingress, names and egress, set by Serve
 	ingress []*ingress.Server
@@ -65,7 +69,11 @@ type Stats struct {
 	CoAP    map[string]coap.Stats    // coap listeners, by PORT/PROTOCOL
 	RPC     map[string]rpc.Stats     // rpc listeners, by PORT/PROTOCOL
 	Egress  egress.Stats
-	Pending int // open exchanges
+	// EgressByListener are the egress counters by listener, PORT/PROTOCOL
+	// (Unknown is only in Egress: such replies name no listener).
+	EgressByListener map[string]egress.Stats
+	Pending          int // open exchanges
+	Capacity         int // the pending table's size
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -79,8 +87,20 @@ func (g *Gateway) Ready() <-chan struct{} {
 func (g *Gateway) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	st := Stats{Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{}}
+	st := Stats{
+		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
+		EgressByListener: map[string]egress.Stats{},
+	}
+	var byPort map[uint16]egress.Stats
+	if g.egress != nil {
+		st.Egress = g.egress.Stats()
+		st.Pending = g.egress.Table.Len()
+		st.Capacity = g.egress.Table.Cap()
+		byPort = g.egress.PortStats()
+	}
 	for i, in := range g.ingress {
+		port := uint16(g.Listeners[i].Conn.LocalAddr().(*net.UDPAddr).Port)
+		st.EgressByListener[g.names[i]] = byPort[port]
 		st.Ingress[g.names[i]] = in.Stats()
 		switch g.Listeners[i].Protocol {
 		case schemas.ProtocolCoAP:
@@ -88,10 +108,6 @@ func (g *Gateway) Stats() Stats {
 		case schemas.ProtocolRPC:
 			st.RPC[g.names[i]] = in.RPCStats()
 		}
-	}
-	if g.egress != nil {
-		st.Egress = g.egress.Stats()
-		st.Pending = g.egress.Table.Len()
 	}
 	return st
 }
@@ -155,6 +171,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Subject: schemas.ReplySubject(g.Prefix, g.Node),
 		Table:   table,
 		Log:     g.Log,
+		Latency: g.Latency,
 	}
 	ins := make([]*ingress.Server, len(g.Listeners))
 	names := make([]string, len(g.Listeners))

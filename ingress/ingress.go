@@ -100,13 +100,17 @@ type Stats struct {
 	InFlight      uint64 // dropped: too many publishes awaiting acknowledgement
 	NATSDown      uint64 // dropped: not connected to NATS
 	PublishFailed uint64 // dropped: JetStream refused or did not acknowledge in time
-	Expired       uint64 // exchanges overwritten after their deadline (also counted by egress sweeps)
+	Expired       uint64 // exchanges still open past their deadline when their slot was reused: answered as unanswered here, not counted by egress
 	ReadErrors    uint64 // socket read errors other than closing
+	// KernelDrops is the latest count the kernel reported (SO_RXQ_OVFL)
+	// of datagrams it dropped on this socket because its receive buffer
+	// was full; the count arrives with the next datagram read.
+	KernelDrops uint64
 }
 
 type counters struct {
 	received, published, tooLarge, queueFull, tableFull, inFlight atomic.Uint64
-	natsDown, publishFailed, expired, readErrors                  atomic.Uint64
+	natsDown, publishFailed, expired, readErrors, kernelDrops     atomic.Uint64
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -116,7 +120,7 @@ func (s *Server) Stats() Stats {
 		Received: c.received.Load(), Published: c.published.Load(), TooLarge: c.tooLarge.Load(),
 		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), InFlight: c.inFlight.Load(),
 		NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(), Expired: c.expired.Load(),
-		ReadErrors: c.readErrors.Load(),
+		ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
 	}
 }
 
@@ -283,6 +287,10 @@ func (s *Server) read(queue chan<- datagram) error {
 			continue
 		}
 		s.stats.received.Add(1)
+		ctl := parseControl(oob[:oobn])
+		if ctl.dropsSeen {
+			s.stats.kernelDrops.Store(uint64(ctl.drops))
+		}
 		if n > s.MaxDatagram {
 			s.stats.tooLarge.Add(1)
 			continue
@@ -292,11 +300,9 @@ func (s *Server) read(queue chan<- datagram) error {
 			local:  s.localAddr,
 			at:     time.Now(),
 		}
-		if s.wildcard {
-			if dst, ifindex, ok := parseDestination(oob[:oobn]); ok {
-				d.local = netip.AddrPortFrom(dst.Unmap(), s.port)
-				d.ifindex = ifindex
-			}
+		if s.wildcard && ctl.dst.IsValid() {
+			d.local = netip.AddrPortFrom(ctl.dst.Unmap(), s.port)
+			d.ifindex = ctl.ifindex
 		}
 		if s.coapEdge != nil {
 			// The messaging layer answers what the gateway answers
@@ -345,6 +351,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			IfIndex:   d.ifindex,
 			Port:      s.port,
 			Deadline:  deadline,
+			Received:  d.at,
 			Replier:   d.replier(),
 		}, d.at)
 		if expired.Conn != nil {

@@ -8,7 +8,7 @@ import (
 )
 
 // oobSize is large enough for the IP_PKTINFO or IPV6_PKTINFO control
-// message and one more.
+// message and the SO_RXQ_OVFL one, with room to spare.
 const oobSize = 128
 
 func setSocketOptions(fd int, network string, rcvbuf int) error {
@@ -17,6 +17,10 @@ func setSocketOptions(fd int, network string, rcvbuf int) error {
 			return err
 		}
 	}
+	// The kernel then reports, with each datagram, how many it dropped on
+	// this socket so far because the receive buffer was full. Best effort:
+	// without it the counter stays 0.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
 	if network != "udp6" {
 		// On an AF_INET6 dual-stack socket this still reports IPv4 datagrams.
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil && network == "udp4" {
@@ -31,24 +35,34 @@ func setSocketOptions(fd int, network string, rcvbuf int) error {
 	return nil
 }
 
-// parseDestination returns the destination address and interface index from
-// the IP_PKTINFO or IPV6_PKTINFO control message in oob. It does not
-// allocate.
-func parseDestination(oob []byte) (netip.Addr, int, bool) {
+// control is what the control messages of one datagram say.
+type control struct {
+	dst       netip.Addr // the address the datagram was sent to, if known
+	ifindex   int        // the interface it arrived on, 0 if unknown
+	drops     uint32     // the socket's cumulative receive-buffer drops (SO_RXQ_OVFL)
+	dropsSeen bool       // whether the kernel reported drops (only once there are some)
+}
+
+// parseControl reads the IP_PKTINFO or IPV6_PKTINFO and the SO_RXQ_OVFL
+// control messages in oob. It does not allocate.
+func parseControl(oob []byte) control {
+	var c control
 	for len(oob) >= unix.SizeofCmsghdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		l := int(h.Len)
 		if l < unix.SizeofCmsghdr || l > len(oob) {
-			return netip.Addr{}, 0, false
+			return c
 		}
 		data := oob[unix.CmsgLen(0):l]
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
 			p := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
-			return netip.AddrFrom4(p.Addr), int(p.Ifindex), true
+			c.dst, c.ifindex = netip.AddrFrom4(p.Addr), int(p.Ifindex)
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
-			return netip.AddrFrom16(p.Addr), int(p.Ifindex), true
+			c.dst, c.ifindex = netip.AddrFrom16(p.Addr), int(p.Ifindex)
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SO_RXQ_OVFL && len(data) >= 4:
+			c.drops, c.dropsSeen = *(*uint32)(unsafe.Pointer(&data[0])), true
 		}
 		next := unix.CmsgSpace(l - unix.CmsgLen(0))
 		if next > len(oob) {
@@ -56,5 +70,5 @@ func parseDestination(oob []byte) (netip.Addr, int, bool) {
 		}
 		oob = oob[next:]
 	}
-	return netip.Addr{}, 0, false
+	return c
 }

@@ -10,4 +10,12 @@ const oobSize = 0
 
 func setSocketOptions(fd int, network string, rcvbuf int) error { return nil }
 
-func parseDestination(oob []byte) (netip.Addr, int, bool) { return netip.Addr{}, 0, false }
+// control is what the control messages of one datagram say: nothing here.
+type control struct {
+	dst       netip.Addr
+	ifindex   int
+	drops     uint32
+	dropsSeen bool
+}
+
+func parseControl(oob []byte) control { return control{} }

@@ -57,6 +57,10 @@ type Server struct {
 	// Log receives the Server's logs; nil discards them. Nothing is logged
 	// per request at Info level or above, except handler panics (Error).
 	Log *slog.Logger
+	// HandlerLatency, if not nil, is called after each handler call with
+	// how long the handler ran. It must be quick and safe for concurrent
+	// use.
+	HandlerLatency func(d time.Duration)
 
 	stats counters
 
@@ -345,7 +349,11 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 
 	w := &response{}
+	start := time.Now()
 	err = r.call(ctx, msg, w, req)
+	if r.HandlerLatency != nil {
+		r.HandlerLatency(time.Since(start))
+	}
 	r.stats.handled.Add(1)
 	switch {
 	case err == nil && !w.answered():

@@ -4,6 +4,8 @@
 package natstest
 
 import (
+	"net/url"
+	"strconv"
 	"testing"
 	"time"
 
@@ -16,7 +18,14 @@ import (
 // port and a store in t.TempDir(). The server is shut down by t.Cleanup.
 func RunServer(t testing.TB) *server.Server {
 	t.Helper()
-	opts := &server.Options{
+	return Start(t, Options(t))
+}
+
+// Options returns the options of RunServer's server: JetStream on
+// 127.0.0.1, a random port and a store in t.TempDir().
+func Options(t testing.TB) *server.Options {
+	t.Helper()
+	return &server.Options{
 		ServerName: "natstest",
 		Host:       "127.0.0.1",
 		Port:       server.RANDOM_PORT,
@@ -25,6 +34,12 @@ func RunServer(t testing.TB) *server.Server {
 		NoLog:      true,
 		NoSigs:     true,
 	}
+}
+
+// Start starts a NATS server with opts and waits until it accepts
+// clients. The server is shut down by t.Cleanup.
+func Start(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("natstest: new server: %v", err)
@@ -39,6 +54,26 @@ func RunServer(t testing.TB) *server.Server {
 		s.WaitForShutdown()
 	})
 	return s
+}
+
+// Restart shuts s down (if it still runs), started with opts, and starts a
+// server with the same options on the same port and store, as a NATS
+// server that comes back after an outage. Clients that reconnect find it.
+func Restart(t testing.TB, s *server.Server, opts *server.Options) *server.Server {
+	t.Helper()
+	u, err := url.Parse(s.ClientURL())
+	if err != nil {
+		t.Fatalf("natstest: restart: %v", err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil || port <= 0 {
+		t.Fatalf("natstest: restart: no port in %s", s.ClientURL())
+	}
+	s.Shutdown()
+	s.WaitForShutdown()
+	again := *opts
+	again.Port = port
+	return Start(t, &again)
 }
 
 // Connect opens a client connection to s, closed by t.Cleanup.

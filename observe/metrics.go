@@ -1,0 +1,322 @@
+package observe
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/workers"
+	"github.com/udpgate/udpgate/workers/lambda"
+)
+
+// LatencyBuckets are the buckets of the latency histograms, in seconds:
+// 0.5 ms to 10 s.
+var LatencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// NewRegistry returns a registry with the Go runtime and process
+// collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Drop reasons of udpgate_datagrams_dropped_total.
+const (
+	ReasonRcvbufOverflow = "rcvbuf_overflow"
+	ReasonTooLarge       = "too_large"
+	ReasonMalformed      = "malformed"
+	ReasonQueueFull      = "queue_full"
+	ReasonTableFull      = "table_full"
+	ReasonInFlight       = "inflight_limit"
+	ReasonNATSDown       = "nats_down"
+	ReasonPublishFailed  = "publish_failed"
+	ReasonNoAnswer       = "no_answer"
+	ReasonLateReply      = "late_reply"
+	ReasonDuplicateReply = "duplicate_reply"
+	ReasonSendError      = "send_error"
+)
+
+var (
+	listenerLabels = []string{"port", "protocol"}
+
+	descReceived = prometheus.NewDesc("udpgate_datagrams_received_total",
+		"Datagrams read from the listener socket.", listenerLabels, nil)
+	descPublished = prometheus.NewDesc("udpgate_datagrams_published_total",
+		"Requests published to JetStream and acknowledged.", listenerLabels, nil)
+	descAnswered = prometheus.NewDesc("udpgate_datagrams_answered_total",
+		"Workers' replies sent to clients.", listenerLabels, nil)
+	descDropped = prometheus.NewDesc("udpgate_datagrams_dropped_total",
+		"Datagrams (and, for late_reply and duplicate_reply, workers' replies) dropped, by reason.",
+		[]string{"port", "protocol", "reason"}, nil)
+	descWorkerErrors = prometheus.NewDesc("udpgate_worker_error_replies_total",
+		"Replies with udpgate-status error (raw listeners send nothing for them).", listenerLabels, nil)
+	descReadErrors = prometheus.NewDesc("udpgate_read_errors_total",
+		"Socket read errors other than closing.", listenerLabels, nil)
+	descCoAP = prometheus.NewDesc("udpgate_coap_messages_total",
+		"Messages of a CoAP listener's messaging layer, by kind.", []string{"port", "kind"}, nil)
+	descRPC = prometheus.NewDesc("udpgate_rpc_replies_total",
+		"Reply envelopes of an rpc listener, by kind.", []string{"port", "kind"}, nil)
+	descUnknown = prometheus.NewDesc("udpgate_replies_unknown_total",
+		"Workers' replies naming no exchange of this process.", nil, nil)
+	descPending = prometheus.NewDesc("udpgate_pending_exchanges",
+		"Requests awaiting their reply.", nil, nil)
+	descCapacity = prometheus.NewDesc("udpgate_pending_exchanges_capacity",
+		"Size of the pending-exchange table.", nil, nil)
+
+	descNATSConnected = prometheus.NewDesc("udpgate_nats_connected",
+		"1 if the NATS connection is up, else 0.", nil, nil)
+	descNATSStatus = prometheus.NewDesc("udpgate_nats_connection_status",
+		"The NATS connection's status: 1 for the current one.", []string{"status"}, nil)
+	descNATSReconnects = prometheus.NewDesc("udpgate_nats_reconnects_total",
+		"Reconnections to NATS.", nil, nil)
+)
+
+// gatewayCollector reads a gateway's counters at scrape time.
+type gatewayCollector struct{ g *gateway.Gateway }
+
+func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descReceived, descPublished, descAnswered, descDropped, descWorkerErrors,
+		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity} {
+		ch <- d
+	}
+}
+
+func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.g.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for name, in := range st.Ingress {
+		port, protocol, _ := strings.Cut(name, "/")
+		eg := st.EgressByListener[name]
+		counter(descReceived, in.Received, port, protocol)
+		counter(descPublished, in.Published, port, protocol)
+		counter(descAnswered, eg.Sent, port, protocol)
+		counter(descWorkerErrors, eg.WorkerError, port, protocol)
+		counter(descReadErrors, in.ReadErrors, port, protocol)
+		malformed := st.CoAP[name].Malformed + st.RPC[name].Malformed
+		for _, r := range []struct {
+			reason string
+			n      uint64
+		}{
+			{ReasonRcvbufOverflow, in.KernelDrops},
+			{ReasonTooLarge, in.TooLarge},
+			{ReasonMalformed, malformed},
+			{ReasonQueueFull, in.QueueFull},
+			{ReasonTableFull, in.TableFull},
+			{ReasonInFlight, in.InFlight},
+			{ReasonNATSDown, in.NATSDown},
+			{ReasonPublishFailed, in.PublishFailed},
+			{ReasonNoAnswer, eg.NoAnswer},
+			{ReasonLateReply, eg.Late},
+			{ReasonDuplicateReply, eg.Duplicate},
+			{ReasonSendError, eg.SendErrors},
+		} {
+			counter(descDropped, r.n, port, protocol, r.reason)
+		}
+		if cs, ok := st.CoAP[name]; ok {
+			for _, k := range []struct {
+				kind string
+				n    uint64
+			}{
+				{"request", cs.Requests}, {"duplicate", cs.Duplicates}, {"ping", cs.Pings},
+				{"bad_option", cs.BadOption}, {"rejected", cs.Rejected}, {"block_continue", cs.BlockContinue},
+				{"block_served", cs.BlocksServed}, {"piggybacked", cs.Piggybacked}, {"separate", cs.Separate},
+				{"retransmission", cs.Retransmissions}, {"gave_up", cs.GaveUp}, {"reset", cs.Resets},
+				{"timeout", cs.Timeouts}, {"unavailable", cs.Unavailable}, {"evicted", cs.Evicted},
+				{"send_error", cs.SendErrors},
+			} {
+				counter(descCoAP, k.n, port, k.kind)
+			}
+		}
+		if rs, ok := st.RPC[name]; ok {
+			for _, k := range []struct {
+				kind string
+				n    uint64
+			}{
+				{"reply", rs.Replies}, {"deadline_exceeded", rs.Deadline}, {"unavailable", rs.Unavailable},
+				{"send_error", rs.SendErrors},
+			} {
+				counter(descRPC, k.n, port, k.kind)
+			}
+		}
+	}
+	counter(descUnknown, st.Egress.Unknown)
+	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
+	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(st.Capacity))
+}
+
+// RegisterGateway registers g's metrics with reg and sets g.Latency to
+// observe the request-to-reply histogram of each of g.Listeners. Call it
+// after binding the listeners and before g.Serve.
+func RegisterGateway(reg prometheus.Registerer, g *gateway.Gateway) error {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "udpgate_request_duration_seconds",
+		Help:    "Time from reading a request datagram to sending the worker's reply.",
+		Buckets: LatencyBuckets,
+	}, listenerLabels)
+	// Read-only once built: the reply path looks a port up without a lock
+	// and observes without allocating.
+	byPort := map[uint16]prometheus.Observer{}
+	for _, l := range g.Listeners {
+		p := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
+		protocol := l.Protocol
+		if protocol == "" {
+			protocol = "raw"
+		}
+		byPort[p] = h.WithLabelValues(strconv.Itoa(int(p)), protocol)
+	}
+	if err := reg.Register(h); err != nil {
+		return err
+	}
+	if err := reg.Register(gatewayCollector{g}); err != nil {
+		return err
+	}
+	g.Latency = func(port uint16, d time.Duration) {
+		if o := byPort[port]; o != nil {
+			o.Observe(d.Seconds())
+		}
+	}
+	return nil
+}
+
+// natsCollector reports a NATS connection's state.
+type natsCollector struct{ nc *nats.Conn }
+
+func (c natsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descNATSConnected
+	ch <- descNATSStatus
+	ch <- descNATSReconnects
+}
+
+func (c natsCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.nc.Status()
+	up := 0.0
+	if st == nats.CONNECTED {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descNATSConnected, prometheus.GaugeValue, up)
+	for _, s := range []nats.Status{nats.CONNECTED, nats.RECONNECTING, nats.CLOSED, nats.DRAINING_SUBS, nats.DRAINING_PUBS} {
+		v := 0.0
+		if s == st {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descNATSStatus, prometheus.GaugeValue, v, strings.ToLower(s.String()))
+	}
+	ch <- prometheus.MustNewConstMetric(descNATSReconnects, prometheus.CounterValue, float64(c.nc.Stats().Reconnects))
+}
+
+// RegisterNATS registers the state of the process's NATS connection.
+func RegisterNATS(reg prometheus.Registerer, nc *nats.Conn) error {
+	return reg.Register(natsCollector{nc})
+}
+
+var (
+	descHandled = prometheus.NewDesc("udpgate_worker_handled_total",
+		"Handler calls that returned or panicked.", []string{"group"}, nil)
+	descReplied = prometheus.NewDesc("udpgate_worker_replied_total",
+		"Replies written by a handler and published.", []string{"group"}, nil)
+	descFailed = prometheus.NewDesc("udpgate_worker_failed_total",
+		"Handler errors and panics, and replies that could not be published.", []string{"group"}, nil)
+	descRetried = prometheus.NewDesc("udpgate_worker_retried_total",
+		"Requests handed back for redelivery.", []string{"group"}, nil)
+	descExpired = prometheus.NewDesc("udpgate_worker_expired_total",
+		"Requests skipped because their deadline had passed.", []string{"group"}, nil)
+)
+
+// workersCollector reads worker servers' counters at scrape time.
+type workersCollector struct{ ws []*workers.Server }
+
+func (c workersCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired} {
+		ch <- d
+	}
+}
+
+func (c workersCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, w := range c.ws {
+		st := w.Stats()
+		for _, m := range []struct {
+			d *prometheus.Desc
+			n uint64
+		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}} {
+			ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.n), w.Group)
+		}
+	}
+}
+
+// RegisterWorkers registers the metrics of the worker servers of one
+// process with reg and sets their HandlerLatency. Call it once, before the
+// servers' Serve.
+func RegisterWorkers(reg prometheus.Registerer, ws ...*workers.Server) error {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "udpgate_worker_handler_duration_seconds",
+		Help:    "Time a worker's handler took per request.",
+		Buckets: LatencyBuckets,
+	}, []string{"group"})
+	if err := reg.Register(h); err != nil {
+		return err
+	}
+	if err := reg.Register(workersCollector{ws}); err != nil {
+		return err
+	}
+	for _, w := range ws {
+		o := h.WithLabelValues(w.Group)
+		w.HandlerLatency = func(d time.Duration) { o.Observe(d.Seconds()) }
+	}
+	return nil
+}
+
+var (
+	descInvocations = prometheus.NewDesc("udpgate_lambda_invocations_total",
+		"Invoke calls made, retries included.", []string{"function"}, nil)
+	descInvokeFailures = prometheus.NewDesc("udpgate_lambda_invocation_failures_total",
+		"Invocations that did not give a usable result, by reason.", []string{"function", "reason"}, nil)
+	descLambdaRetries = prometheus.NewDesc("udpgate_lambda_retries_total",
+		"Invocations retried: throttles, 5xx, network errors, timeouts.", []string{"function"}, nil)
+	descBatches = prometheus.NewDesc("udpgate_lambda_batches_total",
+		"Batch invocations sent.", []string{"function"}, nil)
+	descInFlight = prometheus.NewDesc("udpgate_lambda_invocations_in_flight",
+		"Invoke calls in flight now.", []string{"function"}, nil)
+)
+
+type lambdaCollector struct {
+	b        *lambda.Bridge
+	function string
+}
+
+func (c lambdaCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descInvocations, descInvokeFailures, descLambdaRetries, descBatches, descInFlight} {
+		ch <- d
+	}
+}
+
+func (c lambdaCollector) Collect(ch chan<- prometheus.Metric) {
+	st, f := c.b.Stats(), c.function
+	ch <- prometheus.MustNewConstMetric(descInvocations, prometheus.CounterValue, float64(st.Invocations), f)
+	for _, r := range []struct {
+		reason string
+		n      uint64
+	}{
+		{"function_error", st.FunctionErrors}, {"throttled", st.Throttles}, {"timeout", st.Timeouts},
+		{"invoke_error", st.InvokeErrors}, {"bad_output", st.BadOutput},
+	} {
+		ch <- prometheus.MustNewConstMetric(descInvokeFailures, prometheus.CounterValue, float64(r.n), f, r.reason)
+	}
+	ch <- prometheus.MustNewConstMetric(descLambdaRetries, prometheus.CounterValue, float64(st.Retries), f)
+	ch <- prometheus.MustNewConstMetric(descBatches, prometheus.CounterValue, float64(st.Batches), f)
+	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight), f)
+}
+
+// RegisterLambda registers the metrics of a Lambda bridge invoking
+// function.
+func RegisterLambda(reg prometheus.Registerer, b *lambda.Bridge, function string) error {
+	return reg.Register(lambdaCollector{b, function})
+}

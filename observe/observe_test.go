@@ -1,0 +1,372 @@
+package observe_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/internal/natstest"
+	"github.com/udpgate/udpgate/observe"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
+)
+
+// rig is a gateway with a raw echo port (a workers.Server), a raw port
+// whose replies come after the deadline, and a coap port, with its
+// metrics served over HTTP.
+type rig struct {
+	url              string // of the metrics server
+	echo, late, coap *net.UDPConn
+	g                *gateway.Gateway
+}
+
+func listen(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := ingress.Listen(context.Background(), "udp4", "127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func port(c *net.UDPConn) uint16 { return uint16(c.LocalAddr().(*net.UDPAddr).Port) }
+
+func newRig(t *testing.T, nc *nats.Conn, deadline time.Duration, memory bool) *rig {
+	t.Helper()
+	r := &rig{echo: listen(t), late: listen(t), coap: listen(t)}
+	r.g = &gateway.Gateway{
+		NATS:        nc,
+		Node:        "n1",
+		Stream:      ingress.StreamConfig{Memory: memory},
+		Deadline:    deadline,
+		MaxDatagram: 64,
+		Listeners: []gateway.Listener{
+			{Conn: r.echo, Protocol: schemas.ProtocolRaw},
+			{Conn: r.late, Protocol: schemas.ProtocolRaw},
+			{Conn: r.coap, Protocol: schemas.ProtocolCoAP},
+		},
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := &observe.Server{Registry: observe.NewRegistry()}
+	if err := observe.RegisterNATS(obs.Registry, nc); err != nil {
+		t.Fatal(err)
+	}
+	if err := observe.RegisterGateway(obs.Registry, r.g); err != nil {
+		t.Fatal(err)
+	}
+	obs.AddCheck("nats", observe.NATSConnected(nc))
+	obs.AddCheck("gateway", observe.GatewayServing(r.g))
+	obs.AddCheck("capture", observe.StreamReachable(js, schemas.StreamIn, time.Millisecond))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ln, err := observe.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.url = observe.URL(ln)
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- obs.Serve(ctx, ln) }()
+	gwDone := make(chan error, 1)
+	go func() { gwDone <- r.g.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-gwDone; err != nil {
+			t.Errorf("gateway: %v", err)
+		}
+		if err := <-httpDone; err != nil {
+			t.Errorf("http: %v", err)
+		}
+	})
+	select {
+	case <-r.g.Ready():
+	case err := <-gwDone:
+		t.Fatalf("gateway: %v", err)
+	}
+	return r
+}
+
+// scrape GETs /metrics and parses the text format.
+func scrape(t *testing.T, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %s", resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	return mfs
+}
+
+// value returns the value of the sample of name whose labels include
+// labels (pairs), or -1 if there is none. Histograms give their count.
+func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	mf := mfs[name]
+	if mf == nil {
+		return -1
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		for i := 0; i < len(labels); i += 2 {
+			found := false
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return -1
+}
+
+// eventually scrapes until cond holds, for up to 20 seconds.
+func eventually(t *testing.T, url, what string, cond func(map[string]*dto.MetricFamily) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		mfs := scrape(t, url)
+		if cond(mfs) {
+			return
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for _, mf := range mfs {
+				if strings.HasPrefix(mf.GetName(), "udpgate_") {
+					expfmt.MetricFamilyToText(&b, mf)
+				}
+			}
+			t.Fatalf("%s: not after 20s; metrics:\n%s", what, b.String())
+		}
+		<-tick.C
+	}
+}
+
+func sendTo(t *testing.T, c *net.UDPConn, b []byte) *net.UDPConn {
+	t.Helper()
+	cl, err := net.DialUDP("udp4", nil, c.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	if _, err := cl.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// TestMetricsEndToEnd scrapes /metrics while a good datagram, an oversize
+// one, a malformed CoAP one and one answered after its deadline go
+// through a real gateway, and sees each one's counters move.
+func TestMetricsEndToEnd(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	r := newRig(t, nc, 300*time.Millisecond, true)
+
+	// The echo worker, with its own metrics.
+	_, js := natstest.JetStream(t, s)
+	w := &workers.Server{
+		JetStream: js, Group: "echo", Subjects: []string{schemas.InSubject(schemas.DefaultPrefix, port(r.echo))},
+		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, req *workers.Request) error {
+			_, err := w.Write(req.Body)
+			return err
+		}),
+	}
+	wobs := &observe.Server{Registry: observe.NewRegistry()}
+	if err := observe.RegisterWorkers(wobs.Registry, w); err != nil {
+		t.Fatal(err)
+	}
+	wobs.AddCheck("worker", observe.WorkerBound(w, time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	wln, err := observe.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wurl := observe.URL(wln)
+	done := make(chan error, 2)
+	go func() { done <- w.Serve(ctx) }()
+	go func() { done <- wobs.Serve(ctx, wln) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	<-w.Ready()
+
+	// The late worker answers each request once its deadline has passed.
+	sub, err := nc.Subscribe(schemas.InSubject(schemas.DefaultPrefix, port(r.late)), func(m *nats.Msg) {
+		ms, _ := strconv.ParseInt(m.Header.Get(schemas.HeaderDeadline), 10, 64)
+		reply := &nats.Msg{Subject: m.Header.Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {m.Header.Get(schemas.HeaderID)}}, Data: []byte("too late")}
+		time.AfterFunc(time.Until(time.UnixMilli(ms))+50*time.Millisecond, func() { nc.PublishMsg(reply) })
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+
+	echoPort, latePort, coapPort := strconv.Itoa(int(port(r.echo))), strconv.Itoa(int(port(r.late))), strconv.Itoa(int(port(r.coap)))
+	before := scrape(t, r.url)
+	for _, name := range []string{"udpgate_datagrams_received_total", "udpgate_datagrams_answered_total"} {
+		if v := value(before, name, "port", echoPort, "protocol", "raw"); v != 0 {
+			t.Errorf("%s before any traffic = %v, want 0", name, v)
+		}
+	}
+
+	// A good datagram: received, published, answered, latency observed.
+	cl := sendTo(t, r.echo, []byte("hello"))
+	cl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 100)
+	if n, err := cl.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("echo reply %q, %v", buf[:n], err)
+	}
+	eventually(t, r.url, "good datagram counted", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_datagrams_received_total", "port", echoPort) == 1 &&
+			value(m, "udpgate_datagrams_published_total", "port", echoPort) == 1 &&
+			value(m, "udpgate_datagrams_answered_total", "port", echoPort) == 1 &&
+			value(m, "udpgate_request_duration_seconds", "port", echoPort, "protocol", "raw") == 1
+	})
+	eventually(t, wurl, "worker handled", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_worker_handled_total", "group", "echo") == 1 &&
+			value(m, "udpgate_worker_handler_duration_seconds", "group", "echo") == 1 &&
+			value(m, "udpgate_worker_failed_total", "group", "echo") == 0 &&
+			value(m, "udpgate_worker_expired_total", "group", "echo") == 0
+	})
+
+	// An oversize datagram: dropped as too large.
+	sendTo(t, r.echo, make([]byte, 65))
+	eventually(t, r.url, "oversize datagram counted", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_datagrams_received_total", "port", echoPort) == 2 &&
+			value(m, "udpgate_datagrams_dropped_total", "port", echoPort, "reason", "too_large") == 1
+	})
+
+	// A malformed CoAP datagram (version 0).
+	sendTo(t, r.coap, []byte{0x00, 0x01, 0x00, 0x01})
+	eventually(t, r.url, "malformed CoAP counted", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_datagrams_received_total", "port", coapPort, "protocol", "coap") == 1 &&
+			value(m, "udpgate_datagrams_dropped_total", "port", coapPort, "protocol", "coap", "reason", "malformed") == 1
+	})
+
+	// A reply after the deadline: no answer, then a late reply.
+	sendTo(t, r.late, []byte("slow"))
+	eventually(t, r.url, "late reply counted", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_datagrams_published_total", "port", latePort) == 1 &&
+			value(m, "udpgate_datagrams_dropped_total", "port", latePort, "reason", "no_answer") == 1 &&
+			value(m, "udpgate_datagrams_dropped_total", "port", latePort, "reason", "late_reply") == 1 &&
+			value(m, "udpgate_datagrams_answered_total", "port", latePort) == 0
+	})
+
+	m := scrape(t, r.url)
+	if v := value(m, "udpgate_nats_connected"); v != 1 {
+		t.Errorf("udpgate_nats_connected = %v, want 1", v)
+	}
+	if v := value(m, "udpgate_pending_exchanges"); v != 0 {
+		t.Errorf("udpgate_pending_exchanges = %v, want 0", v)
+	}
+	if v := value(m, "udpgate_datagrams_dropped_total", "port", echoPort, "reason", "rcvbuf_overflow"); v != 0 {
+		t.Errorf("rcvbuf_overflow = %v, want 0", v)
+	}
+	if code, body := get(t, wurl+"/readyz"); code != http.StatusOK {
+		t.Errorf("worker /readyz: %d %s", code, body)
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// waitReady polls /readyz until its status is code and its body contains
+// want, for up to 30 seconds.
+func waitReady(t *testing.T, url string, code int, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c, body := get(t, url+"/readyz")
+		if c == code && strings.Contains(body, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still %d after 30s, want %d and %q: %s", c, code, want, body)
+		}
+		<-tick.C
+	}
+}
+
+// TestReadyzFollowsNATS stops the NATS server under a running gateway and
+// starts it again on the same port and store: /readyz turns not ready,
+// with the reason, and ready again, without restarting the gateway.
+func TestReadyzFollowsNATS(t *testing.T) {
+	opts := natstest.Options(t)
+	s := natstest.Start(t, opts)
+	nc := natstest.Connect(t, s, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond), nats.ReconnectBufSize(-1))
+	r := newRig(t, nc, time.Second, false) // file storage: the capture survives the restart
+
+	if code, body := get(t, r.url+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz: %d %s", code, body)
+	}
+	waitReady(t, r.url, http.StatusOK, "ready")
+
+	s.Shutdown()
+	s.WaitForShutdown()
+	waitReady(t, r.url, http.StatusServiceUnavailable, "not ready: nats: connection is RECONNECTING")
+	if code, _ := get(t, r.url+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while NATS is down: %d", code)
+	}
+	eventually(t, r.url, "NATS down in metrics", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_nats_connected") == 0
+	})
+
+	natstest.Restart(t, s, opts)
+	waitReady(t, r.url, http.StatusOK, "ready")
+	eventually(t, r.url, "NATS back in metrics", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_nats_connected") == 1 && value(m, "udpgate_nats_reconnects_total") >= 1
+	})
+}
