@@ -25,7 +25,7 @@ type Cluster struct {
 
 // RunCluster starts n clustered NATS servers with JetStream on 127.0.0.1,
 // each with a random client port and its own store in t.TempDir(), and
-// waits until JetStream has a meta leader. They are shut down by
+// waits until JetStream has a meta leader that knows every peer online. They are shut down by
 // t.Cleanup.
 func RunCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
@@ -76,6 +76,23 @@ func RunCluster(t testing.TB, n int) *Cluster {
 		}
 	}
 	c.waitFor(t, "a JetStream meta leader", func() bool { return c.leader((*server.Server).JetStreamIsLeader) != nil })
+	// Streams with replicas n are placed only on peers the meta leader
+	// knows to be online with JetStream; wait until it knows them all.
+	c.waitFor(t, "every JetStream peer online", func() bool {
+		l := c.leader((*server.Server).JetStreamIsLeader)
+		return l != nil && len(l.JetStreamClusterPeers()) == len(c.Servers)
+	})
+	// And until every server follows that leader and is healthy, so that
+	// the first JetStream API requests are not lost to an early
+	// re-election.
+	c.waitFor(t, "every server current and healthy", func() bool {
+		for _, s := range c.Servers {
+			if !s.JetStreamIsCurrent() || s.Healthz(nil).Status != "ok" {
+				return false
+			}
+		}
+		return true
+	})
 	return c
 }
 
