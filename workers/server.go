@@ -135,7 +135,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 	cfg := cons.CachedInfo().Config
-	it, err := cons.Messages(jetstream.PullMaxMessages(concurrency))
+	// Pull requests expire after pullExpiry, with heartbeats every half of
+	// it: a consumer leader that dies (a NATS node lost) is noticed after
+	// two missed heartbeats, about 5 s, instead of nats.go's default 30 s.
+	it, err := cons.Messages(jetstream.PullMaxMessages(concurrency), jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		return fmt.Errorf("workers: consume %s on stream %s: %w", s.Group, stream, err)
 	}
@@ -253,6 +256,9 @@ func sameSubjects(a, b []string) bool {
 	return slices.Equal(slices.Compact(slices.Sorted(slices.Values(a))),
 		slices.Compact(slices.Sorted(slices.Values(b))))
 }
+
+// pullExpiry is how long one pull request lasts; see Serve.
+const pullExpiry = 5 * time.Second
 
 // wakeEvery bounds how long the fetch loop waits in Next.
 const wakeEvery = 250 * time.Millisecond
