@@ -83,7 +83,6 @@ type Server struct {
 	rpcShown  atomic.Pointer[rpc.Edge]  // rpcEdge, for RPCStats from other goroutines
 	port      uint16
 	listener  string
-	subject   string
 	reply     string
 	source    string
 	wildcard  bool
@@ -215,7 +214,6 @@ func (s *Server) init() error {
 	s.wildcard = la.Addr().IsUnspecified()
 	s.port = la.Port()
 	s.listener = strconv.Itoa(int(s.port)) + "/" + s.Protocol
-	s.subject = schemas.InSubject(s.Prefix, s.port)
 	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
 	s.source = schemas.Source(s.Node, s.listener)
 	if s.Protocol == schemas.ProtocolCoAP {
@@ -367,29 +365,11 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 		}
 		idbuf = s.Table.AppendID(idbuf[:0], seq)
 		id := string(idbuf)
-		msg := &nats.Msg{
-			Subject: s.subject,
-			Data:    d.data,
-			Header: nats.Header{
-				schemas.HeaderSpecVersion: {schemas.SpecVersion},
-				schemas.HeaderCEID:        {id},
-				schemas.HeaderSource:      {s.source},
-				schemas.HeaderType:        {schemas.TypeRaw},
-				schemas.HeaderTime:        {d.at.UTC().Format(time.RFC3339Nano)},
-				schemas.HeaderID:          {id},
-				schemas.HeaderRemote:      {d.remote.String()},
-				schemas.HeaderLocal:       {d.local.String()},
-				schemas.HeaderListener:    {s.listener},
-				schemas.HeaderDeadline:    {strconv.FormatInt(deadline.UnixMilli(), 10)},
-				schemas.HeaderReply:       {s.reply},
-			},
-		}
-		switch {
-		case d.coap != nil:
-			s.coapMessage(msg, d.coap)
-		case d.rpc != nil:
-			s.rpcMessage(msg, d.rpc)
-		}
+		msg := Message(Request{
+			Prefix: s.Prefix, Port: s.port, Listener: s.listener, Source: s.source, Reply: s.reply,
+			ID: id, Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
+			Body: d.data, CoAP: d.coap, RPC: d.rpc,
+		})
 		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait)); err != nil {
 			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
 				ex.Replier.Fail(ex, exchange.Unavailable)
@@ -441,10 +421,59 @@ func (d datagram) replier() exchange.Replier {
 	return nil
 }
 
+// Request is what a request message is made of: the datagram, where it
+// came from and went to, and the listener's names.
+type Request struct {
+	Prefix   string         // subject prefix
+	Port     uint16         // listener port
+	Listener string         // PORT/PROTOCOL
+	Source   string         // ce-source, schemas.Source
+	Reply    string         // the reply subject of the receiving node
+	ID       string         // correlation id
+	Remote   netip.AddrPort // client
+	Local    netip.AddrPort // where the client sent the datagram
+	Received time.Time
+	Deadline time.Time
+	Body     []byte        // the datagram; for CoAP the payload, for RPC the params
+	CoAP     *coap.Request // a CoAP request, or nil
+	RPC      *rpc.Call     // an RPC call, or nil
+}
+
+// Message returns the request message the gateway publishes for r: the
+// subject and headers of the wire contract (schemas/README.md). pcap
+// import builds its messages with it too, so imported traffic is
+// indistinguishable from live traffic.
+func Message(r Request) *nats.Msg {
+	msg := &nats.Msg{
+		Subject: schemas.InSubject(r.Prefix, r.Port),
+		Data:    r.Body,
+		Header: nats.Header{
+			schemas.HeaderSpecVersion: {schemas.SpecVersion},
+			schemas.HeaderCEID:        {r.ID},
+			schemas.HeaderSource:      {r.Source},
+			schemas.HeaderType:        {schemas.TypeRaw},
+			schemas.HeaderTime:        {r.Received.UTC().Format(time.RFC3339Nano)},
+			schemas.HeaderID:          {r.ID},
+			schemas.HeaderRemote:      {r.Remote.String()},
+			schemas.HeaderLocal:       {r.Local.String()},
+			schemas.HeaderListener:    {r.Listener},
+			schemas.HeaderDeadline:    {strconv.FormatInt(r.Deadline.UnixMilli(), 10)},
+			schemas.HeaderReply:       {r.Reply},
+		},
+	}
+	switch {
+	case r.CoAP != nil:
+		coapMessage(msg, r.Prefix, r.Port, r.CoAP)
+	case r.RPC != nil:
+		rpcMessage(msg, r.Prefix, r.Port, r.RPC)
+	}
+	return msg
+}
+
 // rpcMessage turns msg into an RPC call message: its subject names the
 // service and method, headers carry the call's id.
-func (s *Server) rpcMessage(msg *nats.Msg, c *rpc.Call) {
-	msg.Subject = schemas.RPCSubject(s.Prefix, s.port, c.Service, c.Method)
+func rpcMessage(msg *nats.Msg, prefix string, port uint16, c *rpc.Call) {
+	msg.Subject = schemas.RPCSubject(prefix, port, c.Service, c.Method)
 	h := msg.Header
 	h[schemas.HeaderType] = []string{schemas.TypeRPC}
 	h[schemas.HeaderRPCService] = []string{c.Service}
@@ -454,8 +483,8 @@ func (s *Server) rpcMessage(msg *nats.Msg, c *rpc.Call) {
 
 // coapMessage turns msg into a CoAP request message: its subject names the
 // method and path, and headers carry the decoded fields.
-func (s *Server) coapMessage(msg *nats.Msg, r *coap.Request) {
-	msg.Subject = schemas.CoAPSubject(s.Prefix, s.port, r.Method, r.Segments)
+func coapMessage(msg *nats.Msg, prefix string, port uint16, r *coap.Request) {
+	msg.Subject = schemas.CoAPSubject(prefix, port, r.Method, r.Segments)
 	h := msg.Header
 	h[schemas.HeaderType] = []string{schemas.TypeCoAP}
 	h[schemas.HeaderCoAPMethod] = []string{r.Method}

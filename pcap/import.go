@@ -3,7 +3,6 @@ package pcap
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -107,7 +107,6 @@ type listenerState struct {
 	protocol string
 	name     string // PORT/PROTOCOL
 	source   string
-	subject  string
 	coap     *coap.Edge
 	rpc      *rpc.Edge
 }
@@ -152,7 +151,6 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 	for port, proto := range im.Listeners {
 		l := &listenerState{protocol: proto, name: strconv.Itoa(int(port)) + "/" + proto}
 		l.source = schemas.Source(node, l.name)
-		l.subject = schemas.InSubject(prefix, port)
 		switch proto {
 		case schemas.ProtocolRaw:
 		case schemas.ProtocolCoAP:
@@ -230,40 +228,27 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 		remote := netip.AddrPortFrom(d.Src.Addr().Unmap(), d.Src.Port())
 		local := netip.AddrPortFrom(d.Dst.Addr().Unmap(), d.Dst.Port())
 		id := boot + "-" + strconv.FormatUint(frame, 16)
-		msg := &nats.Msg{
-			Subject: l.subject,
-			Header: nats.Header{
-				schemas.HeaderSpecVersion: {schemas.SpecVersion},
-				schemas.HeaderCEID:        {id},
-				schemas.HeaderSource:      {l.source},
-				schemas.HeaderType:        {schemas.TypeRaw},
-				schemas.HeaderTime:        {d.Time.UTC().Format(time.RFC3339Nano)},
-				schemas.HeaderID:          {id},
-				schemas.HeaderRemote:      {remote.String()},
-				schemas.HeaderLocal:       {local.String()},
-				schemas.HeaderListener:    {l.name},
-				schemas.HeaderDeadline:    {strconv.FormatInt(d.Time.Add(deadline).UnixMilli(), 10)},
-				schemas.HeaderReply:       {reply},
-			},
+		r := ingress.Request{
+			Prefix: prefix, Port: local.Port(), Listener: l.name, Source: l.source, Reply: reply,
+			ID: id, Remote: remote, Local: local, Received: d.Time, Deadline: d.Time.Add(deadline),
 		}
 		switch {
 		case l.coap != nil:
-			req := l.coap.Receive(d.Payload, remote, local, 0, d.Time)
-			if req == nil {
+			if r.CoAP = l.coap.Receive(d.Payload, remote, local, 0, d.Time); r.CoAP == nil {
 				st.NotRequest++
 				continue
 			}
-			coapMessage(msg, prefix, local.Port(), req)
+			r.Body = r.CoAP.Payload
 		case l.rpc != nil:
-			call := l.rpc.Receive(d.Payload, remote, local, 0)
-			if call == nil {
+			if r.RPC = l.rpc.Receive(d.Payload, remote, local, 0); r.RPC == nil {
 				st.NotRequest++
 				continue
 			}
-			rpcMessage(msg, prefix, local.Port(), call)
+			r.Body = r.RPC.Params
 		default:
-			msg.Data = append([]byte(nil), d.Payload...)
+			r.Body = append([]byte(nil), d.Payload...)
 		}
+		msg := ingress.Message(r)
 		st.Requests++
 		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			fail(err)
@@ -325,45 +310,4 @@ func cmpOr(s, def string) string {
 		return def
 	}
 	return s
-}
-
-// rpcMessage turns msg into an RPC call message, as ingress does.
-func rpcMessage(msg *nats.Msg, prefix string, port uint16, c *rpc.Call) {
-	msg.Subject = schemas.RPCSubject(prefix, port, c.Service, c.Method)
-	msg.Data = c.Params
-	h := msg.Header
-	h[schemas.HeaderType] = []string{schemas.TypeRPC}
-	h[schemas.HeaderRPCService] = []string{c.Service}
-	h[schemas.HeaderRPCMethod] = []string{c.Method}
-	h[schemas.HeaderRPCID] = []string{strconv.FormatUint(c.ID, 10)}
-}
-
-// coapMessage turns msg into a CoAP request message, as ingress does.
-func coapMessage(msg *nats.Msg, prefix string, port uint16, r *coap.Request) {
-	msg.Subject = schemas.CoAPSubject(prefix, port, r.Method, r.Segments)
-	msg.Data = r.Payload
-	h := msg.Header
-	h[schemas.HeaderType] = []string{schemas.TypeCoAP}
-	h[schemas.HeaderCoAPMethod] = []string{r.Method}
-	h[schemas.HeaderCoAPPath] = []string{r.Path}
-	if r.Query != "" {
-		h[schemas.HeaderCoAPQuery] = []string{r.Query}
-	}
-	if r.ContentFormat >= 0 {
-		h[schemas.HeaderCoAPContentFormat] = []string{strconv.Itoa(r.ContentFormat)}
-	}
-	if r.Accept >= 0 {
-		h[schemas.HeaderCoAPAccept] = []string{strconv.Itoa(r.Accept)}
-	}
-	h[schemas.HeaderCoAPToken] = []string{hex.EncodeToString(r.Token)}
-	typ := "NON"
-	if r.Confirmable {
-		typ = "CON"
-	}
-	h[schemas.HeaderCoAPType] = []string{typ}
-	h[schemas.HeaderCoAPMessageID] = []string{strconv.Itoa(int(r.MessageID))}
-	if r.Head != nil {
-		h[schemas.HeaderDatagramHead] = []string{base64.StdEncoding.EncodeToString(r.Head)}
-	}
-	h[jetstream.MsgIDHeader] = []string{r.MsgID}
 }
