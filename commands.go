@@ -88,55 +88,22 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			listeners = append(listeners, listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.port), Protocol: b.protocol})
 		}
 	}
-	g, err := newGateway(ctx, cfg, log, nc, listeners)
-	if err != nil {
+	run, err := startGateway(ctx, cfg, log, nc, listeners, "run")
+	if run == nil {
 		return err
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		closeListeners(g)
-		return fmt.Errorf("run: jetstream: %w", err)
-	}
-	// The first part to fail stops the others; run returns its error.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	grp, ctx := errgroup.WithContext(ctx)
-	obs, metricsURL, err := startHTTP(ctx, cfg, log, grp)
-	if err == nil {
-		err = observeGateway(obs, g, nc, js, cfg)
-	}
-	if err != nil {
-		closeListeners(g)
-		cancel()
-		grp.Wait()
-		return fmt.Errorf("run: %w", err)
-	}
-	grp.Go(func() error { return g.Serve(ctx) })
-	select {
-	case <-g.Ready():
-	case <-ctx.Done():
-		return grp.Wait()
-	}
+	defer run.cancel()
+	ctx, grp, js, obs, metricsURL := run.ctx, run.grp, run.js, run.obs, run.metricsURL
 	var servers []*workers.Server
 	for _, b := range builtinListeners {
 		if l, ok := listenerOn(listeners, b.port); !ok || l.Protocol != b.protocol {
 			continue // the user gave the port to another protocol
 		}
 		h, _ := builtin.Lookup(b.worker)
-		w := &workers.Server{
-			JetStream:   js,
-			Stream:      cfg.Stream,
-			Group:       b.worker,
-			Subjects:    workerSubjects(cfg.Prefix, b.port, b.protocol),
-			Handler:     h,
-			Concurrency: cfg.WorkerConc,
-			AckWait:     cfg.AckWait,
-			Log:         log,
-		}
-		servers = append(servers, w)
+		servers = append(servers, newWorker(cfg, log, js, b.worker, workerSubjects(cfg.Prefix, b.port, b.protocol), h, cfg.WorkerConc))
 	}
 	if err := observe.RegisterWorkers(obs.Registry, servers...); err != nil {
-		cancel()
+		run.cancel()
 		grp.Wait()
 		return fmt.Errorf("run: metrics: %w", err)
 	}
@@ -412,46 +379,83 @@ func runGateway(ctx context.Context, cfg config, log *slog.Logger, stdout io.Wri
 		return fmt.Errorf("gateway: %w", err)
 	}
 	defer nc.Close()
-	g, err := newGateway(ctx, cfg, log, nc, cfg.Listeners)
+	run, err := startGateway(ctx, cfg, log, nc, cfg.Listeners, "gateway")
+	if run == nil {
+		return err
+	}
+	defer run.cancel()
+	fmt.Fprintf(stdout, "udpgate gateway: node %s, NATS %s, replies on %s\n", cfg.Node, redactURLs(nc.ConnectedUrlRedacted()), schemas.ReplySubject(cfg.Prefix, cfg.Node))
+	for _, l := range cfg.Listeners {
+		fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
+	}
+	if run.metricsURL != "" {
+		fmt.Fprintf(stdout, "  metrics %s/metrics, %s/healthz, %s/readyz\n", run.metricsURL, run.metricsURL, run.metricsURL)
+	}
+	return run.grp.Wait()
+}
+
+// gatewayRun is a gateway serving in an errgroup with the HTTP endpoint
+// of its metrics and health checks: the first part to fail stops the others.
+type gatewayRun struct {
+	ctx        context.Context // the group's: done when any part fails or the caller's ends
+	cancel     context.CancelFunc
+	grp        *errgroup.Group
+	js         jetstream.JetStream
+	obs        *observe.Server
+	metricsURL string
+}
+
+// startGateway binds listeners, starts the HTTP endpoint and serves a
+// gateway on them, and returns once it is ready. It returns a nil run if
+// the gateway stopped first, with the error that stopped it (nil if ctx
+// ended); setup errors are prefixed with cmd.
+func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener, cmd string) (*gatewayRun, error) {
+	g, err := newGateway(ctx, cfg, log, nc, listeners)
 	if err != nil {
-		return fmt.Errorf("gateway: %w", err)
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		closeListeners(g)
-		return fmt.Errorf("gateway: jetstream: %w", err)
+		return nil, fmt.Errorf("%s: jetstream: %w", cmd, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	grp, ctx := errgroup.WithContext(ctx)
-	obs, metricsURL, err := startHTTP(ctx, cfg, log, grp)
+	r := &gatewayRun{js: js}
+	ctx, r.cancel = context.WithCancel(ctx)
+	r.grp, r.ctx = errgroup.WithContext(ctx)
+	r.obs, r.metricsURL, err = startHTTP(r.ctx, cfg, log, r.grp)
 	if err == nil {
-		err = observeGateway(obs, g, nc, js, cfg)
+		err = observeGateway(r.obs, g, nc, js, cfg)
 	}
 	if err != nil {
 		closeListeners(g)
-		cancel()
-		grp.Wait()
-		return fmt.Errorf("gateway: %w", err)
+		r.cancel()
+		r.grp.Wait()
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
-	errc := make(chan error, 1)
-	grp.Go(func() error {
-		err := g.Serve(ctx)
-		errc <- err
-		return err
-	})
+	r.grp.Go(func() error { return g.Serve(r.ctx) })
 	select {
 	case <-g.Ready():
-		fmt.Fprintf(stdout, "udpgate gateway: node %s, NATS %s, replies on %s\n", cfg.Node, redactURLs(nc.ConnectedUrlRedacted()), schemas.ReplySubject(cfg.Prefix, cfg.Node))
-		for _, l := range cfg.Listeners {
-			fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
-		}
-		if metricsURL != "" {
-			fmt.Fprintf(stdout, "  metrics %s/metrics, %s/healthz, %s/readyz\n", metricsURL, metricsURL, metricsURL)
-		}
-	case <-errc:
+		return r, nil
+	case <-r.ctx.Done():
+		err := r.grp.Wait()
+		r.cancel()
+		return nil, err
 	}
-	return grp.Wait()
+}
+
+// newWorker returns a worker group member with the configured stream, ack
+// wait and logger.
+func newWorker(cfg config, log *slog.Logger, js jetstream.JetStream, group string, subjects []string, h workers.Handler, concurrency int) *workers.Server {
+	return &workers.Server{
+		JetStream:   js,
+		Stream:      cfg.Stream,
+		Group:       group,
+		Subjects:    subjects,
+		Handler:     h,
+		Concurrency: concurrency,
+		AckWait:     cfg.AckWait,
+		Log:         log,
+	}
 }
 
 // runWorker is `udpgate worker NAME`.
@@ -481,16 +485,7 @@ func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) e
 	if err != nil {
 		return fmt.Errorf("worker: jetstream: %w", err)
 	}
-	w := &workers.Server{
-		JetStream:   js,
-		Stream:      cfg.Stream,
-		Group:       group,
-		Subjects:    subjects,
-		Handler:     h,
-		Concurrency: cfg.WorkerConc,
-		AckWait:     cfg.AckWait,
-		Log:         log,
-	}
+	w := newWorker(cfg, log, js, group, subjects, h, cfg.WorkerConc)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	grp, ctx := errgroup.WithContext(ctx)
@@ -706,16 +701,7 @@ func runLambda(ctx context.Context, cfg config, log *slog.Logger) error {
 		Log:            log,
 	}
 	defer b.Close()
-	w := &workers.Server{
-		JetStream:   js,
-		Stream:      cfg.Stream,
-		Group:       group,
-		Subjects:    lc.Subjects,
-		Handler:     b,
-		Concurrency: b.Concurrency(),
-		AckWait:     cfg.AckWait,
-		Log:         log,
-	}
+	w := newWorker(cfg, log, js, group, lc.Subjects, b, b.Concurrency())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	grp, ctx := errgroup.WithContext(ctx)
