@@ -43,6 +43,7 @@ func (e functionError) Error() string { return string(e) }
 // Errors of the service itself.
 var (
 	errThrottled   = errors.New("rate exceeded")       // 429 TooManyRequestsException
+	errSlowDown    = errors.New("retry after 1s")      // 429 with Retry-After: 1
 	errUnavailable = errors.New("service unavailable") // 500 ServiceException
 )
 
@@ -119,6 +120,9 @@ func (f *fakeLambda) invoke(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Amz-Function-Error", "Unhandled")
 		w.Header().Set("X-Amz-Executed-Version", "$LATEST")
 		w.Write(body)
+	case errors.Is(err, errSlowDown):
+		w.Header().Set("Retry-After", "1")
+		serviceError(w, http.StatusTooManyRequests, "TooManyRequestsException", "User", "Rate Exceeded.")
 	case errors.Is(err, errThrottled):
 		serviceError(w, http.StatusTooManyRequests, "TooManyRequestsException", "User", "Rate Exceeded.")
 	case errors.Is(err, errUnavailable):

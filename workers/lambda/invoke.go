@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -17,10 +20,14 @@ import (
 )
 
 // Retry timing: the wait before retry n (from 0) is drawn from
-// [d/2, d] with d = minBackoff·2ⁿ, at most maxBackoff.
+// [d/2, d] with d = minBackoff·2ⁿ, at most maxBackoff, or the throttle's
+// Retry-After if that is longer.
 const (
 	minBackoff = 25 * time.Millisecond
 	maxBackoff = time.Second
+	// maxRetryAfter caps the wait a throttle's Retry-After asks for; the
+	// request's deadline usually cuts it shorter.
+	maxRetryAfter = 30 * time.Second
 	// maxTries bounds the tries of a request without a deadline; after
 	// them JetStream's redelivery (MaxDeliver) takes over.
 	maxTries = 5
@@ -56,7 +63,7 @@ func (b *Bridge) invoke(ctx context.Context, payload []byte) ([]byte, error) {
 			return nil, fmt.Errorf("lambda: invoke %s: %w after %d tries: %w", b.Function, workers.ErrRetry, maxTries, err)
 		}
 		b.stats.retries.Add(1)
-		t := time.NewTimer(backoff(try))
+		t := time.NewTimer(max(backoff(try), retryAfter(err)))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -131,6 +138,20 @@ func abandon(ctx context.Context, err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", workers.ErrRetry, err)
+}
+
+// retryAfter is the wait a throttled Invoke asked for with Retry-After (in
+// seconds, as Lambda sends it), at most maxRetryAfter; 0 if none.
+func retryAfter(err error) time.Duration {
+	var tooMany *types.TooManyRequestsException
+	if !errors.As(err, &tooMany) || tooMany.RetryAfterSeconds == nil {
+		return 0
+	}
+	s, err := strconv.ParseFloat(strings.TrimSpace(*tooMany.RetryAfterSeconds), 64)
+	if err != nil || s <= 0 || math.IsNaN(s) {
+		return 0
+	}
+	return time.Duration(min(s, maxRetryAfter.Seconds()) * float64(time.Second))
 }
 
 func backoff(try int) time.Duration {

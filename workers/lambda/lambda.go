@@ -35,7 +35,8 @@
 //   - Throttling (HTTP 429, TooManyRequestsException), any 5xx, a network
 //     error, or an invocation that outlasts InvokeTimeout: the invocation is
 //     retried after a backoff (exponential with jitter, 25 ms doubling to
-//     1 s) for as long as the request's deadline allows. When the deadline
+//     1 s, or longer when a throttle's Retry-After asks for it, up to 30 s)
+//     for as long as the request's deadline allows. When the deadline
 //     passes Handle returns and the SDK acks the request as expired (the
 //     gateway answers it, CoAP 5.04, RPC STATUS_DEADLINE_EXCEEDED). When
 //     the Server stops first, Handle returns an error wrapping

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
+	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
@@ -347,6 +349,70 @@ func TestRetry(t *testing.T) {
 	}
 	if st := b.Stats(); st.Throttles != 1 || st.Timeouts != 1 || st.Retries != 3 || st.Invocations != 6 {
 		t.Errorf("stats %+v, want 1 throttle, 1 timeout, 3 retries of 6 invocations", st)
+	}
+}
+
+// TestRetryAfter: a throttle that asks for Retry-After: 1 is retried no
+// sooner than a second later (the plain backoff would retry within 25 ms),
+// and the request is still answered.
+func TestRetryAfter(t *testing.T) {
+	f := newFakeLambda(t)
+	var (
+		mu    sync.Mutex // guards calls
+		calls []time.Time
+	)
+	f.handle("busy", func([]byte) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, time.Now())
+		if len(calls) == 1 {
+			return nil, errSlowDown
+		}
+		return jsonOf("ok"), nil
+	})
+	n := startGateway(t, schemas.ProtocolRaw)
+	b := &Bridge{Client: f.client(), Function: "busy"}
+	n.serve(t, "busy", n.subject(schemas.ProtocolRaw), b, 0)
+
+	got, _, err := exchange(t, n.addr, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "ok" {
+		t.Errorf("reply %q, want ok", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 {
+		t.Fatalf("%d invocations, want 2", len(calls))
+	}
+	if gap := calls[1].Sub(calls[0]); gap < time.Second {
+		t.Errorf("retried after %v, before the 1 s Retry-After", gap)
+	}
+	if st := b.Stats(); st.Throttles != 1 || st.Retries != 1 {
+		t.Errorf("stats %+v, want 1 throttle, 1 retry", st)
+	}
+}
+
+func TestRetryAfterParse(t *testing.T) {
+	secs := func(s string) error { return &types.TooManyRequestsException{RetryAfterSeconds: &s} }
+	for _, c := range []struct {
+		err  error
+		want time.Duration
+	}{
+		{secs("2"), 2 * time.Second},
+		{secs(" 0.5 "), 500 * time.Millisecond},
+		{secs("3600"), maxRetryAfter},
+		{secs("-1"), 0},
+		{secs("NaN"), 0},
+		{secs("soon"), 0},
+		{&types.TooManyRequestsException{}, 0},
+		{fmt.Errorf("wrapped: %w", secs("1")), time.Second},
+		{errors.New("other"), 0},
+	} {
+		if got := retryAfter(c.err); got != c.want {
+			t.Errorf("retryAfter(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
 
