@@ -75,6 +75,9 @@ func appendEncoded(dst []byte, m message.Message) ([]byte, error) {
 	return dst, nil
 }
 
+// coderSize returns the encoded size of m.
+func coderSize(m message.Message) (int, error) { return coder.DefaultCoder.Size(m) }
+
 // empty returns an empty message (ACK or RST) for mid: four bytes.
 func empty(typ message.Type, mid uint16) []byte {
 	b := make([]byte, 4)

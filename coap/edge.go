@@ -28,6 +28,7 @@
 package coap
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"hash/maphash"
 	"log/slog"
@@ -44,6 +45,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -94,6 +96,11 @@ type Edge struct {
 	// answer. Remote, Local and IfIndex are filled per datagram.
 	Socket exchange.Exchange
 	Log    *slog.Logger
+	// Guard, if not nil, is the listener's guard: a response to a source
+	// it limits is cut to what the amplification limit allows (a smaller
+	// Block2 block, or 4.01 with an Echo option), and an Echo option or an
+	// acknowledged separate response validates the source.
+	Guard *guard.Guard
 
 	mu        sync.Mutex // guards everything below
 	dedupe    map[peerMID]*cached
@@ -140,6 +147,11 @@ type download struct {
 	etag    []byte
 	szx     uint8
 	expires time.Time
+	// limited: the transfer is under the amplification limit, with
+	// credit bytes (IP packets) left to send; each further request adds
+	// its own credit.
+	limited bool
+	credit  int
 }
 
 type retransmission struct {
@@ -148,6 +160,8 @@ type retransmission struct {
 	attempts int
 	timeout  time.Duration
 	timer    *time.Timer
+	limited  bool // under the amplification limit, with credit bytes left
+	credit   int
 }
 
 type midState struct {
@@ -176,12 +190,14 @@ type Stats struct {
 	Unavailable     uint64 // 5.03 sent
 	Evicted         uint64 // cache entries dropped to stay within CacheSize
 	SendErrors      uint64
+	TooManyRequests uint64 // 4.29 sent to trusted or validated sources over their rate
+	EchoChallenges  uint64 // 4.01 with an Echo option sent: the response did not fit the amplification limit
 }
 
 type counters struct {
 	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
 	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
-	sendErrors                                                                               atomic.Uint64
+	sendErrors, tooMany, echoChallenges                                                      atomic.Uint64
 }
 
 // Stats returns a snapshot of the edge's counters.
@@ -194,6 +210,7 @@ func (e *Edge) Stats() Stats {
 		Separate: c.separate.Load(), Retransmissions: c.retransmissions.Load(), GaveUp: c.gaveUp.Load(),
 		Resets: c.resets.Load(), Timeouts: c.timeouts.Load(), Unavailable: c.unavailable.Load(),
 		Evicted: c.evicted.Load(), SendErrors: c.sendErrors.Load(),
+		TooManyRequests: c.tooMany.Load(), EchoChallenges: c.echoChallenges.Load(),
 	}
 }
 
@@ -294,6 +311,11 @@ type Request struct {
 	block2 block  // the block the client asked for
 	op     string // method and URI, for Block2 follow-ups
 	timer  *time.Timer
+	// The amplification limit: limited when the guard limits the
+	// source; credit is what may still be sent in this exchange, in
+	// bytes of IP packets (guard.Wire).
+	limited bool
+	credit  int
 }
 
 // Receive handles one datagram from remote, sent to local on interface
@@ -405,12 +427,19 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 			}
 		case message.ProxyURI, message.ProxyScheme:
 			proxying = true
+		case message.Echo:
+			// RFC 9175 §2.4: a valid Echo shows the source receives
+			// what the gateway sends it.
+			e.Guard.CheckEcho(remote.Addr(), o.Value, now)
 		case message.URIHost, message.URIPort:
 		default:
 			if o.ID&1 == 1 { // critical, and not one we implement
 				badOpt = true
 			}
 		}
+	}
+	if e.Guard != nil && e.Guard.Limited(remote.Addr(), now) {
+		r.limited, r.credit = true, e.Guard.Credit(remote.Addr(), len(b))
 	}
 	pathLen := 0
 	for _, seg := range r.Segments {
@@ -449,6 +478,10 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 			return nil
 		}
 		r.Payload = body
+		if r.limited {
+			// The exchange is the whole upload: the earlier blocks count.
+			r.credit = e.Guard.Credit(remote.Addr(), len(b)-len(m.Payload)+len(body))
+		}
 	} else {
 		if b2 != nil && b2.num > 0 && e.serveBlock2(r, now) {
 			return nil
@@ -513,6 +546,9 @@ func (r *Request) ackEmpty() {
 	}
 	r.acked = true
 	r.cache.separate = true
+	if r.limited {
+		r.credit -= guard.Wire(r.dst.Remote.Addr(), 4)
+	}
 	e.mu.Unlock()
 	e.send(r.dst, empty(typeACK, r.MessageID))
 }
@@ -575,20 +611,120 @@ func (r *Request) Reply(_ exchange.Exchange, status string, header map[string][]
 			add(message.LocationQuery, []byte(q))
 		}
 	}
-	size := r.block2.size()
-	if len(body) > size || r.block2.num > 0 {
-		e := r.edge
-		e.mu.Lock()
-		e.storeDownload(transferKey{r.dst.Remote, r.op}, &download{
-			body: body, code: code, cf: cf, etag: etag, szx: r.block2.szx, expires: time.Now().Add(exchangeLifetime),
-		})
-		e.mu.Unlock()
+	e := r.edge
+	want := r.block2
+	limited, credit := r.limit()
+	if limited {
+		n := r.encodedLen(code, opts, body)
+		if len(body) <= want.size() && want.num == 0 && guard.Wire(r.dst.Remote.Addr(), n) <= credit {
+			r.respond(code, opts, body)
+			return nil
+		}
+		szx, ok := r.fitBlock(code, opts, body, want, credit)
+		if !ok {
+			r.challenge(credit)
+			return nil
+		}
+		if szx < want.szx || len(body) <= want.size() {
+			e.Guard.CountCut()
+		}
+		want = scaleBlock(want, szx)
+	}
+	if len(body) > want.size() || want.num > 0 {
+		d := &download{
+			body: body, code: code, cf: cf, etag: etag, szx: want.szx, expires: time.Now().Add(exchangeLifetime),
+		}
 		var chunk []byte
-		chunk, opts = blockOf(body, r.block2, opts, &buf)
+		chunk, opts = blockOf(body, want, opts, &buf)
 		body = chunk
+		if limited {
+			d.limited = true
+			d.credit = credit - guard.Wire(r.dst.Remote.Addr(), r.encodedLen(code, opts, body))
+		}
+		e.mu.Lock()
+		e.storeDownload(transferKey{r.dst.Remote, r.op}, d)
+		e.mu.Unlock()
 	}
 	r.respond(code, opts, body)
 	return nil
+}
+
+// limit reports whether r's response is under the amplification limit,
+// and the credit left for it.
+func (r *Request) limit() (bool, int) {
+	e := r.edge
+	if !r.limited || !e.Guard.Limited(r.dst.Remote.Addr(), time.Now()) {
+		return false, 0
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return true, r.credit
+}
+
+// encodedLen returns the size of the response respond would send.
+func (r *Request) encodedLen(code codes.Code, opts message.Options, payload []byte) int {
+	if r.block1 != nil {
+		opts = append(opts[:len(opts):len(opts)], message.Option{ID: message.Block1, Value: encodeUint(r.block1.value())})
+	}
+	m := message.Message{Token: r.Token, Options: opts, Code: code, Payload: payload, Type: typeACK}
+	n, err := coderSize(m)
+	if err != nil {
+		return 1 << 20
+	}
+	return n
+}
+
+// fitBlock returns the largest block size, at most want's, whose block of
+// body fits in credit.
+func (r *Request) fitBlock(code codes.Code, opts message.Options, body []byte, want block, credit int) (uint8, bool) {
+	var buf []byte
+	for szx := int(want.szx); szx >= 0; szx-- {
+		w := scaleBlock(want, uint8(szx))
+		chunk, o := blockOf(body, w, opts[:len(opts):len(opts)], &buf)
+		if guard.Wire(r.dst.Remote.Addr(), r.encodedLen(code, o, chunk)) <= credit {
+			return uint8(szx), true
+		}
+	}
+	return 0, false
+}
+
+// scaleBlock returns the block of size 2^(szx+4) that starts where b
+// starts (RFC 7959 §2.4: a server may answer with a smaller block).
+func scaleBlock(b block, szx uint8) block {
+	if szx >= b.szx {
+		return b
+	}
+	return block{num: b.num << (b.szx - szx), more: b.more, szx: szx}
+}
+
+// challenge answers a request whose response does not fit the
+// amplification limit even in a 16-byte block with 4.01 Unauthorized and
+// an Echo option (RFC 9175 §2.4): a client that repeats the request with
+// the Echo shows it receives at its address and gets the whole response.
+// When not even that fits, the response is dropped.
+func (r *Request) challenge(credit int) {
+	e := r.edge
+	v := e.Guard.Echo(r.dst.Remote.Addr(), time.Now())
+	opts := message.Options{{ID: message.Echo, Value: v[:]}}
+	if guard.Wire(r.dst.Remote.Addr(), r.encodedLen(codes.Unauthorized, opts, nil)) > credit {
+		e.Guard.CountDropped()
+		r.drop()
+		return
+	}
+	e.Guard.CountCut()
+	e.stats.echoChallenges.Add(1)
+	r.respond(codes.Unauthorized, opts, nil)
+}
+
+// drop ends r without an answer.
+func (r *Request) drop() {
+	e := r.edge
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r.done = true
+	if r.timer != nil {
+		r.timer.Stop()
+	}
 }
 
 // Fail implements exchange.Replier: 5.04 when no worker answered in time,
@@ -652,9 +788,13 @@ func (r *Request) respond(code codes.Code, opts message.Options, payload []byte)
 		e.Log.Debug("coap: encode response", "err", err)
 		return
 	}
+	if r.limited {
+		r.credit -= guard.Wire(r.dst.Remote.Addr(), len(b))
+	}
 	if rt == nil {
 		r.cache.response = b
 	} else {
+		rt.limited, rt.credit = r.limited, r.credit
 		rt.msg = b
 		key := peerMID{r.dst.Remote, uint16(m.MessageID)}
 		rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(key) })
@@ -673,11 +813,17 @@ func (e *Edge) retransmit(key peerMID) {
 		e.mu.Unlock()
 		return
 	}
-	if rt.attempts >= maxRetransmit {
+	over := rt.limited && rt.credit < guard.Wire(rt.dst.Remote.Addr(), len(rt.msg)) && e.Guard.Limited(rt.dst.Remote.Addr(), time.Now())
+	if rt.attempts >= maxRetransmit || over {
+		// An unvalidated source gets retransmissions only within the
+		// amplification limit: it may never have sent the request.
 		delete(e.outgoing, key)
 		e.mu.Unlock()
 		e.stats.gaveUp.Add(1)
 		return
+	}
+	if rt.limited {
+		rt.credit -= guard.Wire(rt.dst.Remote.Addr(), len(rt.msg))
 	}
 	rt.attempts++
 	rt.timeout *= 2
@@ -710,7 +856,8 @@ func (e *Edge) receiveEmpty(h header, b []byte, dst exchange.Exchange) {
 	case typeACK, typeRST:
 		key := peerMID{dst.Remote, h.mid}
 		e.mu.Lock()
-		if rt, ok := e.outgoing[key]; ok {
+		rt, ok := e.outgoing[key]
+		if ok {
 			rt.timer.Stop()
 			delete(e.outgoing, key)
 			if h.typ == typeRST {
@@ -718,6 +865,12 @@ func (e *Edge) receiveEmpty(h header, b []byte, dst exchange.Exchange) {
 			}
 		}
 		e.mu.Unlock()
+		if ok && h.typ == typeACK {
+			// Acknowledging a separate response, whose random message
+			// id only the receiver saw, shows the source receives what
+			// is sent to it.
+			e.Guard.Validate(dst.Remote.Addr(), time.Now())
+		}
 	default:
 		e.stats.malformed.Add(1)
 	}
@@ -779,9 +932,16 @@ func (e *Edge) serveBlock2(r *Request, now time.Time) bool {
 		e.mu.Unlock()
 		return false
 	}
+	limited, credit := d.limited, 0
+	if limited {
+		// Each further request adds its own credit to the transfer's.
+		if limited = r.limited && e.Guard.Limited(r.dst.Remote.Addr(), now); limited {
+			d.credit += r.credit
+			credit = d.credit
+		}
+	}
 	e.mu.Unlock()
-	want := r.block2
-	want.szx = min(want.szx, d.szx)
+	want := scaleBlock(r.block2, min(r.block2.szx, d.szx))
 	if int(want.num)*want.size() >= len(d.body) {
 		e.stats.rejected.Add(1)
 		r.respond(codes.BadOption, nil, nil)
@@ -795,10 +955,72 @@ func (e *Edge) serveBlock2(r *Request, now time.Time) bool {
 	if d.etag != nil {
 		opts = opts.Add(message.Option{ID: message.ETag, Value: d.etag})
 	}
+	if limited {
+		szx, ok := r.fitBlock(d.code, opts, d.body, want, credit)
+		if !ok {
+			r.challenge(credit)
+			return true
+		}
+		if szx < want.szx {
+			e.Guard.CountCut()
+			want = scaleBlock(want, szx)
+		}
+	}
 	chunk, opts := blockOf(d.body, want, opts, &buf)
+	if limited {
+		e.mu.Lock()
+		d.credit -= guard.Wire(r.dst.Remote.Addr(), r.encodedLen(d.code, opts, chunk))
+		d.szx = min(d.szx, want.szx)
+		e.mu.Unlock()
+	}
 	e.stats.blocksServed.Add(1)
 	r.respond(d.code, opts, chunk)
 	return true
+}
+
+// TooManyRequests answers request datagram b with 4.29 Too Many Requests
+// and a Max-Age of the seconds in wait, rounded up (RFC 8516), as an ACK
+// for a CON and a NON for a NON; anything but a request is ignored. Call
+// it only for sources that are trusted or validated: the answer is a
+// little larger than the smallest request. It does not keep b.
+func (e *Edge) TooManyRequests(b []byte, dst exchange.Exchange, wait time.Duration) {
+	h, err := peekHeader(b)
+	if err != nil || h.code == codes.Empty || h.code>>5 != 0 || h.tkl > 8 || len(b) < 4+h.tkl {
+		return
+	}
+	typ, mid := typeACK, h.mid
+	switch h.typ {
+	case typeCON:
+	case typeNON:
+		e.mu.Lock()
+		m, ok := e.newMID(dst.Remote, time.Now())
+		e.mu.Unlock()
+		if !ok {
+			return
+		}
+		typ, mid = typeNON, m
+	default:
+		return
+	}
+	secs := uint32(min((wait+time.Second-1)/time.Second, 1<<31))
+	var out [4 + 8 + 2 + 4]byte
+	out[0] = 1<<6 | byte(typ)<<4 | byte(h.tkl)
+	out[1] = byte(codes.TooManyRequests)
+	binary.BigEndian.PutUint16(out[2:], mid)
+	n := 4 + copy(out[4:], b[4:4+h.tkl])
+	vlen := 0 // Max-Age as a minimal uint
+	for v := secs; v > 0; v >>= 8 {
+		vlen++
+	}
+	out[n] = 13<<4 | byte(vlen) // Max-Age (14): delta 13 + 1
+	out[n+1] = byte(message.MaxAge - 13)
+	n += 2
+	for i := vlen - 1; i >= 0; i-- {
+		out[n] = byte(secs >> (8 * i))
+		n++
+	}
+	e.stats.tooMany.Add(1)
+	e.send(dst, out[:n])
 }
 
 // blockOf returns block want of body and opts with the Block2 option (and
