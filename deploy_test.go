@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -45,6 +46,11 @@ func deployFiles(t *testing.T) []string {
 // reads, and a secret's value comes only from the environment.
 func TestDeployFiles(t *testing.T) {
 	known := knownVariables()
+	// The default stream names look like variables: NATS permissions name them.
+	for _, field := range []string{"Stream", "RepliesStream"} {
+		f, _ := reflect.TypeFor[env]().FieldByName(field)
+		known = append(known, f.Tag.Get("default"))
+	}
 	varRE := regexp.MustCompile(`UDPGATE_[A-Z_]+`)
 	// A secret value may only come from the environment of compose itself.
 	secretRE := regexp.MustCompile(`(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_ACCESS_KEY_ID):\s*(\S*)`)

@@ -1,0 +1,702 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
+
+	"github.com/udpgate/udpgate/internal/natstest"
+)
+
+// testPKI is a CA and the certificates it signed for a test, as PEM
+// files in a temporary directory.
+type testPKI struct {
+	CA, ServerCert, ServerKey, ClientCert, ClientKey string
+	OtherCA                                          string // a CA that signed nothing here
+}
+
+func newTestPKI(t *testing.T) testPKI {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name, typ string, der []byte) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	serial := int64(1)
+	newCert := func(tmpl *x509.Certificate, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) *x509.Certificate {
+		t.Helper()
+		serial++
+		tmpl.SerialNumber = big.NewInt(serial)
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+		if parent == nil {
+			parent, parentKey = tmpl, key
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	keyDER := func(k *ecdsa.PrivateKey) []byte {
+		b, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ca := func(name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+		k := newKey()
+		return newCert(&x509.Certificate{
+			Subject: pkix.Name{CommonName: name}, IsCA: true, BasicConstraintsValid: true,
+			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		}, k, nil, nil), k
+	}
+	var p testPKI
+	caCert, caKey := ca("udpgate test CA")
+	p.CA = write("ca.pem", "CERTIFICATE", caCert.Raw)
+	other, _ := ca("another CA")
+	p.OtherCA = write("other-ca.pem", "CERTIFICATE", other.Raw)
+	sk := newKey()
+	srv := newCert(&x509.Certificate{
+		Subject: pkix.Name{CommonName: "nats"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, sk, caCert, caKey)
+	p.ServerCert, p.ServerKey = write("server.pem", "CERTIFICATE", srv.Raw), write("server-key.pem", "PRIVATE KEY", keyDER(sk))
+	ck := newKey()
+	cli := newCert(&x509.Certificate{
+		Subject:  pkix.Name{CommonName: "udpgate"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, ck, caCert, caKey)
+	p.ClientCert, p.ClientKey = write("client.pem", "CERTIFICATE", cli.Raw), write("client-key.pem", "PRIVATE KEY", keyDER(ck))
+	return p
+}
+
+// serverTLS makes opts require TLS with pki's server certificate and a
+// client certificate signed by pki's CA.
+func serverTLS(t *testing.T, opts *server.Options, pki testPKI) {
+	t.Helper()
+	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, CaFile: pki.CA, Verify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.TLS, opts.TLSVerify, opts.TLSConfig, opts.TLSTimeout = true, true, tc, 5
+}
+
+// authEnv clears every UDPGATE_* variable, then sets vars; "" leaves one
+// unset.
+func authEnv(t *testing.T, vars map[string]string) {
+	t.Helper()
+	for _, name := range knownVariables() {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
+	}
+	for k, v := range vars {
+		if v != "" {
+			t.Setenv(k, v)
+		}
+	}
+}
+
+const (
+	testPassword = "pw-Zq8r3LkT"    // must never be printed
+	testToken    = "tok-9HxW2mVdPs" // must never be printed
+)
+
+// waitFor polls cond until it holds, or fails the test after 20 s.
+func waitFor(t *testing.T, what string, cond func() bool, done <-chan error, out ...*syncBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		select {
+		case err := <-done:
+			t.Fatalf("%s: exited: %v\n%s", what, err, dump(out))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 20s\n%s", what, dump(out))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func dump(bs []*syncBuffer) string {
+	var s []string
+	for _, b := range bs {
+		s = append(s, b.String())
+	}
+	return strings.Join(s, "\n")
+}
+
+// process is a udpgate command running in-process.
+type process struct {
+	out, err syncBuffer
+	done     chan error
+	cancel   context.CancelFunc
+}
+
+// start runs `udpgate args...` with the current environment until the test
+// ends; it returns once ready is printed to standard output or standard
+// error. The caller may change the environment afterwards.
+func start(t *testing.T, ready string, args ...string) *process {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &process{done: make(chan error, 1), cancel: cancel}
+	go func() { p.done <- runCommand(ctx, args, &p.out, &p.err) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-p.done:
+			if err != nil {
+				t.Errorf("%s: %v", args[0], err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("%s did not stop", args[0])
+		}
+	})
+	waitFor(t, strings.Join(args, " "), func() bool {
+		return strings.Contains(p.out.String(), ready) || strings.Contains(p.err.String(), ready)
+	}, p.done, &p.out, &p.err)
+	return p
+}
+
+// ask sends payload to the raw listener on port and returns the reply.
+func ask(t *testing.T, port uint16, payload string) string {
+	t.Helper()
+	var o, e bytes.Buffer
+	url := "udp://127.0.0.1:" + strconv.Itoa(int(port))
+	if err := runCommand(context.Background(), []string{"send", "-timeout", "10s", url, payload}, &o, &e); err != nil {
+		t.Fatalf("send %s: %v (%s)", url, err, e.String())
+	}
+	return o.String()
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestNATSTLSAndPassword runs the gateway and a worker against a NATS
+// server that requires TLS with a client certificate and a user and
+// password: a datagram is answered end to end, nothing prints the
+// password, and without each piece both are refused with an error naming
+// the variable to set.
+func TestNATSTLSAndPassword(t *testing.T) {
+	pki := newTestPKI(t)
+	opts := natstest.Options(t)
+	serverTLS(t, opts, pki)
+	opts.Username, opts.Password = "udpgate", testPassword
+	ns := natstest.Start(t, opts)
+	port := freeUDPPort(t)
+	good := map[string]string{
+		"UDPGATE_NATS_URL":        ns.ClientURL(),
+		"UDPGATE_NATS_USER":       "udpgate",
+		"UDPGATE_NATS_PASSWORD":   testPassword,
+		"UDPGATE_NATS_CA":         pki.CA,
+		"UDPGATE_NATS_CERT":       pki.ClientCert,
+		"UDPGATE_NATS_KEY":        pki.ClientKey,
+		"UDPGATE_NODE":            "n1",
+		"UDPGATE_LISTENERS":       "127.0.0.1:" + strconv.Itoa(int(port)) + "/raw",
+		"UDPGATE_WORKER_SUBJECTS": "udpgate.in." + strconv.Itoa(int(port)),
+		"UDPGATE_HTTP_LISTEN":     "127.0.0.1:0",
+		"UDPGATE_STREAM_STORAGE":  "memory",
+		"UDPGATE_LOG_LEVEL":       "debug",
+		"UDPGATE_LOG_FORMAT":      "json",
+	}
+	with := func(changes map[string]string) map[string]string {
+		m := map[string]string{}
+		for k, v := range good {
+			m[k] = v
+		}
+		for k, v := range changes {
+			m[k] = v
+		}
+		return m
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		tests := []struct {
+			name    string
+			env     map[string]string
+			want    []string // in the error
+			wantErr string   // the NATS error inside
+		}{
+			{"no credentials", with(map[string]string{"UDPGATE_NATS_USER": "", "UDPGATE_NATS_PASSWORD": ""}),
+				[]string{"set UDPGATE_NATS_USER and UDPGATE_NATS_PASSWORD"}, "Authorization Violation"},
+			{"wrong password", with(map[string]string{"UDPGATE_NATS_PASSWORD": "wrong-" + testPassword}),
+				[]string{"the server refused UDPGATE_NATS_USER and UDPGATE_NATS_PASSWORD"}, "Authorization Violation"},
+			{"no CA", with(map[string]string{"UDPGATE_NATS_CA": ""}),
+				[]string{"set UDPGATE_NATS_CA"}, "x509: certificate signed by unknown authority"},
+			{"another CA", with(map[string]string{"UDPGATE_NATS_CA": pki.OtherCA}),
+				[]string{"does not verify with UDPGATE_NATS_CA " + pki.OtherCA}, "x509: certificate signed by unknown authority"},
+			{"no client certificate", with(map[string]string{"UDPGATE_NATS_CERT": "", "UDPGATE_NATS_KEY": ""}),
+				[]string{"client certificate", "set UDPGATE_NATS_CERT and UDPGATE_NATS_KEY"}, "tls"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				for _, cmd := range [][]string{{"gateway"}, {"worker", "echo"}} {
+					authEnv(t, tt.env)
+					var out, errb bytes.Buffer
+					err := runCommand(context.Background(), cmd, &out, &errb)
+					if err == nil {
+						t.Fatalf("%s connected", cmd[0])
+					}
+					msg := err.Error()
+					for _, want := range append(tt.want, "cannot connect to NATS at "+ns.ClientURL()+" (UDPGATE_NATS_URL)", tt.wantErr) {
+						if !strings.Contains(msg, want) {
+							t.Errorf("%s: error does not say %q:\n%s", cmd[0], want, msg)
+						}
+					}
+					if all := msg + out.String() + errb.String(); strings.Contains(all, testPassword) {
+						t.Errorf("%s printed the password:\n%s", cmd[0], all)
+					}
+				}
+			})
+		}
+	})
+
+	t.Run("answered", func(t *testing.T) {
+		authEnv(t, good)
+		gw := start(t, "udpgate gateway:", "gateway")
+		w := start(t, `"msg":"worker: serving"`, "worker", "echo")
+		if got := ask(t, port, "through TLS"); got != "through TLS\n" {
+			t.Errorf("echo replied %q", got)
+		}
+		metricsURL := regexp.MustCompile(`http://127\.0\.0\.1:\d+`)
+		gwMetrics := httpGet(t, metricsURL.FindString(gw.out.String())+"/metrics")
+		wURL := regexp.MustCompile(`"url":"(http://127\.0\.0\.1:\d+)"`).FindStringSubmatch(w.err.String())
+		if wURL == nil {
+			t.Fatalf("the worker logged no metrics URL:\n%s", w.err.String())
+		}
+		wMetrics := httpGet(t, wURL[1]+"/metrics")
+		if !strings.Contains(gwMetrics, "udpgate_") || !strings.Contains(wMetrics, "udpgate_") {
+			t.Errorf("no udpgate metrics:\n%.500s\n%.500s", gwMetrics, wMetrics)
+		}
+		for where, s := range map[string]string{
+			"gateway output": gw.out.String() + gw.err.String(), "worker output": w.out.String() + w.err.String(),
+			"gateway metrics": gwMetrics, "worker metrics": wMetrics,
+		} {
+			if strings.Contains(s, testPassword) {
+				t.Errorf("%s shows the password", where)
+			}
+		}
+	})
+}
+
+// TestNATSAuthMethods connects with each way to authenticate, and with a
+// wrong secret of each kind, through connectNATS, which every command
+// that connects to NATS uses.
+func TestNATSAuthMethods(t *testing.T) {
+	pki := newTestPKI(t)
+	dir := t.TempDir()
+	writeFile := func(name string, b []byte) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	seedFile := func(name string) (string, string) {
+		t.Helper()
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed, _ := kp.Seed()
+		pub, _ := kp.PublicKey()
+		return writeFile(name, append(seed, '\n')), pub
+	}
+	goodSeed, goodPub := seedFile("good.nk")
+	wrongSeed, _ := seedFile("wrong.nk")
+
+	// Operator mode: an operator signs an account that signs users.
+	opKP, _ := nkeys.CreateOperator()
+	opPub, _ := opKP.PublicKey()
+	opClaims := jwt.NewOperatorClaims(opPub)
+	opClaims.Name = "test operator"
+	opJWT, err := opClaims.Encode(opKP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted, err := jwt.DecodeOperatorClaims(opJWT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	account := func() (nkeys.KeyPair, string, string) {
+		kp, _ := nkeys.CreateAccount()
+		pub, _ := kp.PublicKey()
+		ac := jwt.NewAccountClaims(pub)
+		tok, err := ac.Encode(opKP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kp, pub, tok
+	}
+	creds := func(name string, accKP nkeys.KeyPair, expires time.Time) string {
+		t.Helper()
+		ukp, _ := nkeys.CreateUser()
+		upub, _ := ukp.PublicKey()
+		uc := jwt.NewUserClaims(upub)
+		if !expires.IsZero() {
+			uc.Expires = expires.Unix()
+		}
+		tok, err := uc.Encode(accKP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed, _ := ukp.Seed()
+		b, err := jwt.FormatUserConfig(tok, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return writeFile(name, b)
+	}
+	accKP, accPub, accJWT := account()
+	strangerKP, _, _ := account() // not known to the server
+	resolver := &server.MemAccResolver{}
+	if err := resolver.Store(accPub, accJWT); err != nil {
+		t.Fatal(err)
+	}
+	goodCreds := creds("good.creds", accKP, time.Time{})
+	strangerCreds := creds("stranger.creds", strangerKP, time.Time{})
+
+	plain := func(f func(*server.Options)) *server.Server {
+		o := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true}
+		f(o)
+		return natstest.Start(t, o)
+	}
+	userSrv := plain(func(o *server.Options) { o.Username, o.Password = "u", testPassword })
+	tokenSrv := plain(func(o *server.Options) { o.Authorization = testToken })
+	nkeySrv := plain(func(o *server.Options) { o.Nkeys = []*server.NkeyUser{{Nkey: goodPub}} })
+	opSrv := plain(func(o *server.Options) {
+		o.TrustedOperators = []*jwt.OperatorClaims{trusted}
+		o.AccountResolver = resolver
+	})
+	withCreds := func(u, userinfo string) string { return strings.Replace(u, "nats://", "nats://"+userinfo+"@", 1) }
+
+	tests := []struct {
+		name  string
+		url   string
+		env   map[string]string
+		error string // "" connects
+	}{
+		{"user and password", userSrv.ClientURL(), map[string]string{"UDPGATE_NATS_USER": "u", "UDPGATE_NATS_PASSWORD": testPassword}, ""},
+		{"wrong password", userSrv.ClientURL(), map[string]string{"UDPGATE_NATS_USER": "u", "UDPGATE_NATS_PASSWORD": testToken}, "the server refused UDPGATE_NATS_USER and UDPGATE_NATS_PASSWORD"},
+		{"password in the URL", withCreds(userSrv.ClientURL(), "u:"+testPassword), nil, ""},
+		{"wrong password in the URL", withCreds(userSrv.ClientURL(), "u:"+testToken), nil, "the server refused the credentials in UDPGATE_NATS_URL"},
+		{"token", tokenSrv.ClientURL(), map[string]string{"UDPGATE_NATS_TOKEN": testToken}, ""},
+		{"wrong token", tokenSrv.ClientURL(), map[string]string{"UDPGATE_NATS_TOKEN": testPassword}, "the server refused UDPGATE_NATS_TOKEN"},
+		{"token in the URL", withCreds(tokenSrv.ClientURL(), testToken), nil, ""},
+		{"nkey", nkeySrv.ClientURL(), map[string]string{"UDPGATE_NATS_NKEY": goodSeed}, ""},
+		{"wrong nkey", nkeySrv.ClientURL(), map[string]string{"UDPGATE_NATS_NKEY": wrongSeed}, "the server refused UDPGATE_NATS_NKEY"},
+		{"no nkey", nkeySrv.ClientURL(), nil, "set UDPGATE_NATS_USER and UDPGATE_NATS_PASSWORD, UDPGATE_NATS_TOKEN, UDPGATE_NATS_NKEY or UDPGATE_NATS_CREDS"},
+		{"creds", opSrv.ClientURL(), map[string]string{"UDPGATE_NATS_CREDS": goodCreds}, ""},
+		{"creds of an unknown account", opSrv.ClientURL(), map[string]string{"UDPGATE_NATS_CREDS": strangerCreds}, "the server refused UDPGATE_NATS_CREDS"},
+		{"TLS the server does not offer", userSrv.ClientURL(), map[string]string{"UDPGATE_NATS_USER": "u", "UDPGATE_NATS_PASSWORD": testPassword, "UDPGATE_NATS_CA": pki.CA},
+			"nats: secure connection not available: UDPGATE_NATS_CA, UDPGATE_NATS_CERT or a tls:// URL asks for TLS, but the server does not offer it"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := defaults(t)
+			e.NATSURL = tt.url
+			e.NATSUser, e.NATSPassword = tt.env["UDPGATE_NATS_USER"], tt.env["UDPGATE_NATS_PASSWORD"]
+			e.NATSToken, e.NATSNkey, e.NATSCreds = tt.env["UDPGATE_NATS_TOKEN"], tt.env["UDPGATE_NATS_NKEY"], tt.env["UDPGATE_NATS_CREDS"]
+			e.NATSCA = tt.env["UDPGATE_NATS_CA"]
+			cfg, err := e.parse(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc, err := connectNATS(cfg, "test")
+			if tt.error == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				nc.Close()
+				return
+			}
+			if err == nil {
+				nc.Close()
+				t.Fatal("connected")
+			}
+			if !strings.Contains(err.Error(), tt.error) || !strings.Contains(err.Error(), "cannot connect to NATS at "+redactURLs(tt.url)+" (UDPGATE_NATS_URL): nats: ") {
+				t.Errorf("error %q does not say %q", err, tt.error)
+			}
+			for _, s := range []string{testPassword, testToken} {
+				if strings.Contains(err.Error(), s) {
+					t.Errorf("error %q shows a secret", err)
+				}
+			}
+		})
+	}
+}
+
+// TestNATSAuthConfig checks the authentication variables at configuration
+// time: conflicts and unusable files are reported, each naming its
+// variable, and no problem and no printed config shows a secret.
+func TestNATSAuthConfig(t *testing.T) {
+	pki := newTestPKI(t)
+	dir := t.TempDir()
+	kp, _ := nkeys.CreateUser()
+	seed, _ := kp.Seed()
+	seedPath := filepath.Join(dir, "user.nk")
+	if err := os.WriteFile(seedPath, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	accKP, _ := nkeys.CreateAccount()
+	accSeed, _ := accKP.Seed()
+	accSeedPath := filepath.Join(dir, "account.nk")
+	if err := os.WriteFile(accSeedPath, accSeed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	upub, _ := kp.PublicKey()
+	expired := jwt.NewUserClaims(upub)
+	expired.Expires = time.Now().Add(-time.Hour).Unix()
+	tok, err := expired.Encode(accKP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsBytes, _ := jwt.FormatUserConfig(tok, seed)
+	expiredPath := filepath.Join(dir, "expired.creds")
+	if err := os.WriteFile(expiredPath, credsBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unreadable := filepath.Join(dir, "missing.pem")
+
+	tests := []struct {
+		name string
+		set  func(*env)
+		want []string
+	}{
+		{"all valid", func(e *env) {
+			e.NATSNkey, e.NATSCA, e.NATSCert, e.NATSKey, e.NATSInbox = seedPath, pki.CA, pki.ClientCert, pki.ClientKey, "_INBOX_gw"
+		}, nil},
+		{"token and password", func(e *env) { e.NATSUser, e.NATSPassword, e.NATSToken = "u", testPassword, testToken },
+			[]string{"UDPGATE_NATS_TOKEN: set together with UDPGATE_NATS_USER: choose one way"}},
+		{"nkey and creds", func(e *env) { e.NATSNkey, e.NATSCreds = seedPath, expiredPath },
+			[]string{"UDPGATE_NATS_CREDS: set together with UDPGATE_NATS_NKEY"}},
+		{"password alone", func(e *env) { e.NATSPassword = testPassword }, []string{"UDPGATE_NATS_PASSWORD: set without UDPGATE_NATS_USER"}},
+		{"user alone", func(e *env) { e.NATSUser = "u" }, []string{"UDPGATE_NATS_USER: set without UDPGATE_NATS_PASSWORD"}},
+		{"URL credentials and a token", func(e *env) { e.NATSURL = "nats://u:" + testPassword + "@127.0.0.1:4222"; e.NATSToken = testToken },
+			[]string{"UDPGATE_NATS_URL: nats://u:xxxxx@127.0.0.1:4222 carries credentials and UDPGATE_NATS_TOKEN is set too"}},
+		{"missing files", func(e *env) {
+			e.NATSNkey, e.NATSCA, e.NATSCert, e.NATSKey = unreadable, unreadable, unreadable, unreadable
+		},
+			[]string{"UDPGATE_NATS_NKEY: open " + unreadable + ": no such file", "UDPGATE_NATS_CA: open " + unreadable, "UDPGATE_NATS_CERT: " + unreadable}},
+		{"not a seed", func(e *env) { e.NATSNkey = pki.CA }, []string{"UDPGATE_NATS_NKEY: " + pki.CA + " does not hold an nkey user seed"}},
+		{"an account seed", func(e *env) { e.NATSNkey = accSeedPath }, []string{"UDPGATE_NATS_NKEY: " + accSeedPath + " does not hold an nkey user seed"}},
+		{"a seed as creds", func(e *env) { e.NATSCreds = seedPath }, []string{"UDPGATE_NATS_CREDS: " + seedPath + " is not a NATS credentials file"}},
+		{"expired creds", func(e *env) { e.NATSCreds = expiredPath }, []string{"UDPGATE_NATS_CREDS: " + expiredPath + ": the user JWT expired at"}},
+		{"not a CA", func(e *env) { e.NATSCA = seedPath }, []string{"UDPGATE_NATS_CA: " + seedPath + " holds no PEM certificate"}},
+		{"cert without key", func(e *env) { e.NATSCert = pki.ClientCert }, []string{"UDPGATE_NATS_CERT: set without UDPGATE_NATS_KEY"}},
+		{"key without cert", func(e *env) { e.NATSKey = pki.ClientKey }, []string{"UDPGATE_NATS_KEY: set without UDPGATE_NATS_CERT"}},
+		{"key of another cert", func(e *env) { e.NATSCert, e.NATSKey = pki.ClientCert, pki.ServerKey },
+			[]string{"UDPGATE_NATS_CERT: " + pki.ClientCert + " with key " + pki.ServerKey + ": tls: private key does not match public key"}},
+		{"wildcard inbox", func(e *env) { e.NATSInbox = "_INBOX.>" }, []string{"UDPGATE_NATS_INBOX_PREFIX:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := defaults(t)
+			tt.set(&e)
+			cfg, err := e.parse(nil)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+			} else if err == nil {
+				t.Fatal("no error")
+			}
+			var msg string
+			if err != nil {
+				msg = err.Error()
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error does not say %q:\n%s", want, msg)
+				}
+			}
+			printed := msg + fmt.Sprintf("%v %+v %#v %s", cfg, cfg, cfg, cfg.NATSAuth.Password)
+			for _, s := range []string{testPassword, testToken, string(seed)} {
+				if strings.Contains(printed, s) {
+					t.Errorf("a secret is printed:\n%s", printed)
+				}
+			}
+		})
+	}
+}
+
+// TestNATSPermissions runs the gateway, a worker group and the Lambda
+// bridge through a NATS server started from deploy/nats/permissions.conf
+// (its client port and store moved to free ones): each does its job with only the rights
+// the file gives it, and the worker's user is refused when it publishes a
+// request, reads the capture or another user's inbox, or deletes the
+// stream.
+func TestNATSPermissions(t *testing.T) {
+	echoPort, shoutPort := freeUDPPort(t), freeUDPPort(t)
+	echoSubject, shoutSubject := "udpgate.in."+strconv.Itoa(int(echoPort)), "udpgate.in."+strconv.Itoa(int(shoutPort))
+	password := map[string]string{"gateway": "gw-" + testPassword, "worker-echo": "w-" + testPassword, "lambda-shout": "l-" + testPassword}
+	t.Setenv("NATS_GATEWAY_PASSWORD", password["gateway"])
+	t.Setenv("NATS_WORKER_PASSWORD", password["worker-echo"])
+	t.Setenv("NATS_LAMBDA_PASSWORD", password["lambda-shout"])
+	opts, err := server.ProcessConfigFile("deploy/nats/permissions.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Host, opts.Port, opts.StoreDir, opts.NoLog, opts.NoSigs = "127.0.0.1", server.RANDOM_PORT, t.TempDir(), true, true
+	ns := natstest.Start(t, opts)
+
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev struct{ Data []byte }
+		if err := json.NewDecoder(r.Body).Decode(&ev); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		json.NewEncoder(w).Encode(strings.ToUpper(string(ev.Data)))
+	}))
+	defer fn.Close()
+	as := func(user, inbox string, more map[string]string) {
+		vars := map[string]string{
+			"UDPGATE_NATS_URL": ns.ClientURL(), "UDPGATE_NATS_USER": user, "UDPGATE_NATS_PASSWORD": password[user],
+			"UDPGATE_NATS_INBOX_PREFIX": inbox, "UDPGATE_NODE": "n1", "UDPGATE_HTTP_LISTEN": "127.0.0.1:0",
+			"UDPGATE_STREAM_STORAGE": "memory",
+		}
+		for k, v := range more {
+			vars[k] = v
+		}
+		authEnv(t, vars)
+	}
+	as("gateway", "_INBOX_gateway", map[string]string{
+		"UDPGATE_LISTENERS": fmt.Sprintf("127.0.0.1:%d/raw,127.0.0.1:%d/raw", echoPort, shoutPort),
+	})
+	start(t, "udpgate gateway:", "gateway")
+	as("worker-echo", "_INBOX_echo", map[string]string{"UDPGATE_WORKER_SUBJECTS": echoSubject})
+	start(t, "worker: serving", "worker", "echo")
+	as("lambda-shout", "_INBOX_lambda-shout", map[string]string{
+		"UDPGATE_LAMBDA_FUNCTION": "shout", "UDPGATE_LAMBDA_SUBJECTS": shoutSubject, "UDPGATE_LAMBDA_ENDPOINT": fn.URL,
+	})
+	t.Setenv("AWS_REGION", "eu-central-1")
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	start(t, "lambda: serving", "lambda")
+	if got := ask(t, echoPort, "least privilege"); got != "least privilege\n" {
+		t.Errorf("echo replied %q", got)
+	}
+	if got := ask(t, shoutPort, "least privilege"); got != "LEAST PRIVILEGE\n" {
+		t.Errorf("the Lambda bridge replied %q", got)
+	}
+
+	// Each group acknowledged its request, once: its acks are allowed.
+	violations := make(chan error, 10)
+	connect := func(user, inbox string) *nats.Conn {
+		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(user, password[user]), nats.CustomInboxPrefix(inbox),
+			nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	for _, g := range []struct{ user, inbox, group string }{
+		{"worker-echo", "_INBOX_echo", "echo"}, {"lambda-shout", "_INBOX_lambda-shout", "lambda-shout"},
+	} {
+		js, err := jetstream.New(connect(g.user, g.inbox))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var info *jetstream.ConsumerInfo
+		waitFor(t, "group "+g.group+" acknowledges", func() bool {
+			c, err := js.Consumer(context.Background(), "UDPGATE_IN", g.group)
+			if err != nil {
+				t.Fatalf("consumer %s: %v", g.group, err)
+			}
+			info = c.CachedInfo()
+			return info.Delivered.Consumer > 0 && info.NumAckPending == 0
+		}, nil)
+		if info.NumRedelivered != 0 || info.AckFloor.Consumer != info.Delivered.Consumer {
+			t.Errorf("group %s: %d redelivered, acknowledged %d of %d", g.group, info.NumRedelivered, info.AckFloor.Consumer, info.Delivered.Consumer)
+		}
+	}
+
+	// The worker's user, as a hostile worker would use it.
+	nc := connect("worker-echo", "_INBOX_echo")
+	refused := func(what, subject string) {
+		t.Helper()
+		select {
+		case err := <-violations:
+			if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), subject) {
+				t.Errorf("%s: error %v, want a permissions violation on %s", what, err, subject)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: no permissions violation", what)
+		}
+	}
+	if err := nc.Publish(echoSubject, []byte("forged request")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	refused("publish a request", echoSubject)
+	if _, err := nc.SubscribeSync("udpgate.in.>"); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	refused("read the capture", "udpgate.in.>")
+	if _, err := nc.SubscribeSync("_INBOX_gateway.>"); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	refused("read the gateway's inbox", "_INBOX_gateway.>")
+	if err := nc.Publish("$JS.API.STREAM.DELETE.UDPGATE_IN", nil); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	refused("delete the capture", "$JS.API.STREAM.DELETE.UDPGATE_IN")
+}
