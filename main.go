@@ -7,6 +7,7 @@
 //	udpgate worker NAME         a built-in worker (echo, time, coap, places) against UDPGATE_NATS_URL
 //	udpgate lambda              an AWS Lambda function as a worker group
 //	udpgate send URL [PAYLOAD]  send a request (udp://, coap://, rpc://) and print the reply
+//	udpgate bench URL           load a target; udpgate bench suite: the performance suite
 //
 // Configuration comes from UDPGATE_* environment variables; `udpgate help`
 // lists them.
@@ -74,6 +75,8 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return nil
 	case "send":
 		return send(ctx, args, stdout, stderr)
+	case "bench":
+		return runBench(ctx, args, stdout, stderr)
 	case "replay", "pcap":
 		// Their own flags follow the command.
 		cfg, err := loadConfig()
@@ -145,6 +148,8 @@ Usage:
   udpgate replay [flags]       replay captured requests to a subject prefix or onto the wire; -h for flags
   udpgate pcap import|export   bring a pcap into the capture, or write the capture as a pcap; -h for flags
   udpgate send URL [PAYLOAD]   send a request (udp://, coap://, rpc://) and print the reply; -h for flags
+  udpgate bench [flags] URL    load a target: requests/s, latency percentiles, loss; -h for flags
+  udpgate bench suite [flags]  the performance suite: gateway vs baselines on loopback, in this process
   udpgate help                 this text
 
 Environment:

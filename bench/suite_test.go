@@ -1,0 +1,86 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSummarizeMedian(t *testing.T) {
+	c := Summarize("x", []Sample{
+		{Rate: 30, P50: 3 * time.Microsecond, Lost: 1},
+		{Rate: 10, P50: 9 * time.Microsecond, Lost: 0},
+		{Rate: 20, P50: 1 * time.Microsecond, Lost: 5},
+	})
+	if c.Rate != 20 || c.P50us != 3 || c.Lost != 1 || len(c.Rates) != 3 || c.Rates[0] != 30 {
+		t.Errorf("%+v", c)
+	}
+}
+
+func TestReport(t *testing.T) {
+	r := NewReport([]Case{
+		{Name: "udp-echo", Rate: 100, P50us: 10},
+		{Name: "udp-echo-n1", Rate: 50, P50us: 10},
+		{Name: "gateway-raw", Rate: 70, P50us: 100},
+		{Name: "gateway-raw-n1", Rate: 5, P50us: 80},
+		{Name: "gateway-raw-open80", Sent: 10, Lost: 0},
+		{Name: "gateway-memory", Extra: map[string]float64{"rss_mib": 250}},
+	})
+	if len(r.Ratios) != 2 || r.Ratios["gateway-raw/udp-echo"] != 0.7 || r.Ratios["gateway-raw-n1.p50/udp-echo-n1.p50"] != 8 {
+		t.Errorf("ratios %v", r.Ratios)
+	}
+	met := map[string]bool{}
+	for _, g := range r.Goals {
+		met[g.Name] = g.Met
+	}
+	want := map[string]bool{
+		"gateway-raw/udp-echo": true, "gateway-raw-n1.p50/udp-echo-n1.p50": false,
+		"gateway-raw-open80 lost": true, "gateway-memory rss_mib": false,
+	}
+	if len(met) != len(want) {
+		t.Errorf("goals %+v", r.Goals)
+	}
+	for k, v := range want {
+		if met[k] != v {
+			t.Errorf("goal %s met = %v, want %v", k, met[k], v)
+		}
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "not met") || !strings.Contains(text.String(), "gateway-raw-n1") {
+		t.Errorf("text:\n%s", text.String())
+	}
+	var js bytes.Buffer
+	if err := r.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var back struct {
+		Cases  []map[string]any   `json:"cases"`
+		Ratios map[string]float64 `json:"ratios"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cases) != 6 {
+		t.Fatalf("%v: %s", err, js.String())
+	}
+	for _, k := range []string{"name", "rate", "p50_us", "p99_us", "lost"} {
+		if _, ok := back.Cases[0][k]; !ok {
+			t.Errorf("case lacks %q", k)
+		}
+	}
+}
+
+func TestShort(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		500: "500ns", 45200: "45.2µs", 1234567: "1.23ms", 2500 * time.Millisecond: "2.50s", 150 * time.Microsecond: "150µs",
+	} {
+		if got := Short(d); got != want {
+			t.Errorf("Short(%v) = %q, want %q", d, got, want)
+		}
+	}
+	if got := group(1234567.4); got != "1,234,567" {
+		t.Errorf("group: %q", got)
+	}
+}

@@ -1,0 +1,852 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapnet "github.com/plgd-dev/go-coap/v3/net"
+	"github.com/plgd-dev/go-coap/v3/options"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/udpgate/udpgate/bench"
+	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
+	"github.com/udpgate/udpgate/workers/builtin"
+)
+
+// benchUsage is the synopsis of `udpgate bench`.
+const benchUsage = `usage: udpgate bench [flags] URL      load a target and report rate, latency and loss
+       udpgate bench suite [flags]    the performance suite on loopback; udpgate bench suite -h
+  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD
+  Closed loop (-c requests in flight) unless -rate sets an open loop; -duration or -count ends it.`
+
+// runBench is `udpgate bench`: one load against a target, or the suite.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "suite" {
+		return runSuite(ctx, args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, benchUsage)
+		fs.PrintDefaults()
+	}
+	var cfg bench.Config
+	fs.IntVar(&cfg.Concurrency, "c", 1, "requests in flight (closed loop)")
+	fs.IntVar(&cfg.Concurrency, "concurrency", 1, "same as -c")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "open loop: requests per second, sent on schedule whatever comes back (0: closed loop)")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "send for this long (default 10s when -count is not set)")
+	fs.IntVar(&cfg.Count, "count", 0, "send this many requests")
+	fs.IntVar(&cfg.Sockets, "sockets", 0, "source sockets in use at once (default: one per request in flight; 8 in an open loop)")
+	fs.IntVar(&cfg.Short, "short", 0, "short-lived sockets: a new socket (source port) after this many requests (0: keep them)")
+	payload := fs.String("payload", "", "request payload: the datagram after an 8-byte request id (udp), the CoAP payload, the RPC params as JSON")
+	size := fs.Int("size", 0, "udp: pad the payload with 'x' to this many bytes, request id included")
+	fs.DurationVar(&cfg.Timeout, "timeout", bench.DefaultTimeout, "a request unanswered this long is lost")
+	fs.StringVar(&cfg.Method, "method", "get", "CoAP method: get, post, put, delete, fetch, patch or ipatch")
+	fs.BoolVar(&cfg.NoReply, "no-reply", false, "expect no replies: count what was sent (closed loop: -c senders as fast as they can)")
+	sources := fs.String("sources", "", "local addresses to send from, in turn: comma-separated addresses or prefixes such as 127.0.1.0/24 (default: the system's choice)")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 1 || cfg.Concurrency < 1 || cfg.Rate < 0 || cfg.Duration < 0 || cfg.Count < 0 ||
+		cfg.Sockets < 0 || cfg.Short < 0 || cfg.Timeout <= 0 || *size < 0 || *size > 65507 {
+		fs.Usage()
+		return errUsage
+	}
+	cfg.Target = fs.Arg(0)
+	cfg.Payload = []byte(*payload)
+	if strings.HasPrefix(cfg.Target, "udp:") && *size > 8+len(cfg.Payload) {
+		cfg.Payload = append(cfg.Payload, bytes.Repeat([]byte("x"), *size-8-len(cfg.Payload))...)
+	}
+	for _, s := range splitList(*sources) {
+		addrs, err := parseSources(s)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: -sources: %v\n", err)
+			return errUsage
+		}
+		cfg.Sources = append(cfg.Sources, addrs...)
+	}
+	f, _ := stderr.(*os.File)
+	live := f != nil && isTerminal(f)
+	if live {
+		cfg.Progress = func(p bench.Progress) {
+			fmt.Fprintf(stderr, "\r%5.0fs  sent %d  answered %d  lost %d  errors %d  ", p.Elapsed.Seconds(), p.Sent, p.Answered, p.Lost, p.Errors)
+		}
+	}
+	res, err := bench.Run(ctx, cfg)
+	if live {
+		fmt.Fprint(stderr, "\r\033[K")
+	}
+	if errors.Is(err, bench.ErrTarget) {
+		return &exitError{2, err}
+	}
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		err = bench.WriteJSON(stdout, res)
+	} else {
+		err = bench.WriteText(stdout, res)
+	}
+	if err != nil {
+		return err
+	}
+	if res.Sent > 0 && res.Answered == 0 && !cfg.NoReply {
+		return &exitError{1, fmt.Errorf("bench: none of %d requests was answered", res.Sent)}
+	}
+	return nil
+}
+
+// parseSources parses an address, or a prefix of at most 65,536 addresses
+// (IPv4 network and broadcast addresses left out).
+func parseSources(s string) ([]netip.Addr, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or prefix", s)
+		}
+		return []netip.Addr{a}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not an IP address or prefix", s)
+	}
+	p = p.Masked()
+	if p.Addr().BitLen()-p.Bits() > 16 {
+		return nil, fmt.Errorf("%q has more than 65,536 addresses", s)
+	}
+	var addrs []netip.Addr
+	for a := p.Addr(); a.IsValid() && p.Contains(a); a = a.Next() {
+		addrs = append(addrs, a)
+	}
+	if p.Addr().Is4() && p.Bits() < 31 {
+		addrs = addrs[1 : len(addrs)-1]
+	}
+	return addrs, nil
+}
+
+// suiteUsage is the synopsis of `udpgate bench suite`.
+const suiteUsage = `usage: udpgate bench suite [flags]
+  Starts an embedded NATS server with JetStream (file storage in a temporary
+  directory), a gateway and the built-in workers on loopback, in this
+  process, and runs the cases back to back, -reps times (median reported),
+  then gateway-raw-open80 and gateway-memory once. UDPGATE_* variables tune
+  the gateway as for udpgate run; the suite sets its own store, ports and
+  node, and turns the listeners' guard off (no rate or amplification limit).
+  Cases: ` + "%s\n"
+
+// suiteCase is one case of the suite.
+type suiteCase struct {
+	name string
+	once bool // run once after the repetitions, not -reps times
+	run  func(s *suite, ctx context.Context) (bench.Sample, error)
+}
+
+// suiteCases are the cases in the order they run.
+var suiteCases = []suiteCase{
+	{name: "udp-echo", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.udpEcho(ctx, 64) }},
+	{name: "udp-echo-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.udpEcho(ctx, 1) }},
+	{name: "js-publish", run: (*suite).jsPublish},
+	{name: "coap-direct-long", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.coapDirect(ctx, false) }},
+	{name: "coap-direct-short", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.coapDirect(ctx, true) }},
+	{name: "gateway-raw", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, 64) }},
+	{name: "gateway-raw-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, 1) }},
+	{name: "gateway-coap-long", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayCoAP(ctx, false) }},
+	{name: "gateway-coap-short", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayCoAP(ctx, true) }},
+	{name: "gateway-ingest", run: (*suite).gatewayIngest},
+	{name: "gateway-rpc", run: (*suite).gatewayRPC},
+	{name: "gateway-raw-open80", once: true, run: (*suite).gatewayRawOpen80},
+	{name: "gateway-memory", once: true, run: (*suite).gatewayMemory},
+}
+
+func suiteCaseNames() []string {
+	var names []string
+	for _, c := range suiteCases {
+		names = append(names, c.name)
+	}
+	return names
+}
+
+// The loads of the suite's cases.
+const (
+	suiteInFlight   = 64 // the udp, raw, rpc and short CoAP cases
+	suiteCoAPSocket = 8  // long-lived CoAP sockets, 8 requests in flight each
+	suiteShortBatch = 4  // requests per short-lived CoAP socket
+	suitePayload    = 64 // bytes of a raw request, request id included
+	suiteJSMessage  = 100
+)
+
+// coapTimeBody is the answer of the direct CoAP server's GET /time, as long
+// as the built-in worker's.
+var coapTimeBody = []byte("2026-11-23T00:00:00Z")
+
+// suite is one run of `udpgate bench suite`.
+type suite struct {
+	cfg         config
+	log         *slog.Logger
+	duration    time.Duration
+	noLoss      time.Duration
+	addresses   int
+	timeout     time.Duration
+	ingestRate  float64   // 0: from js-publish
+	env         *suiteEnv // started on first need
+	samples     map[string][]bench.Sample
+	noteOf      map[string]string
+	live        bool // report each case on stderr as it ends
+	stderr      io.Writer
+	repsDone    int
+	repsPlanned int
+}
+
+// runSuite is `udpgate bench suite`.
+func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench suite", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, suiteUsage, strings.Join(suiteCaseNames(), ", "))
+		fs.PrintDefaults()
+	}
+	duration := fs.Duration("duration", 3*time.Second, "duration of each case")
+	reps := fs.Int("reps", 3, "repetitions of each case (the median is reported)")
+	cases := fs.String("cases", "", "comma-separated cases to run (default: all)")
+	noLoss := fs.Duration("no-loss-duration", 30*time.Second, "duration of gateway-raw-open80")
+	addresses := fs.Int("addresses", 100000, "distinct client addresses of gateway-memory (127.16.0.1 and up)")
+	timeout := fs.Duration("timeout", bench.DefaultTimeout, "a request unanswered this long is lost")
+	ingestRate := fs.Float64("ingest-rate", 0, "datagrams per second sent by gateway-ingest (0: 1.25 x the js-publish rate, 50,000 without it)")
+	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 0 || *duration <= 0 || *reps < 1 || *noLoss <= 0 || *addresses < 1 || *addresses > 1<<22 || *timeout <= 0 || *ingestRate < 0 {
+		fs.Usage()
+		return errUsage
+	}
+	selected := suiteCases
+	if *cases != "" {
+		selected = nil
+		for _, name := range splitList(*cases) {
+			i := slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == name })
+			if i < 0 {
+				fmt.Fprintf(stderr, "bench suite: unknown case %q (cases: %s)\n", name, strings.Join(suiteCaseNames(), ", "))
+				return errUsage
+			}
+			if !slices.ContainsFunc(selected, func(c suiteCase) bool { return c.name == name }) {
+				selected = append(selected, suiteCases[i])
+			}
+		}
+		// Run in the suite's order: later cases use earlier ones' rates.
+		slices.SortFunc(selected, func(a, b suiteCase) int {
+			return slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == a.name }) -
+				slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == b.name })
+		})
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	cfg.LogLevel = max(cfg.LogLevel, slog.LevelWarn)
+	f, _ := stderr.(*os.File)
+	s := &suite{
+		cfg: cfg, log: newLogger(stderr, cfg), duration: *duration, noLoss: *noLoss, addresses: *addresses,
+		timeout: *timeout, ingestRate: *ingestRate, samples: map[string][]bench.Sample{}, noteOf: map[string]string{},
+		live: f != nil && isTerminal(f), stderr: stderr, repsPlanned: *reps,
+	}
+	defer s.close()
+	var repeated, once []suiteCase
+	for _, c := range selected {
+		if c.once {
+			once = append(once, c)
+		} else {
+			repeated = append(repeated, c)
+		}
+	}
+	for rep := range *reps {
+		s.repsDone = rep
+		for _, c := range repeated {
+			if err := s.runCase(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+	for _, c := range once {
+		if err := s.runCase(ctx, c); err != nil {
+			return err
+		}
+	}
+	var results []bench.Case
+	for _, c := range selected {
+		bc := bench.Summarize(c.name, s.samples[c.name])
+		bc.Note = s.noteOf[c.name]
+		results = append(results, bc)
+	}
+	report := bench.NewReport(results)
+	report.Machine = map[string]any{
+		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
+		"cpu": cpuModel(), "duration": duration.String(), "reps": *reps, "no_loss_duration": noLoss.String(),
+	}
+	if *asJSON {
+		return report.WriteJSON(stdout)
+	}
+	fmt.Fprintf(stdout, "udpgate bench suite: %s per case, median of %d; %d CPUs (%s), %s\n",
+		duration, *reps, runtime.NumCPU(), cpuModel(), runtime.Version())
+	return report.WriteText(stdout)
+}
+
+// runCase runs c once and records its sample.
+func (s *suite) runCase(ctx context.Context, c suiteCase) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sample, err := c.run(s, ctx)
+	if err != nil {
+		return fmt.Errorf("bench suite: %s: %w", c.name, err)
+	}
+	s.samples[c.name] = append(s.samples[c.name], sample)
+	if s.live {
+		rep := fmt.Sprintf("rep %d/%d", s.repsDone+1, s.repsPlanned)
+		if c.once {
+			rep = "once"
+		}
+		fmt.Fprintf(s.stderr, "%-8s %-20s %10.0f req/s  p50 %8s  p99 %8s  lost %d\n", rep, c.name, sample.Rate,
+			bench.Short(sample.P50), bench.Short(sample.P99), sample.Lost)
+	}
+	return nil
+}
+
+// medianRate returns the median rate of the samples of case name so far,
+// 0 if it has none.
+func (s *suite) medianRate(name string) float64 {
+	return bench.Summarize(name, s.samples[name]).Rate
+}
+
+// load runs the load generator against target for the case's duration.
+func (s *suite) load(ctx context.Context, cfg bench.Config) (bench.Result, error) {
+	if cfg.Duration == 0 && cfg.Count == 0 {
+		cfg.Duration = s.duration
+	}
+	cfg.Timeout = s.timeout
+	return bench.Run(ctx, cfg)
+}
+
+func (s *suite) loadSample(ctx context.Context, cfg bench.Config) (bench.Sample, error) {
+	res, err := s.load(ctx, cfg)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	return bench.SampleOf(res), nil
+}
+
+// rawPayload is a raw request's payload after its 8-byte id.
+var rawPayload = bytes.Repeat([]byte("x"), suitePayload-8)
+
+// udpEcho loads a plain Go UDP echo server, started for the case.
+func (s *suite) udpEcho(ctx context.Context, inFlight int) (bench.Sample, error) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { (&bench.Echo{Conn: c}).Serve(ctx) })
+	defer wg.Wait()
+	defer cancel()
+	return s.loadSample(ctx, bench.Config{Target: "udp://" + c.LocalAddr().String(), Concurrency: inFlight, Payload: rawPayload})
+}
+
+// coapLoad is the long-lived (8 sockets x 8 in flight) or short-lived (64
+// sockets in flight, a new one every 4 requests) CoAP GET load.
+func coapLoad(target string, short bool) bench.Config {
+	if short {
+		return bench.Config{Target: target, Concurrency: suiteInFlight, Short: suiteShortBatch}
+	}
+	return bench.Config{Target: target, Concurrency: suiteInFlight, Sockets: suiteCoAPSocket}
+}
+
+// coapDirect loads go-coap's own UDP server (default options, a mux
+// answering GET /time), started for the case.
+func (s *suite) coapDirect(ctx context.Context, short bool) (bench.Sample, error) {
+	l, err := coapnet.NewListenUDP("udp4", "127.0.0.1:0")
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	r := mux.NewRouter()
+	r.HandleFunc("/time", func(w mux.ResponseWriter, _ *mux.Message) {
+		w.SetResponse(codes.Content, message.TextPlain, bytes.NewReader(coapTimeBody))
+	})
+	srv := coapudp.NewServer(options.WithMux(r))
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	defer func() {
+		srv.Stop()
+		l.Close() // in case Serve had not yet taken it when Stop ran
+		<-done
+	}()
+	return s.loadSample(ctx, coapLoad("coap://"+l.LocalAddr().String()+"/time", short))
+}
+
+func (s *suite) gatewayRaw(ctx context.Context, inFlight int) (bench.Sample, error) {
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	return s.loadSample(ctx, bench.Config{Target: "udp://" + e.echo.String(), Concurrency: inFlight, Payload: rawPayload})
+}
+
+func (s *suite) gatewayCoAP(ctx context.Context, short bool) (bench.Sample, error) {
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	return s.loadSample(ctx, coapLoad("coap://"+e.coap.String()+"/time", short))
+}
+
+func (s *suite) gatewayRPC(ctx context.Context) (bench.Sample, error) {
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	return s.loadSample(ctx, bench.Config{
+		Target:      "rpc://" + e.rpc.String() + "/InterestingPlaces/GetRandom",
+		Payload:     []byte(`{"limit": 2}`),
+		Concurrency: suiteInFlight,
+	})
+}
+
+// gatewayRawOpen80 is the no-loss check: an open loop at 80% of the
+// gateway-raw rate measured so far (measured now if it was not).
+func (s *suite) gatewayRawOpen80(ctx context.Context) (bench.Sample, error) {
+	rate := s.medianRate("gateway-raw")
+	if rate == 0 {
+		sample, err := s.gatewayRaw(ctx, suiteInFlight)
+		if err != nil {
+			return sample, err
+		}
+		rate = sample.Rate
+		s.noteOf["gateway-raw-open80"] = "gateway-raw measured once for it"
+	}
+	if rate == 0 {
+		return bench.Sample{}, errors.New("gateway-raw answered nothing")
+	}
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	res, err := s.load(ctx, bench.Config{
+		Target: "udp://" + e.echo.String(), Rate: 0.8 * rate, Duration: s.noLoss,
+		Sockets: suiteInFlight, Payload: rawPayload,
+	})
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	note := fmt.Sprintf("open loop at %.0f req/s (0.8 x gateway-raw) for %s", 0.8*rate, s.noLoss)
+	if res.Behind > 0 {
+		note += fmt.Sprintf("; the generator fell %d requests behind", res.Behind)
+	}
+	if n := s.noteOf["gateway-raw-open80"]; n != "" {
+		note += "; " + n
+	}
+	s.noteOf["gateway-raw-open80"] = note
+	sample := bench.SampleOf(res)
+	sample.Lost += res.Behind // due but never sent counts against the check
+	sample.Extra = map[string]float64{"rate_asked": 0.8 * rate, "behind": float64(res.Behind)}
+	return sample, nil
+}
+
+// gatewayIngest sends datagrams to a raw listener no worker consumes,
+// paced at -ingest-rate or 1.25 x the js-publish rate (50,000/s if it did
+// not run), and measures how fast the capture stream's last sequence
+// grows: datagrams stored per second, from the first datagram to the last
+// growth seen. Lost counts datagrams sent but not stored.
+func (s *suite) gatewayIngest(ctx context.Context) (bench.Sample, error) {
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	rate := s.ingestRate
+	if rate == 0 {
+		rate = 1.25 * s.medianRate("js-publish")
+	}
+	if rate == 0 {
+		rate = 50000
+	}
+	before, err := e.lastSeq(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	start := time.Now()
+	res, err := s.load(ctx, bench.Config{
+		Target: "udp://" + e.ingest.String(), NoReply: true, Rate: rate, Sockets: 8, Payload: rawPayload,
+	})
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	// Wait until the stream stops growing: 200 ms without a new message,
+	// 10 s at most. The rate counts up to the last growth seen.
+	last, err := e.lastSeq(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	grew := time.Now()
+	for deadline := grew.Add(10 * time.Second); time.Now().Before(deadline); {
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return bench.Sample{}, ctx.Err()
+		}
+		seq, err := e.lastSeq(ctx)
+		if err != nil {
+			return bench.Sample{}, err
+		}
+		if seq != last {
+			last, grew = seq, time.Now()
+		} else if time.Since(grew) >= 200*time.Millisecond {
+			break
+		}
+	}
+	stored := int64(last - before)
+	elapsed := max(grew.Sub(start), res.Elapsed)
+	note := fmt.Sprintf("paced at %.0f/s; rate = datagrams stored per second, lost = sent but not stored", rate)
+	if res.Behind > 0 {
+		note += fmt.Sprintf("; the generator fell %d datagrams behind", res.Behind)
+	}
+	s.noteOf["gateway-ingest"] = note
+	return bench.Sample{
+		Rate: float64(stored) / elapsed.Seconds(), Sent: res.Sent, Lost: res.Sent - stored, Errors: res.Errors,
+		Extra: map[string]float64{"paced_rate": rate, "behind": float64(res.Behind), "stored": float64(stored)},
+	}, nil
+}
+
+// jsPublish measures JetStream asynchronous publishes of 100-byte messages
+// to a stream on file storage, on the suite's NATS server, with at most
+// UDPGATE_MAX_INFLIGHT unacknowledged (as ingress): acknowledgements per
+// second, and the latency from publish to acknowledgement.
+func (s *suite) jsPublish(ctx context.Context) (bench.Sample, error) {
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	const stream, subject = "UDPGATE_BENCH_JS", "udpgatebench.js"
+	js, err := jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(s.cfg.MaxInFlight))
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: stream, Subjects: []string{subject}, Storage: jetstream.FileStorage, Replicas: 1, MaxBytes: 1 << 30,
+	}); err != nil {
+		return bench.Sample{}, err
+	}
+	defer js.DeleteStream(context.WithoutCancel(ctx), stream)
+
+	type published struct {
+		f  jetstream.PubAckFuture
+		at time.Time
+	}
+	pending := make(chan published, s.cfg.MaxInFlight)
+	var (
+		h                   bench.Histogram
+		acked, lost, failed int64
+		lastAck             time.Time
+	)
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		timer := time.NewTimer(s.timeout)
+		defer timer.Stop()
+		for p := range pending {
+			timer.Reset(max(s.timeout-time.Since(p.at), 0))
+			select {
+			case <-p.f.Ok():
+				lastAck = time.Now()
+				h.Record(lastAck.Sub(p.at))
+				acked++
+			case <-p.f.Err():
+				failed++
+			case <-timer.C:
+				lost++
+			}
+		}
+	}()
+	msg := bytes.Repeat([]byte("x"), suiteJSMessage)
+	var sent, errs int64
+	start := time.Now()
+	end := start.Add(s.duration)
+	for ctx.Err() == nil {
+		now := time.Now()
+		if !now.Before(end) {
+			break
+		}
+		f, err := js.PublishAsync(subject, msg)
+		if err != nil {
+			errs++
+			continue
+		}
+		sent++
+		pending <- published{f, now}
+	}
+	close(pending)
+	<-collected
+	elapsed := max(lastAck.Sub(start), s.duration)
+	l := h.Latency()
+	return bench.Sample{Rate: float64(acked) / elapsed.Seconds(), P50: l.P50, P99: l.P99, Sent: sent, Lost: lost, Errors: errs + failed}, nil
+}
+
+// gatewayMemory sends one CoAP GET /time from each of s.addresses distinct
+// client addresses (127.16.0.1 and up, a short-lived socket each) to the
+// coap listener of a gateway started afresh, then reports this process's
+// resident memory (VmRSS) and Go heap in use after a GC. The gateway runs
+// in this process, so the figures include the NATS server, the workers and
+// the generator (and whatever the Go runtime keeps from earlier cases).
+func (s *suite) gatewayMemory(ctx context.Context) (bench.Sample, error) {
+	// A fresh gateway and NATS server, so that the figures are not those
+	// left by the cases before.
+	s.close()
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	rssBefore, heapBefore := memory()
+	srcs := make([]netip.Addr, 0, s.addresses)
+	for i := 0; len(srcs) < s.addresses; i++ {
+		a := netip.AddrFrom4([4]byte{127, byte(16 + i>>16), byte(i >> 8), byte(i)})
+		if b := a.As4(); b[3] != 0 && b[3] != 255 {
+			srcs = append(srcs, a)
+		}
+	}
+	res, err := s.load(ctx, bench.Config{
+		Target: "coap://" + e.coap.String() + "/time", Concurrency: suiteInFlight, Short: 1,
+		Count: s.addresses, Sources: srcs,
+	})
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	srcs = nil
+	rss, heap := memory()
+	sample := bench.SampleOf(res)
+	sample.Extra = map[string]float64{
+		"addresses": float64(s.addresses), "rss_mib": rss, "heap_inuse_mib": heap,
+		"rss_before_mib": rssBefore, "heap_inuse_before_mib": heapBefore,
+	}
+	s.noteOf["gateway-memory"] = fmt.Sprintf("%d client addresses: VmRSS %.0f MiB (before %.0f), Go heap in use %.0f MiB (before %.0f); whole process: gateway, NATS server, workers, generator",
+		s.addresses, rss, rssBefore, heap, heapBefore)
+	return sample, nil
+}
+
+// memory returns this process's VmRSS (0 where /proc is missing) and Go
+// heap in use, in MiB, after garbage collections that return freed memory
+// to the system (two: the second frees what sync.Pools held).
+func memory() (rss, heap float64) {
+	debug.FreeOSMemory()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	heap = float64(ms.HeapInuse) / (1 << 20)
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, heap
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024, heap
+		}
+	}
+	return 0, heap
+}
+
+// cpuModel returns the CPU's model name from /proc/cpuinfo, if there is
+// one.
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return runtime.GOARCH
+}
+
+// suiteEnv is the suite's gateway: an embedded NATS server with JetStream
+// in a temporary directory, a gateway on four loopback listeners and the
+// built-in workers, all in this process.
+type suiteEnv struct {
+	dir    string
+	ns     *server.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream string
+	cancel context.CancelFunc
+	grp    *errgroup.Group
+
+	echo   netip.AddrPort // raw, echo worker
+	ingest netip.AddrPort // raw, no worker
+	coap   netip.AddrPort // coap, coap worker
+	rpc    netip.AddrPort // rpc, places worker
+}
+
+// start starts the suite's gateway the first time a case needs it.
+func (s *suite) start(ctx context.Context) (*suiteEnv, error) {
+	if s.env != nil {
+		return s.env, nil
+	}
+	e, err := startSuiteEnv(ctx, s.cfg, s.log)
+	if err != nil {
+		return nil, err
+	}
+	s.env = e
+	return e, nil
+}
+
+func (s *suite) close() {
+	if s.env != nil {
+		s.env.close()
+		s.env = nil
+	}
+}
+
+func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteEnv, err error) {
+	dir, err := os.MkdirTemp("", "udpgate-bench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &suiteEnv{dir: dir, stream: cfg.Stream}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	cfg.DataDir = dir
+	cfg.NATSListen = netip.MustParseAddrPort("127.0.0.1:0")
+	cfg.HTTPListen = ""
+	cfg.Node = "bench"
+	cfg.StreamReplicas = 1
+	cfg.StreamMemory = false
+	// The suite measures capacity: no per-source rate limit (its loads
+	// come from 127.0.0.1), no amplification limit.
+	cfg.Guard = guard.Config{}
+	if e.ns, err = startNATS(cfg); err != nil {
+		return nil, err
+	}
+	if e.nc, err = nats.Connect(e.ns.ClientURL(), nats.InProcessServer(e.ns), nats.Name("udpgate bench suite")); err != nil {
+		return nil, fmt.Errorf("connect to the embedded NATS server: %w", err)
+	}
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		return nil, err
+	}
+	loop := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0)
+	listeners := []listener{
+		{Addr: loop, Protocol: schemas.ProtocolRaw},
+		{Addr: loop, Protocol: schemas.ProtocolRaw},
+		{Addr: loop, Protocol: schemas.ProtocolCoAP},
+		{Addr: loop, Protocol: schemas.ProtocolRPC},
+	}
+	g, err := newGateway(ctx, cfg, log, e.nc, listeners)
+	if err != nil {
+		return nil, err
+	}
+	ports := make([]netip.AddrPort, len(g.Listeners))
+	for i, l := range g.Listeners {
+		ports[i] = l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	}
+	e.echo, e.ingest, e.coap, e.rpc = ports[0], ports[1], ports[2], ports[3]
+	var gctx context.Context
+	gctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	e.grp, gctx = errgroup.WithContext(gctx)
+	e.grp.Go(func() error { return g.Serve(gctx) })
+	if err := waitReady(gctx, g.Ready()); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	var ws []*workers.Server
+	for _, w := range []struct {
+		name     string
+		port     netip.AddrPort
+		protocol string
+	}{{"echo", e.echo, schemas.ProtocolRaw}, {"coap", e.coap, schemas.ProtocolCoAP}, {"places", e.rpc, schemas.ProtocolRPC}} {
+		h, _ := builtin.Lookup(w.name)
+		ws = append(ws, newWorker(cfg, log, e.js, w.name, workerSubjects(cfg.Prefix, w.port.Port(), w.protocol), h, cfg.WorkerConc))
+	}
+	for _, w := range ws {
+		e.grp.Go(func() error { return w.Serve(gctx) })
+	}
+	for _, w := range ws {
+		if err := waitReady(gctx, w.Ready()); err != nil {
+			return nil, fmt.Errorf("worker %s: %w", w.Group, err)
+		}
+	}
+	return e, nil
+}
+
+// waitReady waits for ready, or for ctx to end (a part failed).
+func waitReady(ctx context.Context, ready <-chan struct{}) error {
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stopped before it was ready: %w", context.Cause(ctx))
+	case <-time.After(30 * time.Second):
+		return errors.New("not ready after 30s")
+	}
+}
+
+// lastSeq returns the capture stream's last sequence number.
+func (e *suiteEnv) lastSeq(ctx context.Context) (uint64, error) {
+	st, err := e.js.Stream(ctx, e.stream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
+
+// close stops the workers and the gateway, then the NATS server, and
+// removes the store.
+func (e *suiteEnv) close() {
+	if e.cancel != nil {
+		e.cancel()
+		e.grp.Wait()
+	}
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if e.ns != nil {
+		e.ns.Shutdown()
+		e.ns.WaitForShutdown()
+	}
+	os.RemoveAll(e.dir)
+}
