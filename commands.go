@@ -27,6 +27,7 @@ import (
 	"github.com/udpgate/udpgate/client"
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/observe"
 	"github.com/udpgate/udpgate/schemas"
@@ -270,6 +271,11 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 		Log: log,
 	}
 	for _, l := range listeners {
+		gd, err := guard.New(cfg.guardConfig(l))
+		if err != nil {
+			closeListeners(g)
+			return nil, fmt.Errorf("listener %s: %w", l, err)
+		}
 		c, err := ingress.Listen(ctx, l.network(), l.Addr.String(), cfg.RcvBuf)
 		if err != nil {
 			for _, b := range g.Listeners {
@@ -277,7 +283,7 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			}
 			return nil, fmt.Errorf("listener %s: %w", l, err)
 		}
-		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol})
+		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd})
 	}
 	return g, nil
 }
@@ -336,17 +342,26 @@ func observeWorker(obs *observe.Server, w *workers.Server, nc *nats.Conn) error 
 	return nil
 }
 
-// connectNATS connects to cfg.NATSURL for a production process. It fails at
-// once, naming the URL, if no server answers; after that it reconnects
-// forever.
+// connectNATS connects to cfg.NATSURL for a production process, with the
+// credentials and TLS settings of cfg.NATSAuth. It fails at once, naming
+// the URL and the variables to check, if no server answers or the server
+// refuses it; after that it reconnects forever.
 func connectNATS(cfg config, name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(cfg.NATSURL,
+	opts, err := natsOptions(cfg.NATSAuth)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectBufSize(-1), // publishing while disconnected fails at once instead of queueing
 	)
+	nc, err := nats.Connect(string(cfg.NATSURL), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s (UDPGATE_NATS_URL): %w", redactURLs(cfg.NATSURL), err)
+		if hint := natsRefusal(cfg.NATSAuth, string(cfg.NATSURL), err); hint != "" {
+			return nil, fmt.Errorf("cannot connect to NATS at %s (UDPGATE_NATS_URL): %w: %s", cfg.NATSURL, err, hint)
+		}
+		return nil, fmt.Errorf("cannot connect to NATS at %s (UDPGATE_NATS_URL): %w", cfg.NATSURL, err)
 	}
 	return nc, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -24,6 +25,15 @@ import (
 // variable and reporting every problem at once.
 type env struct {
 	NATSURL        string `envconfig:"NATS_URL" default:"nats://127.0.0.1:4222" desc:"NATS server(s) for gateway, worker (comma-separated URLs)"`
+	NATSUser       string `envconfig:"NATS_USER" desc:"NATS user name, with UDPGATE_NATS_PASSWORD"`
+	NATSPassword   string `envconfig:"NATS_PASSWORD" desc:"NATS password of UDPGATE_NATS_USER (never printed)"`
+	NATSToken      string `envconfig:"NATS_TOKEN" desc:"NATS authentication token (never printed)"`
+	NATSNkey       string `envconfig:"NATS_NKEY" desc:"file holding the NATS nkey user seed to authenticate with"`
+	NATSCreds      string `envconfig:"NATS_CREDS" desc:"NATS credentials file (user JWT and seed, as nsc writes it)"`
+	NATSCA         string `envconfig:"NATS_CA" desc:"PEM file of the CA that verifies the NATS server's certificate (turns TLS on)"`
+	NATSCert       string `envconfig:"NATS_CERT" desc:"PEM client certificate for NATS TLS, with UDPGATE_NATS_KEY"`
+	NATSKey        string `envconfig:"NATS_KEY" desc:"PEM private key of UDPGATE_NATS_CERT"`
+	NATSInbox      string `envconfig:"NATS_INBOX_PREFIX" desc:"prefix of this process's NATS reply inboxes (default: _INBOX), for per-user permissions"`
 	Node           string `envconfig:"NODE" desc:"name of this gateway node (default: host name)"`
 	Listeners      string `envconfig:"LISTENERS" desc:"listeners, comma-separated [ADDR:]PORT/PROTOCOL"`
 	DataDir        string `envconfig:"DATA_DIR" default:"./udpgate-data" desc:"JetStream store of the embedded NATS server (run)"`
@@ -51,6 +61,15 @@ type env struct {
 	CoAPPiggyback  string `envconfig:"COAP_PIGGYBACK" default:"500ms" desc:"how long a CON request waits for its worker before an empty ACK"`
 	CoAPBlockSize  string `envconfig:"COAP_BLOCK_SIZE" default:"1024" desc:"largest block of a block-wise CoAP response (16, 32, ... 1024)"`
 	CoAPMaxBody    string `envconfig:"COAP_MAX_BODY" default:"64KiB" desc:"largest CoAP request reassembled from Block1 transfers"`
+	Allow          string `envconfig:"ALLOW" desc:"source prefixes admitted, comma-separated CIDR (empty: all)"`
+	Deny           string `envconfig:"DENY" desc:"source prefixes dropped, comma-separated CIDR; wins over UDPGATE_ALLOW"`
+	Trust          string `envconfig:"TRUST" desc:"source prefixes exempt from the amplification limit, comma-separated CIDR"`
+	Rate           string `envconfig:"RATE" default:"1000" desc:"datagrams per second per source prefix, per listener (0: no limit)"`
+	Burst          string `envconfig:"BURST" default:"2000" desc:"datagrams a source prefix may send at once (0: twice UDPGATE_RATE)"`
+	SourcePrefix   string `envconfig:"SOURCE_PREFIX" default:"32,64" desc:"IPv4,IPv6 prefix lengths that share a source's rate limit"`
+	ListenerRate   string `envconfig:"LISTENER_RATE" default:"0" desc:"datagrams per second per listener from all sources (0: no limit)"`
+	ListenerBurst  string `envconfig:"LISTENER_BURST" default:"0" desc:"datagrams a listener accepts at once (0: twice UDPGATE_LISTENER_RATE)"`
+	Amplification  string `envconfig:"AMPLIFICATION" default:"3" desc:"replies to unvalidated sources are at most this many times the request, as IP packets (0: no limit)"`
 	LambdaFunction string `envconfig:"LAMBDA_FUNCTION" desc:"lambda: the function to invoke (name, ARN or alias)"`
 	LambdaSubjects string `envconfig:"LAMBDA_SUBJECTS" desc:"lambda: subjects the bridge consumes, comma-separated"`
 	LambdaGroup    string `envconfig:"LAMBDA_GROUP" desc:"lambda: worker group (default: lambda-FUNCTION)"`
@@ -64,7 +83,8 @@ type env struct {
 
 // config is the validated configuration.
 type config struct {
-	NATSURL        string
+	NATSURL        natsURLs
+	NATSAuth       natsAuth // credentials and TLS of every NATS connection (not run's)
 	Node           string
 	Listeners      []listener
 	DataDir        string
@@ -92,6 +112,7 @@ type config struct {
 	CoAPPiggyback  time.Duration
 	CoAPBlockSize  int
 	CoAPMaxBody    int
+	Guard          guard.Config // every listener's, unless its entry overrides it
 	Lambda         lambdaConfig
 }
 
@@ -113,6 +134,7 @@ type lambdaConfig struct {
 type listener struct {
 	Addr     netip.AddrPort // address 0.0.0.0 when none was given
 	Protocol string
+	Options  string // ;KEY=VALUE... overriding the guard's defaults, checked (guard_config.go)
 }
 
 func (l listener) String() string { return l.Addr.String() + "/" + l.Protocol }
@@ -145,12 +167,13 @@ func (e env) parse(environ []string) (config, error) {
 		problems = append(problems, envPrefix+"_"+name+": "+fmt.Sprintf(format, args...))
 	}
 	c := config{
-		NATSURL: e.NATSURL, Node: e.Node, DataDir: e.DataDir, Prefix: e.SubjectPrefix,
+		NATSURL: natsURLs(e.NATSURL), Node: e.Node, DataDir: e.DataDir, Prefix: e.SubjectPrefix,
 		Stream: e.Stream, WorkerGroup: e.WorkerGroup,
 	}
-	if strings.TrimSpace(c.NATSURL) == "" {
+	if strings.TrimSpace(e.NATSURL) == "" {
 		bad("NATS_URL", "must not be empty")
 	}
+	c.NATSAuth = e.parseNATSAuth(bad)
 	if c.Node == "" {
 		h, err := os.Hostname()
 		if err != nil || h == "" {
@@ -240,6 +263,7 @@ func (e env) parse(environ []string) (config, error) {
 	} else {
 		c.CoAPMaxBody = int(n)
 	}
+	c.Guard = e.parseGuard(bad)
 	if c.CoAPPiggyback >= c.Deadline && c.Deadline > 0 {
 		bad("COAP_PIGGYBACK", "%s is not shorter than UDPGATE_DEADLINE %s", c.CoAPPiggyback, c.Deadline)
 	}
@@ -378,7 +402,10 @@ func parseListeners(s string) ([]listener, error) {
 			continue
 		}
 		ports[l.Addr.Port()] = l.Protocol
-		if slices.Contains(out, l) {
+		if i := slices.IndexFunc(out, func(o listener) bool { return o.Addr == l.Addr && o.Protocol == l.Protocol }); i >= 0 {
+			if out[i].Options != l.Options {
+				errs = append(errs, fmt.Errorf("%q: %s is already listed with other options", f, out[i]))
+			}
 			continue
 		}
 		out = append(out, l)
@@ -387,7 +414,11 @@ func parseListeners(s string) ([]listener, error) {
 }
 
 func parseListener(f string) (listener, error) {
-	hostport, proto, ok := strings.Cut(f, "/")
+	entry, opts, _ := strings.Cut(f, ";")
+	if err := checkListenerOptions(opts); err != nil {
+		return listener{}, fmt.Errorf("%q: %v", f, err)
+	}
+	hostport, proto, ok := strings.Cut(entry, "/")
 	if !ok {
 		return listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
 	}
@@ -406,7 +437,7 @@ func parseListener(f string) (listener, error) {
 	if ap.Port() == 0 {
 		return listener{}, fmt.Errorf("%q: port must be 1..65535", f)
 	}
-	return listener{Addr: ap, Protocol: proto}, nil
+	return listener{Addr: ap, Protocol: proto, Options: opts}, nil
 }
 
 func parseHostPort(s string) (netip.AddrPort, error) {

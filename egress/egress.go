@@ -46,6 +46,10 @@ type Server struct {
 	// listener port and the time since the request was read. It runs on
 	// the reply path, so it must be quick and should not allocate.
 	Latency func(port uint16, d time.Duration)
+	// Allow, if not nil, is asked before a worker's reply is sent; when it
+	// reports false the reply is dropped (the amplification limit: the
+	// function counts it). It runs on the reply path and must be quick.
+	Allow func(ex exchange.Exchange, status string, header nats.Header, body []byte) bool
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 
@@ -213,6 +217,9 @@ func (s *Server) deliver(msg *nats.Msg) {
 	}
 	if status != schemas.StatusOK {
 		c.workerError.Add(1)
+	}
+	if s.Allow != nil && !s.Allow(ex, status, msg.Header, msg.Data) {
+		return
 	}
 	var err error
 	switch {

@@ -44,6 +44,9 @@ type Exchange struct {
 	Received time.Time
 	// Deadline is when the exchange expires unanswered.
 	Deadline time.Time
+	// Size is how many bytes the client sent for the request, for the
+	// amplification limit; 0 if unknown.
+	Size int
 	// Replier answers the exchange in its protocol; nil for raw listeners,
 	// whose reply is the worker's body as is.
 	Replier Replier
@@ -127,10 +130,11 @@ type slot struct {
 type Table struct {
 	boot string // random, names this table in ids: BOOT-SEQ
 
-	mu    sync.Mutex // guards slots, next and pending
+	mu    sync.Mutex // guards slots, next, open and low
 	slots []slot
 	next  uint64 // last sequence number handed out
 	open  int    // slots in state open
+	low   uint64 // no exchange before this sequence number is open: where Expire starts
 }
 
 // DefaultSize is the capacity of a table made with size 0.
@@ -236,7 +240,8 @@ func (t *Table) Release(seq uint64) (Exchange, bool) {
 // Expire marks every open exchange whose deadline is not after now as
 // expired and calls fn, if not nil, for each, outside the table's lock. It
 // returns how many expired. The table's owner calls it periodically; it
-// costs a walk of the whole ring, in chunks so that Open and Close wait
+// walks the sequence numbers from the oldest exchange still open to the
+// newest (at most the whole ring), in chunks so that Open and Close wait
 // briefly.
 func (t *Table) Expire(now time.Time, fn func(seq uint64, ex Exchange)) int {
 	const chunk = 1024
@@ -245,21 +250,44 @@ func (t *Table) Expire(now time.Time, fn func(seq uint64, ex Exchange)) int {
 		ex  Exchange
 	}
 	n := 0
-	for lo := 0; lo < len(t.slots); lo += chunk {
-		hi := min(lo+chunk, len(t.slots))
+	mask := uint64(len(t.slots) - 1)
+	var seq uint64
+	for {
 		t.mu.Lock()
 		if t.open == 0 {
+			t.low = t.next + 1
 			t.mu.Unlock()
 			break
 		}
-		for i := lo; i < hi; i++ {
-			s := &t.slots[i]
-			if s.state != open || now.Before(s.ex.Deadline) {
+		// A sequence number a whole ring older than the newest has had
+		// its slot taken by a newer one, so it is not open.
+		if oldest := t.next - mask; t.next > mask && t.low < oldest {
+			t.low = oldest
+		}
+		seq = max(seq, t.low)
+		end := min(seq+chunk, t.next+1)
+		if seq >= end {
+			t.mu.Unlock()
+			break
+		}
+		for advance := seq == t.low; seq < end; seq++ {
+			s := &t.slots[seq&mask]
+			if s.seq != seq || s.state != open {
+				if advance {
+					t.low = seq + 1
+				}
+				continue
+			}
+			if now.Before(s.ex.Deadline) {
+				advance = false
 				continue
 			}
 			s.state = expired
 			t.open--
 			n++
+			if advance {
+				t.low = seq + 1
+			}
 			if fn != nil {
 				batch = append(batch, struct {
 					seq uint64

@@ -181,3 +181,87 @@ func BenchmarkOpenClose(b *testing.B) {
 		tb.Close(s, t0)
 	}
 }
+
+// TestExpireMatchesScan runs random opens, closes, releases and sweeps on
+// a small table, with deadlines that differ per exchange and sequence
+// numbers that wrap the ring many times, and checks that Expire expires
+// exactly the open exchanges past their deadline, as a scan of every open
+// exchange would.
+func TestExpireMatchesScan(t *testing.T) {
+	tb := NewTable(16)
+	open := map[uint64]time.Time{} // seq -> deadline, the exchanges open
+	now := t0
+	rnd := uint64(1)
+	next := func(n uint64) uint64 { // xorshift, so that the test repeats
+		rnd ^= rnd << 13
+		rnd ^= rnd >> 7
+		rnd ^= rnd << 17
+		return rnd % n
+	}
+	for step := range 20000 {
+		switch op := next(10); {
+		case op < 5:
+			deadline := now.Add(time.Duration(1+next(50)) * time.Millisecond)
+			seq, expired, ok := tb.Open(ex(deadline), now)
+			if expired.Conn == nil && !ok {
+				continue
+			}
+			if ok {
+				open[seq] = deadline
+			}
+			for s, d := range open { // Open took over an expired slot
+				if s != seq && s&15 == seq&15 {
+					if now.Before(d) {
+						t.Fatalf("step %d: Open %d took the slot of %d, open until %v", step, seq, s, d)
+					}
+					delete(open, s)
+				}
+			}
+		case op < 7:
+			for s := range open {
+				if _, ok := tb.Release(s); !ok {
+					t.Fatalf("step %d: Release(%d) of an open exchange failed", step, s)
+				}
+				delete(open, s)
+				break
+			}
+		case op < 9:
+			now = now.Add(time.Duration(next(5)) * time.Millisecond)
+		default:
+			want := map[uint64]bool{}
+			for s, d := range open {
+				if !now.Before(d) {
+					want[s] = true
+				}
+			}
+			got := map[uint64]bool{}
+			n := tb.Expire(now, func(seq uint64, _ Exchange) { got[seq] = true })
+			if n != len(want) || len(got) != len(want) {
+				t.Fatalf("step %d: Expire = %d (%v), want %v", step, n, got, want)
+			}
+			for s := range want {
+				if !got[s] {
+					t.Fatalf("step %d: Expire missed %d: got %v, want %v", step, s, got, want)
+				}
+				delete(open, s)
+			}
+		}
+		if tb.Len() != len(open) {
+			t.Fatalf("step %d: Len = %d, want %d", step, tb.Len(), len(open))
+		}
+	}
+}
+
+// BenchmarkExpire measures one sweep of a default-size table holding 64
+// open exchanges not yet due, as egress sweeps it ten times a second
+// under a light load.
+func BenchmarkExpire(b *testing.B) {
+	tb := NewTable(0)
+	for range 64 {
+		tb.Open(ex(t0.Add(time.Hour)), t0)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		tb.Expire(t0, nil)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"net"
 	"strconv"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/egress"
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
@@ -30,6 +32,10 @@ import (
 type Listener struct {
 	Conn     *net.UDPConn // bound with ingress.Listen; the gateway closes it
 	Protocol string       // schemas.ProtocolRaw, schemas.ProtocolCoAP or schemas.ProtocolRPC
+	// Guard, if not nil, is the listener's allow and deny lists, rate
+	// limits and amplification limit; nil admits everything and limits
+	// nothing.
+	Guard *guard.Guard
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
@@ -68,6 +74,7 @@ type Stats struct {
 	Ingress map[string]ingress.Stats // by listener, PORT/PROTOCOL
 	CoAP    map[string]coap.Stats    // coap listeners, by PORT/PROTOCOL
 	RPC     map[string]rpc.Stats     // rpc listeners, by PORT/PROTOCOL
+	Guard   map[string]guard.Stats   // guarded listeners, by PORT/PROTOCOL
 	Egress  egress.Stats
 	// EgressByListener are the egress counters by listener, PORT/PROTOCOL
 	// (Unknown is only in Egress: such replies name no listener).
@@ -89,7 +96,7 @@ func (g *Gateway) Stats() Stats {
 	defer g.mu.Unlock()
 	st := Stats{
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
-		EgressByListener: map[string]egress.Stats{},
+		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{},
 	}
 	var byPort map[uint16]egress.Stats
 	if g.egress != nil {
@@ -102,6 +109,9 @@ func (g *Gateway) Stats() Stats {
 		port := uint16(g.Listeners[i].Conn.LocalAddr().(*net.UDPAddr).Port)
 		st.EgressByListener[g.names[i]] = byPort[port]
 		st.Ingress[g.names[i]] = in.Stats()
+		if gd := g.Listeners[i].Guard; gd != nil {
+			st.Guard[g.names[i]] = gd.Stats()
+		}
 		switch g.Listeners[i].Protocol {
 		case schemas.ProtocolCoAP:
 			st.CoAP[g.names[i]] = in.CoAPStats()
@@ -172,6 +182,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Table:   table,
 		Log:     g.Log,
 		Latency: g.Latency,
+		Allow:   amplification(g.Listeners),
 	}
 	ins := make([]*ingress.Server, len(g.Listeners))
 	names := make([]string, len(g.Listeners))
@@ -193,6 +204,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			MaxInFlight: g.MaxInFlight,
 			CoAP:        g.CoAP,
 			Log:         g.Log,
+			Guard:       l.Guard,
 		}
 	}
 	g.mu.Lock()
@@ -214,4 +226,50 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.Ready()
 	close(g.ready)
 	return grp.Wait()
+}
+
+// amplification returns egress's check of raw and rpc replies against
+// their listener's amplification limit, or nil when no listener has a
+// guard. CoAP listeners cut their replies themselves (coap.Edge.Guard).
+func amplification(ls []Listener) func(exchange.Exchange, string, nats.Header, []byte) bool {
+	byPort := map[uint16]*guard.Guard{} // read-only once built
+	for _, l := range ls {
+		if l.Guard != nil && l.Protocol != schemas.ProtocolCoAP {
+			byPort[uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)] = l.Guard
+		}
+	}
+	if len(byPort) == 0 {
+		return nil
+	}
+	return func(ex exchange.Exchange, status string, header nats.Header, body []byte) bool {
+		gd := byPort[ex.Port]
+		if gd == nil {
+			return true
+		}
+		n := len(body)
+		if c, ok := ex.Replier.(*rpc.Call); ok {
+			n = rpcReplySize(c, status, header, body)
+		} else if status != schemas.StatusOK {
+			return true // raw: nothing is sent
+		}
+		return gd.AllowReply(ex.Remote.Addr(), ex.Size, n, time.Now())
+	}
+}
+
+// rpcReplySize returns at least the size of the rpcpb.Reply that
+// rpc.Call.Reply sends for a worker's reply.
+func rpcReplySize(c *rpc.Call, status string, header nats.Header, body []byte) int {
+	varint := func(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
+	field := func(n int) int { return 1 + varint(uint64(n)) + n } // tag, length, value
+	n := 1 + varint(c.ID) + 1 + 5                                 // id, status (a status is below 2^31)
+	if status != schemas.StatusOK {
+		return n
+	}
+	if e := header.Get(schemas.HeaderRPCError); e != "" {
+		n += field(len(e))
+	}
+	if len(body) > 0 {
+		n += field(len(body))
+	}
+	return n
 }

@@ -10,8 +10,6 @@ package ingress
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +25,7 @@ import (
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -71,10 +70,15 @@ type Server struct {
 	// MaxInFlight bounds the publishes awaiting JetStream's acknowledgement
 	// (DefaultMaxInFlight if zero).
 	MaxInFlight int
+	// Guard, if not nil, admits or drops each datagram (allow and deny
+	// lists, rate limits) before it is decoded, and limits what is sent
+	// back to unvalidated sources (see ingress/guard.go).
+	Guard *guard.Guard
 	// Log receives errors; nothing per datagram above Debug. Nil discards.
 	Log *slog.Logger
 
 	stats counters
+	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
 
 	// Set by Serve before any goroutine starts, read-only after.
 	coapEdge  *coap.Edge                // coap listeners only
@@ -85,6 +89,7 @@ type Server struct {
 	listener  string
 	reply     string
 	source    string
+	subject   string // a raw listener's request subject; empty for other protocols
 	wildcard  bool
 	localAddr netip.AddrPort
 }
@@ -146,8 +151,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	js, err := jetstream.New(s.NATS,
 		jetstream.WithPublishAsyncMaxPending(s.MaxInFlight),
 		jetstream.WithPublishAsyncTimeout(s.Deadline),
-		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) {
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
 			s.stats.published.Add(1)
+			s.recycle(msg)
 		}),
 		jetstream.WithPublishAsyncErrHandler(s.publishFailed),
 	)
@@ -216,11 +222,15 @@ func (s *Server) init() error {
 	s.listener = strconv.Itoa(int(s.port)) + "/" + s.Protocol
 	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
 	s.source = schemas.Source(s.Node, s.listener)
+	if s.Protocol == schemas.ProtocolRaw {
+		s.subject = schemas.InSubject(s.Prefix, s.port)
+	}
 	if s.Protocol == schemas.ProtocolCoAP {
 		s.coapEdge = &coap.Edge{
 			Config: s.CoAP,
 			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
 			Log:    s.Log,
+			Guard:  s.Guard,
 		}
 		s.coapEdge.Start()
 		s.coapShown.Store(s.coapEdge)
@@ -293,6 +303,9 @@ func (s *Server) read(queue chan<- datagram) error {
 			s.stats.tooLarge.Add(1)
 			continue
 		}
+		if !s.admit(buf[:n], remote, ctl) {
+			continue // counted by the guard
+		}
 		d := datagram{
 			remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
 			local:  s.localAddr,
@@ -333,7 +346,9 @@ func (s *Server) read(queue chan<- datagram) error {
 
 // publish opens the exchange of each queued datagram and publishes it.
 func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
-	idbuf := make([]byte, 0, 64)
+	// Made once: an option is a closure, and a variadic argument to an
+	// interface method a new slice.
+	stall := []jetstream.PublishOpt{jetstream.WithStallWait(stallWait)}
 	for d := range queue {
 		if !s.NATS.IsConnected() {
 			s.stats.natsDown.Add(1)
@@ -350,6 +365,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			Port:      s.port,
 			Deadline:  deadline,
 			Received:  d.at,
+			Size:      d.size(),
 			Replier:   d.replier(),
 		}, d.at)
 		if expired.Conn != nil {
@@ -363,14 +379,14 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			s.unavailable(d)
 			continue
 		}
-		idbuf = s.Table.AppendID(idbuf[:0], seq)
-		id := string(idbuf)
-		msg := Message(Request{
+		msg, _ := s.msgs.Get().(*nats.Msg)
+		msg = newMessage(msg, &Request{
 			Prefix: s.Prefix, Port: s.port, Listener: s.listener, Source: s.source, Reply: s.reply,
-			ID: id, Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
+			Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
 			Body: d.data, CoAP: d.coap, RPC: d.rpc,
-		})
-		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(stallWait)); err != nil {
+		}, s.subject, s.Table, seq)
+		if _, err := js.PublishMsgAsync(msg, stall...); err != nil {
+			s.recycle(msg)
 			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
 				ex.Replier.Fail(ex, exchange.Unavailable)
 			}
@@ -399,6 +415,22 @@ func (s *Server) publishFailed(_ jetstream.JetStream, msg *nats.Msg, err error) 
 		}
 	}
 	s.Log.Debug("ingress: publish not acknowledged", "listener", s.listener, "err", err)
+	s.recycle(msg)
+}
+
+// recycle keeps msg, a request message whose publish is over, for a later
+// one: its header map is the largest allocation of a request. nats.go
+// holds a message only until it calls the ack or error handler for it, or
+// PublishMsgAsync returns an error (its PubAckFuture, which the publisher
+// drops, is the only other holder), so whoever calls recycle has the last
+// reference.
+func (s *Server) recycle(msg *nats.Msg) {
+	if msg.Subject == "" {
+		return // recycled already: a request message always has a subject
+	}
+	clear(msg.Header)
+	*msg = nats.Msg{Header: msg.Header}
+	s.msgs.Put(msg)
 }
 
 // unavailable answers a request that will not be published, in its
@@ -419,96 +451,4 @@ func (d datagram) replier() exchange.Replier {
 		return d.rpc
 	}
 	return nil
-}
-
-// Request is what a request message is made of: the datagram, where it
-// came from and went to, and the listener's names.
-type Request struct {
-	Prefix   string         // subject prefix
-	Port     uint16         // listener port
-	Listener string         // PORT/PROTOCOL
-	Source   string         // ce-source, schemas.Source
-	Reply    string         // the reply subject of the receiving node
-	ID       string         // correlation id
-	Remote   netip.AddrPort // client
-	Local    netip.AddrPort // where the client sent the datagram
-	Received time.Time
-	Deadline time.Time
-	Body     []byte        // the datagram; for CoAP the payload, for RPC the params
-	CoAP     *coap.Request // a CoAP request, or nil
-	RPC      *rpc.Call     // an RPC call, or nil
-}
-
-// Message returns the request message the gateway publishes for r: the
-// subject and headers of the wire contract (schemas/README.md). pcap
-// import builds its messages with it too, so imported traffic is
-// indistinguishable from live traffic.
-func Message(r Request) *nats.Msg {
-	msg := &nats.Msg{
-		Subject: schemas.InSubject(r.Prefix, r.Port),
-		Data:    r.Body,
-		Header: nats.Header{
-			schemas.HeaderSpecVersion: {schemas.SpecVersion},
-			schemas.HeaderCEID:        {r.ID},
-			schemas.HeaderSource:      {r.Source},
-			schemas.HeaderType:        {schemas.TypeRaw},
-			schemas.HeaderTime:        {r.Received.UTC().Format(time.RFC3339Nano)},
-			schemas.HeaderID:          {r.ID},
-			schemas.HeaderRemote:      {r.Remote.String()},
-			schemas.HeaderLocal:       {r.Local.String()},
-			schemas.HeaderListener:    {r.Listener},
-			schemas.HeaderDeadline:    {strconv.FormatInt(r.Deadline.UnixMilli(), 10)},
-			schemas.HeaderReply:       {r.Reply},
-		},
-	}
-	switch {
-	case r.CoAP != nil:
-		coapMessage(msg, r.Prefix, r.Port, r.CoAP)
-	case r.RPC != nil:
-		rpcMessage(msg, r.Prefix, r.Port, r.RPC)
-	}
-	return msg
-}
-
-// rpcMessage turns msg into an RPC call message: its subject names the
-// service and method, headers carry the call's id.
-func rpcMessage(msg *nats.Msg, prefix string, port uint16, c *rpc.Call) {
-	msg.Subject = schemas.RPCSubject(prefix, port, c.Service, c.Method)
-	h := msg.Header
-	h[schemas.HeaderType] = []string{schemas.TypeRPC}
-	h[schemas.HeaderRPCService] = []string{c.Service}
-	h[schemas.HeaderRPCMethod] = []string{c.Method}
-	h[schemas.HeaderRPCID] = []string{strconv.FormatUint(c.ID, 10)}
-}
-
-// coapMessage turns msg into a CoAP request message: its subject names the
-// method and path, and headers carry the decoded fields.
-func coapMessage(msg *nats.Msg, prefix string, port uint16, r *coap.Request) {
-	msg.Subject = schemas.CoAPSubject(prefix, port, r.Method, r.Segments)
-	h := msg.Header
-	h[schemas.HeaderType] = []string{schemas.TypeCoAP}
-	h[schemas.HeaderCoAPMethod] = []string{r.Method}
-	h[schemas.HeaderCoAPPath] = []string{r.Path}
-	if r.Query != "" {
-		h[schemas.HeaderCoAPQuery] = []string{r.Query}
-	}
-	if r.ContentFormat >= 0 {
-		h[schemas.HeaderCoAPContentFormat] = []string{strconv.Itoa(r.ContentFormat)}
-	}
-	if r.Accept >= 0 {
-		h[schemas.HeaderCoAPAccept] = []string{strconv.Itoa(r.Accept)}
-	}
-	h[schemas.HeaderCoAPToken] = []string{hex.EncodeToString(r.Token)}
-	typ := "NON"
-	if r.Confirmable {
-		typ = "CON"
-	}
-	h[schemas.HeaderCoAPType] = []string{typ}
-	h[schemas.HeaderCoAPMessageID] = []string{strconv.Itoa(int(r.MessageID))}
-	if r.Head != nil {
-		h[schemas.HeaderDatagramHead] = []string{base64.StdEncoding.EncodeToString(r.Head)}
-	}
-	// A retransmission that reaches the stream again (after a gateway
-	// restart, or through another node) is dropped by JetStream.
-	h[jetstream.MsgIDHeader] = []string{r.MsgID}
 }

@@ -41,6 +41,11 @@ const (
 	ReasonLateReply      = "late_reply"
 	ReasonDuplicateReply = "duplicate_reply"
 	ReasonSendError      = "send_error"
+	ReasonDenied         = "denied"
+	ReasonNotAllowed     = "not_allowed"
+	ReasonRateLimited    = "rate_limited"
+	ReasonGlobalLimited  = "global_limited"
+	ReasonAmplification  = "amplification"
 )
 
 var (
@@ -63,6 +68,16 @@ var (
 		"Messages of a CoAP listener's messaging layer, by kind.", []string{"port", "kind"}, nil)
 	descRPC = prometheus.NewDesc("udpgate_rpc_replies_total",
 		"Reply envelopes of an rpc listener, by kind.", []string{"port", "kind"}, nil)
+	descCut = prometheus.NewDesc("udpgate_replies_cut_total",
+		"Replies to unvalidated sources cut to fit the amplification limit (CoAP: smaller Block2 blocks, or 4.01 with an Echo).", listenerLabels, nil)
+	descValidated = prometheus.NewDesc("udpgate_sources_validated_total",
+		"Sources that showed they receive at their address (CoAP Echo, acknowledged separate response).", listenerLabels, nil)
+	descBuckets = prometheus.NewDesc("udpgate_source_buckets",
+		"Per-source rate-limit buckets in use.", listenerLabels, nil)
+	descBucketsCap = prometheus.NewDesc("udpgate_source_buckets_capacity",
+		"Size of the per-source rate-limit table (0: no per-source limit).", listenerLabels, nil)
+	descEvictions = prometheus.NewDesc("udpgate_source_bucket_evictions_total",
+		"Per-source buckets reused for another source because the table was full.", listenerLabels, nil)
 	descUnknown = prometheus.NewDesc("udpgate_replies_unknown_total",
 		"Workers' replies naming no exchange of this process.", nil, nil)
 	descPending = prometheus.NewDesc("udpgate_pending_exchanges",
@@ -83,7 +98,8 @@ type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descAnswered, descDropped, descWorkerErrors,
-		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity} {
+		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity,
+		descCut, descValidated, descBuckets, descBucketsCap, descEvictions} {
 		ch <- d
 	}
 }
@@ -102,6 +118,12 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descWorkerErrors, eg.WorkerError, port, protocol)
 		counter(descReadErrors, in.ReadErrors, port, protocol)
 		malformed := st.CoAP[name].Malformed + st.RPC[name].Malformed
+		gs := st.Guard[name] // zero for a listener without a guard
+		counter(descCut, gs.Cut, port, protocol)
+		counter(descValidated, gs.Validations, port, protocol)
+		counter(descEvictions, gs.Evictions, port, protocol)
+		ch <- prometheus.MustNewConstMetric(descBuckets, prometheus.GaugeValue, float64(gs.Sources), port, protocol)
+		ch <- prometheus.MustNewConstMetric(descBucketsCap, prometheus.GaugeValue, float64(gs.SourceCapacity), port, protocol)
 		for _, r := range []struct {
 			reason string
 			n      uint64
@@ -118,6 +140,11 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			{ReasonLateReply, eg.Late},
 			{ReasonDuplicateReply, eg.Duplicate},
 			{ReasonSendError, eg.SendErrors},
+			{ReasonDenied, gs.Denied},
+			{ReasonNotAllowed, gs.NotAllowed},
+			{ReasonRateLimited, gs.RateLimited},
+			{ReasonGlobalLimited, gs.GlobalLimited},
+			{ReasonAmplification, gs.Dropped},
 		} {
 			counter(descDropped, r.n, port, protocol, r.reason)
 		}
@@ -131,7 +158,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 				{"block_served", cs.BlocksServed}, {"piggybacked", cs.Piggybacked}, {"separate", cs.Separate},
 				{"retransmission", cs.Retransmissions}, {"gave_up", cs.GaveUp}, {"reset", cs.Resets},
 				{"timeout", cs.Timeouts}, {"unavailable", cs.Unavailable}, {"evicted", cs.Evicted},
-				{"send_error", cs.SendErrors},
+				{"send_error", cs.SendErrors}, {"too_many_requests", cs.TooManyRequests}, {"echo_challenge", cs.EchoChallenges},
 			} {
 				counter(descCoAP, k.n, port, k.kind)
 			}

@@ -1,7 +1,5 @@
 package schemas
 
-import "strconv"
-
 // CloudEvents type of CoAP request messages.
 const TypeCoAP = "io.udpgate.coap.request"
 
@@ -53,17 +51,20 @@ const (
 func CoAPSubject(prefix string, port uint16, method string, segments []string) string {
 	n := len(prefix) + 12 + len(method)
 	for _, s := range segments {
-		n += len(s) + 1
+		n += EscapedLen(s) + 1
 	}
-	b := make([]byte, 0, n+8)
-	b = append(b, prefix...)
-	b = append(b, ".in."...)
-	b = strconv.AppendUint(b, uint64(port), 10)
-	b = append(b, '.')
-	b = append(b, method...)
+	return string(AppendCoAPSubject(make([]byte, 0, n), prefix, port, method, segments))
+}
+
+// AppendCoAPSubject appends CoAPSubject(prefix, port, method, segments) to
+// dst.
+func AppendCoAPSubject(dst []byte, prefix string, port uint16, method string, segments []string) []byte {
+	dst = AppendInSubject(dst, prefix, port)
+	dst = append(dst, '.')
+	dst = append(dst, method...)
 	for _, s := range segments {
-		b = append(b, '.')
-		b = append(b, EscapeToken(s)...)
+		dst = append(dst, '.')
+		dst = AppendEscapedToken(dst, s)
 	}
-	return string(b)
+	return dst
 }

@@ -20,3 +20,12 @@ const (
 func RPCSubject(prefix string, port uint16, service, method string) string {
 	return InSubject(prefix, port) + "." + EscapeToken(service) + "." + EscapeToken(method)
 }
+
+// AppendRPCSubject appends RPCSubject(prefix, port, service, method) to dst.
+func AppendRPCSubject(dst []byte, prefix string, port uint16, service, method string) []byte {
+	dst = AppendInSubject(dst, prefix, port)
+	dst = append(dst, '.')
+	dst = AppendEscapedToken(dst, service)
+	dst = append(dst, '.')
+	return AppendEscapedToken(dst, method)
+}

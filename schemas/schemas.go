@@ -84,6 +84,13 @@ func InSubject(prefix string, port uint16) string {
 	return prefix + ".in." + strconv.FormatUint(uint64(port), 10)
 }
 
+// AppendInSubject appends InSubject(prefix, port) to dst.
+func AppendInSubject(dst []byte, prefix string, port uint16) []byte {
+	dst = append(dst, prefix...)
+	dst = append(dst, ".in."...)
+	return strconv.AppendUint(dst, uint64(port), 10)
+}
+
 // InWildcard returns the subject filter that covers every request subject:
 // PREFIX.in.>. It is the subject of the capture stream.
 func InWildcard(prefix string) string {
@@ -135,6 +142,23 @@ func EscapeToken(s string) string {
 		b.WriteByte(hex[c&0x0f])
 	}
 	return b.String()
+}
+
+// AppendEscapedToken appends EscapeToken(s) to dst.
+func AppendEscapedToken(dst []byte, s string) []byte {
+	if s == "" {
+		return append(dst, '~')
+	}
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if plainByte(c) {
+			dst = append(dst, c)
+			continue
+		}
+		dst = append(dst, '~', hex[c>>4], hex[c&0x0f])
+	}
+	return dst
 }
 
 // EscapedLen returns len(EscapeToken(s)) without building it.

@@ -40,6 +40,18 @@ func TestSubjects(t *testing.T) {
 	if got := InSubject("udpgate", 9000); got != "udpgate.in.9000" {
 		t.Errorf("InSubject = %q", got)
 	}
+	if got := AppendInSubject([]byte("x "), "udpgate", 9000); string(got) != "x udpgate.in.9000" {
+		t.Errorf("AppendInSubject = %q", got)
+	}
+	if got := CoAPSubject("udpgate", 5683, "GET", []string{"a.b", "", "c"}); got != "udpgate.in.5683.GET.a~2Eb.~.c" {
+		t.Errorf("CoAPSubject = %q", got)
+	}
+	if got := AppendCoAPSubject([]byte("x "), "udpgate", 5683, "GET", nil); string(got) != "x udpgate.in.5683.GET" {
+		t.Errorf("AppendCoAPSubject = %q", got)
+	}
+	if got, want := string(AppendRPCSubject(nil, "udpgate", 7000, "places.v1", "Get")), RPCSubject("udpgate", 7000, "places.v1", "Get"); got != want || got != "udpgate.in.7000.places~2Ev1.Get" {
+		t.Errorf("AppendRPCSubject = %q, RPCSubject = %q", got, want)
+	}
 	if got := InWildcard("acme.udp"); got != "acme.udp.in.>" {
 		t.Errorf("InWildcard = %q", got)
 	}
@@ -56,6 +68,9 @@ func FuzzEscapeToken(f *testing.F) {
 		tok := EscapeToken(s)
 		if tok == "" || strings.ContainsAny(tok, ".*> \t\r\n") || !utf8.ValidString(tok) {
 			t.Fatalf("EscapeToken(%q) = %q is not a subject token", s, tok)
+		}
+		if app := AppendEscapedToken([]byte("x."), s); string(app) != "x."+tok {
+			t.Fatalf("AppendEscapedToken(%q) = %q, want %q", s, app, "x."+tok)
 		}
 		if EscapedLen(s) != len(tok) {
 			t.Fatalf("EscapedLen(%q) = %d, len(EscapeToken) = %d", s, EscapedLen(s), len(tok))

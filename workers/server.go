@@ -157,8 +157,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for range concurrency {
 		wg.Go(func() {
+			// Each handler goroutine reuses one response and one
+			// keepalive for the requests it handles, one at a time.
+			w := &response{}
+			k := newKeepalive(r.keepalive)
 			for msg := range work {
-				r.handle(ctx, msg)
+				r.handle(ctx, msg, w, k)
 			}
 		})
 	}
@@ -260,7 +264,7 @@ func sameSubjects(a, b []string) bool {
 // pullExpiry is how long one pull request lasts; see Serve.
 const pullExpiry = 5 * time.Second
 
-// wakeEvery bounds how long the fetch loop waits in Next.
+// wakeEvery bounds how long the fetch loop waits in Next; see fetch.
 const wakeEvery = 250 * time.Millisecond
 
 // run is the state of one Serve call, shared by its goroutines.
@@ -288,16 +292,11 @@ func (r *run) giveBack(msg jetstream.Msg) {
 // cancellation it drains it and gives back the requests no handler has
 // taken.
 func (r *run) fetch(ctx context.Context, it jetstream.MessagesContext, work chan<- jetstream.Msg) error {
+	var wake wakeup
+	defer wake.stop()
 	var last error // the last error Next reported before the iterator closed
 	for {
-		// Next wakes up every wakeEvery even if nothing arrives: the
-		// iterator decides to send a new pull request only inside Next,
-		// and can miss the moment when a pull was still being sent as
-		// its last requested message was taken, leaving it with no pull
-		// outstanding until a missed heartbeat resets it.
-		next, cancel := context.WithTimeout(ctx, wakeEvery)
-		msg, err := it.Next(jetstream.NextContext(next))
-		cancel()
+		msg, err := it.Next(wake.opts(ctx)...)
 		if ctx.Err() != nil {
 			if err == nil {
 				r.giveBack(msg)
@@ -312,7 +311,7 @@ func (r *run) fetch(ctx context.Context, it jetstream.MessagesContext, work chan
 			return err
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			continue
+			continue // woken up: Next checks the pull requests again
 		}
 		if err != nil {
 			r.log.Warn("workers: fetch", "err", err)
@@ -338,9 +337,41 @@ func (r *run) fetch(ctx context.Context, it jetstream.MessagesContext, work chan
 	}
 }
 
+// wakeup makes Next wake up every wakeEvery even if nothing arrives: the
+// iterator decides to send a new pull request only inside Next, and can
+// miss the moment when a pull was still being sent as its last requested
+// message was taken, leaving it with no pull outstanding until a missed
+// heartbeat resets it. Waits share a wake-up period: its context ends
+// wakeEvery after it starts, and the next period starts when a Next
+// returns after that. Under load Next returns many times per period, so a
+// period's context and option are made a few times a second, not once per
+// request.
+type wakeup struct {
+	ctx    context.Context // the current period's; nil before the first
+	cancel context.CancelFunc
+	next   []jetstream.NextOpt // NextContext(ctx), as Next takes it
+}
+
+// opts returns the Next options of the current period, starting a new one
+// if it is over.
+func (w *wakeup) opts(parent context.Context) []jetstream.NextOpt {
+	if w.ctx == nil || w.ctx.Err() != nil {
+		w.stop()
+		w.ctx, w.cancel = context.WithTimeout(parent, wakeEvery)
+		w.next = []jetstream.NextOpt{jetstream.NextContext(w.ctx)}
+	}
+	return w.next
+}
+
+func (w *wakeup) stop() {
+	if w.cancel != nil {
+		w.cancel()
+	}
+}
+
 // handle runs the handler on one request and maps the outcome, as the
 // package documentation describes.
-func (r *run) handle(ctx context.Context, msg jetstream.Msg) {
+func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive) {
 	req, err := parseRequest(msg.Subject(), msg.Headers(), msg.Data())
 	if err != nil {
 		r.log.Debug("workers: malformed request", "subject", req.Subject, "id", req.ID, "err", err)
@@ -354,9 +385,9 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 
-	w := &response{}
+	w.reset()
 	start := time.Now()
-	err = r.call(ctx, msg, w, req)
+	err = r.call(ctx, msg, w, k, req)
 	if r.HandlerLatency != nil {
 		r.HandlerLatency(time.Since(start))
 	}
@@ -383,9 +414,9 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg) {
 
 // call runs the handler with the request's deadline and a keepalive,
 // turning a panic into an error.
-func (r *run) call(ctx context.Context, msg jetstream.Msg, w *response, req *Request) (err error) {
-	if r.keepalive > 0 {
-		k := startKeepalive(msg, r.keepalive)
+func (r *run) call(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive, req *Request) (err error) {
+	if k != nil {
+		k.start(msg)
 		defer k.stop()
 	}
 	if !req.Deadline.IsZero() {
@@ -413,7 +444,8 @@ func (r *run) reply(msg jetstream.Msg, req *Request, w *response) {
 		return
 	}
 	h := w.Header()
-	h.Set(schemas.HeaderID, req.ID)
+	w.id[0] = req.ID
+	h[schemas.HeaderID] = w.id[:1:1]
 	if err := r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: h, Data: w.body}); err != nil {
 		r.log.Debug("workers: publish reply", "subject", req.Subject, "id", req.ID, "err", err)
 		r.fail(msg, req)
@@ -467,23 +499,36 @@ func expired(deadline time.Time) bool {
 }
 
 // keepalive tells JetStream that a request is in progress every interval
-// while its handler runs, so that it is not redelivered. A fast handler
-// costs one timer and no goroutine.
+// while its handler runs, so that it is not redelivered. A handler
+// goroutine reuses one for every request it handles: a fast handler costs
+// a timer reset and stop, and no goroutine.
 type keepalive struct {
-	msg      jetstream.Msg
 	interval time.Duration
-	mu       sync.Mutex // guards stopped and timer, and serializes tick with stop
-	stopped  bool
 	timer    *time.Timer
+	mu       sync.Mutex     // guards msg and stopped, and serializes fire with stop
+	msg      jetstream.Msg  // the request in progress
+	stopped  bool           // stop was called after the last start
 	tick     sync.WaitGroup // a tick that fired during stop, which stop waits for
 }
 
-func startKeepalive(msg jetstream.Msg, interval time.Duration) *keepalive {
-	k := &keepalive{msg: msg, interval: interval}
-	k.mu.Lock()
-	k.timer = time.AfterFunc(interval, k.fire)
-	k.mu.Unlock()
+// newKeepalive returns a stopped keepalive, or nil if interval is not
+// positive.
+func newKeepalive(interval time.Duration) *keepalive {
+	if interval <= 0 {
+		return nil
+	}
+	k := &keepalive{interval: interval, stopped: true}
+	k.timer = time.AfterFunc(time.Hour, k.fire)
+	k.timer.Stop()
 	return k
+}
+
+// start starts sending keepalives for msg. k must be stopped.
+func (k *keepalive) start(msg jetstream.Msg) {
+	k.mu.Lock()
+	k.msg, k.stopped = msg, false
+	k.timer.Reset(k.interval)
+	k.mu.Unlock()
 }
 
 func (k *keepalive) fire() {
@@ -497,10 +542,12 @@ func (k *keepalive) fire() {
 	k.timer.Reset(k.interval)
 }
 
-// stop stops the keepalive and waits for a tick that is under way.
+// stop stops the keepalive and waits for a tick that is under way, so
+// that no InProgress follows it.
 func (k *keepalive) stop() {
 	k.mu.Lock()
 	k.stopped = true
+	k.msg = nil
 	// While mu is held, fire has either re-armed the timer (Stop returns
 	// true) or fired and waits for mu, to find stopped set.
 	pending := !k.timer.Stop()

@@ -829,3 +829,50 @@ func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
 	}
 	return nil
 }
+
+// TestHandlerStateReused runs requests one after another on one handler
+// goroutine, which reuses its response and keepalive: nothing of a reply
+// leaks into the next, and a slow request after a fast one still gets its
+// keepalives.
+func TestHandlerStateReused(t *testing.T) {
+	e := newEnv(t)
+	const ackWait = 300 * time.Millisecond
+	s := &workers.Server{
+		JetStream: e.js, Group: "g", Subjects: []string{subject}, AckWait: ackWait, Concurrency: 1,
+		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+			switch r.ID {
+			case "slow-1", "slow-2":
+				select { // outlive AckWait
+				case <-time.After(3 * ackWait):
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				w.Header().Set("x-slow", "yes")
+			case "silent":
+				return nil
+			}
+			_, err := fmt.Fprintf(w, "%s %d", r.ID, r.Delivery)
+			return err
+		}),
+	}
+	serve(t, s)
+	e.waitPulling(t, "g", 1)
+	for _, id := range []string{"slow-1", "fast", "silent", "slow-2", "fast-2"} {
+		e.send(t, id, "")
+	}
+	for _, want := range []struct{ id, body, slow string }{
+		{"slow-1", "slow-1 1", "yes"}, {"fast", "fast 1", ""}, {"slow-2", "slow-2 1", "yes"}, {"fast-2", "fast-2 1", ""},
+	} {
+		m := e.next(t)
+		if got := m.Header.Get(schemas.HeaderID); got != want.id || string(m.Data) != want.body || m.Header.Get("x-slow") != want.slow {
+			t.Errorf("reply %q %q x-slow %q; want %q %q %q", got, m.Data, m.Header.Get("x-slow"), want.id, want.body, want.slow)
+		}
+		if n := len(m.Header); n != 1+len(want.slow)/3 {
+			t.Errorf("reply %s has headers %v", want.id, m.Header)
+		}
+	}
+	if info := e.waitSettled(t, "g"); info.NumRedelivered != 0 {
+		t.Errorf("redelivered %d, want 0", info.NumRedelivered)
+	}
+	waitStats(t, s, workers.Stats{Handled: 5, Replied: 4})
+}

@@ -208,11 +208,28 @@ func (f HandlerFunc) Handle(ctx context.Context, w ResponseWriter, r *Request) e
 	return f(ctx, w, r)
 }
 
-// response is the ResponseWriter the Server passes to handlers.
+// response is the ResponseWriter the Server passes to handlers. A handler
+// goroutine reuses one for every request it handles: the reply is
+// published, and nats.go has copied it, before the next request.
 type response struct {
-	header nats.Header // allocated on the first Header call
+	header nats.Header // allocated on the first Header call, then kept
 	body   []byte
-	wrote  bool // Write was called
+	wrote  bool      // Write was called
+	id     [1]string // the value of the reply's udpgate-id
+}
+
+// maxKeptBody bounds the reply buffer a response keeps between requests.
+const maxKeptBody = 64 << 10
+
+// reset readies w for the next request, keeping its memory.
+func (w *response) reset() {
+	clear(w.header)
+	w.body = w.body[:0]
+	if cap(w.body) > maxKeptBody {
+		w.body = nil // one large reply does not pin its memory
+	}
+	w.wrote = false
+	w.id[0] = ""
 }
 
 func (w *response) Header() nats.Header {

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/udpgate/udpgate/guard"
+)
+
+// parseGuard checks the guard variables, every listener's defaults, and
+// reports each bad one through bad.
+func (e env) parseGuard(bad func(name, format string, args ...any)) guard.Config {
+	var c guard.Config
+	set := func(name, key, value string) {
+		if err := setGuard(&c, key, value); err != nil {
+			bad(name, "%v", err)
+		}
+	}
+	set("ALLOW", "allow", e.Allow)
+	set("DENY", "deny", e.Deny)
+	set("TRUST", "trust", e.Trust)
+	set("RATE", "rate", e.Rate)
+	set("BURST", "burst", e.Burst)
+	set("SOURCE_PREFIX", "source_prefix", e.SourcePrefix)
+	set("LISTENER_RATE", "listener_rate", e.ListenerRate)
+	set("LISTENER_BURST", "listener_burst", e.ListenerBurst)
+	set("AMPLIFICATION", "amplification", e.Amplification)
+	return c
+}
+
+// listenerOptions are the keys a UDPGATE_LISTENERS entry may set after
+// the listener, each overriding its variable for that listener only:
+// 5683/coap;rate=50;burst=100;allow=10.0.0.0/8 192.0.2.0/24. Prefix lists
+// in an entry are separated by spaces (commas separate listeners).
+var listenerOptions = map[string]string{
+	"allow": "ALLOW", "deny": "DENY", "trust": "TRUST", "rate": "RATE", "burst": "BURST",
+	"source_prefix": "SOURCE_PREFIX", "listener_rate": "LISTENER_RATE", "listener_burst": "LISTENER_BURST",
+	"amplification": "AMPLIFICATION",
+}
+
+// checkListenerOptions checks the ;KEY=VALUE options of a listener entry.
+func checkListenerOptions(opts string) error {
+	var c guard.Config
+	return applyListenerOptions(&c, opts)
+}
+
+// applyListenerOptions sets c from the ;KEY=VALUE options of a listener
+// entry. Every bad option is reported.
+func applyListenerOptions(c *guard.Config, opts string) error {
+	if opts == "" {
+		return nil
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for _, kv := range strings.Split(opts, ";") {
+		key, value, ok := strings.Cut(kv, "=")
+		key = strings.TrimSpace(key)
+		if _, known := listenerOptions[key]; !known || !ok {
+			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification", kv))
+			continue
+		}
+		if seen[key] {
+			errs = append(errs, fmt.Errorf("option %s given twice", key))
+			continue
+		}
+		seen[key] = true
+		if err := setGuard(c, key, value); err != nil {
+			errs = append(errs, fmt.Errorf("option %v", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// setGuard sets the field of c named key from its text.
+func setGuard(c *guard.Config, key, value string) error {
+	value = strings.TrimSpace(value)
+	rate := func(dst *float64) error {
+		f, err := strconv.ParseFloat(value, 64)
+		if err != nil || f < 0 || f > 1e9 || math.IsNaN(f) {
+			return fmt.Errorf("%s=%q is not a rate between 0 (no limit) and 1e9 per second", key, value)
+		}
+		*dst = f
+		return nil
+	}
+	count := func(dst *int, hi int, what string) error {
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 0 || n > hi {
+			return fmt.Errorf("%s=%q is not %s between 0 and %d", key, value, what, hi)
+		}
+		*dst = n
+		return nil
+	}
+	prefixes := func(dst *[]netip.Prefix) error {
+		ps, err := guard.ParsePrefixes(value)
+		if err != nil {
+			return fmt.Errorf("%s: %v", key, err)
+		}
+		*dst = ps
+		return nil
+	}
+	switch key {
+	case "allow":
+		return prefixes(&c.Allow)
+	case "deny":
+		return prefixes(&c.Deny)
+	case "trust":
+		return prefixes(&c.Trust)
+	case "rate":
+		return rate(&c.Rate)
+	case "listener_rate":
+		return rate(&c.ListenerRate)
+	case "burst":
+		return count(&c.Burst, 1<<30, "a burst")
+	case "listener_burst":
+		return count(&c.ListenerBurst, 1<<30, "a burst")
+	case "amplification":
+		return count(&c.Factor, 1000, "a factor")
+	case "source_prefix":
+		f := strings.FieldsFunc(value, func(r rune) bool { return r == ',' || r == ' ' || r == '/' })
+		var v4, v6 int
+		if len(f) != 2 {
+			return fmt.Errorf("%s=%q is not V4,V6 prefix lengths (like 32,64)", key, value)
+		}
+		var err4, err6 error
+		v4, err4 = strconv.Atoi(f[0])
+		v6, err6 = strconv.Atoi(f[1])
+		if err4 != nil || err6 != nil || v4 < 1 || v4 > 32 || v6 < 1 || v6 > 128 {
+			return fmt.Errorf("%s=%q is not V4,V6 prefix lengths in 1..32 and 1..128 (like 32,64)", key, value)
+		}
+		c.Prefix4, c.Prefix6 = v4, v6
+		return nil
+	}
+	return fmt.Errorf("unknown option %s", key)
+}
+
+// guardConfig returns the guard configuration of listener l: the
+// variables' values, overridden by l's options.
+func (c config) guardConfig(l listener) guard.Config {
+	g := c.Guard
+	// Checked by parseListener already.
+	_ = applyListenerOptions(&g, l.Options)
+	return g
+}
