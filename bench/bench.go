@@ -75,6 +75,12 @@ type Config struct {
 	// Short, if positive, replaces a socket by a fresh one (a new source
 	// port) after it has sent this many requests.
 	Short int
+	// Warmup, in a closed loop, is a number of requests sent first on the
+	// same sockets and not measured: the run's counts, latencies and
+	// Duration begin with the first request after them. It brings a
+	// target's state per client (caches, tables) to what long-lived
+	// clients would have built. An open loop ignores it.
+	Warmup int
 	// Timeout is how long a request waits for its reply before it is
 	// lost; DefaultTimeout if zero.
 	Timeout time.Duration
@@ -190,6 +196,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		cfg.Sockets = cfg.Concurrency
 	}
 	r := &run{cfg: cfg, t: t, raddr: raddr, live: map[*sock]struct{}{}, stop: make(chan struct{}), finished: make(chan struct{})}
+	if cfg.Rate > 0 || cfg.Warmup < 0 {
+		cfg.Warmup = 0
+	}
+	r.warmLeft.Store(int64(cfg.Warmup))
 	r.limit = t.codec.perSocket()
 	if cfg.Short > 0 && (r.limit == 0 || cfg.Short < r.limit) {
 		r.limit = cfg.Short
@@ -210,10 +220,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	r.slots[0].cur = k
 
 	var senders sync.WaitGroup
-	if cfg.Duration > 0 {
-		r.end = cfg.Duration
+	if cfg.Duration > 0 && cfg.Warmup == 0 {
+		r.end = cfg.Duration // with a warm-up, the timer set by beginMeasuring ends it
 	}
-	if cfg.Duration > 0 && cfg.Rate <= 0 { // an open loop's pace stops it
+	if cfg.Duration > 0 && cfg.Rate <= 0 && cfg.Warmup == 0 { // an open loop's pace stops it
 		stopTimer := time.AfterFunc(cfg.Duration, r.halt)
 		defer stopTimer.Stop()
 	}
@@ -245,6 +255,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	<-r.stop
 	senders.Wait()
+	r.mu.Lock()
+	if r.stopTimer != nil {
+		r.stopTimer.Stop()
+	}
+	r.mu.Unlock()
 	r.stopped.Store(int64(r.now()))
 	for _, s := range r.slots {
 		s.close()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,6 +94,24 @@ func TestClosedLoopCount(t *testing.T) {
 				t.Errorf("rate %v mode %q", res.Rate, res.Mode)
 			}
 		})
+	}
+}
+
+// TestWarmup: warm-up requests go out on the same sockets before the
+// measured ones and are counted nowhere, not even when they are lost.
+func TestWarmup(t *testing.T) {
+	var seen atomic.Int64
+	target := serve(t, func(n int) bool {
+		seen.Add(1)
+		return n%10 == 0 && n < 40 // lose some warm-up requests only
+	})
+	res := runBench(t, Config{Target: target, Concurrency: 4, Sockets: 2, Count: 30, Warmup: 40, Timeout: 200 * time.Millisecond})
+	if res.Sent != 30 || res.Answered != 30 || res.Lost != 0 || res.SocketsOpened != 2 {
+		t.Errorf("sent %d, answered %d, lost %d on %d sockets; want 30 sent and answered, none lost, 2 sockets",
+			res.Sent, res.Answered, res.Lost, res.SocketsOpened)
+	}
+	if n := seen.Load(); n != 70 {
+		t.Errorf("the server saw %d requests, want 40 warm-up + 30", n)
 	}
 }
 

@@ -29,6 +29,9 @@ type run struct {
 	last     atomic.Int64  // the latest reply, since start
 
 	claimed                                    atomic.Int64
+	warmLeft                                   atomic.Int64 // warm-up requests still to send
+	measured                                   atomic.Int64 // when measuring began, since start
+	stopTimer                                  *time.Timer  // closed loop with a warm-up: set when measuring begins; guarded by mu
 	ids                                        atomic.Uint64
 	sent, answered, failed, lost, errs, behind atomic.Int64
 	opened                                     atomic.Int64
@@ -63,7 +66,7 @@ func (r *run) claim() bool {
 	}
 	// An open loop's pace ends it at its duration by the due times.
 	closedEnd := r.end > 0 && r.cfg.Rate <= 0 && r.now() >= r.end
-	if closedEnd || (r.cfg.Count > 0 && r.claimed.Add(1) > int64(r.cfg.Count)) {
+	if closedEnd || (r.cfg.Count > 0 && r.claimed.Add(1) > int64(r.cfg.Count+r.cfg.Warmup)) {
 		r.halt()
 		return false
 	}
@@ -191,7 +194,7 @@ func (r *run) dial(s *slot) (*sock, error) {
 	if r.cfg.Short == 0 {
 		c.SetReadBuffer(1 << 20) // best effort: replies to an open loop come in bursts
 	}
-	k.pending = make(map[uint64]time.Duration, max(r.cfg.Concurrency/len(r.slots), 1))
+	k.pending = make(map[uint64]pend, max(r.cfg.Concurrency/len(r.slots), 1))
 	r.mu.Lock()
 	r.live[k] = struct{}{}
 	r.mu.Unlock()
@@ -226,7 +229,7 @@ func (r *run) result() Result {
 	if r.cfg.Rate > 0 {
 		res.Mode, res.TargetRate, res.Concurrency = "open", r.cfg.Rate, 0
 	}
-	res.Elapsed = time.Duration(max(r.stopped.Load(), r.last.Load()))
+	res.Elapsed = time.Duration(max(r.stopped.Load(), r.last.Load()) - r.measured.Load())
 	res.Seconds = res.Elapsed.Seconds()
 	if res.Elapsed > 0 {
 		n := res.Answered
@@ -277,9 +280,13 @@ func (s *slot) send(at time.Duration) error {
 	}
 	id := r.ids.Add(1)
 	s.wbuf = r.t.codec.request(s.wbuf[:0], id, int(k.base)+k.n)
+	warm := r.cfg.Warmup > 0 && r.warmLeft.Add(-1) >= 0
+	if r.cfg.Warmup > 0 && !warm && r.measured.Load() == 0 {
+		r.beginMeasuring()
+	}
 	if !r.cfg.NoReply {
 		k.mu.Lock()
-		k.pending[id] = at
+		k.pending[id] = pend{at: at, warm: warm}
 		k.mu.Unlock()
 	}
 	k.n++
@@ -291,7 +298,9 @@ func (s *slot) send(at time.Duration) error {
 		}
 		return err
 	}
-	r.sent.Add(1)
+	if !warm {
+		r.sent.Add(1)
+	}
 	if r.cfg.NoReply && r.limit > 0 && k.n >= r.limit {
 		k.close()
 		s.cur = nil
@@ -310,6 +319,27 @@ func (s *slot) close() {
 	}
 }
 
+// pend is a request in flight: when it was due, and whether it belongs to
+// the warm-up (Config.Warmup), which is not measured.
+type pend struct {
+	at   time.Duration
+	warm bool
+}
+
+// beginMeasuring ends a closed loop's warm-up: the measured run starts now
+// and lasts Duration.
+func (r *run) beginMeasuring() {
+	now := r.now()
+	if !r.measured.CompareAndSwap(0, int64(max(now, 1))) {
+		return
+	}
+	if r.cfg.Duration > 0 {
+		r.mu.Lock()
+		r.stopTimer = time.AfterFunc(r.cfg.Duration, r.halt)
+		r.mu.Unlock()
+	}
+}
+
 // sock is one connected socket and the requests in flight on it. Its
 // reader goroutine matches replies, sweeps requests past the timeout and
 // closes the socket once it is retired and has nothing in flight.
@@ -321,7 +351,7 @@ type sock struct {
 	base uint16 // the first CoAP message id, random
 
 	mu      sync.Mutex // guards pending and retired
-	pending map[uint64]time.Duration
+	pending map[uint64]pend
 	retired bool
 
 	closeOnce sync.Once
@@ -405,10 +435,10 @@ func (k *sock) read() {
 func (k *sock) complete(id uint64, now time.Duration, failed bool, h *Histogram) bool {
 	r := k.r
 	k.mu.Lock()
-	at, found := k.pending[id]
+	p, found := k.pending[id]
 	if !found && r.fallback && len(k.pending) == 1 {
-		for pid, pat := range k.pending {
-			id, at, found = pid, pat, true
+		for pid, pp := range k.pending {
+			id, p, found = pid, pp, true
 		}
 	}
 	if found {
@@ -417,12 +447,14 @@ func (k *sock) complete(id uint64, now time.Duration, failed bool, h *Histogram)
 	done := k.retired && len(k.pending) == 0
 	k.mu.Unlock()
 	if found {
-		if failed {
+		switch {
+		case p.warm:
+		case failed:
 			r.failed.Add(1)
 			r.errs.Add(1)
-		} else {
+		default:
 			r.answered.Add(1)
-			h.Record(now - at)
+			h.Record(now - p.at)
 			for last := r.last.Load(); int64(now) > last && !r.last.CompareAndSwap(last, int64(now)); last = r.last.Load() {
 			}
 		}
@@ -441,17 +473,20 @@ func (k *sock) complete(id uint64, now time.Duration, failed bool, h *Histogram)
 // whether k is done and closed.
 func (k *sock) sweep(now time.Duration, all bool) bool {
 	r := k.r
-	var expired int
+	var expired, lost int
 	k.mu.Lock()
-	for id, at := range k.pending {
-		if all || now-at >= r.cfg.Timeout {
+	for id, p := range k.pending {
+		if all || now-p.at >= r.cfg.Timeout {
 			delete(k.pending, id)
 			expired++
+			if !p.warm {
+				lost++
+			}
 		}
 	}
 	done := k.retired && len(k.pending) == 0
 	k.mu.Unlock()
-	r.lost.Add(int64(expired))
+	r.lost.Add(int64(lost))
 	if r.cfg.Rate <= 0 {
 		for range expired {
 			r.next(k.slot)
