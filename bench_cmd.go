@@ -200,6 +200,10 @@ const (
 	suiteInFlight   = 64 // the udp, raw, rpc and short CoAP cases
 	suiteCoAPSocket = 8  // long-lived CoAP sockets, 8 requests in flight each
 	suiteShortBatch = 4  // requests per short-lived CoAP socket
+	// suiteLongWarmup is how many requests each long-lived CoAP socket
+	// sends before its case is measured: a long-lived client's history,
+	// which go-coap's server keeps per peer (see docs/performance.md).
+	suiteLongWarmup = 10000
 	suitePayload    = 64 // bytes of a raw request, request id included
 	suiteJSMessage  = 100
 )
@@ -215,6 +219,7 @@ type suite struct {
 	duration    time.Duration
 	noLoss      time.Duration
 	addresses   int
+	warmUp      int // requests per long-lived CoAP socket before measuring
 	timeout     time.Duration
 	ingestRate  float64   // 0: from js-publish
 	env         *suiteEnv // started on first need
@@ -241,6 +246,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	noLoss := fs.Duration("no-loss-duration", 30*time.Second, "duration of gateway-raw-open80")
 	addresses := fs.Int("addresses", 100000, "distinct client addresses of gateway-memory (127.16.0.1 and up)")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "a request unanswered this long is lost")
+	warmUp := fs.Int("long-warmup", suiteLongWarmup, "requests each long-lived CoAP socket sends, unmeasured, before its case is measured (at most 65536 minus what the case sends)")
 	ingestRate := fs.Float64("ingest-rate", 0, "datagrams per second sent by gateway-ingest (0: 1.25 x the js-publish rate, 50,000 without it)")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
@@ -248,7 +254,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	} else if err != nil {
 		return errUsage
 	}
-	if fs.NArg() != 0 || *duration <= 0 || *reps < 1 || *noLoss <= 0 || *addresses < 1 || *addresses > 1<<22 || *timeout <= 0 || *ingestRate < 0 {
+	if fs.NArg() != 0 || *duration <= 0 || *reps < 1 || *noLoss <= 0 || *addresses < 1 || *addresses > 1<<22 || *warmUp < 0 || *warmUp > 60000 || *timeout <= 0 || *ingestRate < 0 {
 		fs.Usage()
 		return errUsage
 	}
@@ -278,7 +284,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg.LogLevel = max(cfg.LogLevel, slog.LevelWarn)
 	f, _ := stderr.(*os.File)
 	s := &suite{
-		cfg: cfg, log: newLogger(stderr, cfg), duration: *duration, noLoss: *noLoss, addresses: *addresses,
+		cfg: cfg, log: newLogger(stderr, cfg), duration: *duration, noLoss: *noLoss, addresses: *addresses, warmUp: *warmUp,
 		timeout: *timeout, ingestRate: *ingestRate, samples: map[string][]bench.Sample{}, noteOf: map[string]string{},
 		live: f != nil && isTerminal(f), stderr: stderr, repsPlanned: *reps,
 	}
@@ -314,6 +320,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	report.Machine = map[string]any{
 		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
 		"cpu": cpuModel(), "duration": duration.String(), "reps": *reps, "no_loss_duration": noLoss.String(),
+		"long_warmup": *warmUp,
 	}
 	if *asJSON {
 		return report.WriteJSON(stdout)
@@ -384,13 +391,14 @@ func (s *suite) udpEcho(ctx context.Context, inFlight int) (bench.Sample, error)
 	return s.loadSample(ctx, bench.Config{Target: "udp://" + c.LocalAddr().String(), Concurrency: inFlight, Payload: rawPayload})
 }
 
-// coapLoad is the long-lived (8 sockets x 8 in flight) or short-lived (64
-// sockets in flight, a new one every 4 requests) CoAP GET load.
-func coapLoad(target string, short bool) bench.Config {
+// coapLoad is the long-lived (8 sockets x 8 in flight, after warmUp
+// requests per socket) or short-lived (64 sockets in flight, a new one
+// every 4 requests) CoAP GET load.
+func coapLoad(target string, short bool, warmUp int) bench.Config {
 	if short {
 		return bench.Config{Target: target, Concurrency: suiteInFlight, Short: suiteShortBatch}
 	}
-	return bench.Config{Target: target, Concurrency: suiteInFlight, Sockets: suiteCoAPSocket}
+	return bench.Config{Target: target, Concurrency: suiteInFlight, Sockets: suiteCoAPSocket, Warmup: warmUp * suiteCoAPSocket}
 }
 
 // coapDirect loads go-coap's own UDP server (default options, a mux
@@ -412,7 +420,7 @@ func (s *suite) coapDirect(ctx context.Context, short bool) (bench.Sample, error
 		l.Close() // in case Serve had not yet taken it when Stop ran
 		<-done
 	}()
-	return s.loadSample(ctx, coapLoad("coap://"+l.LocalAddr().String()+"/time", short))
+	return s.loadSample(ctx, coapLoad("coap://"+l.LocalAddr().String()+"/time", short, s.warmUp))
 }
 
 func (s *suite) gatewayRaw(ctx context.Context, inFlight int) (bench.Sample, error) {
@@ -428,7 +436,7 @@ func (s *suite) gatewayCoAP(ctx context.Context, short bool) (bench.Sample, erro
 	if err != nil {
 		return bench.Sample{}, err
 	}
-	return s.loadSample(ctx, coapLoad("coap://"+e.coap.String()+"/time", short))
+	return s.loadSample(ctx, coapLoad("coap://"+e.coap.String()+"/time", short, s.warmUp))
 }
 
 func (s *suite) gatewayRPC(ctx context.Context) (bench.Sample, error) {

@@ -151,7 +151,7 @@ func TestBenchSuiteSmoke(t *testing.T) {
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	err := runCommand(ctx, []string{"bench", "suite", "--duration", "300ms", "--reps", "1", "--json",
-		"--no-loss-duration", "300ms", "--addresses", "500"}, &stdout, &stderr)
+		"--no-loss-duration", "300ms", "--addresses", "500", "--long-warmup", "200"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
