@@ -155,6 +155,6 @@ Usage:
 Environment:
 `)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	envconfig.Usagef(envPrefix, &env{}, tw, "  {{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}")
+	envconfig.Usagef(envPrefix, &env{}, tw, "{{range .}}  {{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}")
 	tw.Flush()
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -590,5 +591,26 @@ func TestReadmeWorkersCompile(t *testing.T) {
 	}
 	if blocks != len(examples) {
 		t.Errorf("README has %d programs, workers/examples has %d", blocks, len(examples))
+	}
+}
+
+// TestHelpListsEveryVariable: `udpgate help` lists every UDPGATE_*
+// variable, each on its own indented line.
+func TestHelpListsEveryVariable(t *testing.T) {
+	var out bytes.Buffer
+	usage(&out)
+	_, vars, ok := strings.Cut(out.String(), "Environment:\n")
+	if !ok {
+		t.Fatalf("no Environment section:\n%s", out.String())
+	}
+	lines := strings.Split(strings.TrimRight(vars, "\n"), "\n")
+	typ := reflect.TypeFor[env]()
+	if len(lines) != typ.NumField() {
+		t.Errorf("%d variable lines, want %d", len(lines), typ.NumField())
+	}
+	for i, l := range lines {
+		if !strings.HasPrefix(l, "  "+envPrefix+"_") {
+			t.Errorf("line %d not indented as a variable: %q", i+1, l)
+		}
 	}
 }
