@@ -12,7 +12,9 @@ import (
 	"math/bits"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -67,6 +69,9 @@ type Gateway struct {
 	egress  *egress.Server
 	ready   chan struct{}
 	once    sync.Once
+	// recreated counts streams found missing, and created again, after
+	// a reconnection to NATS.
+	recreated atomic.Uint64
 }
 
 // Stats are a node's counters.
@@ -81,6 +86,9 @@ type Stats struct {
 	EgressByListener map[string]egress.Stats
 	Pending          int // open exchanges
 	Capacity         int // the pending table's size
+	// StreamsRecreated counts streams found missing after a reconnection
+	// to NATS (a server restarted without its store) and created again.
+	StreamsRecreated uint64
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -97,6 +105,7 @@ func (g *Gateway) Stats() Stats {
 	st := Stats{
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
 		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{},
+		StreamsRecreated: g.recreated.Load(),
 	}
 	var byPort map[uint16]egress.Stats
 	if g.egress != nil {
@@ -152,27 +161,19 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		closeAll()
 		return fmt.Errorf("gateway: jetstream: %w", err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	did, err := ingress.EnsureStream(sctx, js, g.Stream)
-	cancel()
-	if err != nil {
-		closeAll()
-		return fmt.Errorf("gateway: %w", err)
-	}
-	g.Log.Info("gateway: "+did, "subject", g.Stream.Subject)
 	if g.Replies.Name != "" {
 		g.Replies.Subject = schemas.ReplyWildcard(g.Prefix)
 		if g.Replies.Description == "" {
 			g.Replies.Description = "udpgate: every worker reply, joined to its request by udpgate-id"
 		}
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		did, err := ingress.EnsureStream(sctx, js, g.Replies)
-		cancel()
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("gateway: %w", err)
-		}
-		g.Log.Info("gateway: "+did, "subject", g.Replies.Subject)
+	}
+	// Subscribe before the first check, so that a reconnection right
+	// after it is not missed.
+	reconnected := g.NATS.StatusChanged(nats.CONNECTED)
+	defer g.NATS.RemoveStatusListener(reconnected)
+	if err := g.ensureStreams(ctx, js, false); err != nil {
+		closeAll()
+		return err
 	}
 
 	table := exchange.NewTable(g.MaxPending)
@@ -223,9 +224,50 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	for _, in := range ins {
 		grp.Go(func() error { return in.Serve(ctx) })
 	}
+	grp.Go(func() error {
+		// A server that comes back without its store (memory storage, a
+		// wiped disk) has lost the streams: make them again, or every
+		// publish fails until the gateway restarts.
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-reconnected:
+				if err := g.ensureStreams(ctx, js, true); err != nil && ctx.Err() == nil {
+					g.Log.Error("gateway: after reconnecting to NATS", "err", err)
+				}
+			}
+		}
+	})
 	g.Ready()
 	close(g.ready)
 	return grp.Wait()
+}
+
+// ensureStreams makes sure the capture stream, and the replies stream if
+// configured, exist. After a reconnection (again) only a stream that had
+// to be created again is logged, at Warn.
+func (g *Gateway) ensureStreams(ctx context.Context, js jetstream.JetStream, again bool) error {
+	streams := []ingress.StreamConfig{g.Stream}
+	if g.Replies.Name != "" {
+		streams = append(streams, g.Replies)
+	}
+	for _, c := range streams {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		did, err := ingress.EnsureStream(sctx, js, c)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		switch {
+		case !again:
+			g.Log.Info("gateway: "+did, "subject", c.Subject)
+		case strings.HasPrefix(did, "created"):
+			g.Log.Warn("gateway: the stream was missing after reconnecting to NATS: "+did, "subject", c.Subject)
+			g.recreated.Add(1)
+		}
+	}
+	return nil
 }
 
 // amplification returns egress's check of raw and rpc replies against

@@ -387,3 +387,33 @@ func TestRepliesRecorded(t *testing.T) {
 		t.Errorf("reply subject %s", rep.Subject)
 	}
 }
+
+// TestStreamsRecreatedAfterRestart: a NATS server that comes back without
+// its store (memory storage) has lost the capture and replies streams; the
+// gateway makes them again on reconnecting, and requests are answered.
+func TestStreamsRecreatedAfterRestart(t *testing.T) {
+	opts := natstest.Options(t)
+	s := natstest.Start(t, opts)
+	g := &Gateway{
+		Stream:  ingress.StreamConfig{Name: schemas.StreamIn, Memory: true},
+		Replies: ingress.StreamConfig{Name: schemas.StreamReplies, Memory: true},
+	}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+
+	s = natstest.Restart(t, s, opts)
+	_, js := natstest.JetStream(t, s)
+	waitFor(t, "both streams created again", func() bool { return g.Stats().StreamsRecreated == 2 })
+	for _, name := range []string{schemas.StreamIn, schemas.StreamReplies} {
+		if _, err := js.Stream(context.Background(), name); err != nil {
+			t.Errorf("stream %s after the restart: %v", name, err)
+		}
+	}
+	contractWorker(t, s, "echo", schemas.InSubject(schemas.DefaultPrefix, uint16(addrs[0].Port)), echo)
+	got, err := exchangeUDP(t, addrs[0].String(), []byte("again"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "echo:again" {
+		t.Errorf("reply %q, want echo:again", got)
+	}
+}

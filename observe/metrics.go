@@ -84,6 +84,8 @@ var (
 		"Requests awaiting their reply.", nil, nil)
 	descCapacity = prometheus.NewDesc("udpgate_pending_exchanges_capacity",
 		"Size of the pending-exchange table.", nil, nil)
+	descRecreated = prometheus.NewDesc("udpgate_streams_recreated_total",
+		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
 
 	descNATSConnected = prometheus.NewDesc("udpgate_nats_connected",
 		"1 if the NATS connection is up, else 0.", nil, nil)
@@ -98,7 +100,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descAnswered, descDropped, descWorkerErrors,
-		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity,
+		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions} {
 		ch <- d
 	}
@@ -178,6 +180,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descUnknown, st.Egress.Unknown)
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
 	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(st.Capacity))
+	ch <- prometheus.MustNewConstMetric(descRecreated, prometheus.CounterValue, float64(st.StreamsRecreated))
 }
 
 // RegisterGateway registers g's metrics with reg and sets g.Latency to
