@@ -1,14 +1,16 @@
 package gateway
 
 import (
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/udpgate/udpgate/schemas"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+
+	"github.com/udpgate/udpgate/schemas"
 )
 
 // coapPath builds a CON GET with the given Uri-Path segments (each up to
@@ -102,5 +104,75 @@ func TestCoAPHostilePaths(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("the observer did not see: %v", want)
 		}
+	}
+}
+
+// TestCoAPHeadersBounded: header values made from client bytes are bounded
+// by the datagram: a CoAP request of nearly UDPGATE_MAX_DATAGRAM bytes of
+// Uri-Query options that all need escaping reaches the worker intact, its
+// headers stay within a few times the datagram, and the gateway's NATS
+// connection survives.
+func TestCoAPHeadersBounded(t *testing.T) {
+	g := &Gateway{CoAP: coapConfig(time.Second)}
+	addr, s, _ := coapGateway(t, g, 0)
+	r := dialRaw(t, addr)
+	observed := make(chan jetstream.Msg, 4)
+	contractWorker(t, s, "observer", "udpgate.in.>", func(m jetstream.Msg) []byte {
+		observed <- m
+		return nil
+	})
+
+	req := con(0x7200, 0, "time") // Uri-Path "time": option 11
+	var query []string
+	for i := range 31 {
+		q := strings.Repeat("\xff", 255)
+		query = append(query, q)
+		delta := byte(15 - 11) // Uri-Query is option 15
+		if i > 0 {
+			delta = 0
+		}
+		req = append(req, delta<<4|13, byte(len(q)-13))
+		req = append(req, q...)
+	}
+	if len(req) > 8192 {
+		t.Fatalf("request of %d bytes, over the default maximum", len(req))
+	}
+	r.send(req)
+	if resp := r.read(5 * time.Second); len(resp) < 4 || resp[1] != byte(codes.Content) {
+		t.Fatalf("% x, want 2.05", resp[:min(len(resp), 8)])
+	}
+	var m jetstream.Msg
+	for m == nil {
+		select {
+		case got := <-observed:
+			if got.Headers().Get(schemas.HeaderCoAPMessageID) == "29184" { // 0x7200
+				m = got
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the observer did not see the request")
+		}
+	}
+	size := 0
+	for k, vs := range m.Headers() {
+		for _, v := range vs {
+			size += len(k) + len(v)
+		}
+	}
+	if limit := 5*len(req) + 2048; size > limit { // percent-encoding 3x, plus the head in base64 4/3x
+		t.Errorf("%d bytes of headers for a %d-byte datagram, over %d", size, len(req), limit)
+	}
+	var got []string
+	for _, q := range strings.Split(m.Headers().Get(schemas.HeaderCoAPQuery), "&") {
+		u, err := url.PathUnescape(q)
+		if err != nil {
+			t.Fatalf("query %q: %v", q, err)
+		}
+		got = append(got, u)
+	}
+	if !slices.Equal(got, query) {
+		t.Errorf("the worker saw %d query options, not the %d sent intact", len(got), len(query))
+	}
+	if !g.NATS.IsConnected() {
+		t.Fatal("the gateway's NATS connection did not survive")
 	}
 }
