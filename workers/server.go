@@ -46,7 +46,8 @@ type Server struct {
 	// Handler answers the requests. Required.
 	Handler Handler
 	// Concurrency is the number of handlers running at once in this
-	// instance; zero means DefaultConcurrency.
+	// instance, and the most requests it holds: it fetches requests only
+	// for idle handlers. Zero means DefaultConcurrency.
 	Concurrency int
 	// AckWait, MaxDeliver and MaxAckPending configure the consumer when
 	// Serve creates it; an existing consumer is used as it is. Zero means
@@ -103,12 +104,13 @@ func (s *Server) Stats() Stats {
 }
 
 // Serve binds to the group's consumer, creating it if it does not exist,
-// and handles requests until ctx is cancelled. It then stops fetching,
-// waits for the running handlers to end, naks the requests it fetched but
-// had not started and those whose handler failed because of the
-// cancellation, so that other instances take them, and returns nil. It returns an error if the
-// configuration is incomplete, the stream does not exist, the consumer's
-// filter differs from Subjects, or the consumer goes away.
+// and handles requests until ctx is cancelled, fetching them only for idle
+// handlers. It then stops fetching, waits for the running handlers to end,
+// naks the requests that arrived too late to start and those whose handler
+// failed because of the cancellation, so that other instances take them,
+// and returns nil. It returns an error if the configuration is incomplete,
+// the stream does not exist, the consumer's filter differs from Subjects,
+// or the consumer goes away.
 func (s *Server) Serve(ctx context.Context) error {
 	if err := s.validate(); err != nil {
 		return err
@@ -135,19 +137,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		return err
 	}
 	cfg := cons.CachedInfo().Config
-	// Pull requests expire after pullExpiry, with heartbeats every half of
-	// it: a consumer leader that dies (a NATS node lost) is noticed after
-	// two missed heartbeats, about 5 s, instead of nats.go's default 30 s.
-	it, err := cons.Messages(jetstream.PullMaxMessages(concurrency), jetstream.PullExpiry(pullExpiry))
-	if err != nil {
-		return fmt.Errorf("workers: consume %s on stream %s: %w", s.Group, stream, err)
-	}
 	r := &run{
 		Server:     s,
 		log:        log,
 		nc:         s.JetStream.Conn(),
 		keepalive:  cfg.AckWait / 2,
 		maxDeliver: cfg.MaxDeliver,
+		slots:      newSlots(concurrency),
 	}
 	log.Info("workers: serving", "subjects", s.Subjects, "concurrency", concurrency)
 	s.Ready()
@@ -163,14 +159,15 @@ func (s *Server) Serve(ctx context.Context) error {
 			k := newKeepalive(r.keepalive)
 			for msg := range work {
 				r.handle(ctx, msg, w, k)
+				r.slots.release(1)
 			}
 		})
 	}
-	err = r.fetch(ctx, it, work)
+	err = r.fetch(ctx, cons, work)
 	close(work)
 	wg.Wait()
-	// The subscription is closed: JetStream redelivers what is handed
-	// back to another instance, not to this one.
+	// No fetch is outstanding: JetStream redelivers what is handed back
+	// to another instance, not to this one.
 	for _, msg := range r.handBack {
 		r.nak(msg)
 	}
@@ -261,11 +258,15 @@ func sameSubjects(a, b []string) bool {
 		slices.Compact(slices.Sorted(slices.Values(b))))
 }
 
-// pullExpiry is how long one pull request lasts; see Serve.
+// pullExpiry is how long one fetch lasts. A fetch held by a consumer
+// leader that dies (a NATS node lost) ends then, and the next one goes to
+// the new leader.
 const pullExpiry = 5 * time.Second
 
-// wakeEvery bounds how long the fetch loop waits in Next; see fetch.
-const wakeEvery = 250 * time.Millisecond
+// retryEvery is how long a fetch that failed keeps its slots before they
+// are fetched for again, so that a failing consumer is not pulled in a
+// tight loop.
+const retryEvery = 250 * time.Millisecond
 
 // run is the state of one Serve call, shared by its goroutines.
 type run struct {
@@ -274,98 +275,188 @@ type run struct {
 	nc         *nats.Conn    // replies are published here
 	keepalive  time.Duration // interval of InProgress acks; zero for none
 	maxDeliver int           // the consumer's MaxDeliver; -1 for no limit
+	slots      *slots        // the handler slots, which bound the fetches
 
 	mu       sync.Mutex      // guards handBack
 	handBack []jetstream.Msg // requests to nak when Serve stops
 }
 
-// giveBack keeps msg to be nak'd when Serve stops, after the iterator has
-// closed: nak'd earlier, it could be redelivered to this instance's
-// closing subscription, wasting a delivery attempt.
+// giveBack keeps msg to be nak'd when Serve stops, after the fetches have
+// ended: nak'd earlier, it could be redelivered to a fetch of this
+// instance that is closing, wasting a delivery attempt.
 func (r *run) giveBack(msg jetstream.Msg) {
 	r.mu.Lock()
 	r.handBack = append(r.handBack, msg)
 	r.mu.Unlock()
 }
 
-// fetch feeds work from it until ctx is cancelled or it closes. On
-// cancellation it drains it and gives back the requests no handler has
-// taken.
-func (r *run) fetch(ctx context.Context, it jetstream.MessagesContext, work chan<- jetstream.Msg) error {
-	var wake wakeup
-	defer wake.stop()
-	var last error // the last error Next reported before the iterator closed
+// fetch pulls requests from cons for the free handler slots and feeds them
+// to work, until ctx is cancelled or the consumer goes away. Every fetch
+// asks for at most the slots that are free when it starts, so each request
+// that arrives has a handler waiting for it: the instance never holds a
+// request that it cannot start at once, and that JetStream could redeliver
+// because nothing sends it keepalives. fetch returns once every fetch it
+// started has ended; requests that arrive after ctx is cancelled are given
+// back.
+func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) error {
+	var batches sync.WaitGroup
+	defer batches.Wait()
+	ctx, stop := context.WithCancel(ctx) // ends the fetches if the consumer goes away
+	defer stop()
+	fatal := make(chan error, 1) // the first reason to stop that a fetch found
 	for {
-		msg, err := it.Next(wake.opts(ctx)...)
-		if ctx.Err() != nil {
-			if err == nil {
-				r.giveBack(msg)
+		if n := r.slots.reserve(); n > 0 {
+			fctx, cancel := context.WithTimeout(ctx, pullExpiry)
+			batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+			if err != nil {
+				cancel()
+				if errors.Is(err, nats.ErrConnectionClosed) {
+					return err
+				}
+				r.log.Warn("workers: fetch", "err", err)
+				batches.Go(func() { r.retry(ctx, n) })
+				continue
 			}
-			break
-		}
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			it.Stop()
-			if last != nil {
-				return last
-			}
-			return err
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			continue // woken up: Next checks the pull requests again
-		}
-		if err != nil {
-			r.log.Warn("workers: fetch", "err", err)
-			last = err
+			batches.Go(func() {
+				defer cancel()
+				if err := r.forward(ctx, cons, batch, n, work); err != nil {
+					select {
+					case fatal <- err:
+					default:
+					}
+				}
+			})
 			continue
 		}
 		select {
-		case work <- msg:
+		case <-r.slots.freed:
+		case err := <-fatal:
+			return err
 		case <-ctx.Done():
-			r.giveBack(msg)
-		}
-	}
-	// Requests already fetched would wait for AckWait before another
-	// instance gets them: hand them back. Next returns an error once the
-	// subscription is closed.
-	it.Drain()
-	for {
-		msg, err := it.Next()
-		if err != nil {
 			return nil
 		}
-		r.giveBack(msg)
 	}
 }
 
-// wakeup makes Next wake up every wakeEvery even if nothing arrives: the
-// iterator decides to send a new pull request only inside Next, and can
-// miss the moment when a pull was still being sent as its last requested
-// message was taken, leaving it with no pull outstanding until a missed
-// heartbeat resets it. Waits share a wake-up period: its context ends
-// wakeEvery after it starts, and the next period starts when a Next
-// returns after that. Under load Next returns many times per period, so a
-// period's context and option are made a few times a second, not once per
-// request.
-type wakeup struct {
-	ctx    context.Context // the current period's; nil before the first
-	cancel context.CancelFunc
-	next   []jetstream.NextOpt // NextContext(ctx), as Next takes it
-}
-
-// opts returns the Next options of the current period, starting a new one
-// if it is over.
-func (w *wakeup) opts(parent context.Context) []jetstream.NextOpt {
-	if w.ctx == nil || w.ctx.Err() != nil {
-		w.stop()
-		w.ctx, w.cancel = context.WithTimeout(parent, wakeEvery)
-		w.next = []jetstream.NextOpt{jetstream.NextContext(w.ctx)}
+// forward feeds work with the requests of one fetch of n, and frees the
+// slots of those that did not arrive once the fetch ends. It returns an
+// error if the fetch found that the consumer is gone.
+func (r *run) forward(ctx context.Context, cons jetstream.Consumer, batch jetstream.MessageBatch, n int, work chan<- jetstream.Msg) error {
+	start, wanted := time.Now(), n
+	for msg := range batch.Messages() {
+		if ctx.Err() != nil {
+			r.giveBack(msg)
+			continue
+		}
+		n--
+		r.slots.start()
+		// A handler is free or about to be: the slot was.
+		work <- msg
 	}
-	return w.next
+	err := batch.Error()
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case err == nil && n == wanted && time.Since(start) < retryEvery:
+		// Ended at once, with nothing: do not pull again at once.
+		r.retry(ctx, n)
+		return nil
+	case err == nil || errors.Is(err, context.DeadlineExceeded):
+		// The fetch expired, on the server or, if the server did not
+		// answer, here.
+		r.slots.unreserve(n)
+		return nil
+	case errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest):
+		return err
+	case errors.Is(err, nats.ErrNoResponders):
+		// Nothing serves the consumer's pulls: it may be gone, or its
+		// stream between leaders.
+		if _, ierr := cons.Info(ctx); errors.Is(ierr, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("%w: %w", err, ierr)
+		}
+	}
+	r.log.Warn("workers: fetch", "err", err)
+	r.retry(ctx, n)
+	return nil
 }
 
-func (w *wakeup) stop() {
-	if w.cancel != nil {
-		w.cancel()
+// retry frees the n slots of a fetch that failed, after retryEvery or once
+// ctx ends.
+func (r *run) retry(ctx context.Context, n int) {
+	t := time.NewTimer(retryEvery)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	r.slots.unreserve(n)
+}
+
+// slots counts the handler slots of one Serve call. A slot is free, or
+// reserved by a fetch for a request that has not arrived, or busy with a
+// request from its arrival until its handler is done. It is safe for
+// concurrent use.
+type slots struct {
+	refill int           // the free slots that start a fetch while another is outstanding
+	freed  chan struct{} // holds a value after free grows
+	mu     sync.Mutex    // guards free and reserved
+	free   int
+	// reserved counts the requests that outstanding fetches may still
+	// bring.
+	reserved int
+}
+
+func newSlots(n int) *slots {
+	return &slots{refill: (n + 1) / 2, freed: make(chan struct{}, 1), free: n}
+}
+
+// reserve reserves the free slots for a fetch and returns how many. It
+// returns 0, reserving none, if no slot is free, or if a fetch is
+// outstanding and fewer than half the slots are free: pulling one request
+// at a time would cost a pull request each.
+func (s *slots) reserve() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.free == 0 || s.reserved > 0 && s.free < s.refill {
+		return 0
+	}
+	n := s.free
+	s.free = 0
+	s.reserved += n
+	return n
+}
+
+// start makes a reserved slot busy: its request has arrived.
+func (s *slots) start() {
+	s.mu.Lock()
+	s.reserved--
+	s.mu.Unlock()
+}
+
+// release frees n busy slots.
+func (s *slots) release(n int) {
+	s.mu.Lock()
+	s.free += n
+	s.mu.Unlock()
+	s.signal()
+}
+
+// unreserve frees n reserved slots, whose requests will not arrive.
+func (s *slots) unreserve(n int) {
+	if n == 0 {
+		return
+	}
+	s.mu.Lock()
+	s.reserved -= n
+	s.free += n
+	s.mu.Unlock()
+	s.signal()
+}
+
+func (s *slots) signal() {
+	select {
+	case s.freed <- struct{}{}:
+	default:
 	}
 }
 

@@ -501,7 +501,9 @@ func TestShutdownNaks(t *testing.T) {
 }
 
 // TestShutdownNaksFetched stops an instance whose handlers are busy while
-// it holds fetched requests: they are nak'd too, not left to AckWait.
+// more requests wait: it has fetched only the requests its handlers run,
+// which are nak'd, and the next instance takes every request at once, none
+// left to AckWait.
 func TestShutdownNaksFetched(t *testing.T) {
 	e := newEnv(t)
 	started := make(chan struct{}, 1)
@@ -520,13 +522,17 @@ func TestShutdownNaksFetched(t *testing.T) {
 		e.send(t, fmt.Sprint(i), "")
 	}
 	<-started
+	<-started
 	poll(t, "requests fetched", func() bool {
-		// Two handlers, one request in the fetch loop, one in the
-		// iterator's buffer.
-		return e.consumerInfo(t, "g").NumAckPending == 4
+		// Two handlers run; the other requests wait in the stream.
+		info := e.consumerInfo(t, "g")
+		return info.NumAckPending == 2 && info.NumPending == n-2
 	})
 	if err := stop(); err != nil {
 		t.Fatalf("Serve = %v, want nil", err)
+	}
+	if got, want := first.Stats(), (workers.Stats{Handled: 2, Retried: 2}); got != want {
+		t.Errorf("first Stats = %+v, want %+v", got, want)
 	}
 	second := &workers.Server{JetStream: e.newJS(), Group: "g", Subjects: []string{subject}, Handler: reply("ok")}
 	serve(t, second)
@@ -754,23 +760,43 @@ func TestRequestFields(t *testing.T) {
 }
 
 // TestServeConsumerDeleted: Serve returns an error when the consumer goes
-// away under it.
+// away under it, whether it is waiting for requests or its handlers are
+// all busy, with no fetch outstanding.
 func TestServeConsumerDeleted(t *testing.T) {
-	e := newEnv(t)
-	s := &workers.Server{JetStream: e.js, Group: "g", Subjects: []string{subject}, Handler: reply("x")}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background()) }()
-	e.waitPulling(t, "g", 1)
-	if err := e.js.DeleteConsumer(context.Background(), schemas.StreamIn, "g"); err != nil {
-		t.Fatalf("delete consumer: %v", err)
-	}
-	select {
-	case err := <-done:
-		if err == nil || !strings.HasPrefix(err.Error(), "workers: consume g on stream UDPGATE_IN: ") {
-			t.Errorf("Serve = %v, want a consume error", err)
-		}
-	case <-time.After(waitFor):
-		t.Fatal("Serve did not return after the consumer was deleted")
+	for _, busy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) {
+			e := newEnv(t)
+			started := make(chan struct{})
+			release := make(chan struct{})
+			s := &workers.Server{
+				JetStream: e.js, Group: "g", Subjects: []string{subject}, Concurrency: 1,
+				Handler: workers.HandlerFunc(func(context.Context, workers.ResponseWriter, *workers.Request) error {
+					close(started)
+					<-release
+					return nil
+				}),
+			}
+			done := make(chan error, 1)
+			go func() { done <- s.Serve(context.Background()) }()
+			e.waitPulling(t, "g", 1)
+			if busy {
+				e.send(t, "r1", "")
+				<-started
+				poll(t, "no fetch outstanding", func() bool { return e.consumerInfo(t, "g").NumWaiting == 0 })
+			}
+			if err := e.js.DeleteConsumer(context.Background(), schemas.StreamIn, "g"); err != nil {
+				t.Fatalf("delete consumer: %v", err)
+			}
+			close(release)
+			select {
+			case err := <-done:
+				if err == nil || !strings.HasPrefix(err.Error(), "workers: consume g on stream UDPGATE_IN: ") {
+					t.Errorf("Serve = %v, want a consume error", err)
+				}
+			case <-time.After(waitFor):
+				t.Fatal("Serve did not return after the consumer was deleted")
+			}
+		})
 	}
 }
 

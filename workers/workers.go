@@ -50,7 +50,12 @@
 //
 // A handler that runs longer than half the consumer's AckWait gets
 // "in progress" acknowledgements every AckWait/2, so JetStream does not
-// redeliver a request whose handler is alive.
+// redeliver a request whose handler is alive. A Server fetches requests
+// only for its idle handlers, so every request it holds is being handled:
+// requests that wait for a handler wait in the stream, where no AckWait
+// runs for them and any instance of the group can take them. A request
+// whose deadline passes while it waits is acked unhandled when it is
+// fetched (counted Expired, as above).
 //
 // Nothing is logged per request at Info level; Server.Stats counts outcomes.
 //
