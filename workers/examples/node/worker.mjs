@@ -57,7 +57,10 @@ try {
   });
 }
 const consumer = await jetstream(nc).consumers.get(stream, group);
-const messages = await consumer.consume();
+// Pull one message at a time: this loop handles one at a time, and a
+// message waiting in a client-side buffer is on its ack-wait clock with
+// nobody to say "in progress" ("Worker groups": pull only for idle handlers).
+const messages = await consumer.consume({ max_messages: 1 });
 
 // Stop on SIGTERM or SIGINT: the loop below finishes the messages already
 // received, then the connection drains (flushing the last replies and acks).
