@@ -371,7 +371,8 @@ func (r *run) forward(ctx context.Context, cons jetstream.Consumer, batch jetstr
 	case errors.Is(err, nats.ErrNoResponders):
 		// Nothing serves the consumer's pulls: it may be gone, or its
 		// stream between leaders.
-		if _, ierr := cons.Info(ctx); errors.Is(ierr, jetstream.ErrConsumerNotFound) {
+		// A server back without its store has lost the stream too.
+		if _, ierr := cons.Info(ctx); errors.Is(ierr, jetstream.ErrConsumerNotFound) || errors.Is(ierr, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("%w: %w", err, ierr)
 		}
 	}
