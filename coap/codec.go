@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -61,18 +62,85 @@ func decode(b []byte, m *message.Message) error {
 // maxOptions bounds the options of one request; more is a format error.
 const maxOptions = 32
 
-// appendEncoded appends the encoding of m to dst.
+// appendEncoded appends the encoding of m (RFC 7252 §3) to dst. m's
+// options must be sorted by number, as message.Options.Add keeps them. It
+// writes what go-coap's coder writes, without its two passes to size the
+// message.
 func appendEncoded(dst []byte, m message.Message) ([]byte, error) {
-	n, err := coder.DefaultCoder.Size(m)
-	if err != nil {
-		return dst, err
+	if len(m.Token) > message.MaxTokenSize {
+		return dst, message.ErrInvalidTokenLen
 	}
-	start := len(dst)
-	dst = append(dst, make([]byte, n)...)
-	if _, err := coder.DefaultCoder.Encode(m, dst[start:]); err != nil {
-		return dst[:start], err
+	if !message.ValidateMID(m.MessageID) || !message.ValidateType(m.Type) {
+		return dst, fmt.Errorf("coap: encode: message id %d, type %d", m.MessageID, m.Type)
+	}
+	n := 4 + len(m.Token)
+	prev := message.OptionID(0)
+	for _, o := range m.Options {
+		if o.ID < prev || len(o.Value) > maxExtended {
+			return dst, errOptions
+		}
+		n += 1 + extLen(int(o.ID-prev)) + extLen(len(o.Value)) + len(o.Value)
+		prev = o.ID
+	}
+	if len(m.Payload) > 0 {
+		n += 1 + len(m.Payload)
+	}
+	dst = slices.Grow(dst, n)
+	dst = append(dst, 1<<6|byte(m.Type)<<4|byte(len(m.Token)), byte(m.Code), byte(m.MessageID>>8), byte(m.MessageID))
+	dst = append(dst, m.Token...)
+	prev = 0
+	for _, o := range m.Options {
+		dst = appendOptionHeader(dst, int(o.ID-prev), len(o.Value))
+		dst = append(dst, o.Value...)
+		prev = o.ID
+	}
+	if len(m.Payload) > 0 {
+		dst = append(dst, 0xff)
+		dst = append(dst, m.Payload...)
 	}
 	return dst, nil
+}
+
+// errOptions is appendEncoded's failure for options out of order or too
+// long.
+var errOptions = errors.New("coap: encode: options out of order or too long")
+
+// maxExtended is the largest option delta or length (RFC 7252 §3.1).
+const maxExtended = 269 + 0xffff
+
+// extLen is how many extended bytes an option delta or length v takes.
+func extLen(v int) int {
+	switch {
+	case v < 13:
+		return 0
+	case v < 269:
+		return 1
+	}
+	return 2
+}
+
+// appendOptionHeader appends an option's delta and length nibbles and
+// their extended bytes.
+func appendOptionHeader(dst []byte, delta, length int) []byte {
+	nibble := func(v int) byte {
+		switch {
+		case v < 13:
+			return byte(v)
+		case v < 269:
+			return 13
+		}
+		return 14
+	}
+	dst = append(dst, nibble(delta)<<4|nibble(length))
+	for _, v := range [2]int{delta, length} {
+		switch {
+		case v >= 269:
+			dst = append(dst, byte((v-269)>>8), byte(v-269))
+		case v >= 13:
+			dst = append(dst, byte(v-13))
+		}
+	}
+	return dst
 }
 
 // coderSize returns the encoded size of m.
@@ -103,10 +171,26 @@ func FormatCode(c codes.Code) string {
 	return strconv.Itoa(int(c>>5)) + "." + fmt.Sprintf("%02d", int(c&0x1f))
 }
 
-// methods maps request codes to their names (RFC 7252, RFC 8132).
-var methods = map[codes.Code]string{
-	codes.GET: "GET", codes.POST: "POST", codes.PUT: "PUT", codes.DELETE: "DELETE",
-	codes.FETCH: "FETCH", codes.PATCH: "PATCH", codes.IPATCH: "iPATCH",
+// methodName returns the name of request code c (RFC 7252, RFC 8132), or
+// "" for an unknown method.
+func methodName(c codes.Code) string {
+	switch c {
+	case codes.GET:
+		return "GET"
+	case codes.POST:
+		return "POST"
+	case codes.PUT:
+		return "PUT"
+	case codes.DELETE:
+		return "DELETE"
+	case codes.FETCH:
+		return "FETCH"
+	case codes.PATCH:
+		return "PATCH"
+	case codes.IPATCH:
+		return "iPATCH"
+	}
+	return ""
 }
 
 // Block options (RFC 7959 §2.2): NUM, M and SZX packed in one uint.

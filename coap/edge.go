@@ -40,6 +40,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -89,7 +90,8 @@ type Config struct {
 
 // Edge is the CoAP messaging layer of one listener socket. Set its fields
 // and call Start before Receive; Close stops its timers. It is safe for
-// concurrent use.
+// concurrent use; calls to Receive are serialised (the read loop makes
+// them).
 type Edge struct {
 	Config
 	// Socket is the listener; Conn, SetSource and Local's port are used to
@@ -102,16 +104,45 @@ type Edge struct {
 	// acknowledged separate response validates the source.
 	Guard *guard.Guard
 
-	mu        sync.Mutex // guards everything below
-	dedupe    map[peerMID]*cached
-	order     []peerMID // dedupe keys, oldest first
-	uploads   map[transferKey]*upload
-	downloads map[transferKey]*download
-	outgoing  map[peerMID]*retransmission
-	peers     map[netip.AddrPort]*midState
-	closed    bool
+	// rx serialises Receive, which runs on the listener's read loop; it
+	// guards opts, the options of the datagram being decoded.
+	rx   sync.Mutex
+	opts [maxOptions]message.Option
+
+	mu     sync.Mutex // guards everything below
+	dedupe map[peerMID]*cached
+	// recent holds the dedupe cache's entries in the order they came: a
+	// ring of CacheSize entries, from recentHead (the oldest), allocated
+	// in chunks as it fills, so that an entry never moves.
+	recent     [][]cached
+	recentHead int
+	recentLen  int
+	recentSeq  uint64 // entries remembered so far
+	uploads    map[transferKey]*upload
+	downloads  map[transferKey]*download
+	outgoing   map[peerMID]*retransmission
+	peers      map[netip.AddrPort]*midState
+	closed     bool
+	// The piggyback windows of CON requests, in the order they opened,
+	// which is the order they end: a ring of windows, numbered from
+	// winHead (the oldest) to winTail (exclusive), and one timer for the
+	// oldest (see ackDue).
+	windows  []window // length a power of two
+	winHead  uint64
+	winTail  uint64
+	winTimer *time.Timer
+	winArmed bool      // winTimer is set for the oldest window
+	epoch    time.Time // windows' ends are durations since epoch (monotonic)
 
 	stats counters
+}
+
+// window is the piggyback window of one CON request: when it ends, the
+// request, if still unanswered, gets an empty ACK. r is nil once the
+// request was answered.
+type window struct {
+	r   *Request
+	end time.Duration // since Edge.epoch
 }
 
 type peerMID struct {
@@ -122,6 +153,7 @@ type peerMID struct {
 // cached is what the dedupe cache knows of one received message.
 type cached struct {
 	key      peerMID
+	seq      uint64 // numbers the entry: its slot is reused after it is dropped
 	sum      uint64 // hash of the datagram: only identical copies are duplicates
 	expires  time.Time
 	response []byte // resent to a duplicate; nil while none
@@ -239,6 +271,9 @@ func (e *Edge) Start() {
 	e.downloads = make(map[transferKey]*download)
 	e.outgoing = make(map[peerMID]*retransmission)
 	e.peers = make(map[netip.AddrPort]*midState)
+	e.epoch = time.Now()
+	e.winTimer = time.AfterFunc(time.Hour, e.ackDue)
+	e.winTimer.Stop()
 }
 
 // Close stops retransmissions and pending timers. Receive and Reply after
@@ -251,6 +286,11 @@ func (e *Edge) Close() {
 		r.timer.Stop()
 		delete(e.outgoing, k)
 	}
+	if e.winTimer != nil {
+		e.winTimer.Stop()
+	}
+	clear(e.windows)
+	e.winHead = e.winTail
 }
 
 // Sweep drops expired cache entries, transfers and message-id state. The
@@ -258,18 +298,9 @@ func (e *Edge) Close() {
 func (e *Edge) Sweep(now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	i := 0
-	for ; i < len(e.order); i++ {
-		k := e.order[i]
-		c, ok := e.dedupe[k]
-		if ok && c.key == k && now.Before(c.expires) {
-			break
-		}
-		if ok && c.key == k {
-			delete(e.dedupe, k)
-		}
+	for e.recentLen > 0 && !now.Before(e.slot(e.recentHead).expires) {
+		e.forgetOldest()
 	}
-	e.order = append(e.order[:0], e.order[i:]...)
 	for k, u := range e.uploads {
 		if now.After(u.expires) {
 			delete(e.uploads, k)
@@ -302,21 +333,34 @@ type Request struct {
 	Head          []byte // the datagram before the payload; nil if reassembled
 	MsgID         string // Nats-Msg-Id: peer, message id and token
 
-	edge   *Edge
-	dst    exchange.Exchange
-	cache  *cached
-	acked  bool   // an empty ACK was sent (separate response)
-	done   bool   // answered
-	block1 *block // the final Block1 of a reassembled upload, echoed in the response
-	block2 block  // the block the client asked for
-	op     string // method and URI, for Block2 follow-ups
-	timer  *time.Timer
+	edge     *Edge
+	dst      exchange.Exchange
+	cache    *cached // its dedupe cache entry, while cache.seq is cacheSeq
+	cacheSeq uint64
+	acked    bool   // an empty ACK was sent (separate response)
+	done     bool   // answered
+	block1   *block // the final Block1 of a reassembled upload, echoed in the response
+	block2   block  // the block the client asked for
+	op       string // method and URI, for Block2 follow-ups
+	win      uint64 // 1 + the number of its piggyback window while queued, else 0
 	// The amplification limit: limited when the guard limits the
 	// source; credit is what may still be sent in this exchange, in
 	// bytes of IP packets (guard.Wire).
 	limited bool
 	credit  int
+
+	// Room for Segments and for the bytes and strings Receive copies out
+	// of the datagram, so that a small request takes one allocation.
+	segs   [4]string
+	inline [inlineSize]byte
 }
+
+// inlineSize is how many bytes of a request's token, head, payload, path
+// and Nats-Msg-Id a Request holds without another allocation: a GET with
+// a short path and an 8-byte token fits, from IPv4 or IPv6. It fills the
+// Request's size class (640 bytes on 64-bit platforms); every byte of a
+// Request is garbage collected per request.
+const inlineSize = 144
 
 // Receive handles one datagram from remote, sent to local on interface
 // ifindex. It answers what the gateway answers itself and returns the
@@ -342,9 +386,11 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		e.stats.malformed.Add(1)
 		return nil
 	}
-	var m message.Message
-	var opts [maxOptions]message.Option
-	m.Options = opts[:0]
+	// The decoded message aliases b and e.opts, which Receive owns until
+	// it returns: what the request keeps is copied out below.
+	e.rx.Lock()
+	defer e.rx.Unlock()
+	m := message.Message{Options: e.opts[:0]}
 	if err := decode(b, &m); err != nil {
 		e.stats.malformed.Add(1)
 		if h.typ == typeCON {
@@ -387,30 +433,39 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 	c.sum = sum
 	e.mu.Unlock()
 
+	// Until the request is published, its Token aliases b: the answers
+	// Receive sends itself are encoded before it returns.
 	r := &Request{
-		edge: e, dst: dst, cache: c,
+		edge: e, dst: dst, cache: c, cacheSeq: c.seq,
 		Confirmable: h.typ == typeCON, MessageID: h.mid,
-		Token: append([]byte(nil), m.Token...), ContentFormat: -1, Accept: -1,
+		Token: m.Token[:len(m.Token):len(m.Token)], ContentFormat: -1, Accept: -1,
 	}
-	method, ok := methods[m.Code]
-	if !ok {
+	method := methodName(m.Code)
+	if method == "" {
 		e.stats.rejected.Add(1)
 		r.respond(codes.MethodNotAllowed, nil, nil)
 		return nil
 	}
 	r.Method = method
 	var (
-		query    []string
-		b1, b2   *block
-		badOpt   bool
-		proxying bool
+		b1, b2         block
+		hasB1, hasB2   bool
+		badOpt         bool
+		proxying       bool
+		nsegs          int
+		pathLen        int // of the NATS subject's tokens
+		segsLen        int // of the decoded segments
+		pathEst, qyEst int // at most the escaped path and query
 	)
 	for _, o := range m.Options {
 		switch o.ID {
 		case message.URIPath:
-			r.Segments = append(r.Segments, string(o.Value))
+			nsegs++
+			segsLen += len(o.Value)
+			pathLen += 1 + schemas.EscapedLen(bytesString(o.Value))
+			pathEst += 1 + escapedMax(o.Value)
 		case message.URIQuery:
-			query = append(query, string(o.Value))
+			qyEst += 1 + escapedMax(o.Value)
 		case message.ContentFormat:
 			r.ContentFormat = int(decodeUint(o.Value))
 		case message.Accept:
@@ -421,9 +476,9 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 				badOpt = true
 			}
 			if o.ID == message.Block1 {
-				b1 = &blk
+				b1, hasB1 = blk, true
 			} else {
-				b2 = &blk
+				b2, hasB2 = blk, true
 			}
 		case message.ProxyURI, message.ProxyScheme:
 			proxying = true
@@ -441,10 +496,6 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 	if e.Guard != nil && e.Guard.Limited(remote.Addr(), now) {
 		r.limited, r.credit = true, e.Guard.Credit(remote.Addr(), len(b))
 	}
-	pathLen := 0
-	for _, seg := range r.Segments {
-		pathLen += 1 + schemas.EscapedLen(seg)
-	}
 	switch {
 	case proxying:
 		e.stats.rejected.Add(1)
@@ -461,19 +512,102 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		r.respond(codes.BadOption, nil, nil)
 		return nil
 	}
-	r.Path = joinPath(r.Segments)
-	r.Query = joinQuery(query)
-	r.op = r.Method + " " + r.Path + "?" + r.Query
-	if b2 != nil {
-		r.block2 = *b2
+
+	// What the request keeps of the datagram goes in one slab: first the
+	// bytes (Token, Head, Payload), then the strings (Segments, then op,
+	// which holds Path and Query, then MsgID), which are never written
+	// again.
+	head := b[:len(b)-len(m.Payload)]
+	size := len(m.Token) + segsLen + len(method) + 1 + max(pathEst, 1) + 1 + qyEst + addrLen(remote) + 1 + 5 + 1 + 2*len(m.Token)
+	if !hasB1 {
+		size += len(head) + len(m.Payload)
+	}
+	var slab []byte
+	if size <= len(r.inline) {
+		slab = r.inline[:0]
+	} else {
+		slab = make([]byte, 0, size)
+	}
+	slab = append(slab, m.Token...)
+	tokenEnd := len(slab)
+	if !hasB1 {
+		slab = append(slab, head...)
+		slab = append(slab, m.Payload...)
+	}
+	strStart := len(slab)
+	for _, o := range m.Options {
+		if o.ID == message.URIPath {
+			slab = append(slab, o.Value...)
+		}
+	}
+	opStart := len(slab)
+	slab = append(slab, method...)
+	slab = append(slab, ' ')
+	pathStart := len(slab)
+	slab = append(slab, '/')
+	first := true
+	for _, o := range m.Options {
+		if o.ID == message.URIPath {
+			if !first {
+				slab = append(slab, '/')
+			}
+			first = false
+			slab = appendPathEscaped(slab, o.Value)
+		}
+	}
+	pathEnd := len(slab)
+	slab = append(slab, '?')
+	first = true
+	for _, o := range m.Options {
+		if o.ID == message.URIQuery {
+			if !first {
+				slab = append(slab, '&')
+			}
+			first = false
+			slab = appendQueryEscaped(slab, o.Value)
+		}
+	}
+	opEnd := len(slab)
+	slab = remote.AppendTo(slab)
+	slab = append(slab, '|')
+	slab = strconv.AppendUint(slab, uint64(h.mid), 10)
+	slab = append(slab, '|')
+	slab = hex.AppendEncode(slab, m.Token)
+
+	// slab is complete: its string part is never written again.
+	str := unsafe.String(unsafe.SliceData(slab[strStart:]), len(slab)-strStart)
+	sub := func(from, to int) string { return str[from-strStart : to-strStart] }
+	r.Token = nil
+	if tokenEnd > 0 {
+		r.Token = slab[:tokenEnd:tokenEnd]
+	}
+	if nsegs <= len(r.segs) {
+		r.Segments = r.segs[:nsegs:nsegs]
+	} else {
+		r.Segments = make([]string, nsegs)
+	}
+	at, i := strStart, 0
+	for _, o := range m.Options {
+		if o.ID == message.URIPath {
+			r.Segments[i] = sub(at, at+len(o.Value))
+			at += len(o.Value)
+			i++
+		}
+	}
+	r.op = sub(opStart, opEnd)
+	r.Path = sub(pathStart, pathEnd)
+	r.Query = sub(pathEnd+1, opEnd)
+	r.MsgID = sub(opEnd, len(slab))
+	if hasB2 {
+		r.block2 = b2
 	}
 	r.block2.szx = min(r.block2.szx, szxFor(e.BlockSize))
-	if b2 == nil {
+	if !hasB2 {
 		r.block2.szx = szxFor(e.BlockSize)
 	}
 
-	if b1 != nil {
-		body, done := e.receiveBlock1(r, *b1, m.Payload, now)
+	if hasB1 {
+		body, done := e.receiveBlock1(r, b1, m.Payload, now)
 		if !done {
 			return nil
 		}
@@ -483,42 +617,128 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 			r.credit = e.Guard.Credit(remote.Addr(), len(b)-len(m.Payload)+len(body))
 		}
 	} else {
-		if b2 != nil && b2.num > 0 && e.serveBlock2(r, now) {
+		if hasB2 && b2.num > 0 && e.serveBlock2(r, now) {
 			return nil
 		}
-		r.Payload = append([]byte(nil), m.Payload...)
-		head := b[:len(b)-len(m.Payload)]
-		r.Head = append([]byte(nil), head...)
+		headEnd := tokenEnd + len(head)
+		r.Head = slab[tokenEnd:headEnd:headEnd]
+		if len(m.Payload) > 0 {
+			r.Payload = slab[headEnd:strStart:strStart]
+		}
 	}
-	r.MsgID = remote.String() + "|" + strconv.Itoa(int(h.mid)) + "|" + hex.EncodeToString(r.Token)
 	e.stats.requests.Add(1)
 	return r
+}
+
+// bytesString returns b as a string without copying: for calls that
+// neither keep the string nor outlive b's contents.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// unreserved reports whether s holds only RFC 3986's unreserved
+// characters, which url.PathEscape and url.QueryEscape leave as they are.
+func unreserved(s []byte) bool {
+	for _, c := range s {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~') {
+			return false
+		}
+	}
+	return true
+}
+
+// escapedMax bounds the length of s percent-encoded.
+func escapedMax(s []byte) int {
+	if unreserved(s) {
+		return len(s)
+	}
+	return 3 * len(s)
+}
+
+// appendPathEscaped appends the Uri-Path segment s as url.PathEscape
+// encodes it.
+func appendPathEscaped(dst, s []byte) []byte {
+	if unreserved(s) {
+		return append(dst, s...)
+	}
+	return append(dst, url.PathEscape(string(s))...)
+}
+
+// appendQueryEscaped appends the Uri-Query option s percent-encoded as a
+// query component, except for its first '='.
+func appendQueryEscaped(dst, s []byte) []byte {
+	if unreserved(s) {
+		return append(dst, s...)
+	}
+	k, v, ok := strings.Cut(string(s), "=")
+	dst = append(dst, url.QueryEscape(k)...)
+	if ok {
+		dst = append(dst, '=')
+		dst = append(dst, url.QueryEscape(v)...)
+	}
+	return dst
+}
+
+// addrLen is the most AddrPort.AppendTo writes for ap's kind of address.
+func addrLen(ap netip.AddrPort) int {
+	if ap.Addr().Is4() {
+		return len("255.255.255.255:65535")
+	}
+	return len("[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%]:65535") + len(ap.Addr().Zone())
 }
 
 // hashSeed keys the hashes of the dedupe cache.
 var hashSeed = maphash.MakeSeed()
 
-// remember records a new received message in the dedupe cache. e.mu must
-// be held.
+// remember records a new received message in the dedupe cache, dropping
+// the oldest entry if the cache is full. e.mu must be held.
 func (e *Edge) remember(key peerMID, typ message.Type, now time.Time) *cached {
 	life := exchangeLifetime
 	if typ == typeNON {
 		life = nonLifetime
 	}
-	if len(e.dedupe) >= e.CacheSize {
-		for len(e.order) > 0 && len(e.dedupe) >= e.CacheSize {
-			old := e.order[0]
-			e.order = e.order[1:]
-			if _, ok := e.dedupe[old]; ok {
-				delete(e.dedupe, old)
-				e.stats.evicted.Add(1)
-			}
+	if e.recentLen >= e.CacheSize {
+		if c := e.slot(e.recentHead); e.dedupe[c.key] == c {
+			e.stats.evicted.Add(1)
 		}
+		e.forgetOldest()
 	}
-	c := &cached{key: key, expires: now.Add(life)}
+	i := (e.recentHead + e.recentLen) % e.CacheSize
+	for i/cacheChunk >= len(e.recent) {
+		// The ring fills its slots in order before it wraps.
+		e.recent = append(e.recent, make([]cached, min(cacheChunk, e.CacheSize-len(e.recent)*cacheChunk)))
+	}
+	e.recentLen++
+	e.recentSeq++
+	c := e.slot(i)
+	*c = cached{key: key, seq: e.recentSeq, expires: now.Add(life)}
 	e.dedupe[key] = c
-	e.order = append(e.order, key)
 	return c
+}
+
+// cacheChunk is how many dedupe cache entries are allocated at a time.
+const cacheChunk = 1024
+
+// slot returns entry i of the dedupe cache's ring. e.mu must be held.
+func (e *Edge) slot(i int) *cached { return &e.recent[i/cacheChunk][i%cacheChunk] }
+
+// forgetOldest drops the oldest entry of the dedupe cache, and its key
+// unless a newer message with the same key took it. e.mu must be held.
+func (e *Edge) forgetOldest() {
+	c := e.slot(e.recentHead)
+	if e.dedupe[c.key] == c {
+		delete(e.dedupe, c.key)
+	}
+	*c = cached{}
+	e.recentHead = (e.recentHead + 1) % e.CacheSize
+	e.recentLen--
+}
+
+// cached returns r's dedupe cache entry, or nil if it was dropped. e.mu
+// must be held.
+func (r *Request) cached() *cached {
+	if r.cache.seq != r.cacheSeq {
+		return nil
+	}
+	return r.cache
 }
 
 // Started is called by ingress once the request is on its way to NATS: a
@@ -527,47 +747,143 @@ func (r *Request) Started() {
 	if !r.Confirmable {
 		return
 	}
-	r.edge.mu.Lock()
-	defer r.edge.mu.Unlock()
-	if r.done || r.acked {
-		return
-	}
-	r.timer = time.AfterFunc(r.edge.Piggyback, r.ackEmpty)
-}
-
-// ackEmpty acknowledges a CON whose worker has not answered within the
-// piggyback window; the response will follow as a separate CON.
-func (r *Request) ackEmpty() {
 	e := r.edge
 	e.mu.Lock()
-	if r.done || r.acked || e.closed {
-		e.mu.Unlock()
+	defer e.mu.Unlock()
+	if r.done || r.acked || r.win != 0 || e.closed {
 		return
 	}
-	r.acked = true
-	r.cache.separate = true
-	if r.limited {
-		r.credit -= guard.Wire(r.dst.Remote.Addr(), 4)
+	if e.winTail-e.winHead == uint64(len(e.windows)) {
+		e.growWindows()
 	}
-	e.mu.Unlock()
-	e.send(r.dst, empty(typeACK, r.MessageID))
+	e.windows[e.winTail&uint64(len(e.windows)-1)] = window{r: r, end: time.Since(e.epoch) + e.Piggyback}
+	e.winTail++
+	r.win = e.winTail
+	if !e.winArmed {
+		e.winArmed = true
+		e.winTimer.Reset(e.Piggyback)
+	}
 }
+
+// growWindows doubles the ring of piggyback windows. e.mu must be held.
+func (e *Edge) growWindows() {
+	old := e.windows
+	e.windows = make([]window, max(64, 2*len(old)))
+	for n := e.winHead; n < e.winTail; n++ {
+		e.windows[n&uint64(len(e.windows)-1)] = old[n&uint64(len(old)-1)]
+	}
+}
+
+// closeWindow takes r's piggyback window off the queue, if it is there.
+// e.mu must be held.
+func (e *Edge) closeWindow(r *Request) {
+	if r.win == 0 {
+		return
+	}
+	if n := r.win - 1; n >= e.winHead {
+		e.windows[n&uint64(len(e.windows)-1)].r = nil
+	}
+	r.win = 0
+}
+
+// ackDue runs on winTimer's goroutine when the oldest piggyback window
+// ends. It acknowledges, with an empty ACK, each CON whose window has
+// ended and whose worker has not answered; the response will follow as a
+// separate CON. It then sets the timer for the oldest window still open,
+// but no sooner than a twentieth of the window (at most 5 ms) ahead, so
+// that a window ends at most that late and the timer fires at most a few
+// hundred times a second under any load.
+func (e *Edge) ackDue() {
+	for {
+		var due [32]*Request
+		n := 0
+		e.mu.Lock()
+		if e.closed {
+			e.winArmed = false
+			e.mu.Unlock()
+			return
+		}
+		now := time.Since(e.epoch)
+		mask := uint64(len(e.windows) - 1)
+		for ; e.winHead < e.winTail && n < len(due); e.winHead++ {
+			w := &e.windows[e.winHead&mask]
+			r := w.r
+			if r != nil && w.end > now {
+				break
+			}
+			*w = window{}
+			if r == nil {
+				continue // answered
+			}
+			r.win = 0
+			r.acked = true
+			if c := r.cached(); c != nil {
+				c.separate = true
+			}
+			if r.limited {
+				r.credit -= guard.Wire(r.dst.Remote.Addr(), 4)
+			}
+			due[n] = r
+			n++
+		}
+		more := n == len(due)
+		if !more {
+			if e.winHead < e.winTail {
+				grain := min(e.Piggyback/20, 5*time.Millisecond)
+				e.winTimer.Reset(max(e.windows[e.winHead&mask].end-now, grain))
+			} else {
+				e.winArmed = false
+			}
+		}
+		e.mu.Unlock()
+		for _, r := range due[:n] {
+			e.send(r.dst, empty(typeACK, r.MessageID))
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+// scratch is the room Reply builds a response's options in.
+type scratch struct {
+	opts [16]message.Option
+	buf  [64]byte
+}
+
+var replyScratch = sync.Pool{New: func() any { return new(scratch) }}
 
 // Reply implements exchange.Replier: it sends the worker's reply as the
 // CoAP response.
 func (r *Request) Reply(_ exchange.Exchange, status string, header map[string][]string, body []byte) error {
-	get := func(k string) string {
-		if v := header[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
 	if status != schemas.StatusOK {
 		r.respond(codes.InternalServerError, nil, nil)
 		return nil
 	}
+	// One pass over the reply's few headers costs less than a lookup for
+	// each header that could be there.
+	var hCode, hContentFormat, hMaxAge, hETag, hLocationPath, hLocationQuery string
+	for k, v := range header {
+		if len(v) == 0 {
+			continue
+		}
+		switch k {
+		case schemas.HeaderCoAPCode:
+			hCode = v[0]
+		case schemas.HeaderCoAPContentFormat:
+			hContentFormat = v[0]
+		case schemas.HeaderCoAPMaxAge:
+			hMaxAge = v[0]
+		case schemas.HeaderCoAPETag:
+			hETag = v[0]
+		case schemas.HeaderCoAPLocationPath:
+			hLocationPath = v[0]
+		case schemas.HeaderCoAPLocationQuery:
+			hLocationQuery = v[0]
+		}
+	}
 	code := codes.Content
-	if s := get(schemas.HeaderCoAPCode); s != "" {
+	if s := hCode; s != "" {
 		c, err := ParseCode(s)
 		if err != nil {
 			r.respond(codes.InternalServerError, nil, nil)
@@ -575,38 +891,47 @@ func (r *Request) Reply(_ exchange.Exchange, status string, header map[string][]
 		}
 		code = c
 	}
-	var opts message.Options
-	buf := make([]byte, 0, 64)
+	// The options and their values are scratch: respond encodes them
+	// before Reply returns.
+	sc := replyScratch.Get().(*scratch)
+	defer replyScratch.Put(sc)
+	opts := message.Options(sc.opts[:0])
+	buf := sc.buf[:0]
 	add := func(id message.OptionID, v []byte) {
 		start := len(buf)
 		buf = append(buf, v...)
 		opts = opts.Add(message.Option{ID: id, Value: buf[start:len(buf):len(buf)]})
 	}
+	addUint := func(id message.OptionID, n uint32) {
+		start := len(buf)
+		buf = appendUint(buf, n)
+		opts = opts.Add(message.Option{ID: id, Value: buf[start:len(buf):len(buf)]})
+	}
 	cf := -1
-	if s := get(schemas.HeaderCoAPContentFormat); s != "" {
+	if s := hContentFormat; s != "" {
 		if n, err := strconv.ParseUint(s, 10, 16); err == nil {
 			cf = int(n)
-			add(message.ContentFormat, encodeUint(uint32(n)))
+			addUint(message.ContentFormat, uint32(n))
 		}
 	}
-	if s := get(schemas.HeaderCoAPMaxAge); s != "" {
+	if s := hMaxAge; s != "" {
 		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
-			add(message.MaxAge, encodeUint(uint32(n)))
+			addUint(message.MaxAge, uint32(n))
 		}
 	}
 	var etag []byte
-	if s := get(schemas.HeaderCoAPETag); s != "" {
+	if s := hETag; s != "" {
 		if t, err := hex.DecodeString(s); err == nil && len(t) >= 1 && len(t) <= 8 {
 			etag = t
 			add(message.ETag, t)
 		}
 	}
-	if s := get(schemas.HeaderCoAPLocationPath); s != "" {
+	if s := hLocationPath; s != "" {
 		for _, seg := range splitPath(s) {
 			add(message.LocationPath, []byte(seg))
 		}
 	}
-	if s := get(schemas.HeaderCoAPLocationQuery); s != "" {
+	if s := hLocationQuery; s != "" {
 		for _, q := range splitQuery(s) {
 			add(message.LocationQuery, []byte(q))
 		}
@@ -722,9 +1047,7 @@ func (r *Request) drop() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	r.done = true
-	if r.timer != nil {
-		r.timer.Stop()
-	}
+	e.closeWindow(r)
 }
 
 // Fail implements exchange.Replier: 5.04 when no worker answered in time,
@@ -753,9 +1076,7 @@ func (r *Request) respond(code codes.Code, opts message.Options, payload []byte)
 		return
 	}
 	r.done = true
-	if r.timer != nil {
-		r.timer.Stop()
-	}
+	e.closeWindow(r)
 	m := message.Message{Token: r.Token, Options: opts, Code: code, Payload: payload}
 	var rt *retransmission
 	switch {
@@ -792,7 +1113,9 @@ func (r *Request) respond(code codes.Code, opts message.Options, payload []byte)
 		r.credit -= guard.Wire(r.dst.Remote.Addr(), len(b))
 	}
 	if rt == nil {
-		r.cache.response = b
+		if c := r.cached(); c != nil {
+			c.response = b
+		}
 	} else {
 		rt.limited, rt.credit = r.limited, r.credit
 		rt.msg = b
@@ -1063,6 +1386,9 @@ func store[V any](m map[transferKey]V, k transferKey, v V, expires func(V) time.
 		delete(m, soonest)
 		dropped = 1
 	}
+	// The key outlives the request whose Receive made k.op, in which it
+	// would otherwise keep the whole Request.
+	k.op = strings.Clone(k.op)
 	m[k] = v
 	return dropped
 }
@@ -1105,6 +1431,17 @@ func decodeUint(v []byte) uint32 {
 	return n
 }
 
+// appendUint appends n as a CoAP uint option value: big-endian, without
+// leading zero bytes.
+func appendUint(dst []byte, n uint32) []byte {
+	for i := 24; i >= 0; i -= 8 {
+		if n>>i != 0 {
+			dst = append(dst, byte(n>>i))
+		}
+	}
+	return dst
+}
+
 func encodeUint(n uint32) []byte {
 	switch {
 	case n == 0:
@@ -1119,20 +1456,6 @@ func encodeUint(n uint32) []byte {
 	return []byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
 }
 
-// joinPath makes the udpgate-coap-path header: "/" followed by the
-// segments, each percent-encoded, joined by "/".
-func joinPath(segs []string) string {
-	var b strings.Builder
-	b.WriteByte('/')
-	for i, s := range segs {
-		if i > 0 {
-			b.WriteByte('/')
-		}
-		b.WriteString(url.PathEscape(s))
-	}
-	return b.String()
-}
-
 func splitPath(p string) []string {
 	p = strings.TrimPrefix(p, "/")
 	if p == "" {
@@ -1145,20 +1468,6 @@ func splitPath(p string) []string {
 		}
 	}
 	return parts
-}
-
-// joinQuery makes the udpgate-coap-query header: the options, each
-// percent-encoded as a query component except '=', joined by "&".
-func joinQuery(q []string) string {
-	for i, s := range q {
-		k, v, ok := strings.Cut(s, "=")
-		if ok {
-			q[i] = url.QueryEscape(k) + "=" + url.QueryEscape(v)
-		} else {
-			q[i] = url.QueryEscape(s)
-		}
-	}
-	return strings.Join(q, "&")
 }
 
 func splitQuery(s string) []string {

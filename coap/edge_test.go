@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
 
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
@@ -484,5 +487,217 @@ func TestAcknowledgedSeparateResponseValidates(t *testing.T) {
 	te.receive([]byte{0x60, 0, byte(m.MessageID >> 8), byte(m.MessageID)})
 	if te.Guard.Limited(te.remote.Addr(), time.Now()) {
 		t.Error("not validated by the ACK")
+	}
+}
+
+func TestRequestFieldsLarge(t *testing.T) {
+	te := newTestEdge(t, Config{})
+	// NON POST with an 8-byte token, six 40-byte segments (more than a
+	// Request holds inline), one needing escapes, and a 500-byte payload.
+	token := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	b := append([]byte{0x58, 0x02, 0x01, 0x02}, token...)
+	var segs []string
+	for i := range 6 {
+		seg := strings.Repeat(string(rune('a'+i)), 40)
+		if i == 3 {
+			seg = strings.Repeat("ä/", 20)
+		}
+		segs = append(segs, seg)
+		delta := byte(0)
+		if i == 0 {
+			delta = 11
+		}
+		b = append(b, delta<<4|13, byte(len(seg)-13))
+		b = append(b, seg...)
+	}
+	payload := bytes.Repeat([]byte("p"), 500)
+	b = append(b, 0xff)
+	b = append(b, payload...)
+	r := te.receive(b)
+	if r == nil {
+		t.Fatal("not published")
+	}
+	wantPath := "/" + strings.Join(segs[:3], "/") + "/" + url.PathEscape(segs[3]) + "/" + strings.Join(segs[4:], "/")
+	checks := []struct{ name, got, want string }{
+		{"segments", strings.Join(r.Segments, "|"), strings.Join(segs, "|")},
+		{"path", r.Path, wantPath},
+		{"query", r.Query, ""},
+		{"token", hex.EncodeToString(r.Token), "0102030405060708"},
+		{"payload", string(r.Payload), string(payload)},
+		{"head+payload", string(r.Head) + string(r.Payload), string(b)},
+		{"msgid", r.MsgID, te.remote.String() + "|258|0102030405060708"},
+		{"op", r.op, "POST " + wantPath + "?"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	r.done = true
+}
+
+func TestEscapesMatchURL(t *testing.T) {
+	in := []string{"", "time", "a.b-c_d~e", "a b", "unit=°C", "x", "=", "a=b=c", "a&b", "/;,?", ":@&=+$", "%41", "\x00\xff", "é"}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for range 1000 {
+		b := make([]byte, rnd.IntN(12))
+		for i := range b {
+			b[i] = byte(rnd.IntN(256))
+		}
+		in = append(in, string(b))
+	}
+	for _, s := range in {
+		if got, want := string(appendPathEscaped(nil, []byte(s))), url.PathEscape(s); got != want {
+			t.Errorf("path %q: %q, want %q", s, got, want)
+		}
+		want := url.QueryEscape(s)
+		if k, v, ok := strings.Cut(s, "="); ok {
+			want = url.QueryEscape(k) + "=" + url.QueryEscape(v)
+		}
+		if got := string(appendQueryEscaped(nil, []byte(s))); got != want {
+			t.Errorf("query %q: %q, want %q", s, got, want)
+		}
+		if n := len(url.PathEscape(s)); n > escapedMax([]byte(s)) {
+			t.Errorf("escapedMax(%q) = %d < %d", s, escapedMax([]byte(s)), n)
+		}
+	}
+}
+
+func TestAppendEncodedMatchesGoCoAP(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(3, 4))
+	lengths := []int{0, 1, 12, 13, 14, 268, 269, 270, 600}
+	ids := []message.OptionID{1, 4, 11, 12, 14, 15, 23, 27, 28, 60, 258, 300, 2048, 65000}
+	for i := range 500 {
+		var opts message.Options
+		for range rnd.IntN(6) {
+			v := bytes.Repeat([]byte{byte(i)}, lengths[rnd.IntN(len(lengths))])
+			opts = opts.Add(message.Option{ID: ids[rnd.IntN(len(ids))], Value: v})
+		}
+		m := message.Message{
+			Token:     bytes.Repeat([]byte{0xab}, rnd.IntN(9)),
+			Options:   opts,
+			Code:      codes.Code(rnd.IntN(256)),
+			Payload:   bytes.Repeat([]byte{'x'}, lengths[rnd.IntN(len(lengths))]),
+			MessageID: int32(rnd.IntN(1 << 16)),
+			Type:      message.Type(rnd.IntN(4)),
+		}
+		n, err := coder.DefaultCoder.Size(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, n)
+		if _, err := coder.DefaultCoder.Encode(m, want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := appendEncoded([]byte("prefix"), m)
+		if err != nil || !bytes.Equal(got[6:], want) || string(got[:6]) != "prefix" {
+			t.Fatalf("%+v: got % x (%v), want % x", m, got, err, want)
+		}
+	}
+	if _, err := appendEncoded(nil, message.Message{Token: make([]byte, 9), Type: typeCON}); err == nil {
+		t.Error("a 9-byte token encoded")
+	}
+	unsorted := message.Options{{ID: 28}, {ID: 27}}
+	if _, err := appendEncoded(nil, message.Message{Options: unsorted, Type: typeCON}); err == nil {
+		t.Error("options out of order encoded")
+	}
+}
+
+// TestPiggybackWindows: requests answered within the window get the
+// response in the ACK and nothing else; the others get an empty ACK no
+// sooner than the window ends, then their response as a separate CON.
+// More requests than the ring's first size are in flight at once.
+func TestPiggybackWindows(t *testing.T) {
+	const window = 100 * time.Millisecond
+	te := newTestEdge(t, Config{Piggyback: window})
+	const n = 150
+	reqs := make([]*Request, n)
+	started := time.Now()
+	for i := range n {
+		r := te.receive(get(uint16(i), nil))
+		if r == nil {
+			t.Fatalf("request %d not published", i)
+		}
+		r.Started()
+		reqs[i] = r
+	}
+	for i := 0; i < n; i += 2 {
+		reqs[i].Reply(exchange.Exchange{}, schemas.StatusOK, nil, []byte("now"))
+	}
+	piggybacked, emptyACKs := 0, 0
+	for piggybacked+emptyACKs < n {
+		a := te.answer(10 * time.Second)
+		m := decodeAnswer(t, a)
+		switch {
+		case m.Type == typeACK && m.Code == codes.Content:
+			if m.MessageID%2 != 0 || string(m.Payload) != "now" {
+				t.Fatalf("piggybacked %d %q", m.MessageID, m.Payload)
+			}
+			piggybacked++
+		case m.Type == typeACK && m.Code == codes.Empty:
+			if m.MessageID%2 != 1 {
+				t.Fatalf("empty ACK for answered request %d", m.MessageID)
+			}
+			if d := time.Since(started); d < window {
+				t.Fatalf("empty ACK after %v, before the window of %v ended", d, window)
+			}
+			emptyACKs++
+		default:
+			t.Fatalf("answer %v %v", m.Type, m.Code)
+		}
+	}
+	if a := te.answer(2 * window); a != nil {
+		t.Fatalf("more answers: % x", a)
+	}
+	reqs[1].Reply(exchange.Exchange{}, schemas.StatusOK, nil, []byte("later"))
+	m := decodeAnswer(t, te.answer(10*time.Second))
+	if m.Type != typeCON || string(m.Payload) != "later" {
+		t.Fatalf("separate response %v %q", m.Type, m.Payload)
+	}
+	s := te.Stats()
+	if s.Piggybacked != n/2 || s.Separate != 1 {
+		t.Errorf("stats %+v", s)
+	}
+	// A duplicate of an acknowledged request gets the empty ACK again.
+	te.receive(get(3, nil))
+	if a := te.answer(10 * time.Second); !bytes.Equal(a, []byte{0x60, 0, 0, 3}) {
+		t.Errorf("duplicate answered % x", a)
+	}
+}
+
+func TestCloseStopsWindows(t *testing.T) {
+	te := newTestEdge(t, Config{Piggyback: 10 * time.Millisecond})
+	r := te.receive(get(1, nil))
+	r.Started()
+	te.Close()
+	if a := te.answer(100 * time.Millisecond); a != nil {
+		t.Errorf("answered % x after Close", a)
+	}
+}
+
+func TestDedupeCacheEvicts(t *testing.T) {
+	te := newTestEdge(t, Config{CacheSize: 1500}) // two chunks, the last partial
+	for i := range 4000 {
+		if r := te.receive(get(uint16(i), nil)); r == nil {
+			t.Fatalf("request %d not published", i)
+		} else {
+			r.done = true
+		}
+	}
+	if s := te.Stats(); s.Evicted != 4000-1500 {
+		t.Errorf("evicted %d", s.Evicted)
+	}
+	// The newest are remembered, the oldest forgotten.
+	if r := te.receive(get(3999, nil)); r != nil {
+		t.Error("a recent duplicate was published")
+	}
+	if r := te.receive(get(0, nil)); r == nil {
+		t.Error("an evicted message id was not published again")
+	}
+	te.Sweep(time.Now().Add(exchangeLifetime + time.Second))
+	te.mu.Lock()
+	defer te.mu.Unlock()
+	if len(te.dedupe) != 0 || te.recentLen != 0 {
+		t.Errorf("after Sweep: %d keys, %d entries", len(te.dedupe), te.recentLen)
 	}
 }
