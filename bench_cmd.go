@@ -725,7 +725,7 @@ type suiteEnv struct {
 	grp    *errgroup.Group
 
 	echo   netip.AddrPort // raw, echo worker
-	ingest netip.AddrPort // raw, no worker
+	ingest netip.AddrPort // raw, reply=off, no worker
 	coap   netip.AddrPort // coap, coap worker
 	rpc    netip.AddrPort // rpc, places worker
 }
@@ -785,7 +785,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 	loop := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0)
 	listeners := []listener{
 		{Addr: loop, Protocol: schemas.ProtocolRaw},
-		{Addr: loop, Protocol: schemas.ProtocolRaw},
+		{Addr: loop, Protocol: schemas.ProtocolRaw, NoReply: true}, // ingest: captured, never answered
 		{Addr: loop, Protocol: schemas.ProtocolCoAP},
 		{Addr: loop, Protocol: schemas.ProtocolRPC},
 	}

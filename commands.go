@@ -283,7 +283,7 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			}
 			return nil, fmt.Errorf("listener %s: %w", l, err)
 		}
-		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd})
+		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply})
 	}
 	return g, nil
 }

@@ -135,6 +135,9 @@ type listener struct {
 	Addr     netip.AddrPort // address 0.0.0.0 when none was given
 	Protocol string
 	Options  string // ;KEY=VALUE... overriding the guard's defaults, checked (guard_config.go)
+	// NoReply (option reply=off, raw only): datagrams are captured and
+	// published, and never answered.
+	NoReply bool
 }
 
 func (l listener) String() string { return l.Addr.String() + "/" + l.Protocol }
@@ -437,7 +440,11 @@ func parseListener(f string) (listener, error) {
 	if ap.Port() == 0 {
 		return listener{}, fmt.Errorf("%q: port must be 1..65535", f)
 	}
-	return listener{Addr: ap, Protocol: proto, Options: opts}, nil
+	noReply := replyOff(opts)
+	if noReply && proto != schemas.ProtocolRaw {
+		return listener{}, fmt.Errorf("%q: reply=off is for raw listeners: CoAP and RPC clients expect an answer", f)
+	}
+	return listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply}, nil
 }
 
 func parseHostPort(s string) (netip.AddrPort, error) {

@@ -40,6 +40,7 @@ var listenerOptions = map[string]string{
 	"allow": "ALLOW", "deny": "DENY", "trust": "TRUST", "rate": "RATE", "burst": "BURST",
 	"source_prefix": "SOURCE_PREFIX", "listener_rate": "LISTENER_RATE", "listener_burst": "LISTENER_BURST",
 	"amplification": "AMPLIFICATION",
+	"reply":         "", // reply=off: not the guard's (listener.NoReply)
 }
 
 // checkListenerOptions checks the ;KEY=VALUE options of a listener entry.
@@ -60,7 +61,7 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		key, value, ok := strings.Cut(kv, "=")
 		key = strings.TrimSpace(key)
 		if _, known := listenerOptions[key]; !known || !ok {
-			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification", kv))
+			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply", kv))
 			continue
 		}
 		if seen[key] {
@@ -68,11 +69,28 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 			continue
 		}
 		seen[key] = true
+		if key == "reply" { // not the guard's
+			if v := strings.TrimSpace(value); v != "on" && v != "off" {
+				errs = append(errs, fmt.Errorf("option reply=%s: want on or off", value))
+			}
+			continue
+		}
 		if err := setGuard(c, key, value); err != nil {
 			errs = append(errs, fmt.Errorf("option %v", err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// replyOff reports whether checked listener options say reply=off.
+func replyOff(opts string) bool {
+	for _, kv := range strings.Split(opts, ";") {
+		key, value, _ := strings.Cut(kv, "=")
+		if strings.TrimSpace(key) == "reply" && strings.TrimSpace(value) == "off" {
+			return true
+		}
+	}
+	return false
 }
 
 // setGuard sets the field of c named key from its text.

@@ -83,3 +83,23 @@ func TestListenerListedTwiceWithOtherOptions(t *testing.T) {
 		t.Errorf("identical entries: %v, %v", ls, err)
 	}
 }
+
+func TestListenerReplyOff(t *testing.T) {
+	ls, err := parseListeners("9100/raw;reply=off,9000/raw;reply=on;rate=5,9001/raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := []bool{ls[0].NoReply, ls[1].NoReply, ls[2].NoReply}; got[0] != true || got[1] || got[2] {
+		t.Errorf("NoReply %v, want [true false false]", got)
+	}
+	for in, want := range map[string]string{
+		"5683/coap;reply=off": "reply=off is for raw listeners",
+		"7000/rpc;reply=off":  "reply=off is for raw listeners",
+		"9100/raw;reply=no":   "want on or off",
+		"9100/raw;reply":      "want KEY=VALUE",
+	} {
+		if _, err := parseListeners(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want %q", in, err, want)
+		}
+	}
+}

@@ -38,6 +38,9 @@ type Listener struct {
 	// limits and amplification limit; nil admits everything and limits
 	// nothing.
 	Guard *guard.Guard
+	// NoReply captures and publishes without opening exchanges; nothing
+	// is sent back (raw only; see ingress.Server.NoReply).
+	NoReply bool
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
@@ -206,6 +209,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			CoAP:        g.CoAP,
 			Log:         g.Log,
 			Guard:       l.Guard,
+			NoReply:     l.NoReply,
 		}
 	}
 	g.mu.Lock()

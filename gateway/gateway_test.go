@@ -419,3 +419,58 @@ func TestStreamsRecreatedAfterRestart(t *testing.T) {
 		t.Errorf("reply %q, want echo:again", got)
 	}
 }
+
+// TestNoReplyListener: a reply=off listener captures every datagram with
+// the usual headers, opens no exchange, and sends nothing back, even when
+// a worker answers; the answer names no exchange and counts as unknown.
+func TestNoReplyListener(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	c, err := ingress.Listen(context.Background(), "udp4", "127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	g := &Gateway{NATS: nc, Node: "node-1", Listeners: []Listener{{Conn: c, Protocol: schemas.ProtocolRaw, NoReply: true}}}
+	serveGateway(t, g)
+	seen := make(chan jetstream.Msg, 16)
+	contractWorker(t, s, "answers-anyway", schemas.InSubject(schemas.DefaultPrefix, port), func(m jetstream.Msg) []byte {
+		seen <- m
+		return echo(m)
+	})
+
+	const n = 5
+	cl, err := net.DialUDP("udp", nil, c.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := range n {
+		cl.Write([]byte("reading " + itoa(i)))
+	}
+	ids := map[string]bool{}
+	for range n {
+		select {
+		case m := <-seen:
+			h := m.Headers()
+			if h.Get(schemas.HeaderID) == "" || h.Get(schemas.HeaderRemote) != cl.LocalAddr().String() {
+				t.Errorf("headers %v", h)
+			}
+			ids[h.Get(schemas.HeaderID)] = true
+		case <-time.After(5 * time.Second):
+			t.Fatal("the worker did not see every datagram")
+		}
+	}
+	if len(ids) != n {
+		t.Errorf("%d distinct ids for %d datagrams", len(ids), n)
+	}
+	waitFor(t, "the worker's answers counted unknown", func() bool { return g.Stats().Egress.Unknown == n })
+	cl.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	buf := make([]byte, 64)
+	if k, err := cl.Read(buf); !isTimeout(err) {
+		t.Errorf("a reply=off listener sent %q (%v)", buf[:k], err)
+	}
+	if st := g.Stats(); st.Pending != 0 || st.Egress.Sent != 0 || st.Ingress[itoa(int(port))+"/raw"].Published != n {
+		t.Errorf("pending %d, sent %d, ingress %+v; want 0, 0 and %d published", st.Pending, st.Egress.Sent, st.Ingress, n)
+	}
+}

@@ -76,6 +76,12 @@ type Server struct {
 	Guard *guard.Guard
 	// Log receives errors; nothing per datagram above Debug. Nil discards.
 	Log *slog.Logger
+	// NoReply captures and publishes every datagram without opening an
+	// exchange: nothing is ever sent back, and the pending table is not
+	// used, so an ingest-only port cannot fill it. Raw listeners only.
+	// Request ids come from a table of the listener's own, so a reply to
+	// one names no exchange and egress counts it unknown.
+	NoReply bool
 
 	stats counters
 	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
@@ -92,6 +98,8 @@ type Server struct {
 	subject   string // a raw listener's request subject; empty for other protocols
 	wildcard  bool
 	localAddr netip.AddrPort
+	ids       *exchange.Table // NoReply: ids of the listener's own
+	idSeq     uint64          // NoReply: the last id's sequence number; publisher only
 }
 
 // Stats are cumulative counts of one listener's datagrams.
@@ -225,6 +233,12 @@ func (s *Server) init() error {
 	if s.Protocol == schemas.ProtocolRaw {
 		s.subject = schemas.InSubject(s.Prefix, s.port)
 	}
+	if s.NoReply {
+		if s.Protocol != schemas.ProtocolRaw {
+			return fmt.Errorf("ingress: %s: NoReply is for raw listeners", s.listener)
+		}
+		s.ids = exchange.NewTable(1)
+	}
 	if s.Protocol == schemas.ProtocolCoAP {
 		s.coapEdge = &coap.Edge{
 			Config: s.CoAP,
@@ -356,6 +370,19 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			continue
 		}
 		deadline := d.at.Add(s.Deadline)
+		if s.NoReply {
+			s.idSeq++
+			msg, _ := s.msgs.Get().(*nats.Msg)
+			msg = newMessage(msg, &Request{
+				Prefix: s.Prefix, Port: s.port, Listener: s.listener, Source: s.source, Reply: s.reply,
+				Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline, Body: d.data,
+			}, s.subject, s.ids, s.idSeq)
+			if _, err := js.PublishMsgAsync(msg, stall...); err != nil {
+				s.recycle(msg)
+				s.countPublishError(err)
+			}
+			continue
+		}
 		seq, expired, ok := s.Table.Open(exchange.Exchange{
 			Conn:      s.Conn,
 			Remote:    d.remote,
@@ -390,13 +417,18 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
 				ex.Replier.Fail(ex, exchange.Unavailable)
 			}
-			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-				s.stats.inFlight.Add(1)
-			} else {
-				s.stats.publishFailed.Add(1)
-				s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
-			}
+			s.countPublishError(err)
 		}
+	}
+}
+
+// countPublishError counts a publish that could not start.
+func (s *Server) countPublishError(err error) {
+	if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+		s.stats.inFlight.Add(1)
+	} else {
+		s.stats.publishFailed.Add(1)
+		s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
 	}
 }
 
