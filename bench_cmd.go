@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/bench"
+	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
@@ -470,6 +471,8 @@ func (s *suite) gatewayRawOpen80(ctx context.Context) (bench.Sample, error) {
 	if err != nil {
 		return bench.Sample{}, err
 	}
+	listener := strconv.Itoa(int(e.echo.Port())) + "/raw"
+	before := e.g.Stats()
 	res, err := s.load(ctx, bench.Config{
 		Target: "udp://" + e.echo.String(), Rate: 0.8 * rate, Duration: s.noLoss,
 		Sockets: suiteInFlight, Payload: rawPayload,
@@ -477,7 +480,11 @@ func (s *suite) gatewayRawOpen80(ctx context.Context) (bench.Sample, error) {
 	if err != nil {
 		return bench.Sample{}, err
 	}
+	after := e.g.Stats()
 	note := fmt.Sprintf("open loop at %.0f req/s (0.8 x gateway-raw) for %s", 0.8*rate, s.noLoss)
+	if drops := dropsBetween(before, after, listener); drops != "" {
+		note += "; the gateway dropped " + drops
+	}
 	if res.Behind > 0 {
 		note += fmt.Sprintf("; the generator fell %d requests behind", res.Behind)
 	}
@@ -629,6 +636,33 @@ func (s *suite) jsPublish(ctx context.Context) (bench.Sample, error) {
 	return bench.Sample{Rate: float64(acked) / elapsed.Seconds(), P50: l.P50, P99: l.P99, Sent: sent, Lost: lost, Errors: errs + failed}, nil
 }
 
+// dropsBetween describes what the gateway dropped on listener between two
+// snapshots of its counters, by reason ("" if nothing).
+func dropsBetween(before, after gateway.Stats, listener string) string {
+	b, a := before.Ingress[listener], after.Ingress[listener]
+	eb, ea := before.EgressByListener[listener], after.EgressByListener[listener]
+	var parts []string
+	for _, d := range []struct {
+		what string
+		n    uint64
+	}{
+		{"in the kernel (receive buffer full)", a.KernelDrops - b.KernelDrops},
+		{"queue full", a.QueueFull - b.QueueFull},
+		{"table full", a.TableFull - b.TableFull},
+		{"publishes in flight", a.InFlight - b.InFlight},
+		{"publish failed", a.PublishFailed - b.PublishFailed},
+		{"NATS down", a.NATSDown - b.NATSDown},
+		{"unanswered by the deadline", ea.NoAnswer - eb.NoAnswer},
+		{"late replies", ea.Late - eb.Late},
+		{"send errors", ea.SendErrors - eb.SendErrors},
+	} {
+		if d.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", d.n, d.what))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
 // gatewayMemory sends one CoAP GET /time from each of s.addresses distinct
 // client addresses (127.16.0.1 and up, a short-lived socket each) to the
 // coap listener of a gateway started afresh, then reports this process's
@@ -723,6 +757,7 @@ type suiteEnv struct {
 	stream string
 	cancel context.CancelFunc
 	grp    *errgroup.Group
+	g      *gateway.Gateway
 
 	echo   netip.AddrPort // raw, echo worker
 	ingest netip.AddrPort // raw, reply=off, no worker
@@ -798,6 +833,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		ports[i] = l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	}
 	e.echo, e.ingest, e.coap, e.rpc = ports[0], ports[1], ports[2], ports[3]
+	e.g = g
 	var gctx context.Context
 	gctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	e.grp, gctx = errgroup.WithContext(gctx)
