@@ -207,6 +207,7 @@ const (
 	suiteLongWarmup = 10000
 	suitePayload    = 64 // bytes of a raw request, request id included
 	suiteJSMessage  = 100
+	suiteRcvBuf     = 4 << 20 // the gateway's SO_RCVBUF unless UDPGATE_RCVBUF sets it
 )
 
 // coapTimeBody is the answer of the direct CoAP server's GET /time, as long
@@ -808,6 +809,11 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 	cfg.Node = "bench"
 	cfg.StreamReplicas = 1
 	cfg.StreamMemory = false
+	if cfg.RcvBuf == 0 {
+		// As deployed: the compose file and the Kubernetes ConfigMap
+		// ask for 4 MiB (docs/operations.md).
+		cfg.RcvBuf = suiteRcvBuf
+	}
 	if e.ns, err = startNATS(cfg); err != nil {
 		return nil, err
 	}
