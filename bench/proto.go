@@ -120,11 +120,10 @@ func newCoAPCodec(method, path string, queries []string, payload []byte) (*coapC
 	}
 	buf := make([]byte, 1024)
 	opts := make(message.Options, 0, 16)
-	opts, n, err := opts.SetPath(buf, path)
+	opts, _, err := opts.SetPath(buf, path)
 	if err != nil {
 		return nil, fmt.Errorf("bench: coap path %q: %w", path, err)
 	}
-	buf = buf[n:]
 	for _, q := range queries {
 		opts = opts.Add(message.Option{ID: message.URIQuery, Value: []byte(q)})
 	}
