@@ -305,6 +305,12 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 	defer stop()
 	fatal := make(chan error, 1) // the first reason to stop that a fetch found
 	for {
+		if ctx.Err() != nil {
+			// Stopping: handlers that end now free their slots, and a pull
+			// sent for them would take requests only to drop them, to be
+			// redelivered an ack wait later.
+			return nil
+		}
 		if n := r.slots.reserve(); n > 0 {
 			fctx, cancel := context.WithTimeout(ctx, pullExpiry)
 			batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
