@@ -156,7 +156,8 @@ func TestParseBytes(t *testing.T) {
 
 func FuzzParseListeners(f *testing.F) {
 	for _, s := range []string{"9000/raw", "0.0.0.0:9001/raw,[::]:9002/raw", "/", ":/raw", "[::1/raw", "1/raw,1/raw",
-		"5683/coap;rate=50;burst=100;allow=10.0.0.0/8 192.0.2.0/24", "1/raw;deny=::1;trust=127.0.0.0/8", "1/raw;rate", "1/raw;amplification=0;source_prefix=24/48", "1/raw;;"} {
+		"5683/coap;rate=50;burst=100;allow=10.0.0.0/8 192.0.2.0/24", "1/raw;deny=::1;trust=127.0.0.0/8", "1/raw;rate", "1/raw;amplification=0;source_prefix=24/48", "1/raw;;",
+		"9100/raw;reply=off", "5683/coap;reply=off", "1/raw;reply=on;reply=off"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -165,8 +166,8 @@ func FuzzParseListeners(f *testing.F) {
 			return
 		}
 		for _, l := range ls {
-			if l.Addr.Port() == 0 || l.Protocol == "" {
-				t.Fatalf("%q parsed to %v", s, l)
+			if l.Addr.Port() == 0 || l.Protocol == "" || (l.NoReply && l.Protocol != "raw") {
+				t.Fatalf("%q parsed to %+v", s, l)
 			}
 		}
 	})
