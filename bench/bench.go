@@ -255,6 +255,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	<-r.stop
 	senders.Wait()
+	r.waitSends()
 	r.mu.Lock()
 	if r.stopTimer != nil {
 		r.stopTimer.Stop()

@@ -29,6 +29,7 @@ type run struct {
 	last     atomic.Int64  // the latest reply, since start
 
 	claimed                                    atomic.Int64
+	sending                                    atomic.Int64 // claims not yet ended by sendOrCount
 	warmLeft                                   atomic.Int64 // warm-up requests still to send
 	measured                                   atomic.Int64 // when measuring began, since start
 	stopTimer                                  *time.Timer  // closed loop with a warm-up: set when measuring begins; guarded by mu
@@ -59,18 +60,30 @@ func (r *run) halting() bool {
 }
 
 // claim reports whether another request may be sent, and halts the run
-// when none may.
+// when none may. A true claim must be followed by sendOrCount, which ends
+// it: Run closes the sockets only once no claimed request is still being
+// sent, so that a run with a Count sends exactly that many.
 func (r *run) claim() bool {
+	r.sending.Add(1) // before the checks: a claim that passes is seen by Run
 	if r.halting() {
+		r.sending.Add(-1)
 		return false
 	}
 	// An open loop's pace ends it at its duration by the due times.
 	closedEnd := r.end > 0 && r.cfg.Rate <= 0 && r.now() >= r.end
 	if closedEnd || (r.cfg.Count > 0 && r.claimed.Add(1) > int64(r.cfg.Count+r.cfg.Warmup)) {
+		r.sending.Add(-1)
 		r.halt()
 		return false
 	}
 	return true
+}
+
+// waitSends waits until no claimed request is still being sent.
+func (r *run) waitSends() {
+	for r.sending.Load() > 0 {
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 func (r *run) noteErr(err error) {
@@ -95,6 +108,7 @@ func (r *run) next(s *slot) {
 
 // sendOrCount sends a request due at at on s, counting an error.
 func (r *run) sendOrCount(s *slot, at time.Duration) bool {
+	defer r.sending.Add(-1)
 	err := s.send(at)
 	if err != nil && !errors.Is(err, errStopped) {
 		r.noteErr(err)
