@@ -650,6 +650,7 @@ func dropsBetween(before, after gateway.Stats, listener string) string {
 		{"in the kernel (receive buffer full)", a.KernelDrops - b.KernelDrops},
 		{"queue full", a.QueueFull - b.QueueFull},
 		{"table full", a.TableFull - b.TableFull},
+		{"listener's share of the table full", a.ListenerFull - b.ListenerFull},
 		{"publishes in flight", a.InFlight - b.InFlight},
 		{"publish failed", a.PublishFailed - b.PublishFailed},
 		{"NATS down", a.NATSDown - b.NATSDown},

@@ -268,7 +268,8 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			BlockSize: cfg.CoAPBlockSize,
 			MaxBody:   cfg.CoAPMaxBody,
 		},
-		Log: log,
+		ListenerMaxPending: cfg.ListenerShare,
+		Log:                log,
 	}
 	for _, l := range listeners {
 		gd, err := guard.New(cfg.guardConfig(l))

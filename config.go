@@ -48,6 +48,7 @@ type env struct {
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
+	ListenerShare  string `envconfig:"LISTENER_MAX_PENDING" default:"0" desc:"open exchanges one listener may hold, a number or a percentage of UDPGATE_MAX_PENDING like 25% (0: half, or all on a node with one answering listener)"`
 	Queue          string `envconfig:"QUEUE" default:"1024" desc:"datagrams queued for publishing, per listener"`
 	MaxInFlight    string `envconfig:"MAX_INFLIGHT" default:"4096" desc:"publishes awaiting acknowledgement, per listener"`
 	RcvBuf         string `envconfig:"RCVBUF" default:"0" desc:"SO_RCVBUF per listener socket, bytes (0: system default)"`
@@ -99,6 +100,7 @@ type config struct {
 	Deadline       time.Duration
 	MaxDatagram    int
 	MaxPending     int
+	ListenerShare  int // 0: the gateway's default (gateway.Gateway.ListenerMaxPending)
 	Queue          int
 	MaxInFlight    int
 	RcvBuf         int
@@ -245,6 +247,21 @@ func (e env) parse(environ []string) (config, error) {
 	}
 	integer("MAX_DATAGRAM", e.MaxDatagram, 1, 65535, &c.MaxDatagram)
 	integer("MAX_PENDING", e.MaxPending, 1, 1<<24, &c.MaxPending)
+	if v, pct := strings.CutSuffix(strings.TrimSpace(e.ListenerShare), "%"); pct {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		switch {
+		case err != nil || n < 1 || n > 100:
+			bad("LISTENER_MAX_PENDING", "%q is not a percentage from 1%% to 100%%", e.ListenerShare)
+		case c.MaxPending > 0:
+			c.ListenerShare = max(1, c.MaxPending*n/100)
+		}
+	} else if n, err := strconv.Atoi(v); err != nil || n < 0 {
+		bad("LISTENER_MAX_PENDING", "%q is not a number of exchanges or a percentage of UDPGATE_MAX_PENDING (like 16384 or 25%%)", e.ListenerShare)
+	} else if c.MaxPending > 0 && n > c.MaxPending {
+		bad("LISTENER_MAX_PENDING", "%d is above UDPGATE_MAX_PENDING %d", n, c.MaxPending)
+	} else {
+		c.ListenerShare = n
+	}
 	integer("QUEUE", e.Queue, 1, 1<<20, &c.Queue)
 	integer("MAX_INFLIGHT", e.MaxInFlight, 1, 1<<20, &c.MaxInFlight)
 	integer("RCVBUF", e.RcvBuf, 0, 1<<30, &c.RcvBuf)

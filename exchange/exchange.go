@@ -14,12 +14,14 @@ package exchange
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,7 +52,36 @@ type Exchange struct {
 	// Replier answers the exchange in its protocol; nil for raw listeners,
 	// whose reply is the worker's body as is.
 	Replier Replier
+	// Share, if not nil, is the listener's share of the table: the
+	// exchange counts against it from Open until its slot is vacated.
+	Share *Share
 }
+
+// Share bounds how many exchanges one listener may hold open in a Table,
+// so that a port whose workers are slow or gone, or a flood on one port,
+// cannot take the slots that every other listener needs. Set Max before
+// the first Open; give the same Share to every Exchange of the listener.
+// A Share counts in one Table only. It is safe for concurrent use.
+type Share struct {
+	// Max is the most exchanges holding the share that may be open at
+	// once; 0 means no limit but the table's.
+	Max int
+
+	open atomic.Int64 // exchanges holding the share in state open; written under the table's lock
+}
+
+// Len returns the number of open exchanges holding the share, those past
+// their deadline that the sweep has not reached yet included.
+func (sh *Share) Len() int { return int(sh.open.Load()) }
+
+// Errors of Open.
+var (
+	// ErrFull: the slot the next sequence number maps to holds an open
+	// exchange inside its deadline.
+	ErrFull = errors.New("exchange: table full")
+	// ErrShareFull: the exchange's Share already holds Max open exchanges.
+	ErrShareFull = errors.New("exchange: listener's share of the table full")
+)
 
 // Replier answers an exchange in its listener's protocol (CoAP, RPC). Egress
 // calls Reply for the exchange's one accepted reply; Fail is called instead
@@ -167,27 +198,47 @@ func (t *Table) Len() int {
 // Cap returns the table's capacity.
 func (t *Table) Cap() int { return len(t.slots) }
 
-// Open records ex and returns its sequence number. It reports false when the
-// slot the next sequence number maps to still holds an open exchange whose
-// deadline has not passed: the table is full. An open exchange past its
-// deadline that the sweep has not reached yet is overwritten and returned
-// as expired (its Conn is not nil), so the caller can count and answer it.
-func (t *Table) Open(ex Exchange, now time.Time) (seq uint64, expired Exchange, ok bool) {
+// Open records ex and returns its sequence number. It returns ErrShareFull
+// when ex's Share already holds its Max open exchanges, and ErrFull when
+// the slot the next sequence number maps to still holds an open exchange
+// whose deadline has not passed: the table is full. An open exchange past
+// its deadline that the sweep has not reached yet is overwritten and
+// returned as expired (its Conn is not nil), so the caller can count and
+// answer it; when it held ex's Share, ex takes its place in the share
+// even at Max.
+func (t *Table) Open(ex Exchange, now time.Time) (seq uint64, expired Exchange, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	seq = t.next + 1
 	s := &t.slots[seq&uint64(len(t.slots)-1)]
-	if s.state == open {
-		if now.Before(s.ex.Deadline) {
-			return 0, Exchange{}, false
-		}
+	taken := s.state == open
+	due := taken && !now.Before(s.ex.Deadline)
+	if sh := ex.Share; sh != nil && sh.Max > 0 && sh.open.Load() >= int64(sh.Max) && !(due && s.ex.Share == sh) {
+		return 0, Exchange{}, ErrShareFull
+	}
+	if taken && !due {
+		return 0, Exchange{}, ErrFull
+	}
+	if taken {
 		expired = s.ex
-		t.open--
+		t.vacate(s)
 	}
 	t.next = seq
 	*s = slot{seq: seq, state: open, ex: ex}
 	t.open++
-	return seq, expired, true
+	if ex.Share != nil {
+		ex.Share.open.Add(1)
+	}
+	return seq, expired, nil
+}
+
+// vacate counts the open exchange in s as no longer open, in the table
+// and in its share. t.mu must be held.
+func (t *Table) vacate(s *slot) {
+	t.open--
+	if s.ex.Share != nil {
+		s.ex.Share.open.Add(-1)
+	}
 }
 
 // Close closes the exchange seq for its reply. Only when the outcome is
@@ -209,7 +260,7 @@ func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 		return Exchange{Port: s.ex.Port}, Late
 	}
 	// open
-	t.open--
+	t.vacate(s)
 	if !now.Before(s.ex.Deadline) {
 		s.state = expired
 		ex := s.ex
@@ -232,8 +283,8 @@ func (t *Table) Release(seq uint64) (Exchange, bool) {
 		return Exchange{}, false
 	}
 	ex := s.ex
+	t.vacate(s)
 	*s = slot{}
-	t.open--
 	return ex, true
 }
 
@@ -283,7 +334,7 @@ func (t *Table) Expire(now time.Time, fn func(seq uint64, ex Exchange)) int {
 				continue
 			}
 			s.state = expired
-			t.open--
+			t.vacate(s)
 			n++
 			if advance {
 				t.low = seq + 1

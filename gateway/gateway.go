@@ -65,6 +65,12 @@ type Gateway struct {
 	// listener port and the time from reading the request to sending the
 	// reply; see egress.Server.Latency.
 	Latency func(port uint16, d time.Duration)
+	// ListenerMaxPending is the most exchanges one listener may hold
+	// open, so that a port whose workers are slow or gone, or a flood on
+	// one port, cannot take the table from the others. Zero means half
+	// the table on a node with two or more answering listeners, and the
+	// whole table on a node with one (nobody else needs it).
+	ListenerMaxPending int
 
 	mu      sync.Mutex // guards ingress, names and egress, set by Serve
 	ingress []*ingress.Server
@@ -180,6 +186,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	}
 
 	table := exchange.NewTable(g.MaxPending)
+	share := listenerShare(g.ListenerMaxPending, table.Cap(), g.Listeners)
 	eg := &egress.Server{
 		NATS:    g.NATS,
 		Subject: schemas.ReplySubject(g.Prefix, g.Node),
@@ -206,6 +213,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			MaxDatagram: g.MaxDatagram,
 			Queue:       g.Queue,
 			MaxInFlight: g.MaxInFlight,
+			MaxPending:  share,
 			CoAP:        g.CoAP,
 			Log:         g.Log,
 			Guard:       l.Guard,
@@ -246,6 +254,25 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.Ready()
 	close(g.ready)
 	return grp.Wait()
+}
+
+// listenerShare returns how many exchanges each listener may hold open in
+// a table of size slots: n if set, else half the table when two or more
+// listeners answer, and no limit (0) when only one does.
+func listenerShare(n, size int, ls []Listener) int {
+	if n > 0 {
+		return n
+	}
+	answering := 0
+	for _, l := range ls {
+		if !l.NoReply {
+			answering++
+		}
+	}
+	if answering < 2 {
+		return 0
+	}
+	return size / 2
 }
 
 // ensureStreams makes sure the capture stream, and the replies stream if

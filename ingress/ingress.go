@@ -53,6 +53,11 @@ type Server struct {
 	NATS *nats.Conn
 	// Table is the gateway's pending exchanges, shared with egress. Required.
 	Table *exchange.Table
+	// MaxPending is the most exchanges this listener may hold open in
+	// Table at once, so that it cannot take the slots of the node's other
+	// listeners; beyond it datagrams are dropped and counted
+	// (ListenerFull). 0 means no limit but the table's size.
+	MaxPending int
 	// Prefix is the subject prefix (schemas.DefaultPrefix if empty).
 	Prefix string
 	// Node names this gateway; replies come back on its reply subject.
@@ -98,8 +103,10 @@ type Server struct {
 	subject   string // a raw listener's request subject; empty for other protocols
 	wildcard  bool
 	localAddr netip.AddrPort
-	ids       *exchange.Table // NoReply: ids of the listener's own
-	idSeq     uint64          // NoReply: the last id's sequence number; publisher only
+	ids       *exchange.Table                // NoReply: ids of the listener's own
+	share     *exchange.Share                // the listener's exchanges open in Table
+	shared    atomic.Pointer[exchange.Share] // share, for Stats from other goroutines
+	idSeq     uint64                         // NoReply: the last id's sequence number; publisher only
 }
 
 // Stats are cumulative counts of one listener's datagrams.
@@ -109,6 +116,7 @@ type Stats struct {
 	TooLarge      uint64 // dropped: larger than MaxDatagram
 	QueueFull     uint64 // dropped: the publish queue was full
 	TableFull     uint64 // dropped: the pending table had no room
+	ListenerFull  uint64 // dropped: the listener held MaxPending open exchanges
 	InFlight      uint64 // dropped: too many publishes awaiting acknowledgement
 	NATSDown      uint64 // dropped: not connected to NATS
 	PublishFailed uint64 // dropped: JetStream refused or did not acknowledge in time
@@ -118,22 +126,30 @@ type Stats struct {
 	// of datagrams it dropped on this socket because its receive buffer
 	// was full; the count arrives with the next datagram read.
 	KernelDrops uint64
+	// Pending is the number of the listener's exchanges open now (a
+	// gauge, not a count), at most MaxPending when that is set.
+	Pending int
 }
 
 type counters struct {
 	received, published, tooLarge, queueFull, tableFull, inFlight atomic.Uint64
 	natsDown, publishFailed, expired, readErrors, kernelDrops     atomic.Uint64
+	listenerFull                                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the server's counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
-	return Stats{
+	st := Stats{
 		Received: c.received.Load(), Published: c.published.Load(), TooLarge: c.tooLarge.Load(),
-		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), InFlight: c.inFlight.Load(),
-		NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(), Expired: c.expired.Load(),
-		ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
+		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), ListenerFull: c.listenerFull.Load(),
+		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(),
+		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
 	}
+	if sh := s.shared.Load(); sh != nil {
+		st.Pending = sh.Len()
+	}
+	return st
 }
 
 // datagram is one request between the read loop and the publisher. data is
@@ -238,6 +254,9 @@ func (s *Server) init() error {
 			return fmt.Errorf("ingress: %s: NoReply is for raw listeners", s.listener)
 		}
 		s.ids = exchange.NewTable(1)
+	} else {
+		s.share = &exchange.Share{Max: max(s.MaxPending, 0)}
+		s.shared.Store(s.share)
 	}
 	if s.Protocol == schemas.ProtocolCoAP {
 		s.coapEdge = &coap.Edge{
@@ -383,7 +402,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			}
 			continue
 		}
-		seq, expired, ok := s.Table.Open(exchange.Exchange{
+		seq, expired, err := s.Table.Open(exchange.Exchange{
 			Conn:      s.Conn,
 			Remote:    d.remote,
 			Local:     d.local,
@@ -394,6 +413,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			Received:  d.at,
 			Size:      d.size(),
 			Replier:   d.replier(),
+			Share:     s.share,
 		}, d.at)
 		if expired.Conn != nil {
 			s.stats.expired.Add(1)
@@ -401,8 +421,12 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 				expired.Replier.Fail(expired, exchange.NoAnswer)
 			}
 		}
-		if !ok {
-			s.stats.tableFull.Add(1)
+		if err != nil {
+			if err == exchange.ErrShareFull {
+				s.stats.listenerFull.Add(1)
+			} else {
+				s.stats.tableFull.Add(1)
+			}
 			s.unavailable(d)
 			continue
 		}

@@ -34,6 +34,7 @@ const (
 	ReasonMalformed      = "malformed"
 	ReasonQueueFull      = "queue_full"
 	ReasonTableFull      = "table_full"
+	ReasonListenerFull   = "listener_full"
 	ReasonInFlight       = "inflight_limit"
 	ReasonNATSDown       = "nats_down"
 	ReasonPublishFailed  = "publish_failed"
@@ -135,6 +136,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			{ReasonMalformed, malformed},
 			{ReasonQueueFull, in.QueueFull},
 			{ReasonTableFull, in.TableFull},
+			{ReasonListenerFull, in.ListenerFull},
 			{ReasonInFlight, in.InFlight},
 			{ReasonNATSDown, in.NATSDown},
 			{ReasonPublishFailed, in.PublishFailed},

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestConfigListenerMaxPending(t *testing.T) {
+	tests := []struct {
+		name, max, value string
+		want             int
+		bad              string // part of the error; "" for none
+	}{
+		{name: "default", max: "65536", value: "0", want: 0},
+		{name: "number", max: "65536", value: "1000", want: 1000},
+		{name: "percentage", max: "65536", value: "25%", want: 16384},
+		{name: "all", max: "65536", value: "100%", want: 65536},
+		{name: "percentage of a small table rounds to one", max: "10", value: "1%", want: 1},
+		{name: "above the table", max: "64", value: "65", bad: "UDPGATE_LISTENER_MAX_PENDING: 65 is above UDPGATE_MAX_PENDING 64"},
+		{name: "over 100%", max: "64", value: "150%", bad: `UDPGATE_LISTENER_MAX_PENDING: "150%" is not a percentage`},
+		{name: "zero percent", max: "64", value: "0%", bad: `UDPGATE_LISTENER_MAX_PENDING: "0%" is not a percentage`},
+		{name: "negative", max: "64", value: "-1", bad: `UDPGATE_LISTENER_MAX_PENDING: "-1" is not a number`},
+		{name: "word", max: "64", value: "half", bad: `UDPGATE_LISTENER_MAX_PENDING: "half" is not a number`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := defaults(t)
+			e.MaxPending, e.ListenerShare = tt.max, tt.value
+			c, err := e.parse(nil)
+			if tt.bad != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.bad) {
+					t.Fatalf("error %v, want one with %q", err, tt.bad)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ListenerShare != tt.want {
+				t.Errorf("ListenerMaxPending %d, want %d", c.ListenerShare, tt.want)
+			}
+		})
+	}
+}
