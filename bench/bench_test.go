@@ -283,7 +283,13 @@ func TestCoAPShortLivedSockets(t *testing.T) {
 	if res.SocketsOpened < 100 {
 		t.Errorf("%d sockets opened, want at least 400/4", res.SocketsOpened)
 	}
-	for peer, ids := range mids() {
+	checkNoReuse(t, mids())
+}
+
+// checkNoReuse fails t if a peer used a CoAP message id twice.
+func checkNoReuse(t *testing.T, mids map[string][]int32) {
+	t.Helper()
+	for peer, ids := range mids {
 		seen := map[int32]bool{}
 		for _, id := range ids {
 			if seen[id] {
@@ -300,15 +306,7 @@ func TestCoAPLongLivedSockets(t *testing.T) {
 	if res.Answered != 1000 || res.SocketsOpened != 2 {
 		t.Errorf("answered %d, sockets %d", res.Answered, res.SocketsOpened)
 	}
-	for peer, ids := range mids() {
-		seen := map[int32]bool{}
-		for _, id := range ids {
-			if seen[id] {
-				t.Errorf("peer %s reused message id %d", peer, id)
-			}
-			seen[id] = true
-		}
-	}
+	checkNoReuse(t, mids())
 }
 
 // A CoAP socket is replaced before its message ids wrap.
