@@ -37,8 +37,8 @@ func TestListenerShare(t *testing.T) {
 		return st.Received == flood && st.Published+st.ListenerFull+st.TableFull == flood
 	})
 	st := g.Stats()
-	if in := st.Ingress[a]; in.ListenerFull == 0 || in.TableFull != 0 || in.Pending > 32 {
-		t.Fatalf("flooded listener: %+v; want listener_full drops, no table_full, at most 32 pending", in)
+	if in := st.Ingress[a]; in.ListenerFull == 0 || in.TableFull != 0 || in.Pending > 32 || in.PendingLimit != 32 {
+		t.Fatalf("flooded listener: %+v; want listener_full drops, no table_full, at most 32 pending of a limit of 32", in)
 	}
 	if st.Pending > 32 {
 		t.Fatalf("%d exchanges open, more than the flooded listener's share of 32", st.Pending)

@@ -129,6 +129,9 @@ type Stats struct {
 	// Pending is the number of the listener's exchanges open now (a
 	// gauge, not a count), at most MaxPending when that is set.
 	Pending int
+	// PendingLimit is the most exchanges the listener may hold open
+	// (MaxPending as resolved); 0 when only the table's size limits it.
+	PendingLimit int
 }
 
 type counters struct {
@@ -147,7 +150,7 @@ func (s *Server) Stats() Stats {
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
 	}
 	if sh := s.shared.Load(); sh != nil {
-		st.Pending = sh.Len()
+		st.Pending, st.PendingLimit = sh.Len(), sh.Max
 	}
 	return st
 }

@@ -85,6 +85,10 @@ var (
 		"Requests awaiting their reply.", nil, nil)
 	descCapacity = prometheus.NewDesc("udpgate_pending_exchanges_capacity",
 		"Size of the pending-exchange table.", nil, nil)
+	descListenerPending = prometheus.NewDesc("udpgate_listener_pending_exchanges",
+		"Requests of this listener awaiting their reply.", listenerLabels, nil)
+	descListenerPendingMax = prometheus.NewDesc("udpgate_listener_pending_exchanges_max",
+		"The most exchanges this listener may hold open (UDPGATE_LISTENER_MAX_PENDING); 0: only the table's size.", listenerLabels, nil)
 	descRecreated = prometheus.NewDesc("udpgate_streams_recreated_total",
 		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
 
@@ -101,7 +105,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descAnswered, descDropped, descWorkerErrors,
-		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated,
+		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descListenerPending, descListenerPendingMax,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions} {
 		ch <- d
 	}
@@ -125,6 +129,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descCut, gs.Cut, port, protocol)
 		counter(descValidated, gs.Validations, port, protocol)
 		counter(descEvictions, gs.Evictions, port, protocol)
+		ch <- prometheus.MustNewConstMetric(descListenerPending, prometheus.GaugeValue, float64(in.Pending), port, protocol)
+		ch <- prometheus.MustNewConstMetric(descListenerPendingMax, prometheus.GaugeValue, float64(in.PendingLimit), port, protocol)
 		ch <- prometheus.MustNewConstMetric(descBuckets, prometheus.GaugeValue, float64(gs.Sources), port, protocol)
 		ch <- prometheus.MustNewConstMetric(descBucketsCap, prometheus.GaugeValue, float64(gs.SourceCapacity), port, protocol)
 		for _, r := range []struct {
