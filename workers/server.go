@@ -433,10 +433,13 @@ func (s *slots) reserve() int {
 	return n
 }
 
-// start makes a reserved slot busy: its request has arrived.
+// start makes a reserved slot busy: its request has arrived. When that was
+// the last request outstanding fetches could bring, free slots that were
+// too few to pull for while a fetch was outstanding may now be pulled for.
 func (s *slots) start() {
 	s.mu.Lock()
 	s.reserved--
+	s.signalIfReady()
 	s.mu.Unlock()
 }
 
@@ -444,8 +447,8 @@ func (s *slots) start() {
 func (s *slots) release(n int) {
 	s.mu.Lock()
 	s.free += n
+	s.signalIfReady()
 	s.mu.Unlock()
-	s.signal()
 }
 
 // unreserve frees n reserved slots, whose requests will not arrive.
@@ -456,11 +459,17 @@ func (s *slots) unreserve(n int) {
 	s.mu.Lock()
 	s.reserved -= n
 	s.free += n
+	s.signalIfReady()
 	s.mu.Unlock()
-	s.signal()
 }
 
-func (s *slots) signal() {
+// signalIfReady wakes the fetch loop if reserve would now reserve slots,
+// and only then: a wake-up that finds nothing to do costs a context
+// switch per request. s.mu must be held.
+func (s *slots) signalIfReady() {
+	if s.free == 0 || s.reserved > 0 && s.free < s.refill {
+		return
+	}
 	select {
 	case s.freed <- struct{}{}:
 	default:
