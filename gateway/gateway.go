@@ -12,7 +12,6 @@ import (
 	"math/bits"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,7 +292,7 @@ func (g *Gateway) ensureStreams(ctx context.Context, js jetstream.JetStream, aga
 		switch {
 		case !again:
 			g.Log.Info("gateway: "+did, "subject", c.Subject)
-		case strings.HasPrefix(did, "created"):
+		case ingress.Created(did):
 			g.Log.Warn("gateway: the stream was missing after reconnecting to NATS: "+did, "subject", c.Subject)
 			g.recreated.Add(1)
 		}

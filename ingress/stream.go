@@ -32,6 +32,14 @@ type StreamConfig struct {
 // reuse a message id for a new request.
 const DefaultDuplicates = 2 * time.Minute
 
+// createdStream starts what EnsureStream returns when it created the
+// stream.
+const createdStream = "created stream "
+
+// Created reports whether did, returned by EnsureStream, says that it
+// created the stream (rather than found it).
+func Created(did string) bool { return strings.HasPrefix(did, createdStream) }
+
 // EnsureStream creates the capture stream if it does not exist. A stream
 // that exists is used as it is and never updated; if it cannot serve as the
 // capture (its subjects do not cover c.Subject, or its retention would
@@ -65,7 +73,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 		if err != nil {
 			return "", fmt.Errorf("ingress: create stream %s on %s: %w", c.Name, c.Subject, err)
 		}
-		return "created stream " + c.Name, nil
+		return createdStream + c.Name, nil
 	}
 	if err != nil {
 		return "", fmt.Errorf("ingress: look up stream %s: %w", c.Name, err)
