@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -251,6 +252,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	warmUp := fs.Int("long-warmup", suiteLongWarmup, "requests each long-lived CoAP socket sends, unmeasured, before its case is measured (at most 65536 minus what the case sends)")
 	ingestRate := fs.Float64("ingest-rate", 0, "datagrams per second sent by gateway-ingest (0: 1.25 x the js-publish rate, 50,000 without it)")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (gateway, NATS server, workers and generator) to this file")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
@@ -259,6 +261,17 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() != 0 || *duration <= 0 || *reps < 1 || *noLoss <= 0 || *addresses < 1 || *addresses > 1<<22 || *warmUp < 0 || *warmUp > 60000 || *timeout <= 0 || *ingestRate < 0 {
 		fs.Usage()
 		return errUsage
+	}
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("bench suite: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("bench suite: cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	selected := suiteCases
 	if *cases != "" {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -208,5 +210,25 @@ func TestBenchSuiteSelectsCases(t *testing.T) {
 	}
 	if errors.Is(err, errUsage) {
 		t.Error(err)
+	}
+}
+
+func TestBenchSuiteCPUProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cpu.prof")
+	var stdout, stderr bytes.Buffer
+	err := runCommand(context.Background(), []string{"bench", "suite", "--duration", "200ms", "--reps", "1", "--cases", "udp-echo", "--cpuprofile", path}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pprof writes a gzip-compressed profile.proto.
+	if len(b) < 20 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("%s is not a gzip-compressed profile (%d bytes)", path, len(b))
+	}
+	if err := runCommand(context.Background(), []string{"bench", "suite", "--cases", "udp-echo", "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir")}, &stdout, &stderr); err == nil || errors.Is(err, errUsage) {
+		t.Errorf("unwritable profile path: err %v, want an error naming it", err)
 	}
 }
