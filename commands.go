@@ -250,6 +250,7 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			MaxBytes: cfg.StreamMaxBytes,
 			Replicas: cfg.StreamReplicas,
 			Memory:   cfg.StreamMemory,
+			Async:    cfg.StreamAsync,
 		},
 		Replies: ingress.StreamConfig{
 			Name:     cfg.RepliesStream,
@@ -257,6 +258,7 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			MaxBytes: cfg.StreamMaxBytes,
 			Replicas: cfg.StreamReplicas,
 			Memory:   cfg.StreamMemory,
+			Async:    cfg.StreamAsync,
 		},
 		Deadline:    cfg.Deadline,
 		MaxDatagram: cfg.MaxDatagram,

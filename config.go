@@ -44,6 +44,7 @@ type env struct {
 	StreamMaxBytes string `envconfig:"STREAM_MAX_BYTES" default:"1GiB" desc:"capture size limit (0: none)"`
 	StreamReplicas string `envconfig:"STREAM_REPLICAS" default:"1" desc:"capture stream replicas"`
 	StreamStorage  string `envconfig:"STREAM_STORAGE" default:"file" desc:"capture and replies storage, file or memory"`
+	StreamPersist  string `envconfig:"STREAM_PERSIST" default:"sync" desc:"how file storage writes messages: sync (each before its acknowledgement) or async (in batches, after it)"`
 	RepliesStream  string `envconfig:"REPLIES_STREAM" default:"UDPGATE_REPLIES" desc:"stream recording workers' replies, same limits as the capture (\"off\": none)"`
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
@@ -96,6 +97,7 @@ type config struct {
 	StreamMaxBytes int64
 	StreamReplicas int
 	StreamMemory   bool   // memory storage rather than file
+	StreamAsync    bool   // JetStream's asynchronous persist mode
 	RepliesStream  string // "" records no replies
 	Deadline       time.Duration
 	MaxDatagram    int
@@ -244,6 +246,19 @@ func (e env) parse(environ []string) (config, error) {
 		c.StreamMemory = true
 	default:
 		bad("STREAM_STORAGE", "%q is not file or memory", e.StreamStorage)
+	}
+	switch e.StreamPersist {
+	case "sync":
+	case "async":
+		c.StreamAsync = true
+	default:
+		bad("STREAM_PERSIST", "%q is not sync or async", e.StreamPersist)
+	}
+	if c.StreamAsync && c.StreamMemory {
+		bad("STREAM_PERSIST", "async needs UDPGATE_STREAM_STORAGE=file (memory storage has nothing to persist)")
+	}
+	if c.StreamAsync && c.StreamReplicas > 1 {
+		bad("STREAM_PERSIST", "async needs UDPGATE_STREAM_REPLICAS=1: JetStream refuses it on replicated streams, which batch their writes already")
 	}
 	integer("MAX_DATAGRAM", e.MaxDatagram, 1, 65535, &c.MaxDatagram)
 	integer("MAX_PENDING", e.MaxPending, 1, 1<<24, &c.MaxPending)

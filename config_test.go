@@ -42,3 +42,36 @@ func TestConfigListenerMaxPending(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigStreamPersist(t *testing.T) {
+	tests := []struct {
+		name, persist, storage, replicas string
+		async                            bool
+		bad                              string // part of the error; "" for none
+	}{
+		{name: "default", persist: "sync", storage: "file", replicas: "1"},
+		{name: "async", persist: "async", storage: "file", replicas: "1", async: true},
+		{name: "word", persist: "later", storage: "file", replicas: "1", bad: `UDPGATE_STREAM_PERSIST: "later" is not sync or async`},
+		{name: "async on memory", persist: "async", storage: "memory", replicas: "1", bad: "UDPGATE_STREAM_PERSIST: async needs UDPGATE_STREAM_STORAGE=file"},
+		{name: "async replicated", persist: "async", storage: "file", replicas: "3", bad: "UDPGATE_STREAM_PERSIST: async needs UDPGATE_STREAM_REPLICAS=1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := defaults(t)
+			e.StreamPersist, e.StreamStorage, e.StreamReplicas = tt.persist, tt.storage, tt.replicas
+			c, err := e.parse(nil)
+			if tt.bad != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.bad) {
+					t.Fatalf("error %v, want one with %q", err, tt.bad)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.StreamAsync != tt.async {
+				t.Errorf("StreamAsync %v, want %v", c.StreamAsync, tt.async)
+			}
+		})
+	}
+}

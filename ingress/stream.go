@@ -21,6 +21,11 @@ type StreamConfig struct {
 	MaxBytes    int64         // 0 or negative: unlimited
 	Replicas    int           // 1 if 0
 	Memory      bool          // memory storage instead of file storage
+	// Async creates the stream in JetStream's asynchronous persist mode:
+	// file storage writes messages in batches after acknowledging them,
+	// rather than each before its acknowledgement. A server that dies
+	// may lose the last few milliseconds of acknowledged messages.
+	Async bool
 	// Duplicates is the window in which JetStream drops a repeated
 	// Nats-Msg-Id (DefaultDuplicates if zero).
 	Duplicates time.Duration
@@ -69,6 +74,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 			Replicas:    max(c.Replicas, 1),
 			Duplicates:  c.Duplicates,
 			Discard:     jetstream.DiscardOld,
+			PersistMode: persistMode(c.Async),
 		})
 		if err != nil {
 			return "", fmt.Errorf("ingress: create stream %s on %s: %w", c.Name, c.Subject, err)
@@ -83,6 +89,13 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 		return "", err
 	}
 	return "using existing stream " + c.Name + " as it is", nil
+}
+
+func persistMode(async bool) jetstream.PersistModeType {
+	if async {
+		return jetstream.AsyncPersistMode
+	}
+	return jetstream.DefaultPersistMode
 }
 
 // checkStream reports why an existing stream cannot serve as the capture.

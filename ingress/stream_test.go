@@ -64,6 +64,19 @@ func TestEnsureStream(t *testing.T) {
 			t.Errorf("storage %v, want memory", got)
 		}
 	})
+	t.Run("async persist mode", func(t *testing.T) {
+		if _, err := EnsureStream(ctx, js, StreamConfig{Name: "ASYNC", Subject: "async.in.>", Async: true}); err != nil {
+			t.Fatal(err)
+		}
+		info, _ := js.Stream(ctx, "ASYNC")
+		if c := info.CachedInfo().Config; c.PersistMode != jetstream.AsyncPersistMode || c.Storage != jetstream.FileStorage {
+			t.Errorf("persist mode %v, storage %v; want async, file", c.PersistMode, c.Storage)
+		}
+		cinfo, _ := js.Stream(ctx, "CAPTURE")
+		if got := cinfo.CachedInfo().Config.PersistMode; got != jetstream.DefaultPersistMode {
+			t.Errorf("a stream created without Async has persist mode %v", got)
+		}
+	})
 	t.Run("existing stream is used as it is", func(t *testing.T) {
 		other := want
 		other.MaxAge = 2 * time.Hour
