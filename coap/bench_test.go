@@ -16,8 +16,8 @@ import (
 // loopback socket. Each request has a new message id, so the dedupe cache
 // fills and then evicts as under load.
 func BenchmarkExchange(b *testing.B) {
-	// A NON's response takes a message id of the gateway's, at most
-	// 32768 per peer in EXCHANGE_LIFETIME: the benchmark sends CONs.
+	// A NON's response takes a message id of the gateway's, about 61,000
+	// per peer in EXCHANGE_LIFETIME at most: the benchmark sends CONs.
 	for _, tt := range []struct {
 		name string
 		typ  byte

@@ -196,10 +196,16 @@ type retransmission struct {
 	credit   int
 }
 
+// midBlockBits splits a peer's 65,536 message ids into blocks of
+// 1<<midBlockBits ids, each remembering when one of its ids was last
+// issued (see newMID).
+const midBlockBits = 12
+
 type midState struct {
-	next     uint16
-	issued   int
-	since    time.Time
+	next uint16
+	// used holds, per block of ids, when one of its ids was last issued,
+	// as a duration since Edge.epoch (monotonic); 0: never.
+	used     [1 << (16 - midBlockBits)]time.Duration
 	lastUsed time.Time
 }
 
@@ -1394,24 +1400,26 @@ func store[V any](m map[transferKey]V, k transferKey, v V, expires func(V) time.
 }
 
 // newMID returns a message id for a message the gateway originates to
-// peer. Each peer's ids start at a random value and count up; at most
-// 32768 are issued per EXCHANGE_LIFETIME, so none is reused within it.
-// e.mu must be held.
+// peer, or false if every id it may issue now was issued within
+// EXCHANGE_LIFETIME. Each peer's ids start at a random value and count
+// up. Entering a block of ids at its first id needs the block's latest
+// issue to be at least EXCHANGE_LIFETIME ago, so no id is reused within
+// it, and a peer may be sent at least 65,536 - 4,096 ids in any such
+// window. e.mu must be held.
 func (e *Edge) newMID(peer netip.AddrPort, now time.Time) (uint16, bool) {
 	m, ok := e.peers[peer]
 	if !ok {
-		m = &midState{next: uint16(rand.Uint32()), since: now}
+		m = &midState{next: uint16(rand.Uint32())}
 		e.peers[peer] = m
 	}
-	if now.Sub(m.since) >= exchangeLifetime {
-		m.issued, m.since = 0, now
-	}
-	if m.issued >= 1<<15 {
+	at := max(now.Sub(e.epoch), 1)
+	mid := m.next
+	b := mid >> midBlockBits
+	if mid&(1<<midBlockBits-1) == 0 && m.used[b] != 0 && at-m.used[b] < exchangeLifetime {
 		return 0, false
 	}
-	mid := m.next
+	m.used[b] = at
 	m.next++
-	m.issued++
 	m.lastUsed = now
 	return mid, true
 }

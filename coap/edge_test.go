@@ -220,21 +220,57 @@ func TestMessageIDsNotReused(t *testing.T) {
 	peer := netip.MustParseAddrPort("127.0.0.1:5683")
 	now := time.Now()
 	seen := map[uint16]bool{}
-	for i := range 1 << 15 {
+	for {
 		mid, ok := e.newMID(peer, now)
 		if !ok {
-			t.Fatalf("refused id %d", i)
+			break
 		}
 		if seen[mid] {
 			t.Fatalf("id %d reused within EXCHANGE_LIFETIME", mid)
 		}
 		seen[mid] = true
 	}
-	if _, ok := e.newMID(peer, now.Add(time.Minute)); ok {
-		t.Error("a 32769th id within EXCHANGE_LIFETIME")
+	if n := len(seen); n < 1<<16-1<<midBlockBits {
+		t.Errorf("%d ids within EXCHANGE_LIFETIME, want at least %d", n, 1<<16-1<<midBlockBits)
+	}
+	if _, ok := e.newMID(peer, now.Add(exchangeLifetime-time.Millisecond)); ok {
+		t.Error("an id reused just within EXCHANGE_LIFETIME")
 	}
 	if _, ok := e.newMID(peer, now.Add(exchangeLifetime)); !ok {
 		t.Error("no id after EXCHANGE_LIFETIME")
+	}
+}
+
+// TestMessageIDsNotReusedAtAnyPace issues ids at random paces, from a
+// burst to a trickle, and checks each against the last time it was issued.
+func TestMessageIDsNotReusedAtAnyPace(t *testing.T) {
+	e := &Edge{}
+	e.Start()
+	peer := netip.MustParseAddrPort("127.0.0.1:5683")
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now()
+	last := map[uint16]time.Time{}
+	var issued, refused int
+	for range 600_000 {
+		// Mostly bursts, sometimes a pause of up to a minute.
+		if rng.IntN(50_000) == 0 {
+			now = now.Add(time.Duration(rng.Int64N(int64(time.Minute))))
+		} else {
+			now = now.Add(time.Duration(rng.Int64N(int64(2 * time.Millisecond))))
+		}
+		mid, ok := e.newMID(peer, now)
+		if !ok {
+			refused++
+			continue
+		}
+		if at, ok := last[mid]; ok && now.Sub(at) < exchangeLifetime {
+			t.Fatalf("id %d issued again %s after its last issue", mid, now.Sub(at))
+		}
+		last[mid] = now
+		issued++
+	}
+	if issued == 0 || refused == 0 {
+		t.Errorf("issued %d, refused %d: the pace never reached the limit", issued, refused)
 	}
 }
 
