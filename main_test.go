@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -526,6 +527,15 @@ func TestRun(t *testing.T) {
 		if resp.Code() != codes.Content || !strings.HasPrefix(string(body), want) {
 			t.Errorf("coap GET %s: %v %q", path, resp.Code(), body)
 		}
+	}
+	resp, err := co.Get(cctx, "/.well-known/core")
+	if err != nil {
+		t.Fatalf("coap GET /.well-known/core: %v", err)
+	}
+	body, _ := resp.ReadBody()
+	if cf, err := resp.ContentFormat(); resp.Code() != codes.Content || err != nil || cf != message.AppLinkFormat ||
+		string(body) != `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;rt="time";ct=0` {
+		t.Errorf("coap GET /.well-known/core: %v, content-format %v (%v), %q", resp.Code(), cf, err, body)
 	}
 	cancel()
 	select {

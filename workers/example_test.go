@@ -89,6 +89,45 @@ func ExampleMux() {
 	// <nil>
 }
 
+func ExampleMux_Discovery() {
+	nc, stop := exampleGateway() // NATS with the gateway's stream, for the example
+	defer stop()
+
+	mux := workers.NewMux()
+	mux.RouteFunc("GET /sensors/{id}", func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		_, err := fmt.Fprintf(w, "sensor %s", r.PathValue("id"))
+		return err
+	})
+	mux.RouteFunc("GET /status", func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		_, err := w.Write([]byte("ok"))
+		return err
+	})
+	// Literal paths are listed by themselves; a wildcard pattern's
+	// resources are listed through Links.
+	mux.Route("GET "+workers.WellKnownCore, mux.Discovery(workers.Links{
+		"/sensors/1": `rt="temperature";ct=0`,
+		"/sensors/2": `rt="humidity";ct=0`,
+	}))
+
+	js, _ := jetstream.New(nc)
+	srv := &workers.Server{
+		JetStream: js,
+		Group:     "sensors",
+		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5683),
+		Handler:   mux,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- srv.Serve(ctx) }()
+
+	fmt.Println(exampleCoAPRequest(js, "sensors", "GET", []string{".well-known", "core"}, ""))
+	cancel()
+	fmt.Println(<-done)
+	// Output:
+	// 2.05 </sensors/1>;rt="temperature";ct=0,</sensors/2>;rt="humidity";ct=0,</status>
+	// <nil>
+}
+
 // exampleGateway starts an embedded NATS server with the request stream
 // and connects to it.
 func exampleGateway() (*nats.Conn, func()) {

@@ -75,7 +75,9 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 //   - GET /time: the current time, from time.Now, as Time answers it;
 //   - POST /echo: the request's payload and Content-Format, as Echo
 //     answers it, with code 2.05 Content;
-//   - GET /hello: "Hello from udpgate", text/plain;charset=utf-8.
+//   - GET /hello: "Hello from udpgate", text/plain;charset=utf-8;
+//   - GET /.well-known/core: resource discovery (RFC 6690), listing the
+//     three with their Content-Formats and resource types.
 //
 // Another path gets 4.04 Not Found, another method 4.05 Method Not Allowed,
 // if the group consumes every CoAP request of its port: with the Subjects
@@ -86,6 +88,11 @@ func CoAP() *workers.Mux {
 	m.Route("GET /time", Time{})
 	m.Route("POST /echo", Echo)
 	m.RouteFunc("GET /hello", hello)
+	m.Route("GET "+workers.WellKnownCore, m.Discovery(workers.Links{
+		"/time":  `rt="time";ct=0`,
+		"/echo":  `rt="echo"`,
+		"/hello": `rt="hello";ct=0`,
+	}))
 	return m
 }
 

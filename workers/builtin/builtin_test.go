@@ -215,6 +215,13 @@ func TestCoAPHandlers(t *testing.T) {
 			header:  nats.Header{schemas.HeaderCoAPCode: {"4.04"}},
 		},
 		{
+			name:    "mux resource discovery",
+			handler: builtin.CoAP(),
+			req:     coapRequest("GET", "/.well-known/core", -1, ""),
+			want:    `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;rt="time";ct=0`,
+			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"40"}},
+		},
+		{
 			name:    "mux other method",
 			handler: builtin.CoAP(),
 			req:     coapRequest("GET", "/echo", -1, "x"),

@@ -1,0 +1,140 @@
+package workers
+
+import (
+	"cmp"
+	"context"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// ContentFormatLinkFormat is the CoAP Content-Format of
+// application/link-format, the CoRE Link Format (RFC 6690).
+const ContentFormatLinkFormat = 40
+
+// WellKnownCore is the path of CoAP resource discovery (RFC 6690).
+const WellKnownCore = "/.well-known/core"
+
+// Links are the CoRE Link Format attributes of resources, by path, for
+// Mux.Discovery: for example {"/time": `rt="time";ct=0`}. A value is
+// what follows the link's "<path>" in link-format, without the first
+// ";"; an empty value lists the path with no attributes.
+type Links map[string]string
+
+// Discovery returns a Handler that answers resource discovery (RFC 6690)
+// with the resources m serves, to route as "GET /.well-known/core":
+//
+//	mux.Route("GET "+workers.WellKnownCore, mux.Discovery(nil))
+//
+// The answer lists, in application/link-format (Content-Format 40) and
+// sorted by path, every path that a pattern of m names without wildcards,
+// with its attributes from links, and every other path of links, so that
+// concrete resources behind a wildcard pattern ("/sensors/1" for
+// "GET /sensors/{id}") can be listed too. WellKnownCore itself is not
+// listed. The patterns are read at each request, so routes registered
+// later appear.
+//
+// A request may filter the links with one Uri-Query "name=value": href
+// matches the path, any other name an attribute of that name, whose
+// quoted value may be a space-separated list of which one item must match
+// (rt="temperature sensor" matches rt=sensor). A value ending in "*"
+// matches every value it is a prefix of. A query without "=" filters
+// nothing. When no link matches, the answer is 4.04 Not Found.
+func (m *Mux) Discovery(links Links) Handler {
+	return HandlerFunc(func(_ context.Context, w ResponseWriter, r *Request) error {
+		resp := NewCoAPResponse(w)
+		var name, want string
+		if c := r.CoAP; c != nil {
+			for _, q := range c.Query {
+				if n, v, ok := strings.Cut(q, "="); ok {
+					name, want = n, v
+					break
+				}
+			}
+		}
+		var b []byte
+		for _, path := range m.linkPaths(links) {
+			attrs := links[path]
+			if name != "" && !linkMatches(path, attrs, name, want) {
+				continue
+			}
+			if len(b) > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, '<')
+			b = append(b, path...)
+			b = append(b, '>')
+			if attrs != "" {
+				b = append(b, ';')
+				b = append(b, attrs...)
+			}
+		}
+		if len(b) == 0 {
+			resp.SetCode(NotFound)
+			return nil
+		}
+		resp.SetContentFormat(ContentFormatLinkFormat)
+		_, err := resp.Write(b)
+		return err
+	})
+}
+
+// linkPaths returns the sorted paths Discovery lists: those of m's
+// patterns without wildcards, and those of links.
+func (m *Mux) linkPaths(links Links) []string {
+	m.mu.RLock()
+	paths := make([]string, 0, len(m.routes)+len(links))
+	for _, rt := range m.routes {
+		if rt.multi || slices.ContainsFunc(rt.segs, func(s segment) bool { return s.wild }) {
+			continue
+		}
+		var p strings.Builder
+		for _, s := range rt.segs {
+			p.WriteByte('/')
+			p.WriteString(url.PathEscape(s.s))
+		}
+		paths = append(paths, cmp.Or(p.String(), "/"))
+	}
+	m.mu.RUnlock()
+	for path := range links {
+		paths = append(paths, path)
+	}
+	slices.Sort(paths)
+	paths = slices.Compact(paths)
+	return slices.DeleteFunc(paths, func(p string) bool { return p == WellKnownCore })
+}
+
+// linkMatches reports whether the link to path with attributes attrs
+// passes the filter name=want (see Mux.Discovery).
+func linkMatches(path, attrs, name, want string) bool {
+	if name == "href" {
+		return valueMatches(path, want)
+	}
+	for _, a := range strings.Split(attrs, ";") {
+		n, v, _ := strings.Cut(strings.TrimSpace(a), "=")
+		if n != name {
+			continue
+		}
+		if uq, quoted := strings.CutPrefix(v, `"`); quoted {
+			for _, item := range strings.Fields(strings.TrimSuffix(uq, `"`)) {
+				if valueMatches(item, want) {
+					return true
+				}
+			}
+			continue
+		}
+		if valueMatches(v, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// valueMatches reports whether v equals want, or starts with want's text
+// before a final "*".
+func valueMatches(v, want string) bool {
+	if prefix, ok := strings.CutSuffix(want, "*"); ok {
+		return strings.HasPrefix(v, prefix)
+	}
+	return v == want
+}
