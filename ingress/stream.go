@@ -88,7 +88,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 	if err := checkStream(info.Config, c); err != nil {
 		return "", err
 	}
-	return "using existing stream " + c.Name + " as it is", nil
+	did := "using existing stream " + c.Name + " as it is"
+	if haveAsync := info.Config.PersistMode == jetstream.AsyncPersistMode; haveAsync != c.Async && info.Config.Storage == jetstream.FileStorage {
+		did += fmt.Sprintf(" (it persists %s, not %s as asked: an existing stream keeps its mode)", persistName(haveAsync), persistName(c.Async))
+	}
+	return did, nil
 }
 
 func persistMode(async bool) jetstream.PersistModeType {
@@ -96,6 +100,14 @@ func persistMode(async bool) jetstream.PersistModeType {
 		return jetstream.AsyncPersistMode
 	}
 	return jetstream.DefaultPersistMode
+}
+
+// persistName names a persist mode as UDPGATE_STREAM_PERSIST does.
+func persistName(async bool) string {
+	if async {
+		return "async"
+	}
+	return "sync"
 }
 
 // checkStream reports why an existing stream cannot serve as the capture.

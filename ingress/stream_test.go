@@ -76,6 +76,15 @@ func TestEnsureStream(t *testing.T) {
 		if got := cinfo.CachedInfo().Config.PersistMode; got != jetstream.DefaultPersistMode {
 			t.Errorf("a stream created without Async has persist mode %v", got)
 		}
+		async := want
+		async.Async = true
+		did, err := EnsureStream(ctx, js, async)
+		if err != nil || !strings.Contains(did, "as it is") || !strings.Contains(did, "keeps its mode") {
+			t.Errorf("EnsureStream of an existing sync stream asked async: %q, %v", did, err)
+		}
+		if did, _ := EnsureStream(ctx, js, want); strings.Contains(did, "mode") {
+			t.Errorf("EnsureStream of an existing stream in the mode asked: %q", did)
+		}
 	})
 	t.Run("existing stream is used as it is", func(t *testing.T) {
 		other := want
