@@ -1,6 +1,7 @@
 package workers_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 
@@ -58,4 +59,32 @@ func TestMuxDiscovery(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzMuxDiscovery feeds discovery arbitrary queries, as clients send them:
+// it never panics, and answers either links or 4.04.
+func FuzzMuxDiscovery(f *testing.F) {
+	for _, q := range []string{"", "href=/t*", "rt=*", "rt=", "=", "*", `rt="`, "ct=0", "href=", "a=b=c", "if=\x00\xff"} {
+		f.Add(q)
+	}
+	m := workers.NewMux()
+	m.Route("GET /time", patternHandler())
+	m.Route("GET /sensors/{id}", patternHandler())
+	m.Route("GET "+workers.WellKnownCore, m.Discovery(workers.Links{
+		"/time": `rt="time clock";ct=0`, "/sensors/1": `rt="x;if=`, "/odd": `;;=;"`,
+	}))
+	f.Fuzz(func(t *testing.T, query string) {
+		r := coapRequest("GET", ".well-known", "core")
+		r.CoAP.Query = []string{query}
+		var w recorder
+		if err := m.Handle(context.Background(), &w, r); err != nil {
+			t.Fatal(err)
+		}
+		switch code := w.Header().Get(schemas.HeaderCoAPCode); {
+		case code == string(workers.NotFound) && w.body.Len() == 0:
+		case code == "" && w.Header().Get(schemas.HeaderCoAPContentFormat) == "40" && bytes.HasPrefix(w.body.Bytes(), []byte("</")):
+		default:
+			t.Fatalf("query %q: code %q, content-format %q, body %q", query, code, w.Header().Get(schemas.HeaderCoAPContentFormat), w.body.String())
+		}
+	})
 }
