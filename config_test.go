@@ -26,15 +26,9 @@ func TestConfigListenerMaxPending(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := defaults(t)
 			e.MaxPending, e.ListenerShare = tt.max, tt.value
-			c, err := e.parse(nil)
-			if tt.bad != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.bad) {
-					t.Fatalf("error %v, want one with %q", err, tt.bad)
-				}
+			c, ok := parseWant(t, e, tt.bad)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if c.ListenerShare != tt.want {
 				t.Errorf("ListenerMaxPending %d, want %d", c.ListenerShare, tt.want)
@@ -59,19 +53,30 @@ func TestConfigStreamPersist(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := defaults(t)
 			e.StreamPersist, e.StreamStorage, e.StreamReplicas = tt.persist, tt.storage, tt.replicas
-			c, err := e.parse(nil)
-			if tt.bad != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.bad) {
-					t.Fatalf("error %v, want one with %q", err, tt.bad)
-				}
+			c, ok := parseWant(t, e, tt.bad)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if c.StreamAsync != tt.async {
 				t.Errorf("StreamAsync %v, want %v", c.StreamAsync, tt.async)
 			}
 		})
 	}
+}
+
+// parseWant parses e and checks its error against bad, a part of the
+// error expected ("" for none). It reports whether parsing succeeded.
+func parseWant(t *testing.T, e env, bad string) (config, bool) {
+	t.Helper()
+	c, err := e.parse(nil)
+	if bad != "" {
+		if err == nil || !strings.Contains(err.Error(), bad) {
+			t.Fatalf("error %v, want one with %q", err, bad)
+		}
+		return config{}, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, true
 }
