@@ -1,22 +1,23 @@
 package schemas
 
 // CloudEvents type of CoAP request messages.
-const TypeCoAP = "io.udpgate.coap.request"
+const TypeCoAP = "io.udpgate.coap"
 
 // CoAP request headers, set by the gateway on requests from coap listeners.
 const (
-	HeaderCoAPMethod        = "udpgate-coap-method"         // GET, POST, PUT, DELETE, FETCH, PATCH, iPATCH
-	HeaderCoAPPath          = "udpgate-coap-path"           // "/" + segments joined by "/", each percent-encoded (RFC 3986)
-	HeaderCoAPQuery         = "udpgate-coap-query"          // Uri-Query options joined by "&", each percent-encoded; absent if none
+	// HeaderCoAPRequest is the request line: the method, a space, the
+	// path ("/" then the Uri-Path segments joined by "/", each
+	// percent-encoded as RFC 3986 does), and, if the request has Uri-Query
+	// options, "?" and the options joined by "&", each percent-encoded
+	// (name and value separately): "GET /sensors/a%20b?unit=C&verbose".
+	HeaderCoAPRequest       = "udpgate-coap-request"
 	HeaderCoAPContentFormat = "udpgate-coap-content-format" // decimal; absent if none
 	HeaderCoAPAccept        = "udpgate-coap-accept"         // decimal; absent if none
-	HeaderCoAPToken         = "udpgate-coap-token"          // hex, lower case; empty for a zero-length token
-	HeaderCoAPType          = "udpgate-coap-type"           // CON or NON
-	HeaderCoAPMessageID     = "udpgate-coap-mid"            // decimal
 	// HeaderDatagramHead holds, in standard base64, the bytes of the request
-	// datagram before its payload: CoAP header, token, options and the
-	// payload marker if a payload follows. Head plus body is the datagram
-	// byte for byte. Absent for a request reassembled from Block1 transfers.
+	// datagram before its payload: CoAP header (type, message id), token,
+	// options and the payload marker if a payload follows. Head plus body
+	// is the datagram byte for byte. Absent for a request reassembled from
+	// Block1 transfers.
 	HeaderDatagramHead = "udpgate-datagram-head"
 )
 
@@ -26,8 +27,8 @@ const (
 	HeaderCoAPCode          = "udpgate-coap-code"           // response code "c.dd", e.g. "2.05"; default CoAPDefaultCode
 	HeaderCoAPMaxAge        = "udpgate-coap-max-age"        // decimal seconds
 	HeaderCoAPETag          = "udpgate-coap-etag"           // hex, 1 to 8 bytes
-	HeaderCoAPLocationPath  = "udpgate-coap-location-path"  // like HeaderCoAPPath
-	HeaderCoAPLocationQuery = "udpgate-coap-location-query" // like HeaderCoAPQuery
+	HeaderCoAPLocationPath  = "udpgate-coap-location-path"  // "/" + segments joined by "/", each percent-encoded, as in HeaderCoAPRequest
+	HeaderCoAPLocationQuery = "udpgate-coap-location-query" // options joined by "&", each percent-encoded, as in HeaderCoAPRequest
 	// A reply's HeaderCoAPContentFormat sets the response's Content-Format.
 )
 

@@ -1,7 +1,7 @@
 package schemas
 
 // CloudEvents type of RPC call messages.
-const TypeRPC = "io.udpgate.rpc.call"
+const TypeRPC = "io.udpgate.rpc"
 
 // RPC headers. The gateway sets the first three on calls from rpc
 // listeners; a worker's reply may set the last two. The envelope itself is

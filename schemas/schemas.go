@@ -9,11 +9,19 @@ import (
 	"strings"
 )
 
+// Version is the version of the wire contract that this package and
+// schemas/README.md describe.
+const Version = 2
+
 // DefaultPrefix is the subject prefix used when none is configured.
 const DefaultPrefix = "udpgate"
 
 // StreamIn is the default name of the JetStream stream that captures every
-// request datagram (subjects PREFIX.in.>).
+// request datagram. The gateway publishes each capture copy to
+// CaptureSubject (PREFIX.capture.…), and the stream stores it under the
+// request subject (PREFIX.in.…) by a subject transform, so that durable
+// groups filter the same subjects that direct groups subscribe to, while
+// a core request on PREFIX.in.… is never captured twice.
 const StreamIn = "UDPGATE_IN"
 
 // StreamReplies is the default name of the JetStream stream that records
@@ -21,10 +29,30 @@ const StreamIn = "UDPGATE_IN"
 // recorded reply can be joined by udpgate-id.
 const StreamReplies = "UDPGATE_REPLIES"
 
-// ReplyWildcard returns the subject filter that covers every node's reply
-// subject: PREFIX.reply.>.
+// ReplyWildcard returns the subject filter that covers every reply
+// subject of every node: PREFIX.reply.>.
 func ReplyWildcard(prefix string) string {
 	return prefix + ".reply.>"
+}
+
+// CaptureWildcard returns the subjects of the capture stream:
+// PREFIX.capture.>.
+func CaptureWildcard(prefix string) string {
+	return prefix + ".capture.>"
+}
+
+// CaptureSubject returns the subject to which the capture copy of a request
+// on subject in (PREFIX.in.…) is published: the same subject with its "in"
+// token replaced by "capture". The capture stream stores it as in.
+func CaptureSubject(prefix, in string) string {
+	return string(AppendCaptureSubject(nil, prefix, in))
+}
+
+// AppendCaptureSubject appends CaptureSubject(prefix, in) to dst.
+func AppendCaptureSubject(dst []byte, prefix, in string) []byte {
+	dst = append(dst, prefix...)
+	dst = append(dst, ".capture"...)
+	return append(dst, in[len(prefix)+len(".in"):]...)
 }
 
 // Protocols a listener can speak.
@@ -37,10 +65,14 @@ const (
 // CloudEvents binary-mode headers carried by every request message.
 const (
 	HeaderSpecVersion = "ce-specversion" // always SpecVersion
-	HeaderCEID        = "ce-id"          // equals HeaderID
+	HeaderID          = "ce-id"          // the exchange's correlation id, opaque
 	HeaderSource      = "ce-source"      // udpgate://NODE/PORT/PROTOCOL
-	HeaderType        = "ce-type"        // TypeRaw, ...
-	HeaderTime        = "ce-time"        // RFC 3339 UTC, nanoseconds, when the datagram was read
+	HeaderType        = "ce-type"        // TypeRaw, TypeCoAP or TypeRPC
+	// HeaderTime is when the datagram was read, RFC 3339 UTC with
+	// nanoseconds. Live requests do not carry it (the capture stream
+	// stamps each message as it stores it, within milliseconds of the
+	// read); imported ones (pcap import) do, with the packet's time.
+	HeaderTime = "ce-time"
 )
 
 // SpecVersion is the CloudEvents version of request messages.
@@ -48,20 +80,23 @@ const SpecVersion = "1.0"
 
 // CloudEvents types of request messages, one per protocol.
 const (
-	TypeRaw = "io.udpgate.raw.datagram"
+	TypeRaw = "io.udpgate.raw"
 )
 
 // udpgate headers. Request messages carry all but HeaderStatus; a reply
-// carries HeaderID and, optionally, HeaderStatus. NATS headers are
-// case-sensitive: use these constants, never retype the names.
+// needs none (optionally HeaderStatus): its subject names the exchange.
+// NATS headers are case-sensitive: use these constants, never retype the
+// names.
 const (
-	HeaderID       = "udpgate-id"       // correlation id of the exchange
 	HeaderRemote   = "udpgate-remote"   // client address, ip:port ([ip6]:port)
 	HeaderLocal    = "udpgate-local"    // address the datagram was sent to, ip:port
-	HeaderListener = "udpgate-listener" // listener, PORT/PROTOCOL
 	HeaderDeadline = "udpgate-deadline" // Unix time in milliseconds after which no reply is sent
-	HeaderReply    = "udpgate-reply"    // core NATS subject to publish the reply to
-	HeaderStatus   = "udpgate-status"   // reply outcome, one of the Status values
+	// HeaderReply is the subject to publish the reply to,
+	// PREFIX.reply.NODE.ID: a direct request's NATS reply subject too,
+	// and the only way a durable worker knows it (a stored message keeps
+	// no reply subject).
+	HeaderReply  = "udpgate-reply"
+	HeaderStatus = "udpgate-status" // reply outcome, one of the Status values
 	// HeaderReplayOf is set on requests that `udpgate replay` publishes to
 	// a replay prefix: the udpgate-id of the captured request, which joins a
 	// candidate's reply with the recorded one.
@@ -97,16 +132,58 @@ func InWildcard(prefix string) string {
 	return prefix + ".in.>"
 }
 
-// ReplySubject returns the core NATS subject on which node's egress receives
-// replies: PREFIX.reply.NODE, with NODE escaped by EscapeToken.
+// ReplySubject returns the subject under which node's egress receives
+// replies: PREFIX.reply.NODE, with NODE escaped by EscapeToken. The reply
+// to one request goes to ReplySubject + "." + its correlation id; egress
+// subscribes to ReplySubject + ".*".
 func ReplySubject(prefix, node string) string {
 	return prefix + ".reply." + EscapeToken(node)
+}
+
+// ReplyID returns the correlation id named by a reply subject: its last
+// token. It reports false for a subject of fewer than two tokens.
+func ReplyID(subject string) (string, bool) {
+	i := strings.LastIndexByte(subject, '.')
+	if i < 0 || i == len(subject)-1 {
+		return "", false
+	}
+	return subject[i+1:], true
 }
 
 // Source returns the ce-source of requests received by node on listener
 // (PORT/PROTOCOL): udpgate://NODE/PORT/PROTOCOL.
 func Source(node, listener string) string {
 	return "udpgate://" + node + "/" + listener
+}
+
+// ParseSource splits a ce-source, udpgate://NODE/PORT/PROTOCOL, into its
+// parts. It reports false for anything else.
+func ParseSource(source string) (node string, port uint16, protocol string, ok bool) {
+	rest, found := strings.CutPrefix(source, "udpgate://")
+	if !found {
+		return "", 0, "", false
+	}
+	i := strings.LastIndexByte(rest, '/')
+	if i < 0 {
+		return "", 0, "", false
+	}
+	protocol = rest[i+1:]
+	rest = rest[:i]
+	j := strings.LastIndexByte(rest, '/')
+	if j < 0 || protocol == "" {
+		return "", 0, "", false
+	}
+	n, err := strconv.ParseUint(rest[j+1:], 10, 16)
+	if err != nil {
+		return "", 0, "", false
+	}
+	return rest[:j], uint16(n), protocol, true
+}
+
+// Listener returns a listener's name, PORT/PROTOCOL, as ce-source and the
+// metrics spell it.
+func Listener(port uint16, protocol string) string {
+	return strconv.FormatUint(uint64(port), 10) + "/" + protocol
 }
 
 // EscapeToken turns any string into a single NATS subject token, reversibly.
