@@ -103,6 +103,12 @@ type Edge struct {
 	// Block2 block, or 4.01 with an Echo option), and an Echo option or an
 	// acknowledged separate response validates the source.
 	Guard *guard.Guard
+	// Retransmitted, if not nil, is called by Receive, on the read loop,
+	// for a retransmission of a CON request that its owner has started
+	// (Started) and that is not answered yet: with direct delivery the
+	// owner publishes it again, so that a worker that died with it costs
+	// the client one retransmission. It must not block.
+	Retransmitted func(r *Request)
 
 	// rx serialises Receive, which runs on the listener's read loop; it
 	// guards opts, the options of the datagram being decoded.
@@ -156,8 +162,9 @@ type cached struct {
 	seq      uint64 // numbers the entry: its slot is reused after it is dropped
 	sum      uint64 // hash of the datagram: only identical copies are duplicates
 	expires  time.Time
-	response []byte // resent to a duplicate; nil while none
-	separate bool   // an empty ACK was sent; the response comes as a CON
+	response []byte   // resent to a duplicate; nil while none
+	separate bool     // an empty ACK was sent; the response comes as a CON
+	started  *Request // the CON request, once started and until answered
 }
 
 type transferKey struct {
@@ -230,12 +237,15 @@ type Stats struct {
 	SendErrors      uint64
 	TooManyRequests uint64 // 4.29 sent to trusted or validated sources over their rate
 	EchoChallenges  uint64 // 4.01 with an Echo option sent: the response did not fit the amplification limit
+	// Retransmitted counts retransmissions of CON requests still
+	// unanswered, handed to Retransmitted to be published again.
+	Retransmitted uint64
 }
 
 type counters struct {
 	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
 	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
-	sendErrors, tooMany, echoChallenges                                                      atomic.Uint64
+	sendErrors, tooMany, echoChallenges, retransmitted                                       atomic.Uint64
 }
 
 // Stats returns a snapshot of the edge's counters.
@@ -249,6 +259,7 @@ func (e *Edge) Stats() Stats {
 		Resets: c.resets.Load(), Timeouts: c.timeouts.Load(), Unavailable: c.unavailable.Load(),
 		Evicted: c.evicted.Load(), SendErrors: c.sendErrors.Load(),
 		TooManyRequests: c.tooMany.Load(), EchoChallenges: c.echoChallenges.Load(),
+		Retransmitted: c.retransmitted.Load(),
 	}
 }
 
@@ -330,6 +341,7 @@ type Request struct {
 	Segments      []string // decoded Uri-Path segments
 	Path          string   // "/" + percent-encoded segments joined by "/"
 	Query         string   // Uri-Query options, percent-encoded, joined by "&"
+	RequestLine   string   // Method, " ", Path, and "?" Query if there is one
 	ContentFormat int      // -1 if absent
 	Accept        int      // -1 if absent
 	Token         []byte
@@ -337,7 +349,9 @@ type Request struct {
 	MessageID     uint16
 	Payload       []byte // owned by the Request
 	Head          []byte // the datagram before the payload; nil if reassembled
-	MsgID         string // Nats-Msg-Id: peer, message id and token
+	// Seq is the owner's: ingress keeps the request's exchange here, to
+	// publish it again when the client retransmits it.
+	Seq uint64
 
 	edge     *Edge
 	dst      exchange.Exchange
@@ -429,9 +443,17 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		case c.separate:
 			again = empty(typeACK, h.mid)
 		}
+		var retry *Request
+		if c.response == nil && c.started != nil && !c.started.done {
+			retry = c.started
+		}
 		e.mu.Unlock()
 		if again != nil {
 			e.send(dst, again)
+		}
+		if retry != nil && e.Retransmitted != nil {
+			e.stats.retransmitted.Add(1)
+			e.Retransmitted(retry)
 		}
 		return nil
 	}
@@ -521,10 +543,10 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 
 	// What the request keeps of the datagram goes in one slab: first the
 	// bytes (Token, Head, Payload), then the strings (Segments, then op,
-	// which holds Path and Query, then MsgID), which are never written
-	// again.
+	// the request line, which holds Path and Query), which are never
+	// written again.
 	head := b[:len(b)-len(m.Payload)]
-	size := len(m.Token) + segsLen + len(method) + 1 + max(pathEst, 1) + 1 + qyEst + addrLen(remote) + 1 + 5 + 1 + 2*len(m.Token)
+	size := len(m.Token) + segsLen + len(method) + 1 + max(pathEst, 1) + 1 + qyEst
 	if !hasB1 {
 		size += len(head) + len(m.Payload)
 	}
@@ -562,11 +584,12 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		}
 	}
 	pathEnd := len(slab)
-	slab = append(slab, '?')
 	first = true
 	for _, o := range m.Options {
 		if o.ID == message.URIQuery {
-			if !first {
+			if first {
+				slab = append(slab, '?')
+			} else {
 				slab = append(slab, '&')
 			}
 			first = false
@@ -574,11 +597,6 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		}
 	}
 	opEnd := len(slab)
-	slab = remote.AppendTo(slab)
-	slab = append(slab, '|')
-	slab = strconv.AppendUint(slab, uint64(h.mid), 10)
-	slab = append(slab, '|')
-	slab = hex.AppendEncode(slab, m.Token)
 
 	// slab is complete: its string part is never written again.
 	str := unsafe.String(unsafe.SliceData(slab[strStart:]), len(slab)-strStart)
@@ -601,9 +619,11 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 		}
 	}
 	r.op = sub(opStart, opEnd)
+	r.RequestLine = r.op
 	r.Path = sub(pathStart, pathEnd)
-	r.Query = sub(pathEnd+1, opEnd)
-	r.MsgID = sub(opEnd, len(slab))
+	if opEnd > pathEnd {
+		r.Query = sub(pathEnd+1, opEnd)
+	}
 	if hasB2 {
 		r.block2 = b2
 	}
@@ -758,6 +778,9 @@ func (r *Request) Started() {
 	defer e.mu.Unlock()
 	if r.done || r.acked || r.win != 0 || e.closed {
 		return
+	}
+	if c := r.cached(); c != nil {
+		c.started = r
 	}
 	if e.winTail-e.winHead == uint64(len(e.windows)) {
 		e.growWindows()
@@ -1054,6 +1077,9 @@ func (r *Request) drop() {
 	defer e.mu.Unlock()
 	r.done = true
 	e.closeWindow(r)
+	if c := r.cached(); c != nil {
+		c.started = nil
+	}
 }
 
 // Fail implements exchange.Replier: 5.04 when no worker answered in time,
@@ -1083,6 +1109,9 @@ func (r *Request) respond(code codes.Code, opts message.Options, payload []byte)
 	}
 	r.done = true
 	e.closeWindow(r)
+	if c := r.cached(); c != nil {
+		c.started = nil
+	}
 	m := message.Message{Token: r.Token, Options: opts, Code: code, Payload: payload}
 	var rt *retransmission
 	switch {

@@ -561,8 +561,8 @@ func TestRequestFieldsLarge(t *testing.T) {
 		{"token", hex.EncodeToString(r.Token), "0102030405060708"},
 		{"payload", string(r.Payload), string(payload)},
 		{"head+payload", string(r.Head) + string(r.Payload), string(b)},
-		{"msgid", r.MsgID, te.remote.String() + "|258|0102030405060708"},
-		{"op", r.op, "POST " + wantPath + "?"},
+		{"request line", r.RequestLine, "POST " + wantPath},
+		{"op", r.op, "POST " + wantPath},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -735,5 +735,53 @@ func TestDedupeCacheEvicts(t *testing.T) {
 	defer te.mu.Unlock()
 	if len(te.dedupe) != 0 || te.recentLen != 0 {
 		t.Errorf("after Sweep: %d keys, %d entries", len(te.dedupe), te.recentLen)
+	}
+}
+
+// A retransmission of a CON request that was started and is unanswered is
+// handed to Retransmitted, once per retransmission; once answered, a
+// retransmission gets the cached response and is not handed on; a NON is
+// never handed on.
+func TestRetransmitted(t *testing.T) {
+	te := newTestEdge(t, Config{Piggyback: time.Minute})
+	var got []*Request
+	te.Retransmitted = func(r *Request) { got = append(got, r) }
+	con := []byte{0x41, 0x01, 0x00, 0x07, 0xaa, 0xb4, 't', 'i', 'm', 'e'} // CON GET /time, token aa
+	r := te.receive(con)
+	if r == nil {
+		t.Fatal("not published")
+	}
+	if te.receive(con) != nil || len(got) != 0 {
+		t.Fatalf("a retransmission before Started: %d handed on", len(got))
+	}
+	r.Started()
+	for i := range 2 {
+		if te.receive(con) != nil {
+			t.Fatal("a retransmission was returned as a new request")
+		}
+		if len(got) != i+1 || got[i] != r {
+			t.Fatalf("after %d retransmissions, %d handed on", i+1, len(got))
+		}
+	}
+	if a := te.answer(50 * time.Millisecond); a != nil {
+		t.Errorf("an unanswered retransmission got % x", a)
+	}
+	if err := r.Reply(exchange.Exchange{}, "ok", nil, []byte("12:00")); err != nil {
+		t.Fatal(err)
+	}
+	first := te.answer(time.Second)
+	te.receive(con)
+	if again := te.answer(time.Second); !bytes.Equal(again, first) || len(got) != 2 {
+		t.Errorf("after the answer: % x (want % x), %d handed on", again, first, len(got))
+	}
+	non := []byte{0x51, 0x01, 0x00, 0x08, 0xbb, 0xb4, 't', 'i', 'm', 'e'}
+	rn := te.receive(non)
+	rn.Started()
+	te.receive(non)
+	if len(got) != 2 {
+		t.Errorf("a NON retransmission was handed on")
+	}
+	if n := te.Stats().Retransmitted; n != 2 {
+		t.Errorf("Stats.Retransmitted = %d, want 2", n)
 	}
 }
