@@ -1,6 +1,7 @@
 // Package egress sends workers' replies back to clients. It subscribes to
-// its node's reply subject, closes the exchange named by the reply's
-// correlation id in the gateway's pending table, and writes the reply
+// its node's reply subjects (PREFIX.reply.NODE.*), closes the exchange that
+// the reply subject's last token names in the gateway's pending table, and
+// writes the reply
 // through the socket that received the request, from the address the
 // request was sent to. The destination is the one recorded in the table,
 // never anything from the worker's message, so a worker cannot aim traffic
@@ -32,7 +33,8 @@ const DefaultSweep = 100 * time.Millisecond
 type Server struct {
 	// NATS is the connection to subscribe on. Required.
 	NATS *nats.Conn
-	// Subject is the node's reply subject, schemas.ReplySubject. Required.
+	// Subject is the node's reply subject, schemas.ReplySubject; the
+	// reply to a request comes on Subject.ID. Required.
 	Subject string
 	// Table is the gateway's pending exchanges, shared with ingress.
 	// Required.
@@ -51,7 +53,8 @@ type Server struct {
 	// function counts it). It runs on the reply path and must be quick.
 	Allow func(ex exchange.Exchange, status string, header nats.Header, body []byte) bool
 
-	unknown atomic.Uint64 // replies with no exchange: no port to count them under
+	unknown      atomic.Uint64 // replies with no exchange: no port to count them under
+	noResponders atomic.Uint64 // NATS's no-responders answers: no direct group had an instance
 
 	portsMu sync.Mutex                           // serializes adding to ports
 	ports   atomic.Pointer[map[uint16]*counters] // copy on write; read without a lock
@@ -77,6 +80,10 @@ type Stats struct {
 	WorkerError uint64 // replies with status error: exchange closed, nothing sent on raw
 	SendErrors  uint64 // the socket refused the write
 	NoAnswer    uint64 // exchanges that reached their deadline unanswered
+	// NoResponders counts requests that no direct group received: NATS
+	// answered the core request with its no-responders status. The
+	// exchange stays open for durable groups, which read the capture.
+	NoResponders uint64
 }
 
 type counters struct {
@@ -92,7 +99,7 @@ func (c *counters) snapshot() Stats {
 
 // Stats returns a snapshot of the server's counters, all ports together.
 func (s *Server) Stats() Stats {
-	st := Stats{Unknown: s.unknown.Load()}
+	st := Stats{Unknown: s.unknown.Load(), NoResponders: s.noResponders.Load()}
 	for _, p := range s.PortStats() {
 		st.Sent += p.Sent
 		st.Late += p.Late
@@ -155,7 +162,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.Sweep <= 0 {
 		s.Sweep = DefaultSweep
 	}
-	sub, err := s.NATS.Subscribe(s.Subject, s.deliver)
+	sub, err := s.NATS.Subscribe(s.Subject+".*", s.deliver)
 	if err != nil {
 		return fmt.Errorf("egress: subscribe %s: %w", s.Subject, err)
 	}
@@ -188,7 +195,12 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // deliver handles one reply message.
 func (s *Server) deliver(msg *nats.Msg) {
-	seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID))
+	if len(msg.Data) == 0 && msg.Header.Get(statusHeader) == noResponders {
+		s.noResponders.Add(1)
+		return
+	}
+	id, _ := schemas.ReplyID(msg.Subject)
+	seq, ok := s.Table.ParseID(id)
 	if !ok {
 		s.unknown.Add(1)
 		return
@@ -240,6 +252,13 @@ func (s *Server) deliver(msg *nats.Msg) {
 		s.Latency(ex.Port, time.Since(ex.Received))
 	}
 }
+
+// NATS's status header, and the status of its answer to a request that no
+// subscription received. nats.go does not export them.
+const (
+	statusHeader = "Status"
+	noResponders = "503"
+)
 
 // expired answers an exchange that reached its deadline unanswered, in its
 // protocol (CoAP: 5.04); raw exchanges get nothing.

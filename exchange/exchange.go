@@ -273,6 +273,18 @@ func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 	return ex, Answered
 }
 
+// Pending returns the exchange seq if it is open: neither answered,
+// expired nor released.
+func (t *Table) Pending(seq uint64) (Exchange, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.lookup(seq)
+	if s == nil || s.state != open {
+		return Exchange{}, false
+	}
+	return s.ex, true
+}
+
 // Release forgets the open exchange seq without an answer, as when its
 // request could not be published. It reports whether seq was open.
 func (t *Table) Release(seq uint64) (Exchange, bool) {

@@ -162,7 +162,8 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.Stream.Name = schemas.StreamIn
 	}
 	if g.Stream.Subject == "" {
-		g.Stream.Subject = schemas.InWildcard(g.Prefix)
+		g.Stream.Subject = schemas.CaptureWildcard(g.Prefix)
+		g.Stream.Stores = schemas.InWildcard(g.Prefix)
 	}
 	js, err := jetstream.New(g.NATS)
 	if err != nil {

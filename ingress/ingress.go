@@ -1,11 +1,16 @@
-// Package ingress reads request datagrams from a listener socket and
-// publishes each one to JetStream, on the listener's subject in the capture
-// stream, after opening its exchange in the gateway's pending table.
+// Package ingress reads request datagrams from a listener socket, opens
+// each one's exchange in the gateway's pending table, and publishes it
+// twice: as a core NATS request on the listener's subject, with the
+// exchange's reply subject, which direct worker groups (queue
+// subscriptions) receive at once; and as a capture copy through JetStream,
+// which the capture stream stores under the same subject and durable
+// groups consume.
 //
 // The read loop never waits on NATS: it hands each datagram to a bounded
 // queue drained by one publisher goroutine, and drops (and counts) what does
-// not fit. Publishes are asynchronous and bounded in number; a publish that
-// fails or is not acknowledged in time releases its exchange and is counted.
+// not fit. Capture publishes are asynchronous and bounded in number; one
+// that fails or is not acknowledged in time is counted as a gap in the
+// capture, and does not close the exchange (a direct worker may answer).
 package ingress
 
 import (
@@ -15,7 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,8 +76,8 @@ type Server struct {
 	// Queue bounds the datagrams read and not yet handed to NATS
 	// (DefaultQueue if zero).
 	Queue int
-	// MaxInFlight bounds the publishes awaiting JetStream's acknowledgement
-	// (DefaultMaxInFlight if zero).
+	// MaxInFlight bounds the capture copies awaiting JetStream's
+	// acknowledgement (DefaultMaxInFlight if zero).
 	MaxInFlight int
 	// Guard, if not nil, admits or drops each datagram (allow and deny
 	// lists, rate limits) before it is decoded, and limits what is sent
@@ -98,10 +102,12 @@ type Server struct {
 	rpcShown  atomic.Pointer[rpc.Edge]  // rpcEdge, for RPCStats from other goroutines
 	port      uint16
 	listener  string
-	reply     string
+	reply     string // the node's reply subject; a request's is reply.ID
 	source    string
 	subject   string // a raw listener's request subject; empty for other protocols
+	capture   string // a raw listener's capture subject; empty for other protocols
 	wildcard  bool
+	queue     chan datagram
 	localAddr netip.AddrPort
 	ids       *exchange.Table                // NoReply: ids of the listener's own
 	share     *exchange.Share                // the listener's exchanges open in Table
@@ -111,15 +117,27 @@ type Server struct {
 
 // Stats are cumulative counts of one listener's datagrams.
 type Stats struct {
-	Received      uint64 // datagrams read
-	Published     uint64 // acknowledged by JetStream
-	TooLarge      uint64 // dropped: larger than MaxDatagram
-	QueueFull     uint64 // dropped: the publish queue was full
-	TableFull     uint64 // dropped: the pending table had no room
-	ListenerFull  uint64 // dropped: the listener held MaxPending open exchanges
-	InFlight      uint64 // dropped: too many publishes awaiting acknowledgement
+	Received  uint64 // datagrams read
+	Published uint64 // requests published to direct groups (core NATS; none on a NoReply listener)
+	Captured  uint64 // capture copies acknowledged by JetStream
+	// Republished counts CoAP requests published again because the
+	// client retransmitted them while they were unanswered.
+	Republished  uint64
+	TooLarge     uint64 // dropped: larger than MaxDatagram
+	QueueFull    uint64 // dropped: the publish queue was full
+	TableFull    uint64 // dropped: the pending table had no room
+	ListenerFull uint64 // dropped: the listener held MaxPending open exchanges
+	// InFlight counts capture copies not published because MaxInFlight
+	// were awaiting acknowledgement: a gap in the capture. The request
+	// itself went to direct groups, except on a NoReply listener, where
+	// the capture is all there is.
+	InFlight      uint64
 	NATSDown      uint64 // dropped: not connected to NATS
-	PublishFailed uint64 // dropped: JetStream refused or did not acknowledge in time
+	PublishFailed uint64 // dropped: the core publish of the request failed
+	// CaptureFailed counts capture copies that JetStream refused or did
+	// not acknowledge before the deadline: a gap in the capture, and
+	// durable groups do not see the request. The exchange stays open.
+	CaptureFailed uint64
 	Expired       uint64 // exchanges still open past their deadline when their slot was reused: answered as unanswered here, not counted by egress
 	ReadErrors    uint64 // socket read errors other than closing
 	// KernelDrops is the latest count the kernel reported (SO_RXQ_OVFL)
@@ -135,16 +153,17 @@ type Stats struct {
 }
 
 type counters struct {
-	received, published, tooLarge, queueFull, tableFull, inFlight atomic.Uint64
-	natsDown, publishFailed, expired, readErrors, kernelDrops     atomic.Uint64
-	listenerFull                                                  atomic.Uint64
+	received, published, captured, republished, tooLarge, queueFull, tableFull atomic.Uint64
+	inFlight, natsDown, publishFailed, captureFailed, expired, readErrors      atomic.Uint64
+	kernelDrops, listenerFull                                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the server's counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
 	st := Stats{
-		Received: c.received.Load(), Published: c.published.Load(), TooLarge: c.tooLarge.Load(),
+		Received: c.received.Load(), Published: c.published.Load(), Captured: c.captured.Load(),
+		Republished: c.republished.Load(), CaptureFailed: c.captureFailed.Load(), TooLarge: c.tooLarge.Load(),
 		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), ListenerFull: c.listenerFull.Load(),
 		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(),
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
@@ -165,6 +184,7 @@ type datagram struct {
 	at      time.Time
 	coap    *coap.Request // the decoded request on a coap listener
 	rpc     *rpc.Call     // the decoded call on an rpc listener
+	again   bool          // coap is a retransmitted request, already published: publish it again
 }
 
 // Serve reads datagrams until ctx is cancelled, then closes the socket,
@@ -179,17 +199,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		jetstream.WithPublishAsyncMaxPending(s.MaxInFlight),
 		jetstream.WithPublishAsyncTimeout(s.Deadline),
 		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
-			s.stats.published.Add(1)
+			s.stats.captured.Add(1)
 			s.recycle(msg)
 		}),
-		jetstream.WithPublishAsyncErrHandler(s.publishFailed),
+		jetstream.WithPublishAsyncErrHandler(s.captureFailed),
 	)
 	if err != nil {
 		s.Conn.Close()
 		return fmt.Errorf("ingress: %s: jetstream: %w", s.listener, err)
 	}
 
-	queue := make(chan datagram, s.Queue)
+	queue := s.queue
 	var wg sync.WaitGroup
 	wg.Go(func() { s.publish(js, queue) })
 	done := make(chan struct{})
@@ -246,12 +266,14 @@ func (s *Server) init() error {
 	s.localAddr = netip.AddrPortFrom(la.Addr().Unmap(), la.Port())
 	s.wildcard = la.Addr().IsUnspecified()
 	s.port = la.Port()
-	s.listener = strconv.Itoa(int(s.port)) + "/" + s.Protocol
+	s.listener = schemas.Listener(s.port, s.Protocol)
 	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
 	s.source = schemas.Source(s.Node, s.listener)
 	if s.Protocol == schemas.ProtocolRaw {
 		s.subject = schemas.InSubject(s.Prefix, s.port)
+		s.capture = schemas.CaptureSubject(s.Prefix, s.subject)
 	}
+	s.queue = make(chan datagram, s.Queue)
 	if s.NoReply {
 		if s.Protocol != schemas.ProtocolRaw {
 			return fmt.Errorf("ingress: %s: NoReply is for raw listeners", s.listener)
@@ -267,6 +289,14 @@ func (s *Server) init() error {
 			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
 			Log:    s.Log,
 			Guard:  s.Guard,
+			// On the read loop: hand the retransmission to the publisher.
+			Retransmitted: func(r *coap.Request) {
+				select {
+				case s.queue <- datagram{coap: r, again: true}:
+				default:
+					s.stats.queueFull.Add(1)
+				}
+			},
 		}
 		s.coapEdge.Start()
 		s.coapShown.Store(s.coapEdge)
@@ -380,12 +410,25 @@ func (s *Server) read(queue chan<- datagram) error {
 	}
 }
 
-// publish opens the exchange of each queued datagram and publishes it.
+// publish opens the exchange of each queued datagram and publishes it: the
+// request to direct groups, then its capture copy.
 func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 	// Made once: an option is a closure, and a variadic argument to an
-	// interface method a new slice.
-	stall := []jetstream.PublishOpt{jetstream.WithStallWait(stallWait)}
+	// interface method a new slice. An answering listener does not wait
+	// for a free in-flight slot: its request is already with the direct
+	// groups, and waiting would stall every request behind a JetStream
+	// that does not acknowledge. An ingest-only listener's capture is all
+	// it does, so it waits a little, while the queue absorbs the socket.
+	wait := time.Nanosecond
+	if s.NoReply {
+		wait = stallWait
+	}
+	stall := []jetstream.PublishOpt{jetstream.WithStallWait(wait)}
 	for d := range queue {
+		if d.again {
+			s.republish(d.coap)
+			continue
+		}
 		if !s.NATS.IsConnected() {
 			s.stats.natsDown.Add(1)
 			s.unavailable(d)
@@ -395,14 +438,11 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 		if s.NoReply {
 			s.idSeq++
 			msg, _ := s.msgs.Get().(*nats.Msg)
-			msg = newMessage(msg, &Request{
-				Prefix: s.Prefix, Port: s.port, Listener: s.listener, Source: s.source, Reply: s.reply,
+			msg, capture := newMessage(msg, &Request{
+				Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 				Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline, Body: d.data,
-			}, s.subject, s.ids, s.idSeq)
-			if _, err := js.PublishMsgAsync(msg, stall...); err != nil {
-				s.recycle(msg)
-				s.countPublishError(err)
-			}
+			}, s.subject, s.capture, s.ids, s.idSeq)
+			s.capturePublish(js, msg, capture, stall)
 			continue
 		}
 		seq, expired, err := s.Table.Open(exchange.Exchange{
@@ -433,47 +473,80 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			s.unavailable(d)
 			continue
 		}
+		if d.coap != nil {
+			d.coap.Seq = seq
+		}
 		msg, _ := s.msgs.Get().(*nats.Msg)
-		msg = newMessage(msg, &Request{
-			Prefix: s.Prefix, Port: s.port, Listener: s.listener, Source: s.source, Reply: s.reply,
+		msg, capture := newMessage(msg, &Request{
+			Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 			Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
 			Body: d.data, CoAP: d.coap, RPC: d.rpc,
-		}, s.subject, s.Table, seq)
-		if _, err := js.PublishMsgAsync(msg, stall...); err != nil {
+		}, s.subject, s.capture, s.Table, seq)
+		// The request, at once, to the direct groups: a core publish with
+		// the exchange's reply subject, which a worker's msg.Respond uses.
+		if err := s.NATS.PublishMsg(msg); err != nil {
 			s.recycle(msg)
 			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
 				ex.Replier.Fail(ex, exchange.Unavailable)
 			}
-			s.countPublishError(err)
+			s.stats.publishFailed.Add(1)
+			s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
+			continue
+		}
+		s.stats.published.Add(1)
+		s.capturePublish(js, msg, capture, stall)
+	}
+}
+
+// capturePublish publishes msg, built by newMessage, as the capture copy
+// of its request, to capture.
+func (s *Server) capturePublish(js jetstream.JetStream, msg *nats.Msg, capture string, stall []jetstream.PublishOpt) {
+	msg.Subject, msg.Reply = capture, "" // JetStream's acknowledgement comes on a reply subject of its own
+	if _, err := js.PublishMsgAsync(msg, stall...); err != nil {
+		s.recycle(msg)
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			s.stats.inFlight.Add(1)
+		} else {
+			s.stats.captureFailed.Add(1)
+			s.Log.Debug("ingress: capture", "listener", s.listener, "err", err)
 		}
 	}
 }
 
-// countPublishError counts a publish that could not start.
-func (s *Server) countPublishError(err error) {
-	if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-		s.stats.inFlight.Add(1)
-	} else {
-		s.stats.publishFailed.Add(1)
-		s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
+// republish publishes r, a CoAP request that its client retransmitted, to
+// the direct groups again, with its exchange's id, if that is still open.
+// The capture has it already.
+func (s *Server) republish(r *coap.Request) {
+	if r.Seq == 0 || !s.NATS.IsConnected() {
+		return
 	}
+	ex, ok := s.Table.Pending(r.Seq)
+	if !ok {
+		return
+	}
+	msg, _ := s.msgs.Get().(*nats.Msg)
+	msg, _ = newMessage(msg, &Request{
+		Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
+		Remote: ex.Remote, Local: ex.Local, Received: ex.Received, Deadline: ex.Deadline,
+		Body: r.Payload, CoAP: r,
+	}, "", "", s.Table, r.Seq)
+	if err := s.NATS.PublishMsg(msg); err == nil {
+		s.stats.republished.Add(1)
+	}
+	s.recycle(msg) // a core publish holds no reference once it returns
 }
 
-// stallWait is how long the publisher waits for a free in-flight slot before
-// dropping a datagram; meanwhile the queue absorbs what the socket reads.
+// stallWait is how long the publisher of an ingest-only listener waits for
+// a free in-flight slot before dropping a datagram; meanwhile the queue
+// absorbs what the socket reads.
 const stallWait = 50 * time.Millisecond
 
-// publishFailed runs when JetStream refuses a publish or does not
-// acknowledge it before the deadline: the request was not captured and no
-// worker will see it, so its exchange is released.
-func (s *Server) publishFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
-	s.stats.publishFailed.Add(1)
-	if seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID)); ok {
-		if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
-			ex.Replier.Fail(ex, exchange.Unavailable)
-		}
-	}
-	s.Log.Debug("ingress: publish not acknowledged", "listener", s.listener, "err", err)
+// captureFailed runs when JetStream refuses a capture copy or does not
+// acknowledge it before the deadline: a gap in the capture, counted. The
+// exchange stays open, since direct groups received the request.
+func (s *Server) captureFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
+	s.stats.captureFailed.Add(1)
+	s.Log.Debug("ingress: capture not acknowledged", "listener", s.listener, "err", err)
 	s.recycle(msg)
 }
 

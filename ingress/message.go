@@ -2,14 +2,12 @@ package ingress
 
 import (
 	"encoding/base64"
-	"encoding/hex"
 	"net/netip"
 	"strconv"
 	"time"
 	"unsafe"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
@@ -20,48 +18,52 @@ import (
 // Request is what a request message is made of: the datagram, where it
 // came from and went to, and the listener's names.
 type Request struct {
-	Prefix   string         // subject prefix
-	Port     uint16         // listener port
-	Listener string         // PORT/PROTOCOL
-	Source   string         // ce-source, schemas.Source
-	Reply    string         // the reply subject of the receiving node
-	ID       string         // correlation id
-	Remote   netip.AddrPort // client
-	Local    netip.AddrPort // where the client sent the datagram
+	Prefix string         // subject prefix
+	Port   uint16         // listener port
+	Source string         // ce-source, schemas.Source
+	Reply  string         // the receiving node's reply subject, schemas.ReplySubject; the request's own is Reply.ID
+	ID     string         // correlation id
+	Remote netip.AddrPort // client
+	Local  netip.AddrPort // where the client sent the datagram
+	// Received is when the datagram was read. It is on the wire (ce-time)
+	// only if KeepTime is set: the capture stream's own timestamp says
+	// when a live request arrived.
 	Received time.Time
+	KeepTime bool
 	Deadline time.Time
 	Body     []byte        // the datagram; for CoAP the payload, for RPC the params
 	CoAP     *coap.Request // a CoAP request, or nil
 	RPC      *rpc.Call     // an RPC call, or nil
 }
 
-// Message returns the request message the gateway publishes for r: the
-// subject and headers of the wire contract (schemas/README.md). pcap
-// import builds its messages with it too, so imported traffic is
+// Message returns the request message the gateway publishes for r (the
+// subject, reply subject and headers of the wire contract,
+// schemas/README.md) and the subject its capture copy is published to.
+// pcap import builds its messages with it too, so imported traffic is
 // indistinguishable from live traffic. The message's Data is r.Body, not a
 // copy.
-func Message(r Request) *nats.Msg {
-	return newMessage(nil, &r, "", nil, 0)
+func Message(r Request) (msg *nats.Msg, capture string) {
+	return newMessage(nil, &r, "", "", nil, 0)
 }
 
 // Header counts of request messages: every message's, and what each
-// protocol adds (its own ce-type replaces the raw one).
+// protocol adds at most.
 const (
-	rawHeaders  = 11
-	coapHeaders = 10 // method, path, query, content-format, accept, token, type, mid, datagram head, Nats-Msg-Id
-	rpcHeaders  = 3  // service, method, id
+	rawHeaders  = 8 // ce-specversion, ce-id, ce-source, ce-type, remote, local, deadline, reply
+	coapHeaders = 4 // request line, content-format, accept, datagram head
+	rpcHeaders  = 3 // service, method, id
 )
 
 // The values newMessage computes, all kept in one string.
 const (
 	valSubject = iota
-	valID
+	valCapture
+	valReply // the request's reply subject, which ends with its id
 	valTime
 	valRemote
 	valLocal
 	valDeadline
-	valToken
-	valMID
+	valRequestLine
 	valContentFormat
 	valAccept
 	valHead
@@ -71,19 +73,22 @@ const (
 
 // newMessage builds the request message of r, as Message does, in msg if
 // it is not nil: a message to reuse, whose Header is empty or nil. Besides
-// the Msg and its header map (which takes four allocations when it has more
-// than eight entries), it allocates twice whatever the protocol: one array
-// for every header's value slice, and one string that holds every value
-// computed here. subject, if not empty, is r's subject, computed once by
-// the caller (a raw listener's is constant). If table is not nil the
-// correlation id is table's id of seq, and r.ID is not used.
-func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table, seq uint64) *nats.Msg {
+// the Msg and its header map, it allocates twice whatever the protocol:
+// one array for every header's value slice, and one string that holds
+// every value computed here. subject and capture, if not empty, are r's
+// request and capture subjects, computed once by the caller (a raw
+// listener's are constant). If table is not nil the correlation id is
+// table's id of seq, and r.ID is not used.
+func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *exchange.Table, seq uint64) (*nats.Msg, string) {
 	n := rawHeaders
 	switch {
 	case r.CoAP != nil:
 		n += coapHeaders
 	case r.RPC != nil:
 		n += rpcHeaders
+	}
+	if r.KeepTime {
+		n++
 	}
 
 	// Every computed value is appended to b; span records where each is.
@@ -101,15 +106,25 @@ func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table
 			b = schemas.AppendInSubject(b, r.Prefix, r.Port)
 		}
 		mark(valSubject, start)
-	}
-	if table != nil {
-		start := len(b)
-		b = table.AppendID(b, seq)
-		mark(valID, start)
+		start = len(b)
+		b = schemas.AppendCaptureSubject(b, r.Prefix, unsafe.String(unsafe.SliceData(b[span[valSubject][0]:]), span[valSubject][1]-span[valSubject][0]))
+		mark(valCapture, start)
 	}
 	start := len(b)
-	b = r.Received.UTC().AppendFormat(b, time.RFC3339Nano)
-	mark(valTime, start)
+	b = append(b, r.Reply...)
+	b = append(b, '.')
+	idStart := len(b)
+	if table != nil {
+		b = table.AppendID(b, seq)
+	} else {
+		b = append(b, r.ID...)
+	}
+	mark(valReply, start)
+	if r.KeepTime {
+		start = len(b)
+		b = r.Received.UTC().AppendFormat(b, time.RFC3339Nano)
+		mark(valTime, start)
+	}
 	start = len(b)
 	b = r.Remote.AppendTo(b)
 	mark(valRemote, start)
@@ -120,12 +135,17 @@ func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table
 	b = strconv.AppendInt(b, r.Deadline.UnixMilli(), 10)
 	mark(valDeadline, start)
 	if c := r.CoAP; c != nil {
-		start = len(b)
-		b = hex.AppendEncode(b, c.Token)
-		mark(valToken, start)
-		start = len(b)
-		b = strconv.AppendUint(b, uint64(c.MessageID), 10)
-		mark(valMID, start)
+		if c.RequestLine == "" {
+			start = len(b)
+			b = append(b, c.Method...)
+			b = append(b, ' ')
+			b = append(b, c.Path...)
+			if c.Query != "" {
+				b = append(b, '?')
+				b = append(b, c.Query...)
+			}
+			mark(valRequestLine, start)
+		}
 		if c.ContentFormat >= 0 {
 			start = len(b)
 			b = strconv.AppendInt(b, int64(c.ContentFormat), 10)
@@ -152,12 +172,10 @@ func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table
 	val := func(v int) string { return all[span[v][0]:span[v][1]] }
 
 	if subject == "" {
-		subject = val(valSubject)
+		subject, capture = val(valSubject), val(valCapture)
 	}
-	id := r.ID
-	if table != nil {
-		id = val(valID)
-	}
+	reply := val(valReply)
+	id := all[idStart:span[valReply][1]]
 	if msg == nil {
 		msg = &nats.Msg{}
 	}
@@ -166,22 +184,22 @@ func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table
 	}
 	h := headers{h: msg.Header, vals: make([]string, 0, n)}
 	h.set(schemas.HeaderSpecVersion, schemas.SpecVersion)
-	h.set(schemas.HeaderCEID, id)
-	h.set(schemas.HeaderSource, r.Source)
-	h.set(schemas.HeaderTime, val(valTime))
 	h.set(schemas.HeaderID, id)
+	h.set(schemas.HeaderSource, r.Source)
+	if r.KeepTime {
+		h.set(schemas.HeaderTime, val(valTime))
+	}
 	h.set(schemas.HeaderRemote, val(valRemote))
 	h.set(schemas.HeaderLocal, val(valLocal))
-	h.set(schemas.HeaderListener, r.Listener)
 	h.set(schemas.HeaderDeadline, val(valDeadline))
-	h.set(schemas.HeaderReply, r.Reply)
+	h.set(schemas.HeaderReply, reply)
 	switch c := r.CoAP; {
 	case c != nil:
 		h.set(schemas.HeaderType, schemas.TypeCoAP)
-		h.set(schemas.HeaderCoAPMethod, c.Method)
-		h.set(schemas.HeaderCoAPPath, c.Path)
-		if c.Query != "" {
-			h.set(schemas.HeaderCoAPQuery, c.Query)
+		if c.RequestLine != "" {
+			h.set(schemas.HeaderCoAPRequest, c.RequestLine)
+		} else {
+			h.set(schemas.HeaderCoAPRequest, val(valRequestLine))
 		}
 		if c.ContentFormat >= 0 {
 			h.set(schemas.HeaderCoAPContentFormat, val(valContentFormat))
@@ -189,19 +207,9 @@ func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table
 		if c.Accept >= 0 {
 			h.set(schemas.HeaderCoAPAccept, val(valAccept))
 		}
-		h.set(schemas.HeaderCoAPToken, val(valToken))
-		typ := "NON"
-		if c.Confirmable {
-			typ = "CON"
-		}
-		h.set(schemas.HeaderCoAPType, typ)
-		h.set(schemas.HeaderCoAPMessageID, val(valMID))
 		if c.Head != nil {
 			h.set(schemas.HeaderDatagramHead, val(valHead))
 		}
-		// A retransmission that reaches the stream again (after a gateway
-		// restart, or through another node) is dropped by JetStream.
-		h.set(jetstream.MsgIDHeader, c.MsgID)
 	case r.RPC != nil:
 		h.set(schemas.HeaderType, schemas.TypeRPC)
 		h.set(schemas.HeaderRPCService, r.RPC.Service)
@@ -210,8 +218,8 @@ func newMessage(msg *nats.Msg, r *Request, subject string, table *exchange.Table
 	default:
 		h.set(schemas.HeaderType, schemas.TypeRaw)
 	}
-	msg.Subject, msg.Data = subject, r.Body
-	return msg
+	msg.Subject, msg.Reply, msg.Data = subject, reply, r.Body
+	return msg, capture
 }
 
 // headers fills a header map whose value slices share one array.
@@ -238,29 +246,35 @@ func valuesSize(r *Request, subject string, table *exchange.Table) int {
 		idLen       = 12 + 1 + 16 // exchange ids: 48 random bits in hex, '-', seq in hex
 		inSubjectEx = len(".in.65535.")
 	)
-	n := timeLen + addrLen(r.Remote) + addrLen(r.Local) + int64Len
+	n := len(r.Reply) + 1 + len(r.ID) + addrLen(r.Remote) + addrLen(r.Local) + int64Len
+	if r.KeepTime {
+		n += timeLen
+	}
 	if table != nil {
 		n += idLen
 	}
+	subj := 0
 	if subject == "" {
-		n += len(r.Prefix) + inSubjectEx
+		subj = len(r.Prefix) + inSubjectEx
 	}
 	switch c := r.CoAP; {
 	case c != nil:
-		n += 2*len(c.Token) + 3*int64Len + base64.StdEncoding.EncodedLen(len(c.Head))
-		if subject == "" {
-			n += len(c.Method)
-			for _, s := range c.Segments {
-				n += 1 + schemas.EscapedLen(s)
-			}
+		n += len(c.Method) + 2 + len(c.Path) + len(c.Query) + 2*int64Len + base64.StdEncoding.EncodedLen(len(c.Head))
+		if subject != "" {
+			break
+		}
+		subj += len(c.Method)
+		for _, s := range c.Segments {
+			subj += 1 + schemas.EscapedLen(s)
 		}
 	case r.RPC != nil:
 		n += int64Len
 		if subject == "" {
-			n += 1 + schemas.EscapedLen(r.RPC.Service) + 1 + schemas.EscapedLen(r.RPC.Method)
+			subj += 1 + schemas.EscapedLen(r.RPC.Service) + 1 + schemas.EscapedLen(r.RPC.Method)
 		}
 	}
-	return n
+	// The capture subject is the request subject with "capture" for "in".
+	return n + 2*subj + len(".capture")
 }
 
 // addrLen is the longest ap.AppendTo can make for ap's kind of address.

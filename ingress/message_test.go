@@ -2,7 +2,7 @@ package ingress
 
 import (
 	"encoding/base64"
-	"encoding/hex"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strconv"
@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
@@ -20,51 +19,44 @@ import (
 
 // referenceMessage is the request message of schemas/README.md written
 // plainly, one header at a time: Message must build exactly this.
-func referenceMessage(r Request) *nats.Msg {
+func referenceMessage(r Request) (*nats.Msg, string) {
 	msg := &nats.Msg{
 		Subject: schemas.InSubject(r.Prefix, r.Port),
+		Reply:   r.Reply + "." + r.ID,
 		Data:    r.Body,
 		Header: nats.Header{
 			schemas.HeaderSpecVersion: {schemas.SpecVersion},
-			schemas.HeaderCEID:        {r.ID},
+			schemas.HeaderID:          {r.ID},
 			schemas.HeaderSource:      {r.Source},
 			schemas.HeaderType:        {schemas.TypeRaw},
-			schemas.HeaderTime:        {r.Received.UTC().Format(time.RFC3339Nano)},
-			schemas.HeaderID:          {r.ID},
 			schemas.HeaderRemote:      {r.Remote.String()},
 			schemas.HeaderLocal:       {r.Local.String()},
-			schemas.HeaderListener:    {r.Listener},
 			schemas.HeaderDeadline:    {strconv.FormatInt(r.Deadline.UnixMilli(), 10)},
-			schemas.HeaderReply:       {r.Reply},
+			schemas.HeaderReply:       {r.Reply + "." + r.ID},
 		},
 	}
 	h := msg.Header
+	if r.KeepTime {
+		h[schemas.HeaderTime] = []string{r.Received.UTC().Format(time.RFC3339Nano)}
+	}
 	switch c := r.CoAP; {
 	case c != nil:
 		msg.Subject = schemas.CoAPSubject(r.Prefix, r.Port, c.Method, c.Segments)
 		h[schemas.HeaderType] = []string{schemas.TypeCoAP}
-		h[schemas.HeaderCoAPMethod] = []string{c.Method}
-		h[schemas.HeaderCoAPPath] = []string{c.Path}
+		line := c.Method + " " + c.Path
 		if c.Query != "" {
-			h[schemas.HeaderCoAPQuery] = []string{c.Query}
+			line += "?" + c.Query
 		}
+		h[schemas.HeaderCoAPRequest] = []string{line}
 		if c.ContentFormat >= 0 {
 			h[schemas.HeaderCoAPContentFormat] = []string{strconv.Itoa(c.ContentFormat)}
 		}
 		if c.Accept >= 0 {
 			h[schemas.HeaderCoAPAccept] = []string{strconv.Itoa(c.Accept)}
 		}
-		h[schemas.HeaderCoAPToken] = []string{hex.EncodeToString(c.Token)}
-		typ := "NON"
-		if c.Confirmable {
-			typ = "CON"
-		}
-		h[schemas.HeaderCoAPType] = []string{typ}
-		h[schemas.HeaderCoAPMessageID] = []string{strconv.Itoa(int(c.MessageID))}
 		if c.Head != nil {
 			h[schemas.HeaderDatagramHead] = []string{base64.StdEncoding.EncodeToString(c.Head)}
 		}
-		h[jetstream.MsgIDHeader] = []string{c.MsgID}
 	case r.RPC != nil:
 		msg.Subject = schemas.RPCSubject(r.Prefix, r.Port, r.RPC.Service, r.RPC.Method)
 		h[schemas.HeaderType] = []string{schemas.TypeRPC}
@@ -72,13 +64,25 @@ func referenceMessage(r Request) *nats.Msg {
 		h[schemas.HeaderRPCMethod] = []string{r.RPC.Method}
 		h[schemas.HeaderRPCID] = []string{strconv.FormatUint(r.RPC.ID, 10)}
 	}
-	return msg
+	return msg, r.Prefix + ".capture" + msg.Subject[len(r.Prefix)+len(".in"):]
+}
+
+// sameMessage reports how got differs from want, or "".
+func sameMessage(got *nats.Msg, gotCapture string, want *nats.Msg, wantCapture string) string {
+	if got.Subject != want.Subject || got.Reply != want.Reply || gotCapture != wantCapture || string(got.Data) != string(want.Data) {
+		return fmt.Sprintf("subject %q, reply %q, capture %q, data %q; want %q, %q, %q, %q",
+			got.Subject, got.Reply, gotCapture, got.Data, want.Subject, want.Reply, wantCapture, want.Data)
+	}
+	if !reflect.DeepEqual(got.Header, want.Header) {
+		return fmt.Sprintf("header\n%q\nwant\n%q", got.Header, want.Header)
+	}
+	return ""
 }
 
 func testRequest() Request {
 	at := time.Date(2026, 11, 23, 18, 4, 5, 123456789, time.FixedZone("CET", 3600))
 	return Request{
-		Prefix: "udpgate", Port: 5683, Listener: "5683/coap", Source: "udpgate://node-1/5683/coap",
+		Prefix: "udpgate", Port: 5683, Source: "udpgate://node-1/5683/coap",
 		Reply: "udpgate.reply.node-1", ID: "0a1b2c3d4e5f-1f",
 		Remote:   netip.MustParseAddrPort("192.0.2.7:40001"),
 		Local:    netip.MustParseAddrPort("[2001:db8::1]:5683"),
@@ -92,7 +96,6 @@ func testCoAPRequest() *coap.Request {
 		Method: "GET", Segments: []string{"sensors", "a.b", ""}, Path: "/sensors/a.b/",
 		ContentFormat: -1, Accept: -1, Token: []byte{0xde, 0xad, 0xbe, 0xef},
 		Confirmable: true, MessageID: 4242, Head: []byte{0x44, 0x01, 0x10, 0x92, 0xde, 0xad, 0xbe, 0xef},
-		MsgID: "192.0.2.7:40001/4242/deadbeef",
 	}
 }
 
@@ -120,6 +123,12 @@ func TestMessage(t *testing.T) {
 		{"coap", func(r *Request) { r.CoAP = testCoAPRequest() }},
 		{"coap every option", func(r *Request) { r.CoAP = full }},
 		{"coap reassembled, no token, root", func(r *Request) { r.CoAP = noHead }},
+		{"coap with the edge's request line", func(r *Request) {
+			c := testCoAPRequest()
+			c.RequestLine = "GET /sensors/a.b/"
+			r.CoAP = c
+		}},
+		{"imported, with its time", func(r *Request) { r.KeepTime = true }},
 		{"rpc", func(r *Request) {
 			r.RPC = &rpc.Call{ID: 1<<64 - 1, Service: "places.v1", Method: "Get"}
 		}},
@@ -128,35 +137,35 @@ func TestMessage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := testRequest()
 			tt.edit(&r)
-			want := referenceMessage(r)
-			got := Message(r)
-			if got.Subject != want.Subject || string(got.Data) != string(want.Data) {
-				t.Errorf("Message subject %q, data %q; want %q, %q", got.Subject, got.Data, want.Subject, want.Data)
-			}
-			if !reflect.DeepEqual(got.Header, want.Header) {
-				t.Errorf("Message header\n%q\nwant\n%q", got.Header, want.Header)
+			want, wantCapture := referenceMessage(r)
+			got, capture := Message(r)
+			if d := sameMessage(got, capture, want, wantCapture); d != "" {
+				t.Errorf("Message: %s", d)
 			}
 			// The publisher's way: the subject computed once, the id
 			// from the table.
 			tb := exchange.NewTable(16)
 			r.ID = tb.ID(3)
-			want = referenceMessage(r)
-			var subject string
+			want, wantCapture = referenceMessage(r)
+			var subject, captureSubject string
 			if r.CoAP == nil && r.RPC == nil {
-				subject = want.Subject
+				subject, captureSubject = want.Subject, wantCapture
 			}
 			reused := &nats.Msg{Header: nats.Header{}}
-			live := newMessage(reused, &Request{
-				Prefix: r.Prefix, Port: r.Port, Listener: r.Listener, Source: r.Source, Reply: r.Reply,
-				Remote: r.Remote, Local: r.Local, Received: r.Received, Deadline: r.Deadline,
+			live, liveCapture := newMessage(reused, &Request{
+				Prefix: r.Prefix, Port: r.Port, Source: r.Source, Reply: r.Reply,
+				Remote: r.Remote, Local: r.Local, Received: r.Received, KeepTime: r.KeepTime, Deadline: r.Deadline,
 				Body: r.Body, CoAP: r.CoAP, RPC: r.RPC,
-			}, subject, tb, 3)
-			if live != reused || live.Subject != want.Subject || !reflect.DeepEqual(live.Header, want.Header) {
-				t.Errorf("newMessage %q\n%q\nwant %q\n%q", live.Subject, live.Header, want.Subject, want.Header)
+			}, subject, captureSubject, tb, 3)
+			if d := sameMessage(live, liveCapture, want, wantCapture); live != reused || d != "" {
+				t.Errorf("newMessage: %s", d)
+			}
+			if n, max := len(live.Header), rawHeaders+coapHeaders; n > max {
+				t.Errorf("%d headers, more than %d", n, max)
 			}
 			// The header values are independent: adding to one leaves the
 			// others alone.
-			got.Header.Add(schemas.HeaderCEID, "x")
+			got.Header.Add(schemas.HeaderID, "x")
 			if v := got.Header.Values(schemas.HeaderSpecVersion); len(v) != 1 {
 				t.Errorf("after Add, %s = %q", schemas.HeaderSpecVersion, v)
 			}
@@ -180,7 +189,7 @@ func BenchmarkMessage(b *testing.B) {
 			bc.edit(&r)
 			b.ReportAllocs()
 			for b.Loop() {
-				sink = Message(r)
+				sink, _ = Message(r)
 			}
 		})
 		// As the publisher builds it: the id from the table, a raw
@@ -191,9 +200,10 @@ func BenchmarkMessage(b *testing.B) {
 			bc.edit(&r)
 			r.ID = ""
 			tb := exchange.NewTable(16)
-			var subject string
+			var subject, capture string
 			if r.CoAP == nil && r.RPC == nil {
 				subject = schemas.InSubject(r.Prefix, r.Port)
+				capture = schemas.CaptureSubject(r.Prefix, subject)
 			}
 			var s Server
 			b.ReportAllocs()
@@ -201,7 +211,7 @@ func BenchmarkMessage(b *testing.B) {
 			for b.Loop() {
 				seq++
 				msg, _ := s.msgs.Get().(*nats.Msg)
-				msg = newMessage(msg, &r, subject, tb, seq)
+				msg, _ = newMessage(msg, &r, subject, capture, tb, seq)
 				s.recycle(msg)
 			}
 		})
@@ -221,33 +231,33 @@ func FuzzMessage(f *testing.F) {
 		}
 		at := time.Unix(0, nanos)
 		r := Request{
-			Prefix: prefix, Port: port, Listener: c, Source: b, Reply: a, ID: c + "-1",
-			Remote: ap, Local: ap, Received: at, Deadline: at.Add(time.Second), Body: head,
+			Prefix: prefix, Port: port, Source: b, Reply: a, ID: c + "-1",
+			Remote: ap, Local: ap, Received: at, KeepTime: mid%3 == 0, Deadline: at.Add(time.Second), Body: head,
 		}
 		switch kind % 3 {
 		case 1:
 			r.CoAP = &coap.Request{
 				Method: a, Segments: []string{b, c}, Path: "/" + b + "/" + c, Query: c,
 				ContentFormat: cf, Accept: accept, Token: token, Confirmable: mid%2 == 0,
-				MessageID: mid, Head: head, MsgID: remote,
+				MessageID: mid, Head: head,
 			}
 		case 2:
 			r.RPC = &rpc.Call{ID: uint64(nanos), Service: a, Method: b}
 		}
-		want := referenceMessage(r)
-		got := Message(r)
-		if got.Subject != want.Subject || !reflect.DeepEqual(got.Header, want.Header) {
-			t.Fatalf("Message %q\n%q\nwant %q\n%q", got.Subject, got.Header, want.Subject, want.Header)
+		want, wantCapture := referenceMessage(r)
+		got, capture := Message(r)
+		if d := sameMessage(got, capture, want, wantCapture); d != "" {
+			t.Fatalf("Message: %s", d)
 		}
 		tb := exchange.NewTable(16)
 		r.ID = tb.ID(5)
-		want = referenceMessage(r)
+		want, wantCapture = referenceMessage(r)
 		var s Server
 		for range 2 { // a fresh message, then a recycled one
 			msg, _ := s.msgs.Get().(*nats.Msg)
-			got = newMessage(msg, &r, "", tb, 5)
-			if got.Subject != want.Subject || !reflect.DeepEqual(got.Header, want.Header) {
-				t.Fatalf("newMessage %q\n%q\nwant %q\n%q", got.Subject, got.Header, want.Subject, want.Header)
+			got, capture = newMessage(msg, &r, "", "", tb, 5)
+			if d := sameMessage(got, capture, want, wantCapture); d != "" {
+				t.Fatalf("newMessage: %s", d)
 			}
 			s.recycle(got)
 		}

@@ -9,18 +9,25 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/schemas"
 )
 
 // StreamConfig is a stream the gateway makes sure of: the capture stream
 // ingress publishes to, or the stream that records replies.
 type StreamConfig struct {
-	Name        string        // schemas.StreamIn by default
-	Description string        // for operators; the capture's by default
-	Subject     string        // schemas.InWildcard(prefix)
-	MaxAge      time.Duration // 0: unlimited
-	MaxBytes    int64         // 0 or negative: unlimited
-	Replicas    int           // 1 if 0
-	Memory      bool          // memory storage instead of file storage
+	Name        string // schemas.StreamIn by default
+	Description string // for operators; the capture's by default
+	Subject     string // the subjects published to: schemas.CaptureWildcard(prefix)
+	// Stores, if not empty, is what the stream stores Subject's messages
+	// as, by a subject transform: schemas.InWildcard(prefix) for the
+	// capture, whose copies are published to PREFIX.capture.… and stored
+	// under their request subjects, PREFIX.in.….
+	Stores   string
+	MaxAge   time.Duration // 0: unlimited
+	MaxBytes int64         // 0 or negative: unlimited
+	Replicas int           // 1 if 0
+	Memory   bool          // memory storage instead of file storage
 	// Async creates the stream in JetStream's asynchronous persist mode:
 	// file storage writes messages in batches after acknowledging them,
 	// rather than each before its acknowledgement. A server that dies
@@ -63,18 +70,23 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, c StreamConfig) (
 		if c.Description == "" {
 			c.Description = "udpgate capture: every request datagram"
 		}
+		var transform *jetstream.SubjectTransformConfig
+		if c.Stores != "" {
+			transform = &jetstream.SubjectTransformConfig{Source: c.Subject, Destination: c.Stores}
+		}
 		_, err = js.CreateStream(ctx, jetstream.StreamConfig{
-			Name:        c.Name,
-			Description: c.Description,
-			Subjects:    []string{c.Subject},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     storage(c.Memory),
-			MaxAge:      c.MaxAge,
-			MaxBytes:    maxBytes,
-			Replicas:    max(c.Replicas, 1),
-			Duplicates:  c.Duplicates,
-			Discard:     jetstream.DiscardOld,
-			PersistMode: persistMode(c.Async),
+			Name:             c.Name,
+			Description:      c.Description,
+			Subjects:         []string{c.Subject},
+			Retention:        jetstream.LimitsPolicy,
+			Storage:          storage(c.Memory),
+			MaxAge:           c.MaxAge,
+			MaxBytes:         maxBytes,
+			Replicas:         max(c.Replicas, 1),
+			Duplicates:       c.Duplicates,
+			Discard:          jetstream.DiscardOld,
+			PersistMode:      persistMode(c.Async),
+			SubjectTransform: transform,
 		})
 		if err != nil {
 			return "", fmt.Errorf("ingress: create stream %s on %s: %w", c.Name, c.Subject, err)
@@ -116,6 +128,19 @@ func checkStream(have jetstream.StreamConfig, want StreamConfig) error {
 	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return covers(s, want.Subject) }) {
 		problems = append(problems, fmt.Sprintf("its subjects %q do not cover %q", have.Subjects, want.Subject))
 	}
+	if want.Stores != "" {
+		tr := have.SubjectTransform
+		switch {
+		case tr == nil:
+			problems = append(problems, fmt.Sprintf("it has no subject transform from %q to %q (a stream made for udpgate's wire contract 1 stores requests as published; version %d publishes capture copies to %q)",
+				want.Subject, want.Stores, schemas.Version, want.Subject))
+		case tr.Source != want.Subject || tr.Destination != want.Stores:
+			problems = append(problems, fmt.Sprintf("its subject transform maps %q to %q, not %q to %q", tr.Source, tr.Destination, want.Subject, want.Stores))
+		}
+		if i := slices.IndexFunc(have.Subjects, func(s string) bool { return overlaps(s, want.Stores) }); i >= 0 {
+			problems = append(problems, fmt.Sprintf("its subject %q overlaps %q, where requests go to direct groups as core NATS messages: it would capture them twice", have.Subjects[i], want.Stores))
+		}
+	}
 	if have.Retention != jetstream.LimitsPolicy {
 		problems = append(problems, fmt.Sprintf("its retention is %s, not limits (the capture must keep what workers acknowledge)", have.Retention))
 	}
@@ -142,6 +167,20 @@ func covers(p, q string) bool {
 			return false
 		case t == "*":
 		case t != qt[i] || qt[i] == "*":
+			return false
+		}
+	}
+	return len(pt) == len(qt)
+}
+
+// overlaps reports whether some subject matches both patterns p and q.
+func overlaps(p, q string) bool {
+	pt, qt := strings.Split(p, "."), strings.Split(q, ".")
+	for i := 0; i < len(pt) && i < len(qt); i++ {
+		if pt[i] == ">" || qt[i] == ">" {
+			return true
+		}
+		if pt[i] != qt[i] && pt[i] != "*" && qt[i] != "*" {
 			return false
 		}
 	}

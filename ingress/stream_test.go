@@ -38,7 +38,7 @@ func TestEnsureStream(t *testing.T) {
 	_, js := natstest.JetStream(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	want := StreamConfig{Name: "CAPTURE", Subject: "udpgate.in.>", MaxAge: time.Hour, MaxBytes: 1 << 20}
+	want := StreamConfig{Name: "CAPTURE", Subject: "udpgate.capture.>", Stores: "udpgate.in.>", MaxAge: time.Hour, MaxBytes: 1 << 20}
 
 	t.Run("missing stream is created", func(t *testing.T) {
 		did, err := EnsureStream(ctx, js, want)
@@ -51,8 +51,16 @@ func TestEnsureStream(t *testing.T) {
 		}
 		c := info.CachedInfo().Config
 		if c.Retention != jetstream.LimitsPolicy || c.Storage != jetstream.FileStorage || c.MaxAge != time.Hour ||
-			c.MaxBytes != 1<<20 || c.Duplicates != DefaultDuplicates || len(c.Subjects) != 1 || c.Subjects[0] != "udpgate.in.>" {
+			c.MaxBytes != 1<<20 || c.Duplicates != DefaultDuplicates || len(c.Subjects) != 1 || c.Subjects[0] != "udpgate.capture.>" ||
+			c.SubjectTransform == nil || c.SubjectTransform.Source != "udpgate.capture.>" || c.SubjectTransform.Destination != "udpgate.in.>" {
 			t.Errorf("created %+v", c)
+		}
+		// A capture copy is stored under its request subject.
+		if _, err := js.Publish(ctx, "udpgate.capture.9000", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := info.GetLastMsgForSubject(ctx, "udpgate.in.9000"); err != nil || string(m.Data) != "x" {
+			t.Errorf("stored as udpgate.in.9000: %v, %v", m, err)
 		}
 	})
 	t.Run("memory storage", func(t *testing.T) {
@@ -117,4 +125,38 @@ func TestEnsureStream(t *testing.T) {
 			t.Errorf("stream was changed: %+v", c)
 		}
 	})
+	t.Run("a capture stream of wire contract 1 is reported", func(t *testing.T) {
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "V1", Subjects: []string{"v1.in.>", "v1.capture.>"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = EnsureStream(ctx, js, StreamConfig{Name: "V1", Subject: "v1.capture.>", Stores: "v1.in.>"})
+		if err == nil {
+			t.Fatal("no error")
+		}
+		for _, w := range []string{"no subject transform", "contract 1", `"v1.in.>" overlaps`, "twice"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error lacks %q: %v", w, err)
+			}
+		}
+	})
+}
+
+func TestOverlaps(t *testing.T) {
+	for _, tt := range []struct {
+		p, q string
+		want bool
+	}{
+		{"a.in.>", "a.in.>", true},
+		{"a.>", "a.in.>", true},
+		{"a.*.x", "a.in.>", true},
+		{"a.capture.>", "a.in.>", false},
+		{"a.in", "a.in.>", false},
+		{"a.in.9000", "a.in.*", true},
+		{"b.in.>", "a.in.>", false},
+	} {
+		if got := overlaps(tt.p, tt.q); got != tt.want {
+			t.Errorf("overlaps(%q, %q) = %v, want %v", tt.p, tt.q, got, tt.want)
+		}
+	}
 }
