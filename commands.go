@@ -461,16 +461,18 @@ func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Co
 	}
 }
 
-// newWorker returns a worker group member with the configured stream, ack
-// wait and logger.
+// newWorker returns a worker group member with the configured delivery,
+// stream, backlog, ack wait and logger.
 func newWorker(cfg config, log *slog.Logger, js jetstream.JetStream, group string, subjects []string, h workers.Handler, concurrency int) *workers.Server {
 	return &workers.Server{
 		JetStream:   js,
+		Delivery:    cfg.Delivery,
 		Stream:      cfg.Stream,
 		Group:       group,
 		Subjects:    subjects,
 		Handler:     h,
 		Concurrency: concurrency,
+		Backlog:     cfg.WorkerBacklog,
 		AckWait:     cfg.AckWait,
 		Log:         log,
 	}

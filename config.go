@@ -18,6 +18,7 @@ import (
 
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
 )
 
 // env is the environment as envconfig reads it: every UDPGATE_* variable as
@@ -53,10 +54,12 @@ type env struct {
 	Queue          string `envconfig:"QUEUE" default:"1024" desc:"datagrams queued for publishing, per listener"`
 	MaxInFlight    string `envconfig:"MAX_INFLIGHT" default:"4096" desc:"publishes awaiting acknowledgement, per listener"`
 	RcvBuf         string `envconfig:"RCVBUF" default:"0" desc:"SO_RCVBUF per listener socket, bytes (0: system default)"`
-	WorkerGroup    string `envconfig:"WORKER_GROUP" desc:"worker group (durable consumer) name (default: the worker's name)"`
+	Delivery       string `envconfig:"DELIVERY" default:"direct" desc:"how worker and lambda groups receive requests: direct (a core NATS queue group) or durable (a JetStream consumer)"`
+	WorkerGroup    string `envconfig:"WORKER_GROUP" desc:"worker group name (default: the worker's name)"`
 	WorkerSubjects string `envconfig:"WORKER_SUBJECTS" desc:"subjects a worker consumes, comma-separated (default: its built-in listener's)"`
 	WorkerConc     string `envconfig:"WORKER_CONCURRENCY" default:"16" desc:"handlers running at once per worker instance"`
-	AckWait        string `envconfig:"ACK_WAIT" default:"2s" desc:"redelivery delay of a request whose worker died"`
+	WorkerBacklog  string `envconfig:"WORKER_BACKLOG" default:"1024" desc:"direct: requests a worker instance holds waiting for a handler; more are dropped and counted"`
+	AckWait        string `envconfig:"ACK_WAIT" default:"2s" desc:"durable: redelivery delay of a request whose worker died"`
 	LogLevel       string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat      string `envconfig:"LOG_FORMAT" default:"auto" desc:"text, json or auto (text on a terminal, else JSON)"`
 	HTTPListen     string `envconfig:"HTTP_LISTEN" default:"127.0.0.1:9090" desc:"HOST:PORT of /metrics, /healthz and /readyz (empty: none)"`
@@ -106,9 +109,11 @@ type config struct {
 	Queue          int
 	MaxInFlight    int
 	RcvBuf         int
+	Delivery       workers.Delivery
 	WorkerGroup    string
 	WorkerSubjects []string
 	WorkerConc     int
+	WorkerBacklog  int
 	AckWait        time.Duration
 	LogLevel       slog.Level
 	LogFormat      string // "text", "json" or "auto"
@@ -281,6 +286,12 @@ func (e env) parse(environ []string) (config, error) {
 	integer("MAX_INFLIGHT", e.MaxInFlight, 1, 1<<20, &c.MaxInFlight)
 	integer("RCVBUF", e.RcvBuf, 0, 1<<30, &c.RcvBuf)
 	integer("WORKER_CONCURRENCY", e.WorkerConc, 1, 1<<16, &c.WorkerConc)
+	integer("WORKER_BACKLOG", e.WorkerBacklog, 1, 1<<20, &c.WorkerBacklog)
+	if d, err := workers.ParseDelivery(e.Delivery); err != nil {
+		bad("DELIVERY", "%q is not direct or durable", e.Delivery)
+	} else {
+		c.Delivery = d
+	}
 	for _, s := range splitList(e.WorkerSubjects) {
 		if strings.ContainsAny(s, " \t") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
 			bad("WORKER_SUBJECTS", "%q is not a NATS subject", s)

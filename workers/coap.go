@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"net/url"
@@ -14,29 +15,32 @@ import (
 )
 
 // CoAPRequest is the CoAP part of a request from a coap listener, parsed
-// from the udpgate-coap-* headers. A header that is missing or malformed
-// leaves its field zero, or -1 for ContentFormat and Accept.
+// from the udpgate-coap-* headers and the datagram head. A header that is
+// missing or malformed leaves its field zero, or -1 for ContentFormat and
+// Accept.
 type CoAPRequest struct {
 	// Method is the request method, for example "GET" or "iPATCH".
 	Method string
 	// Path is "/" followed by Segments joined by "/"; "/" for a request
 	// without Uri-Path (the header cannot tell it from one empty Uri-Path
-	// option), empty if the path header is missing or malformed. A segment
-	// may itself contain "/": Segments is exact, Path is for reading.
+	// option), empty if the request line is missing or malformed. A
+	// segment may itself contain "/": Segments is exact, Path is for
+	// reading.
 	Path string
 	// Segments are the Uri-Path options, percent-decoded.
 	Segments []string
 	// Query are the Uri-Query options, percent-decoded, for example
-	// ["a=1", "b"]; nil if there are none (or the header is empty).
+	// ["a=1", "b"]; nil if there are none.
 	Query []string
 	// ContentFormat is the request's Content-Format, 0 to 65535, and Accept
 	// the format the client asks for; -1 if the option is absent.
 	ContentFormat, Accept int
-	// Token is the request's token; empty for a zero-length token.
-	Token []byte
-	// Type is the message type, "CON" or "NON".
-	Type string
-	// MessageID is the message ID of the request datagram.
+	// Token, Type ("CON" or "NON") and MessageID come from the datagram
+	// head (udpgate-datagram-head); they are zero for a request
+	// reassembled from a Block1 upload, which has none. The gateway runs
+	// the messaging layer: a worker rarely needs them.
+	Token     []byte
+	Type      string
 	MessageID uint16
 }
 
@@ -48,7 +52,7 @@ func isCoAP(h nats.Header, protocol string) bool {
 // parseCoAP builds the CoAPRequest of a request message. Like parseRequest
 // it never fails; it returns one error per missing or malformed header.
 func parseCoAP(h nats.Header) (*CoAPRequest, []error) {
-	c := &CoAPRequest{Method: h.Get(schemas.HeaderCoAPMethod), ContentFormat: -1, Accept: -1}
+	c := &CoAPRequest{ContentFormat: -1, Accept: -1}
 	var errs []error
 	bad := func(key, v string) {
 		if v == "" {
@@ -57,22 +61,18 @@ func parseCoAP(h nats.Header) (*CoAPRequest, []error) {
 			errs = append(errs, fmt.Errorf("bad %s %q", key, v))
 		}
 	}
-	if c.Method == "" {
-		bad(schemas.HeaderCoAPMethod, "")
+	line := h.Get(schemas.HeaderCoAPRequest)
+	method, uri, ok := strings.Cut(line, " ")
+	path, query, hasQuery := strings.Cut(uri, "?")
+	segs, pathOK := parsePath(path)
+	var q []string
+	if hasQuery {
+		q, ok = unescapeAll(strings.Split(query, "&"))
 	}
-	v := h.Get(schemas.HeaderCoAPPath)
-	if segs, ok := parsePath(v); ok {
-		c.Path, c.Segments = "/"+strings.Join(segs, "/"), segs
+	if ok && pathOK && method != "" {
+		c.Method, c.Path, c.Segments, c.Query = method, "/"+strings.Join(segs, "/"), segs, q
 	} else {
-		bad(schemas.HeaderCoAPPath, v)
-	}
-	if v := h.Get(schemas.HeaderCoAPQuery); v != "" {
-		q, ok := unescapeAll(strings.Split(v, "&"))
-		if ok {
-			c.Query = q
-		} else {
-			bad(schemas.HeaderCoAPQuery, v)
-		}
+		bad(schemas.HeaderCoAPRequest, line)
 	}
 	for _, o := range []struct {
 		key string
@@ -91,24 +91,18 @@ func parseCoAP(h nats.Header) (*CoAPRequest, []error) {
 			bad(o.key, v)
 		}
 	}
-	if v := h.Get(schemas.HeaderCoAPToken); v != "" {
-		if tok, err := hex.DecodeString(v); err == nil {
-			c.Token = tok
+	if v := h.Get(schemas.HeaderDatagramHead); v != "" {
+		head, err := base64.StdEncoding.DecodeString(v)
+		if err == nil && len(head) >= 4 && len(head) >= 4+int(head[0]&0x0f) && head[0]>>6 == 1 {
+			c.Type = "CON"
+			if head[0]>>4&3 == 1 {
+				c.Type = "NON"
+			}
+			c.MessageID = uint16(head[2])<<8 | uint16(head[3])
+			c.Token = head[4 : 4+int(head[0]&0x0f)]
 		} else {
-			bad(schemas.HeaderCoAPToken, v)
+			bad(schemas.HeaderDatagramHead, v)
 		}
-	}
-	switch v := h.Get(schemas.HeaderCoAPType); v {
-	case "CON", "NON":
-		c.Type = v
-	default:
-		bad(schemas.HeaderCoAPType, v)
-	}
-	v = h.Get(schemas.HeaderCoAPMessageID)
-	if n, err := strconv.ParseUint(v, 10, 16); err == nil {
-		c.MessageID = uint16(n)
-	} else {
-		bad(schemas.HeaderCoAPMessageID, v)
 	}
 	return c, errs
 }

@@ -13,31 +13,33 @@ import (
 	"github.com/udpgate/udpgate/schemas"
 )
 
-// parseRequest builds the Request of a request message. It never fails: a
-// missing or malformed header leaves its field zero, and the returned error,
-// if not nil, lists every malformed header for a Debug log. A missing
-// udpgate-id or udpgate-reply is reported too, since no reply can be sent.
-func parseRequest(subject string, h nats.Header, body []byte) (*Request, error) {
+// parseRequest builds the Request of a request message whose reply
+// subject is reply (empty for a message read from the capture stream:
+// the udpgate-reply header says it then). It never fails: a missing or
+// malformed header leaves its field zero, and the returned error, if not
+// nil, lists every malformed header for a Debug log. A missing reply
+// subject is reported too, since no reply can be sent.
+func parseRequest(subject, reply string, h nats.Header, body []byte) (*Request, error) {
 	r := &Request{
-		ID:       h.Get(schemas.HeaderID),
-		Subject:  subject,
-		Listener: h.Get(schemas.HeaderListener),
-		Body:     body,
-		Header:   h,
+		ID:      h.Get(schemas.HeaderID),
+		Subject: subject,
+		Reply:   reply,
+		Body:    body,
+		Header:  h,
+	}
+	if r.Reply == "" {
+		r.Reply = h.Get(schemas.HeaderReply)
 	}
 	var errs []error
-	if r.ID == "" {
-		errs = append(errs, fmt.Errorf("missing %s", schemas.HeaderID))
-	}
-	if h.Get(schemas.HeaderReply) == "" {
+	if r.Reply == "" {
 		errs = append(errs, fmt.Errorf("missing %s", schemas.HeaderReply))
 	}
-	if r.Listener != "" {
-		port, proto, ok := parseListener(r.Listener)
+	if v := h.Get(schemas.HeaderSource); v != "" {
+		node, port, proto, ok := schemas.ParseSource(v)
 		if ok {
-			r.Port, r.Protocol = port, proto
+			r.Node, r.Port, r.Protocol, r.Listener = node, port, proto, schemas.Listener(port, proto)
 		} else {
-			errs = append(errs, fmt.Errorf("bad %s %q", schemas.HeaderListener, r.Listener))
+			errs = append(errs, fmt.Errorf("bad %s %q", schemas.HeaderSource, v))
 		}
 	}
 	var err error

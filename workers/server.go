@@ -20,38 +20,94 @@ import (
 // Defaults of the Server fields.
 const (
 	DefaultConcurrency   = 16
+	DefaultBacklog       = 1024
 	DefaultAckWait       = 2 * time.Second
 	DefaultMaxDeliver    = 5
 	DefaultMaxAckPending = 1024
 )
 
-// Server runs a Handler for one group of workers: it binds to the group's
-// durable pull consumer and calls the Handler for each request, at most
-// Concurrency at a time. The exported fields are read by Serve and must not
-// change while it runs. Stats is safe for concurrent use; a Server must not
-// be copied after first use.
+// Delivery is how a group receives its requests.
+type Delivery int
+
+const (
+	// Direct, the default, makes the group a core NATS queue subscription
+	// (queue name = group) on its subjects: each request reaches one
+	// instance at once, with no acknowledgements. A request is delivered
+	// at most once per publish: if an instance dies with it, the client's
+	// retry (a CoAP retransmission, which the gateway publishes again; a
+	// raw or RPC client's resend) is the redelivery.
+	Direct Delivery = iota
+	// Durable makes the group a JetStream pull consumer (durable name =
+	// group) on the capture stream: at least once, a request whose
+	// instance dies is redelivered to another, and requests wait in the
+	// stream while every instance is busy. For ingest-only ports, slow
+	// work, and backlogs that must wait.
+	Durable
+)
+
+// String returns "direct" or "durable", as UDPGATE_DELIVERY spells them.
+func (d Delivery) String() string {
+	if d == Durable {
+		return "durable"
+	}
+	return "direct"
+}
+
+// ParseDelivery parses "direct" or "durable".
+func ParseDelivery(s string) (Delivery, error) {
+	switch s {
+	case "direct":
+		return Direct, nil
+	case "durable":
+		return Durable, nil
+	}
+	return Direct, fmt.Errorf("workers: delivery %q is neither direct nor durable", s)
+}
+
+// Server runs a Handler for one group of workers: it receives the group's
+// requests, directly (a queue subscription) or from its durable pull
+// consumer, and calls the Handler for each request, at most Concurrency at
+// a time. The exported fields are read by Serve and must not change while
+// it runs. Stats is safe for concurrent use; a Server must not be copied
+// after first use.
 type Server struct {
-	// JetStream is the JetStream context the requests are read from. The
-	// replies are published on its connection, JetStream.Conn(). Required.
+	// NATS is the connection requests are received and replies published
+	// on. Required unless JetStream is set, whose connection is then used.
+	NATS *nats.Conn
+	// JetStream is the JetStream context a Durable group reads from; nil
+	// means jetstream.New(NATS). A Direct group does not use JetStream.
 	JetStream jetstream.JetStream
-	// Stream is the request stream; empty means schemas.StreamIn.
+	// Delivery is how the group receives requests: Direct (the zero
+	// value) or Durable. Every instance of a group must use the same.
+	Delivery Delivery
+	// Stream is the request stream of a Durable group; empty means
+	// schemas.StreamIn.
 	Stream string
-	// Group names the durable pull consumer that every instance of the
-	// group binds to, so that they share the work. Required.
+	// Group names the group: the queue of a Direct group's subscriptions,
+	// the durable consumer that every instance of a Durable group binds
+	// to. Every instance of a group shares its work; every group sees
+	// every request on its subjects. Required.
 	Group string
-	// Subjects are the consumer's filter subjects, for example
-	// schemas.InSubject(schemas.DefaultPrefix, 9000). Required; they must
-	// equal the filter of the group's consumer if it already exists.
+	// Subjects are the request subjects the group serves, for example
+	// schemas.InSubject(schemas.DefaultPrefix, 9000). Required; for a
+	// Durable group they must equal the filter of the group's consumer if
+	// it already exists.
 	Subjects []string
 	// Handler answers the requests. Required.
 	Handler Handler
 	// Concurrency is the number of handlers running at once in this
-	// instance, and the most requests it holds: it fetches requests only
-	// for idle handlers. Zero means DefaultConcurrency.
+	// instance. A Durable group fetches requests only for idle handlers.
+	// Zero means DefaultConcurrency.
 	Concurrency int
-	// AckWait, MaxDeliver and MaxAckPending configure the consumer when
-	// Serve creates it; an existing consumer is used as it is. Zero means
-	// DefaultAckWait, DefaultMaxDeliver and DefaultMaxAckPending.
+	// Backlog is how many requests a Direct instance holds waiting for a
+	// handler; beyond it NATS drops what arrives (counted Dropped: a slow
+	// consumer), and the client's retry may reach another instance. Zero
+	// means DefaultBacklog.
+	Backlog int
+	// AckWait, MaxDeliver and MaxAckPending configure a Durable group's
+	// consumer when Serve creates it; an existing consumer is used as it
+	// is. Zero means DefaultAckWait, DefaultMaxDeliver and
+	// DefaultMaxAckPending.
 	AckWait       time.Duration
 	MaxDeliver    int
 	MaxAckPending int
@@ -66,12 +122,17 @@ type Server struct {
 	stats counters
 
 	readyOnce sync.Once
-	ready     chan struct{} // closed once the group's consumer is bound
+	ready     chan struct{} // closed once the group receives requests
+
+	dropped func() uint64 // a Direct group's slow-consumer drops so far; set by Serve
+	mu      sync.Mutex    // guards dropped
 }
 
-// Ready returns a channel that is closed once Serve has bound the group's
-// consumer: requests published from then on reach the group (a group's
-// consumer delivers only requests that arrive after it is created).
+// Ready returns a channel that is closed once Serve receives the group's
+// requests: its subscriptions are registered with the server (Direct), or
+// it has bound the group's consumer (Durable; a consumer delivers only
+// requests that arrive after it is created). Requests published from then
+// on reach the group.
 func (s *Server) Ready() <-chan struct{} {
 	s.readyOnce.Do(func() { s.ready = make(chan struct{}) })
 	return s.ready
@@ -83,8 +144,11 @@ type Stats struct {
 	Handled uint64 // handler calls that returned or panicked
 	Replied uint64 // replies written by a handler and published
 	Failed  uint64 // handler errors and panics, and replies that could not be published
-	Retried uint64 // requests nak'd for redelivery: ErrRetry, or Serve stopping
-	Expired uint64 // requests acked unanswered because their deadline had passed
+	Retried uint64 // requests given back: nak'd for redelivery (Durable), or left to the client's retry (Direct)
+	Expired uint64 // requests left unanswered because their deadline had passed
+	// Dropped counts the requests a Direct instance never saw: NATS
+	// dropped them because Backlog were waiting for a handler.
+	Dropped uint64
 }
 
 type counters struct {
@@ -94,26 +158,56 @@ type counters struct {
 // Stats returns a snapshot of the Server's counters. It is safe for
 // concurrent use, also while Serve runs.
 func (s *Server) Stats() Stats {
-	return Stats{
+	st := Stats{
 		Handled: s.stats.handled.Load(),
 		Replied: s.stats.replied.Load(),
 		Failed:  s.stats.failed.Load(),
 		Retried: s.stats.retried.Load(),
 		Expired: s.stats.expired.Load(),
 	}
+	s.mu.Lock()
+	if s.dropped != nil {
+		st.Dropped = s.dropped()
+	}
+	s.mu.Unlock()
+	return st
 }
 
-// Serve binds to the group's consumer, creating it if it does not exist,
-// and handles requests until ctx is cancelled, fetching them only for idle
-// handlers. It then stops fetching, waits for the running handlers to end,
-// naks the requests that arrived too late to start and those whose handler
-// failed because of the cancellation, so that other instances take them,
-// and returns nil. It returns an error if the configuration is incomplete,
-// the stream does not exist, the consumer's filter differs from Subjects,
-// or the consumer goes away.
+// Serve handles the group's requests until ctx is cancelled.
+//
+// A Direct group subscribes to Subjects in the queue Group. When ctx is
+// cancelled it unsubscribes, so that the other instances take every new
+// request, handles the requests it already holds, waits for the running
+// handlers and returns nil.
+//
+// A Durable group binds to the group's consumer, creating it if it does
+// not exist, and fetches requests only for idle handlers. When ctx is
+// cancelled it stops fetching, waits for the running handlers to end,
+// naks the requests that arrived too late to start and those whose
+// handler failed because of the cancellation, so that other instances take
+// them, and returns nil.
+//
+// Serve returns an error if the configuration is incomplete, a
+// subscription fails, or (Durable) the stream does not exist, the
+// consumer's filter differs from Subjects, or the consumer goes away.
 func (s *Server) Serve(ctx context.Context) error {
 	if err := s.validate(); err != nil {
 		return err
+	}
+	if s.Delivery == Direct {
+		return s.serveDirect(ctx)
+	}
+	return s.serveDurable(ctx)
+}
+
+// serveDurable is Serve for a Durable group.
+func (s *Server) serveDurable(ctx context.Context) error {
+	if s.JetStream == nil {
+		js, err := jetstream.New(s.NATS)
+		if err != nil {
+			return fmt.Errorf("workers: %s: jetstream: %w", s.Group, err)
+		}
+		s.JetStream = js
 	}
 	stream := s.Stream
 	if stream == "" {
@@ -145,7 +239,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		maxDeliver: cfg.MaxDeliver,
 		slots:      newSlots(concurrency),
 	}
-	log.Info("workers: serving", "subjects", s.Subjects, "concurrency", concurrency)
+	log.Info("workers: serving", "delivery", "durable", "subjects", s.Subjects, "concurrency", concurrency)
 	s.Ready()
 	close(s.ready)
 
@@ -180,8 +274,10 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) validate() error {
 	switch {
-	case s.JetStream == nil:
-		return errors.New("workers: Server.JetStream is nil")
+	case s.JetStream == nil && s.NATS == nil:
+		return errors.New("workers: Server.NATS and Server.JetStream are nil")
+	case s.Delivery != Direct && s.Delivery != Durable:
+		return fmt.Errorf("workers: Server.Delivery %d is neither Direct nor Durable", s.Delivery)
 	case s.Group == "":
 		return errors.New("workers: Server.Group is empty")
 	case len(s.Subjects) == 0:
@@ -479,12 +575,15 @@ func (s *slots) signalIfReady() {
 // handle runs the handler on one request and maps the outcome, as the
 // package documentation describes.
 func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive) {
-	req, err := parseRequest(msg.Subject(), msg.Headers(), msg.Data())
+	req, err := parseRequest(msg.Subject(), "", msg.Headers(), msg.Data())
 	if err != nil {
 		r.log.Debug("workers: malformed request", "subject", req.Subject, "id", req.ID, "err", err)
 	}
 	if md, err := msg.Metadata(); err == nil {
 		req.Delivery = md.NumDelivered
+		if req.Received.IsZero() {
+			req.Received = md.Timestamp
+		}
 	}
 	if expired(req.Deadline) {
 		r.ack(msg)
@@ -543,17 +642,13 @@ func (r *run) call(ctx context.Context, msg jetstream.Msg, w *response, k *keepa
 
 // reply publishes the handler's reply, then acks the request.
 func (r *run) reply(msg jetstream.Msg, req *Request, w *response) {
-	subject := req.Header.Get(schemas.HeaderReply)
-	if req.ID == "" || subject == "" {
-		r.log.Debug("workers: reply dropped: request has no id or reply subject", "subject", req.Subject, "id", req.ID)
+	if req.Reply == "" {
+		r.log.Debug("workers: reply dropped: request has no reply subject", "subject", req.Subject, "id", req.ID)
 		r.term(msg)
 		r.stats.failed.Add(1)
 		return
 	}
-	h := w.Header()
-	w.id[0] = req.ID
-	h[schemas.HeaderID] = w.id[:1:1]
-	if err := r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: h, Data: w.body}); err != nil {
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: w.header, Data: w.body}); err != nil {
 		r.log.Debug("workers: publish reply", "subject", req.Subject, "id", req.ID, "err", err)
 		r.fail(msg, req)
 		return
@@ -570,15 +665,22 @@ func (r *run) reply(msg jetstream.Msg, req *Request, w *response) {
 // fail publishes an error reply, if the request can be answered, and terms
 // the request.
 func (r *run) fail(msg jetstream.Msg, req *Request) {
-	subject := req.Header.Get(schemas.HeaderReply)
-	if req.ID != "" && subject != "" {
-		h := nats.Header{schemas.HeaderID: {req.ID}, schemas.HeaderStatus: {schemas.StatusError}}
-		if err := r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: h}); err != nil {
-			r.log.Debug("workers: publish error reply", "subject", req.Subject, "id", req.ID, "err", err)
-		}
-	}
+	publishError(r.nc, r.log, req)
 	r.term(msg)
 	r.stats.failed.Add(1)
+}
+
+// errorReply is the reply of a failed request: status error, no body.
+var errorReply = nats.Header{schemas.HeaderStatus: {schemas.StatusError}}
+
+// publishError publishes the error reply to req, if it can be answered.
+func publishError(nc *nats.Conn, log *slog.Logger, req *Request) {
+	if req.Reply == "" {
+		return
+	}
+	if err := nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: errorReply}); err != nil {
+		log.Debug("workers: publish error reply", "subject", req.Subject, "id", req.ID, "err", err)
+	}
 }
 
 func (r *run) ack(msg jetstream.Msg) {

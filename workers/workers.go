@@ -112,26 +112,30 @@ var ErrRetry = errors.New("workers: retry")
 // Body and its Header belong to the one Handle call they are passed to,
 // which may keep them after it returns.
 type Request struct {
-	// ID is the correlation id of the exchange (udpgate-id); empty if the
-	// header is missing, in which case no reply can be published.
+	// ID is the correlation id of the exchange (ce-id).
 	ID string
-	// Subject is the subject the request was captured on, for example
-	// udpgate.in.9000.
+	// Subject is the request's subject, for example udpgate.in.9000.
 	Subject string
-	// Listener is the gateway listener that read the datagram, PORT/PROTOCOL
-	// (udpgate-listener), for example "9000/raw".
-	Listener string
+	// Reply is the subject the reply goes to: the message's reply subject
+	// (direct) or its udpgate-reply header (durable). Empty if missing,
+	// in which case no reply can be published.
+	Reply string
+	// Node is the gateway node that read the datagram, and Listener its
+	// listener, PORT/PROTOCOL, for example "9000/raw", both from
+	// ce-source (udpgate://NODE/PORT/PROTOCOL).
+	Node, Listener string
 	// Protocol is the PROTOCOL part of Listener, for example "raw"; empty if
-	// Listener is malformed.
+	// ce-source is malformed.
 	Protocol string
-	// Port is the PORT part of Listener; zero if Listener is malformed.
+	// Port is the PORT part of Listener; zero if ce-source is malformed.
 	Port uint16
 	// Remote is the client's address (udpgate-remote); Local is the address
 	// the datagram was sent to (udpgate-local). Either is the zero AddrPort
 	// if its header is missing or malformed.
 	Remote, Local netip.AddrPort
-	// Received is when the gateway read the datagram (ce-time); zero if
-	// missing or malformed.
+	// Received is when the gateway read the datagram: ce-time on an
+	// imported request, else, for a durable group, when the capture
+	// stream stored it; zero for a live request to a direct group.
 	Received time.Time
 	// Deadline is the time after which no reply is sent (udpgate-deadline);
 	// zero if missing or malformed. The handler's context ends at Deadline.
@@ -141,8 +145,8 @@ type Request struct {
 	Body []byte
 	// Header holds every header of the request message as received.
 	Header nats.Header
-	// Delivery is the delivery attempt, 1 on first delivery, from the
-	// JetStream metadata; zero if unknown.
+	// Delivery is the delivery attempt of a durable group, 1 on first
+	// delivery, from the JetStream metadata; zero for a direct group.
 	Delivery uint64
 	// CoAP holds the CoAP fields of a request from a coap listener (its
 	// Protocol or its ce-type says so); nil for other protocols.
@@ -188,8 +192,8 @@ func (r *Request) SetPathValue(name, value string) {
 // concurrent use and is valid only until Handle returns.
 type ResponseWriter interface {
 	// Header returns the reply's headers, for example to set
-	// schemas.HeaderStatus. The SDK sets schemas.HeaderID itself. Setting a
-	// header makes a reply, even with an empty body.
+	// schemas.HeaderStatus. Setting a header makes a reply, even with an
+	// empty body.
 	Header() nats.Header
 	// Write appends p to the reply body. It never fails. Any call, even
 	// with an empty p, makes a reply.
@@ -219,8 +223,7 @@ func (f HandlerFunc) Handle(ctx context.Context, w ResponseWriter, r *Request) e
 type response struct {
 	header nats.Header // allocated on the first Header call, then kept
 	body   []byte
-	wrote  bool      // Write was called
-	id     [1]string // the value of the reply's udpgate-id
+	wrote  bool // Write was called
 }
 
 // maxKeptBody bounds the reply buffer a response keeps between requests.
@@ -234,7 +237,6 @@ func (w *response) reset() {
 		w.body = nil // one large reply does not pin its memory
 	}
 	w.wrote = false
-	w.id[0] = ""
 }
 
 func (w *response) Header() nats.Header {

@@ -1,0 +1,148 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// serveDirect is Serve for a Direct group: one queue subscription per
+// subject, all feeding one channel of Backlog requests, read by
+// Concurrency handler goroutines.
+func (s *Server) serveDirect(ctx context.Context) error {
+	nc := s.NATS
+	if nc == nil {
+		nc = s.JetStream.Conn()
+	}
+	log := s.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("group", s.Group)
+	concurrency := s.Concurrency
+	if concurrency <= 0 {
+		concurrency = DefaultConcurrency
+	}
+	backlog := s.Backlog
+	if backlog <= 0 {
+		backlog = DefaultBacklog
+	}
+
+	// NATS drops what does not fit in the channel, and counts it per
+	// subscription: that is the slow-consumer count.
+	requests := make(chan *nats.Msg, backlog)
+	subs := make([]*nats.Subscription, 0, len(s.Subjects))
+	unsubscribe := func() {
+		for _, sub := range subs {
+			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				log.Warn("workers: unsubscribe", "subject", sub.Subject, "err", err)
+			}
+		}
+	}
+	for _, subject := range s.Subjects {
+		sub, err := nc.ChanQueueSubscribe(subject, s.Group, requests)
+		if err != nil {
+			unsubscribe()
+			return fmt.Errorf("workers: %s: subscribe %s: %w", s.Group, subject, err)
+		}
+		subs = append(subs, sub)
+	}
+	s.mu.Lock()
+	s.dropped = func() uint64 {
+		var n uint64
+		for _, sub := range subs {
+			if d, err := sub.Dropped(); err == nil {
+				n += uint64(d)
+			}
+		}
+		return n
+	}
+	s.mu.Unlock()
+	// Once the server has the subscriptions, requests reach this instance.
+	if err := nc.FlushWithContext(ctx); err != nil {
+		unsubscribe()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("workers: %s: subscribe: %w", s.Group, err)
+	}
+	r := &run{Server: s, log: log, nc: nc}
+	log.Info("workers: serving", "delivery", "direct", "subjects", s.Subjects, "concurrency", concurrency)
+	s.Ready()
+	close(s.ready)
+
+	// Handlers run with a context that outlives ctx by the requests'
+	// deadlines: a stopping instance finishes what it holds.
+	hctx := context.WithoutCancel(ctx)
+	var wg sync.WaitGroup
+	for range concurrency {
+		wg.Go(func() {
+			w := &response{}
+			for msg := range requests {
+				r.handleDirect(hctx, msg, w)
+			}
+		})
+	}
+	<-ctx.Done()
+	// Unsubscribed, the instance gets no new request: the others of its
+	// group take them. Once Unsubscribe returns nothing more arrives, and
+	// what the channel holds is handled. (A subscription's drop count is
+	// gone with it: keep the last.)
+	s.mu.Lock()
+	dropped := s.dropped()
+	s.dropped = func() uint64 { return dropped }
+	s.mu.Unlock()
+	unsubscribe()
+	close(requests)
+	wg.Wait()
+	log.Info("workers: stopped")
+	return nil
+}
+
+// handleDirect runs the handler on one request of a Direct group and
+// answers it with the NATS reply idiom: a publish to the message's reply
+// subject.
+func (r *run) handleDirect(ctx context.Context, msg *nats.Msg, w *response) {
+	req, err := parseRequest(msg.Subject, msg.Reply, msg.Header, msg.Data)
+	if err != nil {
+		r.log.Debug("workers: malformed request", "subject", req.Subject, "id", req.ID, "err", err)
+	}
+	if expired(req.Deadline) {
+		r.stats.expired.Add(1)
+		return
+	}
+	w.reset()
+	start := time.Now()
+	err = r.call(ctx, nil, w, nil, req)
+	if r.HandlerLatency != nil {
+		r.HandlerLatency(time.Since(start))
+	}
+	r.stats.handled.Add(1)
+	switch {
+	case err == nil && !w.answered():
+	case expired(req.Deadline):
+		r.stats.expired.Add(1)
+	case errors.Is(err, ErrRetry):
+		// Nothing to nak: the client's retry is the redelivery.
+		r.stats.retried.Add(1)
+	case err != nil:
+		r.log.Debug("workers: handler failed", "subject", req.Subject, "id", req.ID, "err", err)
+		publishError(r.nc, r.log, req)
+		r.stats.failed.Add(1)
+	case req.Reply == "":
+		r.log.Debug("workers: reply dropped: request has no reply subject", "subject", req.Subject, "id", req.ID)
+		r.stats.failed.Add(1)
+	default:
+		if err := r.nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: w.header, Data: w.body}); err != nil {
+			r.log.Debug("workers: publish reply", "subject", req.Subject, "id", req.ID, "err", err)
+			r.stats.failed.Add(1)
+			return
+		}
+		r.stats.replied.Add(1)
+	}
+}
