@@ -64,7 +64,10 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	// Once the server has the subscriptions, requests reach this instance.
-	if err := nc.FlushWithContext(ctx); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := nc.FlushWithContext(fctx)
+	cancel()
+	if err != nil {
 		unsubscribe()
 		if ctx.Err() != nil {
 			return nil
