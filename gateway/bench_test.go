@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
@@ -40,7 +40,7 @@ func BenchmarkRoundTripGateway(b *testing.B) {
 	s := natstest.RunServer(b)
 	g := &Gateway{}
 	addrs := testGateway(b, s, g, "127.0.0.1:0")
-	contractWorker(b, s, "echo", schemas.InSubject("udpgate", uint16(addrs[0].Port)), func(m jetstream.Msg) []byte { return m.Data() })
+	contractWorker(b, s, "echo", schemas.InSubject("udpgate", uint16(addrs[0].Port)), func(m *nats.Msg) []byte { return m.Data })
 	roundTrips(b, addrs[0])
 }
 

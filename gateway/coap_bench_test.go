@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
@@ -137,33 +136,22 @@ func gatewayCoAPServer(b *testing.B) string {
 	testGateway(b, s, g)
 	port := c.LocalAddr().(*net.UDPAddr).Port
 
-	nc, js := natstest.JetStream(b, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cons, err := js.CreateOrUpdateConsumer(ctx, schemas.StreamIn, jetstream.ConsumerConfig{
-		Durable:       "coap",
-		FilterSubject: schemas.InSubject(schemas.DefaultPrefix, uint16(port)) + ".>",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		h := m.Headers()
-		reply := &nats.Msg{Subject: h.Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {h.Get(schemas.HeaderID)}}}
-		if h.Get(schemas.HeaderCoAPMethod) == "GET" && h.Get(schemas.HeaderCoAPPath) == "/time" {
+	nc := natstest.Connect(b, s)
+	sub, err := nc.QueueSubscribe(schemas.InSubject(schemas.DefaultPrefix, uint16(port))+".>", "coap", func(m *nats.Msg) {
+		reply := &nats.Msg{Header: nats.Header{}}
+		if m.Header.Get(schemas.HeaderCoAPRequest) == "GET /time" {
 			reply.Header.Set(schemas.HeaderCoAPContentFormat, "0")
 			reply.Data = coapTimeBody
 		} else {
 			reply.Header.Set(schemas.HeaderCoAPCode, "4.04")
 		}
-		nc.PublishMsg(reply)
-		m.Ack()
+		m.RespondMsg(reply)
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(cc.Stop)
+	nc.Flush()
+	b.Cleanup(func() { sub.Unsubscribe() })
 	return c.LocalAddr().String()
 }
 

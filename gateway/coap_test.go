@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/net/blockwise"
@@ -44,39 +43,32 @@ func coapGateway(t *testing.T, g *Gateway, delay time.Duration) (addr string, s 
 	port := c.LocalAddr().(*net.UDPAddr).Port
 	serveGateway(t, g)
 	seen = new(atomic.Int64)
-	nc, js := natstest.JetStream(t, s)
-	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer ccancel()
-	cons, err := js.CreateOrUpdateConsumer(cctx, schemas.StreamIn, jetstream.ConsumerConfig{
-		Durable: "coap", FilterSubject: "udpgate.in." + strconv.Itoa(port) + ".>", AckPolicy: jetstream.AckExplicitPolicy,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	nc := natstest.Connect(t, s)
+	sub, err := nc.QueueSubscribe("udpgate.in."+strconv.Itoa(port)+".>", "coap", func(m *nats.Msg) {
 		seen.Add(1)
-		h := m.Headers()
-		reply := &nats.Msg{Subject: h.Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {h.Get(schemas.HeaderID)}}}
-		switch h.Get(schemas.HeaderCoAPMethod) + " " + h.Get(schemas.HeaderCoAPPath) {
+		h := m.Header
+		reply := &nats.Msg{Header: nats.Header{}}
+		line, _, _ := strings.Cut(h.Get(schemas.HeaderCoAPRequest), "?")
+		switch line {
 		case "GET /time":
 			reply.Header.Set(schemas.HeaderCoAPContentFormat, "0")
 			reply.Data = []byte("2026-11-23T00:00:00Z")
 		case "POST /echo":
 			reply.Header.Set(schemas.HeaderCoAPContentFormat, h.Get(schemas.HeaderCoAPContentFormat))
-			reply.Data = m.Data()
+			reply.Data = m.Data
 		case "GET /slow":
 			time.Sleep(delay) // the slow worker under test
 			reply.Data = []byte("slow answer")
 		default:
 			reply.Header.Set(schemas.HeaderCoAPCode, "4.04")
 		}
-		nc.PublishMsg(reply)
-		m.Ack()
+		m.RespondMsg(reply)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(cc.Stop)
+	nc.Flush()
+	t.Cleanup(func() { sub.Unsubscribe() })
 	return c.LocalAddr().String(), s, seen
 }
 

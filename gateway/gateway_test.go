@@ -71,9 +71,32 @@ func serveGateway(t testing.TB, g *Gateway) {
 }
 
 // contractWorker answers every request on subject through the wire
-// contract alone (no SDK), as a worker in another language would: reply
-// returns the reply body, or nil for no reply.
-func contractWorker(t testing.TB, s *server.Server, group, subject string, reply func(jetstream.Msg) []byte) {
+// contract alone (no SDK), as a worker in another language would: a plain
+// queue subscription in group that answers with msg.Respond. reply returns
+// the reply body, or nil for no reply.
+func contractWorker(t testing.TB, s *server.Server, group, subject string, reply func(*nats.Msg) []byte) {
+	t.Helper()
+	nc := natstest.Connect(t, s)
+	sub, err := nc.QueueSubscribe(subject, group, func(m *nats.Msg) {
+		if body := reply(m); body != nil {
+			if err := m.Respond(body); err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
+				t.Errorf("worker respond: %v", err)
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+}
+
+// durableContractWorker is contractWorker as a durable group: a JetStream
+// consumer of the capture that publishes its reply to udpgate-reply, then
+// acknowledges.
+func durableContractWorker(t testing.TB, s *server.Server, group, subject string, reply func(*nats.Msg) []byte) {
 	t.Helper()
 	nc, js := natstest.JetStream(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -85,13 +108,9 @@ func contractWorker(t testing.TB, s *server.Server, group, subject string, reply
 		t.Fatal(err)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		if body := reply(m); body != nil {
-			err := nc.PublishMsg(&nats.Msg{
-				Subject: m.Headers().Get(schemas.HeaderReply),
-				Header:  nats.Header{schemas.HeaderID: {m.Headers().Get(schemas.HeaderID)}},
-				Data:    body,
-			})
-			if err != nil && !errors.Is(err, nats.ErrConnectionClosed) { // closed: the test is over
+		if body := reply(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()}); body != nil {
+			err := nc.Publish(m.Headers().Get(schemas.HeaderReply), body)
+			if err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 				t.Errorf("worker publish: %v", err)
 			}
 		}
@@ -124,7 +143,7 @@ func exchangeUDP(t testing.TB, addr string, payload []byte, wait time.Duration) 
 	return buf[:n], nil
 }
 
-func echo(m jetstream.Msg) []byte { return append([]byte("echo:"), m.Data()...) }
+func echo(m *nats.Msg) []byte { return append([]byte("echo:"), m.Data...) }
 
 func TestReplyFromReceivingAddress(t *testing.T) {
 	s := natstest.RunServer(t)
@@ -169,8 +188,8 @@ func TestRequestMessage(t *testing.T) {
 	g := &Gateway{Node: "edge.1", Deadline: 3 * time.Second}
 	addrs := testGateway(t, s, g, "127.0.0.1:0")
 	port := uint16(addrs[0].Port)
-	got := make(chan jetstream.Msg, 1)
-	contractWorker(t, s, "inspect", schemas.InSubject("udpgate", port), func(m jetstream.Msg) []byte {
+	got := make(chan *nats.Msg, 1)
+	contractWorker(t, s, "inspect", schemas.InSubject("udpgate", port), func(m *nats.Msg) []byte {
 		got <- m
 		return []byte("ok")
 	})
@@ -182,41 +201,43 @@ func TestRequestMessage(t *testing.T) {
 	before := time.Now()
 	payload := []byte{0, 1, 2, 0xff, '.', '>'}
 	c.Write(payload)
-	var m jetstream.Msg
+	var m *nats.Msg
 	select {
 	case m = <-got:
 	case <-time.After(5 * time.Second):
 		t.Fatal("worker saw no request")
 	}
-	if !bytes.Equal(m.Data(), payload) {
-		t.Errorf("body %x, want %x", m.Data(), payload)
+	after := time.Now()
+	if !bytes.Equal(m.Data, payload) {
+		t.Errorf("body %x, want %x", m.Data, payload)
 	}
-	h := m.Headers()
+	h := m.Header
 	id := h.Get(schemas.HeaderID)
+	if id == "" || strings.ContainsAny(id, ".*> ") {
+		t.Fatalf("correlation id %q", id)
+	}
 	want := map[string]string{
 		schemas.HeaderSpecVersion: "1.0",
-		schemas.HeaderCEID:        id,
+		schemas.HeaderID:          id,
 		schemas.HeaderSource:      "udpgate://edge.1/" + itoa(int(port)) + "/raw",
 		schemas.HeaderType:        schemas.TypeRaw,
 		schemas.HeaderRemote:      c.LocalAddr().String(),
 		schemas.HeaderLocal:       addrs[0].String(),
-		schemas.HeaderListener:    itoa(int(port)) + "/raw",
-		schemas.HeaderReply:       "udpgate.reply.edge~2E1",
+		schemas.HeaderReply:       "udpgate.reply.edge~2E1." + id,
 	}
 	for k, v := range want {
 		if h.Get(k) != v {
 			t.Errorf("header %s = %q, want %q", k, h.Get(k), v)
 		}
 	}
-	if id == "" {
-		t.Error("no correlation id")
+	if len(h) != len(want)+1 {
+		t.Errorf("%d headers, want %d: %v", len(h), len(want)+1, h)
 	}
-	ts, err := time.Parse(time.RFC3339Nano, h.Get(schemas.HeaderTime))
-	if err != nil || ts.Before(before.Add(-time.Second)) || ts.After(time.Now()) {
-		t.Errorf("ce-time %q: %v", h.Get(schemas.HeaderTime), err)
+	if m.Reply != want[schemas.HeaderReply] {
+		t.Errorf("reply subject %q, want %q", m.Reply, want[schemas.HeaderReply])
 	}
-	if d := deadlineOf(t, m).Sub(ts); d < 2900*time.Millisecond || d > 3100*time.Millisecond {
-		t.Errorf("deadline %s after ce-time, want 3s", d)
+	if dl := deadlineOf(t, m); dl.Before(before.Add(3*time.Second-time.Millisecond)) || dl.After(after.Add(3*time.Second)) {
+		t.Errorf("deadline %s, want 3s after the datagram was read (between %s and %s)", dl, before, after)
 	}
 }
 
@@ -226,20 +247,15 @@ func TestLateAndDuplicateRepliesAreNotSent(t *testing.T) {
 	addrs := testGateway(t, s, g, "127.0.0.1:0")
 	subject := schemas.InSubject("udpgate", uint16(addrs[0].Port))
 
-	requests := make(chan jetstream.Msg, 4)
-	contractWorker(t, s, "slow", subject, func(m jetstream.Msg) []byte {
+	requests := make(chan *nats.Msg, 4)
+	contractWorker(t, s, "slow", subject, func(m *nats.Msg) []byte {
 		requests <- m
 		return nil // replies are sent by the test below
 	})
 	nc := natstest.Connect(t, s)
-	reply := func(m jetstream.Msg, body string) {
+	reply := func(m *nats.Msg, body string) {
 		t.Helper()
-		err := nc.PublishMsg(&nats.Msg{
-			Subject: m.Headers().Get(schemas.HeaderReply),
-			Header:  nats.Header{schemas.HeaderID: {m.Headers().Get(schemas.HeaderID)}},
-			Data:    []byte(body),
-		})
-		if err != nil {
+		if err := nc.Publish(m.Reply, []byte(body)); err != nil {
 			t.Fatal(err)
 		}
 		nc.Flush()
@@ -279,7 +295,7 @@ func TestLateAndDuplicateRepliesAreNotSent(t *testing.T) {
 	}
 
 	// A correlation id the gateway never issued.
-	nc.PublishMsg(&nats.Msg{Subject: m.Headers().Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {"bogus-1"}}})
+	nc.Publish(schemas.ReplySubject(schemas.DefaultPrefix, g.Node)+".bogus-1", []byte("?"))
 	waitFor(t, "unknown counted", func() bool { return g.Stats().Egress.Unknown == 1 })
 }
 
@@ -306,9 +322,9 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func deadlineOf(t testing.TB, m jetstream.Msg) time.Time {
+func deadlineOf(t testing.TB, m *nats.Msg) time.Time {
 	t.Helper()
-	ms, err := strconv.ParseInt(m.Headers().Get(schemas.HeaderDeadline), 10, 64)
+	ms, err := strconv.ParseInt(m.Header.Get(schemas.HeaderDeadline), 10, 64)
 	if err != nil {
 		t.Fatalf("deadline header: %v", err)
 	}
@@ -356,7 +372,8 @@ func TestNATSDownKeepsReading(t *testing.T) {
 }
 
 // TestRepliesRecorded: with a replies stream configured, a worker's reply
-// is kept and can be joined to its request by udpgate-id.
+// is kept and can be joined to its request: its subject ends with the
+// request's ce-id.
 func TestRepliesRecorded(t *testing.T) {
 	s := natstest.RunServer(t)
 	g := &Gateway{Replies: ingress.StreamConfig{Name: schemas.StreamReplies}}
@@ -382,10 +399,14 @@ func TestRepliesRecorded(t *testing.T) {
 		return m
 	}
 	req, rep := get(schemas.StreamIn), get(schemas.StreamReplies)
-	if req.Header.Get(schemas.HeaderID) != rep.Header.Get(schemas.HeaderID) || string(rep.Data) != "echo:keep me" {
-		t.Errorf("recorded reply %q (id %s) for request id %s", rep.Data, rep.Header.Get(schemas.HeaderID), req.Header.Get(schemas.HeaderID))
+	id, _ := schemas.ReplyID(rep.Subject)
+	if req.Header.Get(schemas.HeaderID) != id || string(rep.Data) != "echo:keep me" {
+		t.Errorf("recorded reply %q on %s for request id %s", rep.Data, rep.Subject, req.Header.Get(schemas.HeaderID))
 	}
-	if !strings.HasPrefix(rep.Subject, "udpgate.reply.") {
+	if want := schemas.InSubject("udpgate", uint16(addrs[0].Port)); req.Subject != want {
+		t.Errorf("request captured as %s, want %s", req.Subject, want)
+	}
+	if !strings.HasPrefix(rep.Subject, "udpgate.reply.node-1.") {
 		t.Errorf("reply subject %s", rep.Subject)
 	}
 }
@@ -421,8 +442,9 @@ func TestStreamsRecreatedAfterRestart(t *testing.T) {
 }
 
 // TestNoReplyListener: a reply=off listener captures every datagram with
-// the usual headers, opens no exchange, and sends nothing back, even when
-// a worker answers; the answer names no exchange and counts as unknown.
+// the usual headers (for durable groups: it publishes nothing to direct
+// ones), opens no exchange, and sends nothing back, even when a worker
+// answers; the answer names no exchange and counts as unknown.
 func TestNoReplyListener(t *testing.T) {
 	s := natstest.RunServer(t)
 	nc := natstest.Connect(t, s)
@@ -433,10 +455,15 @@ func TestNoReplyListener(t *testing.T) {
 	port := uint16(c.LocalAddr().(*net.UDPAddr).Port)
 	g := &Gateway{NATS: nc, Node: "node-1", Listeners: []Listener{{Conn: c, Protocol: schemas.ProtocolRaw, NoReply: true}}}
 	serveGateway(t, g)
-	seen := make(chan jetstream.Msg, 16)
-	contractWorker(t, s, "answers-anyway", schemas.InSubject(schemas.DefaultPrefix, port), func(m jetstream.Msg) []byte {
+	seen := make(chan *nats.Msg, 16)
+	durableContractWorker(t, s, "answers-anyway", schemas.InSubject(schemas.DefaultPrefix, port), func(m *nats.Msg) []byte {
 		seen <- m
 		return echo(m)
+	})
+	direct := make(chan *nats.Msg, 16)
+	contractWorker(t, s, "direct", schemas.InSubject(schemas.DefaultPrefix, port), func(m *nats.Msg) []byte {
+		direct <- m
+		return nil
 	})
 
 	const n = 5
@@ -452,7 +479,7 @@ func TestNoReplyListener(t *testing.T) {
 	for range n {
 		select {
 		case m := <-seen:
-			h := m.Headers()
+			h := m.Header
 			if h.Get(schemas.HeaderID) == "" || h.Get(schemas.HeaderRemote) != cl.LocalAddr().String() {
 				t.Errorf("headers %v", h)
 			}
@@ -470,7 +497,10 @@ func TestNoReplyListener(t *testing.T) {
 	if k, err := cl.Read(buf); !isTimeout(err) {
 		t.Errorf("a reply=off listener sent %q (%v)", buf[:k], err)
 	}
-	if st := g.Stats(); st.Pending != 0 || st.Egress.Sent != 0 || st.Ingress[itoa(int(port))+"/raw"].Published != n {
-		t.Errorf("pending %d, sent %d, ingress %+v; want 0, 0 and %d published", st.Pending, st.Egress.Sent, st.Ingress, n)
+	if st := g.Stats(); st.Pending != 0 || st.Egress.Sent != 0 || st.Ingress[itoa(int(port))+"/raw"].Captured != n || st.Ingress[itoa(int(port))+"/raw"].Published != 0 {
+		t.Errorf("pending %d, sent %d, ingress %+v; want 0, 0 and %d captured, none published", st.Pending, st.Egress.Sent, st.Ingress, n)
+	}
+	if len(direct) != 0 {
+		t.Errorf("a direct group saw %d requests of a reply=off listener", len(direct))
 	}
 }

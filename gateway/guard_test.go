@@ -16,7 +16,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"google.golang.org/protobuf/proto"
@@ -194,8 +193,8 @@ func TestGuardFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	serveGateway(t, g)
-	contractWorker(t, s, "legit", schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port)), func(m jetstream.Msg) []byte {
-		if bytes.HasPrefix(m.Data(), []byte("legit")) {
+	contractWorker(t, s, "legit", schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port)), func(m *nats.Msg) []byte {
+		if bytes.HasPrefix(m.Data, []byte("legit")) {
 			return echo(m)
 		}
 		return nil // the flood is not answered
@@ -345,11 +344,11 @@ func TestAmplificationRawAndRPC(t *testing.T) {
 	trusted, _ := guardedListener(t, g, schemas.ProtocolRaw, guard.Config{Factor: 3, Trust: deny(t, "127.0.0.0/8")})
 	rpcAddr, rpcGuard := guardedListener(t, g, schemas.ProtocolRPC, guard.Config{Factor: 3})
 	serveGateway(t, g)
-	tenfold := func(m jetstream.Msg) []byte {
-		if bytes.HasPrefix(m.Data(), []byte("small")) {
-			return m.Data()
+	tenfold := func(m *nats.Msg) []byte {
+		if bytes.HasPrefix(m.Data, []byte("small")) {
+			return m.Data
 		}
-		return bytes.Repeat(m.Data(), 10)
+		return bytes.Repeat(m.Data, 10)
 	}
 	for _, a := range []*net.UDPAddr{raw, trusted} {
 		contractWorker(t, s, "tenfold-"+itoa(a.Port), schemas.InSubject(schemas.DefaultPrefix, uint16(a.Port)), tenfold)
@@ -393,38 +392,24 @@ func coapBig(t *testing.T, s *server.Server, c guard.Config) (string, *Gateway, 
 	addr, gd := guardedListener(t, g, schemas.ProtocolCoAP, c)
 	serveGateway(t, g)
 	big := bytes.Repeat([]byte("big-body "), 30) // 270 bytes, ten times a GET /big
-	nc, js := natstest.JetStream(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cons, err := js.CreateOrUpdateConsumer(ctx, schemas.StreamIn, jetstream.ConsumerConfig{
-		Durable: "big", FilterSubject: schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port)) + ".>", AckPolicy: jetstream.AckExplicitPolicy,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		h := m.Headers()
-		reply := &nats.Msg{Subject: h.Get(schemas.HeaderReply), Header: nats.Header{schemas.HeaderID: {h.Get(schemas.HeaderID)}}}
-		switch h.Get(schemas.HeaderCoAPMethod) + " " + h.Get(schemas.HeaderCoAPPath) {
+	contractWorker(t, s, "big", schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port))+".>", func(m *nats.Msg) []byte {
+		reply := &nats.Msg{Header: nats.Header{}}
+		switch m.Header.Get(schemas.HeaderCoAPRequest) {
 		case "GET /big":
 			reply.Data = big
 		case "GET /time":
 			reply.Data = []byte("2026-11-23T00:00:00Z")
 		case "POST /echo":
-			reply.Data = m.Data()
+			reply.Data = m.Data
 		case "GET /located":
 			reply.Header.Set(schemas.HeaderCoAPLocationPath, "/"+strings.Repeat("x", 200))
 			reply.Data = []byte("located")
 		default:
 			reply.Header.Set(schemas.HeaderCoAPCode, "4.04")
 		}
-		nc.PublishMsg(reply)
-		m.Ack()
+		m.RespondMsg(reply)
+		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cc.Stop)
 	return addr.String(), g, gd, big
 }
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/udpgate/udpgate/schemas"
@@ -40,8 +40,8 @@ func TestCoAPHostilePaths(t *testing.T) {
 	addr, s, seen := coapGateway(t, g, 0)
 	r := dialRaw(t, addr)
 	// An observer group records what workers see: subject and path header.
-	observed := make(chan jetstream.Msg, 16)
-	contractWorker(t, s, "observer", "udpgate.in.>", func(m jetstream.Msg) []byte {
+	observed := make(chan *nats.Msg, 16)
+	contractWorker(t, s, "observer", "udpgate.in.>", func(m *nats.Msg) []byte {
 		observed <- m
 		return nil
 	})
@@ -89,18 +89,18 @@ func TestCoAPHostilePaths(t *testing.T) {
 	for len(want) > 0 {
 		select {
 		case m := <-observed:
-			if strings.HasSuffix(m.Subject(), ".time") {
+			if strings.HasSuffix(m.Subject, ".time") {
 				continue
 			}
-			path, ok := want[m.Subject()]
+			path, ok := want[m.Subject]
 			if !ok {
-				t.Errorf("unexpected subject %q", m.Subject())
+				t.Errorf("unexpected subject %q", m.Subject)
 				continue
 			}
-			if got := m.Headers().Get(schemas.HeaderCoAPPath); got != path {
-				t.Errorf("%s: path header %q, want %q", m.Subject(), got, path)
+			if got := m.Header.Get(schemas.HeaderCoAPRequest); got != "GET "+path {
+				t.Errorf("%s: request line %q, want %q", m.Subject, got, "GET "+path)
 			}
-			delete(want, m.Subject())
+			delete(want, m.Subject)
 		case <-deadline:
 			t.Fatalf("the observer did not see: %v", want)
 		}
@@ -116,8 +116,8 @@ func TestCoAPHeadersBounded(t *testing.T) {
 	g := &Gateway{CoAP: coapConfig(time.Second)}
 	addr, s, _ := coapGateway(t, g, 0)
 	r := dialRaw(t, addr)
-	observed := make(chan jetstream.Msg, 4)
-	contractWorker(t, s, "observer", "udpgate.in.>", func(m jetstream.Msg) []byte {
+	observed := make(chan *nats.Msg, 4)
+	contractWorker(t, s, "observer", "udpgate.in.>", func(m *nats.Msg) []byte {
 		observed <- m
 		return nil
 	})
@@ -141,11 +141,11 @@ func TestCoAPHeadersBounded(t *testing.T) {
 	if resp := r.read(5 * time.Second); len(resp) < 4 || resp[1] != byte(codes.Content) {
 		t.Fatalf("% x, want 2.05", resp[:min(len(resp), 8)])
 	}
-	var m jetstream.Msg
+	var m *nats.Msg
 	for m == nil {
 		select {
 		case got := <-observed:
-			if got.Headers().Get(schemas.HeaderCoAPMessageID) == "29184" { // 0x7200
+			if strings.HasPrefix(got.Header.Get(schemas.HeaderCoAPRequest), "GET /time?") {
 				m = got
 			}
 		case <-time.After(5 * time.Second):
@@ -153,7 +153,7 @@ func TestCoAPHeadersBounded(t *testing.T) {
 		}
 	}
 	size := 0
-	for k, vs := range m.Headers() {
+	for k, vs := range m.Header {
 		for _, v := range vs {
 			size += len(k) + len(v)
 		}
@@ -162,7 +162,8 @@ func TestCoAPHeadersBounded(t *testing.T) {
 		t.Errorf("%d bytes of headers for a %d-byte datagram, over %d", size, len(req), limit)
 	}
 	var got []string
-	for _, q := range strings.Split(m.Headers().Get(schemas.HeaderCoAPQuery), "&") {
+	_, line, _ := strings.Cut(m.Header.Get(schemas.HeaderCoAPRequest), "?")
+	for _, q := range strings.Split(line, "&") {
 		u, err := url.PathUnescape(q)
 		if err != nil {
 			t.Fatalf("query %q: %v", q, err)

@@ -29,7 +29,7 @@ func rpcGateway(t *testing.T, g *Gateway) *net.UDPAddr {
 	g.Listeners = append(g.Listeners, Listener{Conn: c, Protocol: schemas.ProtocolRPC})
 	serveGateway(t, g)
 	addr := c.LocalAddr().(*net.UDPAddr)
-	startWorker(t, s, "places", schemas.RPCSubject("udpgate", uint16(addr.Port), "InterestingPlaces", "GetRandom"), workers.HandlerFunc(builtin.Places{}.Handle))
+	startWorker(t, s, workers.Direct, "places", schemas.RPCSubject("udpgate", uint16(addr.Port), "InterestingPlaces", "GetRandom"), workers.HandlerFunc(builtin.Places{}.Handle))
 	return addr
 }
 

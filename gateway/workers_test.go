@@ -19,11 +19,12 @@ import (
 
 // startWorker runs one instance of a worker group on its own NATS
 // connection, which it returns so a test can kill the instance.
-func startWorker(t *testing.T, s *server.Server, group, subject string, h workers.HandlerFunc) *nats.Conn {
+func startWorker(t *testing.T, s *server.Server, delivery workers.Delivery, group, subject string, h workers.HandlerFunc) *nats.Conn {
 	t.Helper()
 	nc, js := natstest.JetStream(t, s)
 	w := &workers.Server{
 		JetStream: js,
+		Delivery:  delivery,
 		Group:     group,
 		Subjects:  []string{subject},
 		Handler:   h,
@@ -50,6 +51,14 @@ func startWorker(t *testing.T, s *server.Server, group, subject string, h worker
 }
 
 func TestGroupsSeeEverythingInstancesShare(t *testing.T) {
+	for _, d := range []workers.Delivery{workers.Direct, workers.Durable} {
+		t.Run(d.String(), func(t *testing.T) { groupsSeeEverythingInstancesShare(t, d) })
+	}
+}
+
+// groupsSeeEverythingInstancesShare: a group of three instances shares the
+// requests, and an observer group sees every one of them.
+func groupsSeeEverythingInstancesShare(t *testing.T, d workers.Delivery) {
 	s := natstest.RunServer(t)
 	g := &Gateway{}
 	addrs := testGateway(t, s, g, "127.0.0.1:0")
@@ -61,7 +70,7 @@ func TestGroupsSeeEverythingInstancesShare(t *testing.T) {
 		observed = map[string]bool{}
 	)
 	for i := range 3 {
-		startWorker(t, s, "answer", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		startWorker(t, s, d, "answer", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 			mu.Lock()
 			byInst[i]++
 			mu.Unlock()
@@ -69,7 +78,7 @@ func TestGroupsSeeEverythingInstancesShare(t *testing.T) {
 			return err
 		})
 	}
-	startWorker(t, s, "observe", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+	startWorker(t, s, d, "observe", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 		mu.Lock()
 		observed[string(r.Body)] = true
 		mu.Unlock()
@@ -110,6 +119,8 @@ func TestGroupsSeeEverythingInstancesShare(t *testing.T) {
 	t.Logf("requests per instance: %v", byInst)
 }
 
+// TestWorkerDiesBeforeAck: a durable group redelivers the request of an
+// instance that died with it.
 func TestWorkerDiesBeforeAck(t *testing.T) {
 	s := natstest.RunServer(t)
 	g := &Gateway{}
@@ -125,7 +136,7 @@ func TestWorkerDiesBeforeAck(t *testing.T) {
 			second = make(chan uint64, 1)
 		)
 		for i := range 2 {
-			conns = append(conns, startWorker(t, s, "dies", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+			conns = append(conns, startWorker(t, s, workers.Durable, "dies", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 				mu.Lock()
 				if first == -1 {
 					first = i
@@ -192,14 +203,10 @@ func TestWorkerDiesBeforeAck(t *testing.T) {
 		if m == nil {
 			t.Fatal("no request")
 		}
-		nc.PublishMsg(&nats.Msg{
-			Subject: m.Headers().Get(schemas.HeaderReply),
-			Header:  nats.Header{schemas.HeaderID: {m.Headers().Get(schemas.HeaderID)}},
-			Data:    []byte("first"),
-		})
+		nc.Publish(m.Headers().Get(schemas.HeaderReply), []byte("first"))
 		nc.Close() // dies without acking
 
-		startWorker(t, s, "replies-then-dies", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		startWorker(t, s, workers.Durable, "replies-then-dies", subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 			_, err := w.Write([]byte("second"))
 			return err
 		})
