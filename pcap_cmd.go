@@ -93,7 +93,7 @@ func pcapImport(ctx context.Context, cfg config, log *slog.Logger, args []string
 	fs.Var(&lists, "listener", "listener(s) PORT/PROTOCOL, comma-separated or repeated (5683/coap,7000/rpc); default: UDPGATE_LISTENERS if no -port")
 	stream := fs.String("stream", cfg.Stream, "stream to import into, created like the capture if missing (UDPGATE_STREAM)")
 	prefix := fs.String("prefix", cfg.Prefix, "subject prefix (UDPGATE_SUBJECT_PREFIX); another stream than the capture needs another prefix")
-	node := fs.String("node", pcap.DefaultNode, "gateway node named in ce-source and udpgate-reply")
+	node := fs.String("node", pcap.DefaultNode, "gateway node named in ce-source and the reply subject (udpgate-reply)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "usage: udpgate pcap import [flags] FILE\n\nflags:\n")
 		fs.PrintDefaults()
@@ -155,7 +155,7 @@ func pcapImport(ctx context.Context, cfg config, log *slog.Logger, args []string
 		return fmt.Errorf("pcap import: jetstream: %w", err)
 	}
 	if _, err := ingress.EnsureStream(ctx, js, ingress.StreamConfig{
-		Name: *stream, Subject: schemas.InWildcard(*prefix),
+		Name: *stream, Subject: schemas.CaptureWildcard(*prefix), Stores: schemas.InWildcard(*prefix),
 		MaxAge: cfg.StreamMaxAge, MaxBytes: cfg.StreamMaxBytes, Replicas: cfg.StreamReplicas,
 	}); err != nil {
 		return fmt.Errorf("pcap import: %w", err)
@@ -184,7 +184,6 @@ func printImport(w io.Writer, name, stream string, st pcap.ImportStats, took tim
 	fmt.Fprintf(tw, "  UDP datagrams\t%d\t(%d reassembled from %d IPv4 fragments)\n", st.Datagrams, st.Reassembled, st.FragmentsReused)
 	fmt.Fprintf(tw, "  requests published\t%d\n", st.Requests)
 	fmt.Fprintf(tw, "    stored\t%d\n", st.Published)
-	fmt.Fprintf(tw, "    duplicates\t%d\t(CoAP retransmissions within the stream's duplicate window)\n", st.Duplicates)
 	fmt.Fprintf(tw, "    failed\t%d\n", st.Failed)
 	fmt.Fprintf(tw, "  skipped\t%d\n", st.SkippedTotal())
 	for _, r := range []pcap.Reason{pcap.NotIP, pcap.NotUDP, pcap.Fragment, pcap.Truncated, pcap.Malformed, pcap.UnsupportedLink} {
@@ -201,7 +200,7 @@ func pcapExport(ctx context.Context, cfg config, args []string, stdout, stderr i
 	fs.SetOutput(stderr)
 	var ports listFlag
 	fs.Var(&ports, "port", "listener port(s) to export, comma-separated or repeated; default: all")
-	since := fs.String("since", "", "start of the window, by each request's ce-time: RFC 3339 time or a duration before now (10m); default: the stream's start")
+	since := fs.String("since", "", "start of the window, by each request's time (ce-time if imported, else when stored): RFC 3339 time or a duration before now (10m); default: the stream's start")
 	until := fs.String("until", "", "end of the window: RFC 3339 time or a duration before now; default: now")
 	out := fs.String("o", "-", "output file; - is stdout")
 	replies := fs.Bool("replies", false, "also write the recorded replies (UDPGATE_REPLIES_STREAM)")

@@ -40,15 +40,17 @@ type Exporter struct {
 	Prefix string
 	// Ports selects the listener ports to export; empty exports all.
 	Ports []uint16
-	// Since and Until bound the window by each request's ce-time, both
-	// inclusive; zero leaves that end open. Reading starts at the first
-	// message stored at or after Since and ends with the last message
-	// stored when Export started.
+	// Since and Until bound the window by each request's time (its ce-time
+	// if it has one, else when the stream stored it), both inclusive; zero
+	// leaves that end open. Reading starts at the first message stored at
+	// or after Since and ends with the last message stored when Export
+	// started.
 	Since, Until time.Time
 	// RepliesStream, when set, is the stream of recorded replies
-	// (schemas.StreamReplies): each request's reply, joined by udpgate-id,
-	// is written too, from the request's local address to its remote one,
-	// at the reply's stream time.
+	// (schemas.StreamReplies): each request's reply (the reply whose
+	// subject's last token is the request's ce-id) is written too, from the
+	// request's local address to its remote one, at the reply's stream
+	// time.
 	RepliesStream string
 }
 
@@ -56,7 +58,7 @@ type Exporter struct {
 type ExportStats struct {
 	Requests uint64 // request datagrams written
 	Replies  uint64 // reply datagrams written
-	// Outside counts requests read whose ce-time is outside the window.
+	// Outside counts requests read whose time is outside the window.
 	Outside uint64
 	// Undecodable counts messages whose datagram or addresses could not be
 	// rebuilt from their headers (not written).
@@ -196,7 +198,7 @@ func (ex *Exporter) copy(ctx context.Context, fw *frameWriter, reqs, reps *curso
 			order[0] = nil
 			order = order[1:]
 		}
-		id := rep.Headers().Get(schemas.HeaderID)
+		id, _ := schemas.ReplyID(rep.Subject())
 		r := pending[id]
 		switch {
 		case r == nil:
@@ -274,7 +276,7 @@ func (c *cursor) stop() { c.msgs.Stop() }
 // request is a request message as the export needs it.
 type request struct {
 	id            string
-	at            time.Time // ce-time
+	at            time.Time // ce-time, or when the stream stored it
 	deadline      time.Time
 	remote, local netip.AddrPort
 	protocol      string
@@ -294,8 +296,16 @@ func parseRequest(m jetstream.Msg) (*request, error) {
 	h := m.Headers()
 	r := &request{id: h.Get(schemas.HeaderID)}
 	var err error
-	if r.at, err = time.Parse(time.RFC3339Nano, h.Get(schemas.HeaderTime)); err != nil {
-		return nil, err
+	if v := h.Get(schemas.HeaderTime); v != "" {
+		if r.at, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			return nil, err
+		}
+	} else {
+		md, err := m.Metadata()
+		if err != nil {
+			return nil, err
+		}
+		r.at = md.Timestamp
 	}
 	if r.remote, err = netip.ParseAddrPort(h.Get(schemas.HeaderRemote)); err != nil {
 		return nil, err
@@ -307,7 +317,7 @@ func parseRequest(m jetstream.Msg) (*request, error) {
 	if ms, err := strconv.ParseInt(h.Get(schemas.HeaderDeadline), 10, 64); err == nil {
 		r.deadline = time.UnixMilli(ms)
 	}
-	_, r.protocol, _ = strings.Cut(h.Get(schemas.HeaderListener), "/")
+	r.protocol = protocolOf(h)
 	body := m.Data()
 	switch r.protocol {
 	case schemas.ProtocolRaw:
@@ -323,30 +333,57 @@ func parseRequest(m jetstream.Msg) (*request, error) {
 			return nil, err
 		}
 	case schemas.ProtocolCoAP:
-		r.coapCON = h.Get(schemas.HeaderCoAPType) == "CON"
-		mid, err := strconv.ParseUint(h.Get(schemas.HeaderCoAPMessageID), 10, 16)
+		v := h.Get(schemas.HeaderDatagramHead)
+		if v == "" {
+			// Reassembled from a Block1 upload: one CON request, message
+			// id 0, no token.
+			r.coapCON = true
+			if r.datagram, err = r.encodeCoAP(h, body); err != nil {
+				return nil, err
+			}
+			break
+		}
+		head, err := base64.StdEncoding.DecodeString(v)
 		if err != nil {
 			return nil, err
 		}
-		r.coapMID = uint16(mid)
-		if r.coapToken, err = hex.DecodeString(h.Get(schemas.HeaderCoAPToken)); err != nil {
-			return nil, err
+		// Byte 0: version, type and token length; bytes 2-3: message id;
+		// then the token.
+		if len(head) < 4 || head[0]>>6 != 1 || len(head) < 4+int(head[0]&0x0f) {
+			return nil, fmt.Errorf("bad %s", schemas.HeaderDatagramHead)
 		}
-		if head := h.Get(schemas.HeaderDatagramHead); head != "" {
-			hb, err := base64.StdEncoding.DecodeString(head)
-			if err != nil {
-				return nil, err
-			}
-			r.datagram = append(hb, body...)
-			break
-		}
-		if r.datagram, err = r.encodeCoAP(h, body); err != nil {
-			return nil, err
-		}
+		r.coapCON = head[0]>>4&3 == 0
+		r.coapMID = uint16(head[2])<<8 | uint16(head[3])
+		r.coapToken = head[4 : 4+int(head[0]&0x0f)]
+		r.datagram = append(head, body...)
 	default:
-		return nil, fmt.Errorf("listener %q has no known protocol", h.Get(schemas.HeaderListener))
+		return nil, fmt.Errorf("request of unknown protocol (%s %q, %s %q)",
+			schemas.HeaderSource, h.Get(schemas.HeaderSource), schemas.HeaderType, h.Get(schemas.HeaderType))
 	}
 	return r, nil
+}
+
+// protocolOf returns a request's protocol: the one its ce-source names,
+// or else the one of its ce-type; empty if neither says.
+func protocolOf(h map[string][]string) string {
+	get := func(k string) string {
+		if v := h[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	if _, _, proto, ok := schemas.ParseSource(get(schemas.HeaderSource)); ok {
+		return proto
+	}
+	switch get(schemas.HeaderType) {
+	case schemas.TypeRaw:
+		return schemas.ProtocolRaw
+	case schemas.TypeCoAP:
+		return schemas.ProtocolCoAP
+	case schemas.TypeRPC:
+		return schemas.ProtocolRPC
+	}
+	return ""
 }
 
 var coapMethods = map[string]codes.Code{
@@ -355,7 +392,9 @@ var coapMethods = map[string]codes.Code{
 }
 
 // encodeCoAP encodes a CoAP request from the headers of a request message
-// that has no datagram head.
+// that has no datagram head: its request line (method, percent-encoded
+// path and query), Content-Format and Accept, with r's type, message id and
+// token.
 func (r *request) encodeCoAP(h map[string][]string, body []byte) ([]byte, error) {
 	get := func(k string) string {
 		if v := h[k]; len(v) > 0 {
@@ -363,16 +402,22 @@ func (r *request) encodeCoAP(h map[string][]string, body []byte) ([]byte, error)
 		}
 		return ""
 	}
-	code, ok := coapMethods[get(schemas.HeaderCoAPMethod)]
+	line := get(schemas.HeaderCoAPRequest)
+	method, uri, _ := strings.Cut(line, " ")
+	code, ok := coapMethods[method]
 	if !ok {
-		return nil, fmt.Errorf("coap method %q", get(schemas.HeaderCoAPMethod))
+		return nil, fmt.Errorf("%s %q: unknown method", schemas.HeaderCoAPRequest, line)
+	}
+	path, query, hasQuery := strings.Cut(uri, "?")
+	if !strings.HasPrefix(path, "/") {
+		return nil, fmt.Errorf("%s %q: no path", schemas.HeaderCoAPRequest, line)
 	}
 	var opts message.Options
-	for _, seg := range splitPath(get(schemas.HeaderCoAPPath)) {
+	for _, seg := range splitPath(path) {
 		opts = opts.Add(message.Option{ID: message.URIPath, Value: []byte(seg)})
 	}
-	if q := get(schemas.HeaderCoAPQuery); q != "" {
-		for _, part := range strings.Split(q, "&") {
+	if hasQuery {
+		for _, part := range strings.Split(query, "&") {
 			k, v, eq := strings.Cut(part, "=")
 			k, _ = url.QueryUnescape(k)
 			if eq {

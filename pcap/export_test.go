@@ -24,25 +24,31 @@ import (
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
 
-// liveRequest is a request message as the gateway publishes it.
-func liveRequest(id string, at time.Time, remote, local, listener string, body []byte, extra map[string]string) *nats.Msg {
+// captureCopy is the capture copy of a request as the gateway publishes
+// it (to udpgate.capture.PORT…, stored as udpgate.in.PORT…). A live
+// request has no ce-time: at, if not zero, makes it an imported one.
+func captureCopy(id string, at time.Time, remote, local, listener string, body []byte, extra map[string]string) *nats.Msg {
 	port, _, _ := strings.Cut(listener, "/")
+	deadline := at
+	if at.IsZero() {
+		deadline = time.Now()
+	}
 	m := &nats.Msg{
-		Subject: "udpgate.in." + port,
+		Subject: "udpgate.capture." + port,
 		Data:    body,
 		Header: nats.Header{
 			schemas.HeaderSpecVersion: {schemas.SpecVersion},
-			schemas.HeaderCEID:        {id},
+			schemas.HeaderID:          {id},
 			schemas.HeaderSource:      {"udpgate://gw-1/" + listener},
 			schemas.HeaderType:        {schemas.TypeRaw},
-			schemas.HeaderTime:        {at.UTC().Format(time.RFC3339Nano)},
-			schemas.HeaderID:          {id},
 			schemas.HeaderRemote:      {remote},
 			schemas.HeaderLocal:       {local},
-			schemas.HeaderListener:    {listener},
-			schemas.HeaderDeadline:    {strconv.FormatInt(at.Add(time.Minute).UnixMilli(), 10)},
-			schemas.HeaderReply:       {"udpgate.reply.gw-1"},
+			schemas.HeaderDeadline:    {strconv.FormatInt(deadline.Add(time.Minute).UnixMilli(), 10)},
+			schemas.HeaderReply:       {"udpgate.reply.gw-1." + id},
 		},
+	}
+	if !at.IsZero() {
+		m.Header.Set(schemas.HeaderTime, at.UTC().Format(time.RFC3339Nano))
 	}
 	for k, v := range extra {
 		if k == "subject" {
@@ -63,8 +69,10 @@ func publish(t testing.TB, js jetstream.JetStream, msgs ...*nats.Msg) {
 	}
 }
 
+// reply is a worker's reply to request id, as the replies stream records
+// it: the reply subject names the request, no header is needed.
 func reply(id string, body []byte, extra map[string]string) *nats.Msg {
-	m := &nats.Msg{Subject: "udpgate.reply.gw-1", Data: body, Header: nats.Header{schemas.HeaderID: {id}}}
+	m := &nats.Msg{Subject: "udpgate.reply.gw-1." + id, Data: body, Header: nats.Header{}}
 	for k, v := range extra {
 		m.Header.Set(k, v)
 	}
@@ -94,8 +102,8 @@ func tsharkUDP(t testing.TB, file string) []packet {
 }
 
 // TestExportTshark exports a window of requests published with the
-// contract's headers, and their recorded replies, and reads the file with
-// tshark.
+// contract's headers, imported ones (with ce-time) and live ones (without),
+// and their recorded replies, and reads the file with tshark.
 func TestExportTshark(t *testing.T) {
 	tool(t, "tshark", "tshark")
 	_, js := testStreams(t, "udpgate")
@@ -104,18 +112,22 @@ func TestExportTshark(t *testing.T) {
 	call := &rpcpb.Call{Id: 77, Service: "InterestingPlaces", Method: "GetRandom", Params: []byte{8, 2}}
 	callBytes, _ := proto.Marshal(call)
 	publish(t, js,
-		liveRequest("b-1", now.Add(-2*time.Hour), "10.0.0.9:1", "10.0.0.2:9000", "9000/raw", []byte("too old"), nil),
-		liveRequest("b-2", now.Add(-3*time.Second), "10.0.0.1:40000", "10.0.0.2:9000", "9000/raw", []byte("hello"), nil),
-		liveRequest("b-3", now.Add(-2*time.Second), "[2001:db8::1]:40001", "[2001:db8::2]:9000", "9000/raw", []byte("hello v6"), nil),
-		liveRequest("b-4", now.Add(-time.Second), "10.0.0.1:40002", "10.0.0.2:5683", "5683/coap", nil, map[string]string{
-			"subject": "udpgate.in.5683.GET.time", schemas.HeaderType: schemas.TypeCoAP,
-			schemas.HeaderCoAPMethod: "GET", schemas.HeaderCoAPPath: "/time", schemas.HeaderCoAPToken: "a1b2",
-			schemas.HeaderCoAPType: "CON", schemas.HeaderCoAPMessageID: "40121",
+		captureCopy("b-1", now.Add(-2*time.Hour), "10.0.0.9:1", "10.0.0.2:9000", "9000/raw", []byte("too old"), nil),
+		captureCopy("b-2", now.Add(-3*time.Second), "10.0.0.1:40000", "10.0.0.2:9000", "9000/raw", []byte("hello"), nil),
+		captureCopy("b-3", now.Add(-2*time.Second), "[2001:db8::1]:40001", "[2001:db8::2]:9000", "9000/raw", []byte("hello v6"), nil),
+		captureCopy("b-4", time.Time{}, "10.0.0.1:40002", "10.0.0.2:5683", "5683/coap", nil, map[string]string{
+			"subject": "udpgate.capture.5683.GET.time", schemas.HeaderType: schemas.TypeCoAP,
+			schemas.HeaderCoAPRequest:  "GET /time",
 			schemas.HeaderDatagramHead: base64.StdEncoding.EncodeToString(coapHead),
 		}),
-		liveRequest("b-5", now, "10.0.0.1:40003", "10.0.0.2:7000", "7000/rpc", call.Params, map[string]string{
-			"subject": "udpgate.in.7000.InterestingPlaces.GetRandom", schemas.HeaderType: schemas.TypeRPC,
+		captureCopy("b-5", time.Time{}, "10.0.0.1:40003", "10.0.0.2:7000", "7000/rpc", call.Params, map[string]string{
+			"subject": "udpgate.capture.7000.InterestingPlaces.GetRandom", schemas.HeaderType: schemas.TypeRPC,
 			schemas.HeaderRPCService: call.Service, schemas.HeaderRPCMethod: call.Method, schemas.HeaderRPCID: "77",
+		}),
+		// Reassembled from a Block1 upload: no datagram head.
+		captureCopy("b-6", time.Time{}, "10.0.0.1:40004", "10.0.0.2:5683", "5683/coap", []byte("the whole upload"), map[string]string{
+			"subject": "udpgate.capture.5683.POST.up~20load", schemas.HeaderType: schemas.TypeCoAP,
+			schemas.HeaderCoAPRequest: "POST /up%20load?x=1&name=a%26b", schemas.HeaderCoAPContentFormat: "0",
 		}),
 	)
 	publish(t, js,
@@ -123,8 +135,10 @@ func TestExportTshark(t *testing.T) {
 		reply("b-3", nil, map[string]string{schemas.HeaderStatus: schemas.StatusError}), // raw: nothing sent
 		reply("b-4", []byte("16:36"), map[string]string{schemas.HeaderCoAPContentFormat: "0"}),
 		reply("b-5", []byte{10, 0}, nil),
+		reply("b-6", nil, map[string]string{schemas.HeaderCoAPCode: "2.04"}),
 		reply("b-9", []byte("no such request"), nil),
 	)
+	stored := storedMsgs(t, js, schemas.StreamIn)
 
 	file := filepath.Join(t.TempDir(), "capture.pcap")
 	f, err := os.Create(file)
@@ -137,7 +151,7 @@ func TestExportTshark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Requests != 4 || st.Replies != 3 || st.Outside != 1 || st.NotSent != 1 || st.Unmatched != 1 || st.Undecodable != 0 {
+	if st.Requests != 5 || st.Replies != 4 || st.Outside != 1 || st.NotSent != 1 || st.Unmatched != 1 || st.Undecodable != 0 {
 		t.Errorf("stats %+v", st)
 	}
 
@@ -145,23 +159,33 @@ func TestExportTshark(t *testing.T) {
 	rpcReply, _ := proto.Marshal(&rpcpb.Reply{Id: 77, Body: []byte{10, 0}})
 	coapReply, _ := encodeCoAP(message.Message{Type: message.Acknowledgement, Code: codes.Content, MessageID: 40121, Token: []byte{0xa1, 0xb2},
 		Options: message.Options{{ID: message.ContentFormat, Value: nil}}, Payload: []byte("16:36")})
+	upload, _ := encodeCoAP(message.Message{Type: message.Confirmable, Code: codes.POST, MessageID: 0, Options: message.Options{
+		{ID: message.URIPath, Value: []byte("up load")}, {ID: message.ContentFormat, Value: nil},
+		{ID: message.URIQuery, Value: []byte("x=1")}, {ID: message.URIQuery, Value: []byte("name=a&b")},
+	}, Payload: []byte("the whole upload")})
+	uploadReply, _ := encodeCoAP(message.Message{Type: message.Acknowledgement, Code: codes.Changed, MessageID: 0})
 	want := []packet{
 		{"40000", "9000", hexOf([]byte("hello")), ""},
 		{"40001", "9000", hexOf([]byte("hello v6")), ""},
 		{"40002", "5683", hexOf(coapHead), ""},
 		{"40003", "7000", hexOf(callBytes), ""},
+		{"40004", "5683", hexOf(upload), ""},
 		{"9000", "40000", hexOf([]byte("HELLO")), ""},
 		{"5683", "40002", hexOf(coapReply), ""},
 		{"7000", "40003", hexOf(rpcReply), ""},
+		{"5683", "40004", hexOf(uploadReply), ""},
 	}
 	got := tsharkUDP(t, file)
 	if len(got) != len(want) {
 		t.Fatalf("tshark sees %d UDP packets, want %d: %v", len(got), len(want), got)
 	}
-	// Requests keep their ce-time; replies come at their stream time,
-	// after their request.
-	for i, p := range got[:4] {
+	// Imported requests keep their ce-time, live ones come at their stream
+	// time; replies come at their stream time, after their request.
+	for i, p := range got[:5] {
 		at := now.Add(time.Duration(i-3) * time.Second)
+		if i >= 2 {
+			at = stored[i+1].Time // after b-1, left out
+		}
 		if p.time != fmt.Sprintf("%d.%09d", at.Unix(), at.Nanosecond()) {
 			t.Errorf("request %d at %s, want %s", i, p.time, at.Format(time.RFC3339Nano))
 		}
@@ -211,7 +235,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 		}
 		for k := range a.Header {
 			switch k {
-			case schemas.HeaderID, schemas.HeaderCEID, schemas.HeaderReply:
+			case schemas.HeaderID, schemas.HeaderReply:
 				continue
 			}
 			if !slices.Equal(a.Header[k], b.Header[k]) {

@@ -75,7 +75,9 @@ func testStreams(t testing.TB, prefix string) (*nats.Conn, jetstream.JetStream) 
 func ensureStreams(t testing.TB, js jetstream.JetStream, prefix, in, replies string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := ingress.EnsureStream(ctx, js, ingress.StreamConfig{Name: in, Subject: schemas.InWildcard(prefix)}); err != nil {
+	if _, err := ingress.EnsureStream(ctx, js, ingress.StreamConfig{
+		Name: in, Subject: schemas.CaptureWildcard(prefix), Stores: schemas.InWildcard(prefix),
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if replies == "" {

@@ -38,15 +38,17 @@ const (
 type Importer struct {
 	// NATS is the connection to publish on. Required.
 	NATS *nats.Conn
-	// Stream is the stream the requests must be stored in: a publish that
-	// JetStream acknowledges from another stream counts as failed. Empty
-	// accepts any.
+	// Stream is the stream the requests must be stored in, a capture
+	// stream of Prefix (subjects PREFIX.capture.>, stored as PREFIX.in.>):
+	// a publish that JetStream acknowledges from another stream counts as
+	// failed. Empty accepts any.
 	Stream string
 	// Prefix is the subject prefix (schemas.DefaultPrefix if empty).
 	Prefix string
 	// Node names the gateway the requests appear to come through: it is in
-	// ce-source and the reply subject (DefaultNode if empty). The default
-	// names no live gateway, so a reply to an imported request reaches none.
+	// ce-source and the reply subject, PREFIX.reply.NODE.ID (DefaultNode if
+	// empty). The default names no live gateway, so a reply to an imported
+	// request reaches none.
 	Node string
 	// Listeners maps a destination port to its listener's protocol
 	// (schemas.ProtocolRaw, ProtocolCoAP, ProtocolRPC). Datagrams to other
@@ -66,12 +68,11 @@ type Importer struct {
 
 // ImportStats counts what Import did with a capture's frames.
 type ImportStats struct {
-	Frames     uint64 // frames read
-	Datagrams  uint64 // UDP datagrams found (reassembled ones once)
-	Requests   uint64 // requests published
-	Published  uint64 // acknowledged by JetStream and stored
-	Duplicates uint64 // acknowledged as duplicates (a CoAP Nats-Msg-Id seen within the duplicate window) and not stored again
-	Failed     uint64 // refused or not acknowledged
+	Frames    uint64 // frames read
+	Datagrams uint64 // UDP datagrams found (reassembled ones once)
+	Requests  uint64 // requests published
+	Published uint64 // acknowledged by JetStream and stored
+	Failed    uint64 // refused or not acknowledged
 
 	// Skipped frames, by reason (OK and Held are always zero).
 	Skipped [numReasons]uint64
@@ -105,7 +106,6 @@ func (s ImportStats) SkippedTotal() uint64 {
 // listenerState is one listener's protocol edge during an import.
 type listenerState struct {
 	protocol string
-	name     string // PORT/PROTOCOL
 	source   string
 	coap     *coap.Edge
 	rpc      *rpc.Edge
@@ -149,8 +149,7 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 	}
 	listeners := make(map[uint16]*listenerState, len(im.Listeners))
 	for port, proto := range im.Listeners {
-		l := &listenerState{protocol: proto, name: strconv.Itoa(int(port)) + "/" + proto}
-		l.source = schemas.Source(node, l.name)
+		l := &listenerState{protocol: proto, source: schemas.Source(node, schemas.Listener(port, proto))}
 		switch proto {
 		case schemas.ProtocolRaw:
 		case schemas.ProtocolCoAP:
@@ -165,7 +164,7 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 		listeners[port] = l
 	}
 
-	var published, duplicates, failed atomic.Uint64
+	var published, failed atomic.Uint64
 	var errOnce sync.Once
 	var firstErr error
 	fail := func(err error) {
@@ -179,8 +178,6 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 			switch {
 			case im.Stream != "" && ack.Stream != im.Stream:
 				fail(fmt.Errorf("stored in stream %s, not %s", ack.Stream, im.Stream))
-			case ack.Duplicate:
-				duplicates.Add(1)
 			default:
 				published.Add(1)
 			}
@@ -193,7 +190,7 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 
 	var b [6]byte
 	rand.Read(b[:])
-	boot := hex.EncodeToString(b[:]) // names this import in udpgate-id: BOOT-FRAME
+	boot := hex.EncodeToString(b[:]) // names this import in ce-id: BOOT-FRAME
 	reply := schemas.ReplySubject(prefix, node)
 	var dec Decoder
 	var d Datagram
@@ -229,8 +226,8 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 		local := netip.AddrPortFrom(d.Dst.Addr().Unmap(), d.Dst.Port())
 		id := boot + "-" + strconv.FormatUint(frame, 16)
 		r := ingress.Request{
-			Prefix: prefix, Port: local.Port(), Listener: l.name, Source: l.source, Reply: reply,
-			ID: id, Remote: remote, Local: local, Received: d.Time, Deadline: d.Time.Add(deadline),
+			Prefix: prefix, Port: local.Port(), Source: l.source, Reply: reply, ID: id,
+			Remote: remote, Local: local, Received: d.Time, KeepTime: true, Deadline: d.Time.Add(deadline),
 		}
 		switch {
 		case l.coap != nil:
@@ -248,7 +245,10 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 		default:
 			r.Body = append([]byte(nil), d.Payload...)
 		}
-		msg := ingress.Message(r)
+		// The capture copy only: an imported request is for the capture
+		// (replay, export, durable groups), never for direct groups.
+		msg, capture := ingress.Message(r)
+		msg.Subject, msg.Reply = capture, ""
 		st.Requests++
 		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			fail(err)
@@ -265,7 +265,7 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 			readErr = ctx.Err()
 		}
 	}
-	st.Published, st.Duplicates, st.Failed = published.Load(), duplicates.Load(), failed.Load()
+	st.Published, st.Failed = published.Load(), failed.Load()
 	for _, l := range listeners {
 		if l.coap != nil {
 			st.CoAP = addCoAP(st.CoAP, l.coap.Stats())

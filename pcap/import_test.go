@@ -82,6 +82,11 @@ func TestImportText2pcap(t *testing.T) {
 				if m.Subject != "udpgate.in.9000" || !bytes.Equal(m.Data, want.payload) {
 					t.Errorf("message %d: %s %q, want udpgate.in.9000 %q", i, m.Subject, m.Data, want.payload)
 				}
+				id := h.Get(schemas.HeaderID)
+				if id == "" || ids[id] {
+					t.Errorf("message %d: ce-id %q: want one, unique", i, id)
+				}
+				ids[id] = true
 				wantHeaders := map[string]string{
 					schemas.HeaderSpecVersion: "1.0",
 					schemas.HeaderSource:      "udpgate://pcap/9000/raw",
@@ -89,20 +94,17 @@ func TestImportText2pcap(t *testing.T) {
 					schemas.HeaderTime:        at.Format(time.RFC3339Nano),
 					schemas.HeaderRemote:      tt.remote,
 					schemas.HeaderLocal:       tt.local,
-					schemas.HeaderListener:    "9000/raw",
 					schemas.HeaderDeadline:    strconv.FormatInt(at.Add(5*time.Second).UnixMilli(), 10),
-					schemas.HeaderReply:       "udpgate.reply.pcap",
+					schemas.HeaderReply:       "udpgate.reply.pcap." + id,
 				}
 				for k, v := range wantHeaders {
 					if got := h.Get(k); got != v {
 						t.Errorf("message %d: %s = %q, want %q", i, k, got, v)
 					}
 				}
-				id := h.Get(schemas.HeaderID)
-				if id == "" || h.Get(schemas.HeaderCEID) != id || ids[id] {
-					t.Errorf("message %d: udpgate-id %q, ce-id %q: want equal and unique", i, id, h.Get(schemas.HeaderCEID))
+				if len(h) != len(wantHeaders)+1 {
+					t.Errorf("message %d: headers %v, want only the contract's", i, h)
 				}
-				ids[id] = true
 			}
 		})
 	}
@@ -231,16 +233,12 @@ func TestImportProtocols(t *testing.T) {
 	get, rpcMsg, post := msgs[0], msgs[1], msgs[2]
 	wantGet := map[string]string{
 		schemas.HeaderType:              schemas.TypeCoAP,
-		schemas.HeaderListener:          "5683/coap",
-		schemas.HeaderCoAPMethod:        "GET",
-		schemas.HeaderCoAPPath:          "/sensors/a%20b",
-		schemas.HeaderCoAPQuery:         "unit=C",
-		schemas.HeaderCoAPToken:         "a1b2",
-		schemas.HeaderCoAPType:          "CON",
-		schemas.HeaderCoAPMessageID:     "40121",
+		schemas.HeaderSource:            "udpgate://pcap/5683/coap",
+		schemas.HeaderCoAPRequest:       "GET /sensors/a%20b?unit=C",
 		schemas.HeaderRemote:            "10.0.0.1:40000",
 		schemas.HeaderLocal:             "10.0.0.2:5683",
-		jetstream.MsgIDHeader:           "10.0.0.1:40000|40121|a1b2",
+		schemas.HeaderTime:              t0.Format(time.RFC3339Nano),
+		jetstream.MsgIDHeader:           "",
 		schemas.HeaderCoAPAccept:        "",
 		schemas.HeaderCoAPContentFormat: "",
 	}
@@ -250,14 +248,14 @@ func TestImportProtocols(t *testing.T) {
 		t.Errorf("coap GET: head+body %x, want the datagram %x", append(head, get.Data...), coapGet)
 	}
 	checkHeaders(t, "coap POST", post, "udpgate.in.5683.POST.echo", map[string]string{
-		schemas.HeaderCoAPType: "NON", schemas.HeaderCoAPContentFormat: "0", schemas.HeaderCoAPToken: "",
+		schemas.HeaderCoAPRequest: "POST /echo", schemas.HeaderCoAPContentFormat: "0",
 	})
 	head, _ = base64.StdEncoding.DecodeString(post.Header.Get(schemas.HeaderDatagramHead))
 	if !bytes.Equal(post.Data, []byte("hi there")) || !bytes.Equal(append(head, post.Data...), coapPost) {
 		t.Errorf("coap POST: body %q, head+body %x, want %x", post.Data, append(head, post.Data...), coapPost)
 	}
 	checkHeaders(t, "rpc", rpcMsg, "udpgate.in.7000.InterestingPlaces.GetRandom", map[string]string{
-		schemas.HeaderType: schemas.TypeRPC, schemas.HeaderListener: "7000/rpc",
+		schemas.HeaderType: schemas.TypeRPC, schemas.HeaderSource: "udpgate://pcap/7000/rpc",
 		schemas.HeaderRPCService: "InterestingPlaces", schemas.HeaderRPCMethod: "GetRandom", schemas.HeaderRPCID: "8123984",
 		schemas.HeaderRemote: "[2001:db8::1]:40000", schemas.HeaderLocal: "[2001:db8::2]:7000",
 	})

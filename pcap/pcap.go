@@ -5,14 +5,22 @@
 // libpcap), keeps the UDP datagrams over IPv4 and IPv6 sent to the ports it
 // is told about, decodes each with its listener's protocol exactly as the
 // gateway's ingress does (the CoAP and RPC edges of packages coap and rpc),
-// and publishes request messages with the wire contract's subjects and
-// headers (schemas/README.md), ce-time and addresses taken from the packet,
-// so that they replay like live traffic.
+// and publishes each request as the gateway publishes its capture copy
+// (ingress.Message, to PREFIX.capture.…, which the capture stream stores
+// as PREFIX.in.…), with the wire contract's headers (schemas/README.md) and
+// the packet's addresses, so that it replays and exports like live
+// traffic. Unlike a live request it carries ce-time, the packet's time, and
+// is never published to direct worker groups.
 //
 // Exporter reads a time window of the capture stream (and optionally the
 // recorded replies) with ordered ephemeral consumers and writes each
 // datagram, rebuilt byte for byte, as an Ethernet/IP/UDP frame of a pcap file
-// that Wireshark and tshark open.
+// that Wireshark and tshark open. A request's time is its ce-time if it has
+// one (an imported request), else when the capture stream stored it. A CoAP
+// request is its datagram head (udpgate-datagram-head) and its body; one
+// reassembled from a Block1 upload has no head and is written as a single
+// CON request encoded from its request line, Content-Format and Accept, with
+// message id 0, an empty token and the whole body (its reply likewise).
 package pcap
 
 import (
