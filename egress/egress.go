@@ -53,8 +53,7 @@ type Server struct {
 	// function counts it). It runs on the reply path and must be quick.
 	Allow func(ex exchange.Exchange, status string, header nats.Header, body []byte) bool
 
-	unknown      atomic.Uint64 // replies with no exchange: no port to count them under
-	noResponders atomic.Uint64 // NATS's no-responders answers: no direct group had an instance
+	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 
 	portsMu sync.Mutex                           // serializes adding to ports
 	ports   atomic.Pointer[map[uint16]*counters] // copy on write; read without a lock
@@ -87,19 +86,20 @@ type Stats struct {
 }
 
 type counters struct {
-	sent, late, duplicate, workerError, sendErrors, noAnswer atomic.Uint64
+	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(),
 		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
+		NoResponders: c.noResponders.Load(),
 	}
 }
 
 // Stats returns a snapshot of the server's counters, all ports together.
 func (s *Server) Stats() Stats {
-	st := Stats{Unknown: s.unknown.Load(), NoResponders: s.noResponders.Load()}
+	st := Stats{Unknown: s.unknown.Load()}
 	for _, p := range s.PortStats() {
 		st.Sent += p.Sent
 		st.Late += p.Late
@@ -107,6 +107,7 @@ func (s *Server) Stats() Stats {
 		st.WorkerError += p.WorkerError
 		st.SendErrors += p.SendErrors
 		st.NoAnswer += p.NoAnswer
+		st.NoResponders += p.NoResponders
 	}
 	return st
 }
@@ -195,12 +196,15 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // deliver handles one reply message.
 func (s *Server) deliver(msg *nats.Msg) {
-	if len(msg.Data) == 0 && msg.Header.Get(statusHeader) == noResponders {
-		s.noResponders.Add(1)
-		return
-	}
 	id, _ := schemas.ReplyID(msg.Subject)
 	seq, ok := s.Table.ParseID(id)
+	if len(msg.Data) == 0 && msg.Header.Get(statusHeader) == noResponders {
+		// Not a reply: the exchange stays open for durable groups.
+		if ex, open := s.Table.Pending(seq); ok && open {
+			s.port(ex.Port).noResponders.Add(1)
+		}
+		return
+	}
 	if !ok {
 		s.unknown.Add(1)
 		return

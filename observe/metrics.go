@@ -35,9 +35,12 @@ const (
 	ReasonQueueFull      = "queue_full"
 	ReasonTableFull      = "table_full"
 	ReasonListenerFull   = "listener_full"
-	ReasonInFlight       = "inflight_limit"
 	ReasonNATSDown       = "nats_down"
 	ReasonPublishFailed  = "publish_failed"
+	// ReasonCaptureGap counts capture copies that JetStream refused or
+	// did not acknowledge, or that found MaxInFlight awaiting it: not a
+	// dropped request (direct groups had it), a gap in the capture.
+	ReasonCaptureGap     = "capture_gap"
 	ReasonNoAnswer       = "no_answer"
 	ReasonLateReply      = "late_reply"
 	ReasonDuplicateReply = "duplicate_reply"
@@ -55,7 +58,13 @@ var (
 	descReceived = prometheus.NewDesc("udpgate_datagrams_received_total",
 		"Datagrams read from the listener socket.", listenerLabels, nil)
 	descPublished = prometheus.NewDesc("udpgate_datagrams_published_total",
-		"Requests published to JetStream and acknowledged.", listenerLabels, nil)
+		"Requests published to direct worker groups (core NATS).", listenerLabels, nil)
+	descCaptured = prometheus.NewDesc("udpgate_datagrams_captured_total",
+		"Capture copies stored by JetStream (acknowledged).", listenerLabels, nil)
+	descRepublished = prometheus.NewDesc("udpgate_datagrams_republished_total",
+		"CoAP requests published again to direct groups because the client retransmitted them unanswered.", listenerLabels, nil)
+	descNoResponders = prometheus.NewDesc("udpgate_requests_no_responders_total",
+		"Requests no direct worker group received (NATS answered no responders); durable groups may still answer.", listenerLabels, nil)
 	descAnswered = prometheus.NewDesc("udpgate_datagrams_answered_total",
 		"Workers' replies sent to clients.", listenerLabels, nil)
 	descDropped = prometheus.NewDesc("udpgate_datagrams_dropped_total",
@@ -104,7 +113,7 @@ var (
 type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReceived, descPublished, descAnswered, descDropped, descWorkerErrors,
+	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descListenerPending, descListenerPendingMax,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions} {
 		ch <- d
@@ -121,6 +130,9 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		eg := st.EgressByListener[name]
 		counter(descReceived, in.Received, port, protocol)
 		counter(descPublished, in.Published, port, protocol)
+		counter(descCaptured, in.Captured, port, protocol)
+		counter(descRepublished, in.Republished, port, protocol)
+		counter(descNoResponders, eg.NoResponders, port, protocol)
 		counter(descAnswered, eg.Sent, port, protocol)
 		counter(descWorkerErrors, eg.WorkerError, port, protocol)
 		counter(descReadErrors, in.ReadErrors, port, protocol)
@@ -143,7 +155,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			{ReasonQueueFull, in.QueueFull},
 			{ReasonTableFull, in.TableFull},
 			{ReasonListenerFull, in.ListenerFull},
-			{ReasonInFlight, in.InFlight},
+			{ReasonCaptureGap, in.InFlight + in.CaptureFailed},
 			{ReasonNATSDown, in.NATSDown},
 			{ReasonPublishFailed, in.PublishFailed},
 			{ReasonNoAnswer, eg.NoAnswer},
@@ -267,13 +279,15 @@ var (
 		"Requests handed back for redelivery.", []string{"group"}, nil)
 	descExpired = prometheus.NewDesc("udpgate_worker_expired_total",
 		"Requests skipped because their deadline had passed.", []string{"group"}, nil)
+	descWorkerDropped = prometheus.NewDesc("udpgate_worker_dropped_total",
+		"Requests a direct worker instance never saw: NATS dropped them because its backlog was full (a slow consumer).", []string{"group"}, nil)
 )
 
 // workersCollector reads worker servers' counters at scrape time.
 type workersCollector struct{ ws []*workers.Server }
 
 func (c workersCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired} {
+	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped} {
 		ch <- d
 	}
 }
@@ -284,7 +298,7 @@ func (c workersCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, m := range []struct {
 			d *prometheus.Desc
 			n uint64
-		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}} {
+		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}, {descWorkerDropped, st.Dropped}} {
 			ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.n), w.Group)
 		}
 	}
