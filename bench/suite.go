@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -38,6 +39,9 @@ type Case struct {
 	Rates []float64          `json:"rates"`
 	Extra map[string]float64 `json:"extra,omitempty"`
 	Note  string             `json:"note,omitempty"`
+	// Skipped is set when the case could not run here (its peer is not
+	// installed): it has no figures, and Note says why.
+	Skipped bool `json:"skipped,omitempty"`
 }
 
 // Summarize returns the case named name from its samples: the median of
@@ -73,27 +77,38 @@ func Summarize(name string, samples []Sample) Case {
 	return c
 }
 
-// Goal is one of the suite's targets (issue 7) and how a run fared.
+// Goal is one of the suite's targets (issue 15) and how a run fared.
 type Goal struct {
 	Name  string  `json:"name"`
 	Value float64 `json:"value"`
 	Op    string  `json:"op"` // ">=", "<=" or "<"
 	Goal  float64 `json:"goal"`
 	Met   bool    `json:"met"`
+	// Note says why a goal could not be measured (a case it needs was
+	// skipped); Value is then 0 and Met false.
+	Note string `json:"note,omitempty"`
 }
 
 // ratioGoals are the suite's ratios: a figure of one case over the same
-// figure of its baseline.
+// figure of its baseline, with the target of issue 15 where there is one
+// (op "" for a ratio reported for information only).
 var ratioGoals = []struct {
 	key, num, den, figure, op string
 	goal                      float64
 }{
-	{"gateway-raw/udp-echo", "gateway-raw", "udp-echo", "rate", ">=", 0.6},
-	{"gateway-raw-n1.p50/udp-echo-n1.p50", "gateway-raw-n1", "udp-echo-n1", "p50", "<=", 7},
-	{"gateway-ingest/js-publish", "gateway-ingest", "js-publish", "rate", ">=", 0.8},
-	{"gateway-coap-long/coap-direct-long", "gateway-coap-long", "coap-direct-long", "rate", ">=", 5},
+	{"gateway-raw/udp-echo", "gateway-raw", "udp-echo", "rate", ">=", 0.4},
+	{"gateway-raw/nginx-udp", "gateway-raw", "nginx-udp", "rate", ">=", 1.5},
+	{"gateway-raw-n1.p50/udp-echo-n1.p50", "gateway-raw-n1", "udp-echo-n1", "p50", "<=", 5},
+	{"gateway-raw-n1.p50/nginx-udp-n1.p50", "gateway-raw-n1", "nginx-udp-n1", "p50", "", 0},
 	{"gateway-coap-short/coap-direct-short", "gateway-coap-short", "coap-direct-short", "rate", ">=", 1},
+	{"gateway-coap-long/coap-direct-long", "gateway-coap-long", "coap-direct-long", "rate", ">=", 5},
+	{"gateway-ingest/js-publish", "gateway-ingest", "js-publish", "rate", ">=", 0.8},
+	{"gateway-raw-durable/udp-echo", "gateway-raw-durable", "udp-echo", "rate", ">=", 0.15},
+	{"gateway-raw-durable-n1.p50/udp-echo-n1.p50", "gateway-raw-durable-n1", "udp-echo-n1", "p50", "", 0},
 }
+
+// noLossGoals are the no-loss checks: each case's lost, which must be 0.
+var noLossGoals = []string{"gateway-raw-open80", "gateway-raw-durable-open80"}
 
 // RatioKeys returns the keys of Report.Ratios, in order.
 func RatioKeys() []string {
@@ -102,6 +117,17 @@ func RatioKeys() []string {
 		keys = append(keys, g.key)
 	}
 	return keys
+}
+
+// RatioCases returns the two cases of the ratio key (numerator, then
+// denominator), or false if there is no such ratio.
+func RatioCases(key string) (num, den string, ok bool) {
+	for _, g := range ratioGoals {
+		if g.key == key {
+			return g.num, g.den, true
+		}
+	}
+	return "", "", false
 }
 
 // Report is the suite's outcome.
@@ -114,7 +140,8 @@ type Report struct {
 }
 
 // NewReport computes the ratios and goals of cases. A ratio whose cases
-// did not both run (or whose baseline is zero) is left out.
+// were not both selected (or whose baseline is zero) is left out; a goal
+// whose case was skipped is reported, not met, with a note.
 func NewReport(cases []Case) Report {
 	r := Report{Cases: cases, Ratios: map[string]float64{}}
 	byName := map[string]Case{}
@@ -137,6 +164,12 @@ func NewReport(cases []Case) Report {
 		if !ok1 || !ok2 {
 			continue
 		}
+		if n.Skipped || d.Skipped {
+			if g.op != "" {
+				r.Goals = append(r.Goals, Goal{Name: g.key, Op: g.op, Goal: g.goal, Note: skipNote(n, d)})
+			}
+			continue
+		}
 		nv, dv := n.Rate, d.Rate
 		if g.figure == "p50" {
 			nv, dv = n.P50us, d.P50us
@@ -146,16 +179,37 @@ func NewReport(cases []Case) Report {
 		}
 		v := nv / dv
 		r.Ratios[g.key] = v
-		r.Goals = append(r.Goals, Goal{Name: g.key, Value: v, Op: g.op, Goal: g.goal, Met: met(v, g.op, g.goal)})
+		if g.op != "" {
+			r.Goals = append(r.Goals, Goal{Name: g.key, Value: v, Op: g.op, Goal: g.goal, Met: met(v, g.op, g.goal)})
+		}
 	}
-	if c, ok := byName["gateway-raw-open80"]; ok {
-		r.Goals = append(r.Goals, Goal{Name: "gateway-raw-open80 lost", Value: float64(c.Lost), Op: "<=", Goal: 0, Met: c.Lost == 0 && c.Sent > 0})
+	for _, name := range noLossGoals {
+		c, ok := byName[name]
+		if !ok {
+			continue
+		}
+		g := Goal{Name: name + " lost", Value: float64(c.Lost), Op: "<=", Goal: 0, Met: c.Lost == 0 && c.Sent > 0}
+		if c.Skipped {
+			g.Value, g.Note = 0, skipNote(c)
+		}
+		r.Goals = append(r.Goals, g)
 	}
 	if c, ok := byName["gateway-memory"]; ok {
 		v := c.Extra["rss_mib"]
 		r.Goals = append(r.Goals, Goal{Name: "gateway-memory rss_mib", Value: v, Op: "<", Goal: 200, Met: met(v, "<", 200)})
 	}
 	return r
+}
+
+// skipNote names the skipped cases among cases and why.
+func skipNote(cases ...Case) string {
+	var parts []string
+	for _, c := range cases {
+		if c.Skipped {
+			parts = append(parts, c.Name+" skipped: "+c.Note)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // WriteJSON writes r as one JSON object and a newline.
@@ -170,6 +224,10 @@ func (r Report) WriteText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "case\treq/s\tp50\tp99\tlost\tsent\t")
 	for _, c := range r.Cases {
+		if c.Skipped {
+			fmt.Fprintf(tw, "%s\tskipped\t-\t-\t-\t-\t\n", c.Name)
+			continue
+		}
 		p50, p99 := "-", "-"
 		if c.P50us > 0 {
 			p50, p99 = Short(time.Duration(c.P50us*1e3)), Short(time.Duration(c.P99us*1e3))
@@ -191,11 +249,29 @@ func (r Report) WriteText(w io.Writer) error {
 	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "target\tvalue\tgoal\t")
 	for _, g := range r.Goals {
+		if g.Note != "" {
+			fmt.Fprintf(tw, "%s\t-\t%s %g\tnot measured (%s)\n", g.Name, g.Op, g.Goal, g.Note)
+			continue
+		}
 		state := "not met"
 		if g.Met {
 			state = "met"
 		}
 		fmt.Fprintf(tw, "%s\t%.3g\t%s %g\t%s\n", g.Name, g.Value, g.Op, g.Goal, state)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Ratios without a target, for information.
+	var info []string
+	for _, g := range ratioGoals {
+		if v, ok := r.Ratios[g.key]; ok && g.op == "" {
+			info = append(info, fmt.Sprintf("%s %.3g", g.key, v))
+		}
+	}
+	if len(info) > 0 {
+		_, err := fmt.Fprintf(w, "\nalso: %s\n", strings.Join(info, ", "))
+		return err
+	}
+	return nil
 }

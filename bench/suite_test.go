@@ -23,21 +23,37 @@ func TestReport(t *testing.T) {
 	r := NewReport([]Case{
 		{Name: "udp-echo", Rate: 100, P50us: 10},
 		{Name: "udp-echo-n1", Rate: 50, P50us: 10},
-		{Name: "gateway-raw", Rate: 70, P50us: 100},
+		{Name: "nginx-udp", Rate: 40, P50us: 300},
+		{Name: "nginx-udp-n1", Rate: 20, P50us: 40},
+		{Name: "gateway-raw", Rate: 50, P50us: 100},
 		{Name: "gateway-raw-n1", Rate: 5, P50us: 80},
+		{Name: "gateway-raw-durable", Rate: 10, P50us: 1000},
 		{Name: "gateway-raw-open80", Sent: 10, Lost: 0},
+		{Name: "gateway-raw-durable-open80", Sent: 10, Lost: 1},
 		{Name: "gateway-memory", Extra: map[string]float64{"rss_mib": 250}},
 	})
-	if len(r.Ratios) != 2 || r.Ratios["gateway-raw/udp-echo"] != 0.7 || r.Ratios["gateway-raw-n1.p50/udp-echo-n1.p50"] != 8 {
-		t.Errorf("ratios %v", r.Ratios)
+	wantRatios := map[string]float64{
+		"gateway-raw/udp-echo": 0.5, "gateway-raw/nginx-udp": 1.25,
+		"gateway-raw-n1.p50/udp-echo-n1.p50": 8, "gateway-raw-n1.p50/nginx-udp-n1.p50": 2,
+		"gateway-raw-durable/udp-echo": 0.1,
+	}
+	if len(r.Ratios) != len(wantRatios) {
+		t.Errorf("ratios %v, want %v", r.Ratios, wantRatios)
+	}
+	for k, v := range wantRatios {
+		if r.Ratios[k] != v {
+			t.Errorf("ratio %s = %v, want %v", k, r.Ratios[k], v)
+		}
 	}
 	met := map[string]bool{}
 	for _, g := range r.Goals {
 		met[g.Name] = g.Met
 	}
 	want := map[string]bool{
-		"gateway-raw/udp-echo": true, "gateway-raw-n1.p50/udp-echo-n1.p50": false,
-		"gateway-raw-open80 lost": true, "gateway-memory rss_mib": false,
+		"gateway-raw/udp-echo": true, "gateway-raw/nginx-udp": false,
+		"gateway-raw-n1.p50/udp-echo-n1.p50": false, "gateway-raw-durable/udp-echo": false,
+		"gateway-raw-open80 lost": true, "gateway-raw-durable-open80 lost": false,
+		"gateway-memory rss_mib": false,
 	}
 	if len(met) != len(want) {
 		t.Errorf("goals %+v", r.Goals)
@@ -51,8 +67,10 @@ func TestReport(t *testing.T) {
 	if err := r.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(text.String(), "not met") || !strings.Contains(text.String(), "gateway-raw-n1") {
-		t.Errorf("text:\n%s", text.String())
+	for _, s := range []string{"not met", "gateway-raw-n1", "gateway-raw/nginx-udp", "also: gateway-raw-n1.p50/nginx-udp-n1.p50 2"} {
+		if !strings.Contains(text.String(), s) {
+			t.Errorf("text lacks %q:\n%s", s, text.String())
+		}
 	}
 	var js bytes.Buffer
 	if err := r.WriteJSON(&js); err != nil {
@@ -62,12 +80,48 @@ func TestReport(t *testing.T) {
 		Cases  []map[string]any   `json:"cases"`
 		Ratios map[string]float64 `json:"ratios"`
 	}
-	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cases) != 6 {
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil || len(back.Cases) != 10 {
 		t.Fatalf("%v: %s", err, js.String())
 	}
 	for _, k := range []string{"name", "rate", "p50_us", "p99_us", "lost"} {
 		if _, ok := back.Cases[0][k]; !ok {
 			t.Errorf("case lacks %q", k)
+		}
+	}
+}
+
+// TestReportSkipped: a goal whose case was skipped is reported, not met,
+// with the reason; its ratio is left out.
+func TestReportSkipped(t *testing.T) {
+	r := NewReport([]Case{
+		{Name: "udp-echo", Rate: 100, P50us: 10},
+		{Name: "nginx-udp", Skipped: true, Note: "nginx: not found"},
+		{Name: "nginx-udp-n1", Skipped: true, Note: "nginx: not found"},
+		{Name: "gateway-raw", Rate: 50, P50us: 100},
+		{Name: "gateway-raw-n1", Rate: 5, P50us: 80},
+	})
+	if _, ok := r.Ratios["gateway-raw/nginx-udp"]; ok || len(r.Ratios) != 1 {
+		t.Errorf("ratios %v", r.Ratios)
+	}
+	var found bool
+	for _, g := range r.Goals {
+		if g.Name == "gateway-raw/nginx-udp" {
+			found = true
+			if g.Met || !strings.Contains(g.Note, "nginx-udp skipped: nginx: not found") {
+				t.Errorf("goal %+v", g)
+			}
+		}
+	}
+	if !found || len(r.Goals) != 2 {
+		t.Errorf("goals %+v", r.Goals)
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"nginx-udp  skipped", "not measured (nginx-udp skipped: nginx: not found)", "nginx-udp: nginx: not found"} {
+		if !strings.Contains(text.String(), s) {
+			t.Errorf("text lacks %q:\n%s", s, text.String())
 		}
 	}
 }
