@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -33,6 +34,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/bench"
+	"github.com/udpgate/udpgate/bench/nginx"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
@@ -159,10 +161,11 @@ const suiteUsage = `usage: udpgate bench suite [flags]
   Starts an embedded NATS server with JetStream (file storage in a temporary
   directory), a gateway and the built-in workers on loopback, in this
   process, and runs the cases back to back, -reps times (median reported),
-  then gateway-raw-open80 and gateway-memory once. UDPGATE_* variables tune
+  then the -open80 cases and gateway-memory once. UDPGATE_* variables tune
   the gateway as for udpgate run; the suite sets its own store, ports and
   node, and turns the listeners' guard off (no rate or amplification limit)
-  except for gateway-memory.
+  except for gateway-memory. The nginx-udp cases run nginx (PATH or
+  /usr/sbin/nginx, with its stream module) and are skipped without it.
   Cases: ` + "%s\n"
 
 // suiteCase is one case of the suite.
@@ -176,16 +179,21 @@ type suiteCase struct {
 var suiteCases = []suiteCase{
 	{name: "udp-echo", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.udpEcho(ctx, 64) }},
 	{name: "udp-echo-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.udpEcho(ctx, 1) }},
+	{name: "nginx-udp", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.nginxUDP(ctx, 64) }},
+	{name: "nginx-udp-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.nginxUDP(ctx, 1) }},
 	{name: "js-publish", run: (*suite).jsPublish},
 	{name: "coap-direct-long", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.coapDirect(ctx, false) }},
 	{name: "coap-direct-short", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.coapDirect(ctx, true) }},
-	{name: "gateway-raw", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, 64) }},
-	{name: "gateway-raw-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, 1) }},
+	{name: "gateway-raw", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, false, 64) }},
+	{name: "gateway-raw-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, false, 1) }},
+	{name: "gateway-raw-durable", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, true, 64) }},
+	{name: "gateway-raw-durable-n1", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRaw(ctx, true, 1) }},
 	{name: "gateway-coap-long", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayCoAP(ctx, false) }},
 	{name: "gateway-coap-short", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayCoAP(ctx, true) }},
 	{name: "gateway-ingest", run: (*suite).gatewayIngest},
 	{name: "gateway-rpc", run: (*suite).gatewayRPC},
-	{name: "gateway-raw-open80", once: true, run: (*suite).gatewayRawOpen80},
+	{name: "gateway-raw-open80", once: true, run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRawOpen80(ctx, false) }},
+	{name: "gateway-raw-durable-open80", once: true, run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRawOpen80(ctx, true) }},
 	{name: "gateway-memory", once: true, run: (*suite).gatewayMemory},
 }
 
@@ -229,7 +237,8 @@ type suite struct {
 	guardOn     bool      // start env with the configured guard, not none
 	samples     map[string][]bench.Sample
 	noteOf      map[string]string
-	live        bool // report each case on stderr as it ends
+	skipped     map[string]bool // cases that cannot run here; noteOf says why
+	live        bool            // report each case on stderr as it ends
 	stderr      io.Writer
 	repsDone    int
 	repsPlanned int
@@ -250,7 +259,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	addresses := fs.Int("addresses", 100000, "distinct client addresses of gateway-memory (127.16.0.1 and up)")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "a request unanswered this long is lost")
 	warmUp := fs.Int("long-warmup", suiteLongWarmup, "requests each long-lived CoAP socket sends, unmeasured, before its case is measured (at most 65536 minus what the case sends)")
-	ingestRate := fs.Float64("ingest-rate", 0, "datagrams per second sent by gateway-ingest (0: 1.25 x the js-publish rate, 50,000 without it)")
+	ingestRate := fs.Float64("ingest-rate", 0, "the highest rate, datagrams per second, that gateway-ingest's search tries (0: 1.25 x the js-publish rate, 50,000 without it)")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (gateway, NATS server, workers and generator) to this file")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
@@ -301,7 +310,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	s := &suite{
 		cfg: cfg, log: newLogger(stderr, cfg), duration: *duration, noLoss: *noLoss, addresses: *addresses, warmUp: *warmUp,
 		timeout: *timeout, ingestRate: *ingestRate, samples: map[string][]bench.Sample{}, noteOf: map[string]string{},
-		live: f != nil && isTerminal(f), stderr: stderr, repsPlanned: *reps,
+		skipped: map[string]bool{}, live: f != nil && isTerminal(f), stderr: stderr, repsPlanned: *reps,
 	}
 	defer s.close()
 	var repeated, once []suiteCase
@@ -329,13 +338,17 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, c := range selected {
 		bc := bench.Summarize(c.name, s.samples[c.name])
 		bc.Note = s.noteOf[c.name]
+		bc.Skipped = s.skipped[c.name]
+		if v, ok := bc.Extra["capture_bytes_per_msg"]; ok {
+			bc.Note = fmt.Sprintf("capture_bytes_per_msg %.0f; %s", v, bc.Note)
+		}
 		results = append(results, bc)
 	}
 	report := bench.NewReport(results)
 	report.Machine = map[string]any{
 		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
 		"cpu": cpuModel(), "duration": duration.String(), "reps": *reps, "no_loss_duration": noLoss.String(),
-		"long_warmup": *warmUp,
+		"long_warmup": *warmUp, "delivery": cfg.Delivery.String(),
 	}
 	if *asJSON {
 		return report.WriteJSON(stdout)
@@ -345,12 +358,31 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return report.WriteText(stdout)
 }
 
-// runCase runs c once and records its sample.
+// skipError is returned by a case that cannot run here, a peer it needs
+// not being installed: the report lists the case as skipped, with the
+// reason, and never a figure.
+type skipError struct{ reason error }
+
+func (e skipError) Error() string { return "skipped: " + e.reason.Error() }
+func (e skipError) Unwrap() error { return e.reason }
+
+// runCase runs c once and records its sample, or that it was skipped.
 func (s *suite) runCase(ctx context.Context, c suiteCase) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if s.skipped[c.name] {
+		return nil // skipped in an earlier repetition: the reason stands
+	}
 	sample, err := c.run(s, ctx)
+	if skip := (skipError{}); errors.As(err, &skip) {
+		s.skipped[c.name] = true
+		s.noteOf[c.name] = skip.reason.Error()
+		if s.live {
+			fmt.Fprintf(s.stderr, "%-8s %-20s skipped: %v\n", "", c.name, skip.reason)
+		}
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("bench suite: %s: %w", c.name, err)
 	}
@@ -392,18 +424,52 @@ func (s *suite) loadSample(ctx context.Context, cfg bench.Config) (bench.Sample,
 // rawPayload is a raw request's payload after its 8-byte id.
 var rawPayload = bytes.Repeat([]byte("x"), suitePayload-8)
 
+// startEcho starts a plain Go UDP echo server on loopback (bench.Echo: one
+// goroutine, one reused buffer) and returns its address and a function
+// that stops it and waits for it.
+func startEcho() (netip.AddrPort, func(), error) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return netip.AddrPort{}, nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { (&bench.Echo{Conn: c}).Serve(ctx) })
+	return c.LocalAddr().(*net.UDPAddr).AddrPort(), func() { cancel(); wg.Wait() }, nil
+}
+
 // udpEcho loads a plain Go UDP echo server, started for the case.
 func (s *suite) udpEcho(ctx context.Context, inFlight int) (bench.Sample, error) {
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	addr, stop, err := startEcho()
 	if err != nil {
 		return bench.Sample{}, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { (&bench.Echo{Conn: c}).Serve(ctx) })
-	defer wg.Wait()
-	defer cancel()
-	return s.loadSample(ctx, bench.Config{Target: "udp://" + c.LocalAddr().String(), Concurrency: inFlight, Payload: rawPayload})
+	defer stop()
+	return s.loadSample(ctx, bench.Config{Target: "udp://" + addr.String(), Concurrency: inFlight, Payload: rawPayload})
+}
+
+// nginxUDP loads nginx's stream module proxying UDP to a plain Go UDP echo
+// server (udp-echo's), both started for the case, as gateway-raw is
+// loaded (bench/nginx/udp-proxy.conf is nginx's configuration). Without
+// nginx or its stream module the case is skipped.
+func (s *suite) nginxUDP(ctx context.Context, inFlight int) (bench.Sample, error) {
+	if _, err := nginx.Find(); err != nil {
+		return bench.Sample{}, skipError{err}
+	}
+	addr, stop, err := startEcho()
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	defer stop()
+	p, err := nginx.Start(ctx, nginx.Config{Upstream: addr})
+	if errors.Is(err, nginx.ErrNoStream) {
+		return bench.Sample{}, skipError{err}
+	}
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	defer p.Close()
+	return s.loadSample(ctx, bench.Config{Target: "udp://" + p.Addr.String(), Concurrency: inFlight, Payload: rawPayload})
 }
 
 // coapLoad is the long-lived (8 sockets x 8 in flight, after warmUp
@@ -438,12 +504,65 @@ func (s *suite) coapDirect(ctx context.Context, short bool) (bench.Sample, error
 	return s.loadSample(ctx, coapLoad("coap://"+l.LocalAddr().String()+"/time", short, s.warmUp))
 }
 
-func (s *suite) gatewayRaw(ctx context.Context, inFlight int) (bench.Sample, error) {
+// gatewayRaw loads the raw listener answered by the echo worker, in
+// direct delivery, or by the echo worker in durable delivery (a JetStream
+// pull consumer). After gateway-raw's load it also measures
+// capture_bytes_per_msg.
+func (s *suite) gatewayRaw(ctx context.Context, durable bool, inFlight int) (bench.Sample, error) {
 	e, err := s.start(ctx)
 	if err != nil {
 		return bench.Sample{}, err
 	}
-	return s.loadSample(ctx, bench.Config{Target: "udp://" + e.echo.String(), Concurrency: inFlight, Payload: rawPayload})
+	port := e.rawPort(durable)
+	sample, err := s.loadSample(ctx, bench.Config{Target: "udp://" + port.String(), Concurrency: inFlight, Payload: rawPayload})
+	if err != nil || durable || inFlight != suiteInFlight {
+		return sample, err
+	}
+	perMsg, err := s.captureBytesPerMsg(ctx, e, e.echo)
+	if err != nil {
+		if ctx.Err() != nil {
+			return sample, err
+		}
+		s.noteOf["gateway-raw"] = "capture_bytes_per_msg not measured: " + err.Error()
+		return sample, nil
+	}
+	sample.Extra = map[string]float64{"capture_bytes_per_msg": perMsg}
+	s.noteOf["gateway-raw"] = fmt.Sprintf("the capture stream's bytes per message, on %d requests of %d bytes sent after the measurement", captureSample, suitePayload)
+	return sample, nil
+}
+
+// captureSample is the number of requests captureBytesPerMsg sends.
+const captureSample = 1000
+
+// captureBytesPerMsg measures what the capture stream stores per 64-byte
+// raw datagram, on a sample of its own: once the stream is quiet, it sends
+// captureSample raw requests of suitePayload bytes to port (64 in flight),
+// waits for the stream to be quiet again, and divides the growth of its
+// State.Bytes by the growth of its State.Msgs. JetStream's Bytes counts
+// each message's subject, headers and payload and the file store's record
+// overhead (about 30 bytes).
+func (s *suite) captureBytesPerMsg(ctx context.Context, e *suiteEnv, port netip.AddrPort) (float64, error) {
+	before, err := e.settle(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := s.load(ctx, bench.Config{Target: "udp://" + port.String(), Concurrency: suiteInFlight, Count: captureSample, Payload: rawPayload}); err != nil {
+		return 0, err
+	}
+	after, err := e.settle(ctx)
+	if err != nil {
+		return 0, err
+	}
+	added := after.LastSeq - before.LastSeq
+	if added == 0 {
+		return 0, errors.New("no message stored")
+	}
+	if after.Msgs != before.Msgs+added {
+		// The stream's limits (UDPGATE_STREAM_MAX_BYTES) dropped old
+		// messages meanwhile: the growth of Bytes is not the sample's.
+		return 0, fmt.Errorf("%d messages stored but the stream grew by %d", added, after.Msgs-before.Msgs)
+	}
+	return float64(after.Bytes-before.Bytes) / float64(after.Msgs-before.Msgs), nil
 }
 
 func (s *suite) gatewayCoAP(ctx context.Context, short bool) (bench.Sample, error) {
@@ -466,114 +585,203 @@ func (s *suite) gatewayRPC(ctx context.Context) (bench.Sample, error) {
 	})
 }
 
-// gatewayRawOpen80 is the no-loss check: an open loop at 80% of the
-// gateway-raw rate measured so far (measured now if it was not).
-func (s *suite) gatewayRawOpen80(ctx context.Context) (bench.Sample, error) {
-	rate := s.medianRate("gateway-raw")
+// gatewayRawOpen80 is the no-loss check of gateway-raw-open80 (durable:
+// gateway-raw-durable-open80): an open loop at 80% of the rate of
+// gateway-raw (gateway-raw-durable) measured so far, measured now if it
+// was not.
+func (s *suite) gatewayRawOpen80(ctx context.Context, durable bool) (bench.Sample, error) {
+	base, name := "gateway-raw", "gateway-raw-open80"
+	if durable {
+		base, name = "gateway-raw-durable", "gateway-raw-durable-open80"
+	}
+	rate := s.medianRate(base)
 	if rate == 0 {
-		sample, err := s.gatewayRaw(ctx, suiteInFlight)
+		sample, err := s.gatewayRaw(ctx, durable, suiteInFlight)
 		if err != nil {
 			return sample, err
 		}
 		rate = sample.Rate
-		s.noteOf["gateway-raw-open80"] = "gateway-raw measured once for it"
+		s.noteOf[name] = base + " measured once for it"
 	}
 	if rate == 0 {
-		return bench.Sample{}, errors.New("gateway-raw answered nothing")
+		return bench.Sample{}, errors.New(base + " answered nothing")
 	}
 	e, err := s.start(ctx)
 	if err != nil {
 		return bench.Sample{}, err
 	}
-	listener := strconv.Itoa(int(e.echo.Port())) + "/raw"
+	port := e.rawPort(durable)
+	listener := strconv.Itoa(int(port.Port())) + "/raw"
 	before := e.g.Stats()
 	res, err := s.load(ctx, bench.Config{
-		Target: "udp://" + e.echo.String(), Rate: 0.8 * rate, Duration: s.noLoss,
+		Target: "udp://" + port.String(), Rate: 0.8 * rate, Duration: s.noLoss,
 		Sockets: suiteInFlight, Payload: rawPayload,
 	})
 	if err != nil {
 		return bench.Sample{}, err
 	}
 	after := e.g.Stats()
-	note := fmt.Sprintf("open loop at %.0f req/s (0.8 x gateway-raw) for %s", 0.8*rate, s.noLoss)
+	note := fmt.Sprintf("open loop at %.0f req/s (0.8 x %s) for %s", 0.8*rate, base, s.noLoss)
 	if drops := dropsBetween(before, after, listener); drops != "" {
 		note += "; the gateway dropped " + drops
 	}
 	if res.Behind > 0 {
 		note += fmt.Sprintf("; the generator fell %d requests behind", res.Behind)
 	}
-	if n := s.noteOf["gateway-raw-open80"]; n != "" {
+	if n := s.noteOf[name]; n != "" {
 		note += "; " + n
 	}
-	s.noteOf["gateway-raw-open80"] = note
+	s.noteOf[name] = note
 	sample := bench.SampleOf(res)
 	sample.Lost += res.Behind // due but never sent counts against the check
 	sample.Extra = map[string]float64{"rate_asked": 0.8 * rate, "behind": float64(res.Behind)}
 	return sample, nil
 }
 
-// gatewayIngest sends datagrams to a raw listener no worker consumes,
-// paced at -ingest-rate or 1.25 x the js-publish rate (50,000/s if it did
-// not run), and measures how fast the capture stream's last sequence
-// grows: datagrams stored per second, from the first datagram to the last
-// growth seen. Lost counts datagrams sent but not stored.
+// The gateway-ingest search: ingestProbes open loops of ingestProbeShare of
+// the suite's duration each (ingestMinProbe at least), the first at an
+// eighth of the ceiling, then halving the rate while every rate tried lost
+// datagrams, bisecting (geometrically) between the highest rate stored
+// without loss and the lowest one that lost once both are known; the
+// ceiling counts as lossy without being tried. Six probes narrow an 8x
+// range to about 7%.
+const (
+	ingestProbes     = 6
+	ingestProbeShare = 3 // a probe lasts the suite's duration / 3
+	ingestMinProbe   = 100 * time.Millisecond
+	ingestMinCatchUp = 50 * time.Millisecond
+	ingestSockets    = 8
+)
+
+// ingestProbe is one paced run of gateway-ingest.
+type ingestProbe struct {
+	rate   float64 // paced, datagrams per second
+	sent   int64
+	stored int64 // by the end of the catch-up time
+	behind int64 // due but not sent (the generator fell behind)
+	errors int64
+	ok     bool // every datagram sent was stored in time, and all were sent
+}
+
+// gatewayIngest searches for the highest paced rate at which the gateway
+// stores every datagram sent to a raw listener no worker consumes
+// (reply=off), up to a ceiling of -ingest-rate, or 1.25 x the js-publish
+// rate (50,000/s if it did not run). A probe passes when the capture
+// stream holds every datagram sent (the growth of its last sequence, which
+// counts each message stored even if the stream's limits drop old ones)
+// within a tenth of the probe's duration after the last one, and the
+// generator kept the pace. The case's rate is the highest rate that
+// passed; sent and lost are that probe's.
 func (s *suite) gatewayIngest(ctx context.Context) (bench.Sample, error) {
 	e, err := s.start(ctx)
 	if err != nil {
 		return bench.Sample{}, err
 	}
-	rate := s.ingestRate
-	if rate == 0 {
-		rate = 1.25 * s.medianRate("js-publish")
+	ceiling := s.ingestRate
+	if ceiling == 0 {
+		ceiling = 1.25 * s.medianRate("js-publish")
 	}
-	if rate == 0 {
-		rate = 50000
+	if ceiling == 0 {
+		ceiling = 50000
 	}
-	before, err := e.lastSeq(ctx)
-	if err != nil {
-		return bench.Sample{}, err
-	}
-	start := time.Now()
-	res, err := s.load(ctx, bench.Config{
-		Target: "udp://" + e.ingest.String(), NoReply: true, Rate: rate, Sockets: 8, Payload: rawPayload,
-	})
-	if err != nil {
-		return bench.Sample{}, err
-	}
-	// Wait until the stream stops growing: 200 ms without a new message,
-	// 10 s at most. The rate counts up to the last growth seen.
-	last, err := e.lastSeq(ctx)
-	if err != nil {
-		return bench.Sample{}, err
-	}
-	grew := time.Now()
-	for deadline := grew.Add(10 * time.Second); time.Now().Before(deadline); {
-		select {
-		case <-time.After(20 * time.Millisecond):
-		case <-ctx.Done():
-			return bench.Sample{}, ctx.Err()
-		}
-		seq, err := e.lastSeq(ctx)
+	d := max(s.duration/ingestProbeShare, ingestMinProbe)
+	var (
+		best, lowest ingestProbe // the highest rate that passed, the lowest probed
+		bad          = ceiling   // the lowest rate that lost (the ceiling, untried)
+		tried        []string
+		totalSent    int64
+	)
+	rate := ceiling / 8
+	for range ingestProbes {
+		p, err := s.probeIngest(ctx, e, rate, d)
 		if err != nil {
 			return bench.Sample{}, err
 		}
-		if seq != last {
-			last, grew = seq, time.Now()
-		} else if time.Since(grew) >= 200*time.Millisecond {
-			break
+		totalSent += p.sent
+		if lowest.rate == 0 || p.rate < lowest.rate {
+			lowest = p
+		}
+		verdict := "stored all"
+		if p.ok {
+			best = p
+		} else {
+			bad = rate
+			verdict = fmt.Sprintf("stored %d of %d", p.stored, p.sent)
+			if p.behind > 0 {
+				verdict += fmt.Sprintf(", %d behind", p.behind)
+			}
+		}
+		tried = append(tried, fmt.Sprintf("%.0f/s %s", rate, verdict))
+		if best.rate == 0 {
+			rate /= 2
+		} else {
+			rate = math.Sqrt(best.rate * bad)
 		}
 	}
-	stored := int64(last - before)
-	elapsed := max(grew.Sub(start), res.Elapsed)
-	note := fmt.Sprintf("paced at %.0f/s; rate = datagrams stored per second, lost = sent but not stored", rate)
-	if res.Behind > 0 {
-		note += fmt.Sprintf("; the generator fell %d datagrams behind", res.Behind)
+	note := fmt.Sprintf("the highest paced rate stored without loss, searched up to %.0f/s in %d probes of %s (%s)",
+		ceiling, ingestProbes, d, strings.Join(tried, "; "))
+	found := best.rate
+	if found == 0 {
+		note = "no rate probed was stored without loss; " + note
+		best = lowest
 	}
 	s.noteOf["gateway-ingest"] = note
 	return bench.Sample{
-		Rate: float64(stored) / elapsed.Seconds(), Sent: res.Sent, Lost: res.Sent - stored, Errors: res.Errors,
-		Extra: map[string]float64{"paced_rate": rate, "behind": float64(res.Behind), "stored": float64(stored)},
+		Rate: found, Sent: best.sent, Lost: best.sent - best.stored, Errors: best.errors,
+		Extra: map[string]float64{"ceiling": ceiling, "probe_s": d.Seconds(), "probes": ingestProbes, "probes_sent": float64(totalSent)},
 	}, nil
+}
+
+// probeIngest sends datagrams to the ingest listener at rate for d, then
+// waits for the capture stream to hold them all, a tenth of d at most
+// (ingestMinCatchUp at least). After a probe that lost some, it waits
+// for the stream to stop growing, so that the next probe starts with the
+// gateway idle.
+func (s *suite) probeIngest(ctx context.Context, e *suiteEnv, rate float64, d time.Duration) (ingestProbe, error) {
+	before, err := e.streamState(ctx)
+	if err != nil {
+		return ingestProbe{}, err
+	}
+	res, err := s.load(ctx, bench.Config{
+		Target: "udp://" + e.ingest.String(), NoReply: true, Rate: rate, Duration: d, Sockets: ingestSockets, Payload: rawPayload,
+	})
+	if err != nil {
+		return ingestProbe{}, err
+	}
+	p := ingestProbe{rate: rate, sent: res.Sent, behind: res.Behind, errors: res.Errors}
+	catchUp := time.Now().Add(max(d/10, ingestMinCatchUp))
+	for {
+		st, err := e.streamState(ctx)
+		if err != nil {
+			return p, err
+		}
+		p.stored = int64(st.LastSeq - before.LastSeq)
+		if p.stored >= p.sent || !time.Now().Before(catchUp) {
+			break
+		}
+		if err := pause(ctx, 5*time.Millisecond); err != nil {
+			return p, err
+		}
+	}
+	p.ok = p.stored >= p.sent && p.sent > 0 && p.behind == 0 && p.errors == 0
+	if !p.ok {
+		if _, err := e.settle(ctx); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// pause waits for d or for ctx to end.
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // jsPublish measures JetStream asynchronous publishes of 100-byte messages
@@ -664,8 +872,11 @@ func dropsBetween(before, after gateway.Stats, listener string) string {
 		{"queue full", a.QueueFull - b.QueueFull},
 		{"table full", a.TableFull - b.TableFull},
 		{"listener's share of the table full", a.ListenerFull - b.ListenerFull},
-		{"publishes in flight", a.InFlight - b.InFlight},
 		{"publish failed", a.PublishFailed - b.PublishFailed},
+		// Capture gaps: a direct group still got the request; a durable
+		// group did not.
+		{"capture copies not published (too many in flight)", a.InFlight - b.InFlight},
+		{"capture copies refused or unacknowledged", a.CaptureFailed - b.CaptureFailed},
 		{"NATS down", a.NATSDown - b.NATSDown},
 		{"unanswered by the deadline", ea.NoAnswer - eb.NoAnswer},
 		{"late replies", ea.Late - eb.Late},
@@ -762,7 +973,7 @@ func cpuModel() string {
 }
 
 // suiteEnv is the suite's gateway: an embedded NATS server with JetStream
-// in a temporary directory, a gateway on four loopback listeners and the
+// in a temporary directory, a gateway on five loopback listeners and the
 // built-in workers, all in this process.
 type suiteEnv struct {
 	dir    string
@@ -774,10 +985,11 @@ type suiteEnv struct {
 	grp    *errgroup.Group
 	g      *gateway.Gateway
 
-	echo   netip.AddrPort // raw, echo worker
-	ingest netip.AddrPort // raw, reply=off, no worker
-	coap   netip.AddrPort // coap, coap worker
-	rpc    netip.AddrPort // rpc, places worker
+	echo    netip.AddrPort // raw, echo worker (the configured delivery, direct by default)
+	durable netip.AddrPort // raw, echo worker in durable delivery
+	ingest  netip.AddrPort // raw, reply=off, no worker
+	coap    netip.AddrPort // coap, coap worker
+	rpc     netip.AddrPort // rpc, places worker
 }
 
 // start starts the suite's gateway the first time a case needs it.
@@ -843,6 +1055,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		{Addr: loop, Protocol: schemas.ProtocolRaw, NoReply: true}, // ingest: captured, never answered
 		{Addr: loop, Protocol: schemas.ProtocolCoAP},
 		{Addr: loop, Protocol: schemas.ProtocolRPC},
+		{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
 	}
 	g, err := newGateway(ctx, cfg, log, e.nc, listeners)
 	if err != nil {
@@ -852,7 +1065,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 	for i, l := range g.Listeners {
 		ports[i] = l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	}
-	e.echo, e.ingest, e.coap, e.rpc = ports[0], ports[1], ports[2], ports[3]
+	e.echo, e.ingest, e.coap, e.rpc, e.durable = ports[0], ports[1], ports[2], ports[3], ports[4]
 	e.g = g
 	var gctx context.Context
 	gctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -870,6 +1083,12 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		h, _ := builtin.Lookup(w.name)
 		ws = append(ws, newWorker(cfg, log, e.js, w.name, workerSubjects(cfg.Prefix, w.port.Port(), w.protocol), h, cfg.WorkerConc))
 	}
+	// The durable listener's group: what UDPGATE_DELIVERY=durable udpgate
+	// worker echo runs, whatever the delivery of the others.
+	durable := cfg
+	durable.Delivery = workers.Durable
+	echo, _ := builtin.Lookup("echo")
+	ws = append(ws, newWorker(durable, log, e.js, "echo-durable", workerSubjects(cfg.Prefix, e.durable.Port(), schemas.ProtocolRaw), echo, cfg.WorkerConc))
 	for _, w := range ws {
 		e.grp.Go(func() error { return w.Serve(gctx) })
 	}
@@ -879,6 +1098,15 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		}
 	}
 	return e, nil
+}
+
+// rawPort returns the raw listener answered by the echo worker: in
+// durable delivery, or in the configured one.
+func (e *suiteEnv) rawPort(durable bool) netip.AddrPort {
+	if durable {
+		return e.durable
+	}
+	return e.echo
 }
 
 // waitReady waits for ready, or for ctx to end (a part failed).
@@ -893,17 +1121,41 @@ func waitReady(ctx context.Context, ready <-chan struct{}) error {
 	}
 }
 
-// lastSeq returns the capture stream's last sequence number.
-func (e *suiteEnv) lastSeq(ctx context.Context) (uint64, error) {
+// streamState returns the capture stream's state.
+func (e *suiteEnv) streamState(ctx context.Context) (jetstream.StreamState, error) {
 	st, err := e.js.Stream(ctx, e.stream)
 	if err != nil {
-		return 0, err
+		return jetstream.StreamState{}, err
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
-		return 0, err
+		return jetstream.StreamState{}, err
 	}
-	return info.State.LastSeq, nil
+	return info.State, nil
+}
+
+// settle waits until the capture stream stops growing (200 ms without a
+// new message, 10 s at most) and returns its state.
+func (e *suiteEnv) settle(ctx context.Context) (jetstream.StreamState, error) {
+	last, err := e.streamState(ctx)
+	if err != nil {
+		return last, err
+	}
+	grew := time.Now()
+	for deadline := grew.Add(10 * time.Second); time.Now().Before(deadline) && time.Since(grew) < 200*time.Millisecond; {
+		if err := pause(ctx, 20*time.Millisecond); err != nil {
+			return last, err
+		}
+		st, err := e.streamState(ctx)
+		if err != nil {
+			return last, err
+		}
+		if st.LastSeq != last.LastSeq {
+			grew = time.Now()
+		}
+		last = st
+	}
+	return last, nil
 }
 
 // close stops the workers and the gateway, then the NATS server, and
