@@ -19,8 +19,9 @@ import (
 
 // runReplay is `udpgate replay`: it selects captured requests by time,
 // port and subject and sends them again, either onto the wire (--to) or to
-// a subject prefix that a candidate worker group consumes, and with
-// --compare compares the candidate's replies with the recorded ones.
+// a subject prefix that candidate worker groups serve (direct ones by
+// subscription, durable ones from the replay stream), and with --compare
+// compares the candidates' replies with the recorded ones.
 func runReplay(ctx context.Context, cfg config, log *slog.Logger, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -30,14 +31,14 @@ func runReplay(ctx context.Context, cfg config, log *slog.Logger, args []string,
 		subjects  stringList
 		ports     portList
 		to        = fs.String("to", "", "send onto the wire to `udp://HOST:PORT`, datagram by datagram, instead of to a subject prefix")
-		target    = fs.String("subject-prefix", replay.DefaultTarget(cfg.Prefix), "send to PREFIX.in.PORT... in the replay stream, for a candidate worker group")
-		replayStr = fs.String("replay-stream", "", "the replay stream (created if missing, used as is otherwise); default: the subject prefix in upper case, dots as _")
+		target    = fs.String("subject-prefix", replay.DefaultTarget(cfg.Prefix), "send to PREFIX.in.PORT... for direct candidate groups, and into the replay stream for durable ones")
+		replayStr = fs.String("replay-stream", "", "the replay stream, subjects PREFIX.capture.> stored as PREFIX.in.> (created if missing, checked and used as is otherwise); default: the subject prefix in upper case, dots as _")
 		speed     = fs.String("speed", "original", "pace: original (the recorded gaps), max, or a factor like 2x")
 		compare   = fs.Bool("compare", false, "compare the candidate's replies with the recorded ones (UDPGATE_REPLIES_STREAM); exit status 1 if any differ or are missing")
 		diffs     = fs.Int("diffs", 5, "with --compare, how many differences to show")
 		wait      = fs.Duration("wait", 2*time.Second, "how long to wait for replies after the last send")
 		stream    = fs.String("stream", cfg.Stream, "the capture stream to read")
-		prepare   = fs.Bool("prepare", false, "only create the replay stream, so that a candidate group can bind to it before the first replay")
+		prepare   = fs.Bool("prepare", false, "only create the replay stream, so that a durable candidate group can bind to it before the first replay")
 	)
 	fs.Var(&ports, "port", "only requests received on this port (repeat, or a comma list)")
 	fs.Var(&subjects, "subject", "only requests whose subject matches this filter, wildcards allowed (repeat, or a comma list)")
@@ -48,9 +49,13 @@ func runReplay(ctx context.Context, cfg config, log *slog.Logger, args []string,
   udpgate replay --since 1h --subject-prefix %[1]s.shadow --compare
 
 Reads the capture stream with an ephemeral ordered consumer (worker groups
-are not disturbed). Without --to, requests go to SUBJECT-PREFIX.in.PORT...
-in the replay stream, with a fresh udpgate-id, %[2]s set to
-the recorded one and udpgate-reply set to SUBJECT-PREFIX.reply.RANDOM.
+are not disturbed). Without --to, each request is published as the gateway
+publishes it: to SUBJECT-PREFIX.in.PORT... with a reply subject, for direct
+candidate groups, and to SUBJECT-PREFIX.capture.PORT..., which the replay
+stream stores as SUBJECT-PREFIX.in.PORT..., for durable ones. It gets a fresh
+ce-id, the reply subject SUBJECT-PREFIX.reply.replay-RUN.ID (also in
+udpgate-reply), %[2]s set to the recorded ce-id, and
+ce-time set to the recorded time.
 
 `, cfg.Prefix, replay.HeaderReplayOf)
 		fs.PrintDefaults()
@@ -119,19 +124,24 @@ the recorded one and udpgate-reply set to SUBJECT-PREFIX.reply.RANDOM.
 		return err
 	}
 	if *prepare {
-		fmt.Fprintf(stdout, "replay: %s; candidate groups consume %s.in.PORT... from it\n", did, t.Prefix)
+		fmt.Fprintf(stdout, "replay: %s; direct candidate groups subscribe to %s.in.PORT..., durable ones consume them from the stream\n", did, t.Prefix)
 		return nil
 	}
 	log.Debug("replay: " + did)
-	if st, err := js.Stream(ctx, t.Stream); err == nil && st.CachedInfo().State.Consumers == 0 {
-		log.Warn("replay: no worker group consumes the replay stream yet: start the candidate first, or its replies are missed",
-			"stream", t.Stream, "subjects", t.Prefix+".in.>")
-	}
 	res, err := r.Publish(ctx, t)
 	if err != nil {
 		return err
 	}
+	if res.Sent > 0 && res.NoResponders == res.Sent {
+		if st, err := js.Stream(ctx, t.Stream); err == nil && st.CachedInfo().State.Consumers == 0 {
+			log.Warn("replay: no candidate group received the requests: start it first (direct: subscribed to the subjects; durable: bound to the stream)",
+				"subjects", t.Prefix+".in.>", "stream", t.Stream)
+		}
+	}
 	printSummary(stdout, r, res, t.Prefix+".in.> (stream "+t.Stream+")")
+	if res.NoResponders > 0 || res.Uncaptured > 0 {
+		fmt.Fprintf(stdout, "no direct candidate for %d, not stored for durable candidates %d\n", res.NoResponders, res.Uncaptured)
+	}
 	if !*compare {
 		return nil
 	}

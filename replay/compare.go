@@ -41,8 +41,9 @@ type Difference struct {
 }
 
 // Compare joins each replayed request of res (a Publish result with
-// Target.Keep) with its reply recorded in the replies stream, by
-// udpgate-id, and compares them: the status, the body, and for CoAP the
+// Target.Keep) with its reply recorded in the replies stream (the reply
+// whose subject's last token is the captured request's ce-id), and
+// compares them: the status, the body, and for CoAP the
 // code and Content-Format, for RPC the status and error. It reads the
 // stream with an ordered consumer from the capture time of the first
 // request on, and keeps at most maxDiffs differences.
@@ -79,7 +80,8 @@ func Compare(ctx context.Context, js jetstream.JetStream, repliesStream string, 
 }
 
 // recordedReplies reads the replies to res's requests from the replies
-// stream, the first one of each (the one the gateway sent).
+// stream, the first one of each (the one the gateway sent), from a little
+// before the first request was captured (see repliesSince).
 func recordedReplies(ctx context.Context, js jetstream.JetStream, stream string, res Result) (map[string]*Reply, error) {
 	want := make(map[string]bool, len(res.Requests))
 	for _, r := range res.Requests {
@@ -89,7 +91,10 @@ func recordedReplies(ctx context.Context, js jetstream.JetStream, stream string,
 	if len(want) == 0 {
 		return got, nil
 	}
-	since := res.First
+	since := res.repliesSince
+	if since.IsZero() {
+		since = res.First
+	}
 	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy:     jetstream.DeliverByStartTimePolicy,
 		OptStartTime:      &since,
@@ -126,7 +131,7 @@ func recordedReplies(ctx context.Context, js jetstream.JetStream, stream string,
 		if err != nil {
 			return nil, fmt.Errorf("replay: read stream %s: %w", stream, err)
 		}
-		id := msg.Headers().Get(schemas.HeaderID)
+		id, _ := schemas.ReplyID(msg.Subject())
 		if want[id] && got[id] == nil {
 			got[id] = &Reply{Header: msg.Headers(), Body: msg.Data()}
 			if len(got) == len(want) {
@@ -191,7 +196,7 @@ func orZero(s string) string {
 func (d Difference) String() string {
 	var b strings.Builder
 	r := d.Request
-	fmt.Fprintf(&b, "%s (%s, seq %d, udpgate-id %s)\n", r.Subject, r.Protocol, r.Seq, r.ID)
+	fmt.Fprintf(&b, "%s (%s, seq %d, ce-id %s)\n", r.Subject, r.Protocol, r.Seq, r.ID)
 	switch {
 	case d.Candidate == nil:
 		fmt.Fprintf(&b, "  missing: the candidate did not answer; recorded %s\n", summary(r.Protocol, d.Recorded))

@@ -101,7 +101,9 @@ func TestDatagram(t *testing.T) {
 		err    error
 	}{
 		{"raw", nats.Header{schemas.HeaderType: {schemas.TypeRaw}}, []byte{0, 1}, []byte{0, 1}, nil},
-		{"raw by listener", nats.Header{schemas.HeaderListener: {"9000/raw"}}, []byte("x"), []byte("x"), nil},
+		{"raw by source", nats.Header{schemas.HeaderSource: {"udpgate://gw-1/9000/raw"}}, []byte("x"), []byte("x"), nil},
+		{"coap by source", nats.Header{schemas.HeaderSource: {"udpgate://gw-1/5683/coap"}, schemas.HeaderDatagramHead: {base64.StdEncoding.EncodeToString(head)}},
+			nil, bytes.Clone(head), nil},
 		{"coap", nats.Header{schemas.HeaderType: {schemas.TypeCoAP}, schemas.HeaderDatagramHead: {base64.StdEncoding.EncodeToString(head)}},
 			[]byte("hi"), append(bytes.Clone(head), "hi"...), nil},
 		{"coap block1 upload", nats.Header{schemas.HeaderType: {schemas.TypeCoAP}}, []byte("big"), nil, replay.ErrNoDatagram},

@@ -1,12 +1,13 @@
 // Package replay sends captured requests again: from the capture stream
-// (schemas.StreamIn) to a subject prefix that a candidate worker group
-// consumes, or onto the wire to a UDP address, datagram by datagram, at the
-// recorded pace or faster. Compare joins a candidate group's replies with
-// the replies recorded in schemas.StreamReplies.
+// (schemas.StreamIn) to a subject prefix that candidate worker groups serve,
+// direct or durable, or onto the wire to a UDP address, datagram by
+// datagram, at the recorded pace or faster. Compare joins a candidate
+// group's replies with the replies recorded in schemas.StreamReplies.
 //
 // Replay only reads the capture, with an ordered consumer: ephemeral,
 // without acknowledgements, invisible to the worker groups' durable
-// consumers. Nothing it publishes reaches PREFIX.in.> or PREFIX.reply.>.
+// consumers. Nothing it publishes reaches PREFIX.in.>, PREFIX.capture.> or
+// PREFIX.reply.>.
 //
 // The results are values; the package prints nothing except a progress bar
 // to the writer it is given.
@@ -78,8 +79,9 @@ type Replayer struct {
 	Subjects []string
 
 	// Speed paces the sending: the gap between two requests is their
-	// recorded gap (ce-time, when the gateway read the datagram, or else
-	// the stream's timestamp) divided by Speed; Max does not wait.
+	// recorded gap divided by Speed; Max does not wait. A request's time is
+	// when the capture stored it, or its ce-time if it has one (an
+	// imported request: the packet's time).
 	Speed Speed
 	// Wait is how long to wait for answers after the last send (or until
 	// every request sent is answered).
@@ -90,13 +92,20 @@ type Replayer struct {
 }
 
 // Result is what a replay did. Sent counts requests handed to the
-// network or to JetStream; Answered those that got an answer.
+// network or to NATS; Answered those that got an answer.
 type Result struct {
 	Selected int // requests in the window that match the filters
 	Sent     int
 	Skipped  int // not reproducible (a CoAP Block1 upload has no datagram of its own)
 	Errors   int // could not be sent
 	Answered int // Publish: requests replied to; Wire: datagrams received from the target
+	// Uncaptured counts requests of Publish sent to direct candidates
+	// whose copy the replay stream did not store: durable candidates
+	// never see them.
+	Uncaptured int
+	// NoResponders counts requests of Publish that no direct candidate
+	// received (NATS said so). Durable candidates may still answer them.
+	NoResponders int
 	// Duration is the time from the start to the last send, without Wait.
 	Duration time.Duration
 	// First and Last are the capture times (stream timestamps) of the
@@ -105,13 +114,17 @@ type Result struct {
 	// Requests are the requests sent, in order, with the candidate's reply
 	// if one came; only Publish fills it (Target.Keep), for Compare.
 	Requests []Request
+
+	// repliesSince is the earliest time a reply to the first request can
+	// have been recorded, where Compare starts reading.
+	repliesSince time.Time
 }
 
 // Request is one replayed request.
 type Request struct {
 	Seq      uint64 // sequence in the capture stream
 	Subject  string // captured subject
-	ID       string // captured udpgate-id
+	ID       string // captured ce-id, which names its recorded reply
 	Protocol string // schemas.ProtocolRaw, ProtocolCoAP or ProtocolRPC
 	Reply    *Reply // the candidate's reply; nil if none came
 }
@@ -228,6 +241,7 @@ func (r *Replayer) selectRequests(ctx context.Context, res *Result, send func(c 
 		}
 		if res.Selected == 0 {
 			res.First = c.stored
+			res.repliesSince = repliesSince(c)
 		}
 		res.Selected++
 		res.Last = c.stored
@@ -238,6 +252,26 @@ func (r *Replayer) selectRequests(ctx context.Context, res *Result, send func(c 
 		bar.update(res.Sent, res.Errors)
 	}
 	return nil
+}
+
+// repliesSince returns the earliest time a reply to c can have been
+// recorded: its ce-time if it has one; else a little before the capture
+// stored it, since a direct worker answers the request as the gateway
+// publishes it, before the capture copy is stored. The gateway waits for
+// that copy no longer than the request's deadline window, so the copy is
+// stored at most that long after the read: the margin is the window left
+// when it was stored (the deadline minus the stored time), at least a
+// second.
+func repliesSince(c captured) time.Time {
+	h := c.msg.Headers()
+	if t, err := time.Parse(time.RFC3339Nano, h.Get(schemas.HeaderTime)); err == nil && t.Before(c.stored) {
+		return t
+	}
+	margin := time.Second
+	if ms, err := strconv.ParseInt(h.Get(schemas.HeaderDeadline), 10, 64); err == nil {
+		margin = max(margin, min(time.UnixMilli(ms).Sub(c.stored), time.Minute))
+	}
+	return c.stored.Add(-margin)
 }
 
 // idleWait is how long a replay waits for the next stored request before
@@ -290,19 +324,17 @@ func portOf(prefix, subject string) (uint16, bool) {
 	return uint16(p), err == nil
 }
 
-// protocolOf tells a request's protocol by its ce-type, or else by its
-// udpgate-listener.
+// protocolOf tells a request's protocol by its ce-source, or else by its
+// ce-type; raw if neither says.
 func protocolOf(h nats.Header) string {
+	if _, _, proto, ok := schemas.ParseSource(h.Get(schemas.HeaderSource)); ok {
+		return proto
+	}
 	switch h.Get(schemas.HeaderType) {
-	case schemas.TypeRaw:
-		return schemas.ProtocolRaw
 	case schemas.TypeCoAP:
 		return schemas.ProtocolCoAP
 	case schemas.TypeRPC:
 		return schemas.ProtocolRPC
-	}
-	if _, proto, ok := strings.Cut(h.Get(schemas.HeaderListener), "/"); ok {
-		return proto
 	}
 	return schemas.ProtocolRaw
 }

@@ -3,6 +3,7 @@ package replay_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -63,11 +64,24 @@ func startGateway(t testing.TB, s *server.Server, protocols ...string) []netip.A
 	return addrs
 }
 
-// startWorker runs a worker group on stream and returns it once it is bound.
-func startWorker(t testing.TB, s *server.Server, stream, group string, subjects []string, h workers.Handler) *workers.Server {
+// startWorker runs a direct worker group and returns it once it receives
+// requests.
+func startWorker(t testing.TB, s *server.Server, group string, subjects []string, h workers.Handler) *workers.Server {
+	t.Helper()
+	return serveWorker(t, &workers.Server{NATS: natstest.Connect(t, s), Group: group, Subjects: subjects, Handler: h})
+}
+
+// startDurable runs a durable worker group on stream and returns it once
+// it is bound.
+func startDurable(t testing.TB, s *server.Server, stream, group string, subjects []string, h workers.Handler) *workers.Server {
 	t.Helper()
 	_, js := natstest.JetStream(t, s)
-	w := &workers.Server{JetStream: js, Stream: stream, Group: group, Subjects: subjects, Handler: h}
+	return serveWorker(t, &workers.Server{JetStream: js, Delivery: workers.Durable, Stream: stream, Group: group, Subjects: subjects, Handler: h})
+}
+
+func serveWorker(t testing.TB, w *workers.Server) *workers.Server {
+	t.Helper()
+	group := w.Group
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Serve(ctx) }()
@@ -289,7 +303,7 @@ func TestPacing(t *testing.T) {
 	}
 }
 
-// recordedTimes returns the ce-time of the capture's first n requests.
+// recordedTimes returns when the capture stored its first n requests.
 func recordedTimes(t testing.TB, js jetstream.JetStream, n int) []time.Time {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -304,11 +318,14 @@ func recordedTimes(t testing.TB, js jetstream.JetStream, n int) []time.Time {
 	}
 	var at []time.Time
 	for m := range msgs.Messages() {
-		ts, err := time.Parse(time.RFC3339Nano, m.Headers().Get(schemas.HeaderTime))
+		if m.Headers().Get(schemas.HeaderTime) != "" {
+			t.Fatalf("a live request has %s", schemas.HeaderTime)
+		}
+		md, err := m.Metadata()
 		if err != nil {
 			t.Fatal(err)
 		}
-		at = append(at, ts)
+		at = append(at, md.Timestamp)
 	}
 	if len(at) != n {
 		t.Fatalf("read %d requests, want %d", len(at), n)
@@ -400,7 +417,7 @@ func TestPublishAndCompare(t *testing.T) {
 	subjects := func(prefix string) []string {
 		return []string{schemas.InSubject(prefix, raw.Port()), schemas.InSubject(prefix, cp.Port()) + ".>"}
 	}
-	prod := startWorker(t, s, schemas.StreamIn, "prod", subjects("udpgate"), workers.HandlerFunc(upper))
+	prod := startWorker(t, s, "prod", subjects("udpgate"), workers.HandlerFunc(upper))
 
 	// Capture: 10 raw requests and a CoAP GET, each answered.
 	c := client(t)
@@ -423,23 +440,39 @@ func TestPublishAndCompare(t *testing.T) {
 	handled := prod.Stats().Handled
 
 	ctx := context.Background()
-	t.Run("same worker", func(t *testing.T) {
+	t.Run("same worker, direct", func(t *testing.T) {
 		prefix := replay.DefaultTarget("udpgate")
 		if _, err := replay.EnsureStream(ctx, js, replay.StreamName(prefix), prefix); err != nil {
 			t.Fatal(err)
 		}
-		var mu sync.Mutex // guards replayOf
+		var mu sync.Mutex // guards replayOf and bad
 		replayOf := map[string]bool{}
-		startWorker(t, s, "UDPGATE_REPLAY", "candidate", subjects(prefix), workers.HandlerFunc(
+		var bad []string
+		startWorker(t, s, "candidate", subjects(prefix), workers.HandlerFunc(
 			func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 				mu.Lock()
 				replayOf[r.Header.Get(replay.HeaderReplayOf)] = true
+				// As the gateway publishes a request: the reply subject
+				// names the request, and ce-time the captured time.
+				if id, _ := schemas.ReplyID(r.Reply); id != r.ID || r.Header.Get(schemas.HeaderReply) != r.Reply ||
+					!strings.HasPrefix(r.Reply, prefix+".reply.replay-") || r.Received.IsZero() || r.Delivery != 0 {
+					bad = append(bad, fmt.Sprintf("ce-id %s, reply %s, udpgate-reply %s, received %v",
+						r.ID, r.Reply, r.Header.Get(schemas.HeaderReply), r.Received))
+				}
 				mu.Unlock()
 				return upper(ctx, w, r)
 			}))
 		res, cmp := replayCompare(t, js, prefix, 10*time.Second) // every request is answered: no waiting
-		if res.Sent != 11 || res.Answered != 11 {
-			t.Errorf("sent %d, answered %d, want 11", res.Sent, res.Answered)
+		if res.Sent != 11 || res.Answered != 11 || res.Uncaptured != 0 || res.NoResponders != 0 {
+			t.Errorf("result %+v, want 11 sent and answered", res)
+		}
+		// The replay stream holds the copies, under the request subjects.
+		st, err := js.Stream(ctx, replay.StreamName(prefix))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+".in.>")); err != nil || info.State.Msgs != 11 {
+			t.Errorf("replay stream: %v, %v; want 11 requests on %s.in.>", info, err, prefix)
 		}
 		if cmp.Identical != 11 || !cmp.OK() {
 			t.Errorf("comparison %+v, want 11 identical", cmp)
@@ -451,14 +484,17 @@ func TestPublishAndCompare(t *testing.T) {
 				t.Errorf("the candidate saw no request with %s %s", replay.HeaderReplayOf, r.ID)
 			}
 		}
+		for _, b := range bad {
+			t.Errorf("replayed request: %s", b)
+		}
 	})
 
-	t.Run("changed worker", func(t *testing.T) {
+	t.Run("changed worker, durable", func(t *testing.T) {
 		prefix := "udpgate.shadow"
 		if _, err := replay.EnsureStream(ctx, js, replay.StreamName(prefix), prefix); err != nil {
 			t.Fatal(err)
 		}
-		startWorker(t, s, "UDPGATE_SHADOW", "candidate", subjects(prefix), workers.HandlerFunc(
+		startDurable(t, s, "UDPGATE_SHADOW", "candidate", subjects(prefix), workers.HandlerFunc(
 			func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 				switch string(r.Body) {
 				case "msg-3":
@@ -473,9 +509,12 @@ func TestPublishAndCompare(t *testing.T) {
 				}
 				return upper(ctx, w, r)
 			}))
-		_, cmp := replayCompare(t, js, prefix, 1500*time.Millisecond) // msg-5 never is
+		res, cmp := replayCompare(t, js, prefix, 1500*time.Millisecond) // msg-5 never is
 		if cmp.Identical != 8 || cmp.Different != 2 || cmp.Missing != 1 || cmp.OK() {
 			t.Fatalf("comparison %+v, want 8 identical, 2 different, 1 missing", cmp)
+		}
+		if res.NoResponders != 11 {
+			t.Errorf("%d requests without a direct candidate, want all 11", res.NoResponders)
 		}
 		var text []string
 		for _, d := range cmp.Diffs {
@@ -523,7 +562,7 @@ func TestPublishRefusesProductionSubjects(t *testing.T) {
 	startGateway(t, s, schemas.ProtocolRaw)
 	_, js := natstest.JetStream(t, s)
 	r := &replay.Replayer{JetStream: js}
-	for _, prefix := range []string{"udpgate", "udpgate.in", "udpgate.in.x", "udpgate.reply", "", "bad prefix", "a..b"} {
+	for _, prefix := range []string{"udpgate", "udpgate.in", "udpgate.in.x", "udpgate.reply", "udpgate.capture", "", "bad prefix", "a..b"} {
 		if _, err := r.Publish(context.Background(), replay.Target{Prefix: prefix}); err == nil {
 			t.Errorf("Publish to prefix %q: no error", prefix)
 		}
@@ -534,7 +573,7 @@ func TestWireReplayCountsAnswers(t *testing.T) {
 	s := natstest.RunServer(t)
 	addrs := startGateway(t, s, schemas.ProtocolRaw)
 	_, js := natstest.JetStream(t, s)
-	startWorker(t, s, schemas.StreamIn, "prod", []string{schemas.InSubject("udpgate", addrs[0].Port())}, workers.HandlerFunc(upper))
+	startWorker(t, s, "prod", []string{schemas.InSubject("udpgate", addrs[0].Port())}, workers.HandlerFunc(upper))
 	c := client(t)
 	for i := range 3 {
 		if _, err := c.WriteToUDPAddrPort([]byte("x"+strconv.Itoa(i)), addrs[0]); err != nil {
@@ -549,5 +588,47 @@ func TestWireReplayCountsAnswers(t *testing.T) {
 	}
 	if res.Sent != 3 || res.Answered != 3 {
 		t.Errorf("sent %d, answered %d, want 3", res.Sent, res.Answered)
+	}
+}
+
+// TestReplayStreamShape: EnsureStream creates a replay stream with the
+// capture's shape and uses it as it is the next time; a stream made for
+// wire contract 1 (subjects PREFIX.in.>, no transform) is refused, by
+// EnsureStream and by Publish, with what to do about it.
+func TestReplayStreamShape(t *testing.T) {
+	s := natstest.RunServer(t)
+	startGateway(t, s, schemas.ProtocolRaw)
+	_, js := natstest.JetStream(t, s)
+	ctx := context.Background()
+
+	did, err := replay.EnsureStream(ctx, js, "NEW", "new")
+	if err != nil || !strings.HasPrefix(did, "created stream NEW") {
+		t.Fatalf("EnsureStream: %q, %v", did, err)
+	}
+	st, err := js.Stream(ctx, "NEW")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	if tr := cfg.SubjectTransform; !slices.Equal(cfg.Subjects, []string{"new.capture.>"}) || tr == nil ||
+		tr.Source != "new.capture.>" || tr.Destination != "new.in.>" {
+		t.Errorf("subjects %q, transform %+v; want new.capture.> stored as new.in.>", cfg.Subjects, cfg.SubjectTransform)
+	}
+	if did, err := replay.EnsureStream(ctx, js, "NEW", "new"); err != nil || !strings.HasPrefix(did, "using stream NEW") {
+		t.Errorf("EnsureStream again: %q, %v", did, err)
+	}
+
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "OLD", Subjects: []string{"old.in.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = replay.EnsureStream(ctx, js, "OLD", "old")
+	for _, want := range []string{"do not cover old.capture.>", "no subject transform", "overlaps old.in.>", "nats stream rm OLD"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("EnsureStream of a contract 1 stream: %v; want it to say %q", err, want)
+		}
+	}
+	r := &replay.Replayer{JetStream: js}
+	if _, err := r.Publish(ctx, replay.Target{Prefix: "old", Stream: "OLD"}); err == nil || !strings.Contains(err.Error(), "nats stream rm OLD") {
+		t.Errorf("Publish to a contract 1 stream: %v", err)
 	}
 }

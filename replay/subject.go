@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,7 +20,8 @@ import (
 
 // DefaultTarget returns the default subject prefix of a replay of a
 // capture with subject prefix prefix: PREFIX.replay. Its requests go to
-// PREFIX.replay.in.>, which no stream or group on PREFIX.in.> sees.
+// PREFIX.replay.in.> and PREFIX.replay.capture.>, which no stream or group
+// on PREFIX.in.> or PREFIX.capture.> sees.
 func DefaultTarget(prefix string) string {
 	return prefix + ".replay"
 }
@@ -39,52 +41,84 @@ const (
 )
 
 // EnsureStream makes sure the stream name exists for requests replayed to
-// subjectPrefix (subjects subjectPrefix.in.>) and returns what it did. A
-// missing stream is created: limits retention, file storage, StreamMaxAge
-// and StreamMaxBytes, discarding old messages. An existing stream is used
-// as it is, and must cover subjectPrefix.in.>. Candidate worker groups are
-// workers.Servers with Stream set to name; they bind with deliver policy
-// new, so they must be running before a replay starts.
+// subjectPrefix, and returns what it did. A replay stream has the shape of
+// the capture stream: its subjects are subjectPrefix.capture.>, which a
+// subject transform stores as subjectPrefix.in.>, so that durable candidate
+// groups filter the same subjects that direct ones subscribe to, and a
+// request published to direct candidates is not stored twice. A missing
+// stream is created so: limits retention, file storage, StreamMaxAge and
+// StreamMaxBytes, discarding old messages. An existing stream is used as it
+// is, and must have that shape; a stream made for wire contract 1
+// (subjects subjectPrefix.in.>, no transform) does not.
+//
+// Direct candidate groups are workers.Servers subscribed to
+// subjectPrefix.in.…; durable ones are workers.Servers with Delivery
+// workers.Durable and Stream set to name, which bind with deliver policy
+// new. Either must be running before a replay starts.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, name, subjectPrefix string) (string, error) {
-	subject := schemas.InWildcard(subjectPrefix)
+	subject, stores := schemas.CaptureWildcard(subjectPrefix), schemas.InWildcard(subjectPrefix)
 	s, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, jetstream.StreamConfig{
-			Name:        name,
-			Description: "udpgate replay: requests sent again to a candidate worker group",
-			Subjects:    []string{subject},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			MaxAge:      StreamMaxAge,
-			MaxBytes:    StreamMaxBytes,
-			Discard:     jetstream.DiscardOld,
+			Name:             name,
+			Description:      "udpgate replay: requests sent again to candidate worker groups",
+			Subjects:         []string{subject},
+			SubjectTransform: &jetstream.SubjectTransformConfig{Source: subject, Destination: stores},
+			Retention:        jetstream.LimitsPolicy,
+			Storage:          jetstream.FileStorage,
+			MaxAge:           StreamMaxAge,
+			MaxBytes:         StreamMaxBytes,
+			Discard:          jetstream.DiscardOld,
 		})
 		if err != nil {
 			return "", fmt.Errorf("replay: create stream %s on %s: %w", name, subject, err)
 		}
-		return "created stream " + name + " on " + subject, nil
+		return "created stream " + name + " on " + subject + ", stored as " + stores, nil
 	}
 	if err != nil {
 		return "", fmt.Errorf("replay: look up stream %s: %w", name, err)
 	}
-	for _, have := range s.CachedInfo().Config.Subjects {
-		if covers(have, subject) {
-			return "using stream " + name + " on " + subject, nil
-		}
+	if err := checkStream(s.CachedInfo().Config, subjectPrefix); err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("replay: stream %s exists but its subjects %q do not cover %s: choose another stream or subject prefix",
-		name, s.CachedInfo().Config.Subjects, subject)
+	return "using stream " + name + " on " + subject + ", stored as " + stores, nil
+}
+
+// checkStream reports why an existing stream cannot be the replay stream of
+// subjectPrefix.
+func checkStream(have jetstream.StreamConfig, subjectPrefix string) error {
+	subject, stores := schemas.CaptureWildcard(subjectPrefix), schemas.InWildcard(subjectPrefix)
+	var problems []string
+	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return covers(s, subject) }) {
+		problems = append(problems, fmt.Sprintf("its subjects %q do not cover %s", have.Subjects, subject))
+	}
+	switch tr := have.SubjectTransform; {
+	case tr == nil:
+		problems = append(problems, fmt.Sprintf("it has no subject transform from %s to %s", subject, stores))
+	case tr.Source != subject || tr.Destination != stores:
+		problems = append(problems, fmt.Sprintf("its subject transform maps %q to %q, not %s to %s", tr.Source, tr.Destination, subject, stores))
+	}
+	if i := slices.IndexFunc(have.Subjects, func(s string) bool { return overlap(s, stores) }); i >= 0 {
+		problems = append(problems, fmt.Sprintf("its subject %q overlaps %s, where requests go to direct candidates: it would store them twice", have.Subjects[i], stores))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("replay: stream %s exists but %s; a replay stream has the capture's shape (wire contract %d): "+
+		"delete it (nats stream rm %s) and let udpgate replay --prepare create it again, or choose another stream or subject prefix",
+		have.Name, strings.Join(problems, ", and "), schemas.Version, have.Name)
 }
 
 // Target is where Publish sends requests.
 type Target struct {
 	// Prefix replaces the capture's prefix in each request's subject:
-	// udpgate.in.9000 becomes PREFIX.in.9000. Replies come back on
-	// PREFIX.reply.RANDOM. Required; it must not be the capture's prefix
-	// or inside its subjects.
+	// udpgate.in.9000 becomes PREFIX.in.9000 for direct candidates, and
+	// its copy for the replay stream goes to PREFIX.capture.9000. Replies
+	// come back on PREFIX.reply.replay-RUN.ID. Required; it must not be
+	// the capture's prefix or inside its subjects.
 	Prefix string
-	// Stream is the replay stream, which must cover PREFIX.in.>;
-	// StreamName(Prefix) if empty. EnsureStream creates it.
+	// Stream is the replay stream, which must have the shape that
+	// EnsureStream gives it; StreamName(Prefix) if empty.
 	Stream string
 	// Deadline is how far ahead of its publication a replayed request's
 	// udpgate-deadline is set; if zero, one minute plus the Replayer's Wait.
@@ -94,16 +128,21 @@ type Target struct {
 	Keep bool
 }
 
-// Publish publishes the selected requests to t.Prefix with JetStream, into
-// the replay stream, paced by r.Speed, and collects the replies until r.Wait
-// after the last send, or until every request sent is answered.
+// Publish sends the selected requests to t.Prefix as the gateway publishes
+// requests, paced by r.Speed: each one as a core NATS message on
+// PREFIX.in.… with a reply subject, which direct candidate groups (queue
+// subscriptions) receive and answer with the NATS reply idiom, and a copy
+// to PREFIX.capture.… that the replay stream stores as PREFIX.in.… for
+// durable candidate groups. It collects the replies until r.Wait after the
+// last send, or until every request sent is answered.
 //
 // Each request keeps its captured headers and body, except: a fresh
-// udpgate-id and ce-id; HeaderReplayOf with the captured udpgate-id;
-// udpgate-reply set to the replay's own core NATS subject
-// PREFIX.reply.RANDOM; udpgate-deadline set t.Deadline ahead; and no
-// Nats-* headers (a Nats-Msg-Id would make JetStream drop a request
-// replayed twice within its duplicate window).
+// correlation id RUN-N (ce-id), where RUN names the replay; the reply
+// subject PREFIX.reply.replay-RUN.ID, also in udpgate-reply;
+// HeaderReplayOf with the captured ce-id; ce-time with the captured
+// request's time (its ce-time, or when the capture stored it), as on an
+// imported request; udpgate-deadline set t.Deadline ahead; and no Nats-*
+// headers.
 func (r *Replayer) Publish(ctx context.Context, t Target) (Result, error) {
 	var res Result
 	if r.JetStream == nil {
@@ -120,24 +159,28 @@ func (r *Replayer) Publish(ctx context.Context, t Target) (Result, error) {
 	if stream == "" {
 		stream = StreamName(t.Prefix)
 	}
-	if _, err := r.JetStream.Stream(ctx, stream); err != nil {
+	st, err := r.JetStream.Stream(ctx, stream)
+	if err != nil {
 		return res, fmt.Errorf("replay: replay stream %s: %w", stream, err)
+	}
+	if err := checkStream(st.CachedInfo().Config, t.Prefix); err != nil {
+		return res, err
 	}
 	ahead := t.Deadline
 	if ahead <= 0 {
 		ahead = time.Minute + r.Wait
 	}
 
-	run := make([]byte, 6)
-	rand.Read(run)
-	runID := "replay-" + hex.EncodeToString(run)
-	replySubject := t.Prefix + ".reply." + runID
+	var b [6]byte
+	rand.Read(b[:])
+	run := hex.EncodeToString(b[:])
+	replies := t.Prefix + ".reply.replay-" + run // the reply to request ID comes on replies.ID
 
 	c := &collector{keep: t.Keep, notify: make(chan struct{}, 1), index: map[string]int{}}
 	nc := r.JetStream.Conn()
-	sub, err := nc.Subscribe(replySubject, c.receive)
+	sub, err := nc.Subscribe(replies+".*", c.receive)
 	if err != nil {
-		return res, fmt.Errorf("replay: subscribe %s: %w", replySubject, err)
+		return res, fmt.Errorf("replay: subscribe %s.*: %w", replies, err)
 	}
 	defer sub.Unsubscribe()
 	// The subscription must reach the server before the first request
@@ -146,19 +189,21 @@ func (r *Replayer) Publish(ctx context.Context, t Target) (Result, error) {
 	err = nc.FlushWithContext(fctx)
 	cancel()
 	if err != nil {
-		return res, fmt.Errorf("replay: subscribe %s: %w", replySubject, err)
+		return res, fmt.Errorf("replay: subscribe %s.*: %w", replies, err)
 	}
 
+	expect := []jetstream.PublishOpt{jetstream.WithExpectStream(stream)}
 	start := time.Now()
-	n := 0
+	var n uint64
 	err = r.selectRequests(ctx, &res, func(cr captured) {
-		rest, ok := strings.CutPrefix(cr.msg.Subject(), prefix+".")
+		rest, ok := strings.CutPrefix(cr.msg.Subject(), prefix+".in.")
 		if !ok {
 			res.Errors++ // not under the capture's prefix: nowhere to send it
 			return
 		}
 		n++
-		id := runID + "-" + strconv.Itoa(n)
+		id := run + "-" + strconv.FormatUint(n, 16)
+		reply := replies + "." + id
 		h := nats.Header{}
 		for k, v := range cr.msg.Headers() {
 			if strings.HasPrefix(strings.ToLower(k), "nats-") {
@@ -168,25 +213,30 @@ func (r *Replayer) Publish(ctx context.Context, t Target) (Result, error) {
 		}
 		orig := h.Get(schemas.HeaderID)
 		h.Set(schemas.HeaderID, id)
-		h.Set(schemas.HeaderCEID, id)
 		h.Set(HeaderReplayOf, orig)
-		h.Set(schemas.HeaderReply, replySubject)
+		h.Set(schemas.HeaderReply, reply)
 		h.Set(schemas.HeaderDeadline, strconv.FormatInt(time.Now().Add(ahead).UnixMilli(), 10))
+		h.Set(schemas.HeaderTime, cr.at.UTC().Format(time.RFC3339Nano))
 
 		c.add(id, Request{Seq: cr.seq, Subject: cr.msg.Subject(), ID: orig, Protocol: cr.protocol})
-		if _, err := r.JetStream.PublishMsg(ctx, &nats.Msg{Subject: t.Prefix + "." + rest, Header: h, Data: cr.msg.Data()}); err != nil {
+		// To the direct candidates, then the copy for the durable ones.
+		if err := nc.PublishMsg(&nats.Msg{Subject: t.Prefix + ".in." + rest, Reply: reply, Header: h, Data: cr.msg.Data()}); err != nil {
 			c.remove(id)
 			res.Errors++
 			return
 		}
 		res.Sent++
+		capture := &nats.Msg{Subject: t.Prefix + ".capture." + rest, Header: h, Data: cr.msg.Data()}
+		if _, err := r.JetStream.PublishMsg(ctx, capture, expect...); err != nil {
+			res.Uncaptured++
+		}
 	})
 	res.Duration = time.Since(start)
 	if err == nil {
 		waitFor(ctx, r.Wait, func() bool { return c.answeredCount() >= res.Sent }, c.notify)
 	}
 	sub.Unsubscribe()
-	res.Answered, res.Requests = c.result()
+	res.Answered, res.NoResponders, res.Requests = c.result()
 	return res, err
 }
 
@@ -195,10 +245,11 @@ type collector struct {
 	keep   bool          // keep the replies' headers and bodies, for Compare
 	notify chan struct{} // receives a value, without blocking, after each first reply
 
-	mu       sync.Mutex // guards the fields below
-	index    map[string]int
-	requests []Request
-	answered int
+	mu           sync.Mutex // guards the fields below
+	index        map[string]int
+	requests     []Request
+	answered     int
+	noResponders int
 }
 
 func (c *collector) add(id string, r Request) {
@@ -219,10 +270,18 @@ func (c *collector) remove(id string) {
 }
 
 // receive takes a reply; only the first reply to a request counts, as at
-// the gateway.
+// the gateway. NATS's own answer to a request that no direct candidate
+// received (no responders) is counted, not taken for a reply.
 func (c *collector) receive(m *nats.Msg) {
+	if len(m.Data) == 0 && m.Header.Get(statusHeader) == noResponders {
+		c.mu.Lock()
+		c.noResponders++
+		c.mu.Unlock()
+		return
+	}
+	id, _ := schemas.ReplyID(m.Subject)
 	c.mu.Lock()
-	i, ok := c.index[m.Header.Get(schemas.HeaderID)]
+	i, ok := c.index[id]
 	if ok && c.requests[i].Reply == nil {
 		c.requests[i].Reply = &Reply{}
 		if c.keep {
@@ -243,14 +302,21 @@ func (c *collector) answeredCount() int {
 	return c.answered
 }
 
-func (c *collector) result() (int, []Request) {
+func (c *collector) result() (answered, noResponders int, requests []Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.keep {
-		return c.answered, nil
+		return c.answered, c.noResponders, nil
 	}
-	return c.answered, append([]Request(nil), c.requests...)
+	return c.answered, c.noResponders, append([]Request(nil), c.requests...)
 }
+
+// NATS's status header, and the status of its answer to a request that no
+// subscription received. nats.go does not export them.
+const (
+	statusHeader = "Status"
+	noResponders = "503"
+)
 
 // checkTarget refuses a subject prefix whose requests or replies the
 // capture's streams or worker groups would see.
@@ -258,8 +324,8 @@ func checkTarget(prefix, target string) error {
 	if !validPrefix(target) {
 		return fmt.Errorf("replay: %q is not a subject prefix (tokens of letters, digits, - and _ separated by dots)", target)
 	}
-	for _, ours := range []string{schemas.InWildcard(target), schemas.ReplyWildcard(target)} {
-		for _, theirs := range []string{schemas.InWildcard(prefix), schemas.ReplyWildcard(prefix)} {
+	for _, ours := range []string{schemas.InWildcard(target), schemas.CaptureWildcard(target), schemas.ReplyWildcard(target)} {
+		for _, theirs := range []string{schemas.InWildcard(prefix), schemas.CaptureWildcard(prefix), schemas.ReplyWildcard(prefix)} {
 			if overlap(ours, theirs) {
 				return fmt.Errorf("replay: subject prefix %s would publish to %s, which production uses: choose another, e.g. %s",
 					target, theirs, DefaultTarget(prefix))
