@@ -574,20 +574,37 @@ func TestNATSAuthConfig(t *testing.T) {
 	}
 }
 
-// TestNATSPermissions runs the gateway, a worker group and the Lambda
-// bridge through a NATS server started from deploy/nats/permissions.conf
-// (its client port and store moved to free ones): each does its job with only the rights
-// the file gives it, and the worker's user is refused when it publishes a
-// request, reads the capture or another user's inbox, or deletes the
-// stream.
+// TestNATSPermissions runs the gateway, a direct worker group, the Lambda
+// bridge and a durable worker group through a NATS server started from
+// deploy/nats/permissions.conf (its client port and store moved to free
+// ones, its example ports to free ones): each does its job with only the
+// rights the file gives it, and the worker's user is refused when it
+// publishes a request or a reply it was not asked for, reads other
+// requests or another user's inbox, or deletes the stream.
 func TestNATSPermissions(t *testing.T) {
 	echoPort, shoutPort := freeUDPPort(t), freeUDPPort(t)
 	echoSubject, shoutSubject := "udpgate.in."+strconv.Itoa(int(echoPort)), "udpgate.in."+strconv.Itoa(int(shoutPort))
-	password := map[string]string{"gateway": "gw-" + testPassword, "worker-echo": "w-" + testPassword, "lambda-shout": "l-" + testPassword}
+	password := map[string]string{"gateway": "gw-" + testPassword, "worker-echo": "w-" + testPassword, "lambda-shout": "l-" + testPassword, "worker-archive": "a-" + testPassword}
 	t.Setenv("NATS_GATEWAY_PASSWORD", password["gateway"])
 	t.Setenv("NATS_WORKER_PASSWORD", password["worker-echo"])
 	t.Setenv("NATS_LAMBDA_PASSWORD", password["lambda-shout"])
-	opts, err := server.ProcessConfigFile("deploy/nats/permissions.conf")
+	t.Setenv("NATS_ARCHIVE_PASSWORD", password["worker-archive"])
+	conf, err := os.ReadFile("deploy/nats/permissions.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, example := range []string{"udpgate.in.9000 ", "udpgate.in.9002 "} {
+		if !bytes.Contains(conf, []byte(example)) {
+			t.Fatalf("deploy/nats/permissions.conf no longer names %q", example)
+		}
+	}
+	conf = bytes.ReplaceAll(conf, []byte("udpgate.in.9000 "), []byte(echoSubject+" "))
+	conf = bytes.ReplaceAll(conf, []byte("udpgate.in.9002 "), []byte(shoutSubject+" "))
+	confFile := filepath.Join(t.TempDir(), "permissions.conf")
+	if err := os.WriteFile(confFile, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(confFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,6 +637,10 @@ func TestNATSPermissions(t *testing.T) {
 	start(t, "udpgate gateway:", "gateway")
 	as("worker-echo", "_INBOX_echo", map[string]string{"UDPGATE_WORKER_SUBJECTS": echoSubject})
 	start(t, "worker: serving", "worker", "echo")
+	as("worker-archive", "_INBOX_archive", map[string]string{
+		"UDPGATE_WORKER_SUBJECTS": echoSubject, "UDPGATE_WORKER_GROUP": "archive", "UDPGATE_DELIVERY": "durable",
+	})
+	start(t, "worker: serving", "worker", "echo")
 	as("lambda-shout", "_INBOX_lambda-shout", map[string]string{
 		"UDPGATE_LAMBDA_FUNCTION": "shout", "UDPGATE_LAMBDA_SUBJECTS": shoutSubject, "UDPGATE_LAMBDA_ENDPOINT": fn.URL,
 	})
@@ -634,7 +655,8 @@ func TestNATSPermissions(t *testing.T) {
 		t.Errorf("the Lambda bridge replied %q", got)
 	}
 
-	// Each group acknowledged its request, once: its acks are allowed.
+	// The durable group acknowledged its request, once: its acks are
+	// allowed.
 	violations := make(chan error, 10)
 	connect := func(user, inbox string) *nats.Conn {
 		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(user, password[user]), nats.CustomInboxPrefix(inbox),
@@ -645,25 +667,21 @@ func TestNATSPermissions(t *testing.T) {
 		t.Cleanup(nc.Close)
 		return nc
 	}
-	for _, g := range []struct{ user, inbox, group string }{
-		{"worker-echo", "_INBOX_echo", "echo"}, {"lambda-shout", "_INBOX_lambda-shout", "lambda-shout"},
-	} {
-		js, err := jetstream.New(connect(g.user, g.inbox))
+	js, err := jetstream.New(connect("worker-archive", "_INBOX_archive"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *jetstream.ConsumerInfo
+	waitFor(t, "group archive acknowledges", func() bool {
+		c, err := js.Consumer(context.Background(), "UDPGATE_IN", "archive")
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("consumer archive: %v", err)
 		}
-		var info *jetstream.ConsumerInfo
-		waitFor(t, "group "+g.group+" acknowledges", func() bool {
-			c, err := js.Consumer(context.Background(), "UDPGATE_IN", g.group)
-			if err != nil {
-				t.Fatalf("consumer %s: %v", g.group, err)
-			}
-			info = c.CachedInfo()
-			return info.Delivered.Consumer > 0 && info.NumAckPending == 0
-		}, nil)
-		if info.NumRedelivered != 0 || info.AckFloor.Consumer != info.Delivered.Consumer {
-			t.Errorf("group %s: %d redelivered, acknowledged %d of %d", g.group, info.NumRedelivered, info.AckFloor.Consumer, info.Delivered.Consumer)
-		}
+		info = c.CachedInfo()
+		return info.Delivered.Consumer > 0 && info.NumAckPending == 0
+	}, nil)
+	if info.NumRedelivered != 0 || info.AckFloor.Consumer != info.Delivered.Consumer {
+		t.Errorf("group archive: %d redelivered, acknowledged %d of %d", info.NumRedelivered, info.AckFloor.Consumer, info.Delivered.Consumer)
 	}
 
 	// The worker's user, as a hostile worker would use it.
@@ -688,7 +706,17 @@ func TestNATSPermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc.Flush()
-	refused("read the capture", "udpgate.in.>")
+	refused("read every request", "udpgate.in.>")
+	if _, err := nc.QueueSubscribeSync(echoSubject, "another-group"); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	refused("join another group", echoSubject)
+	if err := nc.Publish("udpgate.reply.n1.0123456789ab-1", []byte("forged reply")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	refused("answer a request it was not given", "udpgate.reply.n1.0123456789ab-1")
 	if _, err := nc.SubscribeSync("_INBOX_gateway.>"); err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func TestNodeWorker(t *testing.T) {
 		"COAP_PORT=" + strconv.Itoa(coapAddr.Port),
 		"GROUP=node-example",
 	}
-	w1 := startNodeWorker(t, node, dir, env)
+	w1 := startNodeWorker(t, node, dir, "worker.mjs", env)
 
 	t.Run("raw", func(t *testing.T) {
 		for _, msg := range []string{"hello from udp", "żółw ąę"} {
@@ -69,7 +69,7 @@ func TestNodeWorker(t *testing.T) {
 		}
 	})
 	t.Run("two instances share the group", func(t *testing.T) {
-		w2 := startNodeWorker(t, node, dir, env) // joins w1's queue group
+		w2 := startNodeWorker(t, node, dir, "worker.mjs", env) // joins w1's queue group
 		before1, before2 := w1.replied(), w2.replied()
 		const n = 20 // NATS picks a queue member at random for each: both get some, but for a chance of 2 in a million
 		for i := range n {
@@ -92,6 +92,32 @@ func TestNodeWorker(t *testing.T) {
 			t.Errorf("the group did not share the work: %d and %d of %d requests", d1, d2, n)
 		}
 	})
+}
+
+// TestNodeSmallestWorker runs workers/examples/node/upper.mjs, the
+// smallest direct worker, which schemas/README.md shows in full.
+func TestNodeSmallestWorker(t *testing.T) {
+	dir, node := nodeWorkerDeps(t)
+	script, err := os.ReadFile(filepath.Join(dir, "upper.mjs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile("../schemas/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(doc, append(append([]byte("```js\n"), script...), "```"...)) {
+		t.Errorf("schemas/README.md does not show workers/examples/node/upper.mjs as it is")
+	}
+	s := natstest.RunServer(t)
+	raw := testGateway(t, s, &Gateway{}, "127.0.0.1:0")[0]
+	startNodeWorker(t, node, dir, "upper.mjs", []string{
+		"NATS_URL=" + s.ClientURL(), "SUBJECT=" + schemas.InSubject(schemas.DefaultPrefix, uint16(raw.Port)),
+	})
+	got, err := exchangeUDP(t, raw.String(), []byte("hello"), 5*time.Second)
+	if err != nil || string(got) != "HELLO" {
+		t.Errorf("reply %q, %v; want HELLO", got, err)
+	}
 }
 
 // nodeWorkerDeps returns the example's directory and the node binary. It
@@ -146,10 +172,10 @@ type nodeWorker struct {
 
 // startNodeWorker starts worker.mjs with env and waits for its "ready". At
 // the end of the test it gets SIGTERM and must exit cleanly.
-func startNodeWorker(t *testing.T, node, dir string, env []string) *nodeWorker {
+func startNodeWorker(t *testing.T, node, dir, script string, env []string) *nodeWorker {
 	t.Helper()
 	w := &nodeWorker{ready: make(chan struct{})}
-	w.cmd = exec.Command(node, "worker.mjs")
+	w.cmd = exec.Command(node, script)
 	w.cmd.Dir = dir
 	w.cmd.Env = append(os.Environ(), env...)
 	w.cmd.Stdout = stdoutLines{w}
@@ -164,21 +190,21 @@ func startNodeWorker(t *testing.T, node, dir string, env []string) *nodeWorker {
 		select {
 		case err := <-exited:
 			if err != nil {
-				t.Errorf("worker.mjs on SIGTERM: %v (stderr: %s)", err, w.stderr())
+				t.Errorf("%s on SIGTERM: %v (stderr: %s)", script, err, w.stderr())
 			}
 		case <-time.After(10 * time.Second):
 			w.cmd.Process.Kill()
 			<-exited
-			t.Errorf("worker.mjs still running 10s after SIGTERM (stderr: %s)", w.stderr())
+			t.Errorf("%s still running 10s after SIGTERM (stderr: %s)", script, w.stderr())
 		}
 	})
 	select {
 	case <-w.ready:
 	case err := <-exited:
 		exited <- err // for the cleanup
-		t.Fatalf("worker.mjs exited: %v (stderr: %s)", err, w.stderr())
+		t.Fatalf("%s exited: %v (stderr: %s)", script, err, w.stderr())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("worker.mjs not ready after 30s (stderr: %s)", w.stderr())
+		t.Fatalf("%s not ready after 30s (stderr: %s)", script, w.stderr())
 	}
 	return w
 }
