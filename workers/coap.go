@@ -93,13 +93,19 @@ func parseCoAP(h nats.Header) (*CoAPRequest, []error) {
 	}
 	if v := h.Get(schemas.HeaderDatagramHead); v != "" {
 		head, err := base64.StdEncoding.DecodeString(v)
-		if err == nil && len(head) >= 4 && len(head) >= 4+int(head[0]&0x0f) && head[0]>>6 == 1 {
+		// Version 1, a request's type (CON or NON: the gateway never
+		// forwards an ACK or a RST) and a token of at most 8 bytes.
+		tkl := 0
+		if len(head) > 0 {
+			tkl = int(head[0] & 0x0f)
+		}
+		if err == nil && len(head) >= 4+tkl && head[0]>>6 == 1 && head[0]>>4&3 <= 1 && tkl <= 8 {
 			c.Type = "CON"
 			if head[0]>>4&3 == 1 {
 				c.Type = "NON"
 			}
 			c.MessageID = uint16(head[2])<<8 | uint16(head[3])
-			c.Token = head[4 : 4+int(head[0]&0x0f)]
+			c.Token = head[4 : 4+tkl]
 		} else {
 			bad(schemas.HeaderDatagramHead, v)
 		}

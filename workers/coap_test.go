@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"encoding/base64"
 	"fmt"
 	"reflect"
 	"testing"
@@ -11,20 +12,26 @@ import (
 	"github.com/udpgate/udpgate/schemas"
 )
 
+// datagramHead returns the udpgate-datagram-head of a CoAP request: the
+// header (version 1, type typ, code GET, message id mid) and token, in
+// base64. The options are left out: the SDK reads only the header and the
+// token.
+func datagramHead(typ byte, mid uint16, token []byte) string {
+	head := append([]byte{1<<6 | typ<<4 | byte(len(token)), 0x01, byte(mid >> 8), byte(mid)}, token...)
+	return base64.StdEncoding.EncodeToString(head)
+}
+
 func TestParseCoAP(t *testing.T) {
 	// coap returns the headers of a CoAP request, with kv as extra header
 	// pairs; an empty value deletes the header.
 	coap := func(kv ...string) nats.Header {
 		h := nats.Header{
-			schemas.HeaderID:            {"abc"},
-			schemas.HeaderReply:         {"udpgate.reply.node1"},
-			schemas.HeaderListener:      {"5683/coap"},
-			schemas.HeaderType:          {schemas.TypeCoAP},
-			schemas.HeaderCoAPMethod:    {"GET"},
-			schemas.HeaderCoAPPath:      {"/time"},
-			schemas.HeaderCoAPType:      {"CON"},
-			schemas.HeaderCoAPMessageID: {"4660"},
-			schemas.HeaderCoAPToken:     {"c0ffee"},
+			schemas.HeaderID:           {"abc"},
+			schemas.HeaderReply:        {"udpgate.reply.node1.abc"},
+			schemas.HeaderSource:       {"udpgate://node1/5683/coap"},
+			schemas.HeaderType:         {schemas.TypeCoAP},
+			schemas.HeaderCoAPRequest:  {"GET /time"},
+			schemas.HeaderDatagramHead: {datagramHead(0, 0x1234, []byte{0xc0, 0xff, 0xee})},
 		}
 		for i := 0; i < len(kv); i += 2 {
 			if kv[i+1] == "" {
@@ -45,6 +52,7 @@ func TestParseCoAP(t *testing.T) {
 		edit(c)
 		return c
 	}
+	b64 := base64.StdEncoding.EncodeToString
 	tests := []struct {
 		name    string
 		header  nats.Header
@@ -54,11 +62,11 @@ func TestParseCoAP(t *testing.T) {
 		{"complete", coap(), want(func(*CoAPRequest) {}), false},
 		{
 			name: "all options",
-			header: coap(schemas.HeaderCoAPMethod, "iPATCH", schemas.HeaderCoAPPath, "/a/b%2Fc/%C5%BC%C3%B3%C5%82w/+",
-				schemas.HeaderCoAPQuery, "x=1&y%3D%262&&z", schemas.HeaderCoAPContentFormat, "50",
-				schemas.HeaderCoAPAccept, "65535", schemas.HeaderCoAPType, "NON", schemas.HeaderCoAPMessageID, "0"),
+			header: coap(schemas.HeaderCoAPRequest, "iPATCH /a/b%2Fc/%C5%BC%C3%B3%C5%82w/+?x=1&y%3D%262&&z",
+				schemas.HeaderCoAPContentFormat, "50", schemas.HeaderCoAPAccept, "65535",
+				schemas.HeaderDatagramHead, datagramHead(1, 0, nil)),
 			want: want(func(c *CoAPRequest) {
-				c.Method, c.Type, c.MessageID = "iPATCH", "NON", 0
+				c.Method, c.Type, c.MessageID, c.Token = "iPATCH", "NON", 0, []byte{}
 				c.Path, c.Segments = "/a/b/c/żółw/+", []string{"a", "b/c", "żółw", "+"}
 				c.Query = []string{"x=1", "y=&2", "", "z"}
 				c.ContentFormat, c.Accept = 50, 65535
@@ -71,63 +79,84 @@ func TestParseCoAP(t *testing.T) {
 		},
 		{
 			name:   "root",
-			header: coap(schemas.HeaderCoAPPath, "/"),
+			header: coap(schemas.HeaderCoAPRequest, "GET /"),
 			want:   want(func(c *CoAPRequest) { c.Path, c.Segments = "/", nil }),
 		},
 		{
+			name:   "root with query",
+			header: coap(schemas.HeaderCoAPRequest, "GET /?a"),
+			want:   want(func(c *CoAPRequest) { c.Path, c.Segments, c.Query = "/", nil, []string{"a"} }),
+		},
+		{
 			name:   "empty segments",
-			header: coap(schemas.HeaderCoAPPath, "/a//"),
+			header: coap(schemas.HeaderCoAPRequest, "GET /a//"),
 			want:   want(func(c *CoAPRequest) { c.Path, c.Segments = "/a//", []string{"a", "", ""} }),
 		},
 		{
-			name:   "empty token",
-			header: coap(schemas.HeaderCoAPToken, ""),
-			want:   want(func(c *CoAPRequest) { c.Token = nil }),
+			name:   "8-byte token",
+			header: coap(schemas.HeaderDatagramHead, datagramHead(0, 1, []byte("12345678"))),
+			want:   want(func(c *CoAPRequest) { c.Token, c.MessageID = []byte("12345678"), 1 }),
 		},
 		{
-			name:   "upper-case token",
-			header: coap(schemas.HeaderCoAPToken, "C0FFEE"),
+			name: "head with options and payload marker",
+			header: coap(schemas.HeaderDatagramHead,
+				b64([]byte{0x41, 0x01, 0x12, 0x34, 0xc0, 0xb4, 't', 'i', 'm', 'e', 0xff})),
+			want: want(func(c *CoAPRequest) { c.Token = []byte{0xc0} }),
+		},
+		{
+			name:   "reassembled Block1 upload: no head",
+			header: coap(schemas.HeaderDatagramHead, ""),
+			want:   want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
+		},
+		{
+			name:   "ce-type alone makes it CoAP",
+			header: coap(schemas.HeaderSource, ""),
 			want:   want(func(*CoAPRequest) {}),
 		},
 		{
-			name:    "ce-type alone makes it CoAP",
-			header:  coap(schemas.HeaderListener, ""),
-			want:    want(func(*CoAPRequest) {}),
-			wantErr: false,
-		},
-		{
-			name:    "coap listener alone makes it CoAP",
-			header:  coap(schemas.HeaderType, ""),
-			want:    want(func(*CoAPRequest) {}),
-			wantErr: false,
+			name:   "coap listener alone makes it CoAP",
+			header: coap(schemas.HeaderType, ""),
+			want:   want(func(*CoAPRequest) {}),
 		},
 		{
 			name:   "not CoAP",
-			header: coap(schemas.HeaderType, schemas.TypeRaw, schemas.HeaderListener, "9000/raw"),
+			header: coap(schemas.HeaderType, schemas.TypeRaw, schemas.HeaderSource, "udpgate://node1/9000/raw"),
 			want:   nil,
 		},
 		{
 			name:    "no CoAP headers",
-			header:  coap(schemas.HeaderCoAPMethod, "", schemas.HeaderCoAPPath, "", schemas.HeaderCoAPType, "", schemas.HeaderCoAPMessageID, "", schemas.HeaderCoAPToken, ""),
+			header:  coap(schemas.HeaderCoAPRequest, "", schemas.HeaderDatagramHead, ""),
 			want:    &CoAPRequest{ContentFormat: -1, Accept: -1},
 			wantErr: true,
 		},
 		{
+			name:    "no method",
+			header:  coap(schemas.HeaderCoAPRequest, "/time"),
+			want:    want(func(c *CoAPRequest) { c.Method, c.Path, c.Segments = "", "", nil }),
+			wantErr: true,
+		},
+		{
+			name:    "empty method",
+			header:  coap(schemas.HeaderCoAPRequest, " /time"),
+			want:    want(func(c *CoAPRequest) { c.Method, c.Path, c.Segments = "", "", nil }),
+			wantErr: true,
+		},
+		{
 			name:    "path without slash",
-			header:  coap(schemas.HeaderCoAPPath, "time"),
-			want:    want(func(c *CoAPRequest) { c.Path, c.Segments = "", nil }),
+			header:  coap(schemas.HeaderCoAPRequest, "GET time"),
+			want:    want(func(c *CoAPRequest) { c.Method, c.Path, c.Segments = "", "", nil }),
 			wantErr: true,
 		},
 		{
 			name:    "bad escape in path",
-			header:  coap(schemas.HeaderCoAPPath, "/a/%zz"),
-			want:    want(func(c *CoAPRequest) { c.Path, c.Segments = "", nil }),
+			header:  coap(schemas.HeaderCoAPRequest, "GET /a/%zz"),
+			want:    want(func(c *CoAPRequest) { c.Method, c.Path, c.Segments = "", "", nil }),
 			wantErr: true,
 		},
 		{
 			name:    "bad escape in query",
-			header:  coap(schemas.HeaderCoAPQuery, "a&%4"),
-			want:    want(func(*CoAPRequest) {}),
+			header:  coap(schemas.HeaderCoAPRequest, "GET /time?a&%4"),
+			want:    want(func(c *CoAPRequest) { c.Method, c.Path, c.Segments = "", "", nil }),
 			wantErr: true,
 		},
 		{
@@ -149,27 +178,51 @@ func TestParseCoAP(t *testing.T) {
 			wantErr: true,
 		},
 		{
-			name:    "odd token",
-			header:  coap(schemas.HeaderCoAPToken, "abc"),
-			want:    want(func(c *CoAPRequest) { c.Token = nil }),
+			name:    "head not base64",
+			header:  coap(schemas.HeaderDatagramHead, "QQ=!"),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
+			wantErr: true,
+		},
+		{
+			name:    "head too short",
+			header:  coap(schemas.HeaderDatagramHead, b64([]byte{0x40, 0x01, 0x00})),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
+			wantErr: true,
+		},
+		{
+			name:    "head shorter than its token",
+			header:  coap(schemas.HeaderDatagramHead, b64([]byte{0x44, 0x01, 0x00, 0x01, 0xaa})),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
+			wantErr: true,
+		},
+		{
+			name:    "token length 9",
+			header:  coap(schemas.HeaderDatagramHead, datagramHead(0, 1, []byte("123456789"))),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
+			wantErr: true,
+		},
+		{
+			name:    "version 2",
+			header:  coap(schemas.HeaderDatagramHead, b64([]byte{0x80, 0x01, 0x00, 0x01})),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
 			wantErr: true,
 		},
 		{
 			name:    "ACK type",
-			header:  coap(schemas.HeaderCoAPType, "ACK"),
-			want:    want(func(c *CoAPRequest) { c.Type = "" }),
+			header:  coap(schemas.HeaderDatagramHead, datagramHead(2, 1, nil)),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
 			wantErr: true,
 		},
 		{
-			name:    "message id too large",
-			header:  coap(schemas.HeaderCoAPMessageID, "65536"),
-			want:    want(func(c *CoAPRequest) { c.MessageID = 0 }),
+			name:    "RST type",
+			header:  coap(schemas.HeaderDatagramHead, datagramHead(3, 1, nil)),
+			want:    want(func(c *CoAPRequest) { c.Token, c.Type, c.MessageID = nil, "", 0 }),
 			wantErr: true,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := parseRequest("s", tt.header, nil)
+			r, err := parseRequest("s", "", tt.header, nil)
 			if (err != nil) != tt.wantErr {
 				t.Errorf("err = %v, want error %v", err, tt.wantErr)
 			}
@@ -206,7 +259,11 @@ func TestLocationRoundTrip(t *testing.T) {
 			w.SetLocationQuery(tt.parts...)
 			path := w.Header().Get(schemas.HeaderCoAPLocationPath)
 			query := w.Header().Get(schemas.HeaderCoAPLocationQuery)
-			req, _ := parseCoAP(nats.Header{schemas.HeaderCoAPPath: {path}, schemas.HeaderCoAPQuery: {query}})
+			line := "GET " + path
+			if query != "" {
+				line += "?" + query
+			}
+			req, _ := parseCoAP(nats.Header{schemas.HeaderCoAPRequest: {line}})
 			if len(req.Segments) != len(want) || len(want) > 0 && !reflect.DeepEqual(req.Segments, want) {
 				t.Errorf("location path %q parses as %q; want %q", path, req.Segments, want)
 			}
