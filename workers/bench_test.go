@@ -8,34 +8,37 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
 )
 
 // BenchmarkServer measures the SDK's cost per request: a fake gateway
-// publishes raw requests to the stream (JetStream async publishes, window
-// requests in flight) and a Server with an echo handler answers each on
-// the reply subject. Allocations are the whole process's per request
-// (embedded NATS server, publisher and Server together); compare them, and
-// instruction counts, before and after a change to the SDK.
+// publishes raw requests (Direct: core NATS requests; Durable: capture
+// copies, JetStream async publishes), window requests in flight, and a
+// Server with an echo handler answers each on its reply subject.
+// Allocations are the whole process's per request (embedded NATS server,
+// publisher and Server together); compare them, and instruction counts,
+// before and after a change to the SDK.
 func BenchmarkServer(b *testing.B) {
-	for _, window := range []int{1, 16} {
-		b.Run("inflight-"+strconv.Itoa(window), func(b *testing.B) {
-			benchServer(b, window)
-		})
+	for _, d := range deliveries {
+		for _, window := range []int{1, 16} {
+			b.Run(d.String()+"/inflight-"+strconv.Itoa(window), func(b *testing.B) {
+				benchServer(b, d, window)
+			})
+		}
 	}
 }
 
-func benchServer(b *testing.B, window int) {
+func benchServer(b *testing.B, d workers.Delivery, window int) {
 	e := newEnv(b)
 	s := &workers.Server{
-		JetStream: e.js, Group: "bench", Subjects: []string{subject},
+		NATS: e.conn(b), Delivery: d, Group: "bench", Subjects: []string{subject},
 		Handler: workers.HandlerFunc(func(_ context.Context, w workers.ResponseWriter, r *workers.Request) error {
 			_, err := w.Write(r.Body)
 			return err
 		}),
 	}
-	serve(b, s)
-	e.waitPulling(b, "bench", 1)
+	start(b, s)
 
 	// One template request; each publish gets its own id.
 	body := make([]byte, 64)
@@ -44,14 +47,23 @@ func benchServer(b *testing.B, window int) {
 	for i := range ids {
 		ids[i] = "bench-" + strconv.Itoa(i)
 	}
+	capture := schemas.CaptureSubject(prefix, subject)
 	send := func(i int) {
+		id := ids[i%window]
+		reply := e.reply + "." + id
 		h := make(nats.Header, len(tmpl.Header))
 		for k, v := range tmpl.Header {
 			h[k] = v
 		}
-		h.Set("udpgate-id", ids[i%window])
-		h.Set("ce-id", ids[i%window])
-		if _, err := e.js.PublishMsgAsync(&nats.Msg{Subject: subject, Header: h, Data: body}); err != nil {
+		h.Set(schemas.HeaderID, id)
+		h.Set(schemas.HeaderReply, reply)
+		var err error
+		if d == workers.Direct {
+			err = e.nc.PublishMsg(&nats.Msg{Subject: subject, Reply: reply, Header: h, Data: body})
+		} else {
+			_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: capture, Header: h, Data: body})
+		}
+		if err != nil {
 			b.Fatalf("publish: %v", err)
 		}
 	}

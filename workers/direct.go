@@ -33,6 +33,14 @@ func (s *Server) serveDirect(ctx context.Context) error {
 		backlog = DefaultBacklog
 	}
 
+	// A connection closed for good (its reconnects exhausted, or closed
+	// by its owner) ends Serve: nothing would arrive any more.
+	closed := nc.StatusChanged(nats.CLOSED)
+	defer nc.RemoveStatusListener(closed)
+	if nc.IsClosed() {
+		return fmt.Errorf("workers: %s: %w", s.Group, nats.ErrConnectionClosed)
+	}
+
 	// NATS drops what does not fit in the channel, and counts it per
 	// subscription: that is the slow-consumer count.
 	requests := make(chan *nats.Msg, backlog)
@@ -91,7 +99,11 @@ func (s *Server) serveDirect(ctx context.Context) error {
 			}
 		})
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-closed:
+		err = fmt.Errorf("workers: %s: %w", s.Group, nats.ErrConnectionClosed)
+	}
 	// Unsubscribed, the instance gets no new request: the others of its
 	// group take them. Once Unsubscribe returns nothing more arrives, and
 	// what the channel holds is handled. (A subscription's drop count is
@@ -103,6 +115,9 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	unsubscribe()
 	close(requests)
 	wg.Wait()
+	if err != nil {
+		return err
+	}
 	log.Info("workers: stopped")
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
 )
 
@@ -34,7 +33,7 @@ func busyInstance(t *testing.T, concurrency, requests int) {
 		delivery = map[string]uint64{} // the highest delivery seen, by id
 	)
 	s := &workers.Server{
-		JetStream: e.js, Group: "g", Subjects: []string{subject},
+		JetStream: e.js, Delivery: workers.Durable, Group: "g", Subjects: []string{subject},
 		Concurrency: concurrency, AckWait: ackWait,
 		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 			mu.Lock()
@@ -58,7 +57,7 @@ func busyInstance(t *testing.T, concurrency, requests int) {
 	}
 	replies := map[string]int{}
 	for range requests {
-		replies[e.next(t).Header.Get(schemas.HeaderID)]++
+		replies[replyID(e.next(t))]++
 	}
 	info := e.waitSettled(t, "g")
 	// The counters are updated just after the acks.
@@ -83,9 +82,16 @@ func busyInstance(t *testing.T, concurrency, requests int) {
 }
 
 // TestQueuedRequestExpires publishes a request while the one handler is
-// busy, and lets its deadline pass before the handler is free: it is acked
-// as expired without running the handler.
+// busy, and lets its deadline pass before the handler is free: it is
+// skipped as expired without running the handler (Durable: acked; Direct:
+// it waited in the backlog).
 func TestQueuedRequestExpires(t *testing.T) {
+	for _, d := range deliveries {
+		t.Run(d.String(), func(t *testing.T) { queuedRequestExpires(t, d) })
+	}
+}
+
+func queuedRequestExpires(t *testing.T, d workers.Delivery) {
 	e := newEnv(t)
 	started := make(chan struct{})
 	release := make(chan struct{})
@@ -94,7 +100,7 @@ func TestQueuedRequestExpires(t *testing.T) {
 		called []string
 	)
 	s := &workers.Server{
-		JetStream: e.js, Group: "g", Subjects: []string{subject}, Concurrency: 1,
+		NATS: e.nc, Delivery: d, Group: "g", Subjects: []string{subject}, Concurrency: 1,
 		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 			mu.Lock()
 			called = append(called, r.ID)
@@ -107,8 +113,7 @@ func TestQueuedRequestExpires(t *testing.T) {
 			return err
 		}),
 	}
-	serve(t, s)
-	e.waitPulling(t, "g", 1)
+	start(t, s)
 	e.send(t, "busy", "")
 	<-started
 	deadline := time.Now().Add(200 * time.Millisecond)
@@ -117,12 +122,14 @@ func TestQueuedRequestExpires(t *testing.T) {
 	close(release)
 	e.send(t, "sentinel", "")
 	for _, m := range e.until(t, "sentinel") {
-		if id := m.Header.Get(schemas.HeaderID); id != "busy" {
+		if id := replyID(m); id != "busy" {
 			t.Errorf("reply to %q, want none but to busy and sentinel", id)
 		}
 	}
-	if info := e.waitSettled(t, "g"); info.NumRedelivered != 0 {
-		t.Errorf("redelivered %d, want 0", info.NumRedelivered)
+	if d == workers.Durable {
+		if info := e.waitSettled(t, "g"); info.NumRedelivered != 0 {
+			t.Errorf("redelivered %d, want 0", info.NumRedelivered)
+		}
 	}
 	waitStats(t, s, workers.Stats{Handled: 2, Replied: 2, Expired: 1})
 	mu.Lock()

@@ -2,12 +2,14 @@ package workers_test
 
 import (
 	"context"
+	"encoding/base64"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -19,49 +21,42 @@ import (
 const (
 	prefix  = schemas.DefaultPrefix
 	port    = 9000
+	node    = "node1"
 	waitFor = 10 * time.Second // how long a test waits for something that must happen
 )
 
 var subject = schemas.InSubject(prefix, port)
 
-// env is one embedded JetStream server with the request stream, and a fake
-// gateway that publishes requests and collects replies.
+// deliveries are the two ways a group receives requests, for the tests
+// that run in both.
+var deliveries = []workers.Delivery{workers.Direct, workers.Durable}
+
+// env is one embedded NATS server with JetStream and the capture stream,
+// and a fake gateway node, node1, that publishes requests and collects
+// replies.
 type env struct {
+	srv     *server.Server
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	reply   string         // the gateway's reply subject
-	replies chan *nats.Msg // replies received on it
-	newJS   func() jetstream.JetStream
+	reply   string         // node1's reply subject; the reply to request ID goes to reply.ID
+	replies chan *nats.Msg // replies received on reply.*
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	srv := natstest.RunServer(t)
 	nc, js := natstest.JetStream(t, srv)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name:      schemas.StreamIn,
-		Subjects:  []string{schemas.InWildcard(prefix)},
-		Storage:   jetstream.FileStorage,
-		Retention: jetstream.LimitsPolicy,
-	})
-	if err != nil {
-		t.Fatalf("create stream: %v", err)
-	}
+	createStream(t, js, jetstream.FileStorage)
 	e := &env{
+		srv:     srv,
 		nc:      nc,
 		js:      js,
-		reply:   schemas.ReplySubject(prefix, "node1"),
+		reply:   schemas.ReplySubject(prefix, node),
 		replies: make(chan *nats.Msg, 1024),
-		newJS: func() jetstream.JetStream {
-			_, js := natstest.JetStream(t, srv)
-			return js
-		},
 	}
-	sub, err := nc.ChanSubscribe(e.reply, e.replies)
+	sub, err := nc.ChanSubscribe(e.reply+".*", e.replies)
 	if err != nil {
-		t.Fatalf("subscribe %s: %v", e.reply, err)
+		t.Fatalf("subscribe %s.*: %v", e.reply, err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	if err := nc.Flush(); err != nil {
@@ -70,34 +65,74 @@ func newEnv(t testing.TB) *env {
 	return e
 }
 
-// request returns a request message as the gateway builds it. A zero
-// deadline leaves the header out.
-func (e *env) request(subject, id string, body []byte, deadline time.Time) *nats.Msg {
-	now := time.Now().UTC()
-	h := nats.Header{}
-	h.Set(schemas.HeaderSpecVersion, schemas.SpecVersion)
-	h.Set(schemas.HeaderCEID, id)
-	h.Set(schemas.HeaderSource, schemas.Source("node1", "9000/raw"))
-	h.Set(schemas.HeaderType, schemas.TypeRaw)
-	h.Set(schemas.HeaderTime, now.Format(time.RFC3339Nano))
-	h.Set(schemas.HeaderID, id)
-	h.Set(schemas.HeaderRemote, "192.0.2.7:40000")
-	h.Set(schemas.HeaderLocal, "127.0.0.1:9000")
-	h.Set(schemas.HeaderListener, "9000/raw")
-	h.Set(schemas.HeaderReply, e.reply)
-	if !deadline.IsZero() {
-		h.Set(schemas.HeaderDeadline, strconv.FormatInt(deadline.UnixMilli(), 10))
-	}
-	return &nats.Msg{Subject: subject, Header: h, Data: body}
-}
-
-// publish stores msg in the stream.
-func (e *env) publish(t testing.TB, msg *nats.Msg) {
+// createStream creates the capture stream as the gateway does: capture
+// copies are published to PREFIX.capture.… and stored under their request
+// subjects, PREFIX.in.….
+func createStream(t testing.TB, js jetstream.JetStream, storage jetstream.StorageType) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
+	_, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:      schemas.StreamIn,
+		Subjects:  []string{schemas.CaptureWildcard(prefix)},
+		Storage:   storage,
+		Retention: jetstream.LimitsPolicy,
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source: schemas.CaptureWildcard(prefix), Destination: schemas.InWildcard(prefix),
+		},
+	})
+	if err != nil {
+		t.Fatalf("create stream: %v", err)
+	}
+}
+
+// conn opens another connection to the server, closed when the test ends.
+func (e *env) conn(t testing.TB, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	return natstest.Connect(t, e.srv, opts...)
+}
+
+// newJS returns a JetStream context on another connection.
+func (e *env) newJS(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	_, js := natstest.JetStream(t, e.srv)
+	return js
+}
+
+// request returns a live raw request message as node1 builds it: the v2
+// headers, and its reply subject, node1's reply subject followed by id,
+// both as the message's reply subject (direct groups) and in
+// udpgate-reply (durable groups). A zero deadline leaves the header out.
+func (e *env) request(subject, id string, body []byte, deadline time.Time) *nats.Msg {
+	reply := e.reply + "." + id
+	h := nats.Header{}
+	h.Set(schemas.HeaderSpecVersion, schemas.SpecVersion)
+	h.Set(schemas.HeaderID, id)
+	h.Set(schemas.HeaderSource, schemas.Source(node, schemas.Listener(port, schemas.ProtocolRaw)))
+	h.Set(schemas.HeaderType, schemas.TypeRaw)
+	h.Set(schemas.HeaderRemote, "192.0.2.7:40000")
+	h.Set(schemas.HeaderLocal, "127.0.0.1:9000")
+	if !deadline.IsZero() {
+		h.Set(schemas.HeaderDeadline, strconv.FormatInt(deadline.UnixMilli(), 10))
+	}
+	h.Set(schemas.HeaderReply, reply)
+	return &nats.Msg{Subject: subject, Reply: reply, Header: h, Data: body}
+}
+
+// publish does with msg what the gateway does with a request: it
+// publishes it to direct groups (core NATS, with its reply subject), then
+// its capture copy, which the stream stores under the request's subject
+// for durable groups. It returns once the stream has stored the copy.
+func (e *env) publish(t testing.TB, msg *nats.Msg) {
+	t.Helper()
+	if err := e.nc.PublishMsg(msg); err != nil {
 		t.Fatalf("publish %s: %v", msg.Subject, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	capture := &nats.Msg{Subject: schemas.CaptureSubject(prefix, msg.Subject), Header: msg.Header, Data: msg.Data}
+	if _, err := e.js.PublishMsg(ctx, capture); err != nil {
+		t.Fatalf("publish %s: %v", capture.Subject, err)
 	}
 }
 
@@ -107,26 +142,45 @@ func (e *env) send(t testing.TB, id, body string) {
 	e.publish(t, e.request(subject, id, []byte(body), time.Time{}))
 }
 
-// next returns the next reply.
+// next returns the next reply. It skips what NATS sends to the reply
+// subject of a request that no direct group received (status 503, no
+// responders), as the gateway does: a durable group may answer it.
 func (e *env) next(t testing.TB) *nats.Msg {
 	t.Helper()
-	select {
-	case m := <-e.replies:
-		return m
-	case <-time.After(waitFor):
-		t.Fatalf("no reply after %v", waitFor)
-		return nil
+	timeout := time.After(waitFor)
+	for {
+		select {
+		case m := <-e.replies:
+			if !noResponders(m) {
+				return m
+			}
+		case <-timeout:
+			t.Fatalf("no reply after %v", waitFor)
+			return nil
+		}
 	}
 }
 
-// until returns the replies received before the one with id, which it
+// noResponders reports whether m is the status NATS sends to the reply
+// subject of a request that no subscription received.
+func noResponders(m *nats.Msg) bool {
+	return len(m.Data) == 0 && m.Header.Get("Status") == "503"
+}
+
+// replyID returns the correlation id that a reply's subject names.
+func replyID(m *nats.Msg) string {
+	id, _ := schemas.ReplyID(m.Subject)
+	return id
+}
+
+// until returns the replies received before the one to id, which it
 // consumes too.
 func (e *env) until(t testing.TB, id string) []*nats.Msg {
 	t.Helper()
 	var before []*nats.Msg
 	for {
 		m := e.next(t)
-		if m.Header.Get(schemas.HeaderID) == id {
+		if replyID(m) == id {
 			return before
 		}
 		before = append(before, m)
@@ -160,6 +214,25 @@ func serve(t testing.TB, s *workers.Server) (stop func() error) {
 		}
 	})
 	return stop
+}
+
+// start runs s.Serve as serve does, and waits until it is ready: requests
+// published from then on reach it.
+func start(t testing.TB, s *workers.Server) (stop func() error) {
+	t.Helper()
+	stop = serve(t, s)
+	waitReady(t, s)
+	return stop
+}
+
+// waitReady waits until s is ready.
+func waitReady(t testing.TB, s *workers.Server) {
+	t.Helper()
+	select {
+	case <-s.Ready():
+	case <-time.After(waitFor):
+		t.Fatalf("group %s not ready after %v", s.Group, waitFor)
+	}
 }
 
 // consumerInfo returns the current info of the group's consumer.
@@ -230,7 +303,7 @@ func reply(body string) workers.HandlerFunc {
 }
 
 // waitStats waits until s.Stats() equals want: the counters are updated
-// just after the reply and the acknowledgement are sent.
+// just after the reply (and, durable, the acknowledgement) is sent.
 func waitStats(t testing.TB, s *workers.Server, want workers.Stats) {
 	t.Helper()
 	var got workers.Stats
@@ -252,33 +325,35 @@ func waitStats(t testing.TB, s *workers.Server, want workers.Stats) {
 // coapPort is the port of the CoAP listener the fake gateway has.
 const coapPort = 5683
 
+// coapMethods are the codes of the CoAP methods.
+var coapMethods = map[string]byte{"GET": 1, "POST": 2, "PUT": 3, "DELETE": 4, "FETCH": 5, "PATCH": 6, "iPATCH": 7}
+
 // coapMsg returns a CoAP request message as the gateway builds it for a
-// request on coapPort: the subject of method and segments, the usual
-// headers and the CoAP ones, and body as the payload. query holds the
-// Uri-Query options, unescaped.
+// CON request on coapPort with message id 513 and token 0a0b: the subject
+// of method and segments, the usual headers and the CoAP ones, and body as
+// the payload. query holds the Uri-Query options, unescaped.
 func (e *env) coapMsg(id, method string, segments, query []string, body []byte) *nats.Msg {
 	msg := e.request(schemas.CoAPSubject(prefix, coapPort, method, segments), id, body, time.Time{})
-	listener := strconv.Itoa(coapPort) + "/" + schemas.ProtocolCoAP
 	h := msg.Header
-	h.Set(schemas.HeaderSource, schemas.Source("node1", listener))
+	h.Set(schemas.HeaderSource, schemas.Source(node, schemas.Listener(coapPort, schemas.ProtocolCoAP)))
 	h.Set(schemas.HeaderType, schemas.TypeCoAP)
-	h.Set(schemas.HeaderListener, listener)
 	h.Set(schemas.HeaderLocal, "127.0.0.1:"+strconv.Itoa(coapPort))
-	h.Set(schemas.HeaderCoAPMethod, method)
 	escaped := make([]string, len(segments))
 	for i, s := range segments {
 		escaped[i] = url.PathEscape(s)
 	}
-	h.Set(schemas.HeaderCoAPPath, "/"+strings.Join(escaped, "/"))
+	line := method + " /" + strings.Join(escaped, "/")
 	if len(query) > 0 {
 		escaped = escaped[:0]
 		for _, q := range query {
 			escaped = append(escaped, strings.ReplaceAll(url.QueryEscape(q), "+", "%20"))
 		}
-		h.Set(schemas.HeaderCoAPQuery, strings.Join(escaped, "&"))
+		line += "?" + strings.Join(escaped, "&")
 	}
-	h.Set(schemas.HeaderCoAPToken, "0a0b")
-	h.Set(schemas.HeaderCoAPType, "CON")
-	h.Set(schemas.HeaderCoAPMessageID, "513")
+	h.Set(schemas.HeaderCoAPRequest, line)
+	// The CoAP header (CON, the method, message id 513) and the token; the
+	// options are left out: the SDK reads only the header and the token.
+	head := []byte{0x40 | 2, coapMethods[method], 0x02, 0x01, 0x0a, 0x0b}
+	h.Set(schemas.HeaderDatagramHead, base64.StdEncoding.EncodeToString(head))
 	return msg
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/udpgate/udpgate/internal/natstest"
-	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
 )
 
@@ -21,15 +20,9 @@ func TestServeServerLostStore(t *testing.T) {
 	opts := natstest.Options(t)
 	srv := natstest.Start(t, opts)
 	_, js := natstest.JetStream(t, srv)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: schemas.StreamIn, Subjects: []string{schemas.InWildcard(prefix)}, Storage: jetstream.MemoryStorage,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	createStream(t, js, jetstream.MemoryStorage)
 	s := &workers.Server{
-		JetStream: js, Group: "g", Subjects: []string{subject},
+		JetStream: js, Delivery: workers.Durable, Group: "g", Subjects: []string{subject},
 		Handler: workers.HandlerFunc(func(context.Context, workers.ResponseWriter, *workers.Request) error { return nil }),
 	}
 	done := make(chan error, 1)

@@ -31,8 +31,8 @@ func (w *recorder) Header() nats.Header {
 
 func (w *recorder) Write(p []byte) (int, error) { return w.body.Write(p) }
 
-// coapRequest returns a CoAP request for path, percent-encoded as in
-// schemas.HeaderCoAPPath, without going through the header parser.
+// coapRequest returns a CoAP request for the path of segments, without
+// going through the header parser.
 func coapRequest(method string, segments ...string) *workers.Request {
 	return &workers.Request{CoAP: &workers.CoAPRequest{
 		Method:        method,
@@ -486,11 +486,16 @@ func itemsMux() *workers.Mux {
 // TestMuxServe runs a Mux behind a Server whose Subjects are the Mux's:
 // the group receives the requests it has patterns for, and only those.
 func TestMuxServe(t *testing.T) {
+	for _, d := range deliveries {
+		t.Run(d.String(), func(t *testing.T) { testMuxServe(t, d) })
+	}
+}
+
+func testMuxServe(t *testing.T, d workers.Delivery) {
 	e := newEnv(t)
 	m := itemsMux()
-	s := &workers.Server{JetStream: e.js, Group: "items", Subjects: m.Subjects(prefix, coapPort), Handler: m, Concurrency: 1}
-	serve(t, s)
-	e.waitPulling(t, "items", 1)
+	s := &workers.Server{NATS: e.nc, Delivery: d, Group: "items", Subjects: m.Subjects(prefix, coapPort), Handler: m, Concurrency: 1}
+	start(t, s)
 
 	// Not served: published first, they would be handled first, and with
 	// Concurrency 1 answered first.
@@ -533,7 +538,7 @@ func TestMuxServe(t *testing.T) {
 		t.Run(tt.id, func(t *testing.T) {
 			e.publish(t, tt.msg)
 			r := e.next(t)
-			if got := r.Header.Get(schemas.HeaderID); got != tt.id {
+			if got := replyID(r); got != tt.id {
 				t.Fatalf("reply to %s, want %s", got, tt.id)
 			}
 			if got := r.Header.Get(schemas.HeaderStatus); got != tt.status {
@@ -550,6 +555,9 @@ func TestMuxServe(t *testing.T) {
 		})
 	}
 	waitStats(t, s, workers.Stats{Handled: 3, Replied: 2, Failed: 1})
+	if d != workers.Durable {
+		return
+	}
 	if info := e.waitSettled(t, "items"); info.Delivered.Consumer != 3 || info.NumPending != 0 {
 		t.Errorf("consumer delivered %d, %d pending; want 3, 0: it got requests it does not serve",
 			info.Delivered.Consumer, info.NumPending)
@@ -559,34 +567,37 @@ func TestMuxServe(t *testing.T) {
 // TestMuxServeAnswers runs a Mux behind a Server that takes every request
 // of the port, so that the Mux itself answers what it does not serve.
 func TestMuxServeAnswers(t *testing.T) {
-	e := newEnv(t)
-	s := &workers.Server{
-		JetStream: e.js, Group: "all", Handler: itemsMux(),
-		Subjects: []string{schemas.InSubject(prefix, coapPort) + ".>", subject},
-	}
-	serve(t, s)
-	e.waitPulling(t, "all", 1)
-	bad := e.coapMsg("bad path", "GET", []string{"items", "1"}, nil, nil)
-	bad.Header.Set(schemas.HeaderCoAPPath, "/items/%zz")
-	tests := []struct {
-		name, code, status string
-		msg                *nats.Msg
-	}{
-		{"not found", "4.04", "", e.coapMsg("not found", "GET", []string{"nope"}, nil, nil)},
-		{"root", "4.04", "", e.coapMsg("root", "GET", nil, nil, nil)},
-		{"method not allowed", "4.05", "", e.coapMsg("method not allowed", "PUT", []string{"items", "7"}, nil, nil)},
-		{"bad path", "4.00", "", bad},
-		{"raw request", "", schemas.StatusError, e.request(subject, "raw request", []byte("x"), time.Time{})},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e.publish(t, tt.msg)
-			r := e.next(t)
-			if id := r.Header.Get(schemas.HeaderID); id != tt.name {
-				t.Fatalf("reply to %q, want %q", id, tt.name)
+	for _, d := range deliveries {
+		t.Run(d.String(), func(t *testing.T) {
+			e := newEnv(t)
+			s := &workers.Server{
+				NATS: e.nc, Delivery: d, Group: "all", Handler: itemsMux(),
+				Subjects: []string{schemas.InSubject(prefix, coapPort) + ".>", subject},
 			}
-			if code, status := r.Header.Get(schemas.HeaderCoAPCode), r.Header.Get(schemas.HeaderStatus); code != tt.code || status != tt.status || len(r.Data) != 0 {
-				t.Errorf("reply code %q, status %q, body %q; want %q, %q, empty", code, status, r.Data, tt.code, tt.status)
+			start(t, s)
+			bad := e.coapMsg("bad-path", "GET", []string{"items", "1"}, nil, nil)
+			bad.Header.Set(schemas.HeaderCoAPRequest, "GET /items/%zz")
+			tests := []struct {
+				id, code, status string
+				msg              *nats.Msg
+			}{
+				{"not-found", "4.04", "", e.coapMsg("not-found", "GET", []string{"nope"}, nil, nil)},
+				{"root", "4.04", "", e.coapMsg("root", "GET", nil, nil, nil)},
+				{"method-not-allowed", "4.05", "", e.coapMsg("method-not-allowed", "PUT", []string{"items", "7"}, nil, nil)},
+				{"bad-path", "4.00", "", bad},
+				{"raw-request", "", schemas.StatusError, e.request(subject, "raw-request", []byte("x"), time.Time{})},
+			}
+			for _, tt := range tests {
+				t.Run(tt.id, func(t *testing.T) {
+					e.publish(t, tt.msg)
+					r := e.next(t)
+					if id := replyID(r); id != tt.id {
+						t.Fatalf("reply to %q, want %q", id, tt.id)
+					}
+					if code, status := r.Header.Get(schemas.HeaderCoAPCode), r.Header.Get(schemas.HeaderStatus); code != tt.code || status != tt.status || len(r.Data) != 0 {
+						t.Errorf("reply code %q, status %q, body %q; want %q, %q, empty", code, status, r.Data, tt.code, tt.status)
+					}
+				})
 			}
 		})
 	}
