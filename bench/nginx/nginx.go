@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"text/template"
@@ -62,15 +63,25 @@ func Find() (string, error) {
 	return "", ErrNotFound
 }
 
-// streamModule returns the stream module that bin must load: "" if it is
-// built in, the .so's path if it is dynamic (Debian's packages), or
-// ErrNoStream.
-func streamModule(bin string) (string, error) {
-	// nginx -V prints its configure arguments on standard error.
+// build is what nginx -V says of a binary.
+type build struct {
+	// module is the stream module to load: "" if it is built in, the
+	// .so's path if it is dynamic (Debian's packages).
+	module string
+	// startLog is whether nginx takes -e, the error log before the
+	// configuration is read (1.19.5 and later).
+	startLog bool
+}
+
+// inspect runs bin -V and returns its build, or ErrNoStream.
+func inspect(bin string) (build, error) {
+	// nginx -V prints its version and configure arguments on standard
+	// error.
 	out, err := exec.Command(bin, "-V").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("nginx: %s -V: %w: %s", bin, err, bytes.TrimSpace(out))
+		return build{}, fmt.Errorf("nginx: %s -V: %w: %s", bin, err, bytes.TrimSpace(out))
 	}
+	var b build
 	modules := "/usr/lib/nginx/modules"
 	dynamic, static := false, false
 	for _, arg := range strings.Fields(string(out)) {
@@ -81,19 +92,39 @@ func streamModule(bin string) (string, error) {
 			dynamic = true
 		case strings.HasPrefix(arg, "--modules-path="):
 			modules = strings.TrimPrefix(arg, "--modules-path=")
+		case strings.HasPrefix(arg, "nginx/"):
+			b.startLog = atLeast(strings.TrimPrefix(arg, "nginx/"), 1, 19, 5)
 		}
 	}
 	switch {
 	case static:
-		return "", nil
+		return b, nil
 	case dynamic:
-		so := filepath.Join(modules, "ngx_stream_module.so")
-		if _, err := os.Stat(so); err != nil {
-			return "", fmt.Errorf("%w: %s is missing", ErrNoStream, so)
+		b.module = filepath.Join(modules, "ngx_stream_module.so")
+		if _, err := os.Stat(b.module); err != nil {
+			return build{}, fmt.Errorf("%w: %s is missing", ErrNoStream, b.module)
 		}
-		return so, nil
+		return b, nil
 	}
-	return "", ErrNoStream
+	return build{}, ErrNoStream
+}
+
+// atLeast reports whether version (1.22.1) is at least major.minor.patch.
+func atLeast(version string, want ...int) bool {
+	parts := strings.SplitN(version, ".", 3)
+	for i, w := range want {
+		if i >= len(parts) {
+			return false
+		}
+		n, err := strconv.Atoi(parts[i])
+		if err != nil {
+			return false
+		}
+		if n != w {
+			return n > w
+		}
+	}
+	return true
 }
 
 // Config describes a proxy. Only Upstream is required.
@@ -141,7 +172,7 @@ func Start(ctx context.Context, c Config) (*Proxy, error) {
 			return nil, err
 		}
 	}
-	module, err := streamModule(bin)
+	b, err := inspect(bin)
 	if err != nil {
 		return nil, err
 	}
@@ -162,8 +193,8 @@ func Start(ctx context.Context, c Config) (*Proxy, error) {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("nginx: %w", err)
 		}
-		p, err := start(ctx, bin, dir, confData{
-			Module: module, Dir: dir, Workers: c.Workers,
+		p, err := start(ctx, bin, b.startLog, dir, confData{
+			Module: b.module, Dir: dir, Workers: c.Workers,
 			Listen:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port).String(),
 			Upstream: c.Upstream.String(), Timeout: fmt.Sprintf("%dms", c.Timeout.Milliseconds()),
 		})
@@ -189,7 +220,7 @@ var (
 
 // start runs nginx once with data and waits for its first answer. On
 // failure it leaves nothing running, and dir in place.
-func start(ctx context.Context, bin, dir string, data confData) (*Proxy, error) {
+func start(ctx context.Context, bin string, startLog bool, dir string, data confData) (*Proxy, error) {
 	var b bytes.Buffer
 	if err := conf.Execute(&b, data); err != nil {
 		return nil, fmt.Errorf("nginx: udp-proxy.conf: %w", err)
@@ -200,9 +231,13 @@ func start(ctx context.Context, bin, dir string, data confData) (*Proxy, error) 
 	}
 	errorLog := filepath.Join(dir, "error.log")
 	os.Remove(errorLog) // keep only this attempt's
-	// -e: the error log from the start, before the configuration is read
-	// (nginx 1.19.5 and later); otherwise nginx opens its compiled-in one.
-	cmd := exec.Command(bin, "-p", dir+"/", "-e", errorLog, "-c", path)
+	args := []string{"-p", dir + "/", "-c", path}
+	if startLog {
+		// The error log until the configuration is read; without -e,
+		// nginx opens its compiled-in one (and complains when it may not).
+		args = append(args, "-e", errorLog)
+	}
+	cmd := exec.Command(bin, args...)
 	// nginx writes to standard error what it writes to the error log.
 	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {

@@ -153,3 +153,17 @@ func TestStartRetries(t *testing.T) {
 		t.Errorf("%d ports tried, listening on %s", calls, p.Addr)
 	}
 }
+
+func TestAtLeast(t *testing.T) {
+	for _, tt := range []struct {
+		version string
+		want    bool
+	}{
+		{"1.22.1", true}, {"1.19.5", true}, {"1.19.4", false}, {"1.18.0", false},
+		{"1.20", true}, {"1.19", false}, {"2.0.0", true}, {"1.x.0", false},
+	} {
+		if got := atLeast(tt.version, 1, 19, 5); got != tt.want {
+			t.Errorf("atLeast(%q, 1.19.5) = %v, want %v", tt.version, got, tt.want)
+		}
+	}
+}
