@@ -259,7 +259,7 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	addresses := fs.Int("addresses", 100000, "distinct client addresses of gateway-memory (127.16.0.1 and up)")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "a request unanswered this long is lost")
 	warmUp := fs.Int("long-warmup", suiteLongWarmup, "requests each long-lived CoAP socket sends, unmeasured, before its case is measured (at most 65536 minus what the case sends)")
-	ingestRate := fs.Float64("ingest-rate", 0, "the highest rate, datagrams per second, that gateway-ingest's search tries (0: 1.25 x the js-publish rate, 50,000 without it)")
+	ingestRate := fs.Float64("ingest-rate", 0, "the highest rate, datagrams per second, that gateway-ingest's search tries (0: 1.25 x the js-publish rate, 200,000 without it)")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (gateway, NATS server, workers and generator) to this file")
 	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
@@ -666,7 +666,7 @@ type ingestProbe struct {
 // gatewayIngest searches for the highest paced rate at which the gateway
 // stores every datagram sent to a raw listener no worker consumes
 // (reply=off), up to a ceiling of -ingest-rate, or 1.25 x the js-publish
-// rate (50,000/s if it did not run). A probe passes when the capture
+// rate (200,000/s if it did not run). A probe passes when the capture
 // stream holds every datagram sent (the growth of its last sequence, which
 // counts each message stored even if the stream's limits drop old ones)
 // within a tenth of the probe's duration after the last one, and the
@@ -682,7 +682,7 @@ func (s *suite) gatewayIngest(ctx context.Context) (bench.Sample, error) {
 		ceiling = 1.25 * s.medianRate("js-publish")
 	}
 	if ceiling == 0 {
-		ceiling = 50000
+		ceiling = 200000
 	}
 	d := max(s.duration/ingestProbeShare, ingestMinProbe)
 	var (
