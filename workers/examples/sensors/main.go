@@ -6,11 +6,7 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"os/signal"
-	"syscall"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+	"log"
 
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
@@ -19,14 +15,6 @@ import (
 var celsius = map[string]float64{"1": 21.5, "2": 19.0}
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	nc, err := nats.Connect("nats://127.0.0.1:4222")
-	if err != nil {
-		panic(err)
-	}
-	js, _ := jetstream.New(nc)
-
 	mux := workers.NewMux()
 	mux.RouteFunc("GET /sensors/{id}", func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 		resp := workers.NewCoAPResponse(w)
@@ -39,12 +27,9 @@ func main() {
 		return json.NewEncoder(resp).Encode(map[string]any{"id": r.PathValue("id"), "celsius": c})
 	})
 	srv := &workers.Server{
-		JetStream: js,
-		Group:     "sensors",
-		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5684), // udpgate.in.5684.GET.sensors.*
-		Handler:   mux,
+		Group:    "sensors",
+		Subjects: mux.Subjects(schemas.DefaultPrefix, 5684), // udpgate.in.5684.GET.sensors.*
+		Handler:  mux,
 	}
-	if err := srv.Serve(ctx); err != nil {
-		panic(err)
-	}
+	log.Fatal(srv.ListenAndServe())
 }

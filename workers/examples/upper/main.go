@@ -5,33 +5,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"os/signal"
-	"syscall"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/udpgate/udpgate/workers"
+	"log"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	nc, err := nats.Connect("nats://127.0.0.1:4222")
-	if err != nil {
-		panic(err)
-	}
-	js, _ := jetstream.New(nc)
-	srv := &workers.Server{
-		JetStream: js,
-		Group:     "upper", // every instance of the group shares the work
-		Subjects:  []string{"udpgate.in.9100"},
-		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
-			_, err := w.Write(bytes.ToUpper(r.Body))
-			return err
-		}),
-	}
-	if err := srv.Serve(ctx); err != nil {
-		panic(err)
-	}
+func upper(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+	_, err := w.Write(bytes.ToUpper(r.Body))
+	return err
+}
+
+func main() { // a durable group instead: (&workers.Server{Delivery: workers.Durable, ...}).ListenAndServe()
+	log.Fatal(workers.ListenAndServe("udpgate.in.9100", "upper", workers.HandlerFunc(upper)))
 }
