@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/base64"
+	"errors"
 	"fmt"
+	"log"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -18,16 +22,17 @@ import (
 )
 
 // A complete worker: it upper-cases every datagram sent to the gateway's
-// listener 9000/raw. Several copies of it share the work of group "upper".
+// listener 9000/raw. Each copy of it is an instance of group "upper": a
+// NATS queue subscription, so the copies share the work, and each reply
+// goes back with the NATS reply idiom.
 func Example() {
 	nc, stop := exampleGateway() // NATS with the gateway's stream, for the example
 	defer stop()
 
-	js, _ := jetstream.New(nc)
 	srv := &workers.Server{
-		JetStream: js,
-		Group:     "upper",
-		Subjects:  []string{"udpgate.in.9000"},
+		NATS:     nc,
+		Group:    "upper",
+		Subjects: []string{"udpgate.in.9000"},
 		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 			_, err := w.Write(bytes.ToUpper(r.Body))
 			return err
@@ -36,8 +41,9 @@ func Example() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- srv.Serve(ctx) }()
+	<-srv.Ready()
 
-	fmt.Println(exampleRequest(js, "upper", "hello, udpgate"))
+	fmt.Println(exampleRequest(nc, "hello, udpgate"))
 	cancel()
 	fmt.Println(<-done)
 	// Output:
@@ -45,9 +51,76 @@ func Example() {
 	// <nil>
 }
 
+// The one-call start: a worker that upper-cases every datagram sent to the
+// gateway's listener 9000/raw, as an instance of group "upper", connected
+// to the NATS server in UDPGATE_NATS_URL, until SIGINT or SIGTERM.
+func ExampleListenAndServe() {
+	err := workers.ListenAndServe("udpgate.in.9000", "upper", workers.HandlerFunc(
+		func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+			_, err := w.Write(bytes.ToUpper(r.Body))
+			return err
+		}))
+	if !errors.Is(err, workers.ErrStopped) {
+		log.Fatal(err)
+	}
+}
+
+// A Server's ListenAndServe starts a worker configured beyond
+// ListenAndServe's defaults: here a Durable group, which keeps its backlog
+// in the capture stream and gets every request at least once, for an
+// ingest-only port whose readings it saves without answering.
+func ExampleServer_ListenAndServe() {
+	srv := &workers.Server{
+		Group:       "readings",
+		Delivery:    workers.Durable,
+		Subjects:    []string{"udpgate.in.9200"},
+		Concurrency: 4,
+		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+			return saveReading(ctx, r.Remote, r.Body) // no reply; an error wrapping ErrRetry: redelivered
+		}),
+	}
+	if err := srv.ListenAndServe(); !errors.Is(err, workers.ErrStopped) {
+		log.Fatal(err)
+	}
+}
+
+// saveReading stands for a database write.
+func saveReading(ctx context.Context, from netip.AddrPort, reading []byte) error { return nil }
+
+// A Durable group reads the capture stream through a JetStream consumer
+// named after it: a request whose instance dies is redelivered to another,
+// and requests wait in the stream while every instance is busy. The
+// handler is the same as for a Direct group.
+func ExampleServer_durable() {
+	nc, stop := exampleGateway() // NATS with the gateway's stream, for the example
+	defer stop()
+
+	srv := &workers.Server{
+		NATS:     nc,
+		Delivery: workers.Durable,
+		Group:    "upper-durable",
+		Subjects: []string{"udpgate.in.9000"},
+		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+			_, err := fmt.Fprintf(w, "%s (delivery %d)", bytes.ToUpper(r.Body), r.Delivery)
+			return err
+		}),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- srv.Serve(ctx) }()
+	<-srv.Ready()
+
+	fmt.Println(exampleCapture(nc, "hello, udpgate"))
+	cancel()
+	fmt.Println(<-done)
+	// Output:
+	// HELLO, UDPGATE (delivery 1)
+	// <nil>
+}
+
 // A CoAP worker: a Mux routes the requests of the gateway's listener
-// 5683/coap by method and path, and its group consumes only the subjects
-// of its patterns.
+// 5683/coap by method and path, and its group subscribes to only the
+// subjects of its patterns.
 func ExampleMux() {
 	nc, stop := exampleGateway() // NATS with the gateway's stream, for the example
 	defer stop()
@@ -66,20 +139,20 @@ func ExampleMux() {
 		return nil
 	})
 
-	js, _ := jetstream.New(nc)
 	srv := &workers.Server{
-		JetStream: js,
-		Group:     "hello",
-		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5683),
-		Handler:   mux,
+		NATS:     nc,
+		Group:    "hello",
+		Subjects: mux.Subjects(schemas.DefaultPrefix, 5683),
+		Handler:  mux,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- srv.Serve(ctx) }()
+	<-srv.Ready()
 
 	fmt.Println(srv.Subjects)
-	fmt.Println(exampleCoAPRequest(js, "hello", "GET", []string{"hello", "ana"}, ""))
-	fmt.Println(exampleCoAPRequest(js, "hello", "POST", []string{"items"}, "an item"))
+	fmt.Println(exampleCoAPRequest(nc, "GET", []string{"hello", "ana"}, ""))
+	fmt.Println(exampleCoAPRequest(nc, "POST", []string{"items"}, "an item"))
 	cancel()
 	fmt.Println(<-done)
 	// Output:
@@ -109,18 +182,18 @@ func ExampleMux_Discovery() {
 		"/sensors/2": `rt="humidity";ct=0`,
 	}))
 
-	js, _ := jetstream.New(nc)
 	srv := &workers.Server{
-		JetStream: js,
-		Group:     "sensors",
-		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5683),
-		Handler:   mux,
+		NATS:     nc,
+		Group:    "sensors",
+		Subjects: mux.Subjects(schemas.DefaultPrefix, 5683),
+		Handler:  mux,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- srv.Serve(ctx) }()
+	<-srv.Ready()
 
-	fmt.Println(exampleCoAPRequest(js, "sensors", "GET", []string{".well-known", "core"}, ""))
+	fmt.Println(exampleCoAPRequest(nc, "GET", []string{".well-known", "core"}, ""))
 	cancel()
 	fmt.Println(<-done)
 	// Output:
@@ -128,8 +201,8 @@ func ExampleMux_Discovery() {
 	// <nil>
 }
 
-// exampleGateway starts an embedded NATS server with the request stream
-// and connects to it.
+// exampleGateway starts an embedded NATS server with the gateway's
+// capture stream and connects to it.
 func exampleGateway() (*nats.Conn, func()) {
 	dir, err := os.MkdirTemp("", "workers-example")
 	if err != nil {
@@ -152,7 +225,11 @@ func exampleGateway() (*nats.Conn, func()) {
 	js, _ := jetstream.New(nc)
 	_, err = js.CreateStream(context.Background(), jetstream.StreamConfig{
 		Name:     schemas.StreamIn,
-		Subjects: []string{schemas.InWildcard(schemas.DefaultPrefix)},
+		Subjects: []string{schemas.CaptureWildcard(schemas.DefaultPrefix)},
+		SubjectTransform: &jetstream.SubjectTransformConfig{
+			Source:      schemas.CaptureWildcard(schemas.DefaultPrefix),
+			Destination: schemas.InWildcard(schemas.DefaultPrefix),
+		},
 	})
 	if err != nil {
 		panic(err)
@@ -165,27 +242,42 @@ func exampleGateway() (*nats.Conn, func()) {
 	}
 }
 
-// exampleRequest does what the gateway does with a datagram on 9000/raw:
-// once group pulls, it stores a request and waits for the reply's body.
-func exampleRequest(js jetstream.JetStream, group, body string) string {
-	msg := nats.NewMsg(schemas.InSubject(schemas.DefaultPrefix, 9000))
-	msg.Header.Set(schemas.HeaderListener, "9000/raw")
+// exampleMsg returns a request message for a datagram that node1's
+// listener (PORT/PROTOCOL) received, with id 1.
+func exampleMsg(subject, listener, typ, body string) *nats.Msg {
+	msg := nats.NewMsg(subject)
+	msg.Header.Set(schemas.HeaderSpecVersion, schemas.SpecVersion)
+	msg.Header.Set(schemas.HeaderID, "1")
+	msg.Header.Set(schemas.HeaderSource, schemas.Source("node1", listener))
+	msg.Header.Set(schemas.HeaderType, typ)
+	msg.Header.Set(schemas.HeaderRemote, "192.0.2.7:40000")
 	msg.Data = []byte(body)
-	return string(exampleExchange(js, group, msg).Data)
+	return msg
 }
 
-// exampleCoAPRequest does what the gateway does with a CoAP request on
+// exampleRequest does what the gateway does with a datagram on 9000/raw
+// for direct groups: a core NATS request (the gateway's reply subject is
+// udpgate.reply.NODE.ID, this one an inbox). It returns the reply's body.
+func exampleRequest(nc *nats.Conn, body string) string {
+	msg := exampleMsg(schemas.InSubject(schemas.DefaultPrefix, 9000), "9000/raw", schemas.TypeRaw, body)
+	reply, err := nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		panic(err)
+	}
+	return string(reply.Data)
+}
+
+// exampleCoAPRequest does what the gateway does with a CON request on
 // 5683/coap, and returns the reply's code and body.
-func exampleCoAPRequest(js jetstream.JetStream, group, method string, segments []string, body string) string {
-	msg := nats.NewMsg(schemas.CoAPSubject(schemas.DefaultPrefix, 5683, method, segments))
-	msg.Header.Set(schemas.HeaderListener, "5683/coap")
-	msg.Header.Set(schemas.HeaderType, schemas.TypeCoAP)
-	msg.Header.Set(schemas.HeaderCoAPMethod, method)
-	msg.Header.Set(schemas.HeaderCoAPPath, "/"+strings.Join(segments, "/"))
-	msg.Header.Set(schemas.HeaderCoAPType, "CON")
-	msg.Header.Set(schemas.HeaderCoAPMessageID, "1")
-	msg.Data = []byte(body)
-	reply := exampleExchange(js, group, msg)
+func exampleCoAPRequest(nc *nats.Conn, method string, segments []string, body string) string {
+	msg := exampleMsg(schemas.CoAPSubject(schemas.DefaultPrefix, 5683, method, segments), "5683/coap", schemas.TypeCoAP, body)
+	msg.Header.Set(schemas.HeaderCoAPRequest, method+" /"+strings.Join(segments, "/"))
+	// The datagram's CoAP header: CON, message id 1, no token.
+	msg.Header.Set(schemas.HeaderDatagramHead, base64.StdEncoding.EncodeToString([]byte{0x40, 0x01, 0x00, 0x01}))
+	reply, err := nc.RequestMsg(msg, 10*time.Second)
+	if err != nil {
+		panic(err)
+	}
 	code := cmp.Or(reply.Header.Get(schemas.HeaderCoAPCode), schemas.CoAPDefaultCode)
 	if loc := reply.Header.Get(schemas.HeaderCoAPLocationPath); loc != "" {
 		return code + " location " + loc
@@ -193,28 +285,21 @@ func exampleCoAPRequest(js jetstream.JetStream, group, method string, segments [
 	return code + " " + string(reply.Data)
 }
 
-// exampleExchange publishes msg to the stream once group pulls, and waits
-// for the reply.
-func exampleExchange(js jetstream.JetStream, group string, msg *nats.Msg) *nats.Msg {
+// exampleCapture does what the gateway does with a datagram on 9000/raw
+// for durable groups: it publishes its capture copy, which the stream
+// stores under udpgate.in.9000, with the reply subject in udpgate-reply.
+// It returns the reply's body.
+func exampleCapture(nc *nats.Conn, body string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for {
-		c, err := js.Consumer(ctx, schemas.StreamIn, group)
-		if err == nil && c.CachedInfo().NumWaiting > 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			panic("worker not pulling")
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	replies, err := js.Conn().SubscribeSync(schemas.ReplySubject(schemas.DefaultPrefix, "node1"))
+	js, _ := jetstream.New(nc)
+	replies, err := nc.SubscribeSync(schemas.ReplySubject(schemas.DefaultPrefix, "node1") + ".1")
 	if err != nil {
 		panic(err)
 	}
 	defer replies.Unsubscribe()
-	msg.Header.Set(schemas.HeaderID, "1")
+	msg := exampleMsg(schemas.InSubject(schemas.DefaultPrefix, 9000), "9000/raw", schemas.TypeRaw, body)
+	msg.Subject = schemas.CaptureSubject(schemas.DefaultPrefix, msg.Subject)
 	msg.Header.Set(schemas.HeaderReply, replies.Subject)
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		panic(err)
@@ -223,5 +308,5 @@ func exampleExchange(js jetstream.JetStream, group string, msg *nats.Msg) *nats.
 	if err != nil {
 		panic(err)
 	}
-	return reply
+	return string(reply.Data)
 }
