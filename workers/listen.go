@@ -45,7 +45,26 @@ func (s *Server) ListenAndServe() error {
 		if url == "" {
 			url = "nats://127.0.0.1:4222"
 		}
-		nc, err := nats.Connect(url, nats.Name("udpgate worker "+s.Group), nats.MaxReconnects(-1))
+		log := s.Log
+		nc, err := nats.Connect(url, nats.Name("udpgate worker "+s.Group), nats.MaxReconnects(-1),
+			// NATS's own reports go to the log, not to standard error:
+			// a slow consumer (requests dropped, see Stats.Dropped) is
+			// reported once each time a subscription falls behind.
+			nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+				if sub != nil {
+					log.Warn("workers: nats", "subject", sub.Subject, "err", err)
+					return
+				}
+				log.Warn("workers: nats", "err", err)
+			}),
+			nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+				if err != nil { // nil: closed by ListenAndServe
+					log.Warn("workers: disconnected from nats", "err", err)
+				}
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) {
+				log.Info("workers: reconnected to nats", "url", nc.ConnectedUrlRedacted())
+			}))
 		if err != nil {
 			return fmt.Errorf("workers: connect to %s: %w", strings.Join(redact(url), ","), err)
 		}
