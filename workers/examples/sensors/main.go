@@ -1,16 +1,11 @@
 // Command sensors is the CoAP worker from the README: it serves
 // GET /sensors/{id} on udpgate.in.5684. Run it next to
-// `UDPGATE_LISTENERS=5684/coap udpgate run`; it connects to
-// UDPGATE_NATS_URL, by default nats://127.0.0.1:4222, and stops on Ctrl-C.
-// With -durable its group reads the capture stream through a durable
-// consumer instead of a queue subscription.
+// `UDPGATE_LISTENERS=5684/coap udpgate run`.
 package main
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"log"
 
 	"github.com/udpgate/udpgate/schemas"
@@ -20,9 +15,6 @@ import (
 var celsius = map[string]float64{"1": 21.5, "2": 19.0}
 
 func main() {
-	durable := flag.Bool("durable", false, "receive requests through a durable JetStream consumer")
-	flag.Parse()
-
 	mux := workers.NewMux()
 	mux.RouteFunc("GET /sensors/{id}", func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
 		resp := workers.NewCoAPResponse(w)
@@ -39,10 +31,5 @@ func main() {
 		Subjects: mux.Subjects(schemas.DefaultPrefix, 5684), // udpgate.in.5684.GET.sensors.*
 		Handler:  mux,
 	}
-	if *durable {
-		srv.Delivery = workers.Durable
-	}
-	if err := srv.ListenAndServe(); !errors.Is(err, workers.ErrStopped) {
-		log.Fatal(err)
-	}
+	log.Fatal(srv.ListenAndServe())
 }
