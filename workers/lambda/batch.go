@@ -15,6 +15,7 @@ import (
 // item is one request waiting in the batcher.
 type item struct {
 	req  *workers.Request
+	at   time.Time    // when it was received (receivedAt)
 	gone atomic.Bool  // its Handle has returned: leave it out
 	done chan outcome // buffered; receives the outcome at most once
 }
@@ -28,7 +29,7 @@ type outcome struct {
 
 // handleBatch hands r to the batcher and waits for its outcome.
 func (b *Bridge) handleBatch(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
-	it := &item{req: r, done: make(chan outcome, 1)}
+	it := &item{req: r, at: receivedAt(r), done: make(chan outcome, 1)}
 	select {
 	case b.queue <- it:
 	case <-ctx.Done():
@@ -124,7 +125,7 @@ func (b *Bridge) send(ctx context.Context, batch []*item) {
 	}
 	ev := BatchEvent{Messages: make([]BatchMessage, len(live))}
 	for i, it := range live {
-		ev.Messages[i] = batchMessage(strconv.Itoa(i), it.req)
+		ev.Messages[i] = batchMessage(strconv.Itoa(i), it.req, it.at)
 	}
 	fail := func(err error) {
 		for _, it := range live {

@@ -4,7 +4,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/netip"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/udpgate/udpgate/schemas"
@@ -12,7 +14,7 @@ import (
 )
 
 // Envelope holds the fields every native event carries: where and when the
-// gateway received the request. Schemas: schemas/lambda/*-event.schema.json.
+// request was received. Schemas: schemas/lambda/*-event.schema.json.
 type Envelope struct {
 	// Port is the gateway port the request was sent to.
 	Port uint16 `json:"Port"`
@@ -20,9 +22,10 @@ type Envelope struct {
 	// address the request was sent to, which the reply is sent from.
 	Remote string `json:"Remote"`
 	Local  string `json:"Local"`
-	// ReceivedAt is when the gateway read the datagram, RFC 3339 in UTC.
+	// ReceivedAt is when the request was received, RFC 3339 in UTC: see
+	// receivedAt.
 	ReceivedAt string `json:"ReceivedAt"`
-	// ID is the exchange's correlation id (udpgate-id), opaque.
+	// ID is the exchange's correlation id (ce-id), opaque.
 	ID string `json:"Id"`
 }
 
@@ -40,13 +43,15 @@ type CoAPEvent struct {
 	// Code is the request method: GET, POST, PUT, DELETE, FETCH, PATCH or
 	// iPATCH.
 	Code string `json:"code"`
-	// MessageID is the CoAP message id of the request.
+	// MessageID is the CoAP message id of the request, and Token its
+	// token, standard base64 ("" for none), both from the datagram head
+	// (udpgate-datagram-head). A request reassembled from a Block1 upload
+	// came in several datagrams and has none: 0 and "".
 	MessageID uint16 `json:"message_id"`
-	// Token is the request's token, standard base64 ("" for none).
-	Token string `json:"token"`
+	Token     string `json:"token"`
 	// Path is "/" and the Uri-Path segments joined by "/", each
-	// percent-encoded (RFC 3986), as in the udpgate-coap-path header:
-	// "/time", "/sensors/a%20b".
+	// percent-encoded (RFC 3986), as in the request line
+	// (udpgate-coap-request): "/time", "/sensors/a%20b".
 	Path string `json:"path"`
 	// Query are the Uri-Query options, decoded, e.g. ["unit=C", "verbose"];
 	// empty, not absent, if there are none.
@@ -106,12 +111,36 @@ type BatchReply struct {
 	Data *string `json:"Data"`
 }
 
-func envelope(r *workers.Request) Envelope {
-	e := Envelope{Port: r.Port, Remote: addr(r.Remote), Local: addr(r.Local), ID: r.ID}
-	if !r.Received.IsZero() {
-		e.ReceivedAt = r.Received.UTC().Format(time.RFC3339Nano)
+func envelope(r *workers.Request, received time.Time) Envelope {
+	return Envelope{
+		Port: r.Port, Remote: addr(r.Remote), Local: addr(r.Local), ID: r.ID,
+		ReceivedAt: received.UTC().Format(time.RFC3339Nano),
 	}
-	return e
+}
+
+// receivedAt returns when r was received: r.Received if the SDK knows it
+// (an imported request's ce-time, the packet's time; for a durable group
+// when the capture stream stored the request), else now, when the bridge
+// takes the request: a direct group receives it as the gateway reads it.
+func receivedAt(r *workers.Request) time.Time {
+	if !r.Received.IsZero() {
+		return r.Received
+	}
+	return time.Now()
+}
+
+// coapPath returns the path of r as its request line spells it: "/" and
+// the Uri-Path segments, each percent-encoded.
+func coapPath(r *workers.Request) string {
+	_, uri, _ := strings.Cut(r.Header.Get(schemas.HeaderCoAPRequest), " ")
+	if path, _, _ := strings.Cut(uri, "?"); strings.HasPrefix(path, "/") {
+		return path
+	}
+	segs := make([]string, len(r.CoAP.Segments))
+	for i, s := range r.CoAP.Segments {
+		segs[i] = url.PathEscape(s)
+	}
+	return "/" + strings.Join(segs, "/")
 }
 
 func addr(a netip.AddrPort) string {
@@ -123,8 +152,9 @@ func addr(a netip.AddrPort) string {
 
 var b64 = base64.StdEncoding
 
-// nativeEvent returns the JSON event of r for ShapeNative.
-func nativeEvent(r *workers.Request) ([]byte, error) {
+// nativeEvent returns the JSON event of r, received at received, for
+// ShapeNative.
+func nativeEvent(r *workers.Request, received time.Time) ([]byte, error) {
 	switch {
 	case r.CoAP != nil:
 		c := r.CoAP
@@ -132,10 +162,10 @@ func nativeEvent(r *workers.Request) ([]byte, error) {
 			Code:      c.Method,
 			MessageID: c.MessageID,
 			Token:     b64.EncodeToString(c.Token),
-			Path:      r.Header.Get(schemas.HeaderCoAPPath),
+			Path:      coapPath(r),
 			Query:     c.Query,
 			Payload:   b64.EncodeToString(r.Body),
-			Envelope:  envelope(r),
+			Envelope:  envelope(r, received),
 		}
 		if ev.Query == nil {
 			ev.Query = []string{}
@@ -153,14 +183,15 @@ func nativeEvent(r *workers.Request) ([]byte, error) {
 			Method:   r.RPC.Method,
 			ID:       strconv.FormatUint(r.RPC.ID, 10),
 			Params:   b64.EncodeToString(r.Body),
-			Envelope: envelope(r),
+			Envelope: envelope(r, received),
 		})
 	}
-	return json.Marshal(RawEvent{Data: b64.EncodeToString(r.Body), Envelope: envelope(r)})
+	return json.Marshal(RawEvent{Data: b64.EncodeToString(r.Body), Envelope: envelope(r, received)})
 }
 
-// batchMessage returns r as message tag of a BatchEvent.
-func batchMessage(tag string, r *workers.Request) BatchMessage {
-	e := envelope(r)
+// batchMessage returns r, received at received, as message tag of a
+// BatchEvent.
+func batchMessage(tag string, r *workers.Request, received time.Time) BatchMessage {
+	e := envelope(r, received)
 	return BatchMessage{Tag: tag, Remote: e.Remote, Local: e.Local, ReceivedAt: e.ReceivedAt, Data: b64.EncodeToString(r.Body)}
 }

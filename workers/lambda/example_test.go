@@ -8,7 +8,6 @@ import (
 	"syscall"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
@@ -17,7 +16,9 @@ import (
 
 // A worker group that answers every datagram on port 9000 with the
 // function "upper". Region, credentials and endpoint come from the
-// standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL_LAMBDA, ...).
+// standard AWS chain (AWS_REGION, AWS_ENDPOINT_URL_LAMBDA, ...). The group
+// is durable: while Lambda throttles, requests wait in the capture stream
+// instead of being dropped (workers.Direct, the default, answers sooner).
 func Example() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -30,7 +31,6 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
 
 	bridge := &lambda.Bridge{
 		Client:         client,
@@ -40,7 +40,8 @@ func Example() {
 	}
 	defer bridge.Close() // after Serve has returned
 	srv := &workers.Server{
-		JetStream:   js,
+		NATS:        nc,
+		Delivery:    workers.Durable,
 		Group:       "lambda-upper",
 		Subjects:    []string{schemas.InSubject(schemas.DefaultPrefix, 9000)},
 		Handler:     bridge,

@@ -72,21 +72,30 @@ func (n *node) subject(protocol string) string {
 	return schemas.InSubject(schemas.DefaultPrefix, n.port) + ".>"
 }
 
-// serve runs b behind a workers.Server of group on subject until the test
-// ends, then closes b. concurrency zero means b.Concurrency().
-func (n *node) serve(t *testing.T, group, subject string, b *Bridge, concurrency int) *workers.Server {
+// deliveries are the workers.Server deliveries, for tests that run in
+// each.
+var deliveries = []workers.Delivery{workers.Direct, workers.Durable}
+
+// serve runs b behind a workers.Server of group on subject, with delivery,
+// until the test ends, then closes b. concurrency zero means
+// b.Concurrency().
+func (n *node) serve(t *testing.T, delivery workers.Delivery, group, subject string, b *Bridge, concurrency int) *workers.Server {
 	t.Helper()
-	_, js := natstest.JetStream(t, n.s)
 	if concurrency == 0 {
 		concurrency = b.Concurrency()
 	}
 	srv := &workers.Server{
-		JetStream:   js,
+		Delivery:    delivery,
 		Group:       group,
 		Subjects:    []string{subject},
 		Handler:     b,
 		Concurrency: concurrency,
-		AckWait:     500 * time.Millisecond,
+	}
+	if delivery == workers.Durable {
+		_, srv.JetStream = natstest.JetStream(t, n.s)
+		srv.AckWait = 500 * time.Millisecond
+	} else {
+		srv.NATS = natstest.Connect(t, n.s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

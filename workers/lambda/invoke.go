@@ -29,7 +29,9 @@ const (
 	// request's deadline usually cuts it shorter.
 	maxRetryAfter = 30 * time.Second
 	// maxTries bounds the tries of a request without a deadline; after
-	// them JetStream's redelivery (MaxDeliver) takes over.
+	// them the request is given back (workers.ErrRetry): a durable group's
+	// is redelivered (up to MaxDeliver), a direct group's left to the
+	// client's retry.
 	maxTries = 5
 )
 

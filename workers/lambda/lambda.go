@@ -3,6 +3,26 @@
 // (by name, ARN or alias) for each request, or for each batch of requests,
 // and turns the function's result into the reply.
 //
+// # Delivery
+//
+// The Bridge works in a group of either delivery; the workers.Server's
+// Delivery field chooses (UDPGATE_DELIVERY for `udpgate lambda`):
+//
+//   - workers.Direct (the SDK's default): a queue subscription. A request
+//     reaches the Bridge as the gateway reads it and is answered with the
+//     NATS reply idiom; what the Bridge gives back (workers.ErrRetry) is
+//     left to the client's retry, and the requests beyond the Server's
+//     Concurrency and Backlog are dropped (counted) while Lambda is slow
+//     or throttles.
+//   - workers.Durable: a JetStream consumer on the capture stream. Requests
+//     wait in the stream while every invocation slot is busy, and what the
+//     Bridge gives back is redelivered: the choice when a backlog must
+//     wait for the function rather than be dropped.
+//
+// Both shapes work in both deliveries: set the Server's Concurrency to
+// Bridge.Concurrency(), so that enough requests are handled at once to
+// fill the batches.
+//
 // The events and results are JSON, each described by a JSON Schema in
 // schemas/lambda/ (documented with examples in schemas/lambda/README.md).
 //
@@ -37,13 +57,15 @@
 //     retried after a backoff (exponential with jitter, 25 ms doubling to
 //     1 s, or longer when a throttle's Retry-After asks for it, up to 30 s)
 //     for as long as the request's deadline allows. When the deadline
-//     passes Handle returns and the SDK acks the request as expired (the
-//     gateway answers it, CoAP 5.04, RPC STATUS_DEADLINE_EXCEEDED). When
-//     the Server stops first, Handle returns an error wrapping
-//     workers.ErrRetry so that another instance takes the request. A
-//     request without a deadline is tried 5 times, then Handle returns an
-//     error wrapping workers.ErrRetry. Counted Throttles, Timeouts, Retries.
-//     A retried invocation may run the function more than once.
+//     passes Handle returns and the SDK counts the request as expired (and
+//     acks it, durable); the gateway answers it (CoAP 5.04, RPC
+//     STATUS_DEADLINE_EXCEEDED). When the Server stops first, Handle
+//     returns an error wrapping workers.ErrRetry: a durable group's request
+//     is redelivered to another instance, a direct group's waits for the
+//     client's retry. A request without a deadline is tried 5 times, then
+//     Handle returns an error wrapping workers.ErrRetry. Counted Throttles,
+//     Timeouts, Retries. A retried invocation may run the function more
+//     than once.
 //   - Any other error from Invoke (4xx such as ResourceNotFoundException,
 //     missing credentials or region): an error reply and a Warn log.
 //     Counted InvokeErrors.
@@ -257,7 +279,7 @@ func (b *Bridge) Handle(ctx context.Context, w workers.ResponseWriter, r *worker
 	if b.Shape == ShapeBatch {
 		return b.handleBatch(ctx, w, r)
 	}
-	payload, err := nativeEvent(r)
+	payload, err := nativeEvent(r, receivedAt(r))
 	if err != nil {
 		return fmt.Errorf("lambda: encode event: %w", err)
 	}

@@ -28,63 +28,71 @@ import (
 
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
+	"github.com/udpgate/udpgate/workers"
 )
 
 // TestRaw: a raw datagram goes to the function as a raw event matching the
 // schema, and the function's string comes back from the port it was sent
-// to.
+// to, in a direct group and in a durable one.
 func TestRaw(t *testing.T) {
-	f := newFakeLambda(t)
-	f.handle("upper", func(event []byte) ([]byte, error) {
-		var ev RawEvent
-		if err := json.Unmarshal(event, &ev); err != nil {
-			return nil, err
-		}
-		data, err := base64.StdEncoding.DecodeString(ev.Data)
-		if err != nil {
-			return nil, err
-		}
-		return jsonOf(strings.ToUpper(string(data))), nil
-	})
-	n := startGateway(t, schemas.ProtocolRaw)
-	b := &Bridge{Client: f.client(), Function: "upper"}
-	n.serve(t, "upper", n.subject(schemas.ProtocolRaw), b, 0)
+	for _, delivery := range deliveries {
+		t.Run(delivery.String(), func(t *testing.T) {
+			f := newFakeLambda(t)
+			f.handle("upper", func(event []byte) ([]byte, error) {
+				var ev RawEvent
+				if err := json.Unmarshal(event, &ev); err != nil {
+					return nil, err
+				}
+				data, err := base64.StdEncoding.DecodeString(ev.Data)
+				if err != nil {
+					return nil, err
+				}
+				return jsonOf(strings.ToUpper(string(data))), nil
+			})
+			n := startGateway(t, schemas.ProtocolRaw)
+			b := &Bridge{Client: f.client(), Function: "upper"}
+			n.serve(t, delivery, "upper", n.subject(schemas.ProtocolRaw), b, 0)
 
-	got, c, err := exchange(t, n.addr, []byte("hello, lambda"))
-	if err != nil {
-		t.Fatalf("no reply from %v: %v", n.addr, err)
-	}
-	if string(got) != "HELLO, LAMBDA" {
-		t.Errorf("reply %q, want %q", got, "HELLO, LAMBDA")
-	}
+			sent := time.Now()
+			got, c, err := exchange(t, n.addr, []byte("hello, lambda"))
+			if err != nil {
+				t.Fatalf("no reply from %v: %v", n.addr, err)
+			}
+			if string(got) != "HELLO, LAMBDA" {
+				t.Errorf("reply %q, want %q", got, "HELLO, LAMBDA")
+			}
 
-	events, _ := f.recorded("upper")
-	if len(events) != 1 {
-		t.Fatalf("%d invocations, want 1", len(events))
-	}
-	if err := valid(schema(t, "raw-event.schema.json"), events[0]); err != nil {
-		t.Errorf("event %s does not match the schema: %v", events[0], err)
-	}
-	// A function written for the bare {"Port", "Data"} event.
-	var bare struct {
-		Port int
-		Data []byte
-	}
-	var ev RawEvent
-	if err := json.Unmarshal(events[0], &bare); err != nil || json.Unmarshal(events[0], &ev) != nil {
-		t.Fatalf("event %s: %v", events[0], err)
-	}
-	if bare.Port != int(n.port) || string(bare.Data) != "hello, lambda" {
-		t.Errorf("bare event: port %d data %q, want %d %q", bare.Port, bare.Data, n.port, "hello, lambda")
-	}
-	if ev.Remote != c.LocalAddr().String() || ev.Local != n.addr.String() || ev.ID == "" {
-		t.Errorf("event Remote %q Local %q Id %q, want %q %q and an id", ev.Remote, ev.Local, ev.ID, c.LocalAddr(), n.addr)
-	}
-	if at, err := time.Parse(time.RFC3339Nano, ev.ReceivedAt); err != nil || time.Since(at) > time.Minute {
-		t.Errorf("ReceivedAt %q: %v", ev.ReceivedAt, err)
-	}
-	if st := b.Stats(); st.Invocations != 1 || st.MaxInFlight != 1 {
-		t.Errorf("stats %+v, want 1 invocation", st)
+			events, _ := f.recorded("upper")
+			if len(events) != 1 {
+				t.Fatalf("%d invocations, want 1", len(events))
+			}
+			if err := valid(schema(t, "raw-event.schema.json"), events[0]); err != nil {
+				t.Errorf("event %s does not match the schema: %v", events[0], err)
+			}
+			// A function written for the bare {"Port", "Data"} event.
+			var bare struct {
+				Port int
+				Data []byte
+			}
+			var ev RawEvent
+			if err := json.Unmarshal(events[0], &bare); err != nil || json.Unmarshal(events[0], &ev) != nil {
+				t.Fatalf("event %s: %v", events[0], err)
+			}
+			if bare.Port != int(n.port) || string(bare.Data) != "hello, lambda" {
+				t.Errorf("bare event: port %d data %q, want %d %q", bare.Port, bare.Data, n.port, "hello, lambda")
+			}
+			if ev.Remote != c.LocalAddr().String() || ev.Local != n.addr.String() || ev.ID == "" {
+				t.Errorf("event Remote %q Local %q Id %q, want %q %q and an id", ev.Remote, ev.Local, ev.ID, c.LocalAddr(), n.addr)
+			}
+			// Between the send and the reply, give or take the stream's
+			// clock (durable: when the capture stored the request).
+			if at, err := time.Parse(time.RFC3339Nano, ev.ReceivedAt); err != nil || at.Before(sent.Add(-time.Second)) || at.After(time.Now()) {
+				t.Errorf("ReceivedAt %q (sent at %v): %v", ev.ReceivedAt, sent, err)
+			}
+			if st := b.Stats(); st.Invocations != 1 || st.MaxInFlight != 1 {
+				t.Errorf("stats %+v, want 1 invocation", st)
+			}
+		})
 	}
 }
 
@@ -122,7 +130,7 @@ func TestCoAP(t *testing.T) {
 	n := startGateway(t, schemas.ProtocolCoAP)
 	var logs logBuffer
 	b := &Bridge{Client: f.client(), Function: "coap-fn", Log: slog.New(slog.NewTextHandler(&logs, nil))}
-	n.serve(t, "coap", n.subject(schemas.ProtocolCoAP), b, 0)
+	n.serve(t, workers.Direct, "coap", n.subject(schemas.ProtocolCoAP), b, 0)
 
 	co, err := coapudp.Dial(n.addr.String())
 	if err != nil {
@@ -223,6 +231,30 @@ func TestCoAP(t *testing.T) {
 			t.Errorf("event %s", events[len(events)-1])
 		}
 	})
+
+	t.Run("block1 upload", func(t *testing.T) {
+		// Larger than a block: go-coap uploads it block-wise, the gateway
+		// reassembles it, and the request has no datagram head.
+		big := bytes.Repeat([]byte("0123456789abcdef"), 256)
+		resp, err := co.Post(ctx, "/echo", message.AppOctets, bytes.NewReader(big))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := resp.ReadBody()
+		if resp.Code() != codes.Content || !bytes.Equal(body, big) {
+			t.Errorf("%v, %d bytes, want 2.05 and the %d bytes", resp.Code(), len(body), len(big))
+		}
+		events, _ := f.recorded("coap-fn")
+		e := events[len(events)-1]
+		var ev CoAPEvent
+		json.Unmarshal(e, &ev)
+		if ev.MessageID != 0 || ev.Token != "" || ev.Code != "POST" || ev.Path != "/echo" || ev.Payload != base64.StdEncoding.EncodeToString(big) {
+			t.Errorf("event %.200s...: want message id 0 and no token", e)
+		}
+		if err := valid(sch, e); err != nil {
+			t.Errorf("event does not match the schema: %v", err)
+		}
+	})
 }
 
 func invokeInput(function string) *awslambda.InvokeInput {
@@ -245,7 +277,7 @@ func TestRPC(t *testing.T) {
 	})
 	n := startGateway(t, schemas.ProtocolRPC)
 	b := &Bridge{Client: f.client(), Function: "rpc-fn"}
-	n.serve(t, "rpc", n.subject(schemas.ProtocolRPC), b, 0)
+	n.serve(t, workers.Direct, "rpc", n.subject(schemas.ProtocolRPC), b, 0)
 
 	tests := []struct {
 		method string
@@ -318,7 +350,7 @@ func TestRetry(t *testing.T) {
 	})
 	n := startGateway(t, schemas.ProtocolRaw)
 	b := &Bridge{Client: f.client(), Function: "flaky", InvokeTimeout: 200 * time.Millisecond}
-	srv := n.serve(t, "flaky", n.subject(schemas.ProtocolRaw), b, 0)
+	srv := n.serve(t, workers.Direct, "flaky", n.subject(schemas.ProtocolRaw), b, 0)
 
 	cases := []string{"throttle", "unavailable", "slow"}
 	for _, c := range cases {
@@ -372,7 +404,7 @@ func TestRetryAfter(t *testing.T) {
 	})
 	n := startGateway(t, schemas.ProtocolRaw)
 	b := &Bridge{Client: f.client(), Function: "busy"}
-	n.serve(t, "busy", n.subject(schemas.ProtocolRaw), b, 0)
+	n.serve(t, workers.Direct, "busy", n.subject(schemas.ProtocolRaw), b, 0)
 
 	got, _, err := exchange(t, n.addr, []byte("x"))
 	if err != nil {
@@ -418,72 +450,76 @@ func TestRetryAfterParse(t *testing.T) {
 
 // TestBatch: 10 requests sent at once are answered, each with the reply
 // tagged for it, by fewer than 10 invocations; a request the function does
-// not answer gets no reply.
+// not answer gets no reply. In a direct group and in a durable one.
 func TestBatch(t *testing.T) {
-	f := newFakeLambda(t)
-	f.handle("batch-fn", func(event []byte) ([]byte, error) {
-		var ev BatchEvent
-		if err := json.Unmarshal(event, &ev); err != nil {
-			return nil, err
-		}
-		var res BatchResult
-		for _, m := range slicesReverse(ev.Messages) { // any order
-			data, _ := base64.StdEncoding.DecodeString(m.Data)
-			if bytes.HasPrefix(data, []byte("skip")) {
-				continue
-			}
-			reply := base64.StdEncoding.EncodeToString(append([]byte("re:"), data...))
-			res.Replies = append(res.Replies, BatchReply{Tag: m.Tag, Data: &reply})
-		}
-		return jsonOf(res), nil
-	})
-	n := startGateway(t, schemas.ProtocolRaw)
-	b := &Bridge{Client: f.client(), Function: "batch-fn", Shape: ShapeBatch,
-		BatchSize: 10, BatchWindow: 300 * time.Millisecond, MaxInvocations: 2}
-	srv := n.serve(t, "batch", n.subject(schemas.ProtocolRaw), b, 0)
+	for _, delivery := range deliveries {
+		t.Run(delivery.String(), func(t *testing.T) {
+			f := newFakeLambda(t)
+			f.handle("batch-fn", func(event []byte) ([]byte, error) {
+				var ev BatchEvent
+				if err := json.Unmarshal(event, &ev); err != nil {
+					return nil, err
+				}
+				var res BatchResult
+				for _, m := range slicesReverse(ev.Messages) { // any order
+					data, _ := base64.StdEncoding.DecodeString(m.Data)
+					if bytes.HasPrefix(data, []byte("skip")) {
+						continue
+					}
+					reply := base64.StdEncoding.EncodeToString(append([]byte("re:"), data...))
+					res.Replies = append(res.Replies, BatchReply{Tag: m.Tag, Data: &reply})
+				}
+				return jsonOf(res), nil
+			})
+			n := startGateway(t, schemas.ProtocolRaw)
+			b := &Bridge{Client: f.client(), Function: "batch-fn", Shape: ShapeBatch,
+				BatchSize: 10, BatchWindow: 300 * time.Millisecond, MaxInvocations: 2}
+			srv := n.serve(t, delivery, "batch", n.subject(schemas.ProtocolRaw), b, 0)
 
-	const requests = 10
-	var wg sync.WaitGroup
-	for i := range requests {
-		wg.Go(func() {
-			msg := fmt.Sprintf("request %d", i)
-			got, _, err := exchange(t, n.addr, []byte(msg))
-			if err != nil {
-				t.Errorf("%s: %v", msg, err)
-			} else if string(got) != "re:"+msg {
-				t.Errorf("%s: reply %q", msg, got)
+			const requests = 10
+			var wg sync.WaitGroup
+			for i := range requests {
+				wg.Go(func() {
+					msg := fmt.Sprintf("request %d", i)
+					got, _, err := exchange(t, n.addr, []byte(msg))
+					if err != nil {
+						t.Errorf("%s: %v", msg, err)
+					} else if string(got) != "re:"+msg {
+						t.Errorf("%s: reply %q", msg, got)
+					}
+				})
 			}
+			wg.Wait()
+			events, results := f.recorded("batch-fn")
+			if len(events) >= requests {
+				t.Errorf("%d invocations for %d requests, want fewer", len(events), requests)
+			}
+			evSchema, resSchema := schema(t, "batch-event.schema.json"), schema(t, "batch-result.schema.json")
+			for _, e := range events {
+				if err := valid(evSchema, e); err != nil {
+					t.Errorf("event %s does not match the schema: %v", e, err)
+				}
+			}
+			for _, r := range results {
+				if err := valid(resSchema, r); err != nil {
+					t.Errorf("result %s does not match the schema: %v", r, err)
+				}
+			}
+
+			// Unanswered: handled, no reply published.
+			c, err := net.DialUDP("udp", nil, n.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("skip me"))
+			eventually(t, "the skipped request handled", func() bool { return srv.Stats().Handled == requests+1 })
+			if st := srv.Stats(); st.Replied != requests || st.Failed != 0 {
+				t.Errorf("worker stats %+v, want %d replied", st, requests)
+			}
+			t.Logf("%d requests in %d invocations", requests, len(events))
 		})
 	}
-	wg.Wait()
-	events, results := f.recorded("batch-fn")
-	if len(events) >= requests {
-		t.Errorf("%d invocations for %d requests, want fewer", len(events), requests)
-	}
-	evSchema, resSchema := schema(t, "batch-event.schema.json"), schema(t, "batch-result.schema.json")
-	for _, e := range events {
-		if err := valid(evSchema, e); err != nil {
-			t.Errorf("event %s does not match the schema: %v", e, err)
-		}
-	}
-	for _, r := range results {
-		if err := valid(resSchema, r); err != nil {
-			t.Errorf("result %s does not match the schema: %v", r, err)
-		}
-	}
-
-	// Unanswered: handled and acked, no reply published.
-	c, err := net.DialUDP("udp", nil, n.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.Write([]byte("skip me"))
-	eventually(t, "the skipped request handled", func() bool { return srv.Stats().Handled == requests+1 })
-	if st := srv.Stats(); st.Replied != requests || st.Failed != 0 {
-		t.Errorf("worker stats %+v, want %d replied", st, requests)
-	}
-	t.Logf("%d requests in %d invocations", requests, len(events))
 }
 
 func slicesReverse[T any](s []T) []T {
@@ -511,7 +547,7 @@ func TestBatchCoAP(t *testing.T) {
 	})
 	n := startGateway(t, schemas.ProtocolCoAP)
 	b := &Bridge{Client: f.client(), Function: "batch-coap", Shape: ShapeBatch, BatchWindow: 10 * time.Millisecond}
-	n.serve(t, "batch-coap", n.subject(schemas.ProtocolCoAP), b, 0)
+	n.serve(t, workers.Direct, "batch-coap", n.subject(schemas.ProtocolCoAP), b, 0)
 	co, err := coapudp.Dial(n.addr.String())
 	if err != nil {
 		t.Fatal(err)
@@ -572,7 +608,7 @@ func TestConcurrencyBound(t *testing.T) {
 			n := startGateway(t, schemas.ProtocolRaw)
 			b := tt.bridge
 			b.Client, b.Function = f.client(), "slow"
-			n.serve(t, "load", n.subject(schemas.ProtocolRaw), b, tt.concurrency)
+			n.serve(t, workers.Direct, "load", n.subject(schemas.ProtocolRaw), b, tt.concurrency)
 
 			const requests = 50
 			var answered atomic.Int64
