@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/udpgate/udpgate/workers"
 )
 
 func TestConfigListenerMaxPending(t *testing.T) {
@@ -79,4 +81,30 @@ func parseWant(t *testing.T, e env, bad string) (config, bool) {
 		t.Fatal(err)
 	}
 	return c, true
+}
+
+func TestConfigDelivery(t *testing.T) {
+	tests := []struct {
+		name, delivery, backlog string
+		want                    workers.Delivery
+		bad                     string // part of the error; "" for none
+	}{
+		{name: "default", delivery: "direct", backlog: "1024", want: workers.Direct},
+		{name: "durable", delivery: "durable", backlog: "1024", want: workers.Durable},
+		{name: "word", delivery: "pull", backlog: "1024", bad: `UDPGATE_DELIVERY: "pull" is not direct or durable`},
+		{name: "no backlog", delivery: "direct", backlog: "0", bad: "UDPGATE_WORKER_BACKLOG: 0 is outside 1..1048576"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := defaults(t)
+			e.Delivery, e.WorkerBacklog = tt.delivery, tt.backlog
+			c, ok := parseWant(t, e, tt.bad)
+			if !ok {
+				return
+			}
+			if c.Delivery != tt.want {
+				t.Errorf("Delivery %v, want %v", c.Delivery, tt.want)
+			}
+		})
+	}
 }
