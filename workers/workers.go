@@ -1,61 +1,82 @@
-// Package workers is udpgate's worker SDK: it turns the request messages that
-// the gateway captures in JetStream into calls of a Handler, and the
-// handler's outcome into a reply and a JetStream acknowledgement.
+// Package workers is udpgate's worker SDK: it turns the gateway's request
+// messages into calls of a Handler, and the handler's outcome into a reply
+// (and, for a durable group, a JetStream acknowledgement).
 //
-// A worker is a Handler run by a Server. Every Server with the same Group
-// binds to one durable pull consumer of the request stream, so the instances
-// of a group share the work; two groups each see every request. A handler
-// reads the Request and writes its answer to a ResponseWriter, as a
-// net/http handler does; the SDK, not the handler, acks, naks and terms.
+// A worker is a Handler run by a Server; ListenAndServe is the one-call
+// start. Every Server with the same Group is an instance of one group, and
+// the instances of a group share its requests; two groups each see every
+// request. A handler reads the Request and writes its answer to a
+// ResponseWriter, as a net/http handler does; the SDK, not the handler,
+// publishes the reply and acks, naks and terms.
+//
+// # Delivery
+//
+// A Direct group (the default) is a core NATS queue subscription on its
+// subjects, the queue named after the group: each request reaches one
+// instance at once, and the reply is a publish to the request's NATS reply
+// subject, as msg.Respond does. Nothing is acknowledged; a request an
+// instance dies with is retried by the client (the gateway publishes a
+// retransmitted CoAP CON again). An instance holds at most Backlog
+// requests waiting for its Concurrency handlers; NATS drops the rest and
+// Stats.Dropped counts them. Stopping, it unsubscribes first (the other
+// instances take what comes next) and handles what it holds.
+//
+// A Durable group is one JetStream pull consumer of the capture stream,
+// the durable named after the group, which every instance binds to. A
+// request is acknowledged only after its reply is published, so one whose
+// instance dies is redelivered to another; requests wait in the stream
+// while every instance is busy.
 //
 // # Outcomes
 //
-// When Handle returns, the SDK maps the outcome to a reply and an
-// acknowledgement, in this order of precedence:
+// When Handle returns, the SDK maps the outcome to a reply and, for a
+// Durable group, an acknowledgement, in this order of precedence:
 //
 //   - Handle returned nil without writing (no Write call, no reply header):
-//     no reply is published and the request is acked. Observer groups, which
-//     must never answer, are written this way.
+//     no reply is published (and the request is acked). Observer groups,
+//     which must never answer, are written this way.
 //   - The request's deadline (udpgate-deadline) has passed: if it passed
 //     before the handler was called, the handler is not called; if it
 //     passed before the handler returned (in any other way than above), its
-//     reply or error is dropped. Nothing is published and the request is
-//     acked (counted Expired): the gateway has closed the exchange, so a
+//     reply or error is dropped. Nothing is published (and the request is
+//     acked), counted Expired: the gateway has closed the exchange, so a
 //     late reply or a redelivery would serve no one.
-//   - Handle returned an error while Serve's context was cancelled (the
-//     instance is shutting down): the request is nak'd once this instance
-//     has stopped fetching, so another instance of the group takes it at
-//     once (counted Retried). Requests fetched but not yet handled when
-//     Serve's context is cancelled are nak'd the same way.
-//   - Handle returned an error wrapping ErrRetry: the request is nak'd and
-//     JetStream redelivers it at once (Retried), unless this was the
-//     consumer's last delivery (MaxDeliver): then it fails as below, so the
-//     gateway hears of it before the deadline.
+//   - Durable: Handle returned an error while Serve's context was
+//     cancelled (the instance is shutting down): the request is nak'd once
+//     this instance has stopped fetching, so another instance of the group
+//     takes it at once (counted Retried). Requests fetched but not yet
+//     handled when Serve's context is cancelled are nak'd the same way.
+//   - Handle returned an error wrapping ErrRetry: Durable, the request is
+//     nak'd and JetStream redelivers it at once (Retried), unless this was
+//     the consumer's last delivery (MaxDeliver): then it fails as below, so
+//     the gateway hears of it before the deadline. Direct, nothing is
+//     published (Retried): the client's retry is the redelivery.
 //   - Handle returned any other error, or panicked: a reply with
-//     udpgate-status "error" and an empty body is published and the request
-//     is termed, never redelivered (Failed). The error itself never crosses
-//     NATS; it is logged at Debug level, a panic at Error level.
+//     udpgate-status "error" and an empty body is published (and the
+//     request is termed, never redelivered), counted Failed. The error
+//     itself never crosses NATS; it is logged at Debug level, a panic at
+//     Error level.
 //   - Handle returned nil after writing a body (any Write call, even empty)
 //     or setting a reply header: the reply is published with the handler's
-//     headers, udpgate-id set by the SDK, then the request is acked
-//     (Replied). A reply without udpgate-status means "ok".
+//     headers (then the request is acked), counted Replied. A reply
+//     without udpgate-status means "ok".
 //
-// A request without udpgate-id or udpgate-reply cannot be answered. It is
-// still handled; if the handler returns nil without writing, it is acked as
-// usual, but if the handler answers or fails, the reply is dropped, the
-// request is termed and counted Failed, and the reason is logged at Debug
-// level. Other malformed headers (deadline, addresses, listener, ce-time,
-// CoAP options) leave the matching Request field zero: a bad deadline means
-// no deadline.
+// A request without a reply subject cannot be answered. It is still
+// handled; if the handler returns nil without writing, nothing happens,
+// but if the handler answers or fails, the reply is dropped (a Durable
+// request is termed), counted Failed, and the reason is logged at Debug
+// level. Other malformed headers (deadline, addresses, ce-source, ce-time,
+// CoAP options) leave the matching Request field zero: a bad deadline
+// means no deadline.
 //
-// A handler that runs longer than half the consumer's AckWait gets
-// "in progress" acknowledgements every AckWait/2, so JetStream does not
-// redeliver a request whose handler is alive. A Server fetches requests
-// only for its idle handlers, so every request it holds is being handled:
-// requests that wait for a handler wait in the stream, where no AckWait
-// runs for them and any instance of the group can take them. A request
-// whose deadline passes while it waits is acked unhandled when it is
-// fetched (counted Expired, as above).
+// In a Durable group, a handler that runs longer than half the consumer's
+// AckWait gets "in progress" acknowledgements every AckWait/2, so
+// JetStream does not redeliver a request whose handler is alive. A Durable
+// Server fetches requests only for its idle handlers, so every request it
+// holds is being handled: requests that wait for a handler wait in the
+// stream, where no AckWait runs for them and any instance of the group can
+// take them. A request whose deadline passes while it waits is acked
+// unhandled when it is fetched (counted Expired, as above).
 //
 // Nothing is logged per request at Info level; Server.Stats counts outcomes.
 //
@@ -63,10 +84,11 @@
 //
 // The gateway publishes a request from a coap listener on the subject
 // PREFIX.in.PORT.METHOD.SEGMENT... (schemas.CoAPSubject), with the request's
-// payload as the body and the CoAP options in udpgate-coap-* headers. The
-// SDK parses those into Request.CoAP (nil for other protocols): method,
-// decoded path segments and query options, Content-Format, Accept, token,
-// message type and ID. A handler answers with a CoAPResponse, which sets
+// payload as the body, its request line (udpgate-coap-request) and options
+// in headers. The SDK parses those into Request.CoAP (nil for other
+// protocols): method, decoded path segments and query options,
+// Content-Format, Accept, and from the datagram head the token, message
+// type and ID. A handler answers with a CoAPResponse, which sets
 // the response code (2.05 Content if it sets none), Content-Format,
 // Max-Age, ETag and Location options, and writes the payload. A handler
 // error or panic makes the gateway answer 5.00 Internal Server Error.
@@ -74,20 +96,20 @@
 // A Mux routes CoAP requests by method and path, as net/http's ServeMux
 // does: patterns such as "GET /items/{id}" or "/files/{path...}", the most
 // specific pattern first, 4.04 and 4.05 answered by the Mux itself.
-// Mux.Subjects gives the filter subjects of its patterns, so that a group
-// consumes only the requests it serves (and the Mux never answers 4.04 or
+// Mux.Subjects gives the subjects of its patterns, so that a group
+// receives only the requests it serves (and the Mux never answers 4.04 or
 // 4.05: unless another group serves them, the gateway answers the other
-// requests 5.04 at their deadline; a group that filters every CoAP request
-// of the port, PREFIX.in.PORT.>, gets them all and answers them):
+// requests 5.04 at their deadline; a group that subscribes to every CoAP
+// request of the port, PREFIX.in.PORT.>, gets them all and answers them):
 //
 //	mux := workers.NewMux()
 //	mux.RouteFunc("GET /items/{id}", getItem)
 //	mux.RouteFunc("POST /items", addItem)
 //	srv := &workers.Server{
-//		JetStream: js,
-//		Group:     "items",
-//		Subjects:  mux.Subjects(schemas.DefaultPrefix, 5683),
-//		Handler:   mux,
+//		NATS:     nc,
+//		Group:    "items",
+//		Subjects: mux.Subjects(schemas.DefaultPrefix, 5683),
+//		Handler:  mux,
 //	}
 //
 // Middleware is a func(Handler) Handler, as in net/http: it wraps a Mux, or
