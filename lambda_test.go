@@ -17,8 +17,15 @@ import (
 // TestLambdaCommand moves a port to a Lambda function the way the README
 // shows: `udpgate run` opens the port with no worker, `udpgate lambda`
 // serves it by invoking a function, here at a local Invoke API endpoint,
-// through the real AWS SDK.
+// through the real AWS SDK; in a direct group and in a durable one
+// (UDPGATE_DELIVERY).
 func TestLambdaCommand(t *testing.T) {
+	for _, delivery := range []string{"direct", "durable"} {
+		t.Run(delivery, func(t *testing.T) { testLambdaCommand(t, delivery) })
+	}
+}
+
+func testLambdaCommand(t *testing.T, delivery string) {
 	invoked := make(chan string, 10)
 	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || r.URL.Path != "/2015-03-31/functions/shout/invocations" {
@@ -66,13 +73,14 @@ func TestLambdaCommand(t *testing.T) {
 	t.Setenv("UDPGATE_LAMBDA_FUNCTION", "shout")
 	t.Setenv("UDPGATE_LAMBDA_SUBJECTS", "udpgate.in."+strconv.Itoa(int(port)))
 	t.Setenv("UDPGATE_LAMBDA_ENDPOINT", fn.URL)
+	t.Setenv("UDPGATE_DELIVERY", delivery)
 	t.Setenv("AWS_REGION", "eu-central-1")
 	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
 	var lambdaErr syncBuffer
 	lambdaDone := make(chan error, 1)
 	go func() { lambdaDone <- runCommand(ctx, []string{"lambda"}, &bytes.Buffer{}, &lambdaErr) }()
-	for !strings.Contains(lambdaErr.String(), "lambda: serving") {
+	for !strings.Contains(lambdaErr.String(), "workers: serving") {
 		select {
 		case err := <-lambdaDone:
 			t.Fatalf("lambda exited: %v\n%s", err, lambdaErr.String())
@@ -84,9 +92,14 @@ func TestLambdaCommand(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
+	if !strings.Contains(lambdaErr.String(), `"delivery":"`+delivery+`"`) {
+		t.Errorf("the group does not serve in %s delivery:\n%s", delivery, lambdaErr.String())
+	}
+
 	var o, e bytes.Buffer
 	url := "udp://127.0.0.1:" + strconv.Itoa(int(port))
-	// The group's consumer exists once the log says serving; the first
+	// The group receives requests once the SDK says serving (its
+	// subscription registered, or its consumer created): the first
 	// request is answered.
 	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", url, "hello"}, &o, &e); err != nil || o.String() != "HELLO!\n" {
 		t.Fatalf("send: %v, printed %q (%s)", err, o.String(), e.String())

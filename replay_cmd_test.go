@@ -5,6 +5,10 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/internal/natstest"
 )
 
 func TestReplayCommandUsage(t *testing.T) {
@@ -30,5 +34,33 @@ func TestReplayCommandUsage(t *testing.T) {
 				t.Errorf("message %q does not mention %q", msg, tt.want)
 			}
 		})
+	}
+}
+
+// TestReplayCommandPrepare: `udpgate replay --prepare` creates the replay
+// stream with the capture's shape, and refuses a stream made for wire
+// contract 1.
+func TestReplayCommandPrepare(t *testing.T) {
+	defaults(t)
+	s := natstest.RunServer(t)
+	t.Setenv("UDPGATE_NATS_URL", s.ClientURL())
+	ctx := context.Background()
+	var out, errb bytes.Buffer
+	if err := runCommand(ctx, []string{"replay", "--prepare", "--subject-prefix", "udpgate.shadow"}, &out, &errb); err != nil {
+		t.Fatalf("replay --prepare: %v\n%s", err, errb.String())
+	}
+	for _, want := range []string{"created stream UDPGATE_SHADOW on udpgate.shadow.capture.>, stored as udpgate.shadow.in.>", "direct candidate groups subscribe to udpgate.shadow.in.PORT..."} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output %q lacks %q", out.String(), want)
+		}
+	}
+
+	_, js := natstest.JetStream(t, s)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "OLD_REPLAY", Subjects: []string{"old.replay.in.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	err := runCommand(ctx, []string{"replay", "--prepare", "--subject-prefix", "old.replay", "--replay-stream", "OLD_REPLAY"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "nats stream rm OLD_REPLAY") {
+		t.Errorf("replay --prepare with a contract 1 stream: %v", err)
 	}
 }
