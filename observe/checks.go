@@ -81,11 +81,16 @@ func GatewayServing(g *gateway.Gateway) func(context.Context) error {
 	}
 }
 
-// WorkerBound is a check that w has bound its group's consumer, and that
+// WorkerBound is a check that w receives its group's requests: a direct
+// group's subscriptions are registered (the NATS connection, checked
+// apart, keeps them); a durable group has bound its consumer, and
 // JetStream still answers for it (at most once per cacheFor while it
 // does).
 func WorkerBound(w *workers.Server, cacheFor time.Duration) func(context.Context) error {
 	info := cached(cacheFor, func(ctx context.Context) error {
+		if w.Delivery == workers.Direct {
+			return nil
+		}
 		stream := w.Stream
 		if stream == "" {
 			stream = schemas.StreamIn
@@ -99,7 +104,7 @@ func WorkerBound(w *workers.Server, cacheFor time.Duration) func(context.Context
 		select {
 		case <-w.Ready():
 		default:
-			return fmt.Errorf("group %s: consumer not bound yet", w.Group)
+			return fmt.Errorf("group %s: not receiving requests yet", w.Group)
 		}
 		return info(ctx)
 	}
