@@ -588,6 +588,9 @@ func TestReadmeWorkersCompile(t *testing.T) {
 			continue
 		}
 		blocks++
+		if n := strings.Count(block, "\n"); blocks == 1 && n > 15 {
+			t.Errorf("the README's first worker is %d lines, more than 15", n)
+		}
 		found := false
 		for _, f := range examples {
 			src, err := os.ReadFile(f)

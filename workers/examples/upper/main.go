@@ -9,11 +9,9 @@ import (
 	"log"
 )
 
-func upper(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
-	_, err := w.Write(bytes.ToUpper(r.Body))
-	return err
-}
-
 func main() { // a durable group instead: (&workers.Server{Delivery: workers.Durable, ...}).ListenAndServe()
-	log.Fatal(workers.ListenAndServe("udpgate.in.9100", "upper", workers.HandlerFunc(upper)))
+	log.Fatal(workers.ListenAndServe("udpgate.in.9100", "upper", workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		_, err := w.Write(bytes.ToUpper(r.Body))
+		return err
+	})))
 }
