@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -78,19 +77,6 @@ func parseRequest(subject, reply string, h nats.Header, body []byte) (*Request, 
 		}
 	}
 	return r, errors.Join(errs...)
-}
-
-// parseListener splits a listener, PORT/PROTOCOL, into its parts.
-func parseListener(s string) (port uint16, protocol string, ok bool) {
-	p, proto, found := strings.Cut(s, "/")
-	if !found || proto == "" {
-		return 0, "", false
-	}
-	n, err := strconv.ParseUint(p, 10, 16)
-	if err != nil {
-		return 0, "", false
-	}
-	return uint16(n), proto, true
 }
 
 // parseAddrPort parses the ip:port in header key; a missing header is the
