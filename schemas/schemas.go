@@ -26,7 +26,8 @@ const StreamIn = "UDPGATE_IN"
 
 // StreamReplies is the default name of the JetStream stream that records
 // workers' replies (subjects PREFIX.reply.>), so that a request and its
-// recorded reply can be joined by udpgate-id.
+// recorded reply can be joined by the reply subject's last token (the
+// request's ce-id).
 const StreamReplies = "UDPGATE_REPLIES"
 
 // ReplyWildcard returns the subject filter that covers every reply
@@ -98,7 +99,7 @@ const (
 	HeaderReply  = "udpgate-reply"
 	HeaderStatus = "udpgate-status" // reply outcome, one of the Status values
 	// HeaderReplayOf is set on requests that `udpgate replay` publishes to
-	// a replay prefix: the udpgate-id of the captured request, which joins a
+	// a replay prefix: the ce-id of the captured request, which joins a
 	// candidate's reply with the recorded one.
 	HeaderReplayOf = "udpgate-replay-of"
 )
