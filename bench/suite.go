@@ -68,11 +68,17 @@ func Summarize(name string, samples []Sample) Case {
 	for _, s := range samples {
 		c.Rates = append(c.Rates, s.Rate)
 	}
-	for k := range samples[0].Extra {
-		if c.Extra == nil {
-			c.Extra = map[string]float64{}
+	// Every figure any sample has; a sample without it counts as 0.
+	for _, s := range samples {
+		for k := range s.Extra {
+			if _, done := c.Extra[k]; done {
+				continue
+			}
+			if c.Extra == nil {
+				c.Extra = map[string]float64{}
+			}
+			c.Extra[k] = pick(func(s Sample) float64 { return s.Extra[k] })
 		}
-		c.Extra[k] = pick(func(s Sample) float64 { return s.Extra[k] })
 	}
 	return c
 }

@@ -17,6 +17,15 @@ func TestSummarizeMedian(t *testing.T) {
 	if c.Rate != 20 || c.P50us != 3 || c.Lost != 1 || len(c.Rates) != 3 || c.Rates[0] != 30 {
 		t.Errorf("%+v", c)
 	}
+	// A figure some samples lack counts as 0 in those.
+	c = Summarize("x", []Sample{
+		{Rate: 1},
+		{Rate: 2, Extra: map[string]float64{"dropped": 4, "bytes": 400}},
+		{Rate: 3, Extra: map[string]float64{"dropped": 6, "bytes": 390}},
+	})
+	if c.Extra["dropped"] != 4 || c.Extra["bytes"] != 390 || len(c.Extra) != 2 {
+		t.Errorf("extra %v", c.Extra)
+	}
 }
 
 func TestReport(t *testing.T) {
