@@ -514,7 +514,11 @@ func (s *suite) gatewayRaw(ctx context.Context, durable bool, inFlight int) (ben
 		return bench.Sample{}, err
 	}
 	port := e.rawPort(durable)
+	dropped := e.workerDropped()
 	sample, err := s.loadSample(ctx, bench.Config{Target: "udp://" + port.String(), Concurrency: inFlight, Payload: rawPayload})
+	if n := e.workerDropped() - dropped; n > 0 {
+		sample.Extra = map[string]float64{"worker_dropped": float64(n)}
+	}
 	if err != nil || durable || inFlight != suiteInFlight {
 		return sample, err
 	}
@@ -526,7 +530,10 @@ func (s *suite) gatewayRaw(ctx context.Context, durable bool, inFlight int) (ben
 		s.noteOf["gateway-raw"] = "capture_bytes_per_msg not measured: " + err.Error()
 		return sample, nil
 	}
-	sample.Extra = map[string]float64{"capture_bytes_per_msg": perMsg}
+	if sample.Extra == nil {
+		sample.Extra = map[string]float64{}
+	}
+	sample.Extra["capture_bytes_per_msg"] = perMsg
 	s.noteOf["gateway-raw"] = fmt.Sprintf("the capture stream's bytes per message, on %d requests of %d bytes sent after the measurement", captureSample, suitePayload)
 	return sample, nil
 }
@@ -612,7 +619,7 @@ func (s *suite) gatewayRawOpen80(ctx context.Context, durable bool) (bench.Sampl
 	}
 	port := e.rawPort(durable)
 	listener := strconv.Itoa(int(port.Port())) + "/raw"
-	before := e.g.Stats()
+	before, dropped := e.g.Stats(), e.workerDropped()
 	res, err := s.load(ctx, bench.Config{
 		Target: "udp://" + port.String(), Rate: 0.8 * rate, Duration: s.noLoss,
 		Sockets: suiteInFlight, Payload: rawPayload,
@@ -624,6 +631,9 @@ func (s *suite) gatewayRawOpen80(ctx context.Context, durable bool) (bench.Sampl
 	note := fmt.Sprintf("open loop at %.0f req/s (0.8 x %s) for %s", 0.8*rate, base, s.noLoss)
 	if drops := dropsBetween(before, after, listener); drops != "" {
 		note += "; the gateway dropped " + drops
+	}
+	if n := e.workerDropped() - dropped; n > 0 {
+		note += fmt.Sprintf("; the workers' subscriptions dropped %d (slow consumers)", n)
 	}
 	if res.Behind > 0 {
 		note += fmt.Sprintf("; the generator fell %d requests behind", res.Behind)
@@ -984,6 +994,8 @@ type suiteEnv struct {
 	cancel context.CancelFunc
 	grp    *errgroup.Group
 	g      *gateway.Gateway
+	// workers are the echo, coap, places and echo-durable groups.
+	workers []*workers.Server
 
 	echo    netip.AddrPort // raw, echo worker (the configured delivery, direct by default)
 	durable netip.AddrPort // raw, echo worker in durable delivery
@@ -1043,7 +1055,14 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 	if e.ns, err = startNATS(cfg); err != nil {
 		return nil, err
 	}
-	if e.nc, err = nats.Connect(e.ns.ClientURL(), nats.InProcessServer(e.ns), nats.Name("udpgate bench suite")); err != nil {
+	// A direct worker's slow-consumer drops are counted by its Server
+	// (the cases' notes report them), not printed by nats.go one by one.
+	quiet := nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if !errors.Is(err, nats.ErrSlowConsumer) {
+			log.Warn("bench suite: nats", "err", err)
+		}
+	})
+	if e.nc, err = nats.Connect(e.ns.ClientURL(), nats.InProcessServer(e.ns), nats.Name("udpgate bench suite"), quiet); err != nil {
 		return nil, fmt.Errorf("connect to the embedded NATS server: %w", err)
 	}
 	if e.js, err = jetstream.New(e.nc); err != nil {
@@ -1089,6 +1108,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 	durable.Delivery = workers.Durable
 	echo, _ := builtin.Lookup("echo")
 	ws = append(ws, newWorker(durable, log, e.js, "echo-durable", workerSubjects(cfg.Prefix, e.durable.Port(), schemas.ProtocolRaw), echo, cfg.WorkerConc))
+	e.workers = ws
 	for _, w := range ws {
 		e.grp.Go(func() error { return w.Serve(gctx) })
 	}
@@ -1098,6 +1118,16 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		}
 	}
 	return e, nil
+}
+
+// workerDropped returns the requests the workers' direct subscriptions
+// have dropped so far (NATS slow consumers), all groups together.
+func (e *suiteEnv) workerDropped() uint64 {
+	var n uint64
+	for _, w := range e.workers {
+		n += w.Stats().Dropped
+	}
+	return n
 }
 
 // rawPort returns the raw listener answered by the echo worker: in
