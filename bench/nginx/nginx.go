@@ -237,8 +237,9 @@ func start(ctx context.Context, bin string, startLog bool, dir string, data conf
 		// nginx opens its compiled-in one (and complains when it may not).
 		args = append(args, "-e", errorLog)
 	}
+	// Standard output and error go to /dev/null: nginx writes what it
+	// says there to the error log too.
 	cmd := exec.Command(bin, args...)
-	// nginx writes to standard error what it writes to the error log.
 	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("nginx: %w", err)
