@@ -47,7 +47,8 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	subs := make([]*nats.Subscription, 0, len(s.Subjects))
 	unsubscribe := func() {
 		for _, sub := range subs {
-			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			// A drained subscription may be gone already (ErrBadSubscription).
+			if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 				log.Warn("workers: unsubscribe", "subject", sub.Subject, "err", err)
 			}
 		}
@@ -72,7 +73,7 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	// Once the server has the subscriptions, requests reach this instance.
-	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	fctx, cancel := context.WithTimeout(ctx, confirmWait)
 	err := nc.FlushWithContext(fctx)
 	cancel()
 	if err != nil {
@@ -90,12 +91,29 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	// Handlers run with a context that outlives ctx by the requests'
 	// deadlines: a stopping instance finishes what it holds.
 	hctx := context.WithoutCancel(ctx)
+	// requests is never closed: nats.go sends to it from its read loop,
+	// and a subscription that Unsubscribe could not remove (its
+	// connection draining) would make a send to a closed channel panic.
+	// Closing stopped asks the handlers to finish what it holds.
+	stopped := make(chan struct{})
 	var wg sync.WaitGroup
 	for range concurrency {
 		wg.Go(func() {
 			w := &response{}
-			for msg := range requests {
-				r.handleDirect(hctx, msg, w)
+			for {
+				select {
+				case msg := <-requests:
+					r.handleDirect(hctx, msg, w)
+				case <-stopped:
+					for {
+						select {
+						case msg := <-requests:
+							r.handleDirect(hctx, msg, w)
+						default:
+							return
+						}
+					}
+				}
 			}
 		})
 	}
@@ -104,16 +122,31 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	case <-closed:
 		err = fmt.Errorf("workers: %s: %w", s.Group, nats.ErrConnectionClosed)
 	}
-	// Unsubscribed, the instance gets no new request: the others of its
-	// group take them. Once Unsubscribe returns nothing more arrives, and
-	// what the channel holds is handled. (A subscription's drop count is
-	// gone with it: keep the last.)
+	// A subscription's drop count is gone with it: keep the last.
 	s.mu.Lock()
 	dropped := s.dropped()
 	s.dropped = func() uint64 { return dropped }
 	s.mu.Unlock()
+	if err == nil {
+		// Drained, the subscriptions get no new request: the others of
+		// the group take them. A request the server sent before it
+		// processed the drain still arrives, and once a flush returns
+		// every one has: unsubscribed at once, they would be lost.
+		for _, sub := range subs {
+			if err := sub.Drain(); err != nil {
+				log.Warn("workers: drain", "subject", sub.Subject, "err", err)
+			}
+		}
+		fctx, cancel := context.WithTimeout(context.Background(), confirmWait)
+		if err := nc.FlushWithContext(fctx); err != nil {
+			log.Warn("workers: drain", "err", err)
+		}
+		cancel()
+	}
+	// Once Unsubscribe returns nothing more arrives, and what the channel
+	// holds is handled.
 	unsubscribe()
-	close(requests)
+	close(stopped)
 	wg.Wait()
 	if err != nil {
 		return err
@@ -121,6 +154,10 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	log.Info("workers: stopped")
 	return nil
 }
+
+// confirmWait bounds a wait for the server to confirm subscriptions, or
+// a drain.
+const confirmWait = 10 * time.Second
 
 // handleDirect runs the handler on one request of a Direct group and
 // answers it with the NATS reply idiom: a publish to the message's reply

@@ -390,3 +390,44 @@ func TestDirectPlainSubscriber(t *testing.T) {
 		t.Error(problem)
 	}
 }
+
+// TestDirectStopLosesNothing stops one of two instances while requests
+// stream in: every request is answered, by one or the other. Those that
+// the server sent to the stopping instance before it processed the
+// unsubscription still reach it, and are handled.
+func TestDirectStopLosesNothing(t *testing.T) {
+	for round := range 5 {
+		t.Run(fmt.Sprint("round-", round), func(t *testing.T) {
+			e := newEnv(t)
+			a := &workers.Server{NATS: e.conn(t), Group: "g", Subjects: []string{subject}, Handler: reply("a")}
+			b := &workers.Server{NATS: e.conn(t), Group: "g", Subjects: []string{subject}, Handler: reply("b")}
+			stopA := start(t, a)
+			start(t, b)
+			const requests = 300
+			stopped := make(chan error, 1)
+			for i := range requests {
+				if i == requests/3 {
+					go func() { stopped <- stopA() }()
+				}
+				if err := e.nc.PublishMsg(e.request(subject, fmt.Sprint(i), nil, time.Time{})); err != nil {
+					t.Fatal(err)
+				}
+			}
+			seen := map[string]bool{}
+			for range requests {
+				m := e.next(t)
+				if seen[replyID(m)] {
+					t.Errorf("request %s answered twice", replyID(m))
+				}
+				seen[replyID(m)] = true
+			}
+			if err := <-stopped; err != nil {
+				t.Errorf("Serve = %v", err)
+			}
+			st := a.Stats()
+			if st.Dropped != 0 || st.Handled != st.Replied {
+				t.Errorf("a's Stats = %+v", st)
+			}
+		})
+	}
+}
