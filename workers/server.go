@@ -176,9 +176,11 @@ func (s *Server) Stats() Stats {
 // Serve handles the group's requests until ctx is cancelled.
 //
 // A Direct group subscribes to Subjects in the queue Group. When ctx is
-// cancelled it unsubscribes, so that the other instances take every new
-// request, handles the requests it already holds, waits for the running
-// handlers and returns nil.
+// cancelled it drains its subscriptions (the server stops routing to this
+// instance, so the other instances take every new request, and what it
+// had already routed here arrives), handles the requests it holds, waits
+// for the running handlers and returns nil. It returns an error if its
+// connection closes while it serves.
 //
 // A Durable group binds to the group's consumer, creating it if it does
 // not exist, and fetches requests only for idle handlers. When ctx is

@@ -18,8 +18,8 @@
 // instance dies with is retried by the client (the gateway publishes a
 // retransmitted CoAP CON again). An instance holds at most Backlog
 // requests waiting for its Concurrency handlers; NATS drops the rest and
-// Stats.Dropped counts them. Stopping, it unsubscribes first (the other
-// instances take what comes next) and handles what it holds.
+// Stats.Dropped counts them. Stopping, it drains its subscriptions first
+// (the other instances take what comes next) and handles what it holds.
 //
 // A Durable group is one JetStream pull consumer of the capture stream,
 // the durable named after the group, which every instance binds to. A
