@@ -51,14 +51,14 @@ type env struct {
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
 	ListenerShare  string `envconfig:"LISTENER_MAX_PENDING" default:"0" desc:"open exchanges one listener may hold, a number or a percentage of UDPGATE_MAX_PENDING like 25% (0: half, or all on a node with one answering listener)"`
-	Queue          string `envconfig:"QUEUE" default:"1024" desc:"datagrams queued for publishing, per listener"`
+	Queue          string `envconfig:"QUEUE" default:"8192" desc:"datagrams queued for publishing, per listener"`
 	MaxInFlight    string `envconfig:"MAX_INFLIGHT" default:"4096" desc:"publishes awaiting acknowledgement, per listener"`
 	RcvBuf         string `envconfig:"RCVBUF" default:"0" desc:"SO_RCVBUF per listener socket, bytes (0: system default)"`
 	Delivery       string `envconfig:"DELIVERY" default:"direct" desc:"how worker and lambda groups receive requests: direct (a core NATS queue group) or durable (a JetStream consumer)"`
 	WorkerGroup    string `envconfig:"WORKER_GROUP" desc:"worker group name (default: the worker's name)"`
 	WorkerSubjects string `envconfig:"WORKER_SUBJECTS" desc:"subjects a worker consumes, comma-separated (default: its built-in listener's)"`
 	WorkerConc     string `envconfig:"WORKER_CONCURRENCY" default:"16" desc:"handlers running at once per worker instance"`
-	WorkerBacklog  string `envconfig:"WORKER_BACKLOG" default:"1024" desc:"direct: requests a worker instance holds waiting for a handler; more are dropped and counted"`
+	WorkerBacklog  string `envconfig:"WORKER_BACKLOG" default:"4096" desc:"direct: requests a worker instance holds waiting for a handler; more are dropped and counted"`
 	AckWait        string `envconfig:"ACK_WAIT" default:"2s" desc:"durable: redelivery delay of a request whose worker died"`
 	LogLevel       string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat      string `envconfig:"LOG_FORMAT" default:"auto" desc:"text, json or auto (text on a terminal, else JSON)"`

@@ -38,7 +38,7 @@ import (
 const (
 	DefaultDeadline    = 5 * time.Second
 	DefaultMaxDatagram = 8192
-	DefaultQueue       = 1024
+	DefaultQueue       = 8192
 	DefaultMaxInFlight = 4096
 )
 
@@ -128,9 +128,10 @@ type Stats struct {
 	TableFull    uint64 // dropped: the pending table had no room
 	ListenerFull uint64 // dropped: the listener held MaxPending open exchanges
 	// InFlight counts capture copies not published because MaxInFlight
-	// were awaiting acknowledgement: a gap in the capture. The request
-	// itself went to direct groups, except on a NoReply listener, where
-	// the capture is all there is.
+	// were awaiting acknowledgement, or Queue were waiting to be
+	// published: a gap in the capture. The request itself went to direct
+	// groups, except on a NoReply listener, where the capture is all
+	// there is.
 	InFlight      uint64
 	NATSDown      uint64 // dropped: not connected to NATS
 	PublishFailed uint64 // dropped: the core publish of the request failed
@@ -210,8 +211,24 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 
 	queue := s.queue
+	// Capture copies of an answering listener are published by a
+	// goroutine of their own, so that the publisher's work per request
+	// (and its stalls behind a busy NATS connection) is halved; its
+	// channel holds as many as the read queue.
+	var captures chan capture
+	if !s.NoReply {
+		captures = make(chan capture, s.Queue)
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { s.publish(js, queue) })
+	wg.Go(func() {
+		s.publish(js, queue, captures)
+		if captures != nil {
+			close(captures)
+		}
+	})
+	if captures != nil {
+		wg.Go(func() { s.captureLoop(js, captures) })
+	}
 	done := make(chan struct{})
 	if s.coapEdge != nil {
 		wg.Go(func() { s.sweep(done) })
@@ -410,20 +427,33 @@ func (s *Server) read(queue chan<- datagram) error {
 	}
 }
 
-// publish opens the exchange of each queued datagram and publishes it: the
-// request to direct groups, then its capture copy.
-func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
-	// Made once: an option is a closure, and a variadic argument to an
-	// interface method a new slice. An answering listener does not wait
-	// for a free in-flight slot: its request is already with the direct
-	// groups, and waiting would stall every request behind a JetStream
-	// that does not acknowledge. An ingest-only listener's capture is all
-	// it does, so it waits a little, while the queue absorbs the socket.
-	wait := time.Nanosecond
-	if s.NoReply {
-		wait = stallWait
+// capture is a request message whose core publish is done, on its way to
+// the capture stream.
+type capture struct {
+	msg     *nats.Msg
+	subject string
+}
+
+// captureLoop publishes the capture copy of each request in captures. It
+// does not wait for a free in-flight slot: the request is already with
+// the direct groups, and waiting would stall every capture behind a
+// JetStream that does not acknowledge.
+func (s *Server) captureLoop(js jetstream.JetStream, captures <-chan capture) {
+	stall := []jetstream.PublishOpt{jetstream.WithStallWait(time.Nanosecond)}
+	for c := range captures {
+		s.capturePublish(js, c.msg, c.subject, stall)
 	}
-	stall := []jetstream.PublishOpt{jetstream.WithStallWait(wait)}
+}
+
+// publish opens the exchange of each queued datagram and publishes it to
+// direct groups, then hands it to captures for its capture copy. An
+// ingest-only listener (captures nil) publishes only the capture copy,
+// itself: that is all it does, so it waits a little for a free in-flight
+// slot, while the queue absorbs the socket.
+func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures chan<- capture) {
+	// Made once: an option is a closure, and a variadic argument to an
+	// interface method a new slice.
+	stall := []jetstream.PublishOpt{jetstream.WithStallWait(stallWait)}
 	for d := range queue {
 		if d.again {
 			s.republish(d.coap)
@@ -477,7 +507,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			d.coap.Seq = seq
 		}
 		msg, _ := s.msgs.Get().(*nats.Msg)
-		msg, capture := newMessage(msg, &Request{
+		msg, subject := newMessage(msg, &Request{
 			Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 			Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
 			Body: d.data, CoAP: d.coap, RPC: d.rpc,
@@ -494,7 +524,12 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram) {
 			continue
 		}
 		s.stats.published.Add(1)
-		s.capturePublish(js, msg, capture, stall)
+		select {
+		case captures <- capture{msg, subject}:
+		default:
+			s.recycle(msg)
+			s.stats.inFlight.Add(1) // a gap in the capture: its publisher is behind
+		}
 	}
 }
 

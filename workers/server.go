@@ -20,7 +20,7 @@ import (
 // Defaults of the Server fields.
 const (
 	DefaultConcurrency   = 16
-	DefaultBacklog       = 1024
+	DefaultBacklog       = 4096
 	DefaultAckWait       = 2 * time.Second
 	DefaultMaxDeliver    = 5
 	DefaultMaxAckPending = 1024
