@@ -52,7 +52,7 @@ type env struct {
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
 	ListenerShare  string `envconfig:"LISTENER_MAX_PENDING" default:"0" desc:"open exchanges one listener may hold, a number or a percentage of UDPGATE_MAX_PENDING like 25% (0: half, or all on a node with one answering listener)"`
 	Queue          string `envconfig:"QUEUE" default:"8192" desc:"datagrams queued for publishing, per listener"`
-	MaxInFlight    string `envconfig:"MAX_INFLIGHT" default:"4096" desc:"publishes awaiting acknowledgement, per listener"`
+	MaxInFlight    string `envconfig:"MAX_INFLIGHT" default:"16384" desc:"capture copies awaiting JetStream's acknowledgement, per listener"`
 	RcvBuf         string `envconfig:"RCVBUF" default:"0" desc:"SO_RCVBUF per listener socket, bytes (0: system default)"`
 	Delivery       string `envconfig:"DELIVERY" default:"direct" desc:"how worker and lambda groups receive requests: direct (a core NATS queue group) or durable (a JetStream consumer)"`
 	WorkerGroup    string `envconfig:"WORKER_GROUP" desc:"worker group name (default: the worker's name)"`

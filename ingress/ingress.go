@@ -39,7 +39,7 @@ const (
 	DefaultDeadline    = 5 * time.Second
 	DefaultMaxDatagram = 8192
 	DefaultQueue       = 8192
-	DefaultMaxInFlight = 4096
+	DefaultMaxInFlight = 16384
 )
 
 // Server publishes the datagrams that arrive on one listener socket. Set its
