@@ -703,14 +703,6 @@ func appendQueryEscaped(dst, s []byte) []byte {
 	return dst
 }
 
-// addrLen is the most AddrPort.AppendTo writes for ap's kind of address.
-func addrLen(ap netip.AddrPort) int {
-	if ap.Addr().Is4() {
-		return len("255.255.255.255:65535")
-	}
-	return len("[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%]:65535") + len(ap.Addr().Zone())
-}
-
 // hashSeed keys the hashes of the dedupe cache.
 var hashSeed = maphash.MakeSeed()
 

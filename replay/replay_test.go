@@ -277,14 +277,21 @@ func TestPacing(t *testing.T) {
 	rcv := newReceiver(t)
 	orig := wire(t, &replay.Replayer{JetStream: js, Speed: replay.Original}, rcv)
 	_, at := rcv.wait(t, n)
+	// Generous: 20%, and never less than 5 ms; and a loaded machine may
+	// stall the sender or the receiver now and then, which makes one gap
+	// long and the next short (the pacer's absolute schedule catches up),
+	// so a few gaps may miss. A pacer that ignored the recorded times
+	// would miss most of them.
+	var missed []string
 	for i := 1; i < n; i++ {
 		want := recorded[i].Sub(recorded[i-1])
 		got := at[i].Sub(at[i-1])
-		// Generous: 20%, and never less than 5 ms (a loaded machine's
-		// scheduling); the pacer's absolute schedule keeps the total exact.
 		if tol := max(want/5, 5*time.Millisecond); got < want-tol || got > want+tol {
-			t.Errorf("gap %d: %v, recorded %v", i, got, want)
+			missed = append(missed, fmt.Sprintf("gap %d: %v, recorded %v", i, got, want))
 		}
+	}
+	if len(missed) > n/10 {
+		t.Errorf("%d of %d gaps off the recorded pace:\n%s", len(missed), n-1, strings.Join(missed, "\n"))
 	}
 	total, want := at[n-1].Sub(at[0]), recorded[n-1].Sub(recorded[0])
 	if total < want*8/10 || total > want*12/10 {
