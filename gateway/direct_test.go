@@ -67,7 +67,9 @@ func TestPlainSubscriptionIsAWorker(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	coapHeaders := make(chan int, 1)
 	if _, err := nc.QueueSubscribe(schemas.InSubject("udpgate", uint16(coapAddr.Port))+".GET.sensors.*", "sensors", func(m *nats.Msg) {
+		coapHeaders <- len(m.Header)
 		m.Respond([]byte("21.5"))
 	}); err != nil {
 		t.Fatal(err)
@@ -88,6 +90,11 @@ func TestPlainSubscriptionIsAWorker(t *testing.T) {
 	body, _ := resp.ReadBody()
 	if resp.Code() != codes.Content || string(body) != "21.5" {
 		t.Errorf("coap: %v %q, want 2.05 21.5", resp.Code(), body)
+	}
+	// The raw request's 8 headers (TestRequestMessage), the request line
+	// and the datagram head: schemas/README.md says so.
+	if n := <-coapHeaders; n != 10 {
+		t.Errorf("a CoAP GET without options carried %d headers, want 10", n)
 	}
 	st := g.Stats()
 	if st.Egress.Sent != 2 || st.Egress.Unknown != 0 {
