@@ -52,8 +52,20 @@ type Server struct {
 	// reports false the reply is dropped (the amplification limit: the
 	// function counts it). It runs on the reply path and must be quick.
 	Allow func(ex exchange.Exchange, status string, header nats.Header, body []byte) bool
+	// Durable, if not nil, tells whether a durable group serves a request
+	// that NATS found no direct group for (its no-responders answer):
+	// served, and whether that is known yet (from a reading of the durable
+	// groups made after the request was received; egress asks again at its
+	// next sweeps until it is). A raw request nobody serves is released at
+	// once and counted NoWorker: nothing would ever answer it, and its slot
+	// in the table is free for others. CoAP and RPC requests nobody serves
+	// still wait for their deadline's answer.
+	Durable func(subject string, received time.Time) (served, known bool)
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
+
+	undecidedMu sync.Mutex  // guards undecided
+	undecided   []undecided // unserved by direct groups, waiting for Durable to know
 
 	portsMu sync.Mutex                           // serializes adding to ports
 	ports   atomic.Pointer[map[uint16]*counters] // copy on write; read without a lock
@@ -83,17 +95,21 @@ type Stats struct {
 	// answered the core request with its no-responders status. The
 	// exchange stays open for durable groups, which read the capture.
 	NoResponders uint64
+	// NoWorker counts raw requests that no group serves (no direct
+	// group took them, no durable group's consumer covers them): released
+	// at once, unanswered. See Server.Durable.
+	NoWorker uint64
 }
 
 type counters struct {
-	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders atomic.Uint64
+	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders, noWorker atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(),
 		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
-		NoResponders: c.noResponders.Load(),
+		NoResponders: c.noResponders.Load(), NoWorker: c.noWorker.Load(),
 	}
 }
 
@@ -108,6 +124,7 @@ func (s *Server) Stats() Stats {
 		st.SendErrors += p.SendErrors
 		st.NoAnswer += p.NoAnswer
 		st.NoResponders += p.NoResponders
+		st.NoWorker += p.NoWorker
 	}
 	return st
 }
@@ -190,6 +207,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			return nil
 		case now := <-t.C:
 			s.Table.Expire(now, s.expired)
+			s.redecide()
 		}
 	}
 }
@@ -202,6 +220,9 @@ func (s *Server) deliver(msg *nats.Msg) {
 		// Not a reply: the exchange stays open for durable groups.
 		if ex, open := s.Table.Pending(seq); ok && open {
 			s.port(ex.Port).noResponders.Add(1)
+			if s.Durable != nil && ex.Replier == nil {
+				s.decide(undecided{seq: seq, subject: msg.Header.Get(subjectHeader), received: ex.Received})
+			}
 		}
 		return
 	}
@@ -257,12 +278,66 @@ func (s *Server) deliver(msg *nats.Msg) {
 	}
 }
 
-// NATS's status header, and the status of its answer to a request that no
-// subscription received. nats.go does not export them.
+// NATS's status header, the status of its answer to a request that no
+// subscription received, and the header of that answer that names the
+// request's subject. nats.go does not export them.
 const (
-	statusHeader = "Status"
-	noResponders = "503"
+	statusHeader  = "Status"
+	noResponders  = "503"
+	subjectHeader = "Nats-Subject"
 )
+
+// undecided is a request no direct group took, whose durable groups are
+// not known yet.
+type undecided struct {
+	seq      uint64
+	subject  string
+	received time.Time
+}
+
+// maxUndecided bounds the requests waiting for a reading of the durable
+// groups; beyond it they wait for their deadline, as before.
+const maxUndecided = 4096
+
+// decide releases u's exchange if no durable group serves it, or keeps it
+// for the next sweep if that is not known yet.
+func (s *Server) decide(u undecided) {
+	served, known := s.Durable(u.subject, u.received)
+	switch {
+	case !known:
+		s.undecidedMu.Lock()
+		if len(s.undecided) < maxUndecided {
+			s.undecided = append(s.undecided, u)
+		}
+		s.undecidedMu.Unlock()
+	case !served:
+		if ex, ok := s.Table.Release(u.seq); ok {
+			s.port(ex.Port).noWorker.Add(1)
+		}
+	}
+}
+
+// redecide decides again the requests whose durable groups were not known,
+// those still open.
+func (s *Server) redecide() {
+	s.undecidedMu.Lock()
+	us := s.undecided
+	s.undecided = nil
+	s.undecidedMu.Unlock()
+	for _, u := range us {
+		if _, open := s.Table.Pending(u.seq); open {
+			s.decide(u)
+		}
+	}
+}
+
+// Undecided returns how many requests no direct group took wait for a
+// reading of the durable groups.
+func (s *Server) Undecided() int {
+	s.undecidedMu.Lock()
+	defer s.undecidedMu.Unlock()
+	return len(s.undecided)
+}
 
 // expired answers an exchange that reached its deadline unanswered, in its
 // protocol (CoAP: 5.04); raw exchanges get nothing.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/options"
 	"github.com/plgd-dev/go-coap/v3/pkg/runner/periodic"
@@ -322,4 +323,53 @@ func TestSlowConsumerDropsCounted(t *testing.T) {
 	// 2 wait in the backlog, 8 are dropped.
 	waitFor(t, "drops counted", func() bool { return w.Stats().Dropped == 8 })
 	close(release)
+}
+
+// TestRawUnservedReleasedAtOnce: a raw request that no direct group takes
+// and no durable group's consumer covers is released at once, counted
+// no_worker, long before its deadline; one a durable group covers stays
+// open for it, even when that group does not answer.
+func TestRawUnservedReleasedAtOnce(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{Deadline: time.Minute, ServedInterval: 50 * time.Millisecond}
+	addrs := testGateway(t, s, g, "127.0.0.1:0", "127.0.0.1:0")
+	nobody, durable := addrs[0], addrs[1]
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateOrUpdateConsumer(ctx, schemas.StreamIn, jetstream.ConsumerConfig{
+		Durable: "silent", FilterSubject: schemas.InSubject("udpgate", uint16(durable.Port)), AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	created := time.Now()
+	waitFor(t, "a reading of the durable groups after the consumer", func() bool { return g.Stats().DurablesReadAt.After(created) })
+
+	c, err := net.DialUDP("udp", nil, nobody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sent := time.Now()
+	c.Write([]byte("anyone?"))
+	waitFor(t, "the unserved request released", func() bool { return g.Stats().Egress.NoWorker == 1 })
+	if took := time.Since(sent); took > g.Deadline/10 {
+		t.Errorf("released after %v, more than a tenth of the %v deadline", took, g.Deadline)
+	}
+
+	d, err := net.DialUDP("udp", nil, durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.Write([]byte("for the durable group"))
+	waitFor(t, "NATS's no responders", func() bool { return g.Stats().Egress.NoResponders == 2 })
+	after := time.Now()
+	waitFor(t, "a reading after it, and the decision", func() bool {
+		st := g.Stats()
+		return st.DurablesReadAt.After(after) && st.Undecided == 0
+	})
+	if st := g.Stats(); st.Egress.NoWorker != 1 || st.Pending != 1 {
+		t.Errorf("no_worker %d, pending %d; want 1 and 1 (the durable group's request open)", st.Egress.NoWorker, st.Pending)
+	}
 }

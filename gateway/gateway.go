@@ -70,13 +70,20 @@ type Gateway struct {
 	// the table on a node with two or more answering listeners, and the
 	// whole table on a node with one (nobody else needs it).
 	ListenerMaxPending int
+	// ServedInterval is how often the gateway reads the capture stream's
+	// consumers, to know which subjects durable groups serve
+	// (DefaultServedInterval if zero): a raw request that no direct group
+	// took and no durable group serves is released at once (counted
+	// no_worker), at most about this long after it arrived.
+	ServedInterval time.Duration
 
-	mu      sync.Mutex // guards ingress, names and egress, set by Serve
-	ingress []*ingress.Server
-	names   []string // PORT/PROTOCOL of each ingress
-	egress  *egress.Server
-	ready   chan struct{}
-	once    sync.Once
+	mu       sync.Mutex // guards ingress, names, egress and durables, set by Serve
+	ingress  []*ingress.Server
+	names    []string // PORT/PROTOCOL of each ingress
+	egress   *egress.Server
+	durables *durables
+	ready    chan struct{}
+	once     sync.Once
 	// recreated counts streams found missing, and created again, after
 	// a reconnection to NATS.
 	recreated atomic.Uint64
@@ -97,6 +104,11 @@ type Stats struct {
 	// StreamsRecreated counts streams found missing after a reconnection
 	// to NATS (a server restarted without its store) and created again.
 	StreamsRecreated uint64
+	// DurablesReadAt is when the gateway last read which subjects durable
+	// groups serve (zero before the first reading), and Undecided how many
+	// requests no direct group took wait for the next reading.
+	DurablesReadAt time.Time
+	Undecided      int
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -116,7 +128,11 @@ func (g *Gateway) Stats() Stats {
 		StreamsRecreated: g.recreated.Load(),
 	}
 	var byPort map[uint16]egress.Stats
+	if g.durables != nil {
+		st.DurablesReadAt = g.durables.readAt()
+	}
 	if g.egress != nil {
+		st.Undecided = g.egress.Undecided()
 		st.Egress = g.egress.Stats()
 		st.Pending = g.egress.Table.Len()
 		st.Capacity = g.egress.Table.Cap()
@@ -187,6 +203,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 
 	table := exchange.NewTable(g.MaxPending)
 	share := listenerShare(g.ListenerMaxPending, table.Cap(), g.Listeners)
+	interval := g.ServedInterval
+	if interval <= 0 {
+		interval = DefaultServedInterval
+	}
+	durs := &durables{js: js, stream: g.Stream.Name, interval: interval, log: g.Log}
 	eg := &egress.Server{
 		NATS:    g.NATS,
 		Subject: schemas.ReplySubject(g.Prefix, g.Node),
@@ -194,6 +215,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Log:     g.Log,
 		Latency: g.Latency,
 		Allow:   amplification(g.Listeners),
+		Durable: durs.served,
 	}
 	ins := make([]*ingress.Server, len(g.Listeners))
 	names := make([]string, len(g.Listeners))
@@ -221,12 +243,13 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		}
 	}
 	g.mu.Lock()
-	g.ingress, g.names, g.egress = ins, names, eg
+	g.ingress, g.names, g.egress, g.durables = ins, names, eg, durs
 	g.mu.Unlock()
 
 	// The first part to fail stops the others; Serve returns its error.
 	grp, ctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return eg.Serve(ctx) })
+	grp.Go(func() error { durs.run(ctx); return nil })
 	select {
 	case <-eg.Ready():
 	case <-ctx.Done():

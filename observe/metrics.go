@@ -40,8 +40,10 @@ const (
 	// ReasonCaptureGap counts capture copies that JetStream refused or
 	// did not acknowledge, or that found MaxInFlight awaiting it: not a
 	// dropped request (direct groups had it), a gap in the capture.
-	ReasonCaptureGap     = "capture_gap"
-	ReasonNoAnswer       = "no_answer"
+	ReasonCaptureGap = "capture_gap"
+	ReasonNoAnswer   = "no_answer"
+	// ReasonNoWorker counts raw requests no group serves, released at once.
+	ReasonNoWorker       = "no_worker"
 	ReasonLateReply      = "late_reply"
 	ReasonDuplicateReply = "duplicate_reply"
 	ReasonSendError      = "send_error"
@@ -159,6 +161,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			{ReasonNATSDown, in.NATSDown},
 			{ReasonPublishFailed, in.PublishFailed},
 			{ReasonNoAnswer, eg.NoAnswer},
+			{ReasonNoWorker, eg.NoWorker},
 			{ReasonLateReply, eg.Late},
 			{ReasonDuplicateReply, eg.Duplicate},
 			{ReasonSendError, eg.SendErrors},

@@ -308,3 +308,22 @@ func unhex(c byte) (byte, bool) {
 	}
 	return 0, false
 }
+
+// Match reports whether the NATS subject filter (tokens, `*` for one
+// token, `>` for one or more at the end) matches subject, a subject
+// without wildcards.
+func Match(filter, subject string) bool {
+	for {
+		ft, frest, fmore := strings.Cut(filter, ".")
+		st, srest, smore := strings.Cut(subject, ".")
+		switch {
+		case ft == ">":
+			return st != "" || smore
+		case ft != "*" && ft != st:
+			return false
+		case !fmore || !smore:
+			return fmore == smore
+		}
+		filter, subject = frest, srest
+	}
+}

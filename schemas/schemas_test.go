@@ -85,3 +85,27 @@ func FuzzEscapeToken(f *testing.F) {
 		}
 	})
 }
+
+func TestMatch(t *testing.T) {
+	for _, tt := range []struct {
+		filter, subject string
+		want            bool
+	}{
+		{"udpgate.in.9000", "udpgate.in.9000", true},
+		{"udpgate.in.9000", "udpgate.in.9001", false},
+		{"udpgate.in.9000", "udpgate.in.9000.x", false},
+		{"udpgate.in.9000.>", "udpgate.in.9000", false},
+		{"udpgate.in.9000.>", "udpgate.in.9000.GET", true},
+		{"udpgate.in.9000.>", "udpgate.in.9000.GET.a.b", true},
+		{"udpgate.in.*", "udpgate.in.9000", true},
+		{"udpgate.in.*", "udpgate.in.9000.GET", false},
+		{"udpgate.in.5683.*.sensors.*", "udpgate.in.5683.GET.sensors.7", true},
+		{"udpgate.in.5683.*.sensors.*", "udpgate.in.5683.GET.sensors", false},
+		{">", "a", true},
+		{"a.b", "a", false},
+	} {
+		if got := Match(tt.filter, tt.subject); got != tt.want {
+			t.Errorf("Match(%q, %q) = %v, want %v", tt.filter, tt.subject, got, tt.want)
+		}
+	}
+}
