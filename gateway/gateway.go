@@ -85,8 +85,9 @@ type Gateway struct {
 	ready    chan struct{}
 	once     sync.Once
 	// recreated counts streams found missing, and created again, after
-	// a reconnection to NATS.
-	recreated atomic.Uint64
+	// a reconnection to NATS; rechecks the checks after one that were
+	// retried because the previous failed.
+	recreated, rechecks atomic.Uint64
 }
 
 // Stats are a node's counters.
@@ -102,8 +103,10 @@ type Stats struct {
 	Pending          int // open exchanges
 	Capacity         int // the pending table's size
 	// StreamsRecreated counts streams found missing after a reconnection
-	// to NATS (a server restarted without its store) and created again.
-	StreamsRecreated uint64
+	// to NATS (a server restarted without its store) and created again,
+	// and StreamRechecks the checks retried because one failed (JetStream
+	// not back yet).
+	StreamsRecreated, StreamRechecks uint64
 	// DurablesReadAt is when the gateway last read which subjects durable
 	// groups serve (zero before the first reading), and Undecided how many
 	// requests no direct group took wait for the next reading.
@@ -125,7 +128,7 @@ func (g *Gateway) Stats() Stats {
 	st := Stats{
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
 		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{},
-		StreamsRecreated: g.recreated.Load(),
+		StreamsRecreated: g.recreated.Load(), StreamRechecks: g.rechecks.Load(),
 	}
 	var byPort map[uint16]egress.Stats
 	if g.durables != nil {
@@ -268,15 +271,54 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case <-reconnected:
-				if err := g.ensureStreams(ctx, js, true); err != nil && ctx.Err() == nil {
-					g.Log.Error("gateway: after reconnecting to NATS", "err", err)
-				}
+				g.ensureStreamsAgain(ctx, js, reconnected)
 			}
 		}
 	})
 	g.Ready()
 	close(g.ready)
 	return grp.Wait()
+}
+
+// Backoff of the stream check after a reconnection that failed.
+const (
+	recheckFirst = 500 * time.Millisecond
+	recheckMax   = 30 * time.Second
+)
+
+// ensureStreamsAgain makes sure of the streams after a reconnection to
+// NATS, retrying with backoff while it fails (JetStream may come back
+// after the connection: a server restarting, a cluster electing its meta
+// leader), until it succeeds, ctx ends, or another reconnection starts
+// the checks afresh. A failure is logged once, and the recovery.
+func (g *Gateway) ensureStreamsAgain(ctx context.Context, js jetstream.JetStream, reconnected <-chan nats.Status) {
+	wait, failed := recheckFirst, false
+	for {
+		err := g.ensureStreams(ctx, js, true)
+		if err == nil || ctx.Err() != nil {
+			if failed && err == nil {
+				g.Log.Info("gateway: the streams are in place again after reconnecting to NATS")
+			}
+			return
+		}
+		if !failed {
+			g.Log.Error("gateway: after reconnecting to NATS; retrying with backoff", "err", err)
+			failed = true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-reconnected:
+			t.Stop()
+			wait, failed = recheckFirst, false
+			continue
+		case <-t.C:
+		}
+		g.rechecks.Add(1)
+		wait = min(2*wait, recheckMax)
+	}
 }
 
 // listenerShare returns how many exchanges each listener may hold open in

@@ -504,3 +504,30 @@ func TestNoReplyListener(t *testing.T) {
 		t.Errorf("a direct group saw %d requests of a reply=off listener", len(direct))
 	}
 }
+
+// TestStreamsCheckedAgainUntilJetStreamIsBack: a server that comes back
+// with JetStream only later (here: started without it, then enabled) gets
+// the streams made again by the retried check, with no further
+// reconnection.
+func TestStreamsCheckedAgainUntilJetStreamIsBack(t *testing.T) {
+	opts := natstest.Options(t)
+	s := natstest.Start(t, opts)
+	g := &Gateway{
+		Stream:  ingress.StreamConfig{Name: schemas.StreamIn, Memory: true},
+		Replies: ingress.StreamConfig{Name: schemas.StreamReplies, Memory: true},
+	}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+
+	without := *opts
+	without.JetStream = false
+	s = natstest.Restart(t, s, &without)
+	waitFor(t, "a failed check retried", func() bool { return g.Stats().StreamRechecks > 0 })
+	if err := s.EnableJetStream(&server.JetStreamConfig{StoreDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both streams created again", func() bool { return g.Stats().StreamsRecreated == 2 })
+	contractWorker(t, s, "echo", schemas.InSubject(schemas.DefaultPrefix, uint16(addrs[0].Port)), echo)
+	if got, err := exchangeUDP(t, addrs[0].String(), []byte("back"), 5*time.Second); err != nil || string(got) != "echo:back" {
+		t.Errorf("reply %q, %v; want echo:back", got, err)
+	}
+}
