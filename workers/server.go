@@ -377,6 +377,45 @@ type run struct {
 
 	mu       sync.Mutex      // guards handBack
 	handBack []jetstream.Msg // requests to nak when Serve stops
+
+	fetchLog limitedLog // fetch failures: every retryEvery while NATS is down
+}
+
+// warnEvery is how often a failure that repeats is logged at most.
+const warnEvery = 30 * time.Second
+
+// limitedLog logs a failure that repeats at most once per warnEvery, with
+// the count of the failures not logged, and its end once. Safe for
+// concurrent use.
+type limitedLog struct {
+	mu      sync.Mutex // guards the rest
+	last    time.Time  // when a failure was last logged
+	missed  int        // failures since last, not logged
+	failing bool       // the last outcome was a failure
+}
+
+// failed logs msg and err at Warn, unless it logged one less than
+// warnEvery ago.
+func (l *limitedLog) failed(log *slog.Logger, msg string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.failing = true
+	if now := time.Now(); l.last.IsZero() || now.Sub(l.last) >= warnEvery {
+		log.Warn(msg, "err", err, "not_logged", l.missed)
+		l.last, l.missed = now, 0
+		return
+	}
+	l.missed++
+}
+
+// ok logs at Info, once, that failures logged before have ended.
+func (l *limitedLog) ok(log *slog.Logger, msg string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.failing {
+		log.Info(msg, "failures_not_logged", l.missed)
+		l.failing, l.last, l.missed = false, time.Time{}, 0
+	}
 }
 
 // giveBack keeps msg to be nak'd when Serve stops, after the fetches have
@@ -417,7 +456,7 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 				if errors.Is(err, nats.ErrConnectionClosed) {
 					return err
 				}
-				r.log.Warn("workers: fetch", "err", err)
+				r.fetchLog.failed(r.log, "workers: fetch", err)
 				batches.Go(func() { r.retry(ctx, n) })
 				continue
 			}
@@ -468,6 +507,9 @@ func (r *run) forward(ctx context.Context, cons jetstream.Consumer, batch jetstr
 	case err == nil || errors.Is(err, context.DeadlineExceeded):
 		// The fetch expired, on the server or, if the server did not
 		// answer, here.
+		if err == nil {
+			r.fetchLog.ok(r.log, "workers: fetching again")
+		}
 		r.slots.unreserve(n)
 		return nil
 	case errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest):
@@ -480,7 +522,7 @@ func (r *run) forward(ctx context.Context, cons jetstream.Consumer, batch jetstr
 			return fmt.Errorf("%w: %w", err, ierr)
 		}
 	}
-	r.log.Warn("workers: fetch", "err", err)
+	r.fetchLog.failed(r.log, "workers: fetch", err)
 	r.retry(ctx, n)
 	return nil
 }
