@@ -83,7 +83,13 @@ func (s *Server) serveDirect(ctx context.Context) error {
 		}
 		return fmt.Errorf("workers: %s: subscribe: %w", s.Group, err)
 	}
-	r := &run{Server: s, log: log, nc: nc}
+	ann, unannounce, err := s.announce(nc, log)
+	if err != nil {
+		unsubscribe()
+		return err
+	}
+	defer unannounce()
+	r := &run{Server: s, log: log, nc: nc, ann: ann}
 	log.Info("workers: serving", "delivery", "direct", "subjects", s.Subjects, "concurrency", concurrency)
 	s.Ready()
 	close(s.ready)
@@ -174,9 +180,11 @@ func (r *run) handleDirect(ctx context.Context, msg *nats.Msg, w *response) {
 	w.reset()
 	start := time.Now()
 	err = r.call(ctx, nil, w, nil, req)
+	took := time.Since(start)
 	if r.HandlerLatency != nil {
-		r.HandlerLatency(time.Since(start))
+		r.HandlerLatency(took)
 	}
+	r.ann.record(req.Subject, took, err)
 	r.stats.handled.Add(1)
 	switch {
 	case err == nil && !w.answered():

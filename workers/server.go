@@ -114,6 +114,13 @@ type Server struct {
 	// Log receives the Server's logs; nil discards them. Nothing is logged
 	// per request at Info level or above, except handler panics (Error).
 	Log *slog.Logger
+	// Version is the version the group announces (semantic versioning;
+	// DefaultVersion if empty). Every instance of a group answers NATS's
+	// service discovery (`nats micro ls`, $SRV.INFO) as a nats micro
+	// service named after the group, one endpoint per subject, unless
+	// Silent is set.
+	Version string
+	Silent  bool
 	// HandlerLatency, if not nil, is called after each handler call with
 	// how long the handler ran. It must be quick and safe for concurrent
 	// use.
@@ -233,8 +240,14 @@ func (s *Server) serveDurable(ctx context.Context) error {
 		return err
 	}
 	cfg := cons.CachedInfo().Config
+	ann, unannounce, err := s.announce(s.JetStream.Conn(), log)
+	if err != nil {
+		return err
+	}
+	defer unannounce()
 	r := &run{
 		Server:     s,
+		ann:        ann,
 		log:        log,
 		nc:         s.JetStream.Conn(),
 		keepalive:  cfg.AckWait / 2,
@@ -379,6 +392,7 @@ type run struct {
 	handBack []jetstream.Msg // requests to nak when Serve stops
 
 	fetchLog limitedLog // fetch failures: every retryEvery while NATS is down
+	ann      *announcer // answers NATS's service discovery; nil when silent
 }
 
 // warnEvery is how often a failure that repeats is logged at most.
@@ -638,9 +652,11 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 	w.reset()
 	start := time.Now()
 	err = r.call(ctx, msg, w, k, req)
+	took := time.Since(start)
 	if r.HandlerLatency != nil {
-		r.HandlerLatency(time.Since(start))
+		r.HandlerLatency(took)
 	}
+	r.ann.record(req.Subject, took, err)
 	r.stats.handled.Add(1)
 	switch {
 	case err == nil && !w.answered():
