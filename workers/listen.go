@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -106,10 +107,20 @@ func (s *Server) ListenAndServe() error {
 	// handle the signal itself is ended by it, as it would have been.
 	signal.Stop(sigs)
 	if p, err := os.FindProcess(os.Getpid()); err == nil && sig != nil {
-		p.Signal(sig)
+		if p.Signal(sig) == nil {
+			// The signal ends the process as it arrives, unless the
+			// program handles it too: then it must reach the program's
+			// handler before ListenAndServe returns, and the program
+			// perhaps stops handling it.
+			time.Sleep(signalGrace)
+		}
 	}
 	return ErrStopped
 }
+
+// signalGrace is how long ListenAndServe waits for the signal it raised
+// again to end the process, or to reach the program's own handler.
+const signalGrace = 200 * time.Millisecond
 
 // redact drops the user information of each comma-separated URL, for an
 // error message.
