@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"context"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/micro"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
@@ -66,6 +68,31 @@ func TestNodeWorker(t *testing.T) {
 			if resp.Code() != codes.Content || string(body) != "Hello, "+name || cfErr != nil || cf != message.TextPlain {
 				t.Errorf("GET /greeting/%s: %v %q, content-format %v (%v)", name, resp.Code(), body, cf, cfErr)
 			}
+		}
+	})
+	t.Run("announces", func(t *testing.T) { // "Announcing a group"
+		nc := natstest.Connect(t, s)
+		var info micro.Info
+		var stats micro.Stats
+		for _, q := range []struct {
+			subject string
+			into    any
+		}{{"$SRV.INFO.node-example", &info}, {"$SRV.STATS.node-example", &stats}} {
+			m, err := nc.Request(q.subject, nil, 5*time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v (worker stderr: %s)", q.subject, err, w1.stderr())
+			}
+			if err := json.Unmarshal(m.Data, q.into); err != nil {
+				t.Fatalf("%s: %v: %s", q.subject, err, m.Data)
+			}
+		}
+		rawSubject := schemas.InSubject(schemas.DefaultPrefix, uint16(raw.Port))
+		if info.Name != "node-example" || info.Type != micro.InfoResponseType || len(info.Endpoints) != 2 ||
+			info.Endpoints[0].Subject != rawSubject || info.Endpoints[0].QueueGroup != "node-example" {
+			t.Errorf("info %+v", info)
+		}
+		if len(stats.Endpoints) != 2 || stats.Endpoints[0].NumRequests != 2 || stats.Endpoints[1].NumRequests != 2 {
+			t.Errorf("stats %+v, want 2 requests on each endpoint", stats)
 		}
 	})
 	t.Run("two instances share the group", func(t *testing.T) {

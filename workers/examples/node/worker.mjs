@@ -35,7 +35,40 @@ const decoder = new TextDecoder();
 
 // "Direct groups": one queue subscription per subject, the queue named
 // after the group; each request goes to one instance of the group.
-const subs = [rawSubject, greetingSubject].map((subject) => nc.subscribe(subject, { queue: group }));
+const endpoints = [
+  { name: "raw", subject: rawSubject, queue_group: group, metadata: {} },
+  { name: "greeting", subject: greetingSubject, queue_group: group, metadata: {} },
+];
+const subs = endpoints.map((e) => nc.subscribe(e.subject, { queue: group }));
+
+// "Announcing a group": answer NATS's service discovery as a micro
+// service named after the group, so that `nats micro ls` lists it.
+const identity = {
+  name: group,
+  id: Array.from(crypto.getRandomValues(new Uint8Array(11)), (b) => b.toString(16).padStart(2, "0")).join(""),
+  version: "1.0.0",
+  metadata: { "udpgate.delivery": "direct" },
+};
+const started = new Date().toISOString();
+const counts = endpoints.map(() => 0);
+const answers = {
+  PING: () => ({ ...identity, type: "io.nats.micro.v1.ping_response" }),
+  INFO: () => ({ ...identity, type: "io.nats.micro.v1.info_response", description: "udpgate example worker", endpoints }),
+  STATS: () => ({
+    ...identity,
+    type: "io.nats.micro.v1.stats_response",
+    started,
+    endpoints: endpoints.map((e, i) => ({
+      name: e.name, subject: e.subject, queue_group: e.queue_group,
+      num_requests: counts[i], num_errors: 0, last_error: "", processing_time: 0, average_processing_time: 0,
+    })),
+  }),
+};
+for (const [verb, answer] of Object.entries(answers)) {
+  for (const subject of [`$SRV.${verb}`, `$SRV.${verb}.${group}`, `$SRV.${verb}.${group}.${identity.id}`]) {
+    nc.subscribe(subject, { callback: (err, m) => err || m.respond(JSON.stringify(answer())) });
+  }
+}
 await nc.flush(); // the server has the subscriptions: requests reach us
 // Stop on SIGTERM or SIGINT: drain unsubscribes (the other instances take
 // what comes next), finishes what was received, and flushes the replies.
@@ -70,8 +103,9 @@ function handle(m) {
 }
 
 await Promise.all(
-  subs.map(async (sub) => {
+  subs.map(async (sub, i) => {
     for await (const m of sub) {
+      counts[i]++;
       handle(m);
     }
   }),
