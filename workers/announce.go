@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
 	"strconv"
 	"sync"
@@ -21,6 +22,10 @@ import (
 const (
 	// MetadataDelivery is the group's delivery: "direct" or "durable".
 	MetadataDelivery = "udpgate.delivery"
+	// MetadataCoAPLinks lists, in CoRE Link Format (RFC 6690), the CoAP
+	// resources the group serves with their attributes, as its
+	// /.well-known/core would: the Go SDK sets it from a Mux handler.
+	MetadataCoAPLinks = "udpgate.coap.links"
 )
 
 // DefaultVersion is the version a group announces when Server.Version is
@@ -38,6 +43,7 @@ var serviceName = regexp.MustCompile(`^[A-Za-z0-9\-_]+$`)
 // Safe for concurrent use.
 type announcer struct {
 	identity   micro.ServiceIdentity
+	mux        *Mux // the group's handler, if a Mux: its links are announced
 	started    time.Time
 	queueGroup string
 	subjects   []string
@@ -64,6 +70,7 @@ func (s *Server) announce(nc *nats.Conn, log *slog.Logger) (*announcer, func(), 
 		log.Debug("workers: group not announced: NATS service names are letters, digits, - and _", "group", s.Group)
 		return nil, func() {}, nil
 	}
+	mux, _ := s.Handler.(*Mux)
 	version := s.Version
 	if version == "" {
 		version = DefaultVersion
@@ -74,6 +81,7 @@ func (s *Server) announce(nc *nats.Conn, log *slog.Logger) (*announcer, func(), 
 			Metadata: map[string]string{MetadataDelivery: s.Delivery.String()},
 		},
 		started:  time.Now().UTC(),
+		mux:      mux,
 		subjects: s.Subjects,
 		stats:    make([]endpointStats, len(s.Subjects)),
 	}
@@ -112,7 +120,7 @@ func (s *Server) announce(nc *nats.Conn, log *slog.Logger) (*announcer, func(), 
 func (a *announcer) answer(verb micro.Verb) func() any {
 	switch verb {
 	case micro.PingVerb:
-		return func() any { return micro.Ping{ServiceIdentity: a.identity, Type: micro.PingResponseType} }
+		return func() any { return micro.Ping{ServiceIdentity: a.identityNow(), Type: micro.PingResponseType} }
 	case micro.InfoVerb:
 		return func() any { return a.info() }
 	default:
@@ -123,9 +131,22 @@ func (a *announcer) answer(verb micro.Verb) func() any {
 // endpointName names the endpoint of the i-th subject.
 func endpointName(i int) string { return "subject-" + strconv.Itoa(i) }
 
+// identityNow returns the instance's identity, with the links of its Mux
+// as they are now (routes may be added while it serves).
+func (a *announcer) identityNow() micro.ServiceIdentity {
+	id := a.identity
+	if a.mux != nil {
+		id.Metadata = maps.Clone(id.Metadata)
+		if links := a.mux.linkFormat(); links != "" {
+			id.Metadata[MetadataCoAPLinks] = links
+		}
+	}
+	return id
+}
+
 func (a *announcer) info() micro.Info {
 	info := micro.Info{
-		ServiceIdentity: a.identity,
+		ServiceIdentity: a.identityNow(),
 		Type:            micro.InfoResponseType,
 		Description:     "udpgate worker group",
 		Endpoints:       make([]micro.EndpointInfo, len(a.subjects)),
@@ -138,7 +159,7 @@ func (a *announcer) info() micro.Info {
 
 func (a *announcer) statsNow() micro.Stats {
 	st := micro.Stats{
-		ServiceIdentity: a.identity,
+		ServiceIdentity: a.identityNow(),
 		Type:            micro.StatsResponseType,
 		Started:         a.started,
 		Endpoints:       make([]*micro.EndpointStats, len(a.subjects)),

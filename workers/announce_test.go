@@ -81,3 +81,33 @@ func TestAnnounce(t *testing.T) {
 		}
 	})
 }
+
+// TestAnnounceLinks: a group whose handler is a Mux announces its CoAP
+// resources, with the attributes its Discovery was given, as its
+// /.well-known/core would list them.
+func TestAnnounceLinks(t *testing.T) {
+	e := newEnv(t)
+	mux := workers.NewMux()
+	ok := func(context.Context, workers.ResponseWriter, *workers.Request) error { return nil }
+	mux.RouteFunc("GET /time", ok)
+	mux.RouteFunc("GET /sensors/{id}", ok)
+	mux.Route("GET "+workers.WellKnownCore, mux.Discovery(workers.Links{"/time": `rt="time";ct=0`, "/sensors/1": `rt="temperature"`}))
+	s := &workers.Server{NATS: e.nc, Group: "sensors", Subjects: mux.Subjects(prefix, 5683), Handler: mux}
+	stop := start(t, s)
+	defer stop()
+	m, err := e.nc.Request("$SRV.INFO.sensors", nil, waitFor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(m.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	want := `</sensors/1>;rt="temperature",</time>;rt="time";ct=0`
+	if got := info.Metadata[workers.MetadataCoAPLinks]; got != want {
+		t.Errorf("links %q, want %q", got, want)
+	}
+	if len(info.Endpoints) != len(s.Subjects) {
+		t.Errorf("%d endpoints for %d subjects", len(info.Endpoints), len(s.Subjects))
+	}
+}

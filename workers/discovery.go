@@ -41,6 +41,9 @@ type Links map[string]string
 // matches every value it is a prefix of. A query without "=" filters
 // nothing. When no link matches, the answer is 4.04 Not Found.
 func (m *Mux) Discovery(links Links) Handler {
+	m.mu.Lock()
+	m.links = links
+	m.mu.Unlock()
 	return HandlerFunc(func(_ context.Context, w ResponseWriter, r *Request) error {
 		resp := NewCoAPResponse(w)
 		var name, want string
@@ -52,23 +55,7 @@ func (m *Mux) Discovery(links Links) Handler {
 				}
 			}
 		}
-		var b []byte
-		for _, path := range m.linkPaths(links) {
-			attrs := links[path]
-			if name != "" && !linkMatches(path, attrs, name, want) {
-				continue
-			}
-			if len(b) > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, '<')
-			b = append(b, path...)
-			b = append(b, '>')
-			if attrs != "" {
-				b = append(b, ';')
-				b = append(b, attrs...)
-			}
-		}
+		b := m.appendLinks(nil, links, name, want)
 		if len(b) == 0 {
 			resp.SetCode(NotFound)
 			return nil
@@ -77,6 +64,38 @@ func (m *Mux) Discovery(links Links) Handler {
 		_, err := resp.Write(b)
 		return err
 	})
+}
+
+// appendLinks appends to b, in link-format, the links Discovery lists for
+// links that pass the filter name=want (none if name is empty).
+func (m *Mux) appendLinks(b []byte, links Links, name, want string) []byte {
+	n := len(b)
+	for _, path := range m.linkPaths(links) {
+		attrs := links[path]
+		if name != "" && !linkMatches(path, attrs, name, want) {
+			continue
+		}
+		if len(b) > n {
+			b = append(b, ',')
+		}
+		b = append(b, '<')
+		b = append(b, path...)
+		b = append(b, '>')
+		if attrs != "" {
+			b = append(b, ';')
+			b = append(b, attrs...)
+		}
+	}
+	return b
+}
+
+// linkFormat returns, in link-format, every resource m serves with the
+// attributes its Discovery was given: what its /.well-known/core lists.
+func (m *Mux) linkFormat() string {
+	m.mu.RLock()
+	links := m.links
+	m.mu.RUnlock()
+	return string(m.appendLinks(nil, links, "", ""))
 }
 
 // linkPaths returns the sorted paths Discovery lists: those of m's

@@ -60,8 +60,9 @@ import (
 // The zero Mux has no patterns and is ready to use. A Mux is safe for
 // concurrent use, also while it handles requests.
 type Mux struct {
-	mu     sync.RWMutex // guards routes
+	mu     sync.RWMutex // guards routes and links
 	routes []*route     // most specific first: the first match wins
+	links  Links        // the last Discovery's, for the group's announcement
 }
 
 // NewMux returns a new, empty Mux.
