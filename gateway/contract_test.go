@@ -2,8 +2,8 @@ package gateway
 
 import (
 	"bytes"
-	"encoding/json"
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
