@@ -349,7 +349,7 @@ func (g *Gateway) ensureStreams(ctx context.Context, js jetstream.JetStream, aga
 		streams = append(streams, g.Replies)
 	}
 	for _, c := range streams {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		did, err := ingress.EnsureStream(sctx, js, c)
 		cancel()
 		if err != nil {
