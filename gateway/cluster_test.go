@@ -64,7 +64,7 @@ func TestClusterSurvivesNodeLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{schemas.StreamIn, schemas.StreamReplies} {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a loaded cluster answers slowly
 		st, err := js.Stream(ctx, name)
 		cancel()
 		if err != nil {
