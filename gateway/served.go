@@ -16,15 +16,18 @@ import (
 const DefaultServedInterval = time.Second
 
 // durables knows which subjects durable groups serve: the filter subjects
-// of the capture stream's consumers, read every interval. Together with
-// NATS's no-responders answer (no direct group took a request), it tells
-// egress that nobody serves a request. Safe for concurrent use.
+// of the capture stream's consumers, read at most every interval, and only
+// while egress asks about requests no direct group took (so a gateway
+// whose subjects all have direct groups asks JetStream nothing). Together
+// with NATS's no-responders answer, it tells egress that nobody serves a
+// request. Safe for concurrent use.
 type durables struct {
 	js       jetstream.JetStream
 	stream   string
 	interval time.Duration
 	log      *slog.Logger
 	view     atomic.Pointer[durableView] // the latest list read
+	wanted   atomic.Bool                 // served was asked what the latest reading cannot tell
 }
 
 // durableView is one reading of the consumers' filters.
@@ -33,16 +36,19 @@ type durableView struct {
 	filters []string
 }
 
-// run reads the consumers every interval until ctx ends.
+// run reads the consumers, every interval when a reading is wanted, until
+// ctx ends.
 func (d *durables) run(ctx context.Context) {
 	t := time.NewTicker(d.interval)
 	defer t.Stop()
 	for {
-		d.read(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if d.wanted.Swap(false) {
+				d.read(ctx)
+			}
 		}
 	}
 }
@@ -85,6 +91,7 @@ func (d *durables) read(ctx context.Context) {
 func (d *durables) served(subject string, received time.Time) (served, known bool) {
 	v := d.view.Load()
 	if v == nil || !v.at.After(received) {
+		d.wanted.Store(true)
 		return false, false
 	}
 	for _, f := range v.filters {
