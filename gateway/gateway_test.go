@@ -411,17 +411,24 @@ func TestRepliesRecorded(t *testing.T) {
 	}
 }
 
-// TestStreamsRecreatedAfterRestart: a NATS server that comes back without
-// its store (memory storage) has lost the capture and replies streams; the
-// gateway makes them again on reconnecting, and requests are answered.
-func TestStreamsRecreatedAfterRestart(t *testing.T) {
+// memoryGateway runs a gateway whose streams are in memory, on a server it
+// returns with its options, so that a test can restart it.
+func memoryGateway(t *testing.T) (*server.Options, *server.Server, *Gateway, []*net.UDPAddr) {
+	t.Helper()
 	opts := natstest.Options(t)
 	s := natstest.Start(t, opts)
 	g := &Gateway{
 		Stream:  ingress.StreamConfig{Name: schemas.StreamIn, Memory: true},
 		Replies: ingress.StreamConfig{Name: schemas.StreamReplies, Memory: true},
 	}
-	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	return opts, s, g, testGateway(t, s, g, "127.0.0.1:0")
+}
+
+// TestStreamsRecreatedAfterRestart: a NATS server that comes back without
+// its store (memory storage) has lost the capture and replies streams; the
+// gateway makes them again on reconnecting, and requests are answered.
+func TestStreamsRecreatedAfterRestart(t *testing.T) {
+	opts, s, g, addrs := memoryGateway(t)
 
 	s = natstest.Restart(t, s, opts)
 	_, js := natstest.JetStream(t, s)
@@ -510,13 +517,7 @@ func TestNoReplyListener(t *testing.T) {
 // the streams made again by the retried check, with no further
 // reconnection.
 func TestStreamsCheckedAgainUntilJetStreamIsBack(t *testing.T) {
-	opts := natstest.Options(t)
-	s := natstest.Start(t, opts)
-	g := &Gateway{
-		Stream:  ingress.StreamConfig{Name: schemas.StreamIn, Memory: true},
-		Replies: ingress.StreamConfig{Name: schemas.StreamReplies, Memory: true},
-	}
-	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	opts, s, g, addrs := memoryGateway(t)
 
 	without := *opts
 	without.JetStream = false

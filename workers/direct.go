@@ -177,15 +177,7 @@ func (r *run) handleDirect(ctx context.Context, msg *nats.Msg, w *response) {
 		r.stats.expired.Add(1)
 		return
 	}
-	w.reset()
-	start := time.Now()
-	err = r.call(ctx, nil, w, nil, req)
-	took := time.Since(start)
-	if r.HandlerLatency != nil {
-		r.HandlerLatency(took)
-	}
-	r.ann.record(req.Subject, took, err)
-	r.stats.handled.Add(1)
+	err = r.handled(ctx, nil, w, nil, req)
 	switch {
 	case err == nil && !w.answered():
 	case expired(req.Deadline):

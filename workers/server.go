@@ -649,15 +649,7 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 		return
 	}
 
-	w.reset()
-	start := time.Now()
-	err = r.call(ctx, msg, w, k, req)
-	took := time.Since(start)
-	if r.HandlerLatency != nil {
-		r.HandlerLatency(took)
-	}
-	r.ann.record(req.Subject, took, err)
-	r.stats.handled.Add(1)
+	err = r.handled(ctx, msg, w, k, req)
 	switch {
 	case err == nil && !w.answered():
 		r.ack(msg)
@@ -676,6 +668,21 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 	default:
 		r.reply(msg, req, w)
 	}
+}
+
+// handled runs the handler on req (see call) with w reset, and counts the
+// call: Stats, HandlerLatency and the group's announced figures.
+func (r *run) handled(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive, req *Request) error {
+	w.reset()
+	start := time.Now()
+	err := r.call(ctx, msg, w, k, req)
+	took := time.Since(start)
+	if r.HandlerLatency != nil {
+		r.HandlerLatency(took)
+	}
+	r.ann.record(req.Subject, took, err)
+	r.stats.handled.Add(1)
+	return err
 }
 
 // call runs the handler with the request's deadline and a keepalive,
