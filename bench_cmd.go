@@ -1100,14 +1100,14 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		protocol string
 	}{{"echo", e.echo, schemas.ProtocolRaw}, {"coap", e.coap, schemas.ProtocolCoAP}, {"places", e.rpc, schemas.ProtocolRPC}} {
 		h, _ := builtin.Lookup(w.name)
-		ws = append(ws, newWorker(cfg, log, e.js, w.name, workerSubjects(cfg.Prefix, w.port.Port(), w.protocol), h, cfg.WorkerConc))
+		ws = append(ws, newWorker(cfg, log, e.js, w.name, builtin.Subjects(w.name, cfg.Prefix, w.port.Port()), h, cfg.WorkerConc))
 	}
 	// The durable listener's group: what UDPGATE_DELIVERY=durable udpgate
 	// worker echo runs, whatever the delivery of the others.
 	durable := cfg
 	durable.Delivery = workers.Durable
 	echo, _ := builtin.Lookup("echo")
-	ws = append(ws, newWorker(durable, log, e.js, "echo-durable", workerSubjects(cfg.Prefix, e.durable.Port(), schemas.ProtocolRaw), echo, cfg.WorkerConc))
+	ws = append(ws, newWorker(durable, log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, e.durable.Port())}, echo, cfg.WorkerConc))
 	e.workers = ws
 	for _, w := range ws {
 		e.grp.Go(func() error { return w.Serve(gctx) })

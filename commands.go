@@ -51,17 +51,6 @@ var builtinListeners = []struct {
 	{"places", 7000, schemas.ProtocolRPC},
 }
 
-// workerSubjects returns the subjects a built-in worker consumes on its
-// port. CoAP and RPC workers take every path or method of their port, so
-// that they answer 4.04 or STATUS_UNIMPLEMENTED at once rather than leaving
-// unknown ones to the deadline.
-func workerSubjects(prefix string, port uint16, protocol string) []string {
-	if protocol == schemas.ProtocolRaw {
-		return []string{schemas.InSubject(prefix, port)}
-	}
-	return []string{schemas.InSubject(prefix, port) + ".>"}
-}
-
 // runAll is `udpgate run`: an embedded NATS server with JetStream, the
 // gateway on the default listeners plus UDPGATE_LISTENERS, and the built-in
 // workers, until ctx is cancelled.
@@ -101,7 +90,7 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			continue // the user gave the port to another protocol
 		}
 		h, _ := builtin.Lookup(b.worker)
-		servers = append(servers, newWorker(cfg, log, js, b.worker, workerSubjects(cfg.Prefix, b.port, b.protocol), h, cfg.WorkerConc))
+		servers = append(servers, newWorker(cfg, log, js, b.worker, builtin.Subjects(b.worker, cfg.Prefix, b.port), h, cfg.WorkerConc))
 	}
 	if err := observe.RegisterWorkers(obs.Registry, servers...); err != nil {
 		run.cancel()
@@ -120,6 +109,11 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 		case <-ctx.Done():
 			return grp.Wait()
 		}
+	}
+	// The gateway answers /.well-known/core from what the groups
+	// announce: have it ask them now, not at its next interval.
+	if err := run.g.Discover(ctx); err != nil {
+		return grp.Wait()
 	}
 
 	fmt.Fprintf(stdout, "udpgate %s: node %s\n", "run", cfg.Node)
@@ -271,6 +265,7 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			MaxBody:   cfg.CoAPMaxBody,
 		},
 		ListenerMaxPending: cfg.ListenerShare,
+		DiscoveryInterval:  cfg.Discovery,
 		Log:                log,
 	}
 	for _, l := range listeners {
@@ -328,6 +323,7 @@ func observeGateway(obs *observe.Server, g *gateway.Gateway, nc *nats.Conn, js j
 	}
 	obs.AddCheck("nats", observe.NATSConnected(nc))
 	obs.AddCheck("gateway", observe.GatewayServing(g))
+	obs.SetStatus(func(ctx context.Context) any { return g.Status(ctx) })
 	obs.AddCheck("capture", observe.StreamReachable(js, cfg.Stream, 0))
 	return nil
 }
@@ -421,6 +417,7 @@ type gatewayRun struct {
 	js         jetstream.JetStream
 	obs        *observe.Server
 	metricsURL string
+	g          *gateway.Gateway
 }
 
 // startGateway binds listeners, starts the HTTP endpoint and serves a
@@ -437,7 +434,7 @@ func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Co
 		closeListeners(g)
 		return nil, fmt.Errorf("%s: jetstream: %w", cmd, err)
 	}
-	r := &gatewayRun{js: js}
+	r := &gatewayRun{js: js, g: g}
 	ctx, r.cancel = context.WithCancel(ctx)
 	r.grp, r.ctx = errgroup.WithContext(ctx)
 	r.obs, r.metricsURL, err = startHTTP(r.ctx, cfg, log, r.grp)
@@ -488,7 +485,7 @@ func runWorker(ctx context.Context, cfg config, log *slog.Logger, name string) e
 	if len(subjects) == 0 {
 		for _, b := range builtinListeners {
 			if b.worker == name {
-				subjects = workerSubjects(cfg.Prefix, b.port, b.protocol)
+				subjects = builtin.Subjects(b.worker, cfg.Prefix, b.port)
 			}
 		}
 	}

@@ -48,6 +48,7 @@ type env struct {
 	StreamPersist  string `envconfig:"STREAM_PERSIST" default:"sync" desc:"how file storage writes messages: sync (each before its acknowledgement) or async (in batches, after it)"`
 	RepliesStream  string `envconfig:"REPLIES_STREAM" default:"UDPGATE_REPLIES" desc:"stream recording workers' replies, same limits as the capture (\"off\": none)"`
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
+	Discovery      string `envconfig:"DISCOVERY_INTERVAL" default:"2s" desc:"how often the gateway asks worker groups what they serve; a stopped instance is forgotten after two intervals"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
 	ListenerShare  string `envconfig:"LISTENER_MAX_PENDING" default:"0" desc:"open exchanges one listener may hold, a number or a percentage of UDPGATE_MAX_PENDING like 25% (0: half, or all on a node with one answering listener)"`
@@ -103,6 +104,7 @@ type config struct {
 	StreamAsync    bool   // JetStream's asynchronous persist mode
 	RepliesStream  string // "" records no replies
 	Deadline       time.Duration
+	Discovery      time.Duration
 	MaxDatagram    int
 	MaxPending     int
 	ListenerShare  int // 0: the gateway's default (gateway.Gateway.ListenerMaxPending)
@@ -240,6 +242,7 @@ func (e env) parse(environ []string) (config, error) {
 	}
 	duration("STREAM_MAX_AGE", e.StreamMaxAge, 0, &c.StreamMaxAge)
 	duration("DEADLINE", e.Deadline, time.Millisecond, &c.Deadline)
+	duration("DISCOVERY_INTERVAL", e.Discovery, 100*time.Millisecond, &c.Discovery)
 	duration("ACK_WAIT", e.AckWait, 100*time.Millisecond, &c.AckWait)
 	if c.StreamMaxBytes, err = parseBytes(e.StreamMaxBytes); err != nil {
 		bad("STREAM_MAX_BYTES", "%v", err)

@@ -233,6 +233,7 @@ type Stats struct {
 	Resets          uint64 // RSTs received for separate responses
 	Timeouts        uint64 // 5.04 sent
 	Unavailable     uint64 // 5.03 sent
+	NotFound        uint64 // 4.04 sent by the gateway: no group serves the resource
 	Evicted         uint64 // cache entries dropped to stay within CacheSize
 	SendErrors      uint64
 	TooManyRequests uint64 // 4.29 sent to trusted or validated sources over their rate
@@ -245,7 +246,7 @@ type Stats struct {
 type counters struct {
 	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
 	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
-	sendErrors, tooMany, echoChallenges, retransmitted                                       atomic.Uint64
+	sendErrors, tooMany, echoChallenges, retransmitted, notFound                             atomic.Uint64
 }
 
 // Stats returns a snapshot of the edge's counters.
@@ -256,7 +257,7 @@ func (e *Edge) Stats() Stats {
 		Malformed: c.malformed.Load(), BadOption: c.badOption.Load(), Rejected: c.rejected.Load(),
 		BlockContinue: c.blockContinue.Load(), BlocksServed: c.blocksServed.Load(), Piggybacked: c.piggybacked.Load(),
 		Separate: c.separate.Load(), Retransmissions: c.retransmissions.Load(), GaveUp: c.gaveUp.Load(),
-		Resets: c.resets.Load(), Timeouts: c.timeouts.Load(), Unavailable: c.unavailable.Load(),
+		Resets: c.resets.Load(), Timeouts: c.timeouts.Load(), Unavailable: c.unavailable.Load(), NotFound: c.notFound.Load(),
 		Evicted: c.evicted.Load(), SendErrors: c.sendErrors.Load(),
 		TooManyRequests: c.tooMany.Load(), EchoChallenges: c.echoChallenges.Load(),
 		Retransmitted: c.retransmitted.Load(),
@@ -1075,15 +1076,20 @@ func (r *Request) drop() {
 }
 
 // Fail implements exchange.Replier: 5.04 when no worker answered in time,
-// 5.03 when the request could not be published.
+// 5.03 when the request could not be published, 4.04 when no group serves
+// the resource.
 func (r *Request) Fail(_ exchange.Exchange, why exchange.Failure) {
-	if why == exchange.NoAnswer {
+	switch why {
+	case exchange.NoAnswer:
 		r.edge.stats.timeouts.Add(1)
 		r.respond(codes.GatewayTimeout, nil, nil)
-		return
+	case exchange.Unserved:
+		r.edge.stats.notFound.Add(1)
+		r.respond(codes.NotFound, nil, nil)
+	default:
+		r.edge.stats.unavailable.Add(1)
+		r.respond(codes.ServiceUnavailable, nil, nil)
 	}
-	r.edge.stats.unavailable.Add(1)
-	r.respond(codes.ServiceUnavailable, nil, nil)
 }
 
 // respond sends the response to r: in the ACK while the piggyback window
@@ -1497,6 +1503,15 @@ func splitPath(p string) []string {
 		}
 	}
 	return parts
+}
+
+// QueryOptions returns the request's Uri-Query options, decoded, in
+// order; nil if it has none.
+func (r *Request) QueryOptions() []string {
+	if r.Query == "" {
+		return nil
+	}
+	return splitQuery(r.Query)
 }
 
 func splitQuery(s string) []string {

@@ -58,9 +58,15 @@ type Server struct {
 	// groups made after the request was received; egress asks again at its
 	// next sweeps until it is). A raw request nobody serves is released at
 	// once and counted NoWorker: nothing would ever answer it, and its slot
-	// in the table is free for others. CoAP and RPC requests nobody serves
-	// still wait for their deadline's answer.
+	// in the table is free for others; a CoAP or RPC request nobody serves
+	// is answered at once (see Unserved) and counted Unserved.
 	Durable func(subject string, received time.Time) (served, known bool)
+	// Unserved, if not nil, answers a CoAP or RPC request that no group
+	// serves, in place of Replier.Fail(ex, exchange.Unserved) (CoAP 4.04,
+	// RPC STATUS_UNIMPLEMENTED): the gateway answers resource discovery and
+	// 4.05 Method Not Allowed there. subject is the request's. The exchange
+	// is closed: a reply that comes after all is counted Duplicate.
+	Unserved func(ex exchange.Exchange, subject string)
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 
@@ -72,6 +78,24 @@ type Server struct {
 
 	readyOnce sync.Once
 	ready     chan struct{} // closed once the reply subscription is in place
+
+	wakeOnce sync.Once
+	wake     chan struct{} // Wake: decide the undecided requests now
+}
+
+// Wake asks Serve to decide again, now rather than at its next sweep, the
+// requests waiting for Durable to know whether a durable group serves
+// them: call it when Durable has a new reading. It never blocks.
+func (s *Server) Wake() {
+	select {
+	case s.wakeCh() <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Server) wakeCh() chan struct{} {
+	s.wakeOnce.Do(func() { s.wake = make(chan struct{}, 1) })
+	return s.wake
 }
 
 // Ready returns a channel that is closed once Serve's subscription is
@@ -99,17 +123,20 @@ type Stats struct {
 	// group took them, no durable group's consumer covers them): released
 	// at once, unanswered. See Server.Durable.
 	NoWorker uint64
+	// Unserved counts CoAP and RPC requests that no group serves, answered
+	// at once by the gateway (see Server.Unserved).
+	Unserved uint64
 }
 
 type counters struct {
-	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders, noWorker atomic.Uint64
+	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders, noWorker, unserved atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(),
 		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
-		NoResponders: c.noResponders.Load(), NoWorker: c.noWorker.Load(),
+		NoResponders: c.noResponders.Load(), NoWorker: c.noWorker.Load(), Unserved: c.unserved.Load(),
 	}
 }
 
@@ -125,6 +152,7 @@ func (s *Server) Stats() Stats {
 		st.NoAnswer += p.NoAnswer
 		st.NoResponders += p.NoResponders
 		st.NoWorker += p.NoWorker
+		st.Unserved += p.Unserved
 	}
 	return st
 }
@@ -198,6 +226,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	close(s.ready)
 	t := time.NewTicker(s.Sweep)
 	defer t.Stop()
+	wake := s.wakeCh()
 	for {
 		select {
 		case <-ctx.Done():
@@ -207,6 +236,8 @@ func (s *Server) Serve(ctx context.Context) error {
 			return nil
 		case now := <-t.C:
 			s.Table.Expire(now, s.expired)
+			s.redecide()
+		case <-wake:
 			s.redecide()
 		}
 	}
@@ -220,8 +251,8 @@ func (s *Server) deliver(msg *nats.Msg) {
 		// Not a reply: the exchange stays open for durable groups.
 		if ex, open := s.Table.Pending(seq); ok && open {
 			s.port(ex.Port).noResponders.Add(1)
-			if s.Durable != nil && ex.Replier == nil {
-				s.decide(undecided{seq: seq, subject: msg.Header.Get(subjectHeader), received: ex.Received})
+			if s.Durable != nil {
+				s.decide(undecided{seq: seq, subject: msg.Header.Get(subjectHeader), received: ex.Received, raw: ex.Replier == nil})
 			}
 		}
 		return
@@ -293,14 +324,16 @@ type undecided struct {
 	seq      uint64
 	subject  string
 	received time.Time
+	raw      bool // no Replier: released unanswered
 }
 
 // maxUndecided bounds the requests waiting for a reading of the durable
 // groups; beyond it they wait for their deadline, as before.
 const maxUndecided = 4096
 
-// decide releases u's exchange if no durable group serves it, or keeps it
-// for the next sweep if that is not known yet.
+// decide settles u's exchange if no durable group serves it (a raw one
+// released, another answered as unserved), or keeps it for the next
+// sweep if that is not known yet.
 func (s *Server) decide(u undecided) {
 	served, known := s.Durable(u.subject, u.received)
 	switch {
@@ -310,9 +343,26 @@ func (s *Server) decide(u undecided) {
 			s.undecided = append(s.undecided, u)
 		}
 		s.undecidedMu.Unlock()
-	case !served:
+	case served:
+	case u.raw:
 		if ex, ok := s.Table.Release(u.seq); ok {
 			s.port(ex.Port).noWorker.Add(1)
+		}
+	default:
+		ex, outcome := s.Table.Close(u.seq, time.Now())
+		switch outcome {
+		case exchange.Expired:
+			s.expired(u.seq, ex) // as the sweep would have
+			return
+		case exchange.Answered:
+		default:
+			return // answered meanwhile
+		}
+		s.port(ex.Port).unserved.Add(1)
+		if s.Unserved != nil {
+			s.Unserved(ex, u.subject)
+		} else {
+			ex.Replier.Fail(ex, exchange.Unserved)
 		}
 	}
 }

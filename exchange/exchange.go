@@ -102,6 +102,9 @@ const (
 	NoAnswer Failure = iota + 1
 	// Unavailable: the request could not be published.
 	Unavailable
+	// Unserved: no worker group serves the request's subject (CoAP: 4.04
+	// Not Found; RPC: STATUS_UNIMPLEMENTED).
+	Unserved
 )
 
 // Outcome is what Close found.

@@ -158,13 +158,13 @@ func TestDirectAndDurableGroupsBothSeeEveryRequest(t *testing.T) {
 	}
 }
 
-// TestDirectGroupWithoutInstance: when no worker serves a subject, the
-// client gets the protocol's deadline answer (CoAP 5.04, RPC deadline
-// status) at the deadline, and the gateway counts that NATS found no
-// responder.
-func TestDirectGroupWithoutInstance(t *testing.T) {
+// TestUnservedAnsweredAtOnce: when no group serves a subject, the client
+// gets the protocol's answer for it at once (CoAP 4.04, RPC
+// STATUS_UNIMPLEMENTED), long before the deadline, and the gateway counts
+// that NATS found no responder and that nobody serves the request.
+func TestUnservedAnsweredAtOnce(t *testing.T) {
 	s := natstest.RunServer(t)
-	g := &Gateway{Deadline: 300 * time.Millisecond}
+	g := &Gateway{Deadline: 5 * time.Second}
 	coapAddr := coapListener(t, g)
 	rpcConn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -176,20 +176,41 @@ func TestDirectGroupWithoutInstance(t *testing.T) {
 	co := dialCoAP(t, coapAddr.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	sent := time.Now()
 	resp, err := co.Get(ctx, "/nobody")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Code() != codes.GatewayTimeout {
-		t.Errorf("coap: %v, want 5.04", resp.Code())
+	if resp.Code() != codes.NotFound {
+		t.Errorf("coap: %v, want 4.04", resp.Code())
 	}
-	r := call(t, rpcConn.LocalAddr().(*net.UDPAddr), envelope(t, 7, "Nobody", "Home", nil), 5*time.Second)
-	if r == nil || r.Id != 7 || r.Status.String() != "STATUS_DEADLINE_EXCEEDED" {
-		t.Errorf("rpc: %v, want id 7 STATUS_DEADLINE_EXCEEDED", r)
+	if took := time.Since(sent); took > g.Deadline/5 {
+		t.Errorf("coap: 4.04 after %v, more than a fifth of the %v deadline", took, g.Deadline)
 	}
-	waitFor(t, "no responders counted", func() bool { return g.Stats().Egress.NoResponders == 2 })
-	if st := g.Stats().Egress; st.NoAnswer != 2 {
-		t.Errorf("egress %+v, want 2 unanswered", st)
+	sent = time.Now()
+	r := call(t, rpcConn.LocalAddr().(*net.UDPAddr), envelope(t, 7, "Nobody", "Home", nil), g.Deadline)
+	if r == nil || r.Id != 7 || r.Status.String() != "STATUS_UNIMPLEMENTED" {
+		t.Errorf("rpc: %v, want id 7 STATUS_UNIMPLEMENTED", r)
+	}
+	if took := time.Since(sent); took > g.Deadline/5 {
+		t.Errorf("rpc: answered after %v, more than a fifth of the %v deadline", took, g.Deadline)
+	}
+	st := g.Stats()
+	if e := st.Egress; e.NoResponders != 2 || e.Unserved != 2 || e.NoAnswer != 0 || e.NoWorker != 0 {
+		t.Errorf("egress %+v, want 2 without responders, 2 unserved", e)
+	}
+	for name, c := range st.CoAP {
+		if c.NotFound != 1 || c.Timeouts != 0 {
+			t.Errorf("%s: %+v, want one 4.04 and no 5.04", name, c)
+		}
+	}
+	for name, c := range st.RPC {
+		if c.Unimplemented != 1 || c.Deadline != 0 {
+			t.Errorf("%s: %+v, want one STATUS_UNIMPLEMENTED", name, c)
+		}
+	}
+	if st.Pending != 0 {
+		t.Errorf("%d exchanges open, want none", st.Pending)
 	}
 }
 
@@ -362,12 +383,17 @@ func TestRawUnservedReleasedAtOnce(t *testing.T) {
 	sentDurable := time.Now()
 	d.Write([]byte("for the durable group"))
 	waitFor(t, "NATS's no responders", func() bool { return g.Stats().Egress.NoResponders == 2 })
-	// The gateway reads the durable groups only when asked about such a
-	// request, so a reading after it was sent follows that question.
-	waitFor(t, "a reading after it, and the decision", func() bool {
+	// The gateway reads the durable groups when asked about such a
+	// request, unless its latest reading is recent enough
+	// (ServedInterval); the decision follows.
+	waitFor(t, "the decision", func() bool {
 		st := g.Stats()
-		return st.DurablesReadAt.After(sentDurable) && st.Undecided == 0
+		return !st.DurablesReadAt.IsZero() && st.Undecided == 0
 	})
+	time.Sleep(4 * g.ServedInterval) // a wrong decision would show by now
+	if took := time.Since(sentDurable); took > g.Deadline/2 {
+		t.Fatalf("checked after %v: the deadline is too close", took)
+	}
 	if st := g.Stats(); st.Egress.NoWorker != 1 || st.Pending != 1 {
 		t.Errorf("no_worker %d, pending %d; want 1 and 1 (the durable group's request open)", st.Egress.NoWorker, st.Pending)
 	}

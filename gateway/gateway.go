@@ -70,18 +70,27 @@ type Gateway struct {
 	// the table on a node with two or more answering listeners, and the
 	// whole table on a node with one (nobody else needs it).
 	ListenerMaxPending int
-	// ServedInterval is how often the gateway reads the capture stream's
-	// consumers, to know which subjects durable groups serve
-	// (DefaultServedInterval if zero): a raw request that no direct group
-	// took and no durable group serves is released at once (counted
-	// no_worker), at most about this long after it arrived.
+	// ServedInterval bounds the staleness of what the gateway knows of
+	// the durable groups (DefaultServedInterval if zero): which subjects
+	// the capture stream's consumers cover, read when a request no direct
+	// group took arrives and the latest reading is older than this. A
+	// request that no direct group took and no durable group serves is
+	// settled at once: raw released (counted no_worker), CoAP and RPC
+	// answered (4.04, 4.05, STATUS_UNIMPLEMENTED; counted unserved).
 	ServedInterval time.Duration
+	// DiscoveryInterval is how often the gateway asks the worker groups
+	// what they serve (NATS service discovery, $SRV.STATS), for resource
+	// discovery, 4.05 answers and Status (DefaultDiscoveryInterval if
+	// zero). An instance that stops answering is forgotten after two
+	// intervals.
+	DiscoveryInterval time.Duration
 
-	mu       sync.Mutex // guards ingress, names, egress and durables, set by Serve
+	mu       sync.Mutex // guards ingress, names, egress, durables and groups, set by Serve
 	ingress  []*ingress.Server
 	names    []string // PORT/PROTOCOL of each ingress
 	egress   *egress.Server
 	durables *durables
+	groups   *groups
 	ready    chan struct{}
 	once     sync.Once
 	// recreated counts streams found missing, and created again, after
@@ -210,7 +219,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	if interval <= 0 {
 		interval = DefaultServedInterval
 	}
-	durs := &durables{js: js, stream: g.Stream.Name, interval: interval, log: g.Log}
+	durs := newDurables(js, g.Stream.Name, interval, g.Log)
 	eg := &egress.Server{
 		NATS:    g.NATS,
 		Subject: schemas.ReplySubject(g.Prefix, g.Node),
@@ -220,6 +229,9 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Allow:   amplification(g.Listeners),
 		Durable: durs.served,
 	}
+	durs.onRead = eg.Wake
+	grs := newGroups(g.NATS, g.Prefix, g.DiscoveryInterval, g.Log)
+	eg.Unserved = unserved(g.Prefix, grs, durs)
 	ins := make([]*ingress.Server, len(g.Listeners))
 	names := make([]string, len(g.Listeners))
 	for i, l := range g.Listeners {
@@ -246,13 +258,14 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		}
 	}
 	g.mu.Lock()
-	g.ingress, g.names, g.egress, g.durables = ins, names, eg, durs
+	g.ingress, g.names, g.egress, g.durables, g.groups = ins, names, eg, durs, grs
 	g.mu.Unlock()
 
 	// The first part to fail stops the others; Serve returns its error.
 	grp, ctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return eg.Serve(ctx) })
 	grp.Go(func() error { durs.run(ctx); return nil })
+	grp.Go(func() error { grs.run(ctx); return nil })
 	select {
 	case <-eg.Ready():
 	case <-ctx.Done():

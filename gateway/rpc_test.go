@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/udpgate/udpgate/internal/natstest"
@@ -141,8 +142,20 @@ func TestRPCCorruptedEnvelope(t *testing.T) {
 func TestRPCDeadline(t *testing.T) {
 	g := &Gateway{Deadline: 300 * time.Millisecond}
 	addr := rpcGateway(t, g)
-	// Nobody serves this method: the call gets a deadline status.
-	r := call(t, addr, envelope(t, 42, "Nobody", "Home", nil), 5*time.Second)
+	// A group takes this method and never answers: the call gets a
+	// deadline status.
+	nc, err := nats.Connect(g.NATS.ConnectedUrl())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.QueueSubscribe(schemas.RPCSubject("udpgate", uint16(addr.Port), "Silent", "Home"), "silent", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := call(t, addr, envelope(t, 42, "Silent", "Home", nil), 5*time.Second)
 	if r == nil || r.Id != 42 || r.Status != rpcpb.Status_STATUS_DEADLINE_EXCEEDED {
 		t.Fatalf("reply %v, want id 42 STATUS_DEADLINE_EXCEEDED", r)
 	}

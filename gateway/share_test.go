@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -21,6 +23,8 @@ func TestListenerShare(t *testing.T) {
 	addrs := testGateway(t, s, g, "127.0.0.1:0", "127.0.0.1:0")
 	flooded, answered := addrs[0], addrs[1]
 	contractWorker(t, s, "echo", schemas.InSubject(schemas.DefaultPrefix, uint16(answered.Port)), echo)
+	// A group that takes the flooded listener's requests and answers none.
+	contractWorker(t, s, "silent", schemas.InSubject(schemas.DefaultPrefix, uint16(flooded.Port)), func(*nats.Msg) []byte { return nil })
 	a, b := itoa(flooded.Port)+"/raw", itoa(answered.Port)+"/raw"
 
 	c, err := net.DialUDP("udp", nil, flooded)

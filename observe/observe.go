@@ -12,6 +12,7 @@ package observe
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,8 +45,36 @@ type Server struct {
 	// Log receives errors of the HTTP server. Nil discards.
 	Log *slog.Logger
 
-	mu     sync.Mutex // guards checks
+	mu     sync.Mutex // guards checks and status
 	checks []Check
+	status func(ctx context.Context) any
+}
+
+// SetStatus sets what GET /v1/status answers, as JSON: a gateway's
+// gateway.Status. Without it, /v1/status is 404.
+func (s *Server) SetStatus(f func(ctx context.Context) any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status = f
+}
+
+func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	f := s.status
+	s.mu.Unlock()
+	if f == nil {
+		http.Error(w, "no status: this process is not a gateway", http.StatusNotFound)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), CheckTimeout)
+	defer cancel()
+	b, err := json.MarshalIndent(f(ctx), "", "  ")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(append(b, '\n'))
 }
 
 // AddCheck adds a readiness check; /readyz runs them in the order added.
@@ -64,6 +93,7 @@ func (s *Server) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /v1/status", s.serveStatus)
 	return mux
 }
 

@@ -33,7 +33,7 @@ type Edge struct {
 	Socket exchange.Exchange
 	Log    *slog.Logger
 
-	calls, malformed, replies, deadline, unavailable, sendErrors atomic.Uint64
+	calls, malformed, replies, deadline, unavailable, unimplemented, sendErrors atomic.Uint64
 }
 
 // Stats are cumulative counts of one rpc listener's envelopes.
@@ -43,14 +43,17 @@ type Stats struct {
 	Replies     uint64 // replies sent for workers
 	Deadline    uint64 // STATUS_DEADLINE_EXCEEDED sent: no worker answered in time
 	Unavailable uint64 // STATUS_UNAVAILABLE sent: the call could not be published
-	SendErrors  uint64
+	// Unimplemented counts STATUS_UNIMPLEMENTED sent by the gateway: no
+	// group serves the call's service and method.
+	Unimplemented uint64
+	SendErrors    uint64
 }
 
 // Stats returns a snapshot of the edge's counters.
 func (e *Edge) Stats() Stats {
 	return Stats{
 		Calls: e.calls.Load(), Malformed: e.malformed.Load(), Replies: e.replies.Load(),
-		Deadline: e.deadline.Load(), Unavailable: e.unavailable.Load(), SendErrors: e.sendErrors.Load(),
+		Deadline: e.deadline.Load(), Unavailable: e.unavailable.Load(), Unimplemented: e.unimplemented.Load(), SendErrors: e.sendErrors.Load(),
 	}
 }
 
@@ -121,10 +124,14 @@ func (c *Call) Reply(_ exchange.Exchange, status string, header map[string][]str
 // Fail implements exchange.Replier.
 func (c *Call) Fail(_ exchange.Exchange, why exchange.Failure) {
 	r := &rpcpb.Reply{Id: c.ID, Status: rpcpb.Status_STATUS_UNAVAILABLE}
-	if why == exchange.NoAnswer {
+	switch why {
+	case exchange.NoAnswer:
 		r.Status = rpcpb.Status_STATUS_DEADLINE_EXCEEDED
 		c.edge.deadline.Add(1)
-	} else {
+	case exchange.Unserved:
+		r.Status = rpcpb.Status_STATUS_UNIMPLEMENTED
+		c.edge.unimplemented.Add(1)
+	default:
 		c.edge.unavailable.Add(1)
 	}
 	c.send(r)

@@ -113,6 +113,11 @@ func (s *Server) announce(nc *nats.Conn, log *slog.Logger) (*announcer, func(), 
 			}
 		}
 	}
+	// Once the server has the subscriptions, discovery finds the instance.
+	if err := nc.Flush(); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("workers: %s: announce: %w", s.Group, err)
+	}
 	return a, stop, nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/udpgate/udpgate/coap/linkformat"
 )
 
 // ContentFormatLinkFormat is the CoAP Content-Format of
@@ -48,12 +50,7 @@ func (m *Mux) Discovery(links Links) Handler {
 		resp := NewCoAPResponse(w)
 		var name, want string
 		if c := r.CoAP; c != nil {
-			for _, q := range c.Query {
-				if n, v, ok := strings.Cut(q, "="); ok {
-					name, want = n, v
-					break
-				}
-			}
+			name, want, _ = linkformat.Query(c.Query)
 		}
 		b := m.appendLinks(nil, links, name, want)
 		if len(b) == 0 {
@@ -66,31 +63,29 @@ func (m *Mux) Discovery(links Links) Handler {
 	})
 }
 
+// SetLinks sets the attributes of m's resources, as Discovery does, for a
+// Mux that announces its resources (Server.Silent false) but leaves
+// /.well-known/core to the gateway, which answers it from every group's
+// announcements: see Links for the values.
+func (m *Mux) SetLinks(links Links) {
+	m.mu.Lock()
+	m.links = links
+	m.mu.Unlock()
+}
+
 // appendLinks appends to b, in link-format, the links Discovery lists for
 // links that pass the filter name=want (none if name is empty).
 func (m *Mux) appendLinks(b []byte, links Links, name, want string) []byte {
-	n := len(b)
+	all := make([]linkformat.Link, 0, len(links))
 	for _, path := range m.linkPaths(links) {
-		attrs := links[path]
-		if name != "" && !linkMatches(path, attrs, name, want) {
-			continue
-		}
-		if len(b) > n {
-			b = append(b, ',')
-		}
-		b = append(b, '<')
-		b = append(b, path...)
-		b = append(b, '>')
-		if attrs != "" {
-			b = append(b, ';')
-			b = append(b, attrs...)
-		}
+		all = append(all, linkformat.Link{Path: path, Attrs: links[path]})
 	}
-	return b
+	return linkformat.Append(b, linkformat.Filter(all, name, want))
 }
 
 // linkFormat returns, in link-format, every resource m serves with the
-// attributes its Discovery was given: what its /.well-known/core lists.
+// attributes its Discovery or SetLinks was given: what its
+// /.well-known/core lists.
 func (m *Mux) linkFormat() string {
 	m.mu.RLock()
 	links := m.links
@@ -121,39 +116,4 @@ func (m *Mux) linkPaths(links Links) []string {
 	slices.Sort(paths)
 	paths = slices.Compact(paths)
 	return slices.DeleteFunc(paths, func(p string) bool { return p == WellKnownCore })
-}
-
-// linkMatches reports whether the link to path with attributes attrs
-// passes the filter name=want (see Mux.Discovery).
-func linkMatches(path, attrs, name, want string) bool {
-	if name == "href" {
-		return valueMatches(path, want)
-	}
-	for _, a := range strings.Split(attrs, ";") {
-		n, v, _ := strings.Cut(strings.TrimSpace(a), "=")
-		if n != name {
-			continue
-		}
-		if uq, quoted := strings.CutPrefix(v, `"`); quoted {
-			for _, item := range strings.Fields(strings.TrimSuffix(uq, `"`)) {
-				if valueMatches(item, want) {
-					return true
-				}
-			}
-			continue
-		}
-		if valueMatches(v, want) {
-			return true
-		}
-	}
-	return false
-}
-
-// valueMatches reports whether v equals want, or starts with want's text
-// before a final "*".
-func valueMatches(v, want string) bool {
-	if prefix, ok := strings.CutSuffix(want, "*"); ok {
-		return strings.HasPrefix(v, prefix)
-	}
-	return v == want
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
 )
 
@@ -75,24 +76,25 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 //   - GET /time: the current time, from time.Now, as Time answers it;
 //   - POST /echo: the request's payload and Content-Format, as Echo
 //     answers it, with code 2.05 Content;
-//   - GET /hello: "Hello from udpgate", text/plain;charset=utf-8;
-//   - GET /.well-known/core: resource discovery (RFC 6690), listing the
-//     three with their Content-Formats and resource types.
+//   - GET /hello: "Hello from udpgate", text/plain;charset=utf-8.
 //
-// Another path gets 4.04 Not Found, another method 4.05 Method Not Allowed,
-// if the group consumes every CoAP request of its port: with the Subjects
-// of the Mux, it never receives them. To read the time from another clock,
-// route Time{Now: clock} on a Mux of your own.
+// It announces the three with their Content-Formats and resource types
+// (SetLinks), and leaves GET /.well-known/core to the gateway, which lists
+// them with every other group's resources on the port. With the Subjects
+// of the Mux (see Subjects), the group receives only these three; the
+// gateway answers other paths 4.04 and other methods 4.05 itself. To read
+// the time from another clock, route Time{Now: clock} on a Mux of your
+// own.
 func CoAP() *workers.Mux {
 	m := workers.NewMux()
 	m.Route("GET /time", Time{})
 	m.Route("POST /echo", Echo)
 	m.RouteFunc("GET /hello", hello)
-	m.Route("GET "+workers.WellKnownCore, m.Discovery(workers.Links{
+	m.SetLinks(workers.Links{
 		"/time":  `rt="time";ct=0`,
 		"/echo":  `rt="echo"`,
 		"/hello": `rt="hello";ct=0`,
-	}))
+	})
 	return m
 }
 
@@ -111,8 +113,8 @@ var registry = map[string]workers.Handler{
 	"time":   Time{},
 }
 
-// Lookup returns the built-in worker called name: "coap", "echo" or
-// "time".
+// Lookup returns the built-in worker called name: "coap", "echo",
+// "places" or "time".
 func Lookup(name string) (workers.Handler, bool) {
 	h, ok := registry[name]
 	return h, ok
@@ -121,4 +123,22 @@ func Lookup(name string) (workers.Handler, bool) {
 // Names returns the names of the built-in workers, sorted.
 func Names() []string {
 	return slices.Sorted(maps.Keys(registry))
+}
+
+// Subjects returns the subjects the built-in worker called name serves on
+// a listener of port, with the subject prefix: exactly its resources or
+// methods, never a catch-all, so that other groups can serve the rest of
+// the port and the gateway answers what nobody serves. A raw worker
+// serves the whole port. Nil for an unknown name.
+func Subjects(name, prefix string, port uint16) []string {
+	switch h := registry[name].(type) {
+	case nil:
+		return nil
+	case *workers.Mux:
+		return h.Subjects(prefix, port)
+	case Places:
+		return []string{schemas.RPCSubject(prefix, port, PlacesService, PlacesMethod)}
+	default:
+		return []string{schemas.InSubject(prefix, port)}
+	}
 }

@@ -215,11 +215,12 @@ func TestCoAPHandlers(t *testing.T) {
 			header:  nats.Header{schemas.HeaderCoAPCode: {"4.04"}},
 		},
 		{
-			name:    "mux resource discovery",
+			// The gateway answers discovery from every group's
+			// announcement; the Mux only announces its links.
+			name:    "mux leaves resource discovery to the gateway",
 			handler: builtin.CoAP(),
 			req:     coapRequest("GET", "/.well-known/core", -1, ""),
-			want:    `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;rt="time";ct=0`,
-			header:  nats.Header{schemas.HeaderCoAPContentFormat: {"40"}},
+			header:  nats.Header{schemas.HeaderCoAPCode: {"4.04"}},
 		},
 		{
 			name:    "mux other method",
@@ -261,5 +262,30 @@ func TestCoAPRawRequest(t *testing.T) {
 	var w recorder
 	if err := builtin.CoAP().Handle(context.Background(), &w, &workers.Request{Body: []byte("x")}); err == nil {
 		t.Errorf("a raw request to the CoAP worker: no error, reply %v %q", w.header, w.body.String())
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	tests := []struct {
+		name string
+		want []string
+	}{
+		{"coap", []string{"udpgate.in.5683.GET.hello", "udpgate.in.5683.GET.time", "udpgate.in.5683.POST.echo"}},
+		{"places", []string{"udpgate.in.5683.InterestingPlaces.GetRandom"}},
+		{"echo", []string{"udpgate.in.5683"}},
+		{"time", []string{"udpgate.in.5683"}},
+		{"nope", nil},
+	}
+	for _, tt := range tests {
+		if got := builtin.Subjects(tt.name, "udpgate", 5683); !slices.Equal(got, tt.want) {
+			t.Errorf("Subjects(%q) = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	for _, name := range builtin.Names() {
+		for _, s := range builtin.Subjects(name, "udpgate", 5683) {
+			if strings.ContainsAny(s, "*>") {
+				t.Errorf("Subjects(%q) holds the catch-all %q", name, s)
+			}
+		}
 	}
 }

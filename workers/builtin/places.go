@@ -21,6 +21,12 @@ var places = []*placespb.Place{
 	{Name: "The British Museum", Location: &latlng.LatLng{Latitude: 51.51954671919121, Longitude: -0.12699952985545082}},
 }
 
+// The RPC service and method Places serves.
+const (
+	PlacesService = "InterestingPlaces"
+	PlacesMethod  = "GetRandom"
+)
+
 // Places serves the RPC service InterestingPlaces
 // (schemas/proto/udpgate/places/v1/places.proto): GetRandom(limit) returns
 // up to limit distinct places in random order. A limit outside 1..4 or
@@ -36,7 +42,7 @@ func (p Places) Handle(_ context.Context, w workers.ResponseWriter, r *workers.R
 	if r.RPC == nil {
 		return errors.New("builtin: places serves rpc listeners only")
 	}
-	if r.RPC.Service != "InterestingPlaces" || r.RPC.Method != "GetRandom" {
+	if r.RPC.Service != PlacesService || r.RPC.Method != PlacesMethod {
 		workers.SetRPCStatus(w, workers.RPCUnimplemented, fmt.Sprintf("no method %s/%s (InterestingPlaces/GetRandom is served)", r.RPC.Service, r.RPC.Method))
 		return nil
 	}
