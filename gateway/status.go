@@ -24,8 +24,8 @@ type Status struct {
 	// (zero before the first time), and DiscoveryInterval how often they
 	// are: an instance that stops is forgotten after two intervals
 	// without its answer.
-	DiscoveredAt      time.Time `json:"discovered_at"`
-	DiscoveryInterval string    `json:"discovery_interval"`
+	DiscoveredAt      time.Time        `json:"discovered_at"`
+	DiscoveryInterval string           `json:"discovery_interval"`
 	Listeners         []ListenerStatus `json:"listeners"`
 	// Groups are every group the node knows of, those that serve none of
 	// its listeners included.
