@@ -194,9 +194,11 @@ func (rt *route) matchPath(segs []string) bool {
 // not to overlap. The result is sorted; nil for a Mux without patterns.
 //
 // A group filtered this way never receives a request the Mux would answer
-// 4.04 or 4.05; the gateway answers those 5.04 at their deadline, unless
-// another group serves them. To have the Mux answer them, filter every CoAP
-// request of the port instead: schemas.InSubject(prefix, port) + ".>".
+// 4.04 or 4.05: the gateway answers those at once (4.04, or 4.05 when a
+// group announces the path with another method) unless another group
+// serves them, so several groups can share a port. Filtering every CoAP
+// request of the port instead (schemas.InSubject(prefix, port) + ".>")
+// makes the group a catch-all that races every other group of the port.
 func (m *Mux) Subjects(prefix string, port uint16) []string {
 	m.mu.RLock()
 	var all []string

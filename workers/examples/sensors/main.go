@@ -1,6 +1,6 @@
-// Command sensors is the CoAP worker from the README: it serves
-// GET /sensors/{id} on udpgate.in.5684. Run it next to
-// `UDPGATE_LISTENERS=5684/coap udpgate run`.
+// Command sensors is the CoAP worker from the README: a second group on
+// port 5683, next to the built-in coap group of `udpgate run`, serving
+// GET /sensors/{id} and announcing its resources for /.well-known/core.
 package main
 
 import (
@@ -26,9 +26,10 @@ func main() {
 		resp.SetContentFormat(50) // application/json
 		return json.NewEncoder(resp).Encode(map[string]any{"id": r.PathValue("id"), "celsius": c})
 	})
+	mux.SetLinks(workers.Links{"/sensors/1": `rt="temperature";ct=50`, "/sensors/2": `rt="temperature";ct=50`})
 	srv := &workers.Server{
 		Group:    "sensors",
-		Subjects: mux.Subjects(schemas.DefaultPrefix, 5684), // udpgate.in.5684.GET.sensors.*
+		Subjects: mux.Subjects(schemas.DefaultPrefix, 5683), // udpgate.in.5683.GET.sensors.*
 		Handler:  mux,
 	}
 	log.Fatal(srv.ListenAndServe())
