@@ -8,6 +8,7 @@
 //	udpgate lambda              an AWS Lambda function as a worker group
 //	udpgate send URL [PAYLOAD]  send a request (udp://, coap://, rpc://) and print the reply
 //	udpgate bench URL           load a target; udpgate bench suite: the performance suite
+//	udpgate status              who serves what on a running gateway: listeners, counters, worker groups
 //
 // Configuration comes from UDPGATE_* environment variables; `udpgate help`
 // lists them.
@@ -77,6 +78,8 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return send(ctx, args, stdout, stderr)
 	case "bench":
 		return runBench(ctx, args, stdout, stderr)
+	case "status":
+		return runStatus(ctx, args, stdout, stderr)
 	case "replay", "pcap":
 		// Their own flags follow the command.
 		cfg, err := loadConfig()
@@ -150,6 +153,7 @@ Usage:
   udpgate send URL [PAYLOAD]   send a request (udp://, coap://, rpc://) and print the reply; -h for flags
   udpgate bench [flags] URL    load a target: requests/s, latency percentiles, loss; -h for flags
   udpgate bench suite [flags]  the performance suite: gateway vs baselines on loopback, in this process
+  udpgate status [flags]       who serves what on a running gateway: listeners, counters, groups; -h for flags
   udpgate help                 this text
 
 Environment:
