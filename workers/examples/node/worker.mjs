@@ -9,6 +9,12 @@
 //   - GET /greeting/{name} on the coap listener on COAP_PORT: 2.05, text
 //     (Content-Format 0), "Hello, {name}".
 //
+// It announces the group through NATS's service discovery, answering
+// $SRV.PING, INFO and STATS by hand as a nats micro service named GROUP,
+// so that `nats micro ls` and `nats micro stats` list it, and the gateway
+// lists its CoAP resources (metadata udpgate.coap.links) in the port's
+// /.well-known/core and in `udpgate status`.
+//
 // It prints "ready" once it is subscribed, then one line per request it
 // answers. The gateway's tests run it (TestNodeWorker in
 // gateway/contract_test.go).
@@ -47,10 +53,18 @@ const identity = {
   name: group,
   id: Array.from(crypto.getRandomValues(new Uint8Array(11)), (b) => b.toString(16).padStart(2, "0")).join(""),
   version: "1.0.0",
-  metadata: { "udpgate.delivery": "direct" },
+  metadata: {
+    "udpgate.delivery": "direct",
+    // The CoAP resources, in CoRE Link Format (RFC 6690), for the port's
+    // /.well-known/core. The greeting subject ends in a wildcard, so the
+    // link names one concrete path as an example.
+    "udpgate.coap.links": '</greeting/world>;rt="greeting";ct=0',
+  },
 };
-const started = new Date().toISOString();
-const counts = endpoints.map(() => 0);
+const started = new Date().toISOString(); // RFC 3339
+// Per endpoint: requests handled, and the time spent on them in
+// nanoseconds, as nats micro counts them.
+const stats = endpoints.map(() => ({ requests: 0, nanos: 0 }));
 const answers = {
   PING: () => ({ ...identity, type: "io.nats.micro.v1.ping_response" }),
   INFO: () => ({ ...identity, type: "io.nats.micro.v1.info_response", description: "udpgate example worker", endpoints }),
@@ -60,7 +74,9 @@ const answers = {
     started,
     endpoints: endpoints.map((e, i) => ({
       name: e.name, subject: e.subject, queue_group: e.queue_group,
-      num_requests: counts[i], num_errors: 0, last_error: "", processing_time: 0, average_processing_time: 0,
+      num_requests: stats[i].requests, num_errors: 0, last_error: "",
+      processing_time: stats[i].nanos,
+      average_processing_time: Math.floor(stats[i].nanos / (stats[i].requests || 1)),
     })),
   }),
 };
@@ -105,8 +121,10 @@ function handle(m) {
 await Promise.all(
   subs.map(async (sub, i) => {
     for await (const m of sub) {
-      counts[i]++;
+      const start = process.hrtime.bigint();
       handle(m);
+      stats[i].requests++;
+      stats[i].nanos += Number(process.hrtime.bigint() - start);
     }
   }),
 );
