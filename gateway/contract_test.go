@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
+	"github.com/udpgate/udpgate/coap/linkformat"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -28,7 +30,8 @@ import (
 // @nats-io/transport-node (a queue subscription answering with
 // msg.respond), against a real gateway with a raw and a coap listener. CI installs its
 // dependencies (.ci/run: npm ci) and fails without them; elsewhere the test
-// says how.
+// says how. The group announces itself by hand ("Announcing a group"): the
+// gateway lists it and its CoAP resource, and so does the NATS CLI.
 func TestNodeWorker(t *testing.T) {
 	dir, node := nodeWorkerDeps(t)
 	s := natstest.RunServer(t)
@@ -88,15 +91,82 @@ func TestNodeWorker(t *testing.T) {
 		}
 		rawSubject := schemas.InSubject(schemas.DefaultPrefix, uint16(raw.Port))
 		if info.Name != "node-example" || info.Type != micro.InfoResponseType || len(info.Endpoints) != 2 ||
-			info.Endpoints[0].Subject != rawSubject || info.Endpoints[0].QueueGroup != "node-example" {
+			info.Endpoints[0].Subject != rawSubject || info.Endpoints[0].QueueGroup != "node-example" ||
+			info.Metadata["udpgate.delivery"] != "direct" || info.Metadata["udpgate.coap.links"] != nodeGreetingLink {
 			t.Errorf("info %+v", info)
 		}
 		if len(stats.Endpoints) != 2 || stats.Endpoints[0].NumRequests != 2 || stats.Endpoints[1].NumRequests != 2 {
 			t.Errorf("stats %+v, want 2 requests on each endpoint", stats)
 		}
+		for _, e := range stats.Endpoints {
+			if e.ProcessingTime <= 0 || e.AverageProcessingTime <= 0 || e.AverageProcessingTime > e.ProcessingTime {
+				t.Errorf("endpoint %s: processing time %v, average %v; want nanoseconds spent", e.Name, e.ProcessingTime, e.AverageProcessingTime)
+			}
+		}
+		if age := time.Since(stats.Started); age < 0 || age > time.Minute {
+			t.Errorf("started %v, %v ago", stats.Started, age)
+		}
+	})
+	t.Run("gateway status", func(t *testing.T) {
+		gr := nodeGroupOn(t, g, coapAddr, "node-example", 1)
+		greeting := schemas.InSubject(schemas.DefaultPrefix, uint16(coapAddr.Port)) + ".GET.greeting.*"
+		if gr.Delivery != "direct" || !gr.Announced || !slices.Equal(gr.Subjects, []string{greeting}) ||
+			!slices.Equal(gr.Resources, []string{nodeGreetingLink}) {
+			t.Errorf("on the coap listener %+v, want delivery direct, subject %s, resource %s", gr, greeting, nodeGreetingLink)
+		}
+		if gr := nodeGroupOn(t, g, raw, "node-example", 1); len(gr.Resources) != 0 {
+			t.Errorf("on the raw listener %+v, want no resources", gr)
+		}
+	})
+	t.Run("well-known core", func(t *testing.T) { // RFC 6690, answered by the gateway
+		nodeGroupOn(t, g, coapAddr, "node-example", 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := dialCoAP(t, coapAddr.String()).Get(ctx, WellKnownCore)
+		if err != nil {
+			t.Fatalf("GET %s: %v", WellKnownCore, err)
+		}
+		body, _ := resp.ReadBody()
+		cf, cfErr := resp.ContentFormat()
+		if resp.Code() != codes.Content || cfErr != nil || cf != message.AppLinkFormat {
+			t.Errorf("GET %s: %v, content-format %v (%v)", WellKnownCore, resp.Code(), cf, cfErr)
+		}
+		if !slices.Contains(linkformat.Parse(string(body)), linkformat.Parse(nodeGreetingLink)[0]) {
+			t.Errorf("GET %s: %q, want the link %s", WellKnownCore, body, nodeGreetingLink)
+		}
+	})
+	t.Run("nats micro", func(t *testing.T) { // the official NATS CLI lists the group
+		cli := natsCLI(t)
+		var infos []micro.Info
+		runNatsCLI(t, cli, s.ClientURL(), &infos, "micro", "ls", "--json")
+		i := slices.IndexFunc(infos, func(in micro.Info) bool { return in.Name == "node-example" })
+		if i < 0 {
+			t.Fatalf("nats micro ls: no node-example in %+v", infos)
+		}
+		var subjects []string
+		for _, e := range infos[i].Endpoints {
+			subjects = append(subjects, e.Subject)
+		}
+		want := []string{
+			schemas.InSubject(schemas.DefaultPrefix, uint16(raw.Port)),
+			schemas.InSubject(schemas.DefaultPrefix, uint16(coapAddr.Port)) + ".GET.greeting.*",
+		}
+		if !slices.Equal(subjects, want) || infos[i].Metadata["udpgate.coap.links"] != nodeGreetingLink {
+			t.Errorf("nats micro ls: %+v, want endpoints %v and the greeting link", infos[i], want)
+		}
+		// nats micro stats validates the answers against the micro schema
+		// and fails on one that does not conform.
+		var stats []micro.Stats
+		runNatsCLI(t, cli, s.ClientURL(), &stats, "micro", "stats", "node-example", "--json")
+		if len(stats) != 1 || len(stats[0].Endpoints) != 2 || stats[0].Endpoints[0].NumRequests != 2 {
+			t.Errorf("nats micro stats: %+v, want one instance with 2 endpoints", stats)
+		}
 	})
 	t.Run("two instances share the group", func(t *testing.T) {
 		w2 := startNodeWorker(t, node, dir, "worker.mjs", env) // joins w1's queue group
+		if gr := nodeGroupOn(t, g, coapAddr, "node-example", 2); !slices.Equal(gr.Resources, []string{nodeGreetingLink}) {
+			t.Errorf("two instances: %+v, want the resource %s once", gr, nodeGreetingLink)
+		}
 		before1, before2 := w1.replied(), w2.replied()
 		const n = 20 // NATS picks a queue member at random for each: both get some, but for a chance of 2 in a million
 		for i := range n {
@@ -119,6 +189,73 @@ func TestNodeWorker(t *testing.T) {
 			t.Errorf("the group did not share the work: %d and %d of %d requests", d1, d2, n)
 		}
 	})
+}
+
+// nodeGreetingLink is the CoAP resource worker.mjs announces.
+const nodeGreetingLink = `</greeting/world>;rt="greeting";ct=0`
+
+// nodeGroupOn has g discover the groups until the listener at addr lists
+// group with instances instances, and returns the group as listed there.
+func nodeGroupOn(t *testing.T, g *Gateway, addr *net.UDPAddr, group string, instances int) Group {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var listed []Group
+	for {
+		if err := g.Discover(ctx); err != nil {
+			t.Fatalf("%s not listed with %d instances on %s: %v; last listed %+v", group, instances, addr, err, listed)
+		}
+		for _, l := range g.Status(ctx).Listeners {
+			if l.Address != addr.String() {
+				continue
+			}
+			listed = l.Groups
+			for _, gr := range l.Groups {
+				if gr.Name == group && gr.Instances == instances {
+					return gr
+				}
+			}
+		}
+	}
+}
+
+// natsCLI returns the path of the NATS CLI, natscli's `nats`:
+// $UDPGATE_TEST_NATS_CLI, which .ci/run sets, or `nats` on PATH. It fails
+// in CI (CI set) and skips elsewhere when there is none.
+func natsCLI(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("UDPGATE_TEST_NATS_CLI"); p != "" {
+		return p
+	}
+	p, err := exec.LookPath("nats")
+	if err != nil {
+		const how = "UDPGATE_TEST_NATS_CLI unset and no nats on PATH; install it with `go install github.com/nats-io/natscli/nats@v0.5.0`"
+		if os.Getenv("CI") != "" {
+			t.Fatalf("missing in CI: %s (.ci/run installs it)", how)
+		}
+		t.Skip(how)
+	}
+	return p
+}
+
+// runNatsCLI runs the NATS CLI at cli against the server at url, with no
+// contexts of the user's, and decodes its JSON output into v.
+func runNatsCLI(t *testing.T, cli, url string, v any, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, cli, append([]string{"--server", url}, args...)...)
+	home := t.TempDir()
+	cmd.Env = []string{"HOME=" + home, "XDG_CONFIG_HOME=" + home, "PATH=" + os.Getenv("PATH")}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("nats %s: %v (stderr: %s)", strings.Join(args, " "), err, stderr.Bytes())
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		t.Fatalf("nats %s: %v: %s", strings.Join(args, " "), err, out)
+	}
 }
 
 // TestNodeSmallestWorker runs workers/examples/node/upper.mjs, the
