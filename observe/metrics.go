@@ -102,6 +102,20 @@ var (
 		"The most exchanges this listener may hold open (UDPGATE_LISTENER_MAX_PENDING); 0: only the table's size.", listenerLabels, nil)
 	descRecreated = prometheus.NewDesc("udpgate_streams_recreated_total",
 		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
+	descUnserved = prometheus.NewDesc("udpgate_requests_unserved_total",
+		"CoAP and RPC requests no worker group serves, answered at once by the gateway (4.04, 4.05, STATUS_UNIMPLEMENTED).", listenerLabels, nil)
+
+	// A worker group as the gateway sees it, from its latest discovery:
+	// gauges, since a group's figures fall when an instance leaves.
+	descGroupInstances = prometheus.NewDesc("udpgate_worker_instances",
+		"Instances of a worker group that answered the gateway's latest discovery (NATS service discovery); 0 for a durable group known only from its consumer.",
+		[]string{"group", "delivery"}, nil)
+	descGroupRequests = prometheus.NewDesc("udpgate_worker_group_requests",
+		"Requests the live instances of an announced worker group have handled, as they announce them.", []string{"group"}, nil)
+	descGroupErrors = prometheus.NewDesc("udpgate_worker_group_errors",
+		"Requests the live instances of an announced worker group have failed, as they announce them.", []string{"group"}, nil)
+	descGroupProcessing = prometheus.NewDesc("udpgate_worker_group_processing_seconds",
+		"Mean time the live instances of an announced worker group took to handle a request.", []string{"group"}, nil)
 
 	descNATSConnected = prometheus.NewDesc("udpgate_nats_connected",
 		"1 if the NATS connection is up, else 0.", nil, nil)
@@ -111,13 +125,15 @@ var (
 		"Reconnections to NATS.", nil, nil)
 )
 
-// gatewayCollector reads a gateway's counters at scrape time.
+// gatewayCollector reads a gateway's counters, and the worker groups it
+// knows, at scrape time.
 type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descListenerPending, descListenerPendingMax,
-		descCut, descValidated, descBuckets, descBucketsCap, descEvictions} {
+		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved,
+		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
 }
@@ -135,6 +151,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descCaptured, in.Captured, port, protocol)
 		counter(descRepublished, in.Republished, port, protocol)
 		counter(descNoResponders, eg.NoResponders, port, protocol)
+		counter(descUnserved, eg.Unserved, port, protocol)
 		counter(descAnswered, eg.Sent, port, protocol)
 		counter(descWorkerErrors, eg.WorkerError, port, protocol)
 		counter(descReadErrors, in.ReadErrors, port, protocol)
@@ -184,6 +201,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 				{"retransmission", cs.Retransmissions}, {"gave_up", cs.GaveUp}, {"reset", cs.Resets},
 				{"timeout", cs.Timeouts}, {"unavailable", cs.Unavailable}, {"evicted", cs.Evicted},
 				{"send_error", cs.SendErrors}, {"too_many_requests", cs.TooManyRequests}, {"echo_challenge", cs.EchoChallenges},
+				{"not_found", cs.NotFound},
 			} {
 				counter(descCoAP, k.n, port, k.kind)
 			}
@@ -194,7 +212,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 				n    uint64
 			}{
 				{"reply", rs.Replies}, {"deadline_exceeded", rs.Deadline}, {"unavailable", rs.Unavailable},
-				{"send_error", rs.SendErrors},
+				{"unimplemented", rs.Unimplemented}, {"send_error", rs.SendErrors},
 			} {
 				counter(descRPC, k.n, port, k.kind)
 			}
@@ -204,6 +222,15 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
 	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(st.Capacity))
 	ch <- prometheus.MustNewConstMetric(descRecreated, prometheus.CounterValue, float64(st.StreamsRecreated))
+	for _, gr := range c.g.Groups() {
+		ch <- prometheus.MustNewConstMetric(descGroupInstances, prometheus.GaugeValue, float64(gr.Instances), gr.Name, gr.Delivery)
+		if !gr.Announced {
+			continue // a durable group's consumer says nothing of its figures
+		}
+		ch <- prometheus.MustNewConstMetric(descGroupRequests, prometheus.GaugeValue, float64(gr.Requests), gr.Name)
+		ch <- prometheus.MustNewConstMetric(descGroupErrors, prometheus.GaugeValue, float64(gr.Errors), gr.Name)
+		ch <- prometheus.MustNewConstMetric(descGroupProcessing, prometheus.GaugeValue, gr.AverageProcessing.Seconds(), gr.Name)
+	}
 }
 
 // RegisterGateway registers g's metrics with reg and sets g.Latency to

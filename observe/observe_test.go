@@ -2,36 +2,46 @@ package observe_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/udpgate/udpgate/client"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/observe"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/schemas/rpcpb"
 	"github.com/udpgate/udpgate/workers"
 )
 
 // rig is a gateway with a raw echo port (a workers.Server), a raw port
-// whose replies come after the deadline, and a coap port, with its
-// metrics served over HTTP.
+// whose replies come after the deadline, a coap port and an rpc port,
+// with its metrics served over HTTP.
 type rig struct {
-	url              string // of the metrics server
-	echo, late, coap *net.UDPConn
-	g                *gateway.Gateway
+	url                   string // of the metrics server
+	echo, late, coap, rpc *net.UDPConn
+	g                     *gateway.Gateway
 }
+
+// rigDiscovery is how often a rig's gateway asks the worker groups what
+// they serve: short, so that tests see groups come and go soon, and long
+// enough for a loaded machine to answer within a poll's window (half).
+const rigDiscovery = 500 * time.Millisecond
 
 func listen(t *testing.T) *net.UDPConn {
 	t.Helper()
@@ -46,17 +56,19 @@ func port(c *net.UDPConn) uint16 { return uint16(c.LocalAddr().(*net.UDPAddr).Po
 
 func newRig(t *testing.T, nc *nats.Conn, deadline time.Duration, memory bool) *rig {
 	t.Helper()
-	r := &rig{echo: listen(t), late: listen(t), coap: listen(t)}
+	r := &rig{echo: listen(t), late: listen(t), coap: listen(t), rpc: listen(t)}
 	r.g = &gateway.Gateway{
-		NATS:        nc,
-		Node:        "n1",
-		Stream:      ingress.StreamConfig{Memory: memory},
-		Deadline:    deadline,
-		MaxDatagram: 64,
+		NATS:              nc,
+		Node:              "n1",
+		Stream:            ingress.StreamConfig{Memory: memory},
+		Deadline:          deadline,
+		MaxDatagram:       64,
+		DiscoveryInterval: rigDiscovery,
 		Listeners: []gateway.Listener{
 			{Conn: r.echo, Protocol: schemas.ProtocolRaw},
 			{Conn: r.late, Protocol: schemas.ProtocolRaw},
 			{Conn: r.coap, Protocol: schemas.ProtocolCoAP},
+			{Conn: r.rpc, Protocol: schemas.ProtocolRPC},
 		},
 	}
 	js, err := jetstream.New(nc)
@@ -368,5 +380,136 @@ func TestReadyzFollowsNATS(t *testing.T) {
 	waitReady(t, r.url, http.StatusOK, "ready")
 	eventually(t, r.url, "NATS back in metrics", func(m map[string]*dto.MetricFamily) bool {
 		return value(m, "udpgate_nats_connected") == 1 && value(m, "udpgate_nats_reconnects_total") >= 1
+	})
+}
+
+// TestMetricsWorkerGroups scrapes a worker group as the gateway sees it:
+// a direct group's instance counts once it answers discovery, its
+// requests, errors and mean handling time follow what it announces, and
+// its series go once it stops.
+func TestMetricsWorkerGroups(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	r := newRig(t, nc, 5*time.Second, true)
+	_, js := natstest.JetStream(t, s)
+	w := &workers.Server{
+		JetStream: js, Delivery: workers.Direct, Group: "echo",
+		Subjects: []string{schemas.InSubject(schemas.DefaultPrefix, port(r.echo))},
+		Handler: workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, req *workers.Request) error {
+			if string(req.Body) == "fail" {
+				return errors.New("failing on request")
+			}
+			_, err := w.Write(req.Body)
+			return err
+		}),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Serve(ctx) }()
+	var stopOnce sync.Once
+	stop := func() {
+		stopOnce.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("worker: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("worker: %v", err)
+	}
+
+	eventually(t, r.url, "the group's instance discovered", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_worker_instances", "group", "echo", "delivery", "direct") == 1 &&
+			value(m, "udpgate_worker_group_requests", "group", "echo") == 0 &&
+			value(m, "udpgate_worker_group_errors", "group", "echo") == 0 &&
+			value(m, "udpgate_worker_group_processing_seconds", "group", "echo") == 0
+	})
+
+	// One request answered, one the handler fails (a raw listener sends
+	// nothing for it).
+	cl := sendTo(t, r.echo, []byte("hello"))
+	cl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 100)
+	if n, err := cl.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("echo reply %q, %v", buf[:n], err)
+	}
+	sendTo(t, r.echo, []byte("fail"))
+	eventually(t, r.url, "the group's requests announced", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_worker_instances", "group", "echo", "delivery", "direct") == 1 &&
+			value(m, "udpgate_worker_group_requests", "group", "echo") == 2 &&
+			value(m, "udpgate_worker_group_errors", "group", "echo") == 1 &&
+			value(m, "udpgate_worker_group_processing_seconds", "group", "echo") > 0
+	})
+
+	// The instance stops: after two polls without its answer, the group
+	// is gone, and so are its series.
+	stop()
+	eventually(t, r.url, "the group forgotten", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_worker_instances", "group", "echo") == -1 &&
+			value(m, "udpgate_worker_group_requests", "group", "echo") == -1 &&
+			value(m, "udpgate_worker_group_errors", "group", "echo") == -1 &&
+			value(m, "udpgate_worker_group_processing_seconds", "group", "echo") == -1
+	})
+}
+
+// TestMetricsUnserved sends a CoAP and an RPC request that no group
+// serves: the gateway answers them at once, 4.04 and
+// STATUS_UNIMPLEMENTED, and counts them unserved.
+func TestMetricsUnserved(t *testing.T) {
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	r := newRig(t, nc, 5*time.Second, true)
+	coapPort, rpcPort := strconv.Itoa(int(port(r.coap))), strconv.Itoa(int(port(r.rpc)))
+
+	m := scrape(t, r.url)
+	for _, c := range []struct {
+		name   string
+		labels []string
+	}{
+		{"udpgate_requests_unserved_total", []string{"port", coapPort, "protocol", "coap"}},
+		{"udpgate_requests_unserved_total", []string{"port", rpcPort, "protocol", "rpc"}},
+		{"udpgate_requests_unserved_total", []string{"port", strconv.Itoa(int(port(r.echo))), "protocol", "raw"}},
+		{"udpgate_coap_messages_total", []string{"port", coapPort, "kind", "not_found"}},
+		{"udpgate_rpc_replies_total", []string{"port", rpcPort, "kind", "unimplemented"}},
+	} {
+		if v := value(m, c.name, c.labels...); v != 0 {
+			t.Errorf("%s%v before any request = %v, want 0", c.name, c.labels, v)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// One copy of each request: a retransmission is not a second request.
+	opts := client.Options{Wait: 15 * time.Second, Timeout: 15 * time.Second}
+	do := func(url string) client.Result {
+		t.Helper()
+		c, err := client.Dial(ctx, url, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		res, err := c.Do(ctx, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", url, err)
+		}
+		return res
+	}
+	if res := do("coap://" + r.coap.LocalAddr().String() + "/nothing/here"); res.Code != uint8(codes.NotFound) {
+		t.Errorf("CoAP GET /nothing/here: code %d.%02d, want 4.04", res.Code>>5, res.Code&31)
+	}
+	if res := do("rpc://" + r.rpc.LocalAddr().String() + "/Nobody/Home"); res.Status != rpcpb.Status_STATUS_UNIMPLEMENTED {
+		t.Errorf("RPC Nobody/Home: %v %q, want STATUS_UNIMPLEMENTED", res.Status, res.Error)
+	}
+	eventually(t, r.url, "unserved requests counted", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_requests_unserved_total", "port", coapPort, "protocol", "coap") == 1 &&
+			value(m, "udpgate_coap_messages_total", "port", coapPort, "kind", "not_found") == 1 &&
+			value(m, "udpgate_requests_unserved_total", "port", rpcPort, "protocol", "rpc") == 1 &&
+			value(m, "udpgate_rpc_replies_total", "port", rpcPort, "kind", "unimplemented") == 1 &&
+			value(m, "udpgate_datagrams_dropped_total", "port", coapPort, "reason", "no_answer") == 0 &&
+			value(m, "udpgate_datagrams_dropped_total", "port", rpcPort, "reason", "no_answer") == 0
 	})
 }
