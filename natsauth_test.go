@@ -31,6 +31,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/internal/natstest"
 )
 
@@ -634,7 +635,7 @@ func TestNATSPermissions(t *testing.T) {
 	as("gateway", "_INBOX_gateway", map[string]string{
 		"UDPGATE_LISTENERS": fmt.Sprintf("127.0.0.1:%d/raw,127.0.0.1:%d/raw", echoPort, shoutPort),
 	})
-	start(t, "udpgate gateway:", "gateway")
+	gw := start(t, "udpgate gateway:", "gateway")
 	as("worker-echo", "_INBOX_echo", map[string]string{"UDPGATE_WORKER_SUBJECTS": echoSubject})
 	start(t, "worker: serving", "worker", "echo")
 	as("worker-archive", "_INBOX_archive", map[string]string{
@@ -654,6 +655,30 @@ func TestNATSPermissions(t *testing.T) {
 	if got := ask(t, shoutPort, "least privilege"); got != "LEAST PRIVILEGE\n" {
 		t.Errorf("the Lambda bridge replied %q", got)
 	}
+
+	// The gateway knows every group with its least privileges, from
+	// their announcements.
+	metrics := regexp.MustCompile(`metrics (http://\S+)/metrics`).FindStringSubmatch(gw.out.String())
+	if metrics == nil {
+		t.Fatalf("the gateway printed no metrics URL:\n%s", gw.out.String())
+	}
+	waitFor(t, "the gateway's status lists echo, archive and lambda-shout", func() bool {
+		var o, e bytes.Buffer
+		if err := runCommand(context.Background(), []string{"status", "-json", "-url", metrics[1]}, &o, &e); err != nil {
+			t.Fatalf("status: %v (%s)", err, e.String())
+		}
+		var st gateway.Status
+		if err := json.Unmarshal(o.Bytes(), &st); err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"echo": "direct", "archive": "durable", "lambda-shout": "direct"}
+		for _, gr := range st.Groups {
+			if want[gr.Name] == gr.Delivery && gr.Announced && gr.Instances == 1 {
+				delete(want, gr.Name)
+			}
+		}
+		return len(want) == 0
+	}, nil)
 
 	// The durable group acknowledged its request, once: its acks are
 	// allowed.

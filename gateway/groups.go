@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -38,20 +39,32 @@ const (
 	metadataCoAPLinks = "udpgate.coap.links"
 )
 
+// Deliveries of a Group.
+const (
+	DeliveryDirect  = "direct"
+	DeliveryDurable = "durable"
+	// DeliverySubscriber is a plain subscription outside any queue group:
+	// it receives every request on its subjects, as a group of its own.
+	DeliverySubscriber = "subscriber"
+)
+
 // Group is a worker group as a gateway knows it: from the announcements of
-// its instances (NATS's service discovery, $SRV.STATS), and for a durable
-// group that announces nothing, from its consumer of the capture stream.
+// its instances (NATS's service discovery, $SRV.STATS) and, for a group
+// that announces nothing, from NATS itself: the subscriptions of its
+// direct instances (the servers' CONNZ) or the consumer of a durable one.
 type Group struct {
 	// Name is the group's: its service name, its queue group (direct) or
-	// its consumer's name (durable).
+	// its consumer's name (durable); for a subscription outside any queue
+	// group, its connection's name (or "connection CID").
 	Name string `json:"name"`
-	// Delivery is "direct" or "durable"; empty when an announcement does
-	// not say.
+	// Delivery is DeliveryDirect, DeliveryDurable or DeliverySubscriber;
+	// empty when an announcement does not say.
 	Delivery string `json:"delivery,omitempty"`
-	// Announced is false for a durable group known only from its consumer.
+	// Announced is false for a group known only from NATS.
 	Announced bool `json:"announced"`
-	// Instances is how many instances answered discovery; 0 for a group
-	// that does not announce.
+	// Instances is how many instances answered discovery, or for a direct
+	// group that does not announce, how many connections subscribe; 0 for
+	// a durable group that does not announce.
 	Instances int `json:"instances"`
 	// Versions are the versions its instances announce, sorted.
 	Versions []string `json:"versions,omitempty"`
@@ -61,8 +74,10 @@ type Group struct {
 	// Resources are the CoAP resources it serves on the listener, in CoRE
 	// Link Format, one link each (only in a ListenerStatus).
 	Resources []string `json:"resources,omitempty"`
-	// Requests and Errors are what its live instances count on Subjects;
-	// AverageProcessing is their mean handling time.
+	// Requests and Errors are what its live instances count on Subjects
+	// (for a group that does not announce, the messages NATS delivered to
+	// its subscriptions); AverageProcessing is their mean handling time,
+	// when announced.
 	Requests          int           `json:"requests"`
 	Errors            int           `json:"errors"`
 	AverageProcessing time.Duration `json:"average_processing_ns"`
@@ -92,8 +107,10 @@ type groups struct {
 	interval time.Duration
 	log      *slog.Logger
 
-	polls     uint64               // polls made (run's goroutine only)
-	instances map[string]*instance // by instance id (run's goroutine only)
+	polls     uint64                 // polls made (run's goroutine only)
+	instances map[string]*instance   // by instance id (run's goroutine only)
+	servers   map[string]*serverSubs // by server id (run's goroutine only)
+	truncated bool                   // a server's list was cut short; logged once
 	view      atomic.Pointer[groupsView]
 	pollCount atomic.Uint64
 	kick      chan struct{} // buffered: poll now
@@ -103,7 +120,7 @@ func newGroups(nc *nats.Conn, prefix string, interval time.Duration, log *slog.L
 	if interval <= 0 {
 		interval = DefaultDiscoveryInterval
 	}
-	return &groups{nc: nc, prefix: prefix, interval: interval, log: log, instances: map[string]*instance{}, kick: make(chan struct{}, 1)}
+	return &groups{nc: nc, prefix: prefix, interval: interval, log: log, instances: map[string]*instance{}, servers: map[string]*serverSubs{}, kick: make(chan struct{}, 1)}
 }
 
 // run polls discovery at once, then every interval and when asked, until
@@ -148,30 +165,81 @@ func (g *groups) discover(ctx context.Context) error {
 // interval if that is shorter.
 func (g *groups) window() time.Duration { return min(pollWindow, g.interval/2) }
 
-// poll asks every service instance for its statistics ($SRV.STATS), keeps
-// the answers of those that serve request subjects under the prefix, and
-// forgets those that missed missedPolls polls in a row.
+// connzSubject asks every server of the cluster for the connections of
+// the asker's own account (NATS's system service, imported into every
+// account): with subscriptions_detail, their subscriptions.
+const connzSubject = "$SYS.REQ.ACCOUNT.PING.CONNZ"
+
+// maxConnections is the most connections one server lists in an answer.
+const maxConnections = 4096
+
+// connzAnswer is the part of a server's CONNZ answer the gateway reads.
+type connzAnswer struct {
+	Server struct {
+		ID string `json:"id"`
+	} `json:"server"`
+	Data *struct {
+		Total       int `json:"total"`
+		Connections []struct {
+			Cid  uint64 `json:"cid"`
+			Name string `json:"name"`
+			Subs []struct {
+				Subject string `json:"subject"`
+				Queue   string `json:"qgroup"`
+				Msgs    int64  `json:"msgs"`
+			} `json:"subscriptions_list_detail"`
+		} `json:"connections"`
+	} `json:"data"`
+}
+
+// subscription is one core NATS subscription to request subjects.
+type subscription struct {
+	server, subject, queue, conn string
+	cid                          uint64
+	msgs                         int64
+}
+
+// serverSubs are the subscriptions one server listed, and the poll that
+// last heard it.
+type serverSubs struct {
+	subs     []subscription
+	lastSeen uint64
+}
+
+// poll asks every service instance for its statistics ($SRV.STATS) and
+// every server for its connections' subscriptions to request subjects
+// (CONNZ); it keeps the answers about subjects under the prefix, and
+// forgets the instances and servers that missed missedPolls polls in a
+// row.
 func (g *groups) poll(ctx context.Context) {
 	at := time.Now()
 	g.polls++
-	inbox := g.nc.NewRespInbox()
 	ch := make(chan *nats.Msg, 1024)
-	sub, err := g.nc.ChanSubscribe(inbox, ch)
-	if err != nil {
-		g.log.Debug("gateway: discovery", "err", err)
-		return
+	srvInbox, connzInbox := g.nc.NewRespInbox(), g.nc.NewRespInbox()
+	for _, inbox := range []string{srvInbox, connzInbox} {
+		sub, err := g.nc.ChanSubscribe(inbox, ch)
+		if err != nil {
+			g.log.Debug("gateway: discovery", "err", err)
+			return
+		}
+		defer sub.Unsubscribe()
 	}
-	defer sub.Unsubscribe()
-	subject, _ := micro.ControlSubject(micro.StatsVerb, "", "")
-	if err := g.nc.PublishRequest(subject, inbox, nil); err != nil {
-		g.log.Debug("gateway: discovery", "err", err)
-		return
+	in := schemas.InWildcard(g.prefix)
+	stats, _ := micro.ControlSubject(micro.StatsVerb, "", "")
+	connz, _ := json.Marshal(map[string]any{"subscriptions_detail": true, "filter_subject": in, "limit": maxConnections})
+	for _, req := range []struct {
+		subject, inbox string
+		body           []byte
+	}{{stats, srvInbox, nil}, {connzSubject, connzInbox, connz}} {
+		if err := g.nc.PublishRequest(req.subject, req.inbox, req.body); err != nil {
+			g.log.Debug("gateway: discovery", "subject", req.subject, "err", err)
+			return
+		}
 	}
 	window := time.NewTimer(g.window())
 	defer window.Stop()
 	quiet := time.NewTimer(time.Hour)
 	defer quiet.Stop()
-	in := schemas.InWildcard(g.prefix)
 collect:
 	for {
 		select {
@@ -183,20 +251,11 @@ collect:
 			break collect
 		case m := <-ch:
 			quiet.Reset(min(pollQuiet, g.window()))
-			var st micro.Stats
-			if json.Unmarshal(m.Data, &st) != nil || st.Type != micro.StatsResponseType || st.ID == "" {
-				continue
+			if m.Subject == connzInbox {
+				g.keepSubscriptions(m.Data, in)
+			} else {
+				g.keepInstance(m.Data, in)
 			}
-			if !slices.ContainsFunc(st.Endpoints, func(e *micro.EndpointStats) bool {
-				return e != nil && overlaps(e.Subject, in)
-			}) {
-				continue // another service on the bus
-			}
-			inst := &instance{stats: st, lastSeen: g.polls}
-			if l := st.Metadata[metadataCoAPLinks]; l != "" {
-				inst.links = linkformat.Parse(l)
-			}
-			g.instances[st.ID] = inst
 		}
 	}
 	for id, inst := range g.instances {
@@ -204,12 +263,63 @@ collect:
 			delete(g.instances, id)
 		}
 	}
-	g.view.Store(&groupsView{at: at, groups: groupInstances(g.instances)})
+	for id, ss := range g.servers {
+		if g.polls-ss.lastSeen >= missedPolls {
+			delete(g.servers, id)
+		}
+	}
+	g.view.Store(&groupsView{at: at, groups: groupInstances(g.instances, g.servers)})
 	g.pollCount.Add(1)
 }
 
-// groupInstances folds the instances into groups, sorted by name.
-func groupInstances(instances map[string]*instance) []Group {
+// keepInstance keeps a service instance's answer to $SRV.STATS if it
+// serves request subjects under the prefix (in is their wildcard).
+func (g *groups) keepInstance(data []byte, in string) {
+	var st micro.Stats
+	if json.Unmarshal(data, &st) != nil || st.Type != micro.StatsResponseType || st.ID == "" {
+		return
+	}
+	if !slices.ContainsFunc(st.Endpoints, func(e *micro.EndpointStats) bool {
+		return e != nil && overlaps(e.Subject, in)
+	}) {
+		return // another service on the bus
+	}
+	inst := &instance{stats: st, lastSeen: g.polls}
+	if l := st.Metadata[metadataCoAPLinks]; l != "" {
+		inst.links = linkformat.Parse(l)
+	}
+	g.instances[st.ID] = inst
+}
+
+// keepSubscriptions keeps a server's subscriptions to request subjects
+// from its answer to CONNZ.
+func (g *groups) keepSubscriptions(data []byte, in string) {
+	var a connzAnswer
+	if json.Unmarshal(data, &a) != nil || a.Data == nil || a.Server.ID == "" {
+		return // no system account, or not allowed: nothing learned
+	}
+	if a.Data.Total > len(a.Data.Connections) && !g.truncated {
+		g.truncated = true
+		g.log.Warn("gateway: discovery: a server lists only some of its connections", "server", a.Server.ID, "listed", len(a.Data.Connections), "total", a.Data.Total)
+	}
+	ss := &serverSubs{lastSeen: g.polls}
+	for _, c := range a.Data.Connections {
+		for _, sub := range c.Subs {
+			if overlaps(sub.Subject, in) {
+				ss.subs = append(ss.subs, subscription{
+					server: a.Server.ID, subject: sub.Subject, queue: sub.Queue, conn: c.Name, cid: c.Cid, msgs: sub.Msgs,
+				})
+			}
+		}
+	}
+	g.servers[a.Server.ID] = ss
+}
+
+// groupInstances folds the instances into groups, and adds the groups of
+// subscriptions that announce nothing, sorted by name: a queue group is a
+// direct group of that name (an instance per connection), a subscription
+// outside any queue group one of its own, named after its connection.
+func groupInstances(instances map[string]*instance, servers map[string]*serverSubs) []Group {
 	byName := map[string]*Group{}
 	var processing = map[string]time.Duration{}
 	for _, inst := range instances {
@@ -235,13 +345,35 @@ func groupInstances(instances map[string]*instance) []Group {
 		}
 		gr.links = mergeLinks(gr.links, inst.links)
 	}
+	conns := map[string]map[string]bool{} // connections of each plain group
+	for _, ss := range servers {
+		for _, sub := range ss.subs {
+			name, delivery := sub.queue, DeliveryDirect
+			if name == "" {
+				name, delivery = cmp.Or(sub.conn, "connection "+strconv.FormatUint(sub.cid, 10)), DeliverySubscriber
+			}
+			gr := byName[name]
+			if gr != nil && gr.Announced {
+				continue // it says more about itself
+			}
+			if gr == nil {
+				gr = &Group{Name: name, Delivery: delivery}
+				byName[name] = gr
+				conns[name] = map[string]bool{}
+			}
+			conns[name][sub.server+"/"+strconv.FormatUint(sub.cid, 10)] = true
+			gr.Instances = len(conns[name])
+			gr.Subjects = append(gr.Subjects, sub.subject)
+			gr.Requests += int(sub.msgs)
+		}
+	}
 	out := make([]Group, 0, len(byName))
 	for name, gr := range byName {
 		slices.Sort(gr.Versions)
 		gr.Versions = slices.Compact(gr.Versions)
 		slices.Sort(gr.Subjects)
 		gr.Subjects = slices.Compact(gr.Subjects)
-		if gr.Requests > 0 {
+		if gr.Requests > 0 && processing[name] > 0 {
 			gr.AverageProcessing = processing[name] / time.Duration(gr.Requests)
 		}
 		out = append(out, *gr)

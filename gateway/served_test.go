@@ -253,12 +253,13 @@ func TestMergedDiscovery(t *testing.T) {
 	n := newServedNode(t)
 	n.muxGroup(t, "alpha", map[string]string{"GET /a": "from alpha"}, workers.Links{"/a": `rt="alpha sensor";ct=0`})
 	_, stopBeta := n.muxGroup(t, "beta", map[string]string{"GET /b": "from beta", "PUT /b": ""}, workers.Links{"/b": `rt="beta";if="core.a"`})
-	// A plain subscriber that announces nothing is not listed.
+	// A plain subscriber that announces nothing is listed with its path
+	// only, from the subscriptions NATS reports.
 	contractWorker(t, n.s, "plain", schemas.CoAPSubject("udpgate", n.coapPort, "POST", []string{"reverse"}), func(*nats.Msg) []byte { return []byte("x") })
 	if err := n.g.Discover(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	const all = `</a>;rt="alpha sensor";ct=0,</b>;rt="beta";if="core.a",` + builtinLinks
+	const all = `</a>;rt="alpha sensor";ct=0,</b>;rt="beta";if="core.a",</echo>;rt="echo",</hello>;rt="hello";ct=0,</reverse>,</time>;rt="time";ct=0`
 	co := dialCoAP(t, n.coap.String())
 	discover := func(query string) (codes.Code, string, message.MediaType) {
 		t.Helper()
@@ -322,11 +323,26 @@ func TestMergedDiscovery(t *testing.T) {
 	if took := time.Since(stopped); took > staleness+n.g.DiscoveryInterval {
 		t.Errorf("beta dropped from discovery %v after it stopped; the documented staleness is %v", took, staleness)
 	}
-	if _, body, _ := discover(""); body != `</a>;rt="alpha sensor";ct=0,`+builtinLinks {
+	if _, body, _ := discover(""); body != `</a>;rt="alpha sensor";ct=0,</echo>;rt="echo",</hello>;rt="hello";ct=0,</reverse>,</time>;rt="time";ct=0` {
 		t.Errorf("after beta stopped: %q", body)
 	}
 	if code, _ := coapDo(t, co, codes.GET, "/b", nil); code != codes.NotFound {
 		t.Errorf("GET /b after beta stopped: %v, want 4.04", code)
+	}
+	// The plain subscriber serves POST /reverse: another method is 4.05.
+	if code, _ := coapDo(t, co, codes.GET, "/reverse", nil); code != codes.MethodNotAllowed {
+		t.Errorf("GET /reverse: %v, want 4.05", code)
+	}
+	// Status names it after its queue group, with its subject.
+	var plain *Group
+	for _, gr := range n.g.Groups() {
+		if gr.Name == "plain" {
+			plain = &gr
+		}
+	}
+	if plain == nil || plain.Delivery != DeliveryDirect || plain.Announced || plain.Instances != 1 ||
+		!slices.Equal(plain.Subjects, []string{schemas.CoAPSubject("udpgate", n.coapPort, "POST", []string{"reverse"})}) {
+		t.Errorf("the plain subscriber's group: %+v", plain)
 	}
 }
 

@@ -90,7 +90,7 @@ func allGroups(v *groupsView, d *durableView) []Group {
 			if slices.ContainsFunc(out, func(gr Group) bool { return gr.Name == c.name }) {
 				continue
 			}
-			out = append(out, Group{Name: c.name, Delivery: "durable", Subjects: slices.Sorted(slices.Values(c.filters))})
+			out = append(out, Group{Name: c.name, Delivery: DeliveryDurable, Subjects: slices.Sorted(slices.Values(c.filters))})
 		}
 	}
 	slices.SortFunc(out, func(a, b Group) int { return strings.Compare(a.Name, b.Name) })
