@@ -194,9 +194,9 @@ func printStatus(w io.Writer, st gateway.Status, now time.Time) error {
 	for _, l := range st.Listeners {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "LISTENER\tADDRESS\tSUBJECT\tRECEIVED\tANSWERED\tNO_RESPONDERS\tUNSERVED\tNO_WORKER\tNO_ANSWER")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", l.Listener, l.Address, l.Subject,
-			l.Received, l.Answered, l.NoResponders, l.Unserved, l.NoWorker, l.NoAnswer)
+		fmt.Fprintln(tw, "LISTENER\tADDRESS\tSUBJECT\tRECEIVED\tANSWERED\tNO_RESPONDERS\tUNSERVED\tNO_WORKER\tNO_ANSWER\tDISCOVERY")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", l.Listener, l.Address, l.Subject,
+			l.Received, l.Answered, l.NoResponders, l.Unserved, l.NoWorker, l.NoAnswer, l.Discovery)
 		if err := tw.Flush(); err != nil {
 			return err
 		}
@@ -224,32 +224,40 @@ func printStatus(w io.Writer, st gateway.Status, now time.Time) error {
 	return nil
 }
 
-// printGroups writes one line per group, each followed by its resources
-// and subjects, indented under the table.
+// printGroups writes a table of the groups, one line each, then under it
+// each group's resources and subjects (outside the table, whose columns
+// they would break).
 func printGroups(w io.Writer, groups []gateway.Group) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  GROUP\tDELIVERY\tINSTANCES\tREQUESTS\tERRORS\tAVERAGE")
+	fmt.Fprintln(tw, "  GROUP\tDELIVERY\tINSTANCES\tREQUESTS\tERRORS\tAVERAGE\tKNOWN FROM")
 	for _, gr := range groups {
 		delivery := cmp.Or(gr.Delivery, "-")
-		if !gr.Announced {
-			// A durable group known from its consumer: no figures.
-			fmt.Fprintf(tw, "  %s\t%s\t-\t-\t-\t-\n", gr.Name, delivery)
-			fmt.Fprintf(tw, "  \tnot announced: known from its JetStream consumer\n")
-		} else {
+		switch {
+		case gr.Announced:
 			avg := "-"
 			if gr.Requests > 0 {
 				avg = roundDuration(gr.AverageProcessing).String()
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%d\t%s\n", gr.Name, delivery, gr.Instances, gr.Requests, gr.Errors, avg)
-		}
-		if len(gr.Resources) > 0 {
-			fmt.Fprintf(tw, "  \tresources: %s\n", strings.Join(gr.Resources, ","))
-		}
-		if len(gr.Subjects) > 0 {
-			fmt.Fprintf(tw, "  \tsubjects: %s\n", strings.Join(gr.Subjects, " "))
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%d\t%s\tits announcement\n", gr.Name, delivery, gr.Instances, gr.Requests, gr.Errors, avg)
+		case gr.Delivery == gateway.DeliveryDurable:
+			fmt.Fprintf(tw, "  %s\t%s\t-\t-\t-\t-\tits JetStream consumer\n", gr.Name, delivery)
+		default:
+			// Subscriptions NATS lists: instances and messages delivered.
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t-\t-\tits subscriptions\n", gr.Name, delivery, gr.Instances, gr.Requests)
 		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, gr := range groups {
+		if len(gr.Resources) > 0 {
+			fmt.Fprintf(w, "  %s resources: %s\n", gr.Name, strings.Join(gr.Resources, ","))
+		}
+		if len(gr.Subjects) > 0 {
+			fmt.Fprintf(w, "  %s subjects: %s\n", gr.Name, strings.Join(gr.Subjects, " "))
+		}
+	}
+	return nil
 }
 
 // unservedOutcome says what becomes of a request to a listener

@@ -191,15 +191,15 @@ func TestStatusRun(t *testing.T) {
 		portOf(p.echo) + "/raw  ", "subjects: udpgate.in." + portOf(p.echo) + "\n",
 		portOf(p.time) + "/raw  ", portOf(p.extra) + "/raw  ",
 		"no group serves this listener: requests are released at once, with no reply",
-		"GROUP", "DELIVERY", "INSTANCES", "REQUESTS", "ERRORS", "AVERAGE", "UNSERVED", "NO_WORKER",
+		"GROUP", "DELIVERY", "INSTANCES", "REQUESTS", "ERRORS", "AVERAGE", "KNOWN FROM", "UNSERVED", "NO_WORKER",
 	} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
 		}
 	}
 	for _, name := range []string{"echo", "time", "coap", "places"} {
-		// GROUP DELIVERY INSTANCES REQUESTS ERRORS AVERAGE
-		row := regexp.MustCompile(`(?m)^  ` + name + ` +direct +1 +\d+ +\d+ +\S+$`)
+		// GROUP DELIVERY INSTANCES REQUESTS ERRORS AVERAGE KNOWN FROM
+		row := regexp.MustCompile(`(?m)^  ` + name + ` +direct +1 +\d+ +\d+ +\S+ +its announcement$`)
 		if !row.MatchString(table) {
 			t.Errorf("status table has no row for group %s, one direct instance:\n%s", name, table)
 		}

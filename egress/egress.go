@@ -64,9 +64,12 @@ type Server struct {
 	// Unserved, if not nil, answers a CoAP or RPC request that no group
 	// serves, in place of Replier.Fail(ex, exchange.Unserved) (CoAP 4.04,
 	// RPC STATUS_UNIMPLEMENTED): the gateway answers resource discovery and
-	// 4.05 Method Not Allowed there. subject is the request's. The exchange
-	// is closed: a reply that comes after all is counted Duplicate.
-	Unserved func(ex exchange.Exchange, subject string)
+	// 4.05 Method Not Allowed there. subject is the request's. It reports
+	// whether the request was served after all (resource discovery,
+	// counted Discovery) rather than refused (counted Unserved). The
+	// exchange is closed: a reply that comes after all is counted
+	// Duplicate.
+	Unserved func(ex exchange.Exchange, subject string) (served bool)
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 
@@ -126,17 +129,20 @@ type Stats struct {
 	// Unserved counts CoAP and RPC requests that no group serves, answered
 	// at once by the gateway (see Server.Unserved).
 	Unserved uint64
+	// Discovery counts CoAP resource discovery requests that no group
+	// serves, which the gateway answered for the port's groups.
+	Discovery uint64
 }
 
 type counters struct {
-	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders, noWorker, unserved atomic.Uint64
+	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders, noWorker, unserved, discovery atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
 	return Stats{
 		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(),
 		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
-		NoResponders: c.noResponders.Load(), NoWorker: c.noWorker.Load(), Unserved: c.unserved.Load(),
+		NoResponders: c.noResponders.Load(), NoWorker: c.noWorker.Load(), Unserved: c.unserved.Load(), Discovery: c.discovery.Load(),
 	}
 }
 
@@ -153,6 +159,7 @@ func (s *Server) Stats() Stats {
 		st.NoResponders += p.NoResponders
 		st.NoWorker += p.NoWorker
 		st.Unserved += p.Unserved
+		st.Discovery += p.Discovery
 	}
 	return st
 }
@@ -358,10 +365,13 @@ func (s *Server) decide(u undecided) {
 		default:
 			return // answered meanwhile
 		}
-		s.port(ex.Port).unserved.Add(1)
-		if s.Unserved != nil {
-			s.Unserved(ex, u.subject)
-		} else {
+		c := s.port(ex.Port)
+		if s.Unserved != nil && s.Unserved(ex, u.subject) {
+			c.discovery.Add(1)
+			return
+		}
+		c.unserved.Add(1)
+		if s.Unserved == nil {
 			ex.Replier.Fail(ex, exchange.Unserved)
 		}
 	}

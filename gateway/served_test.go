@@ -295,6 +295,9 @@ func TestMergedDiscovery(t *testing.T) {
 			t.Errorf("GET %s?%s: %v %q (content-format %v), want %v %q", WellKnownCore, tt.query, code, body, cf, tt.code, tt.body)
 		}
 	}
+	if st := n.g.Stats().Egress; st.Discovery != 7 || st.Unserved != 0 {
+		t.Errorf("egress %+v, want 7 discovery requests answered and none unserved", st)
+	}
 	if got := string(libcoap(t, "-m", "get", "coap://"+n.coap.String()+WellKnownCore)); got != all {
 		t.Errorf("coap-client GET %s: %q, want %q", WellKnownCore, got, all)
 	}

@@ -51,6 +51,9 @@ type ListenerStatus struct {
 	Unserved     uint64 `json:"unserved"`
 	NoWorker     uint64 `json:"no_worker"`
 	NoAnswer     uint64 `json:"no_answer"`
+	// Discovery is how many CoAP resource discovery requests the gateway
+	// answered for the listener's groups.
+	Discovery uint64 `json:"discovery"`
 }
 
 // Groups returns the groups the node knows of, sorted by name: those that
@@ -120,7 +123,7 @@ func (g *Gateway) Status(ctx context.Context) Status {
 		ls := ListenerStatus{
 			Listener: names[i], Address: addr.String(), Subject: schemas.InSubject(g.Prefix, port),
 			Received: in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
-			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer,
+			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
 		}
 		for _, gr := range st.Groups {
 			if pg, ok := onPort(gr, g.Prefix, port, names[i]); ok {
@@ -165,12 +168,12 @@ func onPort(gr Group, prefix string, port uint16, listener string) (Group, bool)
 // egress.Server.Unserved): GET /.well-known/core with the resources every
 // group announces on the port, 4.05 for a path groups serve with other
 // methods, else 4.04 or STATUS_UNIMPLEMENTED.
-func unserved(prefix string, grs *groups, durs *durables) func(exchange.Exchange, string) {
-	return func(ex exchange.Exchange, subject string) {
+func unserved(prefix string, grs *groups, durs *durables) func(exchange.Exchange, string) bool {
+	return func(ex exchange.Exchange, subject string) bool {
 		r, ok := ex.Replier.(*coap.Request)
 		if !ok {
 			ex.Replier.Fail(ex, exchange.Unserved)
-			return
+			return false
 		}
 		var filters []string
 		if d := durs.latest(); d != nil {
@@ -180,25 +183,26 @@ func unserved(prefix string, grs *groups, durs *durables) func(exchange.Exchange
 		if r.Path == WellKnownCore {
 			if r.Method != "GET" {
 				ex.Replier.Reply(ex, schemas.StatusOK, map[string][]string{schemas.HeaderCoAPCode: {coapMethodNotAllowed}}, nil)
-				return
+				return false
 			}
 			links := resources(prefix, ex.Port, groups, filters)
 			name, want, _ := linkformat.Query(r.QueryOptions())
 			links = linkformat.Filter(links, name, want)
 			if len(links) == 0 {
-				ex.Replier.Fail(ex, exchange.Unserved)
-				return
+				ex.Replier.Fail(ex, exchange.Unserved) // RFC 6690: nothing matches the filter
+				return true
 			}
 			ex.Replier.Reply(ex, schemas.StatusOK, map[string][]string{
 				schemas.HeaderCoAPContentFormat: {strconv.Itoa(contentFormatLinkFormat)},
 			}, linkformat.Append(nil, links))
-			return
+			return true
 		}
 		if servedOtherwise(prefix, ex.Port, r.Method, r.Segments, groups, filters) {
 			ex.Replier.Reply(ex, schemas.StatusOK, map[string][]string{schemas.HeaderCoAPCode: {coapMethodNotAllowed}}, nil)
-			return
+			return false
 		}
 		ex.Replier.Fail(ex, exchange.Unserved)
+		return false
 	}
 }
 

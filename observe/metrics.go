@@ -104,6 +104,8 @@ var (
 		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
 	descUnserved = prometheus.NewDesc("udpgate_requests_unserved_total",
 		"CoAP and RPC requests no worker group serves, answered at once by the gateway (4.04, 4.05, STATUS_UNIMPLEMENTED).", listenerLabels, nil)
+	descDiscovery = prometheus.NewDesc("udpgate_coap_discovery_total",
+		"CoAP resource discovery requests (GET /.well-known/core) no group serves, answered by the gateway from the groups' resources.", listenerLabels, nil)
 
 	// A worker group as the gateway sees it, from its latest discovery:
 	// gauges, since a group's figures fall when an instance leaves.
@@ -132,7 +134,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descListenerPending, descListenerPendingMax,
-		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved,
+		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -152,6 +154,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descRepublished, in.Republished, port, protocol)
 		counter(descNoResponders, eg.NoResponders, port, protocol)
 		counter(descUnserved, eg.Unserved, port, protocol)
+		counter(descDiscovery, eg.Discovery, port, protocol)
 		counter(descAnswered, eg.Sent, port, protocol)
 		counter(descWorkerErrors, eg.WorkerError, port, protocol)
 		counter(descReadErrors, in.ReadErrors, port, protocol)
