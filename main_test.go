@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -445,38 +446,73 @@ func TestSendCount(t *testing.T) {
 	}
 }
 
-// TestRun starts `udpgate run` in-process (its built-in listeners moved to
-// free ports) and talks to both built-in workers and to the embedded NATS
-// server from outside.
-func TestRun(t *testing.T) {
+// runPorts are the ports of a `udpgate run` started by startRun.
+type runPorts struct {
+	echo, time, coap, rpc, extra uint16
+	http                         string // base URL of the HTTP endpoint, http://127.0.0.1:PORT
+	nats                         string // URL of the embedded NATS server
+	out                          *syncBuffer
+}
+
+// startRun starts `udpgate run` in-process, as TestRun does: its built-in
+// listeners on free ports, an extra raw listener no group serves, the
+// HTTP endpoint on a free port, until the test ends. It returns once the
+// banner is printed (the groups have been discovered by then).
+func startRun(t *testing.T) runPorts {
+	t.Helper()
 	saved := builtinListeners
 	t.Cleanup(func() { builtinListeners = saved })
 	builtinListeners = slices.Clone(saved)
-	echoPort, timePort, coapPort, rpcPort := freeUDPPort(t), freeUDPPort(t), freeUDPPort(t), freeUDPPort(t)
-	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port, builtinListeners[3].port = echoPort, timePort, coapPort, rpcPort
-	extra := freeUDPPort(t)
+	p := runPorts{echo: freeUDPPort(t), time: freeUDPPort(t), coap: freeUDPPort(t), rpc: freeUDPPort(t), extra: freeUDPPort(t)}
+	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port, builtinListeners[3].port = p.echo, p.time, p.coap, p.rpc
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
-	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(extra))+"/raw")
-	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // never the fixed default port
+	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(p.extra))+"/raw")
+	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // the banner says which port
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	var errb syncBuffer
+	out, errb := new(syncBuffer), new(syncBuffer)
 	done := make(chan error, 1)
-	go func() { done <- runCommand(ctx, []string{"run"}, &out, &errb) }()
-	deadline := time.Now().Add(20 * time.Second)
+	go func() { done <- runCommand(ctx, []string{"run"}, out, errb) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("run did not stop after cancel")
+		}
+	})
+	metrics := regexp.MustCompile(`metrics\s+(http://\S+)/metrics`)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(60 * time.Second)
 	for !strings.Contains(out.String(), "try:") {
 		select {
 		case err := <-done:
 			t.Fatalf("run exited: %v\n%s", err, errb.String())
-		default:
-		}
-		if time.Now().After(deadline) {
+		case <-deadline:
 			t.Fatalf("run did not start:\n%s\n%s", out.String(), errb.String())
+		case <-tick.C:
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	m := metrics.FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("run printed no metrics URL:\n%s", out.String())
+	}
+	p.http, p.out = m[1], out
+	p.nats = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`).FindString(out.String())
+	return p
+}
+
+// TestRun starts `udpgate run` in-process (its built-in listeners moved to
+// free ports) and talks to both built-in workers and to the embedded NATS
+// server from outside.
+func TestRun(t *testing.T) {
+	p := startRun(t)
+	echoPort, timePort, coapPort, rpcPort, extra, out := p.echo, p.time, p.coap, p.rpc, p.extra, p.out
 	for _, want := range []string{
 		"worker echo", "worker time", "worker coap", "worker places", "rpc   -> udpgate.in." + strconv.Itoa(int(rpcPort)) + ".SERVICE.METHOD", "coap  -> udpgate.in." + strconv.Itoa(int(coapPort)) + ".METHOD.PATH...", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
 	} {
@@ -536,15 +572,6 @@ func TestRun(t *testing.T) {
 	if cf, err := resp.ContentFormat(); resp.Code() != codes.Content || err != nil || cf != message.AppLinkFormat ||
 		string(body) != `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;rt="time";ct=0` {
 		t.Errorf("coap GET /.well-known/core: %v, content-format %v (%v), %q", resp.Code(), cf, err, body)
-	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("run did not stop after cancel")
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -80,24 +79,9 @@ func TestReadmeSecondCoAPGroup(t *testing.T) {
 	}
 	runs := readmeCoAPRuns(t)
 
-	saved := builtinListeners
-	t.Cleanup(func() { builtinListeners = saved })
-	builtinListeners = slices.Clone(saved)
-	for i := range builtinListeners {
-		builtinListeners[i].port = freeUDPPort(t)
-	}
-	coapPort := builtinListeners[slices.IndexFunc(builtinListeners, func(b struct {
-		worker   string
-		port     uint16
-		protocol string
-	}) bool {
-		return b.worker == "coap"
-	})].port
-	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
-	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
-	t.Setenv("UDPGATE_LISTENERS", "")
-	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_DISCOVERY_INTERVAL", "200ms")
+	run := startRun(t)
+	coapPort := run.coap
 
 	// The example, with the test's port for 5683.
 	src, err := os.ReadFile(filepath.Join("workers", "examples", "sensors", "main.go"))
@@ -122,36 +106,11 @@ func TestReadmeSecondCoAPGroup(t *testing.T) {
 		t.Fatalf("go build the sensors example: %v\n%s", err, out)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- runCommand(ctx, []string{"run"}, &out, &errb) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("run did not stop")
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(out.String(), "try:") {
-		select {
-		case err := <-done:
-			t.Fatalf("run exited: %v\n%s", err, errb.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run did not start:\n%s\n%s", out.String(), errb.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	natsURL := regexp.MustCompile(`nats://127\.0\.0\.1:\d+`).FindString(out.String())
-	if natsURL == "" {
-		t.Fatalf("run printed no NATS URL:\n%s", out.String())
+	if run.nats == "" {
+		t.Fatalf("run printed no NATS URL:\n%s", run.out.String())
 	}
 	sensors := exec.Command(bin)
-	sensors.Env = append(os.Environ(), "UDPGATE_NATS_URL="+natsURL, "UDPGATE_HTTP_LISTEN=")
+	sensors.Env = append(os.Environ(), "UDPGATE_NATS_URL="+run.nats, "UDPGATE_HTTP_LISTEN=")
 	var sensorsErr syncBuffer
 	sensors.Stderr = &sensorsErr
 	if err := sensors.Start(); err != nil {

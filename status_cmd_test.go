@@ -12,69 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/observe"
 )
-
-// runPorts are the ports of a `udpgate run` started by startRun.
-type runPorts struct {
-	echo, time, coap, rpc, extra uint16
-	http                         string // base URL of the HTTP endpoint, http://127.0.0.1:PORT
-}
-
-// startRun starts `udpgate run` in-process, as TestRun does: its built-in
-// listeners on free ports, an extra raw listener no group serves, the
-// HTTP endpoint on a free port, until the test ends. It returns once the
-// banner is printed (the groups have been discovered by then).
-func startRun(t *testing.T) runPorts {
-	t.Helper()
-	saved := builtinListeners
-	t.Cleanup(func() { builtinListeners = saved })
-	builtinListeners = slices.Clone(saved)
-	p := runPorts{echo: freeUDPPort(t), time: freeUDPPort(t), coap: freeUDPPort(t), rpc: freeUDPPort(t), extra: freeUDPPort(t)}
-	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port, builtinListeners[3].port = p.echo, p.time, p.coap, p.rpc
-	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
-	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
-	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(p.extra))+"/raw")
-	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // the banner says which port
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- runCommand(ctx, []string{"run"}, &out, &errb) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("run did not stop after cancel")
-		}
-	})
-	metrics := regexp.MustCompile(`metrics\s+(http://\S+)/metrics`)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(60 * time.Second)
-	for !strings.Contains(out.String(), "try:") {
-		select {
-		case err := <-done:
-			t.Fatalf("run exited: %v\n%s", err, errb.String())
-		case <-deadline:
-			t.Fatalf("run did not start:\n%s\n%s", out.String(), errb.String())
-		case <-tick.C:
-		}
-	}
-	m := metrics.FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("run printed no metrics URL:\n%s", out.String())
-	}
-	p.http = m[1]
-	return p
-}
 
 // status runs `udpgate status args...` and returns what it printed.
 func status(t *testing.T, args ...string) (string, error) {
