@@ -24,18 +24,14 @@ import (
 	"github.com/udpgate/udpgate/workers/builtin"
 )
 
-// builtinLinks is what the built-in coap group announces.
-const builtinLinks = `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;rt="time";ct=0`
-
 // servedNode is a gateway with a coap and an rpc listener, served by the
 // built-in coap and places groups as `udpgate run` runs them (their own
 // resources only), that asks the groups what they serve every 200 ms.
 type servedNode struct {
-	s          *server.Server
-	g          *Gateway
-	coap, rpc  *net.UDPAddr
-	coapPort   uint16
-	discovered time.Duration
+	s         *server.Server
+	g         *Gateway
+	coap, rpc *net.UDPAddr
+	coapPort  uint16
 }
 
 func newServedNode(t *testing.T) *servedNode {
