@@ -78,7 +78,11 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 			listeners = append(listeners, listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.port), Protocol: b.protocol})
 		}
 	}
-	run, err := startGateway(ctx, cfg, log, nc, listeners, "run")
+	var subs gateway.SubscriptionLister
+	if cfg.DiscoverySubs {
+		subs = gateway.EmbeddedSubscriptions(ns)
+	}
+	run, err := startGateway(ctx, cfg, log, nc, listeners, subs, "run")
 	if run == nil {
 		return err
 	}
@@ -393,7 +397,11 @@ func runGateway(ctx context.Context, cfg config, log *slog.Logger, stdout io.Wri
 		return fmt.Errorf("gateway: %w", err)
 	}
 	defer nc.Close()
-	run, err := startGateway(ctx, cfg, log, nc, cfg.Listeners, "gateway")
+	var subs gateway.SubscriptionLister
+	if cfg.DiscoverySubs {
+		subs = gateway.ClusterSubscriptions(nc)
+	}
+	run, err := startGateway(ctx, cfg, log, nc, cfg.Listeners, subs, "gateway")
 	if run == nil {
 		return err
 	}
@@ -421,14 +429,16 @@ type gatewayRun struct {
 }
 
 // startGateway binds listeners, starts the HTTP endpoint and serves a
-// gateway on them, and returns once it is ready. It returns a nil run if
+// gateway on them, which lists subscriptions with subs, and returns once
+// it is ready. It returns a nil run if
 // the gateway stopped first, with the error that stopped it (nil if ctx
 // ended); setup errors are prefixed with cmd.
-func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener, cmd string) (*gatewayRun, error) {
+func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener, subs gateway.SubscriptionLister, cmd string) (*gatewayRun, error) {
 	g, err := newGateway(ctx, cfg, log, nc, listeners)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
+	g.Subscriptions = subs
 	js, err := jetstream.New(nc)
 	if err != nil {
 		closeListeners(g)

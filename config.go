@@ -49,6 +49,7 @@ type env struct {
 	RepliesStream  string `envconfig:"REPLIES_STREAM" default:"UDPGATE_REPLIES" desc:"stream recording workers' replies, same limits as the capture (\"off\": none)"`
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	Discovery      string `envconfig:"DISCOVERY_INTERVAL" default:"2s" desc:"how often the gateway asks worker groups what they serve; a stopped instance is forgotten after two intervals"`
+	DiscoverySubs  string `envconfig:"DISCOVERY_SUBSCRIPTIONS" default:"on" desc:"on: the gateway also asks the NATS servers for the subscriptions to request subjects, so groups that announce nothing are listed; off: announcements only"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
 	ListenerShare  string `envconfig:"LISTENER_MAX_PENDING" default:"0" desc:"open exchanges one listener may hold, a number or a percentage of UDPGATE_MAX_PENDING like 25% (0: half, or all on a node with one answering listener)"`
@@ -105,6 +106,7 @@ type config struct {
 	RepliesStream  string // "" records no replies
 	Deadline       time.Duration
 	Discovery      time.Duration
+	DiscoverySubs  bool // list the subscriptions of groups that announce nothing
 	MaxDatagram    int
 	MaxPending     int
 	ListenerShare  int // 0: the gateway's default (gateway.Gateway.ListenerMaxPending)
@@ -254,6 +256,13 @@ func (e env) parse(environ []string) (config, error) {
 		c.StreamMemory = true
 	default:
 		bad("STREAM_STORAGE", "%q is not file or memory", e.StreamStorage)
+	}
+	switch e.DiscoverySubs {
+	case "on":
+		c.DiscoverySubs = true
+	case "off":
+	default:
+		bad("DISCOVERY_SUBSCRIPTIONS", "%q is not on or off", e.DiscoverySubs)
 	}
 	switch e.StreamPersist {
 	case "sync":

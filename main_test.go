@@ -492,6 +492,7 @@ func startRun(t *testing.T) runPorts {
 	for !strings.Contains(out.String(), "try:") {
 		select {
 		case err := <-done:
+			done <- err // for the cleanup
 			t.Fatalf("run exited: %v\n%s", err, errb.String())
 		case <-deadline:
 			t.Fatalf("run did not start:\n%s\n%s", out.String(), errb.String())

@@ -220,16 +220,16 @@ func nodeGroupOn(t *testing.T, g *Gateway, addr *net.UDPAddr, group string, inst
 }
 
 // natsCLI returns the path of the NATS CLI, natscli's `nats`:
-// $UDPGATE_TEST_NATS_CLI, which .ci/run sets, or `nats` on PATH. It fails
+// $NATS_CLI_FOR_TESTS, which .ci/run sets, or `nats` on PATH. It fails
 // in CI (CI set) and skips elsewhere when there is none.
 func natsCLI(t *testing.T) string {
 	t.Helper()
-	if p := os.Getenv("UDPGATE_TEST_NATS_CLI"); p != "" {
+	if p := os.Getenv("NATS_CLI_FOR_TESTS"); p != "" {
 		return p
 	}
 	p, err := exec.LookPath("nats")
 	if err != nil {
-		const how = "UDPGATE_TEST_NATS_CLI unset and no nats on PATH; install it with `go install github.com/nats-io/natscli/nats@v0.5.0`"
+		const how = "NATS_CLI_FOR_TESTS unset and no nats on PATH; install it with `go install github.com/nats-io/natscli/nats@v0.5.0`"
 		if os.Getenv("CI") != "" {
 			t.Fatalf("missing in CI: %s (.ci/run installs it)", how)
 		}

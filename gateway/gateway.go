@@ -84,6 +84,14 @@ type Gateway struct {
 	// zero). An instance that stops answering is forgotten after two
 	// intervals.
 	DiscoveryInterval time.Duration
+	// Subscriptions, if not nil, lists the core NATS subscriptions to
+	// request subjects at each discovery, so that groups that announce
+	// nothing are listed too (their concrete CoAP paths in discovery, their
+	// queue groups in Status): `udpgate run` reads its embedded server's
+	// (EmbeddedSubscriptions), `udpgate gateway` asks the servers of its
+	// cluster (ClusterSubscriptions). Nil lists none; such groups are
+	// served all the same.
+	Subscriptions SubscriptionLister
 
 	mu       sync.Mutex // guards ingress, names, egress, durables and groups, set by Serve
 	ingress  []*ingress.Server
@@ -230,7 +238,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Durable: durs.served,
 	}
 	durs.onRead = eg.Wake
-	grs := newGroups(g.NATS, g.Prefix, g.DiscoveryInterval, g.Log)
+	grs := newGroups(g.NATS, g.Prefix, g.DiscoveryInterval, g.Subscriptions, g.Log)
 	eg.Unserved = unserved(g.Prefix, grs, durs)
 	ins := make([]*ingress.Server, len(g.Listeners))
 	names := make([]string, len(g.Listeners))

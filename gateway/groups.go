@@ -51,7 +51,8 @@ const (
 // Group is a worker group as a gateway knows it: from the announcements of
 // its instances (NATS's service discovery, $SRV.STATS) and, for a group
 // that announces nothing, from NATS itself: the subscriptions of its
-// direct instances (the servers' CONNZ) or the consumer of a durable one.
+// direct instances (Gateway.Subscriptions) or the consumer of a durable
+// one.
 type Group struct {
 	// Name is the group's: its service name, its queue group (direct) or
 	// its consumer's name (durable); for a subscription outside any queue
@@ -107,20 +108,24 @@ type groups struct {
 	interval time.Duration
 	log      *slog.Logger
 
-	polls     uint64                 // polls made (run's goroutine only)
-	instances map[string]*instance   // by instance id (run's goroutine only)
-	servers   map[string]*serverSubs // by server id (run's goroutine only)
-	truncated bool                   // a server's list was cut short; logged once
-	view      atomic.Pointer[groupsView]
-	pollCount atomic.Uint64
-	kick      chan struct{} // buffered: poll now
+	subs SubscriptionLister // nil: subscriptions are not listed
+
+	// Written by run's goroutine only.
+	polls         uint64               // polls made
+	instances     map[string]*instance // by instance id
+	subscriptions []Subscription       // the latest list
+	subsSeen      uint64               // the poll that listed them
+	subsFailed    bool                 // the latest listing failed (logged once)
+	view          atomic.Pointer[groupsView]
+	pollCount     atomic.Uint64
+	kick          chan struct{} // buffered: poll now
 }
 
-func newGroups(nc *nats.Conn, prefix string, interval time.Duration, log *slog.Logger) *groups {
+func newGroups(nc *nats.Conn, prefix string, interval time.Duration, subs SubscriptionLister, log *slog.Logger) *groups {
 	if interval <= 0 {
 		interval = DefaultDiscoveryInterval
 	}
-	return &groups{nc: nc, prefix: prefix, interval: interval, log: log, instances: map[string]*instance{}, servers: map[string]*serverSubs{}, kick: make(chan struct{}, 1)}
+	return &groups{nc: nc, prefix: prefix, interval: interval, log: log, subs: subs, instances: map[string]*instance{}, kick: make(chan struct{}, 1)}
 }
 
 // run polls discovery at once, then every interval and when asked, until
@@ -165,111 +170,85 @@ func (g *groups) discover(ctx context.Context) error {
 // interval if that is shorter.
 func (g *groups) window() time.Duration { return min(pollWindow, g.interval/2) }
 
-// connzSubject asks every server of the cluster for the connections of
-// the asker's own account (NATS's system service, imported into every
-// account): with subscriptions_detail, their subscriptions.
-const connzSubject = "$SYS.REQ.ACCOUNT.PING.CONNZ"
-
-// maxConnections is the most connections one server lists in an answer.
-const maxConnections = 4096
-
-// connzAnswer is the part of a server's CONNZ answer the gateway reads.
-type connzAnswer struct {
-	Server struct {
-		ID string `json:"id"`
-	} `json:"server"`
-	Data *struct {
-		Total       int `json:"total"`
-		Connections []struct {
-			Cid  uint64 `json:"cid"`
-			Name string `json:"name"`
-			Subs []struct {
-				Subject string `json:"subject"`
-				Queue   string `json:"qgroup"`
-				Msgs    int64  `json:"msgs"`
-			} `json:"subscriptions_list_detail"`
-		} `json:"connections"`
-	} `json:"data"`
-}
-
-// subscription is one core NATS subscription to request subjects.
-type subscription struct {
-	server, subject, queue, conn string
-	cid                          uint64
-	msgs                         int64
-}
-
-// serverSubs are the subscriptions one server listed, and the poll that
-// last heard it.
-type serverSubs struct {
-	subs     []subscription
-	lastSeen uint64
-}
-
-// poll asks every service instance for its statistics ($SRV.STATS) and
-// every server for its connections' subscriptions to request subjects
-// (CONNZ); it keeps the answers about subjects under the prefix, and
-// forgets the instances and servers that missed missedPolls polls in a
-// row.
+// poll asks every service instance for its statistics ($SRV.STATS), and
+// if it can, NATS for the subscriptions to request subjects
+// (Gateway.Subscriptions); it keeps what concerns subjects under the
+// prefix, and forgets the instances that missed missedPolls polls in a
+// row, and subscriptions listed that long ago.
 func (g *groups) poll(ctx context.Context) {
 	at := time.Now()
 	g.polls++
-	ch := make(chan *nats.Msg, 1024)
-	srvInbox, connzInbox := g.nc.NewRespInbox(), g.nc.NewRespInbox()
-	for _, inbox := range []string{srvInbox, connzInbox} {
-		sub, err := g.nc.ChanSubscribe(inbox, ch)
-		if err != nil {
-			g.log.Debug("gateway: discovery", "err", err)
-			return
-		}
-		defer sub.Unsubscribe()
-	}
 	in := schemas.InWildcard(g.prefix)
-	stats, _ := micro.ControlSubject(micro.StatsVerb, "", "")
-	connz, _ := json.Marshal(map[string]any{"subscriptions_detail": true, "filter_subject": in, "limit": maxConnections})
-	for _, req := range []struct {
-		subject, inbox string
-		body           []byte
-	}{{stats, srvInbox, nil}, {connzSubject, connzInbox, connz}} {
-		if err := g.nc.PublishRequest(req.subject, req.inbox, req.body); err != nil {
-			g.log.Debug("gateway: discovery", "subject", req.subject, "err", err)
-			return
+	g.gatherInstances(ctx, in)
+	if g.subs != nil {
+		lctx, cancel := context.WithTimeout(ctx, g.window())
+		subs, err := g.subs(lctx, in)
+		cancel()
+		switch {
+		case err == nil:
+			g.subscriptions, g.subsSeen = subs, g.polls
+		case !g.subsFailed:
+			g.subsFailed = true
+			g.log.Warn("gateway: discovery: cannot list the subscriptions to request subjects; groups that announce nothing are not listed", "err", err)
+		}
+		if err == nil {
+			g.subsFailed = false
+		}
+		if g.polls-g.subsSeen >= missedPolls {
+			g.subscriptions = nil
 		}
 	}
-	window := time.NewTimer(g.window())
-	defer window.Stop()
-	quiet := time.NewTimer(time.Hour)
-	defer quiet.Stop()
-collect:
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-window.C:
-			break collect
-		case <-quiet.C:
-			break collect
-		case m := <-ch:
-			quiet.Reset(min(pollQuiet, g.window()))
-			if m.Subject == connzInbox {
-				g.keepSubscriptions(m.Data, in)
-			} else {
-				g.keepInstance(m.Data, in)
-			}
-		}
+	if ctx.Err() != nil {
+		return
 	}
 	for id, inst := range g.instances {
 		if g.polls-inst.lastSeen >= missedPolls {
 			delete(g.instances, id)
 		}
 	}
-	for id, ss := range g.servers {
-		if g.polls-ss.lastSeen >= missedPolls {
-			delete(g.servers, id)
+	g.view.Store(&groupsView{at: at, groups: groupInstances(g.instances, g.subscriptions)})
+	g.pollCount.Add(1)
+}
+
+// gatherInstances asks every service instance for its statistics and
+// keeps the answers that arrive within the poll's window.
+func (g *groups) gatherInstances(ctx context.Context, in string) {
+	ch := make(chan *nats.Msg, 1024)
+	inbox := g.nc.NewRespInbox()
+	sub, err := g.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		g.log.Debug("gateway: discovery", "err", err)
+		return
+	}
+	defer sub.Unsubscribe()
+	stats, _ := micro.ControlSubject(micro.StatsVerb, "", "")
+	if err := g.nc.PublishRequest(stats, inbox, nil); err != nil {
+		g.log.Debug("gateway: discovery", "err", err)
+		return
+	}
+	gather(ctx, ch, g.window(), func(m *nats.Msg) { g.keepInstance(m.Data, in) })
+}
+
+// gather hands keep every message that arrives on ch within window, and
+// stops early once none has come for pollQuiet after the latest.
+func gather(ctx context.Context, ch <-chan *nats.Msg, window time.Duration, keep func(*nats.Msg)) {
+	end := time.NewTimer(window)
+	defer end.Stop()
+	quiet := time.NewTimer(time.Hour)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-end.C:
+			return
+		case <-quiet.C:
+			return
+		case m := <-ch:
+			quiet.Reset(min(pollQuiet, window))
+			keep(m)
 		}
 	}
-	g.view.Store(&groupsView{at: at, groups: groupInstances(g.instances, g.servers)})
-	g.pollCount.Add(1)
 }
 
 // keepInstance keeps a service instance's answer to $SRV.STATS if it
@@ -291,35 +270,11 @@ func (g *groups) keepInstance(data []byte, in string) {
 	g.instances[st.ID] = inst
 }
 
-// keepSubscriptions keeps a server's subscriptions to request subjects
-// from its answer to CONNZ.
-func (g *groups) keepSubscriptions(data []byte, in string) {
-	var a connzAnswer
-	if json.Unmarshal(data, &a) != nil || a.Data == nil || a.Server.ID == "" {
-		return // no system account, or not allowed: nothing learned
-	}
-	if a.Data.Total > len(a.Data.Connections) && !g.truncated {
-		g.truncated = true
-		g.log.Warn("gateway: discovery: a server lists only some of its connections", "server", a.Server.ID, "listed", len(a.Data.Connections), "total", a.Data.Total)
-	}
-	ss := &serverSubs{lastSeen: g.polls}
-	for _, c := range a.Data.Connections {
-		for _, sub := range c.Subs {
-			if overlaps(sub.Subject, in) {
-				ss.subs = append(ss.subs, subscription{
-					server: a.Server.ID, subject: sub.Subject, queue: sub.Queue, conn: c.Name, cid: c.Cid, msgs: sub.Msgs,
-				})
-			}
-		}
-	}
-	g.servers[a.Server.ID] = ss
-}
-
 // groupInstances folds the instances into groups, and adds the groups of
 // subscriptions that announce nothing, sorted by name: a queue group is a
 // direct group of that name (an instance per connection), a subscription
 // outside any queue group one of its own, named after its connection.
-func groupInstances(instances map[string]*instance, servers map[string]*serverSubs) []Group {
+func groupInstances(instances map[string]*instance, subscriptions []Subscription) []Group {
 	byName := map[string]*Group{}
 	var processing = map[string]time.Duration{}
 	for _, inst := range instances {
@@ -346,26 +301,24 @@ func groupInstances(instances map[string]*instance, servers map[string]*serverSu
 		gr.links = mergeLinks(gr.links, inst.links)
 	}
 	conns := map[string]map[string]bool{} // connections of each plain group
-	for _, ss := range servers {
-		for _, sub := range ss.subs {
-			name, delivery := sub.queue, DeliveryDirect
-			if name == "" {
-				name, delivery = cmp.Or(sub.conn, "connection "+strconv.FormatUint(sub.cid, 10)), DeliverySubscriber
-			}
-			gr := byName[name]
-			if gr != nil && gr.Announced {
-				continue // it says more about itself
-			}
-			if gr == nil {
-				gr = &Group{Name: name, Delivery: delivery}
-				byName[name] = gr
-				conns[name] = map[string]bool{}
-			}
-			conns[name][sub.server+"/"+strconv.FormatUint(sub.cid, 10)] = true
-			gr.Instances = len(conns[name])
-			gr.Subjects = append(gr.Subjects, sub.subject)
-			gr.Requests += int(sub.msgs)
+	for _, sub := range subscriptions {
+		name, delivery := sub.Queue, DeliveryDirect
+		if name == "" {
+			name, delivery = cmp.Or(sub.Conn, "connection "+strconv.FormatUint(sub.CID, 10)), DeliverySubscriber
 		}
+		gr := byName[name]
+		if gr != nil && gr.Announced {
+			continue // it says more about itself
+		}
+		if gr == nil {
+			gr = &Group{Name: name, Delivery: delivery}
+			byName[name] = gr
+			conns[name] = map[string]bool{}
+		}
+		conns[name][sub.Server+"/"+strconv.FormatUint(sub.CID, 10)] = true
+		gr.Instances = len(conns[name])
+		gr.Subjects = append(gr.Subjects, sub.Subject)
+		gr.Requests += int(sub.Msgs)
 	}
 	out := make([]Group, 0, len(byName))
 	for name, gr := range byName {

@@ -36,7 +36,8 @@ type servedNode struct {
 
 func newServedNode(t *testing.T) *servedNode {
 	t.Helper()
-	n := &servedNode{s: natstest.RunServer(t), g: &Gateway{Deadline: 5 * time.Second, DiscoveryInterval: 200 * time.Millisecond}}
+	n := &servedNode{s: natstest.RunServer(t)}
+	n.g = &Gateway{Deadline: 5 * time.Second, DiscoveryInterval: 200 * time.Millisecond, Subscriptions: EmbeddedSubscriptions(n.s)}
 	n.coap = coapListener(t, n.g)
 	rpcConn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
