@@ -64,12 +64,13 @@ type Server struct {
 	// Unserved, if not nil, answers a CoAP or RPC request that no group
 	// serves, in place of Replier.Fail(ex, exchange.Unserved) (CoAP 4.04,
 	// RPC STATUS_UNIMPLEMENTED): the gateway answers resource discovery and
-	// 4.05 Method Not Allowed there. subject is the request's. It reports
-	// whether the request was served after all (resource discovery,
-	// counted Discovery) rather than refused (counted Unserved). The
-	// exchange is closed: a reply that comes after all is counted
-	// Duplicate.
-	Unserved func(ex exchange.Exchange, subject string) (served bool)
+	// 4.05 Method Not Allowed there. subject is the request's. It returns
+	// whether the request is served after all (resource discovery,
+	// counted Discovery) rather than refused (counted Unserved), and the
+	// function that sends the answer, which egress calls once it has
+	// counted it. The exchange is closed: a reply that comes after all is
+	// counted Duplicate.
+	Unserved func(ex exchange.Exchange, subject string) (served bool, answer func())
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 
@@ -365,15 +366,17 @@ func (s *Server) decide(u undecided) {
 		default:
 			return // answered meanwhile
 		}
+		served, answer := false, func() { ex.Replier.Fail(ex, exchange.Unserved) }
+		if s.Unserved != nil {
+			served, answer = s.Unserved(ex, u.subject)
+		}
 		c := s.port(ex.Port)
-		if s.Unserved != nil && s.Unserved(ex, u.subject) {
+		if served {
 			c.discovery.Add(1)
-			return
+		} else {
+			c.unserved.Add(1)
 		}
-		c.unserved.Add(1)
-		if s.Unserved == nil {
-			ex.Replier.Fail(ex, exchange.Unserved)
-		}
+		answer()
 	}
 }
 

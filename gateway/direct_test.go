@@ -195,6 +195,8 @@ func TestUnservedAnsweredAtOnce(t *testing.T) {
 	if took := time.Since(sent); took > g.Deadline/5 {
 		t.Errorf("rpc: answered after %v, more than a fifth of the %v deadline", took, g.Deadline)
 	}
+	// The gateway counts an answer once it is sent.
+	waitFor(t, "two requests counted unserved", func() bool { return g.Stats().Egress.Unserved == 2 })
 	st := g.Stats()
 	if e := st.Egress; e.NoResponders != 2 || e.Unserved != 2 || e.NoAnswer != 0 || e.NoWorker != 0 {
 		t.Errorf("egress %+v, want 2 without responders, 2 unserved", e)

@@ -236,6 +236,7 @@ func TestUnservedOnAServedPort(t *testing.T) {
 	if r := call(t, n.rpc, envelope(t, 10, builtin.PlacesService, builtin.PlacesMethod, &placespb.GetRandomRequest{Limit: 1}), n.g.Deadline); r == nil || r.Status.String() != "STATUS_OK" {
 		t.Errorf("rpc %s/%s: %v", builtin.PlacesService, builtin.PlacesMethod, r)
 	}
+	waitFor(t, "six requests counted unserved", func() bool { return n.g.Stats().Egress.Unserved == 6 })
 	if st := n.g.Stats(); st.Egress.NoAnswer != 0 || st.Egress.Unserved != 6 {
 		t.Errorf("egress %+v, want 6 unserved and none unanswered", st.Egress)
 	}
@@ -292,6 +293,7 @@ func TestMergedDiscovery(t *testing.T) {
 			t.Errorf("GET %s?%s: %v %q (content-format %v), want %v %q", WellKnownCore, tt.query, code, body, cf, tt.code, tt.body)
 		}
 	}
+	waitFor(t, "seven discovery requests counted", func() bool { return n.g.Stats().Egress.Discovery == 7 })
 	if st := n.g.Stats().Egress; st.Discovery != 7 || st.Unserved != 0 {
 		t.Errorf("egress %+v, want 7 discovery requests answered and none unserved", st)
 	}

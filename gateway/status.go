@@ -166,43 +166,42 @@ func onPort(gr Group, prefix string, port uint16, listener string) (Group, bool)
 
 // unserved answers a CoAP or RPC request that no group serves (see
 // egress.Server.Unserved): GET /.well-known/core with the resources every
-// group announces on the port, 4.05 for a path groups serve with other
-// methods, else 4.04 or STATUS_UNIMPLEMENTED.
-func unserved(prefix string, grs *groups, durs *durables) func(exchange.Exchange, string) bool {
-	return func(ex exchange.Exchange, subject string) bool {
+// group has on the port, 4.05 for a path groups serve with other methods,
+// else 4.04 or STATUS_UNIMPLEMENTED.
+func unserved(prefix string, grs *groups, durs *durables) func(exchange.Exchange, string) (bool, func()) {
+	return func(ex exchange.Exchange, subject string) (bool, func()) {
+		fail := func() { ex.Replier.Fail(ex, exchange.Unserved) }
+		reply := func(header map[string][]string, body []byte) func() {
+			return func() { ex.Replier.Reply(ex, schemas.StatusOK, header, body) }
+		}
 		r, ok := ex.Replier.(*coap.Request)
 		if !ok {
-			ex.Replier.Fail(ex, exchange.Unserved)
-			return false
+			return false, fail
 		}
 		var filters []string
 		if d := durs.latest(); d != nil {
 			filters = d.filters
 		}
 		groups := grs.current().groups
+		notAllowed := map[string][]string{schemas.HeaderCoAPCode: {coapMethodNotAllowed}}
 		if r.Path == WellKnownCore {
 			if r.Method != "GET" {
-				ex.Replier.Reply(ex, schemas.StatusOK, map[string][]string{schemas.HeaderCoAPCode: {coapMethodNotAllowed}}, nil)
-				return false
+				return false, reply(notAllowed, nil)
 			}
 			links := resources(prefix, ex.Port, groups, filters)
 			name, want, _ := linkformat.Query(r.QueryOptions())
 			links = linkformat.Filter(links, name, want)
 			if len(links) == 0 {
-				ex.Replier.Fail(ex, exchange.Unserved) // RFC 6690: nothing matches the filter
-				return true
+				return true, fail // RFC 6690: nothing matches the filter
 			}
-			ex.Replier.Reply(ex, schemas.StatusOK, map[string][]string{
+			return true, reply(map[string][]string{
 				schemas.HeaderCoAPContentFormat: {strconv.Itoa(contentFormatLinkFormat)},
 			}, linkformat.Append(nil, links))
-			return true
 		}
 		if servedOtherwise(prefix, ex.Port, r.Method, r.Segments, groups, filters) {
-			ex.Replier.Reply(ex, schemas.StatusOK, map[string][]string{schemas.HeaderCoAPCode: {coapMethodNotAllowed}}, nil)
-			return false
+			return false, reply(notAllowed, nil)
 		}
-		ex.Replier.Fail(ex, exchange.Unserved)
-		return false
+		return false, fail
 	}
 }
 
