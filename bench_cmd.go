@@ -1080,6 +1080,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 	if err != nil {
 		return nil, err
 	}
+	g.DrainTimeout = -1 // between cases nothing waits for replies: stop at once
 	ports := make([]netip.AddrPort, len(g.Listeners))
 	for i, l := range g.Listeners {
 		ports[i] = l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()

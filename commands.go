@@ -101,9 +101,17 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 		grp.Wait()
 		return fmt.Errorf("run: metrics: %w", err)
 	}
+	// The built-in groups stop after the gateway, which answers its
+	// pending exchanges first when it stops (UDPGATE_DRAIN_TIMEOUT).
+	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer wcancel()
+	go func() {
+		<-run.served
+		wcancel()
+	}()
 	for _, w := range servers {
 		obs.AddCheck("worker "+w.Group, observe.WorkerBound(w, 0))
-		grp.Go(func() error { return w.Serve(ctx) })
+		grp.Go(func() error { return w.Serve(wctx) })
 	}
 	// Announce only once every worker's consumer exists: a group sees only
 	// requests that arrive after its consumer is created.
@@ -270,6 +278,7 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 		},
 		ListenerMaxPending: cfg.ListenerShare,
 		DiscoveryInterval:  cfg.Discovery,
+		DrainTimeout:       cfg.DrainTimeout,
 		Log:                log,
 	}
 	for _, l := range listeners {
@@ -426,6 +435,7 @@ type gatewayRun struct {
 	obs        *observe.Server
 	metricsURL string
 	g          *gateway.Gateway
+	served     chan struct{} // closed once the gateway has stopped (drained)
 }
 
 // startGateway binds listeners, starts the HTTP endpoint and serves a
@@ -444,7 +454,7 @@ func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Co
 		closeListeners(g)
 		return nil, fmt.Errorf("%s: jetstream: %w", cmd, err)
 	}
-	r := &gatewayRun{js: js, g: g}
+	r := &gatewayRun{js: js, g: g, served: make(chan struct{})}
 	ctx, r.cancel = context.WithCancel(ctx)
 	r.grp, r.ctx = errgroup.WithContext(ctx)
 	r.obs, r.metricsURL, err = startHTTP(r.ctx, cfg, log, r.grp)
@@ -457,7 +467,10 @@ func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Co
 		r.grp.Wait()
 		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
-	r.grp.Go(func() error { return g.Serve(r.ctx) })
+	r.grp.Go(func() error {
+		defer close(r.served)
+		return g.Serve(r.ctx)
+	})
 	select {
 	case <-g.Ready():
 		return r, nil

@@ -49,6 +49,7 @@ type env struct {
 	RepliesStream  string `envconfig:"REPLIES_STREAM" default:"UDPGATE_REPLIES" desc:"stream recording workers' replies, same limits as the capture (\"off\": none)"`
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	Discovery      string `envconfig:"DISCOVERY_INTERVAL" default:"2s" desc:"how often the gateway asks worker groups what they serve; a stopped instance is forgotten after two intervals"`
+	DrainTimeout   string `envconfig:"DRAIN_TIMEOUT" default:"0" desc:"how long a stopping gateway goes on answering its pending exchanges after it stops reading (0: UDPGATE_DEADLINE plus 1s)"`
 	DiscoverySubs  string `envconfig:"DISCOVERY_SUBSCRIPTIONS" default:"on" desc:"on: the gateway also asks the NATS servers for the subscriptions to request subjects, so groups that announce nothing are listed; off: announcements only"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
@@ -107,6 +108,7 @@ type config struct {
 	Deadline       time.Duration
 	Discovery      time.Duration
 	DiscoverySubs  bool // list the subscriptions of groups that announce nothing
+	DrainTimeout   time.Duration
 	MaxDatagram    int
 	MaxPending     int
 	ListenerShare  int // 0: the gateway's default (gateway.Gateway.ListenerMaxPending)
@@ -245,6 +247,7 @@ func (e env) parse(environ []string) (config, error) {
 	duration("STREAM_MAX_AGE", e.StreamMaxAge, 0, &c.StreamMaxAge)
 	duration("DEADLINE", e.Deadline, time.Millisecond, &c.Deadline)
 	duration("DISCOVERY_INTERVAL", e.Discovery, 100*time.Millisecond, &c.Discovery)
+	duration("DRAIN_TIMEOUT", e.DrainTimeout, 0, &c.DrainTimeout)
 	duration("ACK_WAIT", e.AckWait, 100*time.Millisecond, &c.AckWait)
 	if c.StreamMaxBytes, err = parseBytes(e.StreamMaxBytes); err != nil {
 		bad("STREAM_MAX_BYTES", "%v", err)

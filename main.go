@@ -31,6 +31,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first signal stops gracefully (a gateway answers what it
+	// holds); a second one ends the process at once, as by default.
+	context.AfterFunc(ctx, stop)
 	err := runCommand(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {

@@ -92,6 +92,14 @@ type Gateway struct {
 	// cluster (ClusterSubscriptions). Nil lists none; such groups are
 	// served all the same.
 	Subscriptions SubscriptionLister
+	// DrainTimeout bounds a graceful stop: when Serve's ctx is cancelled
+	// the gateway stops reading its sockets, publishes what it has read,
+	// and goes on answering its pending exchanges (workers' replies, and
+	// the protocols' deadline answers) until none is left or DrainTimeout
+	// has passed, then closes its sockets. Zero means Deadline plus a
+	// second: every exchange is answered or expired by then. Negative
+	// stops at once.
+	DrainTimeout time.Duration
 
 	mu       sync.Mutex // guards ingress, names, egress, durables and groups, set by Serve
 	ingress  []*ingress.Server
@@ -105,6 +113,9 @@ type Gateway struct {
 	// a reconnection to NATS; rechecks the checks after one that were
 	// retried because the previous failed.
 	recreated, rechecks atomic.Uint64
+	// drains counts graceful stops, and drainLeft the exchanges still
+	// open when one ended.
+	drains, drainLeft atomic.Uint64
 }
 
 // Stats are a node's counters.
@@ -129,6 +140,9 @@ type Stats struct {
 	// requests no direct group took wait for the next reading.
 	DurablesReadAt time.Time
 	Undecided      int
+	// Drains counts graceful stops begun, and DrainLeft the exchanges
+	// still open when one reached DrainTimeout.
+	Drains, DrainLeft uint64
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -146,6 +160,7 @@ func (g *Gateway) Stats() Stats {
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
 		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{},
 		StreamsRecreated: g.recreated.Load(), StreamRechecks: g.rechecks.Load(),
+		Drains: g.drains.Load(), DrainLeft: g.drainLeft.Load(),
 	}
 	var byPort map[uint16]egress.Stats
 	if g.durables != nil {
@@ -270,7 +285,12 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.mu.Unlock()
 
 	// The first part to fail stops the others; Serve returns its error.
-	grp, ctx := errgroup.WithContext(ctx)
+	// The caller's ctx only starts the graceful stop (drain): the parts
+	// run until it has ended.
+	stopping := ctx
+	runCtx, stopAll := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAll()
+	grp, ctx := errgroup.WithContext(runCtx)
 	grp.Go(func() error { return eg.Serve(ctx) })
 	grp.Go(func() error { durs.run(ctx); return nil })
 	grp.Go(func() error { grs.run(ctx); return nil })
@@ -279,10 +299,26 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 		closeAll()
 		return grp.Wait()
+	case <-stopping.Done():
+		stopAll()
+		closeAll()
+		return grp.Wait()
 	}
+	stopReading := make(chan struct{})
 	for _, in := range ins {
+		in.Stop = stopReading
 		grp.Go(func() error { return in.Serve(ctx) })
 	}
+	grp.Go(func() error {
+		select {
+		case <-ctx.Done(): // a part failed
+		case <-stopping.Done():
+			close(stopReading)
+			g.drain(ctx, ins, table)
+			stopAll()
+		}
+		return nil
+	})
 	grp.Go(func() error {
 		// A server that comes back without its store (memory storage, a
 		// wiped disk) has lost the streams: make them again, or every
@@ -299,6 +335,53 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.Ready()
 	close(g.ready)
 	return grp.Wait()
+}
+
+// drain waits, after the listeners were told to stop reading, until they
+// have published what they read and no exchange is left open, or
+// DrainTimeout has passed, or ctx ends; it logs the outcome.
+func (g *Gateway) drain(ctx context.Context, ins []*ingress.Server, table *exchange.Table) {
+	start := time.Now()
+	timeout := g.DrainTimeout
+	if timeout == 0 {
+		timeout = g.Deadline
+		if timeout <= 0 {
+			timeout = ingress.DefaultDeadline
+		}
+		timeout += time.Second
+	}
+	if timeout < 0 {
+		return
+	}
+	g.drains.Add(1)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	open := table.Len()
+	g.Log.Info("gateway: stopping: no longer reading; answering the pending exchanges", "pending", open, "timeout", timeout)
+	for _, in := range ins {
+		select {
+		case <-in.Drained():
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for table.Len() > 0 {
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			left := table.Len()
+			g.drainLeft.Add(uint64(left))
+			g.Log.Warn("gateway: stopping: drain timeout; exchanges left unanswered", "left", left, "after", time.Since(start))
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+	g.Log.Info("gateway: stopping: every pending exchange answered", "after", time.Since(start).Round(time.Millisecond))
 }
 
 // Backoff of the stream check after a reconnection that failed.

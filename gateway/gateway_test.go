@@ -47,6 +47,11 @@ func testGateway(t testing.TB, s *server.Server, g *Gateway, addrs ...string) []
 // serveGateway serves g until the test ends and waits until it is ready.
 func serveGateway(t testing.TB, g *Gateway) {
 	t.Helper()
+	if g.DrainTimeout == 0 {
+		// A test that ends with exchanges open does not wait for them;
+		// the graceful stop has tests of its own.
+		g.DrainTimeout = -1
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var err error
 	done := make(chan struct{}) // closed once Serve has returned err

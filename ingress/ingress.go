@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,16 @@ type Server struct {
 	// Request ids come from a table of the listener's own, so a reply to
 	// one names no exchange and egress counts it unknown.
 	NoReply bool
+	// Stop, if not nil, stops the listener gracefully when closed: it
+	// stops reading the socket, publishes what it has read, and keeps the
+	// socket and the CoAP messaging layer open, so that egress can still
+	// answer the listener's exchanges, until ctx is cancelled. Drained
+	// tells when the last datagram read has been published. Without Stop,
+	// cancelling ctx closes the socket at once.
+	Stop <-chan struct{}
+
+	drainOnce sync.Once
+	drained   chan struct{} // see Drained
 
 	stats counters
 	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
@@ -219,34 +230,67 @@ func (s *Server) Serve(ctx context.Context) error {
 	if !s.NoReply {
 		captures = make(chan capture, s.Queue)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	var publishers sync.WaitGroup
+	publishers.Go(func() {
 		s.publish(js, queue, captures)
 		if captures != nil {
 			close(captures)
 		}
 	})
 	if captures != nil {
-		wg.Go(func() { s.captureLoop(js, captures) })
+		publishers.Go(func() { s.captureLoop(js, captures) })
 	}
+	var sweeper sync.WaitGroup
 	done := make(chan struct{})
 	if s.coapEdge != nil {
-		wg.Go(func() { s.sweep(done) })
+		sweeper.Go(func() { s.sweep(done) })
 	}
 	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
 	defer stop()
+	var stopping atomic.Bool
+	if s.Stop != nil {
+		go func() {
+			select {
+			case <-s.Stop:
+				// A read deadline in the past ends the read that is
+				// blocked, and every later one, without closing the
+				// socket that replies are sent through.
+				stopping.Store(true)
+				s.Conn.SetReadDeadline(time.Unix(1, 0))
+			case <-ctx.Done():
+			}
+		}()
+	}
 
 	err = s.read(queue)
+	if errors.Is(err, os.ErrDeadlineExceeded) && stopping.Load() {
+		err = nil
+	}
 	close(queue)
+	publishers.Wait()
+	s.Drained()
+	close(s.drained)
+	if err == nil {
+		<-ctx.Done() // egress answers the exchanges through the socket and the edge
+		s.Conn.Close()
+	}
 	close(done)
-	wg.Wait()
+	sweeper.Wait()
 	if s.coapEdge != nil {
 		s.coapEdge.Close()
 	}
-	if errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
+	if err == nil || errors.Is(err, net.ErrClosed) && ctx.Err() != nil {
 		return nil
 	}
 	return fmt.Errorf("ingress: %s: read: %w", s.listener, err)
+}
+
+// Drained returns a channel that is closed once the listener has stopped
+// reading (Stop closed, or the socket closed) and has published every
+// datagram it read: its exchanges are open in the table from then on.
+func (s *Server) Drained() <-chan struct{} {
+	s.drainOnce.Do(func() { s.drained = make(chan struct{}) })
+	return s.drained
 }
 
 func (s *Server) init() error {
@@ -370,7 +414,7 @@ func (s *Server) read(queue chan<- datagram) error {
 	for {
 		n, oobn, _, remote, err := s.Conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
 				return err
 			}
 			s.stats.readErrors.Add(1)

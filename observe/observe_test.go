@@ -58,6 +58,7 @@ func newRig(t *testing.T, nc *nats.Conn, deadline time.Duration, memory bool) *r
 	t.Helper()
 	r := &rig{echo: listen(t), late: listen(t), coap: listen(t), rpc: listen(t)}
 	r.g = &gateway.Gateway{
+		DrainTimeout:      -1, // stop at once when the test ends
 		NATS:              nc,
 		Node:              "n1",
 		Stream:            ingress.StreamConfig{Memory: memory},
