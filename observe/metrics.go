@@ -100,6 +100,10 @@ var (
 		"Requests of this listener awaiting their reply.", listenerLabels, nil)
 	descListenerPendingMax = prometheus.NewDesc("udpgate_listener_pending_exchanges_max",
 		"The most exchanges this listener may hold open (UDPGATE_LISTENER_MAX_PENDING); 0: only the table's size.", listenerLabels, nil)
+	descDrains = prometheus.NewDesc("udpgate_gateway_drains_total",
+		"Graceful stops begun: the gateway stopped reading and answered its pending exchanges.", nil, nil)
+	descDrainLeft = prometheus.NewDesc("udpgate_gateway_drain_left_total",
+		"Exchanges still open when a graceful stop reached UDPGATE_DRAIN_TIMEOUT.", nil, nil)
 	descRecreated = prometheus.NewDesc("udpgate_streams_recreated_total",
 		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
 	descUnserved = prometheus.NewDesc("udpgate_requests_unserved_total",
@@ -133,7 +137,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
-		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descListenerPending, descListenerPendingMax,
+		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
@@ -225,6 +229,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(st.Pending))
 	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(st.Capacity))
 	ch <- prometheus.MustNewConstMetric(descRecreated, prometheus.CounterValue, float64(st.StreamsRecreated))
+	ch <- prometheus.MustNewConstMetric(descDrains, prometheus.CounterValue, float64(st.Drains))
+	ch <- prometheus.MustNewConstMetric(descDrainLeft, prometheus.CounterValue, float64(st.DrainLeft))
 	for _, gr := range c.g.Groups() {
 		ch <- prometheus.MustNewConstMetric(descGroupInstances, prometheus.GaugeValue, float64(gr.Instances), gr.Name, gr.Delivery)
 		if !gr.Announced {
