@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
+	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -178,5 +179,69 @@ func TestDrainTimeout(t *testing.T) {
 	}
 	if st := g.Stats(); st.Drains != 1 || st.DrainLeft != 1 {
 		t.Errorf("drains %d, left %d; want 1 and 1", st.Drains, st.DrainLeft)
+	}
+}
+
+// TestCaptureRetriedUntilStored: a capture copy JetStream does not take
+// (the stream gone, as while a stream elects a leader) is published again
+// until its deadline: once the stream is back, it is stored, and a
+// durable group sees the request. The client was answered by a direct
+// group meanwhile.
+func TestCaptureRetriedUntilStored(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{Deadline: 3 * time.Second}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	contractWorker(t, s, "echo", schemas.InSubject("udpgate", uint16(addrs[0].Port)), echo)
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(ctx, schemas.StreamIn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exchangeUDP(t, addrs[0].String(), []byte("captured late"), 5*time.Second); err != nil {
+		t.Fatalf("the direct group did not answer without the stream: %v", err)
+	}
+	listener := itoa(addrs[0].Port) + "/raw"
+	waitFor(t, "a capture retried", func() bool { return g.Stats().Ingress[listener].CaptureRetried > 0 })
+	if _, err := ingress.EnsureStream(ctx, js, g.Stream); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the copy stored", func() bool { return g.Stats().Ingress[listener].Captured == 1 })
+	if st := g.Stats().Ingress[listener]; st.CaptureFailed != 0 {
+		t.Errorf("capture failed %d, want 0: %+v", st.CaptureFailed, st)
+	}
+	st, err := js.Stream(ctx, schemas.StreamIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := st.CachedInfo().State.Msgs; n != 1 {
+		t.Errorf("the stream holds %d messages, want the one copy", n)
+	}
+}
+
+// TestCaptureGapAfterDeadline: a capture copy that JetStream never takes
+// is tried until its request's deadline, then counted as a gap, once.
+func TestCaptureGapAfterDeadline(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{Deadline: time.Second}
+	addrs := testGateway(t, s, g, "127.0.0.1:0")
+	contractWorker(t, s, "echo", schemas.InSubject("udpgate", uint16(addrs[0].Port)), echo)
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := js.DeleteStream(ctx, schemas.StreamIn); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	if _, err := exchangeUDP(t, addrs[0].String(), []byte("never captured"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	listener := itoa(addrs[0].Port) + "/raw"
+	waitFor(t, "the gap counted", func() bool { return g.Stats().Ingress[listener].CaptureFailed == 1 })
+	if took := time.Since(sent); took < g.Deadline/2 {
+		t.Errorf("gap counted %v after the request, long before its %v deadline", took, g.Deadline)
+	}
+	if st := g.Stats().Ingress[listener]; st.CaptureRetried == 0 || st.Captured != 0 {
+		t.Errorf("%+v: want retries, nothing captured", st)
 	}
 }

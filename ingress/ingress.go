@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,10 @@ type Server struct {
 	drainOnce sync.Once
 	drained   chan struct{} // see Drained
 
+	// retries holds capture copies JetStream did not acknowledge, for
+	// the capture goroutine to publish again; never closed.
+	retries chan *nats.Msg
+
 	stats counters
 	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
 
@@ -147,9 +152,15 @@ type Stats struct {
 	NATSDown      uint64 // dropped: not connected to NATS
 	PublishFailed uint64 // dropped: the core publish of the request failed
 	// CaptureFailed counts capture copies that JetStream refused or did
-	// not acknowledge before the deadline: a gap in the capture, and
-	// durable groups do not see the request. The exchange stays open.
+	// not acknowledge, and could not be published again before the
+	// request's deadline: a gap in the capture, and durable groups do not
+	// see the request. The exchange stays open.
 	CaptureFailed uint64
+	// CaptureRetried counts capture copies published again because
+	// JetStream did not acknowledge the previous try in time or refused
+	// it (a stream electing its leader): tries go on, every
+	// captureAckWait, until the request's deadline.
+	CaptureRetried uint64
 	Expired       uint64 // exchanges still open past their deadline when their slot was reused: answered as unanswered here, not counted by egress
 	ReadErrors    uint64 // socket read errors other than closing
 	// KernelDrops is the latest count the kernel reported (SO_RXQ_OVFL)
@@ -167,6 +178,7 @@ type Stats struct {
 type counters struct {
 	received, published, captured, republished, tooLarge, queueFull, tableFull atomic.Uint64
 	inFlight, natsDown, publishFailed, captureFailed, expired, readErrors      atomic.Uint64
+	captureRetried                                                             atomic.Uint64
 	kernelDrops, listenerFull                                                  atomic.Uint64
 }
 
@@ -175,7 +187,7 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	st := Stats{
 		Received: c.received.Load(), Published: c.published.Load(), Captured: c.captured.Load(),
-		Republished: c.republished.Load(), CaptureFailed: c.captureFailed.Load(), TooLarge: c.tooLarge.Load(),
+		Republished: c.republished.Load(), CaptureFailed: c.captureFailed.Load(), CaptureRetried: c.captureRetried.Load(), TooLarge: c.tooLarge.Load(),
 		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), ListenerFull: c.listenerFull.Load(),
 		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(),
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
@@ -209,7 +221,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	js, err := jetstream.New(s.NATS,
 		jetstream.WithPublishAsyncMaxPending(s.MaxInFlight),
-		jetstream.WithPublishAsyncTimeout(s.Deadline),
+		jetstream.WithPublishAsyncTimeout(captureAckWait(s.Deadline)),
 		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
 			s.stats.captured.Add(1)
 			s.recycle(msg)
@@ -335,6 +347,7 @@ func (s *Server) init() error {
 		s.capture = schemas.CaptureSubject(s.Prefix, s.subject)
 	}
 	s.queue = make(chan datagram, s.Queue)
+	s.retries = make(chan *nats.Msg, s.MaxInFlight)
 	if s.NoReply {
 		if s.Protocol != schemas.ProtocolRaw {
 			return fmt.Errorf("ingress: %s: NoReply is for raw listeners", s.listener)
@@ -484,9 +497,43 @@ type capture struct {
 // JetStream that does not acknowledge.
 func (s *Server) captureLoop(js jetstream.JetStream, captures <-chan capture) {
 	stall := []jetstream.PublishOpt{jetstream.WithStallWait(time.Nanosecond)}
-	for c := range captures {
-		s.capturePublish(js, c.msg, c.subject, stall)
+	for {
+		select {
+		case c, ok := <-captures:
+			if !ok {
+				return
+			}
+			s.capturePublish(js, c.msg, c.subject, stall)
+		case msg := <-s.retries:
+			s.retryCapture(js, msg, stall)
+		}
 	}
+}
+
+// captureAckWait is how long a capture copy waits for JetStream's
+// acknowledgement before it is published again: a third of the deadline,
+// so that a stream electing a leader (a few seconds) costs retries rather
+// than the copy, but at least a second, so that a slow acknowledgement is
+// rarely taken for a lost one (a copy stored and published again is
+// stored twice: durable groups see it twice, and egress drops the second
+// reply).
+func captureAckWait(deadline time.Duration) time.Duration {
+	return max(deadline/3, time.Second)
+}
+
+// retryCapture publishes msg, a capture copy that JetStream did not
+// acknowledge, again if its request's deadline has not passed (its
+// acknowledgement may come after it: a late copy is still a copy);
+// otherwise the capture has a gap, counted.
+func (s *Server) retryCapture(js jetstream.JetStream, msg *nats.Msg, stall []jetstream.PublishOpt) {
+	ms, err := strconv.ParseInt(msg.Header.Get(schemas.HeaderDeadline), 10, 64)
+	if err != nil || !time.Now().Before(time.UnixMilli(ms)) {
+		s.stats.captureFailed.Add(1)
+		s.recycle(msg)
+		return
+	}
+	s.stats.captureRetried.Add(1)
+	s.capturePublish(js, msg, msg.Subject, stall)
 }
 
 // publish opens the exchange of each queued datagram and publishes it to
@@ -498,7 +545,22 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 	// Made once: an option is a closure, and a variadic argument to an
 	// interface method a new slice.
 	stall := []jetstream.PublishOpt{jetstream.WithStallWait(stallWait)}
-	for d := range queue {
+	var retries <-chan *nats.Msg
+	if captures == nil {
+		retries = s.retries // an ingest-only listener's capture copies are this goroutine's
+	}
+	for {
+		var d datagram
+		select {
+		case msg := <-retries:
+			s.retryCapture(js, msg, stall)
+			continue
+		case next, ok := <-queue:
+			if !ok {
+				return
+			}
+			d = next
+		}
 		if d.again {
 			s.republish(d.coap)
 			continue
@@ -624,10 +686,22 @@ const stallWait = 50 * time.Millisecond
 // acknowledge it before the deadline: a gap in the capture, counted. The
 // exchange stays open, since direct groups received the request.
 func (s *Server) captureFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
-	s.stats.captureFailed.Add(1)
 	s.Log.Debug("ingress: capture not acknowledged", "listener", s.listener, "err", err)
-	s.recycle(msg)
+	// Not at once: a stream without a leader refuses at once, and would
+	// be asked again and again.
+	time.AfterFunc(captureRetryWait, func() {
+		select {
+		case s.retries <- msg: // the capture goroutine publishes it again, or counts the gap
+		default:
+			s.stats.captureFailed.Add(1)
+			s.recycle(msg)
+		}
+	})
 }
+
+// captureRetryWait is how long a capture copy that JetStream did not take
+// waits before it is published again.
+const captureRetryWait = 100 * time.Millisecond
 
 // recycle keeps msg, a request message whose publish is over, for a later
 // one: its header map is the largest allocation of a request. nats.go

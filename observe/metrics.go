@@ -108,6 +108,8 @@ var (
 		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
 	descUnserved = prometheus.NewDesc("udpgate_requests_unserved_total",
 		"CoAP and RPC requests no worker group serves, answered at once by the gateway (4.04, 4.05, STATUS_UNIMPLEMENTED).", listenerLabels, nil)
+	descCaptureRetries = prometheus.NewDesc("udpgate_capture_retries_total",
+		"Capture copies published again because JetStream did not acknowledge or refused the previous try (a stream electing its leader).", listenerLabels, nil)
 	descDiscovery = prometheus.NewDesc("udpgate_coap_discovery_total",
 		"CoAP resource discovery requests (GET /.well-known/core) no group serves, answered by the gateway from the groups' resources.", listenerLabels, nil)
 
@@ -138,7 +140,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
-		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery,
+		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -155,6 +157,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descReceived, in.Received, port, protocol)
 		counter(descPublished, in.Published, port, protocol)
 		counter(descCaptured, in.Captured, port, protocol)
+		counter(descCaptureRetries, in.CaptureRetried, port, protocol)
 		counter(descRepublished, in.Republished, port, protocol)
 		counter(descNoResponders, eg.NoResponders, port, protocol)
 		counter(descUnserved, eg.Unserved, port, protocol)
