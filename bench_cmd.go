@@ -1076,7 +1076,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		{Addr: loop, Protocol: schemas.ProtocolRPC},
 		{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
 	}
-	g, err := newGateway(ctx, cfg, log, e.nc, listeners)
+	g, err := newGateway(ctx, cfg, log, e.nc, listeners, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/handover"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/observe"
 	"github.com/udpgate/udpgate/schemas"
@@ -82,7 +83,7 @@ func runAll(ctx context.Context, cfg config, log *slog.Logger, stdout io.Writer)
 	if cfg.DiscoverySubs {
 		subs = gateway.EmbeddedSubscriptions(ns)
 	}
-	run, err := startGateway(ctx, cfg, log, nc, listeners, subs, "run")
+	run, err := startGateway(ctx, cfg, log, nc, listeners, subs, nil, "run")
 	if run == nil {
 		return err
 	}
@@ -245,7 +246,7 @@ func natsPort(p uint16) int {
 }
 
 // newGateway binds the listeners and returns the gateway that serves them.
-func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener) (*gateway.Gateway, error) {
+func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener, inh *inherited) (*gateway.Gateway, error) {
 	g := &gateway.Gateway{
 		NATS:   nc,
 		Node:   cfg.Node,
@@ -287,7 +288,10 @@ func newGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn
 			closeListeners(g)
 			return nil, fmt.Errorf("listener %s: %w", l, err)
 		}
-		c, err := ingress.Listen(ctx, l.network(), l.Addr.String(), cfg.RcvBuf)
+		c, err := inh.udp(l)
+		if c == nil && err == nil {
+			c, err = ingress.Listen(ctx, l.network(), l.Addr.String(), cfg.RcvBuf)
+		}
 		if err != nil {
 			for _, b := range g.Listeners {
 				b.Conn.Close()
@@ -311,18 +315,27 @@ func closeListeners(g *gateway.Gateway) {
 // UDPGATE_HTTP_LISTEN serves nothing (the URL is empty) and the server only
 // collects.
 func startHTTP(ctx context.Context, cfg config, log *slog.Logger, grp *errgroup.Group) (*observe.Server, string, error) {
+	srv, u, _, err := startHTTPOn(ctx, cfg, log, grp, nil)
+	return srv, u, err
+}
+
+// startHTTPOn is startHTTP on ln if not nil (a listener handed over by
+// another process); it returns the listener it serves.
+func startHTTPOn(ctx context.Context, cfg config, log *slog.Logger, grp *errgroup.Group, ln net.Listener) (*observe.Server, string, net.Listener, error) {
 	srv := &observe.Server{Registry: observe.NewRegistry(), Log: log}
 	if cfg.HTTPListen == "" {
-		return srv, "", nil
+		return srv, "", nil, nil
 	}
-	ln, err := observe.Listen(cfg.HTTPListen)
-	if err != nil {
-		return nil, "", fmt.Errorf("%w (set UDPGATE_HTTP_LISTEN; empty disables)", err)
+	if ln == nil {
+		var err error
+		if ln, err = observe.Listen(cfg.HTTPListen); err != nil {
+			return nil, "", nil, fmt.Errorf("%w (set UDPGATE_HTTP_LISTEN; empty disables)", err)
+		}
 	}
 	u := observe.URL(ln)
 	grp.Go(func() error { return srv.Serve(ctx, ln) })
 	log.Info("http: serving /metrics, /healthz and /readyz", "url", u)
-	return srv, u, nil
+	return srv, u, ln, nil
 }
 
 // observeGateway registers a gateway's metrics and readiness checks; call
@@ -410,11 +423,29 @@ func runGateway(ctx context.Context, cfg config, log *slog.Logger, stdout io.Wri
 	if cfg.DiscoverySubs {
 		subs = gateway.ClusterSubscriptions(nc)
 	}
-	run, err := startGateway(ctx, cfg, log, nc, cfg.Listeners, subs, "gateway")
+	// A gateway running on this host hands its sockets over, if
+	// UDPGATE_HANDOVER names where it offers them: nothing sent to the
+	// ports is lost while this process replaces it.
+	inh, taken, err := takeOver(ctx, cfg, log)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	run, err := startGateway(ctx, cfg, log, nc, cfg.Listeners, subs, inh, "gateway")
+	inh.closeUnused()
 	if run == nil {
 		return err
 	}
 	defer run.cancel()
+	if taken != nil {
+		if err := taken.Ready(ctx); err != nil {
+			log.Warn("gateway: took the sockets over, but the process that had them did not stop offering them", "err", err)
+		} else {
+			log.Info("gateway: took the sockets over from the running gateway, which now stops", "sockets", len(taken.Sockets))
+		}
+	}
+	if cfg.Handover != "" {
+		run.grp.Go(func() error { return offerSockets(run, cfg, log) })
+	}
 	fmt.Fprintf(stdout, "udpgate gateway: node %s, NATS %s, replies on %s\n", cfg.Node, redactURLs(nc.ConnectedUrlRedacted()), schemas.ReplySubject(cfg.Prefix, cfg.Node))
 	for _, l := range cfg.Listeners {
 		fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
@@ -436,6 +467,7 @@ type gatewayRun struct {
 	metricsURL string
 	g          *gateway.Gateway
 	served     chan struct{} // closed once the gateway has stopped (drained)
+	http       net.Listener  // nil when UDPGATE_HTTP_LISTEN is empty
 }
 
 // startGateway binds listeners, starts the HTTP endpoint and serves a
@@ -443,8 +475,8 @@ type gatewayRun struct {
 // it is ready. It returns a nil run if
 // the gateway stopped first, with the error that stopped it (nil if ctx
 // ended); setup errors are prefixed with cmd.
-func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener, subs gateway.SubscriptionLister, cmd string) (*gatewayRun, error) {
-	g, err := newGateway(ctx, cfg, log, nc, listeners)
+func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Conn, listeners []listener, subs gateway.SubscriptionLister, inh *inherited, cmd string) (*gatewayRun, error) {
+	g, err := newGateway(ctx, cfg, log, nc, listeners, inh)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
@@ -457,7 +489,7 @@ func startGateway(ctx context.Context, cfg config, log *slog.Logger, nc *nats.Co
 	r := &gatewayRun{js: js, g: g, served: make(chan struct{})}
 	ctx, r.cancel = context.WithCancel(ctx)
 	r.grp, r.ctx = errgroup.WithContext(ctx)
-	r.obs, r.metricsURL, err = startHTTP(r.ctx, cfg, log, r.grp)
+	r.obs, r.metricsURL, r.http, err = startHTTPOn(r.ctx, cfg, log, r.grp, inh.httpListener())
 	if err == nil {
 		err = observeGateway(r.obs, g, nc, js, cfg)
 	}
@@ -760,4 +792,128 @@ func runLambda(ctx context.Context, cfg config, log *slog.Logger) error {
 	log.Info("lambda: serving", "function", lc.Function, "event", lc.Event, "group", group, "subjects", lc.Subjects)
 	grp.Go(func() error { return w.Serve(ctx) })
 	return grp.Wait()
+}
+
+// inherited are the sockets a gateway took over from the process it
+// replaces, by name: listeners by their UDPGATE_LISTENERS form, the HTTP
+// listener as "http". A nil *inherited holds none.
+type inherited struct {
+	conns map[string]*net.UDPConn
+	http  net.Listener
+}
+
+// udp returns the socket handed over for l, if any, and forgets it.
+func (inh *inherited) udp(l listener) (*net.UDPConn, error) {
+	if inh == nil {
+		return nil, nil
+	}
+	c := inh.conns[l.String()]
+	delete(inh.conns, l.String())
+	return c, nil
+}
+
+// httpListener returns the HTTP listener handed over, if any.
+func (inh *inherited) httpListener() net.Listener {
+	if inh == nil {
+		return nil
+	}
+	ln := inh.http
+	inh.http = nil
+	return ln
+}
+
+// closeUnused closes the sockets handed over that this process's
+// configuration does not serve: the old process answers on them until it
+// has drained.
+func (inh *inherited) closeUnused() {
+	if inh == nil {
+		return
+	}
+	for _, c := range inh.conns {
+		c.Close()
+	}
+	if inh.http != nil {
+		inh.http.Close()
+	}
+}
+
+// httpSocket names the HTTP listener in a hand-over.
+const httpSocket = "http"
+
+// takeOver takes the sockets of the gateway offering them on
+// cfg.Handover, if one does; nil, nil if none does (or the setting is
+// empty).
+func takeOver(ctx context.Context, cfg config, log *slog.Logger) (*inherited, *handover.Taken, error) {
+	if cfg.Handover == "" {
+		return nil, nil, nil
+	}
+	taken, err := handover.Take(ctx, cfg.Handover)
+	if errors.Is(err, handover.ErrNoOffer) {
+		log.Debug("gateway: no running gateway offers its sockets", "path", cfg.Handover)
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (UDPGATE_HANDOVER)", err)
+	}
+	inh := &inherited{conns: map[string]*net.UDPConn{}}
+	for _, s := range taken.Sockets {
+		var err error
+		if s.Name == httpSocket {
+			inh.http, err = net.FileListener(s.File)
+		} else {
+			var pc net.PacketConn
+			if pc, err = net.FilePacketConn(s.File); err == nil {
+				c, ok := pc.(*net.UDPConn)
+				if !ok {
+					pc.Close()
+					err = fmt.Errorf("%s is not a UDP socket", s.Name)
+				}
+				inh.conns[s.Name] = c
+			}
+		}
+		s.File.Close()
+		if err != nil {
+			inh.closeUnused()
+			return nil, nil, fmt.Errorf("handover: socket %s: %w", s.Name, err)
+		}
+	}
+	return inh, taken, nil
+}
+
+// offerSockets offers the gateway's sockets on cfg.Handover until a new
+// process takes them; then it stops this one gracefully (it drains).
+func offerSockets(run *gatewayRun, cfg config, log *slog.Logger) error {
+	sockets := func() ([]handover.Socket, error) {
+		var out []handover.Socket
+		fail := func(err error) ([]handover.Socket, error) {
+			for _, s := range out {
+				s.File.Close()
+			}
+			return nil, err
+		}
+		for i, l := range run.g.Listeners {
+			f, err := l.Conn.File()
+			if err != nil {
+				return fail(err)
+			}
+			out = append(out, handover.Socket{Name: cfg.Listeners[i].String(), File: f})
+		}
+		if tl, ok := run.http.(*net.TCPListener); ok {
+			f, err := tl.File()
+			if err != nil {
+				return fail(err)
+			}
+			out = append(out, handover.Socket{Name: httpSocket, File: f})
+		}
+		return out, nil
+	}
+	err := handover.Offer(run.ctx, cfg.Handover, sockets, func() {
+		log.Info("gateway: a new process took the sockets over: stopping", "path", cfg.Handover)
+		run.cancel()
+	})
+	if err != nil {
+		// Serving goes on; only the next hand-over is not possible.
+		log.Error("gateway: cannot offer the sockets for a hand-over", "err", err)
+	}
+	return nil
 }

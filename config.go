@@ -50,6 +50,7 @@ type env struct {
 	Deadline       string `envconfig:"DEADLINE" default:"5s" desc:"how long a request waits for its reply"`
 	Discovery      string `envconfig:"DISCOVERY_INTERVAL" default:"2s" desc:"how often the gateway asks worker groups what they serve; a stopped instance is forgotten after two intervals"`
 	DrainTimeout   string `envconfig:"DRAIN_TIMEOUT" default:"0" desc:"how long a stopping gateway goes on answering its pending exchanges after it stops reading (0: UDPGATE_DEADLINE plus 1s)"`
+	Handover       string `envconfig:"HANDOVER" desc:"a Unix socket path where udpgate gateway offers its sockets to a new process on the same host, and where a new one looks for them: an upgrade or restart loses no datagram (empty: off)"`
 	DiscoverySubs  string `envconfig:"DISCOVERY_SUBSCRIPTIONS" default:"on" desc:"on: the gateway also asks the NATS servers for the subscriptions to request subjects, so groups that announce nothing are listed; off: announcements only"`
 	MaxDatagram    string `envconfig:"MAX_DATAGRAM" default:"8192" desc:"largest datagram accepted, bytes"`
 	MaxPending     string `envconfig:"MAX_PENDING" default:"65536" desc:"open exchanges per node"`
@@ -109,6 +110,7 @@ type config struct {
 	Discovery      time.Duration
 	DiscoverySubs  bool // list the subscriptions of groups that announce nothing
 	DrainTimeout   time.Duration
+	Handover       string // Unix socket path of the hand-over; "" off
 	MaxDatagram    int
 	MaxPending     int
 	ListenerShare  int // 0: the gateway's default (gateway.Gateway.ListenerMaxPending)
@@ -248,6 +250,7 @@ func (e env) parse(environ []string) (config, error) {
 	duration("DEADLINE", e.Deadline, time.Millisecond, &c.Deadline)
 	duration("DISCOVERY_INTERVAL", e.Discovery, 100*time.Millisecond, &c.Discovery)
 	duration("DRAIN_TIMEOUT", e.DrainTimeout, 0, &c.DrainTimeout)
+	c.Handover = e.Handover
 	duration("ACK_WAIT", e.AckWait, 100*time.Millisecond, &c.AckWait)
 	if c.StreamMaxBytes, err = parseBytes(e.StreamMaxBytes); err != nil {
 		bad("STREAM_MAX_BYTES", "%v", err)
