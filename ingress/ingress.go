@@ -161,8 +161,8 @@ type Stats struct {
 	// it (a stream electing its leader): tries go on, every
 	// captureAckWait, until the request's deadline.
 	CaptureRetried uint64
-	Expired       uint64 // exchanges still open past their deadline when their slot was reused: answered as unanswered here, not counted by egress
-	ReadErrors    uint64 // socket read errors other than closing
+	Expired        uint64 // exchanges still open past their deadline when their slot was reused: answered as unanswered here, not counted by egress
+	ReadErrors     uint64 // socket read errors other than closing
 	// KernelDrops is the latest count the kernel reported (SO_RXQ_OVFL)
 	// of datagrams it dropped on this socket because its receive buffer
 	// was full; the count arrives with the next datagram read.
