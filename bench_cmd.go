@@ -45,6 +45,7 @@ import (
 // benchUsage is the synopsis of `udpgate bench`.
 const benchUsage = `usage: udpgate bench [flags] URL      load a target and report rate, latency and loss
        udpgate bench suite [flags]    the performance suite on loopback; udpgate bench suite -h
+       udpgate bench faults [flags]   the fault suite on loopback; udpgate bench faults -h
   URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD
   Closed loop (-c requests in flight) unless -rate sets an open loop; -duration or -count ends it.`
 
@@ -52,6 +53,9 @@ const benchUsage = `usage: udpgate bench [flags] URL      load a target and repo
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "suite" {
 		return runSuite(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "faults" {
+		return runFaults(ctx, args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)

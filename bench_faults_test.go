@@ -1,0 +1,57 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/udpgate/udpgate/bench"
+)
+
+// TestBenchFaults runs the fault suite's short run, as CI does, and fails
+// if any figure misses its target: a regression in how the gateway
+// behaves under a fault fails the build.
+func TestBenchFaults(t *testing.T) {
+	defaults(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	if err := runCommand(ctx, []string{"bench", "faults", "--short", "--json"}, &stdout, &stderr); err != nil {
+		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
+	}
+	var report struct {
+		Scenarios []faultRow   `json:"scenarios"`
+		Goals     []bench.Goal `json:"goals"`
+	}
+	dec := json.NewDecoder(&stdout)
+	if err := dec.Decode(&report); err != nil {
+		t.Fatalf("not JSON: %v", err)
+	}
+	if dec.More() {
+		t.Error("more than one JSON value on stdout")
+	}
+	var names []string
+	for _, s := range report.Scenarios {
+		names = append(names, s.Name)
+		if s.Sent == 0 || s.Sent != s.Answered+s.Lost+s.Late {
+			t.Errorf("scenario %s: sent %d, answered %d, lost %d, late %d", s.Name, s.Sent, s.Answered, s.Lost, s.Late)
+		}
+		t.Logf("%s: sent %d, answered %d, lost %d, late %d, duplicate %d; %s", s.Name, s.Sent, s.Answered, s.Lost, s.Late, s.Duplicate, s.Note)
+	}
+	for _, want := range faultScenarioNames() {
+		if !slices.ContainsFunc(names, func(n string) bool { return n == want || len(n) > len(want) && n[:len(want)+1] == want+"-" }) {
+			t.Errorf("no row for scenario %s (rows %v)", want, names)
+		}
+	}
+	if len(report.Goals) == 0 {
+		t.Error("no goals")
+	}
+	for _, g := range report.Goals {
+		if !g.Met {
+			t.Errorf("goal %s not met: %g, want %s %g %s", g.Name, g.Value, g.Op, g.Goal, g.Note)
+		}
+	}
+}

@@ -1,0 +1,539 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/udpgate/udpgate/bench"
+	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
+)
+
+// faultsUsage is the synopsis of `udpgate bench faults`.
+const faultsUsage = `usage: udpgate bench faults [flags]
+  The fault suite (issue 17), on loopback, in this process: each scenario
+  starts its own embedded NATS (a 3-node JetStream cluster for
+  leader-kill), gateway and echo workers, loads a raw listener with an
+  open loop of numbered datagrams (one socket, a fixed rate), injects a
+  fault mid-run, and counts each request by number: sent, answered,
+  lost, late (answered after -timeout) and duplicate. The goals say
+  which figures have a target and whether the run met it.
+  Scenarios: ` + "%s\n"
+
+// faultScenario is one scenario of the fault suite.
+type faultScenario struct {
+	name string
+	run  func(f *faults, ctx context.Context) error
+}
+
+// faultScenarios are the scenarios in the order they run.
+var faultScenarios = []faultScenario{
+	{"gateway-stop", (*faults).gatewayStop},
+}
+
+func faultScenarioNames() []string {
+	var names []string
+	for _, s := range faultScenarios {
+		names = append(names, s.name)
+	}
+	return names
+}
+
+// faults is one run of `udpgate bench faults`.
+type faults struct {
+	cfg      config
+	log      *slog.Logger
+	rate     float64
+	duration time.Duration // of each scenario's load
+	timeout  time.Duration // a reply later than this is late
+	rows     []faultRow
+	goals    []bench.Goal
+	live     bool
+	stderr   io.Writer
+}
+
+// faultRow is one line of the report: a scenario (or one mode of it) and
+// what its client counted.
+type faultRow struct {
+	Name      string  `json:"name"`
+	Rate      float64 `json:"rate"` // asked, requests per second
+	Sent      int64   `json:"sent"`
+	Answered  int64   `json:"answered"` // in time, once or more
+	Lost      int64   `json:"lost"`     // never answered
+	Late      int64   `json:"late"`     // answered only after the client's timeout
+	Duplicate int64   `json:"duplicate"`
+	P50us     float64 `json:"p50_us"`
+	MaxUs     float64 `json:"max_us"`
+	// Extra are the scenario's own figures (requests read before a
+	// stop, capture retries, ...).
+	Extra map[string]float64 `json:"extra,omitempty"`
+	Note  string             `json:"note,omitempty"`
+}
+
+// faultsReport is the JSON document of `udpgate bench faults --json`.
+type faultsReport struct {
+	Scenarios []faultRow     `json:"scenarios"`
+	Goals     []bench.Goal   `json:"goals"`
+	Machine   map[string]any `json:"machine,omitempty"`
+}
+
+// runFaults is `udpgate bench faults`.
+func runFaults(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench faults", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, faultsUsage, strings.Join(faultScenarioNames(), ", "))
+		fs.PrintDefaults()
+	}
+	short := fs.Bool("short", false, "a short run for CI: 2s per scenario at 400 requests/s (unless -duration or -rate say otherwise)")
+	duration := fs.Duration("duration", 0, "load of each scenario, the fault at its middle (default 16s; 2s with -short)")
+	rate := fs.Float64("rate", 0, "requests per second of the open loop (default 2000; 400 with -short)")
+	timeout := fs.Duration("timeout", bench.DefaultTimeout, "a reply later than this is late")
+	only := fs.String("scenarios", "", "comma-separated scenarios to run (default: all)")
+	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 0 || *duration < 0 || *rate < 0 || *timeout <= 0 {
+		fs.Usage()
+		return errUsage
+	}
+	if *duration == 0 {
+		*duration = 16 * time.Second
+		if *short {
+			*duration = 2 * time.Second
+		}
+	}
+	if *rate == 0 {
+		*rate = 2000
+		if *short {
+			*rate = 400
+		}
+	}
+	selected := faultScenarios
+	if *only != "" {
+		selected = nil
+		for _, s := range faultScenarios {
+			for _, name := range splitList(*only) {
+				if name == s.name {
+					selected = append(selected, s)
+				}
+			}
+		}
+		for _, name := range splitList(*only) {
+			if !strings.Contains(","+strings.Join(faultScenarioNames(), ",")+",", ","+name+",") {
+				fmt.Fprintf(stderr, "bench faults: unknown scenario %q (scenarios: %s)\n", name, strings.Join(faultScenarioNames(), ", "))
+				return errUsage
+			}
+		}
+	}
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	cfg.LogLevel = max(cfg.LogLevel, slog.LevelError)
+	cfg.Guard = guard.Config{} // the load comes from one address, faster than a source may send
+	cfg.HTTPListen = ""
+	f, _ := stderr.(*os.File)
+	fl := &faults{
+		cfg: cfg, log: newLogger(stderr, cfg), rate: *rate, duration: *duration, timeout: *timeout,
+		live: f != nil && isTerminal(f), stderr: stderr,
+	}
+	for _, s := range selected {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if fl.live {
+			fmt.Fprintf(stderr, "%s ...\n", s.name)
+		}
+		if err := s.run(fl, ctx); err != nil {
+			return fmt.Errorf("bench faults: %s: %w", s.name, err)
+		}
+	}
+	report := faultsReport{Scenarios: fl.rows, Goals: fl.goals, Machine: map[string]any{
+		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
+		"cpu": cpuModel(), "duration": duration.String(), "rate": *rate, "timeout": timeout.String(),
+	}}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(report)
+	}
+	fmt.Fprintf(stdout, "udpgate bench faults: %s per scenario at %.0f requests/s, timeout %s; %d CPUs (%s), %s\n",
+		duration, *rate, timeout, runtime.NumCPU(), cpuModel(), runtime.Version())
+	return report.writeText(stdout)
+}
+
+// writeText writes r as two tables: the scenarios, then the goals.
+func (r faultsReport) writeText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\tsent\tanswered\tlost\tlate\tdup\tp50\tmax\tnotes")
+	for _, s := range r.Scenarios {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", s.Name, s.Sent, s.Answered, s.Lost, s.Late, s.Duplicate,
+			bench.Short(time.Duration(s.P50us*1e3)), bench.Short(time.Duration(s.MaxUs*1e3)), s.Note)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "target\tvalue\tgoal\t")
+	for _, g := range r.Goals {
+		state := "met"
+		if !g.Met {
+			state = "NOT MET"
+		}
+		fmt.Fprintf(tw, "%s\t%.4g\t%s %g\t%s\n", g.Name, g.Value, g.Op, g.Goal, state)
+	}
+	return tw.Flush()
+}
+
+// goal records a target and how the run fared.
+func (f *faults) goal(name string, value float64, op string, target float64, measured bool) {
+	met := measured
+	switch op {
+	case "<=":
+		met = met && value <= target
+	case ">=":
+		met = met && value >= target
+	}
+	f.goals = append(f.goals, bench.Goal{Name: name, Value: value, Op: op, Goal: target, Met: met})
+}
+
+// The open-loop client.
+
+// faultPayload is the size of a request: an 8-byte id, then padding.
+const faultPayload = 32
+
+// faultGrace is how long the client goes on reading after the last
+// request's timeout, to tell late replies from lost ones.
+const faultGrace = time.Second
+
+// faultLoad is an open loop of numbered requests from one UDP socket: the
+// i-th leaves at i/rate, whatever comes back, until count are sent or the
+// duration has passed; the replies are matched by number.
+type faultLoad struct {
+	conn    *net.UDPConn
+	rate    float64
+	timeout time.Duration
+	start   time.Time
+	sentAt  []atomic.Int64 // ns since start, by id; set before the send
+	sent    atomic.Int64
+	done    chan struct{} // closed when the sender has stopped
+	wg      sync.WaitGroup
+	// Written by the reader only; read after wg.Wait.
+	first   []time.Duration // first reply, ns since start; 0 none
+	replies []int32
+}
+
+// startLoad starts an open loop at rate against target for d.
+func startLoad(ctx context.Context, target netip.AddrPort, rate float64, d, timeout time.Duration) (*faultLoad, error) {
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(target))
+	if err != nil {
+		return nil, err
+	}
+	c.SetReadBuffer(4 << 20)
+	n := int(rate*d.Seconds()) + 1
+	l := &faultLoad{
+		conn: c, rate: rate, timeout: timeout, start: time.Now(), sentAt: make([]atomic.Int64, n),
+		done: make(chan struct{}), first: make([]time.Duration, n), replies: make([]int32, n),
+	}
+	l.wg.Go(func() { l.send(ctx, n, d) })
+	l.wg.Go(l.read)
+	return l, nil
+}
+
+func (l *faultLoad) send(ctx context.Context, n int, d time.Duration) {
+	defer close(l.done)
+	buf := make([]byte, faultPayload)
+	for i := range buf[8:] {
+		buf[8+i] = 'x'
+	}
+	i := 0
+	for i < n && ctx.Err() == nil {
+		elapsed := time.Since(l.start)
+		if elapsed >= d {
+			break
+		}
+		due := min(n, int(elapsed.Seconds()*l.rate)+1)
+		for ; i < due; i++ {
+			binary.BigEndian.PutUint64(buf, uint64(i))
+			l.sentAt[i].Store(int64(time.Since(l.start)))
+			l.sent.Store(int64(i + 1))
+			l.conn.Write(buf)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (l *faultLoad) read() {
+	defer l.conn.Close()
+	buf := make([]byte, 1500)
+	answered := int64(0) // ids with a reply
+	var end time.Time    // once the sender is done: when to stop reading
+	for {
+		select {
+		case <-l.done:
+			if end.IsZero() {
+				end = time.Now().Add(l.timeout + faultGrace)
+			}
+		default:
+		}
+		if !end.IsZero() {
+			if time.Now().After(end) {
+				return
+			}
+			if answered == l.sent.Load() {
+				// Everything is answered: wait a little for duplicates.
+				end = time.Now().Add(200 * time.Millisecond)
+				answered = -1
+			}
+		}
+		l.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		k, err := l.conn.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // ICMP port unreachable while the gateway is gone
+		}
+		at := time.Since(l.start)
+		if k < 8 {
+			continue
+		}
+		id := binary.BigEndian.Uint64(buf)
+		if id >= uint64(len(l.replies)) || int64(id) >= l.sent.Load() {
+			continue
+		}
+		if l.replies[id] == 0 {
+			l.first[id] = at
+			if answered >= 0 {
+				answered++
+			}
+		}
+		l.replies[id]++
+	}
+}
+
+// wait waits for the load to end (the last request's timeout and a
+// grace, or every request answered).
+func (l *faultLoad) wait() { l.wg.Wait() }
+
+// count sums the requests for which pick(id, sent since start) holds.
+func (l *faultLoad) count(name string, pick func(id int, at time.Duration) bool) faultRow {
+	r := faultRow{Name: name, Rate: l.rate}
+	var h bench.Histogram
+	for id := range int(l.sent.Load()) {
+		at := time.Duration(l.sentAt[id].Load())
+		if !pick(id, at) {
+			continue
+		}
+		r.Sent++
+		switch {
+		case l.replies[id] == 0:
+			r.Lost++
+		case l.first[id]-at > l.timeout:
+			r.Late++
+		default:
+			r.Answered++
+			h.Record(l.first[id] - at)
+		}
+		if l.replies[id] > 1 {
+			r.Duplicate++
+		}
+	}
+	lat := h.Latency()
+	r.P50us, r.MaxUs = float64(lat.P50.Microseconds()), float64(lat.Max.Microseconds())
+	return r
+}
+
+func allRequests(int, time.Duration) bool { return true }
+
+// The scenarios' parts.
+
+// faultEnv is a scenario's embedded NATS server and connection.
+type faultEnv struct {
+	dir string
+	ns  *server.Server
+	nc  *nats.Conn
+	js  jetstream.JetStream
+}
+
+// startFaultEnv starts an embedded NATS server with JetStream on file
+// storage in a temporary directory, as `udpgate run` does.
+func (f *faults) startFaultEnv() (*faultEnv, error) {
+	dir, err := os.MkdirTemp("", "udpgate-faults-")
+	if err != nil {
+		return nil, err
+	}
+	e := &faultEnv{dir: dir}
+	cfg := f.cfg
+	cfg.DataDir = dir
+	cfg.NATSListen = netip.MustParseAddrPort("127.0.0.1:0")
+	cfg.Node = "faults"
+	if e.ns, err = startNATS(cfg); err != nil {
+		e.close()
+		return nil, err
+	}
+	if e.nc, err = nats.Connect(e.ns.ClientURL(), nats.InProcessServer(e.ns), nats.Name("udpgate bench faults")); err != nil {
+		e.close()
+		return nil, err
+	}
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		e.close()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *faultEnv) close() {
+	if e.nc != nil {
+		e.nc.Close()
+	}
+	if e.ns != nil {
+		e.ns.Shutdown()
+		e.ns.WaitForShutdown()
+	}
+	os.RemoveAll(e.dir)
+}
+
+// faultCfg is the configuration of a scenario's gateway: f's, on the
+// embedded server, stream replicas 1.
+func (f *faults) faultCfg(node string) config {
+	cfg := f.cfg
+	cfg.Node = node
+	cfg.StreamReplicas = 1
+	cfg.StreamMemory = false
+	return cfg
+}
+
+// slowEcho is a handler that answers with the request after d.
+func slowEcho(d time.Duration) workers.Handler {
+	return workers.HandlerFunc(func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		_, err := w.Write(r.Body)
+		return err
+	})
+}
+
+// serveWorker serves w until stop is called (which waits for it) and
+// waits until it is ready.
+func serveWorker(w *workers.Server) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Serve(ctx) }()
+	stop = func() {
+		cancel()
+		<-done
+	}
+	select {
+	case <-w.Ready():
+		return stop, nil
+	case err := <-done:
+		cancel()
+		return nil, fmt.Errorf("worker %s: %v", w.Group, err)
+	case <-time.After(30 * time.Second):
+		stop()
+		return nil, fmt.Errorf("worker %s: not ready after 30s", w.Group)
+	}
+}
+
+// loopback is a listener on 127.0.0.1 on any free port.
+var loopback = listener{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: schemas.ProtocolRaw}
+
+// faultConcurrency is the handlers running at once in a scenario's echo
+// instance: enough for 2,000 requests/s of 100 ms each.
+const faultConcurrency = 512
+
+// gatewayStop: a raw listener answered by a direct echo group whose
+// handler takes 50 ms, under an open loop; at the middle of the load the
+// gateway is stopped gracefully (its Serve ctx cancelled: it stops
+// reading, then answers what it has read). Every request it read before
+// it stopped must be answered.
+func (f *faults) gatewayStop(ctx context.Context) error {
+	e, err := f.startFaultEnv()
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	cfg := f.faultCfg("faults-stop")
+	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{loopback}, nil)
+	if err != nil {
+		return err
+	}
+	port := g.Listeners[0].Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	name := strconv.Itoa(int(port.Port())) + "/raw"
+	gctx, stopGateway := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopGateway()
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(gctx) }()
+	if err := waitReady(gctx, g.Ready()); err != nil {
+		return err
+	}
+	stopWorker, err := serveWorker(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(50*time.Millisecond), faultConcurrency))
+	if err != nil {
+		stopGateway()
+		<-served
+		return err
+	}
+	defer stopWorker()
+
+	l, err := startLoad(ctx, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port.Port()), f.rate, f.duration, f.timeout)
+	if err != nil {
+		return err
+	}
+	pause(ctx, f.duration/2)
+	stopAt := time.Since(l.start)
+	stopGateway()
+	if err := <-served; err != nil {
+		l.wait()
+		return fmt.Errorf("gateway: %w", err)
+	}
+	drained := time.Since(l.start) - stopAt
+	read := int(g.Stats().Ingress[name].Received)
+	l.wait()
+
+	r := l.count("gateway-stop", allRequests)
+	before := l.count("", func(_ int, at time.Duration) bool { return at < stopAt })
+	readRow := l.count("", func(id int, _ time.Duration) bool { return id < read })
+	after := r.Sent - before.Sent
+	r.Extra = map[string]float64{
+		"read_before_stop": float64(read), "answered_of_read": float64(readRow.Answered),
+		"lost_of_read": float64(readRow.Lost + readRow.Late), "sent_before_stop": float64(before.Sent),
+		"sent_after_stop": float64(after), "drain_ms": float64(drained.Milliseconds()),
+	}
+	r.Note = fmt.Sprintf("stopped at %s: the gateway had read %d of the %d sent by then and answered %d of them; drained in %s; %d sent after the stop (not read: expected)",
+		stopAt.Round(time.Millisecond), read, before.Sent, readRow.Answered, drained.Round(time.Millisecond), after)
+	f.rows = append(f.rows, r)
+	f.goal("gateway-stop lost among read", float64(readRow.Lost+readRow.Late), "<=", 0, read > 0)
+	return nil
+}
