@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -50,6 +51,7 @@ type faultScenario struct {
 // faultScenarios are the scenarios in the order they run.
 var faultScenarios = []faultScenario{
 	{"gateway-stop", (*faults).gatewayStop},
+	{"gateway-handover", (*faults).gatewayHandover},
 }
 
 func faultScenarioNames() []string {
@@ -536,4 +538,153 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	f.rows = append(f.rows, r)
 	f.goal("gateway-stop lost among read", float64(readRow.Lost+readRow.Late), "<=", 0, read > 0)
 	return nil
+}
+
+// gatewayHandover: a raw listener answered by a direct echo group whose
+// handler takes 50 ms, under an open loop; at the middle of the load a
+// new gateway takes the running one's socket over, as `udpgate gateway`
+// does with UDPGATE_HANDOVER (the same functions: takeOver, startGateway,
+// offerSockets), and the old one drains and stops. Every request must be
+// answered, once.
+func (f *faults) gatewayHandover(ctx context.Context) error {
+	if runtime.GOOS == "windows" || runtime.GOOS == "plan9" {
+		f.rows = append(f.rows, faultRow{Name: "gateway-handover", Note: "skipped: a hand-over needs a Unix system"})
+		return nil
+	}
+	e, err := f.startFaultEnv()
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	cfg := f.faultCfg("faults-handover")
+	cfg.Handover = filepath.Join(e.dir, "handover.sock")
+	port, err := freeUDPPortOn()
+	if err != nil {
+		return err
+	}
+	cfg.Listeners = []listener{{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Protocol: schemas.ProtocolRaw}}
+	stopWorker, err := serveWorker(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port)}, slowEcho(50*time.Millisecond), faultConcurrency))
+	if err != nil {
+		return err
+	}
+	defer stopWorker()
+	old, err := f.gatewayProcess(ctx, cfg, e.ns)
+	if err != nil {
+		return err
+	}
+	defer old.stop()
+
+	l, err := startLoad(ctx, cfg.Listeners[0].Addr, f.rate, f.duration, f.timeout)
+	if err != nil {
+		return err
+	}
+	pause(ctx, f.duration/2)
+	at := time.Since(l.start)
+	replacement, err := f.gatewayProcess(ctx, cfg, e.ns)
+	if err != nil {
+		l.wait()
+		return fmt.Errorf("the new gateway: %w", err)
+	}
+	defer replacement.stop()
+	took := time.Since(l.start) - at
+	select {
+	case <-old.done:
+		if old.err != nil {
+			l.wait()
+			return fmt.Errorf("the old gateway: %w", old.err)
+		}
+	case <-time.After(30 * time.Second):
+		l.wait()
+		return errors.New("the old gateway did not stop after the hand-over")
+	}
+	stopped := time.Since(l.start) - at
+	name := strconv.Itoa(int(port)) + "/raw"
+	oldRead := old.run.g.Stats().Ingress[name].Received
+	l.wait()
+	newRead := replacement.run.g.Stats().Ingress[name].Received
+
+	r := l.count("gateway-handover", allRequests)
+	r.Extra = map[string]float64{
+		"takeover_ms": float64(took.Milliseconds()), "old_stopped_ms": float64(stopped.Milliseconds()),
+		"read_by_old": float64(oldRead), "read_by_new": float64(newRead),
+	}
+	r.Note = fmt.Sprintf("a new gateway took the socket over at %s (serving after %s; the old one read %d, the new one %d); the old one drained and stopped %s after that",
+		at.Round(time.Millisecond), took.Round(time.Millisecond), oldRead, newRead, stopped.Round(time.Millisecond))
+	f.rows = append(f.rows, r)
+	f.goal("gateway-handover lost", float64(r.Lost+r.Late), "<=", 0, r.Sent > 0)
+	f.goal("gateway-handover duplicate", float64(r.Duplicate), "<=", 0, r.Sent > 0)
+	return nil
+}
+
+// freeUDPPortOn returns a UDP port free on 127.0.0.1 a moment ago.
+func freeUDPPortOn() (uint16, error) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+}
+
+// gatewayProc is a gateway run as `udpgate gateway` runs it, on its own
+// NATS connection.
+type gatewayProc struct {
+	run    *gatewayRun
+	nc     *nats.Conn
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the run has ended, err set
+	err    error
+	once   sync.Once
+}
+
+// gatewayProcess starts a gateway as runGateway does with UDPGATE_HANDOVER:
+// it takes the sockets of the gateway that offers them on cfg.Handover, if
+// one does, serves, and offers its own in turn.
+func (f *faults) gatewayProcess(ctx context.Context, cfg config, ns *server.Server) (*gatewayProc, error) {
+	nc, err := nats.Connect(ns.ClientURL(), nats.Name("udpgate gateway "+cfg.Node))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	inh, taken, err := takeOver(ctx, cfg, f.log)
+	if err != nil {
+		cancel()
+		nc.Close()
+		return nil, err
+	}
+	run, err := startGateway(ctx, cfg, f.log, nc, cfg.Listeners, nil, inh, "gateway")
+	inh.closeUnused()
+	if run == nil {
+		cancel()
+		nc.Close()
+		if err == nil {
+			err = errors.New("stopped before it was ready")
+		}
+		return nil, err
+	}
+	if taken != nil {
+		if err := taken.Ready(ctx); err != nil {
+			f.log.Warn("bench faults: the old gateway did not stop offering its sockets", "err", err)
+		}
+	}
+	run.grp.Go(func() error { return offerSockets(run, cfg, f.log) })
+	p := &gatewayProc{run: run, nc: nc, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.err = run.grp.Wait()
+	}()
+	return p, nil
+}
+
+// stop stops the gateway (it drains) and waits for it.
+func (p *gatewayProc) stop() {
+	p.once.Do(func() {
+		p.run.cancel()
+		p.cancel()
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+		}
+		p.nc.Close()
+	})
 }
