@@ -57,6 +57,7 @@ var faultScenarios = []faultScenario{
 	{"gateway-stop", (*faults).gatewayStop},
 	{"gateway-handover", (*faults).gatewayHandover},
 	{"leader-kill", (*faults).leaderKill},
+	{"worker-stop", (*faults).workerStop},
 }
 
 func faultScenarioNames() []string {
@@ -1002,5 +1003,81 @@ func (c *faultCluster) waitFor(what string, cond func() bool) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return nil
+}
+
+// workerStopHandler is how long worker-stop's handler takes.
+const workerStopHandler = 100 * time.Millisecond
+
+// workerStop: a raw listener answered by a durable echo group of two
+// instances whose handler takes 100 ms, under an open loop; at the
+// middle of the load one instance is stopped gracefully (it naks what it
+// holds, and the other instance takes it at once). No request may be
+// answered later than its usual latency plus the handler's time plus
+// 100 ms.
+func (f *faults) workerStop(ctx context.Context) error {
+	e, err := f.startFaultEnv()
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	cfg := f.faultCfg("faults-worker")
+	cfg.Delivery = workers.Durable
+	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{loopback}, nil)
+	if err != nil {
+		return err
+	}
+	g.DrainTimeout = -1
+	port := g.Listeners[0].Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	gctx, stopGateway := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(gctx) }()
+	defer func() {
+		stopGateway()
+		<-served
+	}()
+	if err := waitReady(gctx, g.Ready()); err != nil {
+		return err
+	}
+	var stops []func()
+	for range 2 {
+		stop, err := serveWorker(newWorker(cfg, f.log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(workerStopHandler), faultConcurrency))
+		if err != nil {
+			return err
+		}
+		stops = append(stops, stop)
+	}
+	// Stopped before the gateway, deferred above: the last instance.
+	defer stops[1]()
+
+	l, err := startLoad(ctx, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port.Port()), f.rate, f.duration, f.timeout)
+	if err != nil {
+		stops[0]()
+		return err
+	}
+	pause(ctx, f.duration/2)
+	stopAt := time.Since(l.start)
+	stops[0]()
+	stopped := time.Since(l.start) - stopAt
+	l.wait()
+
+	r := l.count("worker-stop", allRequests)
+	before := l.count("", func(id int, at time.Duration) bool { return at < stopAt && l.replies[id] > 0 && l.first[id] < stopAt })
+	// Affected: the requests answered after the stop began, or never.
+	after := l.count("", func(id int, at time.Duration) bool { return l.replies[id] == 0 || l.first[id] >= stopAt })
+	usual := time.Duration(before.P50us) * time.Microsecond
+	worst := time.Duration(after.MaxUs) * time.Microsecond
+	if after.Lost+after.Late > 0 {
+		worst = max(worst, f.timeout)
+	}
+	r.Extra = map[string]float64{
+		"usual_p50_ms": float64(usual.Microseconds()) / 1e3, "max_after_stop_ms": float64(worst.Microseconds()) / 1e3,
+		"stop_ms": float64(stopped.Milliseconds()),
+	}
+	r.Note = fmt.Sprintf("one of two instances stopped at %s (in %s); latency before %s (p50), at most %s for the %d requests answered after the stop began",
+		stopAt.Round(time.Millisecond), stopped.Round(time.Millisecond), usual.Round(time.Millisecond), worst.Round(time.Millisecond), after.Sent)
+	f.rows = append(f.rows, r)
+	f.goal("worker-stop max latency after stop - usual (ms)", float64((worst-usual).Microseconds())/1e3, "<=",
+		float64((workerStopHandler + 100*time.Millisecond).Milliseconds()), before.Sent > 0 && after.Sent > 0)
 	return nil
 }
