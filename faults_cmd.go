@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -353,7 +354,11 @@ func (l *faultLoad) wait() { l.wg.Wait() }
 // count sums the requests for which pick(id, sent since start) holds.
 func (l *faultLoad) count(name string, pick func(id int, at time.Duration) bool) faultRow {
 	r := faultRow{Name: name, Rate: l.rate}
-	var h bench.Histogram
+	var (
+		h         bench.Histogram
+		slowestAt time.Duration // when the slowest answered request was sent
+		slowest   time.Duration
+	)
 	for id := range int(l.sent.Load()) {
 		at := time.Duration(l.sentAt[id].Load())
 		if !pick(id, at) {
@@ -368,6 +373,9 @@ func (l *faultLoad) count(name string, pick func(id int, at time.Duration) bool)
 		default:
 			r.Answered++
 			h.Record(l.first[id] - at)
+			if d := l.first[id] - at; d > slowest {
+				slowest, slowestAt = d, at
+			}
 		}
 		if l.replies[id] > 1 {
 			r.Duplicate++
@@ -375,6 +383,7 @@ func (l *faultLoad) count(name string, pick func(id int, at time.Duration) bool)
 	}
 	lat := h.Latency()
 	r.P50us, r.MaxUs = float64(lat.P50.Microseconds()), float64(lat.Max.Microseconds())
+	r.Extra = map[string]float64{"max_sent_at_ms": float64(slowestAt.Milliseconds())}
 	return r
 }
 
@@ -534,11 +543,11 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	before := l.count("", func(_ int, at time.Duration) bool { return at < stopAt })
 	readRow := l.count("", func(id int, _ time.Duration) bool { return id < read })
 	after := r.Sent - before.Sent
-	r.Extra = map[string]float64{
+	maps.Copy(r.Extra, map[string]float64{
 		"read_before_stop": float64(read), "answered_of_read": float64(readRow.Answered),
 		"lost_of_read": float64(readRow.Lost + readRow.Late), "sent_before_stop": float64(before.Sent),
 		"sent_after_stop": float64(after), "drain_ms": float64(drained.Milliseconds()),
-	}
+	})
 	r.Note = fmt.Sprintf("stopped at %s: the gateway had read %d of the %d sent by then and answered %d of them; drained in %s; %d sent after the stop (not read: expected)",
 		stopAt.Round(time.Millisecond), read, before.Sent, readRow.Answered, drained.Round(time.Millisecond), after)
 	f.rows = append(f.rows, r)
@@ -610,10 +619,10 @@ func (f *faults) gatewayHandover(ctx context.Context) error {
 	newRead := replacement.run.g.Stats().Ingress[name].Received
 
 	r := l.count("gateway-handover", allRequests)
-	r.Extra = map[string]float64{
+	maps.Copy(r.Extra, map[string]float64{
 		"takeover_ms": float64(took.Milliseconds()), "old_stopped_ms": float64(stopped.Milliseconds()),
 		"read_by_old": float64(oldRead), "read_by_new": float64(newRead),
-	}
+	})
 	r.Note = fmt.Sprintf("a new gateway took the socket over at %s (serving after %s; the old one read %d, the new one %d); the old one drained and stopped %s after that",
 		at.Round(time.Millisecond), took.Round(time.Millisecond), oldRead, newRead, stopped.Round(time.Millisecond))
 	f.rows = append(f.rows, r)
@@ -770,20 +779,6 @@ func (f *faults) leaderKill(ctx context.Context) error {
 		return err
 	}
 	stream := schemas.StreamIn
-	// The stream's leader is not the gateway's server: losing it takes
-	// an election, while the gateway stays connected.
-	leader, err := c.leaderOf(func(s *server.Server) bool { return s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) })
-	if err != nil {
-		return err
-	}
-	if leader == home {
-		if err := c.stepDown(wnc, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, others[0], func(s *server.Server) bool {
-			return s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream)
-		}); err != nil {
-			return err
-		}
-		leader = others[0]
-	}
 	wcfg := f.cfg
 	wcfg.Delivery = workers.Direct
 	stopDirect, err := serveWorker(newWorker(wcfg, f.log, wjs, "echo-direct", []string{schemas.InSubject(f.cfg.Prefix, direct.Port())}, slowEcho(0), 64))
@@ -792,9 +787,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	}
 	defer stopDirect()
 	// The durable group's consumer is created here, as the worker would
-	// create it, and led by the gateway's server, which stays: a pull
-	// request held by a consumer leader that dies, or steps down, is
-	// replaced only when the client misses its heartbeats.
+	// create it, so that its leader is known before the victim is chosen.
 	wcfg.Delivery = workers.Durable
 	wcfg.Stream = stream
 	dw := newWorker(wcfg, f.log, wjs, "echo-durable", []string{schemas.InSubject(f.cfg.Prefix, durable.Port())}, slowEcho(0), 64)
@@ -811,10 +804,28 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	isConsumerLeader := func(s *server.Server) bool {
 		return s.JetStreamIsConsumerLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream, dw.Group)
 	}
-	if cl, err := c.leaderOf(isConsumerLeader); err != nil {
+	cl, err := c.leaderOf(isConsumerLeader)
+	if err != nil {
 		return err
-	} else if cl != home {
-		if err := c.stepDown(wnc, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+dw.Group, home, isConsumerLeader); err != nil {
+	}
+	// The victim leads the capture stream, and is neither the gateway's
+	// server (losing it takes an election while the gateway stays
+	// connected) nor the consumer's leader (a pull request held by a
+	// consumer leader that dies is replaced only when the client misses
+	// its heartbeats, 30 s).
+	isStreamLeader := func(s *server.Server) bool { return s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) }
+	leader, err := c.leaderOf(isStreamLeader)
+	if err != nil {
+		return err
+	}
+	if leader == home || leader == cl {
+		for _, s := range c.servers {
+			if s != home && s != cl {
+				leader = s
+				break
+			}
+		}
+		if err := c.stepDown(wnc, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, leader, isStreamLeader); err != nil {
 			return err
 		}
 	}
@@ -856,12 +867,12 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	}{{"direct", ld, direct}, {"durable", lu, durable}} {
 		r := m.l.count("leader-kill-"+m.mode, allRequests)
 		b, a := before.Ingress[name(m.port)], after.Ingress[name(m.port)]
-		r.Extra = map[string]float64{
+		maps.Copy(r.Extra, map[string]float64{
 			"capture_retried": float64(a.CaptureRetried), "capture_failed": float64(a.CaptureFailed),
 			"capture_retried_after_kill": float64(a.CaptureRetried - b.CaptureRetried),
 			"publish_failed":             float64(a.PublishFailed + a.NATSDown),
 			"election_ms":                float64(elected.Milliseconds()), "lost_pct": 100 * float64(r.Lost+r.Late) / float64(max(r.Sent, 1)),
-		}
+		})
 		r.Note = fmt.Sprintf("%s (stream leader) shut down at %s, a new leader after %s; the gateway (on %s) retried %d capture copies, %d not captured by the deadline",
 			leader.Name(), killAt.Round(time.Millisecond), elected.Round(time.Millisecond), home.Name(), a.CaptureRetried, a.CaptureFailed)
 		if m.mode == "direct" {
@@ -941,7 +952,7 @@ func startFaultCluster(n int) (_ *faultCluster, err error) {
 			}
 		}
 		return true
-	})
+	}, 30*time.Second)
 }
 
 func (c *faultCluster) close() {
@@ -972,7 +983,7 @@ func (c *faultCluster) leaderOf(is func(*server.Server) bool) (*server.Server, e
 			}
 		}
 		return false
-	})
+	}, 30*time.Second)
 	return l, err
 }
 
@@ -980,23 +991,28 @@ func (c *faultCluster) leaderOf(is func(*server.Server) bool) (*server.Server, e
 // waits until preferred leads.
 func (c *faultCluster) stepDown(nc *nats.Conn, subject string, preferred *server.Server, leads func(*server.Server) bool) error {
 	req, _ := json.Marshal(map[string]any{"placement": map[string]string{"preferred": preferred.Name()}})
-	msg, err := nc.Request(subject, req, 10*time.Second)
-	if err != nil {
-		return fmt.Errorf("%s: %w", subject, err)
+	for try := 0; ; try++ {
+		msg, err := nc.Request(subject, req, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("%s: %w", subject, err)
+		}
+		var resp struct {
+			Success bool `json:"success"`
+		}
+		if err := json.Unmarshal(msg.Data, &resp); err != nil || !resp.Success {
+			return fmt.Errorf("%s: %s", subject, msg.Data)
+		}
+		// A new election may pick another server: ask again.
+		err = c.waitFor(preferred.Name()+" leading", func() bool { return leads(preferred) }, 5*time.Second)
+		if err == nil || try == 3 {
+			return err
+		}
 	}
-	var resp struct {
-		Success bool `json:"success"`
-	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil || !resp.Success {
-		return fmt.Errorf("%s: %s", subject, msg.Data)
-	}
-	return c.waitFor(preferred.Name()+" leading", func() bool { return leads(preferred) })
 }
 
-// waitFor polls cond until it holds, 30 s at most: a lost leader is
-// replaced after an election timeout of several seconds.
-func (c *faultCluster) waitFor(what string, cond func() bool) error {
-	deadline := time.Now().Add(30 * time.Second)
+// waitFor polls cond until it holds, limit at most.
+func (c *faultCluster) waitFor(what string, cond func() bool, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("cluster: timed out waiting for %s", what)
@@ -1070,10 +1086,10 @@ func (f *faults) workerStop(ctx context.Context) error {
 	if after.Lost+after.Late > 0 {
 		worst = max(worst, f.timeout)
 	}
-	r.Extra = map[string]float64{
+	maps.Copy(r.Extra, map[string]float64{
 		"usual_p50_ms": float64(usual.Microseconds()) / 1e3, "max_after_stop_ms": float64(worst.Microseconds()) / 1e3,
 		"stop_ms": float64(stopped.Milliseconds()),
-	}
+	})
 	r.Note = fmt.Sprintf("one of two instances stopped at %s (in %s); latency before %s (p50), at most %s for the %d requests answered after the stop began",
 		stopAt.Round(time.Millisecond), stopped.Round(time.Millisecond), usual.Round(time.Millisecond), worst.Round(time.Millisecond), after.Sent)
 	f.rows = append(f.rows, r)
