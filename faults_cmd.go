@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,7 +39,7 @@ import (
 
 // faultsUsage is the synopsis of `udpgate bench faults`.
 const faultsUsage = `usage: udpgate bench faults [flags]
-  The fault suite (issue 17), on loopback, in this process: each scenario
+  The fault suite (issue 17), on faultListener, in this process: each scenario
   starts its own embedded NATS (a 3-node JetStream cluster for
   leader-kill), gateway and echo workers, loads a raw listener with an
   open loop of numbered datagrams (one socket, a fixed rate), injects a
@@ -144,20 +145,14 @@ func runFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	selected := faultScenarios
 	if *only != "" {
-		selected = nil
-		for _, s := range faultScenarios {
-			for _, name := range splitList(*only) {
-				if name == s.name {
-					selected = append(selected, s)
-				}
-			}
-		}
-		for _, name := range splitList(*only) {
-			if !strings.Contains(","+strings.Join(faultScenarioNames(), ",")+",", ","+name+",") {
+		names := splitList(*only)
+		for _, name := range names {
+			if !slices.Contains(faultScenarioNames(), name) {
 				fmt.Fprintf(stderr, "bench faults: unknown scenario %q (scenarios: %s)\n", name, strings.Join(faultScenarioNames(), ", "))
 				return errUsage
 			}
 		}
+		selected = slices.DeleteFunc(slices.Clone(faultScenarios), func(s faultScenario) bool { return !slices.Contains(names, s.name) })
 	}
 	cfg, err := loadConfig()
 	if err != nil {
@@ -297,8 +292,11 @@ func (l *faultLoad) send(ctx context.Context, n int, d time.Duration) {
 func (l *faultLoad) read() {
 	defer l.conn.Close()
 	buf := make([]byte, 1500)
-	answered := int64(0) // ids with a reply
-	var end time.Time    // once the sender is done: when to stop reading
+	var (
+		answered int64     // ids with a reply
+		end      time.Time // once the sender is done: when to stop reading
+		settling bool      // every request answered: waiting for duplicates
+	)
 	for {
 		select {
 		case <-l.done:
@@ -311,10 +309,8 @@ func (l *faultLoad) read() {
 			if time.Now().After(end) {
 				return
 			}
-			if answered == l.sent.Load() {
-				// Everything is answered: wait a little for duplicates.
-				end = time.Now().Add(200 * time.Millisecond)
-				answered = -1
+			if !settling && answered == l.sent.Load() {
+				end, settling = time.Now().Add(200*time.Millisecond), true
 			}
 		}
 		l.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -339,9 +335,7 @@ func (l *faultLoad) read() {
 		}
 		if l.replies[id] == 0 {
 			l.first[id] = at
-			if answered >= 0 {
-				answered++
-			}
+			answered++
 		}
 		l.replies[id]++
 	}
@@ -462,9 +456,9 @@ func slowEcho(d time.Duration) workers.Handler {
 	})
 }
 
-// serveWorker serves w until stop is called (which waits for it) and
+// serveGroup serves w until stop is called (which waits for it) and
 // waits until it is ready.
-func serveWorker(w *workers.Server) (stop func(), err error) {
+func serveGroup(w *workers.Server) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Serve(ctx) }()
@@ -484,8 +478,8 @@ func serveWorker(w *workers.Server) (stop func(), err error) {
 	}
 }
 
-// loopback is a listener on 127.0.0.1 on any free port.
-var loopback = listener{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: schemas.ProtocolRaw}
+// faultListener is a raw listener on 127.0.0.1 on any free port.
+var faultListener = listener{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: schemas.ProtocolRaw}
 
 // faultConcurrency is the handlers running at once in a scenario's echo
 // instance: enough for 2,000 requests/s of 100 ms each.
@@ -503,7 +497,7 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	}
 	defer e.close()
 	cfg := f.faultCfg("faults-stop")
-	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{loopback}, nil)
+	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{faultListener}, nil)
 	if err != nil {
 		return err
 	}
@@ -516,7 +510,7 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	if err := waitReady(gctx, g.Ready()); err != nil {
 		return err
 	}
-	stopWorker, err := serveWorker(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(50*time.Millisecond), faultConcurrency))
+	stopWorker, err := serveGroup(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(50*time.Millisecond), faultConcurrency))
 	if err != nil {
 		stopGateway()
 		<-served
@@ -578,7 +572,7 @@ func (f *faults) gatewayHandover(ctx context.Context) error {
 		return err
 	}
 	cfg.Listeners = []listener{{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Protocol: schemas.ProtocolRaw}}
-	stopWorker, err := serveWorker(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port)}, slowEcho(50*time.Millisecond), faultConcurrency))
+	stopWorker, err := serveGroup(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port)}, slowEcho(50*time.Millisecond), faultConcurrency))
 	if err != nil {
 		return err
 	}
@@ -781,7 +775,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	stream := schemas.StreamIn
 	wcfg := f.cfg
 	wcfg.Delivery = workers.Direct
-	stopDirect, err := serveWorker(newWorker(wcfg, f.log, wjs, "echo-direct", []string{schemas.InSubject(f.cfg.Prefix, direct.Port())}, slowEcho(0), 64))
+	stopDirect, err := serveGroup(newWorker(wcfg, f.log, wjs, "echo-direct", []string{schemas.InSubject(f.cfg.Prefix, direct.Port())}, slowEcho(0), 64))
 	if err != nil {
 		return err
 	}
@@ -829,7 +823,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 			return err
 		}
 	}
-	stopDurable, err := serveWorker(dw)
+	stopDurable, err := serveGroup(dw)
 	if err != nil {
 		return err
 	}
@@ -886,7 +880,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	return nil
 }
 
-// faultCluster is a NATS cluster with JetStream on loopback, in this
+// faultCluster is a NATS cluster with JetStream on faultListener, in this
 // process (internal/natstest.RunCluster, without a test).
 type faultCluster struct {
 	dir     string
@@ -1039,7 +1033,7 @@ func (f *faults) workerStop(ctx context.Context) error {
 	defer e.close()
 	cfg := f.faultCfg("faults-worker")
 	cfg.Delivery = workers.Durable
-	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{loopback}, nil)
+	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{faultListener}, nil)
 	if err != nil {
 		return err
 	}
@@ -1057,7 +1051,7 @@ func (f *faults) workerStop(ctx context.Context) error {
 	}
 	var stops []func()
 	for range 2 {
-		stop, err := serveWorker(newWorker(cfg, f.log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(workerStopHandler), faultConcurrency))
+		stop, err := serveGroup(newWorker(cfg, f.log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(workerStopHandler), faultConcurrency))
 		if err != nil {
 			return err
 		}
