@@ -39,7 +39,7 @@ import (
 
 // faultsUsage is the synopsis of `udpgate bench faults`.
 const faultsUsage = `usage: udpgate bench faults [flags]
-  The fault suite (issue 17), on faultListener, in this process: each scenario
+  The fault suite (issue 17), on loopback, in this process: each scenario
   starts its own embedded NATS (a 3-node JetStream cluster for
   leader-kill), gateway and echo workers, loads a raw listener with an
   open loop of numbered datagrams (one socket, a fixed rate), injects a
@@ -880,7 +880,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	return nil
 }
 
-// faultCluster is a NATS cluster with JetStream on faultListener, in this
+// faultCluster is a NATS cluster with JetStream on loopback, in this
 // process (internal/natstest.RunCluster, without a test).
 type faultCluster struct {
 	dir     string
