@@ -165,6 +165,11 @@ func (s *Server) serveDirect(ctx context.Context) error {
 // a drain.
 const confirmWait = 10 * time.Second
 
+// estimate returns the Server's handler estimate now.
+func (r *run) estimate() time.Duration {
+	return r.est.get(monotonic())
+}
+
 // handleDirect runs the handler on one request of a Direct group and
 // answers it with the NATS reply idiom: a publish to the message's reply
 // subject.
@@ -175,6 +180,11 @@ func (r *run) handleDirect(ctx context.Context, msg *nats.Msg, w *response) {
 	}
 	if expired(req.Deadline) {
 		r.stats.expired.Add(1)
+		return
+	}
+	if est := r.estimate(); cannotFinish(req.Deadline, time.Now(), est) {
+		r.shed(req.Reply, req.Header, est)
+		r.stats.shed.Add(1)
 		return
 	}
 	err = r.handled(ctx, nil, w, nil, req)

@@ -44,9 +44,12 @@ const (
 	RPCInvalidArgument  RPCStatus = 3
 	RPCNotFound         RPCStatus = 5
 	RPCPermissionDenied RPCStatus = 7
-	RPCUnimplemented    RPCStatus = 12
-	RPCInternal         RPCStatus = 13
-	RPCUnavailable      RPCStatus = 14
+	// RPCResourceExhausted is the status of a call shed by an overloaded
+	// worker, which the SDK sets itself (see Server).
+	RPCResourceExhausted RPCStatus = 8
+	RPCUnimplemented     RPCStatus = 12
+	RPCInternal          RPCStatus = 13
+	RPCUnavailable       RPCStatus = 14
 )
 
 // SetRPCStatus sets the status of an RPC reply and its error message for

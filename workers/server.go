@@ -67,9 +67,13 @@ func ParseDelivery(s string) (Delivery, error) {
 // Server runs a Handler for one group of workers: it receives the group's
 // requests, directly (a queue subscription) or from its durable pull
 // consumer, and calls the Handler for each request, at most Concurrency at
-// a time. The exported fields are read by Serve and must not change while
-// it runs. Stats is safe for concurrent use; a Server must not be copied
-// after first use.
+// a time. Overloaded, it sheds the requests that cannot finish before
+// their deadline instead of calling the Handler, and answers them at once
+// with the protocol's overload status, as the package documentation
+// describes under Overload; its estimate of the Handler's time, which
+// decides, lasts across Serve calls. The exported fields are read by
+// Serve and must not change while it runs. Stats is safe for concurrent
+// use; a Server must not be copied after first use.
 type Server struct {
 	// NATS is the connection requests are received and replies published
 	// on. Required unless JetStream is set, whose connection is then used.
@@ -126,7 +130,9 @@ type Server struct {
 	// use.
 	HandlerLatency func(d time.Duration)
 
-	stats counters
+	stats    counters
+	est      estimate // how long the handler takes, to shed what cannot finish
+	overload overload // the replies to shed requests
 
 	readyOnce sync.Once
 	ready     chan struct{} // closed once the group receives requests
@@ -147,19 +153,31 @@ func (s *Server) Ready() <-chan struct{} {
 
 // Stats counts the outcomes of the requests a Server has taken, since it
 // was created. The package documentation details each outcome.
+//
+// Every request a Server receives is counted once as Handled, Shed or
+// Expired (its deadline passed before a handler could start it), or,
+// Durable, Retried when Serve stops before it starts; each Handled request
+// is then counted at most once more, as Replied, Failed, Retried or
+// Expired (none if its handler answered nothing). Dropped requests were
+// never received.
 type Stats struct {
 	Handled uint64 // handler calls that returned or panicked
 	Replied uint64 // replies written by a handler and published
 	Failed  uint64 // handler errors and panics, and replies that could not be published
 	Retried uint64 // requests given back: nak'd for redelivery (Durable), or left to the client's retry (Direct)
 	Expired uint64 // requests left unanswered because their deadline had passed
+	// Shed counts the requests refused, overloaded, without calling the
+	// handler: they could not finish before their deadline. Each was
+	// answered with the protocol's overload status (CoAP 5.03, RPC
+	// RESOURCE_EXHAUSTED), or dropped if it has none (raw).
+	Shed uint64
 	// Dropped counts the requests a Direct instance never saw: NATS
 	// dropped them because Backlog were waiting for a handler.
 	Dropped uint64
 }
 
 type counters struct {
-	handled, replied, failed, retried, expired atomic.Uint64
+	handled, replied, failed, retried, expired, shed atomic.Uint64
 }
 
 // Stats returns a snapshot of the Server's counters. It is safe for
@@ -171,6 +189,7 @@ func (s *Server) Stats() Stats {
 		Failed:  s.stats.failed.Load(),
 		Retried: s.stats.retried.Load(),
 		Expired: s.stats.expired.Load(),
+		Shed:    s.stats.shed.Load(),
 	}
 	s.mu.Lock()
 	if s.dropped != nil {
@@ -648,6 +667,13 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 		r.stats.expired.Add(1)
 		return
 	}
+	if est := r.estimate(); cannotFinish(req.Deadline, time.Now(), est) {
+		// Acked, never nak'd: it would come back, later still.
+		r.shed(req.Reply, req.Header, est)
+		r.ack(msg)
+		r.stats.shed.Add(1)
+		return
+	}
 
 	err = r.handled(ctx, msg, w, k, req)
 	switch {
@@ -671,12 +697,17 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 }
 
 // handled runs the handler on req (see call) with w reset, and counts the
-// call: Stats, HandlerLatency and the group's announced figures.
+// call: Stats, the handler estimate, HandlerLatency and the group's
+// announced figures.
 func (r *run) handled(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive, req *Request) error {
 	w.reset()
 	start := time.Now()
 	err := r.call(ctx, msg, w, k, req)
-	took := time.Since(start)
+	end := time.Now()
+	took := end.Sub(start)
+	if req.Deadline.IsZero() || end.Before(req.Deadline) {
+		r.est.record(took, monotonic())
+	}
 	if r.HandlerLatency != nil {
 		r.HandlerLatency(took)
 	}
@@ -735,6 +766,21 @@ func (r *run) fail(msg jetstream.Msg, req *Request) {
 	publishError(r.nc, r.log, req)
 	r.term(msg)
 	r.stats.failed.Add(1)
+}
+
+// shed answers a request refused without calling the handler,
+// overloaded: it publishes to reply the overload status of the request's
+// protocol, given the request's headers h and the handler estimate est,
+// unless the protocol has none (raw) or there is no reply subject. The
+// caller counts it Shed.
+func (r *run) shed(reply string, h nats.Header, est time.Duration) {
+	oh := r.overload.header(h, est)
+	if oh == nil || reply == "" {
+		return
+	}
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: oh}); err != nil {
+		r.log.Debug("workers: publish overload reply", "reply", reply, "err", err)
+	}
 }
 
 // errorReply is the reply of a failed request: status error, no body.

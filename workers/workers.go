@@ -61,6 +61,11 @@
 //     headers (then the request is acked), counted Replied. A reply
 //     without udpgate-status means "ok".
 //
+// Before calling Handle, the SDK skips a request whose deadline has
+// passed, as above, and sheds one that cannot finish before it: the
+// handler is not called, the request is answered with its protocol's
+// overload status (and acked), counted Shed, as described under Overload.
+//
 // A request without a reply subject cannot be answered. It is still
 // handled; if the handler returns nil without writing, nothing happens,
 // but if the handler answers or fails, the reply is dropped (a Durable
@@ -79,6 +84,24 @@
 // unhandled when it is fetched (counted Expired, as above).
 //
 // Nothing is logged per request at Info level; Server.Stats counts outcomes.
+//
+// # Overload
+//
+// A Server spends no handler call on a request that cannot finish before
+// its deadline. It keeps an estimate of its handler's time: the 95th
+// percentile of its last 64 handler calls that ended before their
+// deadline, in the last 10 seconds (none before the first such call). A
+// request that has less time left than the estimate when a handler would
+// start it is shed: the handler is not called, and the request is answered
+// at once with its protocol's overload status, CoAP 5.03 Service
+// Unavailable with Max-Age (the estimate in whole seconds, rounded up, at
+// least 1: when a retry is sensible) or RPC RESOURCE_EXHAUSTED
+// (RPCResourceExhausted); a raw request, whose reply has no status, is
+// dropped unanswered, and the gateway answers nothing at its deadline, as
+// before. A Durable group then acks the request: a nak would bring it back,
+// later still. Stats.Shed counts the requests shed. A request whose
+// deadline has already passed is not answered (Expired): the gateway has
+// answered it.
 //
 // # CoAP
 //
