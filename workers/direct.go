@@ -9,11 +9,16 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/udpgate/udpgate/schemas"
 )
 
 // serveDirect is Serve for a Direct group: one queue subscription per
 // subject, all feeding one channel of Backlog requests, read by
-// Concurrency handler goroutines.
+// Concurrency handler goroutines while they are idle, and by a dispatcher
+// that moves the requests that find every handler busy into the backlog,
+// a queue of Backlog requests (see queue), and sheds from it what must be
+// shed. A handler that ends takes from the backlog first.
 func (s *Server) serveDirect(ctx context.Context) error {
 	nc := s.NATS
 	if nc == nil {
@@ -100,24 +105,38 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	// requests is never closed: nats.go sends to it from its read loop,
 	// and a subscription that Unsubscribe could not remove (its
 	// connection draining) would make a send to a closed channel panic.
-	// Closing stopped asks the handlers to finish what it holds.
+	// Closing stopped asks the dispatcher to move what it holds into the
+	// backlog, and the handlers to finish what the backlog holds.
 	stopped := make(chan struct{})
+	q := newQueue(backlog, concurrency)
 	var wg sync.WaitGroup
+	wg.Go(func() { r.dispatch(requests, q, stopped) })
 	for range concurrency {
 		wg.Go(func() {
 			w := &response{}
 			for {
+				if queued, ok := q.take(time.Now(), r.estimate()); ok {
+					r.handleDirect(hctx, queued.msg, w)
+					continue
+				}
+				// The backlog is empty: a request that arrives now is
+				// started at once, by this goroutine if it is the first
+				// to receive it, through the backlog if the dispatcher
+				// is.
 				select {
 				case msg := <-requests:
+					q.arrived()
 					r.handleDirect(hctx, msg, w)
+				case <-q.ready:
 				case <-stopped:
+					// The dispatcher moves what requests holds into the
+					// backlog, then closes it.
 					for {
-						select {
-						case msg := <-requests:
-							r.handleDirect(hctx, msg, w)
-						default:
+						queued, ok := q.wait(time.Now, r.estimate)
+						if !ok {
 							return
 						}
+						r.handleDirect(hctx, queued.msg, w)
 					}
 				}
 			}
@@ -164,6 +183,85 @@ func (s *Server) serveDirect(ctx context.Context) error {
 // confirmWait bounds a wait for the server to confirm subscriptions, or
 // a drain.
 const confirmWait = 10 * time.Second
+
+// dispatch moves the requests that NATS delivers on requests into the
+// backlog q, and sheds from it the requests that must be (see
+// queue.stale): each time one arrives, and when the oldest one's time
+// comes. Once stopped is closed, it moves what requests still holds and
+// closes q.
+func (r *run) dispatch(requests <-chan *nats.Msg, q *queue, stopped <-chan struct{}) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case msg := <-requests:
+			r.enqueue(q, msg)
+		case <-timer.C:
+		case <-stopped:
+			for {
+				select {
+				case msg := <-requests:
+					r.enqueue(q, msg)
+				default:
+					q.close()
+					return
+				}
+			}
+		}
+		now, est := time.Now(), r.estimate()
+		for {
+			queued, ok := q.stale(now, est)
+			if !ok {
+				break
+			}
+			r.shedQueued(queued, now, est)
+		}
+		if at := q.next(now, est); !at.IsZero() {
+			// At least a millisecond: a time that stale disagrees with
+			// (the wall clock moved) must not spin.
+			timer.Reset(max(at.Sub(now), time.Millisecond))
+		} else {
+			timer.Stop()
+		}
+	}
+}
+
+// enqueue adds msg to the backlog q; if q was full, it drops the oldest
+// request q held, answered like a shed request (see shedQueued), and
+// counts it Dropped.
+func (r *run) enqueue(q *queue, msg *nats.Msg) {
+	now := time.Now()
+	if oldest, full := q.push(msg, parseDeadline(msg.Header), now); full {
+		if r.answerQueued(oldest, now, r.estimate()) {
+			r.stats.dropped.Add(1)
+		}
+	}
+}
+
+// shedQueued sheds a request removed from the backlog at now, counted
+// Shed, or counts it Expired, unanswered, if its deadline has passed.
+func (r *run) shedQueued(queued queued, now time.Time, est time.Duration) {
+	if r.answerQueued(queued, now, est) {
+		r.stats.shed.Add(1)
+	}
+}
+
+// answerQueued answers a request removed from the backlog at now with the
+// overload status, as shed does, and returns true; if its deadline has
+// passed, it counts it Expired and returns false.
+func (r *run) answerQueued(queued queued, now time.Time, est time.Duration) bool {
+	if !queued.deadline.IsZero() && !now.Before(queued.deadline) {
+		r.stats.expired.Add(1)
+		return false
+	}
+	reply := queued.msg.Reply
+	if reply == "" {
+		reply = queued.msg.Header.Get(schemas.HeaderReply)
+	}
+	r.shed(reply, queued.msg.Header, est)
+	return true
+}
 
 // estimate returns the Server's handler estimate now.
 func (r *run) estimate() time.Duration {

@@ -119,6 +119,20 @@ func cannotFinish(deadline, now time.Time, est time.Duration) bool {
 	return left <= 0 || left < est
 }
 
+// parseDeadline returns the deadline in a request's headers, as
+// parseRequest does, without the rest.
+func parseDeadline(h nats.Header) time.Time {
+	v := h.Get(schemas.HeaderDeadline)
+	if v == "" {
+		return time.Time{}
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
 // rpcOverload is the reply to a shed RPC call.
 var rpcOverload = nats.Header{
 	schemas.HeaderRPCStatus: {strconv.Itoa(int(RPCResourceExhausted))},

@@ -104,9 +104,12 @@ type Server struct {
 	// Zero means DefaultConcurrency.
 	Concurrency int
 	// Backlog is how many requests a Direct instance holds waiting for a
-	// handler; beyond it NATS drops what arrives (counted Dropped: a slow
-	// consumer), and the client's retry may reach another instance. Zero
-	// means DefaultBacklog.
+	// handler (its backlog, which it serves newest first when it cannot
+	// serve them all in time, and sheds from: see Overload in the package
+	// documentation). A request that arrives when Backlog wait makes it
+	// drop the oldest, answered like a shed request, counted Dropped; the
+	// client's retry may reach another instance. Zero means
+	// DefaultBacklog.
 	Backlog int
 	// AckWait, MaxDeliver and MaxAckPending configure a Durable group's
 	// consumer when Serve creates it; an existing consumer is used as it
@@ -154,12 +157,13 @@ func (s *Server) Ready() <-chan struct{} {
 // Stats counts the outcomes of the requests a Server has taken, since it
 // was created. The package documentation details each outcome.
 //
-// Every request a Server receives is counted once as Handled, Shed or
-// Expired (its deadline passed before a handler could start it), or,
-// Durable, Retried when Serve stops before it starts; each Handled request
-// is then counted at most once more, as Replied, Failed, Retried or
-// Expired (none if its handler answered nothing). Dropped requests were
-// never received.
+// Every request a Server receives is counted once as Handled, Shed,
+// Expired (its deadline passed before a handler could start it) or
+// Dropped, or, Durable, Retried when Serve stops before it starts; each
+// Handled request is then counted at most once more, as Replied, Failed,
+// Retried or Expired (none if its handler answered nothing). Requests
+// that NATS dropped before the instance received them are counted Dropped
+// too.
 type Stats struct {
 	Handled uint64 // handler calls that returned or panicked
 	Replied uint64 // replies written by a handler and published
@@ -167,17 +171,21 @@ type Stats struct {
 	Retried uint64 // requests given back: nak'd for redelivery (Durable), or left to the client's retry (Direct)
 	Expired uint64 // requests left unanswered because their deadline had passed
 	// Shed counts the requests refused, overloaded, without calling the
-	// handler: they could not finish before their deadline. Each was
-	// answered with the protocol's overload status (CoAP 5.03, RPC
+	// handler: they could not finish before their deadline, or waited too
+	// long in a Direct instance's backlog (see Server). Each was answered
+	// with the protocol's overload status (CoAP 5.03, RPC
 	// RESOURCE_EXHAUSTED), or dropped if it has none (raw).
 	Shed uint64
-	// Dropped counts the requests a Direct instance never saw: NATS
-	// dropped them because Backlog were waiting for a handler.
+	// Dropped counts the requests a Direct instance dropped because
+	// Backlog requests were waiting for a handler: the oldest waiting, to
+	// make room for a new one (answered like a shed request), or, if the
+	// instance fell behind in taking them from NATS, those NATS dropped (a
+	// slow consumer), which it never saw.
 	Dropped uint64
 }
 
 type counters struct {
-	handled, replied, failed, retried, expired, shed atomic.Uint64
+	handled, replied, failed, retried, expired, shed, dropped atomic.Uint64
 }
 
 // Stats returns a snapshot of the Server's counters. It is safe for
@@ -190,10 +198,11 @@ func (s *Server) Stats() Stats {
 		Retried: s.stats.retried.Load(),
 		Expired: s.stats.expired.Load(),
 		Shed:    s.stats.shed.Load(),
+		Dropped: s.stats.dropped.Load(),
 	}
 	s.mu.Lock()
 	if s.dropped != nil {
-		st.Dropped = s.dropped()
+		st.Dropped += s.dropped()
 	}
 	s.mu.Unlock()
 	return st

@@ -17,8 +17,10 @@
 // subject, as msg.Respond does. Nothing is acknowledged; a request an
 // instance dies with is retried by the client (the gateway publishes a
 // retransmitted CoAP CON again). An instance holds at most Backlog
-// requests waiting for its Concurrency handlers; NATS drops the rest and
-// Stats.Dropped counts them. Stopping, it drains its subscriptions first
+// requests waiting for its Concurrency handlers, its backlog, which it
+// serves newest first when it cannot serve them all in time and sheds from
+// as described under Overload; when Backlog wait, a new request makes it
+// drop its oldest, and Stats.Dropped counts them. Stopping, it drains its subscriptions first
 // (the other instances take what comes next) and handles what it holds.
 //
 // A Durable group is one JetStream pull consumer of the capture stream,
@@ -62,9 +64,10 @@
 //     without udpgate-status means "ok".
 //
 // Before calling Handle, the SDK skips a request whose deadline has
-// passed, as above, and sheds one that cannot finish before it: the
-// handler is not called, the request is answered with its protocol's
-// overload status (and acked), counted Shed, as described under Overload.
+// passed, as above, and sheds one that cannot finish before it or that
+// waited too long in an overloaded instance: the handler is not called,
+// the request is answered with its protocol's overload status (and
+// acked), counted Shed, as described under Overload.
 //
 // A request without a reply subject cannot be answered. It is still
 // handled; if the handler returns nil without writing, nothing happens,
@@ -102,6 +105,36 @@
 // later still. Stats.Shed counts the requests shed. A request whose
 // deadline has already passed is not answered (Expired): the gateway has
 // answered it.
+//
+// A Durable group fetches requests only for idle handlers, so requests
+// wait in the stream, oldest first, and the deadline is all there is to
+// check. A Direct instance holds the requests that find every handler busy
+// in its backlog. The backlog is behind when more requests wait than the
+// handlers can start (one every estimate/Concurrency) before the oldest
+// must start to finish in time. The instance is overloaded once its
+// backlog has kept falling behind for 100 ms (requests keep arriving
+// faster than they are started, which one burst does not do), and until a
+// window of 100 ms or the estimate, whichever is longer, in which fewer
+// requests arrived than its handlers can start. It serves its backlog
+// first in first out while that serves every request in time, and newest
+// first while the backlog is behind or the instance overloaded (adaptive
+// LIFO, as Facebook's wangle/Folly and Dropbox's Bandaid do): under
+// overload the requests started are those with the most time left. It
+// sheds the oldest requests of its backlog as soon as they cannot be
+// served in time:
+//
+//   - a request that cannot finish before its deadline, as above;
+//   - while the backlog is behind, the oldest, until it is not: a burst
+//     that the handlers work off in time loses nothing, a larger one only
+//     its excess;
+//   - while the instance is overloaded, every request that has waited
+//     10 ms (a CoDel-like bound on queueing time, Folly's): under a
+//     sustained overload the requests that will not be served are
+//     answered within about 10 ms of their arrival, not near their
+//     deadline.
+//
+// A request without a deadline is never shed for time. The figures are in
+// the project's docs/reliability.md.
 //
 // # CoAP
 //
