@@ -321,15 +321,17 @@ var (
 		"Requests handed back for redelivery.", []string{"group"}, nil)
 	descExpired = prometheus.NewDesc("udpgate_worker_expired_total",
 		"Requests skipped because their deadline had passed.", []string{"group"}, nil)
+	descShed = prometheus.NewDesc("udpgate_worker_shed_total",
+		"Requests a group refused without calling its handler, under overload: too little time left before their deadline to be handled; answered with the overload status (CoAP 5.03, RPC STATUS_RESOURCE_EXHAUSTED), raw ones dropped.", []string{"group"}, nil)
 	descWorkerDropped = prometheus.NewDesc("udpgate_worker_dropped_total",
-		"Requests a direct worker instance never saw: NATS dropped them because its backlog was full (a slow consumer).", []string{"group"}, nil)
+		"Requests a direct worker instance dropped unhandled: NATS dropped them (a slow consumer), or its full backlog dropped the oldest waiting (answered as shed).", []string{"group"}, nil)
 )
 
 // workersCollector reads worker servers' counters at scrape time.
 type workersCollector struct{ ws []*workers.Server }
 
 func (c workersCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped} {
+	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped, descShed} {
 		ch <- d
 	}
 }
@@ -340,7 +342,7 @@ func (c workersCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, m := range []struct {
 			d *prometheus.Desc
 			n uint64
-		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}, {descWorkerDropped, st.Dropped}} {
+		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}, {descWorkerDropped, st.Dropped}, {descShed, st.Shed}} {
 			ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.n), w.Group)
 		}
 	}
