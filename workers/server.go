@@ -399,8 +399,9 @@ func sameSubjects(a, b []string) bool {
 
 // pullExpiry is how long one fetch lasts. A fetch held by a consumer
 // leader that dies (a NATS node lost) ends then, and the next one goes to
-// the new leader.
-const pullExpiry = 5 * time.Second
+// the new leader. A stopping instance waits for its fetches to end (see
+// fetch), so it is also how long a stop may take.
+const pullExpiry = time.Second
 
 // retryEvery is how long a fetch that failed keeps its slots before they
 // are fetched for again, so that a failing consumer is not pulled in a
@@ -479,9 +480,16 @@ func (r *run) giveBack(msg jetstream.Msg) {
 // back.
 func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) error {
 	var batches sync.WaitGroup
-	defer batches.Wait()
-	ctx, stop := context.WithCancel(ctx) // ends the fetches if the consumer goes away
-	defer stop()
+	// A fetch is not ended when ctx is: the server would go on delivering
+	// to it until it noticed that nobody listens, and what it delivered
+	// there would wait for the ack wait. Fetches end at their expiry, and
+	// what they bring after ctx is cancelled is given back; only a
+	// consumer that went away ends them at once.
+	fetchCtx, stopFetches := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		batches.Wait()
+		stopFetches()
+	}()
 	fatal := make(chan error, 1) // the first reason to stop that a fetch found
 	for {
 		if ctx.Err() != nil {
@@ -491,7 +499,7 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 			return nil
 		}
 		if n := r.slots.reserve(); n > 0 {
-			fctx, cancel := context.WithTimeout(ctx, pullExpiry)
+			fctx, cancel := context.WithTimeout(fetchCtx, pullExpiry)
 			batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
 			if err != nil {
 				cancel()
@@ -516,6 +524,7 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 		select {
 		case <-r.slots.freed:
 		case err := <-fatal:
+			stopFetches() // the consumer is gone: nothing more will come
 			return err
 		case <-ctx.Done():
 			return nil
