@@ -748,16 +748,11 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	}
 	direct := g.Listeners[0].Conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	durable := g.Listeners[1].Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	gctx, stopGateway := context.WithCancel(context.WithoutCancel(ctx))
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(gctx) }()
-	defer func() {
-		stopGateway()
-		<-served
-	}()
-	if err := waitReady(gctx, g.Ready()); err != nil {
+	stopGateway, err := serveFaultGateway(ctx, g)
+	if err != nil {
 		return err
 	}
+	defer stopGateway()
 	home := c.byName(gnc.ConnectedServerName())
 	if home == nil {
 		return errors.New("the gateway is not connected")
@@ -1045,16 +1040,11 @@ func (f *faults) workerStop(ctx context.Context) error {
 	}
 	g.DrainTimeout = -1
 	port := g.Listeners[0].Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	gctx, stopGateway := context.WithCancel(context.WithoutCancel(ctx))
-	served := make(chan error, 1)
-	go func() { served <- g.Serve(gctx) }()
-	defer func() {
-		stopGateway()
-		<-served
-	}()
-	if err := waitReady(gctx, g.Ready()); err != nil {
+	stopGateway, err := serveFaultGateway(ctx, g)
+	if err != nil {
 		return err
 	}
+	defer stopGateway()
 	var (
 		stops     []func()
 		instances []*workers.Server
@@ -1120,4 +1110,21 @@ func (f *faults) workerStop(ctx context.Context) error {
 	f.goal("worker-stop max latency after stop - p99 before (ms)", float64((worst-usual).Microseconds())/1e3, "<=",
 		float64((workerStopHandler + 100*time.Millisecond).Milliseconds()), before.Sent > 0 && after.Sent > 0)
 	return nil
+}
+
+// serveFaultGateway serves g until the returned stop is called (which
+// waits for Serve to return), and returns once g is ready.
+func serveFaultGateway(ctx context.Context, g *gateway.Gateway) (stop func(), err error) {
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(gctx) }()
+	stop = func() {
+		cancel()
+		<-served
+	}
+	if err := waitReady(gctx, g.Ready()); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
 }
