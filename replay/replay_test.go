@@ -274,39 +274,32 @@ func TestPacing(t *testing.T) {
 	waitStored(t, js, n)
 	recorded := recordedTimes(t, js, n)
 
+	want := recorded[n-1].Sub(recorded[0])
+	// The pacer's schedule is tested exactly, on a fake clock, by
+	// TestPacerSchedule. Here, end to end, what a loaded machine cannot
+	// make flaky: a timer never fires early, so a paced replay never takes
+	// less than the recorded span divided by its speed; and the datagrams
+	// arrive in their recorded order.
 	rcv := newReceiver(t)
 	orig := wire(t, &replay.Replayer{JetStream: js, Speed: replay.Original}, rcv)
-	_, at := rcv.wait(t, n)
-	// Generous: 20%, and never less than 5 ms; and a loaded machine may
-	// stall the sender or the receiver now and then, which makes one gap
-	// long and the next short (the pacer's absolute schedule catches up),
-	// so a few gaps may miss. A pacer that ignored the recorded times
-	// would miss most of them.
-	var missed []string
-	for i := 1; i < n; i++ {
-		want := recorded[i].Sub(recorded[i-1])
-		got := at[i].Sub(at[i-1])
-		if tol := max(want/5, 5*time.Millisecond); got < want-tol || got > want+tol {
-			missed = append(missed, fmt.Sprintf("gap %d: %v, recorded %v", i, got, want))
+	got, _ := rcv.wait(t, n)
+	for i, b := range got {
+		if string(b) != strconv.Itoa(i) {
+			t.Fatalf("datagram %d is %q, want %q: out of the recorded order", i, b, strconv.Itoa(i))
 		}
 	}
-	if len(missed) > n/10 {
-		t.Errorf("%d of %d gaps off the recorded pace:\n%s", len(missed), n-1, strings.Join(missed, "\n"))
-	}
-	total, want := at[n-1].Sub(at[0]), recorded[n-1].Sub(recorded[0])
-	if total < want*8/10 || total > want*12/10 {
-		t.Errorf("replay took %v, recorded %v", total, want)
-	}
-
-	fast := wire(t, &replay.Replayer{JetStream: js, Speed: replay.Max}, rcv)
-	rcv.wait(t, n)
-	if fast.Duration >= orig.Duration/4 {
-		t.Errorf("speed max took %v, original %v", fast.Duration, orig.Duration)
+	if orig.Duration < want {
+		t.Errorf("speed 1 took %v, less than the recorded %v", orig.Duration, want)
 	}
 	double := wire(t, &replay.Replayer{JetStream: js, Speed: 2}, rcv)
-	_, at = rcv.wait(t, n)
-	if total := at[n-1].Sub(at[0]); total < want/2*8/10 || total > want/2*12/10 {
-		t.Errorf("speed 2x took %v, recorded %v", double.Duration, want)
+	rcv.wait(t, n)
+	if double.Duration < want/2 {
+		t.Errorf("speed 2 took %v, less than half the recorded %v", double.Duration, want)
+	}
+	fast := wire(t, &replay.Replayer{JetStream: js, Speed: replay.Max}, rcv)
+	rcv.wait(t, n)
+	if fast.Duration >= want/2 {
+		t.Errorf("speed max took %v, the recorded span is %v: it waited", fast.Duration, want)
 	}
 }
 
