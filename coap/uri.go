@@ -1,0 +1,92 @@
+package coap
+
+import (
+	"net/url"
+	"strings"
+	"unsafe"
+)
+
+// bytesString returns b as a string without copying: for calls that
+// neither keep the string nor outlive b's contents.
+func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// unreserved reports whether s holds only RFC 3986's unreserved
+// characters, which url.PathEscape and url.QueryEscape leave as they are.
+func unreserved(s []byte) bool {
+	for _, c := range s {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~') {
+			return false
+		}
+	}
+	return true
+}
+
+// escapedMax bounds the length of s percent-encoded.
+func escapedMax(s []byte) int {
+	if unreserved(s) {
+		return len(s)
+	}
+	return 3 * len(s)
+}
+
+// appendPathEscaped appends the Uri-Path segment s as url.PathEscape
+// encodes it.
+func appendPathEscaped(dst, s []byte) []byte {
+	if unreserved(s) {
+		return append(dst, s...)
+	}
+	return append(dst, url.PathEscape(string(s))...)
+}
+
+// appendQueryEscaped appends the Uri-Query option s percent-encoded as a
+// query component, except for its first '='.
+func appendQueryEscaped(dst, s []byte) []byte {
+	if unreserved(s) {
+		return append(dst, s...)
+	}
+	k, v, ok := strings.Cut(string(s), "=")
+	dst = append(dst, url.QueryEscape(k)...)
+	if ok {
+		dst = append(dst, '=')
+		dst = append(dst, url.QueryEscape(v)...)
+	}
+	return dst
+}
+
+func splitPath(p string) []string {
+	p = strings.TrimPrefix(p, "/")
+	if p == "" {
+		return nil
+	}
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if u, err := url.PathUnescape(s); err == nil {
+			parts[i] = u
+		}
+	}
+	return parts
+}
+
+// QueryOptions returns the request's Uri-Query options, decoded, in
+// order; nil if it has none.
+func (r *Request) QueryOptions() []string {
+	if r.Query == "" {
+		return nil
+	}
+	return splitQuery(r.Query)
+}
+
+func splitQuery(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, "&") {
+		k, v, ok := strings.Cut(part, "=")
+		k, _ = url.QueryUnescape(k)
+		if ok {
+			v, _ = url.QueryUnescape(v)
+			out = append(out, k+"="+v)
+		} else {
+			out = append(out, k)
+		}
+	}
+	return out
+}
