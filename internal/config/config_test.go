@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"strings"
@@ -27,13 +27,13 @@ func TestConfigListenerMaxPending(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := defaults(t)
-			e.MaxPending, e.ListenerShare = tt.max, tt.value
+			e.MaxPending, e.ListenerMaxPending = tt.max, tt.value
 			c, ok := parseWant(t, e, tt.bad)
 			if !ok {
 				return
 			}
-			if c.ListenerShare != tt.want {
-				t.Errorf("ListenerMaxPending %d, want %d", c.ListenerShare, tt.want)
+			if c.ListenerMaxPending != tt.want {
+				t.Errorf("ListenerMaxPending %d, want %d", c.ListenerMaxPending, tt.want)
 			}
 		})
 	}
@@ -68,14 +68,14 @@ func TestConfigStreamPersist(t *testing.T) {
 
 // parseWant parses e and checks its error against bad, a part of the
 // error expected ("" for none). It reports whether parsing succeeded.
-func parseWant(t *testing.T, e env, bad string) (config, bool) {
+func parseWant(t *testing.T, e env, bad string) (Config, bool) {
 	t.Helper()
 	c, err := e.parse(nil)
 	if bad != "" {
 		if err == nil || !strings.Contains(err.Error(), bad) {
 			t.Fatalf("error %v, want one with %q", err, bad)
 		}
-		return config{}, false
+		return Config{}, false
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"crypto/tls"
@@ -16,16 +16,16 @@ import (
 	"github.com/nats-io/nkeys"
 )
 
-// natsAuth is how a udpgate process authenticates to NATS and verifies the
+// NATSAuth is how a udpgate process authenticates to NATS and verifies the
 // server: at most one of user and password, token, nkey seed file or
 // credentials file, and optionally TLS with a custom CA and a client
 // certificate. Files are checked at start and named to nats.go, which reads
 // the credentials, CA and certificate files again at each reconnect, so a
 // rotated file is picked up.
-type natsAuth struct {
+type NATSAuth struct {
 	User      string
-	Password  secret
-	Token     secret
+	Password  Secret
+	Token     Secret
 	NkeyFile  string // nkey user seed (SU...)
 	CredsFile string // user JWT and seed, as nsc writes them
 	CAFile    string // PEM CA certificates that verify the server
@@ -34,35 +34,35 @@ type natsAuth struct {
 	Inbox     string // custom inbox prefix; "" is nats.go's _INBOX
 }
 
-// secret is a configured password or token. Formatting and logging it
+// Secret is a configured password or token. Formatting and logging it
 // prints a placeholder, so a config printed with %+v or logged whole shows
 // no secret.
-type secret string
+type Secret string
 
 const redacted = "[redacted]"
 
 // Format prints the placeholder for every verb.
-func (s secret) Format(f fmt.State, _ rune) { fmt.Fprint(f, redacted) }
+func (s Secret) Format(f fmt.State, _ rune) { fmt.Fprint(f, redacted) }
 
 // LogValue logs the placeholder.
-func (s secret) LogValue() slog.Value { return slog.StringValue(redacted) }
+func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
 
 // MarshalText encodes the placeholder (encoding/json and the like).
-func (s secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 
-// natsURLs is UDPGATE_NATS_URL, a comma-separated list of URLs. It formats
+// URLs is UDPGATE_NATS_URL, a comma-separated list of URLs. It formats
 // with passwords and tokens hidden.
-type natsURLs string
+type URLs string
 
 // Format prints the URLs with their secrets hidden, for every verb.
-func (u natsURLs) Format(f fmt.State, _ rune) { fmt.Fprint(f, redactURLs(string(u))) }
+func (u URLs) Format(f fmt.State, _ rune) { fmt.Fprint(f, RedactURLs(string(u))) }
 
 // LogValue logs the URLs with their secrets hidden.
-func (u natsURLs) LogValue() slog.Value { return slog.StringValue(redactURLs(string(u))) }
+func (u URLs) LogValue() slog.Value { return slog.StringValue(RedactURLs(string(u))) }
 
 // method names the configured way to authenticate, by its variables, or
 // "" when none is configured.
-func (a natsAuth) method() string {
+func (a NATSAuth) method() string {
 	switch {
 	case a.User != "":
 		return "UDPGATE_NATS_USER and UDPGATE_NATS_PASSWORD"
@@ -78,10 +78,10 @@ func (a natsAuth) method() string {
 
 // parseNATSAuth checks the NATS authentication and TLS variables of e,
 // reporting each problem with bad. Files must exist, be readable and hold
-// what their variable says; no problem quotes a secret or a file's contents.
-func (e env) parseNATSAuth(bad func(name, format string, args ...any)) natsAuth {
-	a := natsAuth{
-		User: e.NATSUser, Password: secret(e.NATSPassword), Token: secret(e.NATSToken),
+// what their variable says; no problem quotes a Secret or a file's contents.
+func (e env) parseNATSAuth(bad func(name, format string, args ...any)) NATSAuth {
+	a := NATSAuth{
+		User: e.NATSUser, Password: Secret(e.NATSPassword), Token: Secret(e.NATSToken),
 		NkeyFile: e.NATSNkey, CredsFile: e.NATSCreds, CAFile: e.NATSCA,
 		CertFile: e.NATSCert, KeyFile: e.NATSKey, Inbox: e.NATSInbox,
 	}
@@ -106,10 +106,10 @@ func (e env) parseNATSAuth(bad func(name, format string, args ...any)) natsAuth 
 		methods = append(methods, "NATS_CREDS")
 	}
 	for _, m := range methods[min(1, len(methods)):] {
-		bad(m, "set together with %s_%s: choose one way to authenticate to NATS", envPrefix, methods[0])
+		bad(m, "set together with %s_%s: choose one way to authenticate to NATS", Prefix, methods[0])
 	}
 	if urlCredentials(e.NATSURL) && len(methods) > 0 {
-		bad("NATS_URL", "%s carries credentials and %s_%s is set too: use one or the other", redactURLs(e.NATSURL), envPrefix, methods[0])
+		bad("NATS_URL", "%s carries credentials and %s_%s is set too: use one or the other", RedactURLs(e.NATSURL), Prefix, methods[0])
 	}
 
 	if a.NkeyFile != "" {
@@ -222,7 +222,7 @@ func checkCA(path string) error {
 
 // natsOptions are the connection options every command that connects to
 // NATS uses: authentication, TLS and the inbox prefix.
-func natsOptions(a natsAuth) ([]nats.Option, error) {
+func (a NATSAuth) Options() ([]nats.Option, error) {
 	var opts []nats.Option
 	switch {
 	case a.User != "":
@@ -252,7 +252,7 @@ func natsOptions(a natsAuth) ([]nats.Option, error) {
 
 // natsRefusal explains why a connection to NATS failed, naming the
 // variables to check. It returns "" when it has nothing to add.
-func natsRefusal(a natsAuth, natsURL string, err error) string {
+func (a NATSAuth) Refusal(natsURL string, err error) string {
 	var (
 		unknownCA *x509.UnknownAuthorityError
 		hostname  x509.HostnameError
@@ -292,4 +292,22 @@ func natsRefusal(a natsAuth, natsURL string, err error) string {
 		return "the server refused the client certificate UDPGATE_NATS_CERT " + a.CertFile
 	}
 	return ""
+}
+
+// RedactURLs hides passwords and tokens in a comma-separated URL list.
+func RedactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		} else {
+			u.User = url.User("xxxxx")
+		}
+		parts[i] = u.String()
+	}
+	return strings.Join(parts, ",")
 }

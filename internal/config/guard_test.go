@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"net/netip"
@@ -62,12 +62,12 @@ func TestGuardListenerOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := c.guardConfig(c.Listeners[0])
+	g := c.ListenerGuard(c.Listeners[0])
 	if g.Rate != 5 || g.Burst != 7 || g.Factor != 0 || g.Prefix4 != 24 || g.Prefix6 != 48 ||
 		len(g.Allow) != 2 || g.Allow[1] != netip.MustParsePrefix("2001:db8::/32") || len(g.Deny) != 1 {
 		t.Errorf("9000/raw: %+v", g)
 	}
-	if g := c.guardConfig(c.Listeners[1]); g.Rate != 1000 || g.Factor != 3 || len(g.Allow) != 0 || len(g.Deny) != 1 {
+	if g := c.ListenerGuard(c.Listeners[1]); g.Rate != 1000 || g.Factor != 3 || len(g.Allow) != 0 || len(g.Deny) != 1 {
 		t.Errorf("9001/coap: %+v", g)
 	}
 	if c.Listeners[0].Addr.Port() != 9000 || c.Listeners[0].Protocol != "raw" {

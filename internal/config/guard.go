@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -155,9 +155,9 @@ func setGuard(c *guard.Config, key, value string) error {
 	return fmt.Errorf("unknown option %s", key)
 }
 
-// guardConfig returns the guard configuration of listener l: the
+// ListenerGuard returns the guard configuration of listener l: the
 // variables' values, overridden by l's options.
-func (c config) guardConfig(l listener) guard.Config {
+func (c Config) ListenerGuard(l Listener) guard.Config {
 	g := c.Guard
 	// Checked by parseListener already.
 	_ = applyListenerOptions(&g, l.Options)

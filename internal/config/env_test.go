@@ -1,0 +1,180 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// defaults returns env as envconfig fills it with no UDPGATE_* variable
+// set, and node n1.
+func defaults(t *testing.T) env {
+	t.Helper()
+	for _, name := range KnownVariables() {
+		t.Setenv(name, "") // restored after the test
+		os.Unsetenv(name)
+	}
+	var e env
+	if err := envconfig.Process(Prefix, &e); err != nil {
+		t.Fatal(err)
+	}
+	e.Node = "n1"
+	return e
+}
+
+func TestConfigDefaultsAreValid(t *testing.T) {
+	c, err := defaults(t).parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Deadline != 5*time.Second || c.StreamMaxBytes != 1<<30 || c.Prefix != "udpgate" || c.NATSListen.Port() != 4222 {
+		t.Errorf("unexpected defaults: %+v", c)
+	}
+}
+
+func TestConfigReportsEveryBadVariable(t *testing.T) {
+	e := defaults(t)
+	e.Listeners = "9000/raw,abc/raw,9002/udp,9003"
+	e.NATSListen = "localhost"
+	e.SubjectPrefix = "a..b"
+	e.Stream = "UDP GATE"
+	e.StreamMaxAge = "yesterday"
+	e.StreamMaxBytes = "lots"
+	e.StreamReplicas = "7"
+	e.Deadline = "0s"
+	e.MaxDatagram = "70000"
+	e.LogLevel = "loud"
+	e.CoAPBlockSize = "1000"
+	e.CoAPMaxBody = "0"
+	_, err := e.parse([]string{"UDPGATE_LISTENER=9000/raw", "PATH=/bin", "UDPGATE_NODE=x"})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		`UDPGATE_LISTENERS: "abc/raw"`, `"9002/udp": unknown protocol "udp"`, `"9003": want [ADDR:]PORT/PROTOCOL`,
+		"UDPGATE_NATS_LISTEN:", "UDPGATE_SUBJECT_PREFIX:", "UDPGATE_STREAM:", "UDPGATE_STREAM_MAX_AGE:",
+		"UDPGATE_STREAM_MAX_BYTES:", "UDPGATE_STREAM_REPLICAS:", "UDPGATE_DEADLINE:", "UDPGATE_MAX_DATAGRAM:",
+		"UDPGATE_LOG_LEVEL:", "UDPGATE_COAP_BLOCK_SIZE: 1000 is not a power of two", "UDPGATE_COAP_MAX_BODY:",
+		`UDPGATE_LISTENERS: "9002/udp"`, "UDPGATE_LISTENER: not a udpgate variable (did you mean UDPGATE_LISTENERS?)",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not mention %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "UDPGATE_NODE:") || strings.Contains(msg, "PATH") {
+		t.Errorf("error mentions a good variable:\n%s", msg)
+	}
+}
+
+func TestConfigPiggybackShorterThanDeadline(t *testing.T) {
+	e := defaults(t)
+	e.CoAPPiggyback = "6s"
+	_, err := e.parse(nil)
+	if err == nil || !strings.Contains(err.Error(), "UDPGATE_COAP_PIGGYBACK: 6s is not shorter than UDPGATE_DEADLINE 5s") {
+		t.Errorf("error %v", err)
+	}
+}
+
+func TestParseListeners(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+		err  string
+	}{
+		{"", nil, ""},
+		{"9000/raw", []string{"0.0.0.0:9000/raw"}, ""},
+		{" 9000/raw , 127.0.0.1:9001/raw,[::1]:9002/raw", []string{"0.0.0.0:9000/raw", "127.0.0.1:9001/raw", "[::1]:9002/raw"}, ""},
+		{"9000/raw,9000/raw", []string{"0.0.0.0:9000/raw"}, ""},
+		{"0/raw", nil, "port must be"},
+		{"70000/raw", nil, "not IP:PORT"},
+		{"5683/coap", []string{"0.0.0.0:5683/coap"}, ""},
+		{"7000/rpc", []string{"0.0.0.0:7000/rpc"}, ""},
+		{"9000/udp", nil, "unknown protocol"},
+		{"9000/raw,9000/coap", nil, "already a raw listener"},
+		{"host:9000/raw", nil, "not IP:PORT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			ls, err := parseListeners(tt.in)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range ls {
+				got = append(got, l.String())
+			}
+			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", -1, true}, {"-1", -1, true}, {"1024", 1024, true}, {"512MiB", 512 << 20, true},
+		{"10GB", 10e9, true}, {"1 GiB", 1 << 30, true}, {"x", 0, false}, {"-2", 0, false}, {"9999999TiB", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := parseBytes(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func FuzzParseListeners(f *testing.F) {
+	for _, s := range []string{"9000/raw", "0.0.0.0:9001/raw,[::]:9002/raw", "/", ":/raw", "[::1/raw", "1/raw,1/raw",
+		"5683/coap;rate=50;burst=100;allow=10.0.0.0/8 192.0.2.0/24", "1/raw;deny=::1;trust=127.0.0.0/8", "1/raw;rate", "1/raw;amplification=0;source_prefix=24/48", "1/raw;;",
+		"9100/raw;reply=off", "5683/coap;reply=off", "1/raw;reply=on;reply=off"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ls, err := parseListeners(s)
+		if err != nil {
+			return
+		}
+		for _, l := range ls {
+			if l.Addr.Port() == 0 || l.Protocol == "" || (l.NoReply && l.Protocol != "raw") {
+				t.Fatalf("%q parsed to %+v", s, l)
+			}
+		}
+	})
+}
+
+// NATS_URL, the variable every NATS tool reads, is used when
+// UDPGATE_NATS_URL is unset, and errors name the variable used.
+func TestConfigNATSURLFallback(t *testing.T) {
+	tests := []struct {
+		environ      []string
+		url, varName string
+	}{
+		{nil, "nats://127.0.0.1:4222", "UDPGATE_NATS_URL"},
+		{[]string{"NATS_URL=nats://10.0.0.1:4222"}, "nats://10.0.0.1:4222", "NATS_URL"},
+		{[]string{"NATS_URL=nats://10.0.0.1:4222", "UDPGATE_NATS_URL=nats://127.0.0.1:4222"}, "nats://127.0.0.1:4222", "UDPGATE_NATS_URL"},
+		{[]string{"NATS_URL="}, "nats://127.0.0.1:4222", "UDPGATE_NATS_URL"},
+	}
+	for _, tt := range tests {
+		c, err := defaults(t).parse(tt.environ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(c.NATSURL) != tt.url || c.NATSURLVariable != tt.varName {
+			t.Errorf("environ %q: NATSURL %s from %s, want %s from %s", tt.environ, string(c.NATSURL), c.NATSURLVariable, tt.url, tt.varName)
+		}
+	}
+}

@@ -1,0 +1,153 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/observe"
+)
+
+// NewGateway binds the listeners (or takes them from inh, sockets handed
+// over by another process) and returns the gateway that serves them.
+func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, listeners []config.Listener, inh *Inherited) (*gateway.Gateway, error) {
+	stream := func(name string) ingress.StreamConfig {
+		return ingress.StreamConfig{
+			Name:     name,
+			MaxAge:   cfg.StreamMaxAge,
+			MaxBytes: cfg.StreamMaxBytes,
+			Replicas: cfg.StreamReplicas,
+			Memory:   cfg.StreamMemory,
+			Async:    cfg.StreamAsync,
+		}
+	}
+	g := &gateway.Gateway{
+		NATS:        nc,
+		Node:        cfg.Node,
+		Prefix:      cfg.Prefix,
+		Stream:      stream(cfg.Stream),
+		Replies:     stream(cfg.RepliesStream),
+		Deadline:    cfg.Deadline,
+		MaxDatagram: cfg.MaxDatagram,
+		Queue:       cfg.Queue,
+		MaxInFlight: cfg.MaxInFlight,
+		MaxPending:  cfg.MaxPending,
+		CoAP: coap.Config{
+			Piggyback: cfg.CoAPPiggyback,
+			BlockSize: cfg.CoAPBlockSize,
+			MaxBody:   cfg.CoAPMaxBody,
+		},
+		ListenerMaxPending: cfg.ListenerMaxPending,
+		DiscoveryInterval:  cfg.DiscoveryInterval,
+		DrainTimeout:       cfg.DrainTimeout,
+		Log:                log,
+	}
+	for _, l := range listeners {
+		gd, err := guard.New(cfg.ListenerGuard(l))
+		if err != nil {
+			CloseListeners(g)
+			return nil, fmt.Errorf("listener %s: %w", l, err)
+		}
+		c := inh.udp(l)
+		if c == nil {
+			c, err = ingress.Listen(ctx, l.Network(), l.Addr.String(), cfg.RcvBuf)
+		}
+		if err != nil {
+			CloseListeners(g)
+			return nil, fmt.Errorf("listener %s: %w", l, err)
+		}
+		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply})
+	}
+	return g, nil
+}
+
+// CloseListeners closes the sockets of a gateway that will not Serve.
+func CloseListeners(g *gateway.Gateway) {
+	for _, l := range g.Listeners {
+		l.Conn.Close()
+	}
+}
+
+// Running is a gateway serving in an errgroup with the HTTP endpoint of
+// its metrics and health checks: the first part to fail stops the others.
+type Running struct {
+	Gateway    *gateway.Gateway
+	JetStream  jetstream.JetStream
+	Observe    *observe.Server
+	MetricsURL string       // "" when UDPGATE_HTTP_LISTEN is empty
+	HTTP       net.Listener // nil when UDPGATE_HTTP_LISTEN is empty
+
+	ctx    context.Context // the group's: done when any part fails or the caller's ends
+	cancel context.CancelFunc
+	grp    *errgroup.Group
+	served chan struct{} // closed once the gateway has stopped (drained)
+}
+
+// Context returns the context of the running parts: done when one of
+// them failed, when Stop was called, or when the caller's ended.
+func (r *Running) Context() context.Context { return r.ctx }
+
+// Go runs f as one more part: its error stops the others.
+func (r *Running) Go(f func() error) { r.grp.Go(f) }
+
+// Stop stops the gateway gracefully (it drains) and the HTTP endpoint.
+func (r *Running) Stop() { r.cancel() }
+
+// Wait waits for every part to return and returns the first error.
+func (r *Running) Wait() error { return r.grp.Wait() }
+
+// Served returns a channel closed once the gateway has stopped, its
+// pending exchanges answered or expired.
+func (r *Running) Served() <-chan struct{} { return r.served }
+
+// StartGateway binds listeners, starts the HTTP endpoint and serves a
+// gateway on them, which lists subscriptions with subs, and returns once
+// it is ready. It returns a nil Running if the gateway stopped first, with
+// the error that stopped it (nil if ctx ended).
+func StartGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, listeners []config.Listener, subs gateway.SubscriptionLister, inh *Inherited) (*Running, error) {
+	g, err := NewGateway(ctx, cfg, log, nc, listeners, inh)
+	if err != nil {
+		return nil, err
+	}
+	g.Subscriptions = subs
+	js, err := jetstream.New(nc)
+	if err != nil {
+		CloseListeners(g)
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	r := &Running{JetStream: js, Gateway: g, served: make(chan struct{})}
+	ctx, r.cancel = context.WithCancel(ctx)
+	r.grp, r.ctx = errgroup.WithContext(ctx)
+	r.Observe, r.MetricsURL, r.HTTP, err = StartHTTPOn(r.ctx, cfg, log, r.grp, inh.httpListener())
+	if err == nil {
+		err = ObserveGateway(r.Observe, g, nc, js, cfg)
+	}
+	if err != nil {
+		CloseListeners(g)
+		r.cancel()
+		r.grp.Wait()
+		return nil, err
+	}
+	r.grp.Go(func() error {
+		defer close(r.served)
+		return g.Serve(r.ctx)
+	})
+	select {
+	case <-g.Ready():
+		return r, nil
+	case <-r.ctx.Done():
+		err := r.grp.Wait()
+		r.cancel()
+		return nil, err
+	}
+}

@@ -1,0 +1,137 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/udpgate/udpgate/handover"
+	"github.com/udpgate/udpgate/internal/config"
+)
+
+// Inherited are the sockets a gateway took over from the process it
+// replaces, by name: listeners by their UDPGATE_LISTENERS form, the HTTP
+// listener as "http". A nil *Inherited holds none.
+type Inherited struct {
+	conns map[string]*net.UDPConn
+	http  net.Listener
+}
+
+// udp returns the socket handed over for l, if any, and forgets it.
+func (inh *Inherited) udp(l config.Listener) *net.UDPConn {
+	if inh == nil {
+		return nil
+	}
+	c := inh.conns[l.String()]
+	delete(inh.conns, l.String())
+	return c
+}
+
+// httpListener returns the HTTP listener handed over, if any.
+func (inh *Inherited) httpListener() net.Listener {
+	if inh == nil {
+		return nil
+	}
+	ln := inh.http
+	inh.http = nil
+	return ln
+}
+
+// CloseUnused closes the sockets handed over that this process's
+// configuration does not serve: the old process answers on them until it
+// has drained.
+func (inh *Inherited) CloseUnused() {
+	if inh == nil {
+		return
+	}
+	for _, c := range inh.conns {
+		c.Close()
+	}
+	if inh.http != nil {
+		inh.http.Close()
+	}
+}
+
+// httpSocket names the HTTP listener in a hand-over.
+const httpSocket = "http"
+
+// TakeOver takes the sockets of the gateway offering them on
+// cfg.Handover, if one does; nil, nil if none does (or the setting is
+// empty).
+func TakeOver(ctx context.Context, cfg config.Config, log *slog.Logger) (*Inherited, *handover.Taken, error) {
+	if cfg.Handover == "" {
+		return nil, nil, nil
+	}
+	taken, err := handover.Take(ctx, cfg.Handover)
+	if errors.Is(err, handover.ErrNoOffer) {
+		log.Debug("gateway: no running gateway offers its sockets", "path", cfg.Handover)
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (UDPGATE_HANDOVER)", err)
+	}
+	inh := &Inherited{conns: map[string]*net.UDPConn{}}
+	for _, s := range taken.Sockets {
+		var err error
+		if s.Name == httpSocket {
+			inh.http, err = net.FileListener(s.File)
+		} else {
+			var pc net.PacketConn
+			if pc, err = net.FilePacketConn(s.File); err == nil {
+				c, ok := pc.(*net.UDPConn)
+				if !ok {
+					pc.Close()
+					err = fmt.Errorf("%s is not a UDP socket", s.Name)
+				}
+				inh.conns[s.Name] = c
+			}
+		}
+		s.File.Close()
+		if err != nil {
+			inh.CloseUnused()
+			return nil, nil, fmt.Errorf("handover: socket %s: %w", s.Name, err)
+		}
+	}
+	return inh, taken, nil
+}
+
+// OfferSockets offers the gateway's sockets on cfg.Handover until a new
+// process takes them; then it stops this one gracefully (it drains). The
+// gateway serves cfg.Listeners, in their order.
+func OfferSockets(run *Running, cfg config.Config, log *slog.Logger) error {
+	sockets := func() ([]handover.Socket, error) {
+		var out []handover.Socket
+		fail := func(err error) ([]handover.Socket, error) {
+			for _, s := range out {
+				s.File.Close()
+			}
+			return nil, err
+		}
+		for i, l := range run.Gateway.Listeners {
+			f, err := l.Conn.File()
+			if err != nil {
+				return fail(err)
+			}
+			out = append(out, handover.Socket{Name: cfg.Listeners[i].String(), File: f})
+		}
+		if tl, ok := run.HTTP.(*net.TCPListener); ok {
+			f, err := tl.File()
+			if err != nil {
+				return fail(err)
+			}
+			out = append(out, handover.Socket{Name: httpSocket, File: f})
+		}
+		return out, nil
+	}
+	err := handover.Offer(run.ctx, cfg.Handover, sockets, func() {
+		log.Info("gateway: a new process took the sockets over: stopping", "path", cfg.Handover)
+		run.cancel()
+	})
+	if err != nil {
+		// Serving goes on; only the next hand-over is not possible.
+		log.Error("gateway: cannot offer the sockets for a hand-over", "err", err)
+	}
+	return nil
+}
