@@ -212,22 +212,22 @@ func (e env) parse(environ []string) (Config, error) {
 		}
 		c.Node = h
 	}
-	if !validSubjectPrefix(c.Prefix) {
+	if !ValidSubjectPrefix(c.Prefix) {
 		bad("SUBJECT_PREFIX", "%q is not a NATS subject prefix (tokens of letters, digits, - and _ separated by dots)", c.Prefix)
 	}
 	switch c.RepliesStream = e.RepliesStream; {
 	case c.RepliesStream == "off":
 		c.RepliesStream = ""
-	case !validStreamName(c.RepliesStream):
+	case !ValidStreamName(c.RepliesStream):
 		bad("REPLIES_STREAM", "%q is not a JetStream stream name, or off", c.RepliesStream)
 	case c.RepliesStream == e.Stream:
 		bad("REPLIES_STREAM", "%q is also UDPGATE_STREAM", c.RepliesStream)
 	}
-	if !validStreamName(c.Stream) {
+	if !ValidStreamName(c.Stream) {
 		bad("STREAM", "%q is not a JetStream stream name (no spaces, dots, *, > or path separators)", c.Stream)
 	}
 	var err error
-	if c.Listeners, err = parseListeners(e.Listeners); err != nil {
+	if c.Listeners, err = ParseListeners(e.Listeners); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			bad("LISTENERS", "%s", line)
 		}
@@ -321,7 +321,7 @@ func (e env) parse(environ []string) (Config, error) {
 	} else {
 		c.Delivery = d
 	}
-	for _, s := range splitList(e.WorkerSubjects) {
+	for _, s := range SplitList(e.WorkerSubjects) {
 		if strings.ContainsAny(s, " \t") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
 			bad("WORKER_SUBJECTS", "%q is not a NATS subject", s)
 			continue
@@ -343,7 +343,7 @@ func (e env) parse(environ []string) (Config, error) {
 		bad("COAP_PIGGYBACK", "%s is not shorter than UDPGATE_DEADLINE %s", c.CoAPPiggyback, c.Deadline)
 	}
 	c.Lambda.Function, c.Lambda.Group, c.Lambda.Endpoint = e.LambdaFunction, e.LambdaGroup, e.LambdaEndpoint
-	c.Lambda.Subjects = splitList(e.LambdaSubjects)
+	c.Lambda.Subjects = SplitList(e.LambdaSubjects)
 	integer("LAMBDA_CONCURRENCY", e.LambdaConc, 1, 1<<12, &c.Lambda.Concurrency)
 	duration("LAMBDA_TIMEOUT", e.LambdaTimeout, time.Millisecond, &c.Lambda.Timeout)
 	switch e.LambdaEvent {
@@ -378,16 +378,16 @@ func (e env) parse(environ []string) (Config, error) {
 		problems = append(problems, name+": not a udpgate variable"+suggest(name))
 	}
 	if len(problems) > 0 {
-		return c, &Error{problems}
+		return c, &Error{Problems: problems}
 	}
 	return c, nil
 }
 
 // Error lists every configuration problem.
-type Error struct{ problems []string }
+type Error struct{ Problems []string }
 
 func (e *Error) Error() string {
-	return "bad configuration:\n  " + strings.Join(e.problems, "\n  ")
+	return "bad configuration:\n  " + strings.Join(e.Problems, "\n  ")
 }
 
 // KnownVariables returns the UDPGATE_* names udpgate reads.
@@ -457,7 +457,8 @@ func lookup(environ []string, name string) (string, bool) {
 	return "", false
 }
 
-func splitList(s string) []string {
+// SplitList splits a comma-separated list, dropping empty entries.
+func SplitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f != "" {
@@ -470,13 +471,13 @@ func splitList(s string) []string {
 // parseListeners parses comma-separated [ADDR:]PORT/PROTOCOL entries. A
 // missing ADDR means 0.0.0.0; IPv6 addresses are bracketed. Every bad
 // entry is reported.
-func parseListeners(s string) ([]Listener, error) {
+func ParseListeners(s string) ([]Listener, error) {
 	var (
 		out  []Listener
 		errs []error
 	)
 	ports := map[uint16]string{}
-	for _, f := range splitList(s) {
+	for _, f := range SplitList(s) {
 		l, err := parseListener(f)
 		if err != nil {
 			errs = append(errs, err)
@@ -565,7 +566,7 @@ func parseBytes(s string) (int64, error) {
 	return n * mult, nil
 }
 
-func validSubjectPrefix(p string) bool {
+func ValidSubjectPrefix(p string) bool {
 	if p == "" {
 		return false
 	}
@@ -577,7 +578,7 @@ func validSubjectPrefix(p string) bool {
 	return true
 }
 
-func validStreamName(s string) bool {
+func ValidStreamName(s string) bool {
 	return s != "" && !strings.ContainsAny(s, " \t\r\n.*>/\\")
 }
 
@@ -586,4 +587,14 @@ func Usage(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	envconfig.Usagef(Prefix, &env{}, tw, "{{range .}}  {{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}")
 	tw.Flush()
+}
+
+// HTTPListen returns UDPGATE_HTTP_LISTEN as a process started in this
+// environment reads it: its default when unset.
+func HTTPListen() (string, error) {
+	var e env
+	if err := envconfig.Process(Prefix, &e); err != nil {
+		return "", fmt.Errorf("config: %w", err)
+	}
+	return strings.TrimSpace(e.HTTPListen), nil
 }

@@ -99,7 +99,7 @@ func TestParseListeners(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
-			ls, err := parseListeners(tt.in)
+			ls, err := ParseListeners(tt.in)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("error %v, want %q", err, tt.err)
@@ -144,7 +144,7 @@ func FuzzParseListeners(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		ls, err := parseListeners(s)
+		ls, err := ParseListeners(s)
 		if err != nil {
 			return
 		}

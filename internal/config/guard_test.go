@@ -76,16 +76,16 @@ func TestGuardListenerOptions(t *testing.T) {
 }
 
 func TestListenerListedTwiceWithOtherOptions(t *testing.T) {
-	if _, err := parseListeners("9000/raw;rate=1,9000/raw;rate=2"); err == nil || !strings.Contains(err.Error(), "already listed with other options") {
+	if _, err := ParseListeners("9000/raw;rate=1,9000/raw;rate=2"); err == nil || !strings.Contains(err.Error(), "already listed with other options") {
 		t.Errorf("error %v", err)
 	}
-	if ls, err := parseListeners("9000/raw;rate=1,9000/raw;rate=1"); err != nil || len(ls) != 1 {
+	if ls, err := ParseListeners("9000/raw;rate=1,9000/raw;rate=1"); err != nil || len(ls) != 1 {
 		t.Errorf("identical entries: %v, %v", ls, err)
 	}
 }
 
 func TestListenerReplyOff(t *testing.T) {
-	ls, err := parseListeners("9100/raw;reply=off,9000/raw;reply=on;rate=5,9001/raw")
+	ls, err := ParseListeners("9100/raw;reply=off,9000/raw;reply=on;rate=5,9001/raw")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestListenerReplyOff(t *testing.T) {
 		"9100/raw;reply=no":   "want on or off",
 		"9100/raw;reply":      "want KEY=VALUE",
 	} {
-		if _, err := parseListeners(in); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := ParseListeners(in); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: error %v, want %q", in, err, want)
 		}
 	}

@@ -92,3 +92,26 @@ func NewWorker(cfg config.Config, log *slog.Logger, js jetstream.JetStream, grou
 		Log:         log,
 	}
 }
+
+// ServeWorker serves the worker group member w of a worker process, with
+// the process's metrics and health endpoint, until ctx ends or a part
+// fails. register, if not nil, registers more metrics of the process.
+func ServeWorker(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, w *workers.Server, register func(*observe.Server) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	grp, ctx := errgroup.WithContext(ctx)
+	obs, _, err := StartHTTP(ctx, cfg, log, grp)
+	if err == nil {
+		err = ObserveWorker(obs, w, nc)
+	}
+	if err == nil && register != nil {
+		err = register(obs)
+	}
+	if err != nil {
+		cancel()
+		grp.Wait()
+		return err
+	}
+	grp.Go(func() error { return w.Serve(ctx) })
+	return grp.Wait()
+}

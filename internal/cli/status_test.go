@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ import (
 func status(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	err := runCommand(context.Background(), append([]string{"status"}, args...), &out, &errb)
+	err := Run(context.Background(), append([]string{"status"}, args...), &out, &errb)
 	if errb.Len() > 0 {
 		t.Logf("status %v: stderr: %s", args, errb.String())
 	}
@@ -37,7 +37,7 @@ func TestStatusRun(t *testing.T) {
 	// A CoAP request no group serves: answered 4.04 at once, counted.
 	var o, e bytes.Buffer
 	coapURL := "coap://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p.coap).String() + "/nothing"
-	if err := runCommand(context.Background(), []string{"send", "-timeout", "10s", coapURL}, &o, &e); err == nil || !strings.Contains(err.Error()+e.String()+o.String(), "4.04") {
+	if err := Run(context.Background(), []string{"send", "-timeout", "10s", coapURL}, &o, &e); err == nil || !strings.Contains(err.Error()+e.String()+o.String(), "4.04") {
 		t.Errorf("send %s: %v, printed %q %q; want a 4.04", coapURL, err, o.String(), e.String())
 	}
 

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -15,6 +14,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers/builtin"
 )
 
@@ -45,12 +46,9 @@ func deployFiles(t *testing.T) []string {
 // Docker engine): every UDPGATE_* variable named there is one udpgate
 // reads, and a secret's value comes only from the environment.
 func TestDeployFiles(t *testing.T) {
-	known := knownVariables()
+	known := config.KnownVariables()
 	// The default stream names look like variables: NATS permissions name them.
-	for _, field := range []string{"Stream", "RepliesStream"} {
-		f, _ := reflect.TypeFor[env]().FieldByName(field)
-		known = append(known, f.Tag.Get("default"))
-	}
+	known = append(known, schemas.StreamIn, schemas.StreamReplies)
 	varRE := regexp.MustCompile(`UDPGATE_[A-Z_]+`)
 	// A secret value may only come from the environment of compose itself.
 	secretRE := regexp.MustCompile(`(AWS_SECRET_ACCESS_KEY|AWS_SESSION_TOKEN|AWS_ACCESS_KEY_ID):\s*(\S*)`)
@@ -90,7 +88,7 @@ func udpgateCommand(t *testing.T, where string, args []string) {
 // listenerPorts parses a UDPGATE_LISTENERS value into its ports.
 func listenerPorts(t *testing.T, where, value string) map[int]bool {
 	t.Helper()
-	ls, err := parseListeners(value)
+	ls, err := config.ParseListeners(value)
 	if err != nil || len(ls) == 0 {
 		t.Fatalf("%s: UDPGATE_LISTENERS %q: %v", where, value, err)
 	}
@@ -105,7 +103,7 @@ func listenerPorts(t *testing.T, where, value string) map[int]bool {
 // are those of listeners.
 func subjectPorts(t *testing.T, where, subjects string, ports map[int]bool) {
 	t.Helper()
-	for _, s := range splitList(subjects) {
+	for _, s := range config.SplitList(subjects) {
 		tok := strings.Split(s, ".")
 		p, err := strconv.Atoi(tok[min(2, len(tok)-1)])
 		if len(tok) < 3 || tok[1] != "in" || err != nil || !ports[p] {
@@ -135,7 +133,7 @@ func TestComposeFile(t *testing.T) {
 	if err := yaml.Unmarshal(b, &compose); err != nil {
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
-	known := knownVariables()
+	known := config.KnownVariables()
 	gw, ok := compose.Services["gateway"]
 	if !ok {
 		t.Fatal("docker-compose.yml: no gateway service")
@@ -146,7 +144,7 @@ func TestComposeFile(t *testing.T) {
 	for name, svc := range compose.Services {
 		where := "docker-compose.yml: " + name
 		for k := range svc.Environment {
-			if strings.HasPrefix(k, envPrefix+"_") && !slices.Contains(known, k) {
+			if strings.HasPrefix(k, config.Prefix+"_") && !slices.Contains(known, k) {
 				t.Errorf("%s: %s is not a udpgate variable", where, k)
 			}
 		}
@@ -171,7 +169,7 @@ func TestComposeFile(t *testing.T) {
 			}
 			subjectPorts(t, where, svc.Environment["UDPGATE_LAMBDA_SUBJECTS"], ports)
 		}
-		if url := svc.Environment["UDPGATE_NATS_URL"]; len(splitList(url)) != 3 {
+		if url := svc.Environment["UDPGATE_NATS_URL"]; len(config.SplitList(url)) != 3 {
 			t.Errorf("%s: UDPGATE_NATS_URL %q does not name the 3 NATS nodes", where, url)
 		}
 	}
@@ -294,7 +292,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 		f.Close()
 	}
-	known := knownVariables()
+	known := config.KnownVariables()
 	var cm *k8sObject
 	for i := range objs {
 		if objs[i].Kind == "ConfigMap" && objs[i].Metadata.Name == "udpgate" {
@@ -331,7 +329,7 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 			udpgateCommand(t, where[i], c.Args)
 			for _, e := range c.Env {
-				if strings.HasPrefix(e.Name, envPrefix+"_") && !slices.Contains(known, e.Name) {
+				if strings.HasPrefix(e.Name, config.Prefix+"_") && !slices.Contains(known, e.Name) {
 					t.Errorf("%s: %s is not a udpgate variable", where[i], e.Name)
 				}
 				if strings.HasPrefix(e.Name, "AWS_") && e.Name != "AWS_REGION" && e.ValueFrom == nil {

@@ -1,12 +1,16 @@
-package main
+package cli
 
 import (
 	"cmp"
+
+	"github.com/spf13/cobra"
+	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/internal/node"
+
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -72,7 +76,7 @@ func faultScenarioNames() []string {
 
 // faults is one run of `udpgate bench faults`.
 type faults struct {
-	cfg      config
+	cfg      config.Config
 	log      *slog.Logger
 	rate     float64
 	duration time.Duration // of each scenario's load
@@ -109,87 +113,84 @@ type faultsReport struct {
 	Machine   map[string]any `json:"machine,omitempty"`
 }
 
-// runFaults is `udpgate bench faults`.
-func runFaults(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench faults", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, faultsUsage, strings.Join(faultScenarioNames(), ", "))
-		fs.PrintDefaults()
+// newFaultsCmd is `udpgate bench faults`.
+func newFaultsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "faults",
+		Short: "the fault suite: faults injected under load on loopback, what each cost",
+		Long:  fmt.Sprintf(faultsUsage, strings.Join(faultScenarioNames(), ", ")),
 	}
+	fs := cmd.Flags()
 	short := fs.Bool("short", false, "a short run for CI: 2s per scenario at 400 requests/s (unless -duration or -rate say otherwise)")
 	duration := fs.Duration("duration", 0, "load of each scenario, the fault at its middle (default 16s; 2s with -short)")
 	rate := fs.Float64("rate", 0, "requests per second of the open loop (default 2000; 400 with -short)")
 	timeout := fs.Duration("timeout", bench.DefaultTimeout, "a reply later than this is late")
 	only := fs.String("scenarios", "", "comma-separated scenarios to run (default: all)")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil
-	} else if err != nil {
-		return errUsage
-	}
-	if fs.NArg() != 0 || *duration < 0 || *rate < 0 || *timeout <= 0 {
-		fs.Usage()
-		return errUsage
-	}
-	if *duration == 0 {
-		*duration = 16 * time.Second
-		if *short {
-			*duration = 2 * time.Second
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+		if len(args) != 0 || *duration < 0 || *rate < 0 || *timeout <= 0 {
+			return usageErrorf(cmd, "bad arguments or flag values")
 		}
-	}
-	if *rate == 0 {
-		*rate = 2000
-		if *short {
-			*rate = 400
-		}
-	}
-	selected := faultScenarios
-	if *only != "" {
-		names := splitList(*only)
-		for _, name := range names {
-			if !slices.Contains(faultScenarioNames(), name) {
-				fmt.Fprintf(stderr, "bench faults: unknown scenario %q (scenarios: %s)\n", name, strings.Join(faultScenarioNames(), ", "))
-				return errUsage
+		if *duration == 0 {
+			*duration = 16 * time.Second
+			if *short {
+				*duration = 2 * time.Second
 			}
 		}
-		selected = slices.DeleteFunc(slices.Clone(faultScenarios), func(s faultScenario) bool { return !slices.Contains(names, s.name) })
-	}
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	cfg.LogLevel = max(cfg.LogLevel, slog.LevelError)
-	cfg.Guard = guard.Config{} // the load comes from one address, faster than a source may send
-	cfg.HTTPListen = ""
-	f, _ := stderr.(*os.File)
-	fl := &faults{
-		cfg: cfg, log: newLogger(stderr, cfg), rate: *rate, duration: *duration, timeout: *timeout,
-		live: f != nil && isTerminal(f), stderr: stderr,
-	}
-	for _, s := range selected {
-		if err := ctx.Err(); err != nil {
+		if *rate == 0 {
+			*rate = 2000
+			if *short {
+				*rate = 400
+			}
+		}
+		selected := faultScenarios
+		if *only != "" {
+			names := config.SplitList(*only)
+			for _, name := range names {
+				if !slices.Contains(faultScenarioNames(), name) {
+					fmt.Fprintf(stderr, "bench faults: unknown scenario %q (scenarios: %s)\n", name, strings.Join(faultScenarioNames(), ", "))
+					return errUsage
+				}
+			}
+			selected = slices.DeleteFunc(slices.Clone(faultScenarios), func(s faultScenario) bool { return !slices.Contains(names, s.name) })
+		}
+		cfg, err := config.Load()
+		if err != nil {
 			return err
 		}
-		if fl.live {
-			fmt.Fprintf(stderr, "%s ...\n", s.name)
+		cfg.LogLevel = max(cfg.LogLevel, slog.LevelError)
+		cfg.Guard = guard.Config{} // the load comes from one address, faster than a source may send
+		cfg.HTTPListen = ""
+		fl := &faults{
+			cfg: cfg, log: newLogger(stderr, cfg), rate: *rate, duration: *duration, timeout: *timeout,
+			live: isTerminal(stderr), stderr: stderr,
 		}
-		if err := s.run(fl, ctx); err != nil {
-			return fmt.Errorf("bench faults: %s: %w", s.name, err)
+		for _, s := range selected {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if fl.live {
+				fmt.Fprintf(stderr, "%s ...\n", s.name)
+			}
+			if err := s.run(fl, ctx); err != nil {
+				return fmt.Errorf("bench faults: %s: %w", s.name, err)
+			}
 		}
+		report := faultsReport{Scenarios: fl.rows, Goals: fl.goals, Machine: map[string]any{
+			"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
+			"cpu": cpuModel(), "duration": duration.String(), "rate": *rate, "timeout": timeout.String(),
+		}}
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(report)
+		}
+		fmt.Fprintf(stdout, "udpgate bench faults: %s per scenario at %.0f requests/s, timeout %s; %d CPUs (%s), %s\n",
+			duration, *rate, timeout, runtime.NumCPU(), cpuModel(), runtime.Version())
+		return report.writeText(stdout)
 	}
-	report := faultsReport{Scenarios: fl.rows, Goals: fl.goals, Machine: map[string]any{
-		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
-		"cpu": cpuModel(), "duration": duration.String(), "rate": *rate, "timeout": timeout.String(),
-	}}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(report)
-	}
-	fmt.Fprintf(stdout, "udpgate bench faults: %s per scenario at %.0f requests/s, timeout %s; %d CPUs (%s), %s\n",
-		duration, *rate, timeout, runtime.NumCPU(), cpuModel(), runtime.Version())
-	return report.writeText(stdout)
+	return cmd
 }
 
 // writeText writes r as two tables: the scenarios, then the goals.
@@ -409,7 +410,7 @@ func (f *faults) startFaultEnv() (*faultEnv, error) {
 	cfg.DataDir = dir
 	cfg.NATSListen = netip.MustParseAddrPort("127.0.0.1:0")
 	cfg.Node = "faults"
-	if e.ns, err = startNATS(cfg); err != nil {
+	if e.ns, err = node.StartNATS(cfg); err != nil {
 		e.close()
 		return nil, err
 	}
@@ -437,9 +438,9 @@ func (e *faultEnv) close() {
 
 // faultCfg is the configuration of a scenario's gateway: f's, on the
 // embedded server, stream replicas 1.
-func (f *faults) faultCfg(node string) config {
+func (f *faults) faultCfg(name string) config.Config {
 	cfg := f.cfg
-	cfg.Node = node
+	cfg.Node = name
 	cfg.StreamReplicas = 1
 	cfg.StreamMemory = false
 	return cfg
@@ -483,7 +484,7 @@ func serveGroup(w *workers.Server) (stop func(), err error) {
 }
 
 // faultListener is a raw listener on 127.0.0.1 on any free port.
-var faultListener = listener{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: schemas.ProtocolRaw}
+var faultListener = config.Listener{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: schemas.ProtocolRaw}
 
 // faultConcurrency is the handlers running at once in a scenario's echo
 // instance: enough for 2,000 requests/s of 100 ms each.
@@ -501,7 +502,7 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	}
 	defer e.close()
 	cfg := f.faultCfg("faults-stop")
-	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{faultListener}, nil)
+	g, err := node.NewGateway(ctx, cfg, f.log, e.nc, []config.Listener{faultListener}, nil)
 	if err != nil {
 		return err
 	}
@@ -514,7 +515,7 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	if err := waitReady(gctx, g.Ready()); err != nil {
 		return err
 	}
-	stopWorker, err := serveGroup(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(50*time.Millisecond), faultConcurrency))
+	stopWorker, err := serveGroup(node.NewWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(50*time.Millisecond), faultConcurrency))
 	if err != nil {
 		stopGateway()
 		<-served
@@ -576,8 +577,8 @@ func (f *faults) gatewayHandover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg.Listeners = []listener{{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Protocol: schemas.ProtocolRaw}}
-	stopWorker, err := serveGroup(newWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port)}, slowEcho(50*time.Millisecond), faultConcurrency))
+	cfg.Listeners = []config.Listener{{Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Protocol: schemas.ProtocolRaw}}
+	stopWorker, err := serveGroup(node.NewWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port)}, slowEcho(50*time.Millisecond), faultConcurrency))
 	if err != nil {
 		return err
 	}
@@ -613,9 +614,9 @@ func (f *faults) gatewayHandover(ctx context.Context) error {
 	}
 	stopped := time.Since(l.start) - at
 	name := strconv.Itoa(int(port)) + "/raw"
-	oldRead := old.run.g.Stats().Ingress[name].Received
+	oldRead := old.run.Gateway.Stats().Ingress[name].Received
 	l.wait()
-	newRead := replacement.run.g.Stats().Ingress[name].Received
+	newRead := replacement.run.Gateway.Stats().Ingress[name].Received
 
 	r := l.count("gateway-handover", allRequests)
 	maps.Copy(r.Extra, map[string]float64{
@@ -643,7 +644,7 @@ func freeUDPPortOn() (uint16, error) {
 // gatewayProc is a gateway run as `udpgate gateway` runs it, on its own
 // NATS connection.
 type gatewayProc struct {
-	run    *gatewayRun
+	run    *node.Running
 	nc     *nats.Conn
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the run has ended, err set
@@ -654,20 +655,20 @@ type gatewayProc struct {
 // gatewayProcess starts a gateway as runGateway does with UDPGATE_HANDOVER:
 // it takes the sockets of the gateway that offers them on cfg.Handover, if
 // one does, serves, and offers its own in turn.
-func (f *faults) gatewayProcess(ctx context.Context, cfg config, ns *server.Server) (*gatewayProc, error) {
+func (f *faults) gatewayProcess(ctx context.Context, cfg config.Config, ns *server.Server) (*gatewayProc, error) {
 	nc, err := nats.Connect(ns.ClientURL(), nats.Name("udpgate gateway "+cfg.Node))
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	inh, taken, err := takeOver(ctx, cfg, f.log)
+	inh, taken, err := node.TakeOver(ctx, cfg, f.log)
 	if err != nil {
 		cancel()
 		nc.Close()
 		return nil, err
 	}
-	run, err := startGateway(ctx, cfg, f.log, nc, cfg.Listeners, nil, inh, "gateway")
-	inh.closeUnused()
+	run, err := node.StartGateway(ctx, cfg, f.log, nc, cfg.Listeners, nil, inh)
+	inh.CloseUnused()
 	if run == nil {
 		cancel()
 		nc.Close()
@@ -681,11 +682,11 @@ func (f *faults) gatewayProcess(ctx context.Context, cfg config, ns *server.Serv
 			f.log.Warn("bench faults: the old gateway did not stop offering its sockets", "err", err)
 		}
 	}
-	run.grp.Go(func() error { return offerSockets(run, cfg, f.log) })
+	run.Go(func() error { return node.OfferSockets(run, cfg, f.log) })
 	p := &gatewayProc{run: run, nc: nc, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		p.err = run.grp.Wait()
+		p.err = run.Wait()
 	}()
 	return p, nil
 }
@@ -693,7 +694,7 @@ func (f *faults) gatewayProcess(ctx context.Context, cfg config, ns *server.Serv
 // stop stops the gateway (it drains) and waits for it.
 func (p *gatewayProc) stop() {
 	p.once.Do(func() {
-		p.run.cancel()
+		p.run.Stop()
 		p.cancel()
 		select {
 		case <-p.done:
@@ -741,7 +742,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	for range 2 {
 		conn, err := ingress.Listen(ctx, "udp4", "127.0.0.1:0", 4<<20)
 		if err != nil {
-			closeListeners(g)
+			node.CloseListeners(g)
 			return err
 		}
 		g.Listeners = append(g.Listeners, gateway.Listener{Conn: conn, Protocol: schemas.ProtocolRaw})
@@ -775,7 +776,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	stream := schemas.StreamIn
 	wcfg := f.cfg
 	wcfg.Delivery = workers.Direct
-	stopDirect, err := serveGroup(newWorker(wcfg, f.log, wjs, "echo-direct", []string{schemas.InSubject(f.cfg.Prefix, direct.Port())}, slowEcho(0), 64))
+	stopDirect, err := serveGroup(node.NewWorker(wcfg, f.log, wjs, "echo-direct", []string{schemas.InSubject(f.cfg.Prefix, direct.Port())}, slowEcho(0), 64))
 	if err != nil {
 		return err
 	}
@@ -784,7 +785,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 	// create it, so that its leader is known before the victim is chosen.
 	wcfg.Delivery = workers.Durable
 	wcfg.Stream = stream
-	dw := newWorker(wcfg, f.log, wjs, "echo-durable", []string{schemas.InSubject(f.cfg.Prefix, durable.Port())}, slowEcho(0), 64)
+	dw := node.NewWorker(wcfg, f.log, wjs, "echo-durable", []string{schemas.InSubject(f.cfg.Prefix, durable.Port())}, slowEcho(0), 64)
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a replicated consumer elects its leader first
 	_, err = wjs.CreateOrUpdateConsumer(cctx, stream, jetstream.ConsumerConfig{
 		Durable: dw.Group, FilterSubjects: dw.Subjects, AckPolicy: jetstream.AckExplicitPolicy,
@@ -1034,7 +1035,7 @@ func (f *faults) workerStop(ctx context.Context) error {
 	defer e.close()
 	cfg := f.faultCfg("faults-worker")
 	cfg.Delivery = workers.Durable
-	g, err := newGateway(ctx, cfg, f.log, e.nc, []listener{faultListener}, nil)
+	g, err := node.NewGateway(ctx, cfg, f.log, e.nc, []config.Listener{faultListener}, nil)
 	if err != nil {
 		return err
 	}
@@ -1050,7 +1051,7 @@ func (f *faults) workerStop(ctx context.Context) error {
 		instances []*workers.Server
 	)
 	for range 2 {
-		w := newWorker(cfg, f.log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(workerStopHandler), faultConcurrency)
+		w := node.NewWorker(cfg, f.log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(workerStopHandler), faultConcurrency)
 		stop, err := serveGroup(w)
 		if err != nil {
 			return err

@@ -1,20 +1,13 @@
-package main
+package cli
 
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,103 +25,16 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/internal/natstest"
+	"github.com/udpgate/udpgate/internal/node"
 )
-
-// testPKI is a CA and the certificates it signed for a test, as PEM
-// files in a temporary directory.
-type testPKI struct {
-	CA, ServerCert, ServerKey, ClientCert, ClientKey string
-	OtherCA                                          string // a CA that signed nothing here
-}
-
-func newTestPKI(t *testing.T) testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	write := func(name, typ string, der []byte) string {
-		t.Helper()
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	serial := int64(1)
-	newCert := func(tmpl *x509.Certificate, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) *x509.Certificate {
-		t.Helper()
-		serial++
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-		if parent == nil {
-			parent, parentKey = tmpl, key
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	keyDER := func(k *ecdsa.PrivateKey) []byte {
-		b, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	ca := func(name string) (*x509.Certificate, *ecdsa.PrivateKey) {
-		k := newKey()
-		return newCert(&x509.Certificate{
-			Subject: pkix.Name{CommonName: name}, IsCA: true, BasicConstraintsValid: true,
-			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		}, k, nil, nil), k
-	}
-	var p testPKI
-	caCert, caKey := ca("udpgate test CA")
-	p.CA = write("ca.pem", "CERTIFICATE", caCert.Raw)
-	other, _ := ca("another CA")
-	p.OtherCA = write("other-ca.pem", "CERTIFICATE", other.Raw)
-	sk := newKey()
-	srv := newCert(&x509.Certificate{
-		Subject: pkix.Name{CommonName: "nats"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, sk, caCert, caKey)
-	p.ServerCert, p.ServerKey = write("server.pem", "CERTIFICATE", srv.Raw), write("server-key.pem", "PRIVATE KEY", keyDER(sk))
-	ck := newKey()
-	cli := newCert(&x509.Certificate{
-		Subject:  pkix.Name{CommonName: "udpgate"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, ck, caCert, caKey)
-	p.ClientCert, p.ClientKey = write("client.pem", "CERTIFICATE", cli.Raw), write("client-key.pem", "PRIVATE KEY", keyDER(ck))
-	return p
-}
-
-// serverTLS makes opts require TLS with pki's server certificate and a
-// client certificate signed by pki's CA.
-func serverTLS(t *testing.T, opts *server.Options, pki testPKI) {
-	t.Helper()
-	tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, CaFile: pki.CA, Verify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.TLS, opts.TLSVerify, opts.TLSConfig, opts.TLSTimeout = true, true, tc, 5
-}
 
 // authEnv clears every UDPGATE_* variable, then sets vars; "" leaves one
 // unset.
 func authEnv(t *testing.T, vars map[string]string) {
 	t.Helper()
-	for _, name := range knownVariables() {
+	for _, name := range config.KnownVariables() {
 		t.Setenv(name, "")
 		os.Unsetenv(name)
 	}
@@ -183,7 +89,7 @@ func start(t *testing.T, ready string, args ...string) *process {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &process{done: make(chan error, 1), cancel: cancel}
-	go func() { p.done <- runCommand(ctx, args, &p.out, &p.err) }()
+	go func() { p.done <- Run(ctx, args, &p.out, &p.err) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -206,7 +112,7 @@ func ask(t *testing.T, port uint16, payload string) string {
 	t.Helper()
 	var o, e bytes.Buffer
 	url := "udp://127.0.0.1:" + strconv.Itoa(int(port))
-	if err := runCommand(context.Background(), []string{"send", "-timeout", "10s", url, payload}, &o, &e); err != nil {
+	if err := Run(context.Background(), []string{"send", "-timeout", "10s", url, payload}, &o, &e); err != nil {
 		t.Fatalf("send %s: %v (%s)", url, err, e.String())
 	}
 	return o.String()
@@ -232,9 +138,9 @@ func httpGet(t *testing.T, url string) string {
 // password, and without each piece both are refused with an error naming
 // the variable to set.
 func TestNATSTLSAndPassword(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := natstest.NewPKI(t)
 	opts := natstest.Options(t)
-	serverTLS(t, opts, pki)
+	pki.RequireTLS(t, opts)
 	opts.Username, opts.Password = "udpgate", testPassword
 	ns := natstest.Start(t, opts)
 	port := freeUDPPort(t)
@@ -292,7 +198,7 @@ func TestNATSTLSAndPassword(t *testing.T) {
 				for _, cmd := range [][]string{{"gateway"}, {"worker", "echo"}} {
 					authEnv(t, tt.env)
 					var out, errb bytes.Buffer
-					err := runCommand(context.Background(), cmd, &out, &errb)
+					err := Run(context.Background(), cmd, &out, &errb)
 					if err == nil {
 						t.Fatalf("%s connected", cmd[0])
 					}
@@ -342,7 +248,7 @@ func TestNATSTLSAndPassword(t *testing.T) {
 // wrong secret of each kind, through connectNATS, which every command
 // that connects to NATS uses.
 func TestNATSAuthMethods(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := natstest.NewPKI(t)
 	dir := t.TempDir()
 	writeFile := func(name string, b []byte) string {
 		t.Helper()
@@ -453,16 +359,17 @@ func TestNATSAuthMethods(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := defaults(t)
-			e.NATSURL = tt.url
-			e.NATSUser, e.NATSPassword = tt.env["UDPGATE_NATS_USER"], tt.env["UDPGATE_NATS_PASSWORD"]
-			e.NATSToken, e.NATSNkey, e.NATSCreds = tt.env["UDPGATE_NATS_TOKEN"], tt.env["UDPGATE_NATS_NKEY"], tt.env["UDPGATE_NATS_CREDS"]
-			e.NATSCA = tt.env["UDPGATE_NATS_CA"]
-			cfg, err := e.parse(nil)
+			vars := maps.Clone(tt.env)
+			if vars == nil {
+				vars = map[string]string{}
+			}
+			vars["UDPGATE_NATS_URL"], vars["UDPGATE_NODE"] = tt.url, "n1"
+			authEnv(t, vars)
+			cfg, err := config.Load()
 			if err != nil {
 				t.Fatal(err)
 			}
-			nc, err := connectNATS(cfg, "test")
+			nc, err := node.Connect(cfg, "test")
 			if tt.error == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -474,106 +381,12 @@ func TestNATSAuthMethods(t *testing.T) {
 				nc.Close()
 				t.Fatal("connected")
 			}
-			if !strings.Contains(err.Error(), tt.error) || !strings.Contains(err.Error(), "cannot connect to NATS at "+redactURLs(tt.url)+" (UDPGATE_NATS_URL): nats: ") {
+			if !strings.Contains(err.Error(), tt.error) || !strings.Contains(err.Error(), "cannot connect to NATS at "+config.RedactURLs(tt.url)+" (UDPGATE_NATS_URL): nats: ") {
 				t.Errorf("error %q does not say %q", err, tt.error)
 			}
 			for _, s := range []string{testPassword, testToken} {
 				if strings.Contains(err.Error(), s) {
 					t.Errorf("error %q shows a secret", err)
-				}
-			}
-		})
-	}
-}
-
-// TestNATSAuthConfig checks the authentication variables at configuration
-// time: conflicts and unusable files are reported, each naming its
-// variable, and no problem and no printed config shows a secret.
-func TestNATSAuthConfig(t *testing.T) {
-	pki := newTestPKI(t)
-	dir := t.TempDir()
-	kp, _ := nkeys.CreateUser()
-	seed, _ := kp.Seed()
-	seedPath := filepath.Join(dir, "user.nk")
-	if err := os.WriteFile(seedPath, seed, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	accKP, _ := nkeys.CreateAccount()
-	accSeed, _ := accKP.Seed()
-	accSeedPath := filepath.Join(dir, "account.nk")
-	if err := os.WriteFile(accSeedPath, accSeed, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	upub, _ := kp.PublicKey()
-	expired := jwt.NewUserClaims(upub)
-	expired.Expires = time.Now().Add(-time.Hour).Unix()
-	tok, err := expired.Encode(accKP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	credsBytes, _ := jwt.FormatUserConfig(tok, seed)
-	expiredPath := filepath.Join(dir, "expired.creds")
-	if err := os.WriteFile(expiredPath, credsBytes, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	unreadable := filepath.Join(dir, "missing.pem")
-
-	tests := []struct {
-		name string
-		set  func(*env)
-		want []string
-	}{
-		{"all valid", func(e *env) {
-			e.NATSNkey, e.NATSCA, e.NATSCert, e.NATSKey, e.NATSInbox = seedPath, pki.CA, pki.ClientCert, pki.ClientKey, "_INBOX_gw"
-		}, nil},
-		{"token and password", func(e *env) { e.NATSUser, e.NATSPassword, e.NATSToken = "u", testPassword, testToken },
-			[]string{"UDPGATE_NATS_TOKEN: set together with UDPGATE_NATS_USER: choose one way"}},
-		{"nkey and creds", func(e *env) { e.NATSNkey, e.NATSCreds = seedPath, expiredPath },
-			[]string{"UDPGATE_NATS_CREDS: set together with UDPGATE_NATS_NKEY"}},
-		{"password alone", func(e *env) { e.NATSPassword = testPassword }, []string{"UDPGATE_NATS_PASSWORD: set without UDPGATE_NATS_USER"}},
-		{"user alone", func(e *env) { e.NATSUser = "u" }, []string{"UDPGATE_NATS_USER: set without UDPGATE_NATS_PASSWORD"}},
-		{"URL credentials and a token", func(e *env) { e.NATSURL = "nats://u:" + testPassword + "@127.0.0.1:4222"; e.NATSToken = testToken },
-			[]string{"UDPGATE_NATS_URL: nats://u:xxxxx@127.0.0.1:4222 carries credentials and UDPGATE_NATS_TOKEN is set too"}},
-		{"missing files", func(e *env) {
-			e.NATSNkey, e.NATSCA, e.NATSCert, e.NATSKey = unreadable, unreadable, unreadable, unreadable
-		},
-			[]string{"UDPGATE_NATS_NKEY: open " + unreadable + ": no such file", "UDPGATE_NATS_CA: open " + unreadable, "UDPGATE_NATS_CERT: " + unreadable}},
-		{"not a seed", func(e *env) { e.NATSNkey = pki.CA }, []string{"UDPGATE_NATS_NKEY: " + pki.CA + " does not hold an nkey user seed"}},
-		{"an account seed", func(e *env) { e.NATSNkey = accSeedPath }, []string{"UDPGATE_NATS_NKEY: " + accSeedPath + " does not hold an nkey user seed"}},
-		{"a seed as creds", func(e *env) { e.NATSCreds = seedPath }, []string{"UDPGATE_NATS_CREDS: " + seedPath + " is not a NATS credentials file"}},
-		{"expired creds", func(e *env) { e.NATSCreds = expiredPath }, []string{"UDPGATE_NATS_CREDS: " + expiredPath + ": the user JWT expired at"}},
-		{"not a CA", func(e *env) { e.NATSCA = seedPath }, []string{"UDPGATE_NATS_CA: " + seedPath + " holds no PEM certificate"}},
-		{"cert without key", func(e *env) { e.NATSCert = pki.ClientCert }, []string{"UDPGATE_NATS_CERT: set without UDPGATE_NATS_KEY"}},
-		{"key without cert", func(e *env) { e.NATSKey = pki.ClientKey }, []string{"UDPGATE_NATS_KEY: set without UDPGATE_NATS_CERT"}},
-		{"key of another cert", func(e *env) { e.NATSCert, e.NATSKey = pki.ClientCert, pki.ServerKey },
-			[]string{"UDPGATE_NATS_CERT: " + pki.ClientCert + " with key " + pki.ServerKey + ": tls: private key does not match public key"}},
-		{"wildcard inbox", func(e *env) { e.NATSInbox = "_INBOX.>" }, []string{"UDPGATE_NATS_INBOX_PREFIX:"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := defaults(t)
-			tt.set(&e)
-			cfg, err := e.parse(nil)
-			if len(tt.want) == 0 {
-				if err != nil {
-					t.Fatal(err)
-				}
-			} else if err == nil {
-				t.Fatal("no error")
-			}
-			var msg string
-			if err != nil {
-				msg = err.Error()
-			}
-			for _, want := range tt.want {
-				if !strings.Contains(msg, want) {
-					t.Errorf("error does not say %q:\n%s", want, msg)
-				}
-			}
-			printed := msg + fmt.Sprintf("%v %+v %#v %s", cfg, cfg, cfg, cfg.NATSAuth.Password)
-			for _, s := range []string{testPassword, testToken, string(seed)} {
-				if strings.Contains(printed, s) {
-					t.Errorf("a secret is printed:\n%s", printed)
 				}
 			}
 		})
@@ -670,7 +483,7 @@ func TestNATSPermissions(t *testing.T) {
 	}
 	waitFor(t, "the gateway's status lists echo, archive and lambda-shout", func() bool {
 		var o, e bytes.Buffer
-		if err := runCommand(context.Background(), []string{"status", "-json", "-url", metrics[1]}, &o, &e); err != nil {
+		if err := Run(context.Background(), []string{"status", "-json", "-url", metrics[1]}, &o, &e); err != nil {
 			t.Fatalf("status: %v (%s)", err, e.String())
 		}
 		var st gateway.Status

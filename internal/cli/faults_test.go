@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ func TestBenchFaults(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	if err := runCommand(ctx, []string{"bench", "faults", "--short", "--json"}, &stdout, &stderr); err != nil {
+	if err := Run(ctx, []string{"bench", "faults", "--short", "--json"}, &stdout, &stderr); err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
 	var report struct {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/udpgate/udpgate/internal/node"
 )
 
 // TestLambdaCommand moves a port to a Lambda function the way the README
@@ -46,9 +48,9 @@ func testLambdaCommand(t *testing.T, delivery string) {
 	}))
 	defer fn.Close()
 
-	saved := builtinListeners
-	t.Cleanup(func() { builtinListeners = saved })
-	builtinListeners = nil // only the port under test
+	saved := node.Builtins
+	t.Cleanup(func() { node.Builtins = saved })
+	node.Builtins = nil // only the port under test
 	port := freeUDPPort(t)
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
@@ -58,7 +60,7 @@ func testLambdaCommand(t *testing.T, delivery string) {
 	defer cancel()
 	var runOut, runErr syncBuffer
 	runDone := make(chan error, 1)
-	go func() { runDone <- runCommand(ctx, []string{"run"}, &runOut, &runErr) }()
+	go func() { runDone <- Run(ctx, []string{"run"}, &runOut, &runErr) }()
 	natsURL := regexp.MustCompile(`nats://127\.0\.0\.1:\d+`)
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(runOut.String(), "try:") {
@@ -79,7 +81,7 @@ func testLambdaCommand(t *testing.T, delivery string) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
 	var lambdaErr syncBuffer
 	lambdaDone := make(chan error, 1)
-	go func() { lambdaDone <- runCommand(ctx, []string{"lambda"}, &bytes.Buffer{}, &lambdaErr) }()
+	go func() { lambdaDone <- Run(ctx, []string{"lambda"}, &bytes.Buffer{}, &lambdaErr) }()
 	for !strings.Contains(lambdaErr.String(), "workers: serving") {
 		select {
 		case err := <-lambdaDone:
@@ -101,7 +103,7 @@ func testLambdaCommand(t *testing.T, delivery string) {
 	// The group receives requests once the SDK says serving (its
 	// subscription registered, or its consumer created): the first
 	// request is answered.
-	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", url, "hello"}, &o, &e); err != nil || o.String() != "HELLO!\n" {
+	if err := Run(context.Background(), []string{"send", "-timeout", "5s", url, "hello"}, &o, &e); err != nil || o.String() != "HELLO!\n" {
 		t.Fatalf("send: %v, printed %q (%s)", err, o.String(), e.String())
 	}
 	if got := <-invoked; got != "hello" {
@@ -123,7 +125,7 @@ func testLambdaCommand(t *testing.T, delivery string) {
 func TestLambdaCommandNeedsFunctionAndSubjects(t *testing.T) {
 	defaults(t) // unsets every UDPGATE_* variable for the test
 	t.Setenv("UDPGATE_NODE", "n1")
-	err := runCommand(context.Background(), []string{"lambda"}, &bytes.Buffer{}, &bytes.Buffer{})
+	err := Run(context.Background(), []string{"lambda"}, &bytes.Buffer{}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "UDPGATE_LAMBDA_FUNCTION: required") || !strings.Contains(err.Error(), "UDPGATE_LAMBDA_SUBJECTS: required") {
 		t.Errorf("error %v", err)
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -26,7 +26,7 @@ func TestReplayCommandUsage(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
-			err := runCommand(context.Background(), append([]string{"replay"}, tt.args...), &out, &errb)
+			err := Run(context.Background(), append([]string{"replay"}, tt.args...), &out, &errb)
 			if err == nil || exitCode(err) != 2 {
 				t.Fatalf("err %v (exit %d), want a usage error", err, exitCode(err))
 			}
@@ -46,7 +46,7 @@ func TestReplayCommandPrepare(t *testing.T) {
 	t.Setenv("UDPGATE_NATS_URL", s.ClientURL())
 	ctx := context.Background()
 	var out, errb bytes.Buffer
-	if err := runCommand(ctx, []string{"replay", "--prepare", "--subject-prefix", "udpgate.shadow"}, &out, &errb); err != nil {
+	if err := Run(ctx, []string{"replay", "--prepare", "--subject-prefix", "udpgate.shadow"}, &out, &errb); err != nil {
 		t.Fatalf("replay --prepare: %v\n%s", err, errb.String())
 	}
 	for _, want := range []string{"created stream UDPGATE_SHADOW on udpgate.shadow.capture.>, stored as udpgate.shadow.in.>", "direct candidate groups subscribe to udpgate.shadow.in.PORT..."} {
@@ -59,7 +59,7 @@ func TestReplayCommandPrepare(t *testing.T) {
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "OLD_REPLAY", Subjects: []string{"old.replay.in.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	err := runCommand(ctx, []string{"replay", "--prepare", "--subject-prefix", "old.replay", "--replay-stream", "OLD_REPLAY"}, &out, &errb)
+	err := Run(ctx, []string{"replay", "--prepare", "--subject-prefix", "old.replay", "--replay-stream", "OLD_REPLAY"}, &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "nats stream rm OLD_REPLAY") {
 		t.Errorf("replay --prepare with a contract 1 stream: %v", err)
 	}

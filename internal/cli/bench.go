@@ -1,11 +1,14 @@
-package main
+package cli
 
 import (
+	"github.com/spf13/cobra"
+	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/internal/node"
+
 	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -49,23 +52,18 @@ const benchUsage = `usage: udpgate bench [flags] URL      load a target and repo
   URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD
   Closed loop (-c requests in flight) unless -rate sets an open loop; -duration or -count ends it.`
 
-// runBench is `udpgate bench`: one load against a target, or the suite.
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "suite" {
-		return runSuite(ctx, args[1:], stdout, stderr)
+// newBenchCmd is `udpgate bench`: one load against a target; its
+// subcommands run the suites.
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench [flags] URL",
+		Short: "load a target: requests/s, latency percentiles, loss",
+		Long:  benchUsage,
 	}
-	if len(args) > 0 && args[0] == "faults" {
-		return runFaults(ctx, args[1:], stdout, stderr)
-	}
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, benchUsage)
-		fs.PrintDefaults()
-	}
+	cmd.AddCommand(newSuiteCmd(), newFaultsCmd())
+	fs := cmd.Flags()
 	var cfg bench.Config
-	fs.IntVar(&cfg.Concurrency, "c", 1, "requests in flight (closed loop)")
-	fs.IntVar(&cfg.Concurrency, "concurrency", 1, "same as -c")
+	fs.IntVarP(&cfg.Concurrency, "concurrency", "c", 1, "requests in flight (closed loop)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "open loop: requests per second, sent on schedule whatever comes back (0: closed loop)")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "send for this long (default 10s when -count is not set)")
 	fs.IntVar(&cfg.Count, "count", 0, "send this many requests")
@@ -78,58 +76,55 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&cfg.NoReply, "no-reply", false, "expect no replies: count what was sent (closed loop: -c senders as fast as they can)")
 	sources := fs.String("sources", "", "local addresses to send from, in turn: comma-separated addresses or prefixes such as 127.0.1.0/24 (default: the system's choice)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil
-	} else if err != nil {
-		return errUsage
-	}
-	if fs.NArg() != 1 || cfg.Concurrency < 1 || cfg.Rate < 0 || cfg.Duration < 0 || cfg.Count < 0 ||
-		cfg.Sockets < 0 || cfg.Short < 0 || cfg.Timeout <= 0 || *size < 0 || *size > 65507 {
-		fs.Usage()
-		return errUsage
-	}
-	cfg.Target = fs.Arg(0)
-	cfg.Payload = []byte(*payload)
-	if strings.HasPrefix(cfg.Target, "udp:") && *size > 8+len(cfg.Payload) {
-		cfg.Payload = append(cfg.Payload, bytes.Repeat([]byte("x"), *size-8-len(cfg.Payload))...)
-	}
-	for _, s := range splitList(*sources) {
-		addrs, err := parseSources(s)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+		if len(args) != 1 || cfg.Concurrency < 1 || cfg.Rate < 0 || cfg.Duration < 0 || cfg.Count < 0 ||
+			cfg.Sockets < 0 || cfg.Short < 0 || cfg.Timeout <= 0 || *size < 0 || *size > 65507 {
+			return usageErrorf(cmd, "bad arguments or flag values")
+		}
+		cfg.Target = args[0]
+		cfg.Payload = []byte(*payload)
+		if strings.HasPrefix(cfg.Target, "udp:") && *size > 8+len(cfg.Payload) {
+			cfg.Payload = append(cfg.Payload, bytes.Repeat([]byte("x"), *size-8-len(cfg.Payload))...)
+		}
+		for _, s := range config.SplitList(*sources) {
+			addrs, err := parseSources(s)
+			if err != nil {
+				fmt.Fprintf(stderr, "bench: -sources: %v\n", err)
+				return errUsage
+			}
+			cfg.Sources = append(cfg.Sources, addrs...)
+		}
+		live := isTerminal(stderr)
+		if live {
+			cfg.Progress = func(p bench.Progress) {
+				fmt.Fprintf(stderr, "\r%5.0fs  sent %d  answered %d  lost %d  errors %d  ", p.Elapsed.Seconds(), p.Sent, p.Answered, p.Lost, p.Errors)
+			}
+		}
+		res, err := bench.Run(ctx, cfg)
+		if live {
+			fmt.Fprint(stderr, "\r\033[K")
+		}
+		if errors.Is(err, bench.ErrTarget) {
+			return &exitError{2, err}
+		}
 		if err != nil {
-			fmt.Fprintf(stderr, "bench: -sources: %v\n", err)
-			return errUsage
+			return err
 		}
-		cfg.Sources = append(cfg.Sources, addrs...)
-	}
-	f, _ := stderr.(*os.File)
-	live := f != nil && isTerminal(f)
-	if live {
-		cfg.Progress = func(p bench.Progress) {
-			fmt.Fprintf(stderr, "\r%5.0fs  sent %d  answered %d  lost %d  errors %d  ", p.Elapsed.Seconds(), p.Sent, p.Answered, p.Lost, p.Errors)
+		if *asJSON {
+			err = bench.WriteJSON(stdout, res)
+		} else {
+			err = bench.WriteText(stdout, res)
 		}
+		if err != nil {
+			return err
+		}
+		if res.Sent > 0 && res.Answered == 0 && !cfg.NoReply {
+			return &exitError{1, fmt.Errorf("bench: none of %d requests was answered", res.Sent)}
+		}
+		return nil
 	}
-	res, err := bench.Run(ctx, cfg)
-	if live {
-		fmt.Fprint(stderr, "\r\033[K")
-	}
-	if errors.Is(err, bench.ErrTarget) {
-		return &exitError{2, err}
-	}
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		err = bench.WriteJSON(stdout, res)
-	} else {
-		err = bench.WriteText(stdout, res)
-	}
-	if err != nil {
-		return err
-	}
-	if res.Sent > 0 && res.Answered == 0 && !cfg.NoReply {
-		return &exitError{1, fmt.Errorf("bench: none of %d requests was answered", res.Sent)}
-	}
-	return nil
+	return cmd
 }
 
 // parseSources parses an address, or a prefix of at most 65,536 addresses
@@ -229,7 +224,7 @@ var coapTimeBody = []byte("2026-11-23T00:00:00Z")
 
 // suite is one run of `udpgate bench suite`.
 type suite struct {
-	cfg         config
+	cfg         config.Config
 	log         *slog.Logger
 	duration    time.Duration
 	noLoss      time.Duration
@@ -248,14 +243,14 @@ type suite struct {
 	repsPlanned int
 }
 
-// runSuite is `udpgate bench suite`.
-func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench suite", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, suiteUsage, strings.Join(suiteCaseNames(), ", "))
-		fs.PrintDefaults()
+// newSuiteCmd is `udpgate bench suite`.
+func newSuiteCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "suite",
+		Short: "the performance suite: gateway vs baselines on loopback, in this process",
+		Long:  fmt.Sprintf(suiteUsage, strings.Join(suiteCaseNames(), ", ")),
 	}
+	fs := cmd.Flags()
 	duration := fs.Duration("duration", 3*time.Second, "duration of each case")
 	reps := fs.Int("reps", 3, "repetitions of each case (the median is reported)")
 	cases := fs.String("cases", "", "comma-separated cases to run (default: all)")
@@ -266,100 +261,98 @@ func runSuite(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ingestRate := fs.Float64("ingest-rate", 0, "the highest rate, datagrams per second, that gateway-ingest's search tries (0: 1.25 x the js-publish rate, 200,000 without it)")
 	asJSON := fs.Bool("json", false, "print the report as JSON on standard output")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (gateway, NATS server, workers and generator) to this file")
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil
-	} else if err != nil {
-		return errUsage
-	}
-	if fs.NArg() != 0 || *duration <= 0 || *reps < 1 || *noLoss <= 0 || *addresses < 1 || *addresses > 1<<22 || *warmUp < 0 || *warmUp > 60000 || *timeout <= 0 || *ingestRate < 0 {
-		fs.Usage()
-		return errUsage
-	}
-	if *cpuProfile != "" {
-		pf, err := os.Create(*cpuProfile)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+		if len(args) != 0 || *duration <= 0 || *reps < 1 || *noLoss <= 0 || *addresses < 1 || *addresses > 1<<22 || *warmUp < 0 || *warmUp > 60000 || *timeout <= 0 || *ingestRate < 0 {
+			return usageErrorf(cmd, "bad arguments or flag values")
+		}
+		if *cpuProfile != "" {
+			pf, err := os.Create(*cpuProfile)
+			if err != nil {
+				return fmt.Errorf("bench suite: %w", err)
+			}
+			defer pf.Close()
+			if err := pprof.StartCPUProfile(pf); err != nil {
+				return fmt.Errorf("bench suite: cpu profile: %w", err)
+			}
+			defer pprof.StopCPUProfile()
+		}
+		selected := suiteCases
+		if *cases != "" {
+			selected = nil
+			for _, name := range config.SplitList(*cases) {
+				i := slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == name })
+				if i < 0 {
+					fmt.Fprintf(stderr, "bench suite: unknown case %q (cases: %s)\n", name, strings.Join(suiteCaseNames(), ", "))
+					return errUsage
+				}
+				if !slices.ContainsFunc(selected, func(c suiteCase) bool { return c.name == name }) {
+					selected = append(selected, suiteCases[i])
+				}
+			}
+			// Run in the suite's order: later cases use earlier ones' rates.
+			slices.SortFunc(selected, func(a, b suiteCase) int {
+				return slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == a.name }) -
+					slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == b.name })
+			})
+		}
+		cfg, err := config.Load()
 		if err != nil {
-			return fmt.Errorf("bench suite: %w", err)
+			return err
 		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return fmt.Errorf("bench suite: cpu profile: %w", err)
+		cfg.LogLevel = max(cfg.LogLevel, slog.LevelWarn)
+		f, _ := stderr.(*os.File)
+		s := &suite{
+			cfg: cfg, log: newLogger(stderr, cfg), duration: *duration, noLoss: *noLoss, addresses: *addresses, warmUp: *warmUp,
+			timeout: *timeout, ingestRate: *ingestRate, samples: map[string][]bench.Sample{}, noteOf: map[string]string{},
+			skipped: map[string]bool{}, live: f != nil && isTerminal(f), stderr: stderr, repsPlanned: *reps,
 		}
-		defer pprof.StopCPUProfile()
-	}
-	selected := suiteCases
-	if *cases != "" {
-		selected = nil
-		for _, name := range splitList(*cases) {
-			i := slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == name })
-			if i < 0 {
-				fmt.Fprintf(stderr, "bench suite: unknown case %q (cases: %s)\n", name, strings.Join(suiteCaseNames(), ", "))
-				return errUsage
-			}
-			if !slices.ContainsFunc(selected, func(c suiteCase) bool { return c.name == name }) {
-				selected = append(selected, suiteCases[i])
+		defer s.close()
+		var repeated, once []suiteCase
+		for _, c := range selected {
+			if c.once {
+				once = append(once, c)
+			} else {
+				repeated = append(repeated, c)
 			}
 		}
-		// Run in the suite's order: later cases use earlier ones' rates.
-		slices.SortFunc(selected, func(a, b suiteCase) int {
-			return slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == a.name }) -
-				slices.IndexFunc(suiteCases, func(c suiteCase) bool { return c.name == b.name })
-		})
-	}
-	cfg, err := loadConfig()
-	if err != nil {
-		return err
-	}
-	cfg.LogLevel = max(cfg.LogLevel, slog.LevelWarn)
-	f, _ := stderr.(*os.File)
-	s := &suite{
-		cfg: cfg, log: newLogger(stderr, cfg), duration: *duration, noLoss: *noLoss, addresses: *addresses, warmUp: *warmUp,
-		timeout: *timeout, ingestRate: *ingestRate, samples: map[string][]bench.Sample{}, noteOf: map[string]string{},
-		skipped: map[string]bool{}, live: f != nil && isTerminal(f), stderr: stderr, repsPlanned: *reps,
-	}
-	defer s.close()
-	var repeated, once []suiteCase
-	for _, c := range selected {
-		if c.once {
-			once = append(once, c)
-		} else {
-			repeated = append(repeated, c)
+		for rep := range *reps {
+			s.repsDone = rep
+			for _, c := range repeated {
+				if err := s.runCase(ctx, c); err != nil {
+					return err
+				}
+			}
 		}
-	}
-	for rep := range *reps {
-		s.repsDone = rep
-		for _, c := range repeated {
+		for _, c := range once {
 			if err := s.runCase(ctx, c); err != nil {
 				return err
 			}
 		}
-	}
-	for _, c := range once {
-		if err := s.runCase(ctx, c); err != nil {
-			return err
+		var results []bench.Case
+		for _, c := range selected {
+			bc := bench.Summarize(c.name, s.samples[c.name])
+			bc.Note = s.noteOf[c.name]
+			bc.Skipped = s.skipped[c.name]
+			if v, ok := bc.Extra["capture_bytes_per_msg"]; ok {
+				bc.Note = fmt.Sprintf("capture_bytes_per_msg %.0f; %s", v, bc.Note)
+			}
+			results = append(results, bc)
 		}
-	}
-	var results []bench.Case
-	for _, c := range selected {
-		bc := bench.Summarize(c.name, s.samples[c.name])
-		bc.Note = s.noteOf[c.name]
-		bc.Skipped = s.skipped[c.name]
-		if v, ok := bc.Extra["capture_bytes_per_msg"]; ok {
-			bc.Note = fmt.Sprintf("capture_bytes_per_msg %.0f; %s", v, bc.Note)
+		report := bench.NewReport(results)
+		report.Machine = map[string]any{
+			"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
+			"cpu": cpuModel(), "duration": duration.String(), "reps": *reps, "no_loss_duration": noLoss.String(),
+			"long_warmup": *warmUp, "delivery": cfg.Delivery.String(),
 		}
-		results = append(results, bc)
+		if *asJSON {
+			return report.WriteJSON(stdout)
+		}
+		fmt.Fprintf(stdout, "udpgate bench suite: %s per case, median of %d; %d CPUs (%s), %s\n",
+			duration, *reps, runtime.NumCPU(), cpuModel(), runtime.Version())
+		return report.WriteText(stdout)
 	}
-	report := bench.NewReport(results)
-	report.Machine = map[string]any{
-		"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
-		"cpu": cpuModel(), "duration": duration.String(), "reps": *reps, "no_loss_duration": noLoss.String(),
-		"long_warmup": *warmUp, "delivery": cfg.Delivery.String(),
-	}
-	if *asJSON {
-		return report.WriteJSON(stdout)
-	}
-	fmt.Fprintf(stdout, "udpgate bench suite: %s per case, median of %d; %d CPUs (%s), %s\n",
-		duration, *reps, runtime.NumCPU(), cpuModel(), runtime.Version())
-	return report.WriteText(stdout)
+	return cmd
 }
 
 // skipError is returned by a case that cannot run here, a peer it needs
@@ -1034,7 +1027,7 @@ func (s *suite) close() {
 	}
 }
 
-func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteEnv, err error) {
+func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *suiteEnv, err error) {
 	dir, err := os.MkdirTemp("", "udpgate-bench-")
 	if err != nil {
 		return nil, err
@@ -1056,7 +1049,7 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		// ask for 4 MiB (docs/operations.md).
 		cfg.RcvBuf = suiteRcvBuf
 	}
-	if e.ns, err = startNATS(cfg); err != nil {
+	if e.ns, err = node.StartNATS(cfg); err != nil {
 		return nil, err
 	}
 	// A direct worker's slow-consumer drops are counted by its Server
@@ -1073,14 +1066,14 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		return nil, err
 	}
 	loop := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0)
-	listeners := []listener{
+	listeners := []config.Listener{
 		{Addr: loop, Protocol: schemas.ProtocolRaw},
 		{Addr: loop, Protocol: schemas.ProtocolRaw, NoReply: true}, // ingest: captured, never answered
 		{Addr: loop, Protocol: schemas.ProtocolCoAP},
 		{Addr: loop, Protocol: schemas.ProtocolRPC},
 		{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
 	}
-	g, err := newGateway(ctx, cfg, log, e.nc, listeners, nil)
+	g, err := node.NewGateway(ctx, cfg, log, e.nc, listeners, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -1105,14 +1098,14 @@ func startSuiteEnv(ctx context.Context, cfg config, log *slog.Logger) (_ *suiteE
 		protocol string
 	}{{"echo", e.echo, schemas.ProtocolRaw}, {"coap", e.coap, schemas.ProtocolCoAP}, {"places", e.rpc, schemas.ProtocolRPC}} {
 		h, _ := builtin.Lookup(w.name)
-		ws = append(ws, newWorker(cfg, log, e.js, w.name, builtin.Subjects(w.name, cfg.Prefix, w.port.Port()), h, cfg.WorkerConc))
+		ws = append(ws, node.NewWorker(cfg, log, e.js, w.name, builtin.Subjects(w.name, cfg.Prefix, w.port.Port()), h, cfg.WorkerConcurrency))
 	}
 	// The durable listener's group: what UDPGATE_DELIVERY=durable udpgate
 	// worker echo runs, whatever the delivery of the others.
 	durable := cfg
 	durable.Delivery = workers.Durable
 	echo, _ := builtin.Lookup("echo")
-	ws = append(ws, newWorker(durable, log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, e.durable.Port())}, echo, cfg.WorkerConc))
+	ws = append(ws, node.NewWorker(durable, log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, e.durable.Port())}, echo, cfg.WorkerConcurrency))
 	e.workers = ws
 	for _, w := range ws {
 		e.grp.Go(func() error { return w.Serve(gctx) })

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -56,7 +56,7 @@ func TestBenchUsage(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			err := runCommand(context.Background(), tt.args, &stdout, &stderr)
+			err := Run(context.Background(), tt.args, &stdout, &stderr)
 			if got := exitCode(err); err == nil || got != tt.code {
 				t.Errorf("exit code %d (%v), want %d; stderr:\n%s", got, err, tt.code, stderr.String())
 			}
@@ -96,7 +96,7 @@ func TestParseSources(t *testing.T) {
 func TestBenchJSON(t *testing.T) {
 	target := echoTarget(t)
 	var stdout, stderr bytes.Buffer
-	err := runCommand(context.Background(), []string{"bench", "--count", "500", "--concurrency", "8", "--sockets", "2", "--size", "64",
+	err := Run(context.Background(), []string{"bench", "--count", "500", "--concurrency", "8", "--sockets", "2", "--size", "64",
 		"--sources", "127.0.0.1,127.0.3.0/30", "--json", target}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
@@ -120,7 +120,7 @@ func TestBenchJSON(t *testing.T) {
 func TestBenchText(t *testing.T) {
 	target := echoTarget(t)
 	var stdout, stderr bytes.Buffer
-	err := runCommand(context.Background(), []string{"bench", "--rate", "2000", "--count", "100", target}, &stdout, &stderr)
+	err := Run(context.Background(), []string{"bench", "--rate", "2000", "--count", "100", target}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
@@ -138,7 +138,7 @@ func TestBenchNothingAnswers(t *testing.T) {
 	}
 	defer c.Close() // bound, never read: every request is lost
 	var stdout, stderr bytes.Buffer
-	err = runCommand(context.Background(), []string{"bench", "--count", "3", "--timeout", "50ms", "udp://" + c.LocalAddr().String()}, &stdout, &stderr)
+	err = Run(context.Background(), []string{"bench", "--count", "3", "--timeout", "50ms", "udp://" + c.LocalAddr().String()}, &stdout, &stderr)
 	if exitCode(err) != 1 || !strings.Contains(stdout.String(), "lost 3") {
 		t.Errorf("err %v; stdout:\n%s", err, stdout.String())
 	}
@@ -153,7 +153,7 @@ func TestBenchSuiteSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	err := runCommand(ctx, []string{"bench", "suite", "--duration", "300ms", "--reps", "1", "--json",
+	err := Run(ctx, []string{"bench", "suite", "--duration", "300ms", "--reps", "1", "--json",
 		"--no-loss-duration", "300ms", "--addresses", "500", "--long-warmup", "200"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
@@ -248,7 +248,7 @@ func TestBenchSuiteNginx(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	err := runCommand(ctx, []string{"bench", "suite", "--duration", "200ms", "--reps", "1", "--json", "--cases", "nginx-udp,nginx-udp-n1"}, &stdout, &stderr)
+	err := Run(ctx, []string{"bench", "suite", "--duration", "200ms", "--reps", "1", "--json", "--cases", "nginx-udp,nginx-udp-n1"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
@@ -269,7 +269,7 @@ func TestBenchSuiteNginx(t *testing.T) {
 
 func TestBenchSuiteSelectsCases(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	err := runCommand(context.Background(), []string{"bench", "suite", "--duration", "200ms", "--reps", "2", "--cases", "udp-echo-n1,udp-echo"}, &stdout, &stderr)
+	err := Run(context.Background(), []string{"bench", "suite", "--duration", "200ms", "--reps", "2", "--cases", "udp-echo-n1,udp-echo"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
@@ -285,7 +285,7 @@ func TestBenchSuiteSelectsCases(t *testing.T) {
 func TestBenchSuiteCPUProfile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "cpu.prof")
 	var stdout, stderr bytes.Buffer
-	err := runCommand(context.Background(), []string{"bench", "suite", "--duration", "200ms", "--reps", "1", "--cases", "udp-echo", "--cpuprofile", path}, &stdout, &stderr)
+	err := Run(context.Background(), []string{"bench", "suite", "--duration", "200ms", "--reps", "1", "--cases", "udp-echo", "--cpuprofile", path}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
 	}
@@ -297,7 +297,7 @@ func TestBenchSuiteCPUProfile(t *testing.T) {
 	if len(b) < 20 || b[0] != 0x1f || b[1] != 0x8b {
 		t.Errorf("%s is not a gzip-compressed profile (%d bytes)", path, len(b))
 	}
-	if err := runCommand(context.Background(), []string{"bench", "suite", "--cases", "udp-echo", "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir")}, &stdout, &stderr); err == nil || errors.Is(err, errUsage) {
+	if err := Run(context.Background(), []string{"bench", "suite", "--cases", "udp-echo", "--cpuprofile", filepath.Join(t.TempDir(), "no", "such", "dir")}, &stdout, &stderr); err == nil || errors.Is(err, errUsage) {
 		t.Errorf("unwritable profile path: err %v, want an error naming it", err)
 	}
 }

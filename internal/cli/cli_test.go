@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -17,163 +16,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kelseyhightower/envconfig"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/internal/node"
 	"github.com/udpgate/udpgate/schemas/placespb"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
-
-// defaults returns env as envconfig fills it with no UDPGATE_* variable
-// set, and node n1.
-func defaults(t *testing.T) env {
-	t.Helper()
-	for _, name := range knownVariables() {
-		t.Setenv(name, "") // restored after the test
-		os.Unsetenv(name)
-	}
-	var e env
-	if err := envconfig.Process(envPrefix, &e); err != nil {
-		t.Fatal(err)
-	}
-	e.Node = "n1"
-	return e
-}
-
-func TestConfigDefaultsAreValid(t *testing.T) {
-	c, err := defaults(t).parse(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Deadline != 5*time.Second || c.StreamMaxBytes != 1<<30 || c.Prefix != "udpgate" || c.NATSListen.Port() != 4222 {
-		t.Errorf("unexpected defaults: %+v", c)
-	}
-}
-
-func TestConfigReportsEveryBadVariable(t *testing.T) {
-	e := defaults(t)
-	e.Listeners = "9000/raw,abc/raw,9002/udp,9003"
-	e.NATSListen = "localhost"
-	e.SubjectPrefix = "a..b"
-	e.Stream = "UDP GATE"
-	e.StreamMaxAge = "yesterday"
-	e.StreamMaxBytes = "lots"
-	e.StreamReplicas = "7"
-	e.Deadline = "0s"
-	e.MaxDatagram = "70000"
-	e.LogLevel = "loud"
-	e.CoAPBlockSize = "1000"
-	e.CoAPMaxBody = "0"
-	_, err := e.parse([]string{"UDPGATE_LISTENER=9000/raw", "PATH=/bin", "UDPGATE_NODE=x"})
-	if err == nil {
-		t.Fatal("no error")
-	}
-	msg := err.Error()
-	for _, want := range []string{
-		`UDPGATE_LISTENERS: "abc/raw"`, `"9002/udp": unknown protocol "udp"`, `"9003": want [ADDR:]PORT/PROTOCOL`,
-		"UDPGATE_NATS_LISTEN:", "UDPGATE_SUBJECT_PREFIX:", "UDPGATE_STREAM:", "UDPGATE_STREAM_MAX_AGE:",
-		"UDPGATE_STREAM_MAX_BYTES:", "UDPGATE_STREAM_REPLICAS:", "UDPGATE_DEADLINE:", "UDPGATE_MAX_DATAGRAM:",
-		"UDPGATE_LOG_LEVEL:", "UDPGATE_COAP_BLOCK_SIZE: 1000 is not a power of two", "UDPGATE_COAP_MAX_BODY:",
-		`UDPGATE_LISTENERS: "9002/udp"`, "UDPGATE_LISTENER: not a udpgate variable (did you mean UDPGATE_LISTENERS?)",
-	} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("error does not mention %q:\n%s", want, msg)
-		}
-	}
-	if strings.Contains(msg, "UDPGATE_NODE:") || strings.Contains(msg, "PATH") {
-		t.Errorf("error mentions a good variable:\n%s", msg)
-	}
-}
-
-func TestConfigPiggybackShorterThanDeadline(t *testing.T) {
-	e := defaults(t)
-	e.CoAPPiggyback = "6s"
-	_, err := e.parse(nil)
-	if err == nil || !strings.Contains(err.Error(), "UDPGATE_COAP_PIGGYBACK: 6s is not shorter than UDPGATE_DEADLINE 5s") {
-		t.Errorf("error %v", err)
-	}
-}
-
-func TestParseListeners(t *testing.T) {
-	tests := []struct {
-		in   string
-		want []string
-		err  string
-	}{
-		{"", nil, ""},
-		{"9000/raw", []string{"0.0.0.0:9000/raw"}, ""},
-		{" 9000/raw , 127.0.0.1:9001/raw,[::1]:9002/raw", []string{"0.0.0.0:9000/raw", "127.0.0.1:9001/raw", "[::1]:9002/raw"}, ""},
-		{"9000/raw,9000/raw", []string{"0.0.0.0:9000/raw"}, ""},
-		{"0/raw", nil, "port must be"},
-		{"70000/raw", nil, "not IP:PORT"},
-		{"5683/coap", []string{"0.0.0.0:5683/coap"}, ""},
-		{"7000/rpc", []string{"0.0.0.0:7000/rpc"}, ""},
-		{"9000/udp", nil, "unknown protocol"},
-		{"9000/raw,9000/coap", nil, "already a raw listener"},
-		{"host:9000/raw", nil, "not IP:PORT"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			ls, err := parseListeners(tt.in)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("error %v, want %q", err, tt.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, l := range ls {
-				got = append(got, l.String())
-			}
-			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
-				t.Errorf("got %v, want %v", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestParseBytes(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"0", -1, true}, {"-1", -1, true}, {"1024", 1024, true}, {"512MiB", 512 << 20, true},
-		{"10GB", 10e9, true}, {"1 GiB", 1 << 30, true}, {"x", 0, false}, {"-2", 0, false}, {"9999999TiB", 0, false},
-	}
-	for _, tt := range tests {
-		got, err := parseBytes(tt.in)
-		if (err == nil) != tt.ok || got != tt.want {
-			t.Errorf("parseBytes(%q) = %d, %v; want %d ok=%v", tt.in, got, err, tt.want, tt.ok)
-		}
-	}
-}
-
-func FuzzParseListeners(f *testing.F) {
-	for _, s := range []string{"9000/raw", "0.0.0.0:9001/raw,[::]:9002/raw", "/", ":/raw", "[::1/raw", "1/raw,1/raw",
-		"5683/coap;rate=50;burst=100;allow=10.0.0.0/8 192.0.2.0/24", "1/raw;deny=::1;trust=127.0.0.0/8", "1/raw;rate", "1/raw;amplification=0;source_prefix=24/48", "1/raw;;",
-		"9100/raw;reply=off", "5683/coap;reply=off", "1/raw;reply=on;reply=off"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		ls, err := parseListeners(s)
-		if err != nil {
-			return
-		}
-		for _, l := range ls {
-			if l.Addr.Port() == 0 || l.Protocol == "" || (l.NoReply && l.Protocol != "raw") {
-				t.Fatalf("%q parsed to %+v", s, l)
-			}
-		}
-	})
-}
 
 func freeTCPPort(t *testing.T) uint16 {
 	t.Helper()
@@ -201,7 +54,7 @@ func TestGatewayFailsClearlyWithoutNATS(t *testing.T) {
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(freeUDPPort(t)))+"/raw")
 	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // never the fixed default port
 	var out, errb bytes.Buffer
-	err := runCommand(context.Background(), []string{"gateway"}, &out, &errb)
+	err := Run(context.Background(), []string{"gateway"}, &out, &errb)
 	if err == nil {
 		t.Fatal("gateway started without NATS")
 	}
@@ -344,7 +197,7 @@ func TestSend(t *testing.T) {
 			}
 			var out, errb bytes.Buffer
 			args := append(append(append([]string{"send"}, tt.args...), url), tt.payload...)
-			err := runCommand(context.Background(), args, &out, &errb)
+			err := Run(context.Background(), args, &out, &errb)
 			if tt.exit == 0 && err != nil {
 				t.Fatalf("send: %v (%s)", err, errb.String())
 			}
@@ -369,7 +222,7 @@ func TestSend(t *testing.T) {
 	}
 	for _, url := range []string{"tcp://x:1", "udp://127.0.0.1", "rpc://127.0.0.1:1/NoMethod"} {
 		var out, errb bytes.Buffer
-		if err := runCommand(context.Background(), []string{"send", url, "a"}, &out, &errb); exitCode(err) != 2 {
+		if err := Run(context.Background(), []string{"send", url, "a"}, &out, &errb); exitCode(err) != 2 {
 			t.Errorf("send %s: err %v, exit %d, want 2", url, err, exitCode(err))
 		}
 	}
@@ -393,7 +246,7 @@ func TestSendRPC(t *testing.T) {
 	})
 	url := "rpc://" + addr + "/InterestingPlaces/GetRandom"
 	var out, errb bytes.Buffer
-	if err := runCommand(context.Background(), []string{"send", url, `{"limit": 1}`}, &out, &errb); err != nil {
+	if err := Run(context.Background(), []string{"send", url, `{"limit": 1}`}, &out, &errb); err != nil {
 		t.Fatalf("send: %v (%s)", err, errb.String())
 	}
 	var got placespb.GetRandomResponse
@@ -401,7 +254,7 @@ func TestSendRPC(t *testing.T) {
 		t.Errorf("printed %q (%v), want the response as JSON", out.String(), err)
 	}
 	out.Reset()
-	err := runCommand(context.Background(), []string{"send", url, `{"limit": 0}`}, &out, &errb)
+	err := Run(context.Background(), []string{"send", url, `{"limit": 0}`}, &out, &errb)
 	if exitCode(err) != 1 || err.Error() != "rpc: STATUS_INVALID_ARGUMENT: limit must be at least 1" || out.Len() != 0 {
 		t.Errorf("error %v, exit %d, stdout %q", err, exitCode(err), out.String())
 	}
@@ -412,7 +265,7 @@ func TestSendCount(t *testing.T) {
 		srv.WriteToUDPAddrPort(req, from)
 	})
 	var out, errb bytes.Buffer
-	if err := runCommand(context.Background(), []string{"send", "-count", "100", "udp://" + echo, "ping"}, &out, &errb); err != nil {
+	if err := Run(context.Background(), []string{"send", "-count", "100", "udp://" + echo, "ping"}, &out, &errb); err != nil {
 		t.Fatalf("send: %v (%s)", err, errb.String())
 	}
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
@@ -437,7 +290,7 @@ func TestSendCount(t *testing.T) {
 	})
 	out.Reset()
 	errb.Reset()
-	err := runCommand(context.Background(), []string{"send", "-count", "5", "-timeout", "100ms", "udp://" + some, "ping"}, &out, &errb)
+	err := Run(context.Background(), []string{"send", "-count", "5", "-timeout", "100ms", "udp://" + some, "ping"}, &out, &errb)
 	if exitCode(err) != 1 {
 		t.Errorf("exit %d (%v), want 1 after losses", exitCode(err), err)
 	}
@@ -460,11 +313,11 @@ type runPorts struct {
 // banner is printed (the groups have been discovered by then).
 func startRun(t *testing.T) runPorts {
 	t.Helper()
-	saved := builtinListeners
-	t.Cleanup(func() { builtinListeners = saved })
-	builtinListeners = slices.Clone(saved)
+	saved := node.Builtins
+	t.Cleanup(func() { node.Builtins = saved })
+	node.Builtins = slices.Clone(saved)
 	p := runPorts{echo: freeUDPPort(t), time: freeUDPPort(t), coap: freeUDPPort(t), rpc: freeUDPPort(t), extra: freeUDPPort(t)}
-	builtinListeners[0].port, builtinListeners[1].port, builtinListeners[2].port, builtinListeners[3].port = p.echo, p.time, p.coap, p.rpc
+	node.Builtins[0].Port, node.Builtins[1].Port, node.Builtins[2].Port, node.Builtins[3].Port = p.echo, p.time, p.coap, p.rpc
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(p.extra))+"/raw")
@@ -473,7 +326,7 @@ func startRun(t *testing.T) runPorts {
 	ctx, cancel := context.WithCancel(context.Background())
 	out, errb := new(syncBuffer), new(syncBuffer)
 	done := make(chan error, 1)
-	go func() { done <- runCommand(ctx, []string{"run"}, out, errb) }()
+	go func() { done <- Run(ctx, []string{"run"}, out, errb) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -525,7 +378,7 @@ func TestRun(t *testing.T) {
 		t.Helper()
 		var o, e bytes.Buffer
 		url := "udp://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String()
-		if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", url, payload}, &o, &e); err != nil {
+		if err := Run(context.Background(), []string{"send", "-timeout", "5s", url, payload}, &o, &e); err != nil {
 			t.Fatalf("send %s: %v", url, err)
 		}
 		return o.String()
@@ -538,13 +391,13 @@ func TestRun(t *testing.T) {
 	}
 	var o, e bytes.Buffer
 	coapURL := "coap://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String() + "/hello"
-	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", coapURL}, &o, &e); err != nil || o.String() != "Hello from udpgate\n" {
+	if err := Run(context.Background(), []string{"send", "-timeout", "5s", coapURL}, &o, &e); err != nil || o.String() != "Hello from udpgate\n" {
 		t.Errorf("send %s: %v, printed %q (%s)", coapURL, err, o.String(), e.String())
 	}
 	o.Reset()
 	e.Reset()
 	rpcURL := "rpc://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rpcPort).String() + "/InterestingPlaces/GetRandom"
-	if err := runCommand(context.Background(), []string{"send", "-timeout", "5s", rpcURL, `{"limit": 3}`}, &o, &e); err != nil ||
+	if err := Run(context.Background(), []string{"send", "-timeout", "5s", rpcURL, `{"limit": 3}`}, &o, &e); err != nil ||
 		strings.Count(o.String(), `"name"`) != 3 || !strings.Contains(o.String(), `"latitude"`) {
 		t.Errorf("send %s: %v, printed %q (%s)", rpcURL, err, o.String(), e.String())
 	}
@@ -637,22 +490,42 @@ func TestReadmeWorkersCompile(t *testing.T) {
 }
 
 // TestHelpListsEveryVariable: `udpgate help` lists every UDPGATE_*
-// variable, each on its own indented line.
+// variable, each on its own indented line, on standard output.
 func TestHelpListsEveryVariable(t *testing.T) {
-	var out bytes.Buffer
-	usage(&out)
-	_, vars, ok := strings.Cut(out.String(), "Environment:\n")
+	var out, errb bytes.Buffer
+	if err := Run(context.Background(), []string{"help"}, &out, &errb); err != nil {
+		t.Fatalf("help: %v\n%s", err, errb.String())
+	}
+	_, vars, ok := strings.Cut(out.String(), "UDPGATE_NATS_URL is unset):\n")
 	if !ok {
 		t.Fatalf("no Environment section:\n%s", out.String())
 	}
 	lines := strings.Split(strings.TrimRight(vars, "\n"), "\n")
-	typ := reflect.TypeFor[env]()
-	if len(lines) != typ.NumField() {
-		t.Errorf("%d variable lines, want %d", len(lines), typ.NumField())
+	if n := len(config.KnownVariables()); len(lines) != n {
+		t.Errorf("%d variable lines, want %d", len(lines), n)
 	}
 	for i, l := range lines {
-		if !strings.HasPrefix(l, "  "+envPrefix+"_") {
+		if !strings.HasPrefix(l, "  "+config.Prefix+"_") {
 			t.Errorf("line %d not indented as a variable: %q", i+1, l)
 		}
+	}
+}
+
+// TestMain runs the tests from the repository's root, where the README,
+// deploy/ and workers/examples/ are.
+func TestMain(m *testing.M) {
+	if err := os.Chdir("../.."); err != nil {
+		panic(err)
+	}
+	os.Exit(m.Run())
+}
+
+// defaults unsets every UDPGATE_* variable for the test (restored after
+// it): each process it starts reads the defaults.
+func defaults(t *testing.T) {
+	t.Helper()
+	for _, name := range config.KnownVariables() {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
 	}
 }

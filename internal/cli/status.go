@@ -1,11 +1,15 @@
-package main
+package cli
 
 import (
 	"cmp"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/udpgate/udpgate/internal/config"
+
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,8 +19,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/kelseyhightower/envconfig"
 
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/schemas"
@@ -36,56 +38,54 @@ const maxStatusBody = 16 << 20
 // runStatus is `udpgate status`: it reads a gateway's GET /v1/status and
 // prints a table per listener with the groups that serve it, or with
 // -json the document as received.
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, statusUsage)
-		fs.PrintDefaults()
+func newStatusCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "who serves what on a running gateway: listeners, counters, worker groups",
+		Long:  statusUsage,
 	}
+	fs := cmd.Flags()
 	def, defErr := defaultStatusURL()
 	base := fs.String("url", def, "base URL of the gateway's HTTP endpoint; the default comes from UDPGATE_HTTP_LISTEN, with 127.0.0.1 for a wildcard host")
 	asJSON := fs.Bool("json", false, "print the status as the gateway sent it, JSON")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up if the gateway has not answered after this long")
-	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil
-	} else if err != nil {
-		return errUsage
-	}
-	if fs.NArg() != 0 || *timeout <= 0 {
-		fs.Usage()
-		return errUsage
-	}
-	// Which setting to fix if the URL is wrong: the flag, or the variable.
-	fromFlag := false
-	fs.Visit(func(f *flag.Flag) { fromFlag = fromFlag || f.Name == "url" })
-	if !fromFlag && defErr != nil {
-		return fmt.Errorf("status: %w", defErr)
-	}
-	endpoint, err := statusEndpoint(*base)
-	if err != nil {
-		return err
-	}
-	hint := "check -url"
-	if !fromFlag {
-		hint = "set UDPGATE_HTTP_LISTEN as the gateway has it, or pass -url"
-	}
-	body, err := fetchStatus(ctx, endpoint, *timeout, hint)
-	if err != nil {
-		return err
-	}
-	var st gateway.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("status: %s: not a gateway's status: %w", endpoint, err)
-	}
-	if *asJSON {
-		if len(body) > 0 && body[len(body)-1] != '\n' {
-			body = append(body, '\n')
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, stdout := cmd.Context(), cmd.OutOrStdout()
+		if len(args) != 0 || *timeout <= 0 {
+			return usageErrorf(cmd, "bad arguments or flag values")
 		}
-		_, err := stdout.Write(body)
-		return err
+		// Which setting to fix if the URL is wrong: the flag, or the variable.
+		fromFlag := false
+		fs.Visit(func(f *pflag.Flag) { fromFlag = fromFlag || f.Name == "url" })
+		if !fromFlag && defErr != nil {
+			return fmt.Errorf("status: %w", defErr)
+		}
+		endpoint, err := statusEndpoint(*base)
+		if err != nil {
+			return err
+		}
+		hint := "check -url"
+		if !fromFlag {
+			hint = "set UDPGATE_HTTP_LISTEN as the gateway has it, or pass -url"
+		}
+		body, err := fetchStatus(ctx, endpoint, *timeout, hint)
+		if err != nil {
+			return err
+		}
+		var st gateway.Status
+		if err := json.Unmarshal(body, &st); err != nil {
+			return fmt.Errorf("status: %s: not a gateway's status: %w", endpoint, err)
+		}
+		if *asJSON {
+			if len(body) > 0 && body[len(body)-1] != '\n' {
+				body = append(body, '\n')
+			}
+			_, err := stdout.Write(body)
+			return err
+		}
+		return printStatus(stdout, st, time.Now())
 	}
-	return printStatus(stdout, st, time.Now())
+	return cmd
 }
 
 // defaultStatusURL returns the base URL of the HTTP endpoint that a
@@ -94,11 +94,10 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // or wildcard host. It fails when the variable names no port to connect
 // to: empty (no endpoint) or port 0 (a free port the process picked).
 func defaultStatusURL() (string, error) {
-	var e env
-	if err := envconfig.Process(envPrefix, &e); err != nil {
-		return "", fmt.Errorf("config: %w", err)
+	listen, err := config.HTTPListen()
+	if err != nil {
+		return "", err
 	}
-	listen := strings.TrimSpace(e.HTTPListen)
 	if listen == "" {
 		return "", errors.New("UDPGATE_HTTP_LISTEN is empty, so processes serve no HTTP endpoint here: pass -url http://HOST:PORT of the gateway's")
 	}

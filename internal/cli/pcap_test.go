@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -55,7 +55,7 @@ func TestPcapCommands(t *testing.T) {
 
 	ctx := context.Background()
 	var stdout, stderr bytes.Buffer
-	if err := runCommand(ctx, []string{"pcap", "import", in, "--port", "9000"}, &stdout, &stderr); err != nil {
+	if err := Run(ctx, []string{"pcap", "import", in, "--port", "9000"}, &stdout, &stderr); err != nil {
 		t.Fatalf("import: %v\n%s%s", err, stdout.String(), stderr.String())
 	}
 	for _, want := range []string{"requests published  3", "stored  3", "other port  1"} {
@@ -66,7 +66,7 @@ func TestPcapCommands(t *testing.T) {
 
 	out := filepath.Join(dir, "capture.pcap")
 	stdout.Reset()
-	if err := runCommand(ctx, []string{"pcap", "export", "--since", "10m", "-o", out}, &stdout, &stderr); err != nil {
+	if err := Run(ctx, []string{"pcap", "export", "--since", "10m", "-o", out}, &stdout, &stderr); err != nil {
 		t.Fatalf("export: %v\n%s%s", err, stdout.String(), stderr.String())
 	}
 	if !strings.Contains(stdout.String(), "3 packets (3 requests, 0 replies)") {
@@ -89,7 +89,7 @@ func TestPcapCommands(t *testing.T) {
 
 	// Usage errors.
 	for _, args := range [][]string{{"pcap"}, {"pcap", "import"}, {"pcap", "import", in}, {"pcap", "frobnicate"}} {
-		if err := runCommand(ctx, args, &stdout, &stderr); err == nil {
+		if err := Run(ctx, args, &stdout, &stderr); err == nil {
 			t.Errorf("%q: no error", args)
 		}
 	}

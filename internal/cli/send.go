@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/udpgate/udpgate/client"
+	"github.com/udpgate/udpgate/schemas/rpcpb"
+)
+
+// newSendCmd is `udpgate send`: requests to URL, resent on a backoff
+// until a valid reply comes; the reply on stdout, how it went on stderr.
+// With --count N it sends N requests one after the other and prints a line
+// per reply and a summary, as ping does. Exit status 1 when a request got
+// no reply (or an RPC error or CoAP error code), 2 for a usage error.
+func newSendCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "send URL [PAYLOAD]",
+		Short: "send a request (udp://, coap://, rpc://) and print the reply",
+		Long: `Sends a request and prints the reply on standard output; without PAYLOAD the
+payload is read from standard input (not for a CoAP GET or DELETE).
+  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD
+A request is sent again on a backoff until a reply comes or --timeout passes.`,
+		Example: `  udpgate send udp://127.0.0.1:9000 hello
+  udpgate send coap://127.0.0.1/time
+  udpgate send rpc://127.0.0.1:7000/InterestingPlaces/GetRandom '{"limit": 2}'
+  udpgate send --count 100 udp://127.0.0.1:9000 ping`,
+		Args: cobra.RangeArgs(1, 2),
+	}
+	fs := cmd.Flags()
+	method := fs.String("method", "get", "CoAP method: get, post, put, delete, fetch, patch or ipatch")
+	format := fs.Int("content-format", -1, "CoAP Content-Format of the payload, e.g. 0 (text), 50 (JSON); -1 for none")
+	wait := fs.Duration("wait", client.DefaultWait, "how long the first copy waits for a reply before the request is sent again")
+	factor := fs.Float64("factor", client.DefaultFactor, "each further copy waits this many times longer (CoAP: always 2)")
+	timeout := fs.Duration("timeout", client.DefaultTimeout, "give up on a request this long after its first copy")
+	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
+	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
+		if *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {
+			return usageErrorf(cmd, "--count must be at least 1, --wait and --timeout positive, --factor at least 1, --content-format at most 65535")
+		}
+		return send(ctx, args, sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose}, stdout, stderr)
+	}
+	return cmd
+}
+
+// sendOptions are the flags of send.
+type sendOptions struct {
+	method        string
+	format        int
+	wait, timeout time.Duration
+	factor        float64
+	count         int
+	verbose       bool
+}
+
+// send sends the request(s) of `udpgate send`.
+func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.Writer) error {
+	method, format, wait, factor, timeout, count, verbose := &o.method, &o.format, &o.wait, &o.factor, &o.timeout, &o.count, &o.verbose
+	opts := client.Options{Wait: *wait, Factor: *factor, Timeout: *timeout, Method: *method}
+	if *format >= 0 {
+		cf := uint16(*format)
+		opts.ContentFormat = &cf
+	}
+	target := args[0]
+	var payload []byte
+	if len(args) == 2 {
+		payload = []byte(args[1])
+	} else if m := strings.ToLower(*method); !strings.HasPrefix(target, "coap:") || (m != "get" && m != "delete") {
+		const limit = 1 << 20
+		var err error
+		if payload, err = io.ReadAll(io.LimitReader(os.Stdin, limit+1)); err != nil {
+			return fmt.Errorf("send: read standard input: %w", err)
+		}
+		if len(payload) > limit {
+			return fmt.Errorf("send: standard input is larger than %d bytes", limit)
+		}
+	}
+	c, err := client.Dial(ctx, target, opts)
+	if errors.Is(err, client.ErrInvalid) {
+		return &exitError{2, fmt.Errorf("send: %w", err)}
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	defer c.Close()
+	if *count == 1 {
+		return sendOne(ctx, c, payload, *verbose, stdout, stderr)
+	}
+	return sendMany(ctx, c, target, payload, *count, stdout, stderr)
+}
+
+// sendOne prints the reply to one request.
+func sendOne(ctx context.Context, c *client.Conn, payload []byte, verbose bool, stdout, stderr io.Writer) error {
+	res, err := c.Do(ctx, payload)
+	for _, r := range res.Rejected {
+		fmt.Fprintln(stderr, r)
+	}
+	if err != nil {
+		return &exitError{1, fmt.Errorf("send: %w", err)}
+	}
+	if verbose || res.Tries > 1 {
+		after := ""
+		if res.Tries > 0 { // 0 for CoAP: go-coap does not count its retransmissions
+			after = fmt.Sprintf(" after %d tries", res.Tries)
+			if res.Tries == 1 {
+				after = " after 1 try"
+			}
+		}
+		fmt.Fprintf(stderr, "reply from %s in %s%s\n", res.From, res.Latency.Round(time.Microsecond), after)
+	}
+	if verbose && res.Code != 0 {
+		fmt.Fprintf(stderr, "coap: %s, content-format %d\n", client.CodeString(res.Code), res.ContentFormat)
+	}
+	if res.Status != rpcpb.Status_STATUS_OK {
+		return &exitError{1, fmt.Errorf("rpc: %s: %s", res.Status, res.Error)}
+	}
+	body := res.Body
+	if res.Response != nil {
+		if body, err = protojson.Marshal(res.Response); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+	stdout.Write(body)
+	if len(body) == 0 || (body[len(body)-1] != '\n' && utf8.Valid(body)) {
+		io.WriteString(stdout, "\n") // end a text reply's line; binary replies stay byte for byte
+	}
+	if res.Code != 0 && res.Code>>5 != 2 {
+		return &exitError{1, fmt.Errorf("coap: %s", client.CodeString(res.Code))}
+	}
+	return nil
+}
+
+// sendMany sends count requests one after the other, a line for each
+// reply, then the summary; an interrupt ends the run early, with the
+// summary of the requests that were answered or timed out.
+func sendMany(ctx context.Context, c *client.Conn, target string, payload []byte, count int, stdout, stderr io.Writer) error {
+	var latencies []time.Duration
+	sent := 0
+	for seq := 1; seq <= count; seq++ {
+		res, err := c.Do(ctx, payload)
+		for _, r := range res.Rejected {
+			fmt.Fprintf(stderr, "seq=%d: %s\n", seq, r)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		sent++
+		if err != nil {
+			fmt.Fprintf(stderr, "seq=%d: %v\n", seq, err)
+			continue
+		}
+		latencies = append(latencies, res.Latency)
+		var extra strings.Builder
+		if res.Tries > 1 {
+			fmt.Fprintf(&extra, " tries=%d", res.Tries)
+		}
+		if res.Code != 0 {
+			fmt.Fprintf(&extra, " code=%d.%02d", res.Code>>5, res.Code&31)
+		}
+		if res.Status != rpcpb.Status_STATUS_OK {
+			fmt.Fprintf(&extra, " status=%s", res.Status)
+		}
+		fmt.Fprintf(stdout, "%d bytes from %s: seq=%d time=%s ms%s\n", len(res.Body), res.From, seq, ms(res.Latency), extra.String())
+	}
+	st := client.Summarize(sent, latencies)
+	fmt.Fprintf(stdout, "--- %s ---\n", target)
+	fmt.Fprintf(stdout, "%d sent, %d received, %.4g%% loss\n", st.Sent, st.Received, st.Loss())
+	if st.Received > 0 {
+		fmt.Fprintf(stdout, "latency min/p50/p90/p99/max = %s/%s/%s/%s/%s ms\n",
+			ms(st.Min), ms(st.P50), ms(st.P90), ms(st.P99), ms(st.Max))
+	}
+	if st.Received < st.Sent {
+		return &exitError{1, fmt.Errorf("send: %d of %d requests got no reply", st.Sent-st.Received, st.Sent)}
+	}
+	return nil
+}
+
+// ms formats d in milliseconds with three decimals, as ping does.
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+}
