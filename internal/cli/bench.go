@@ -25,7 +25,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -34,15 +33,12 @@ import (
 	coapnet "github.com/plgd-dev/go-coap/v3/net"
 	"github.com/plgd-dev/go-coap/v3/options"
 	coapudp "github.com/plgd-dev/go-coap/v3/udp"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/bench"
 	"github.com/udpgate/udpgate/bench/nginx"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
-	"github.com/udpgate/udpgate/workers"
-	"github.com/udpgate/udpgate/workers/builtin"
 )
 
 // benchUsage is the synopsis of `udpgate bench`.
@@ -616,7 +612,7 @@ func (s *suite) gatewayRawOpen80(ctx context.Context, durable bool) (bench.Sampl
 	}
 	port := e.rawPort(durable)
 	listener := strconv.Itoa(int(port.Port())) + "/raw"
-	before, dropped := e.g.Stats(), e.workerDropped()
+	before, dropped := e.Gateway.Stats(), e.workerDropped()
 	res, err := s.load(ctx, bench.Config{
 		Target: "udp://" + port.String(), Rate: 0.8 * rate, Duration: s.noLoss,
 		Sockets: suiteInFlight, Payload: rawPayload,
@@ -624,7 +620,7 @@ func (s *suite) gatewayRawOpen80(ctx context.Context, durable bool) (bench.Sampl
 	if err != nil {
 		return bench.Sample{}, err
 	}
-	after := e.g.Stats()
+	after := e.Gateway.Stats()
 	note := fmt.Sprintf("open loop at %.0f req/s (0.8 x %s) for %s", 0.8*rate, base, s.noLoss)
 	if drops := dropsBetween(before, after, listener); drops != "" {
 		note += "; the gateway dropped " + drops
@@ -801,7 +797,7 @@ func (s *suite) jsPublish(ctx context.Context) (bench.Sample, error) {
 		return bench.Sample{}, err
 	}
 	const stream, subject = "UDPGATE_BENCH_JS", "udpgatebench.js"
-	js, err := jetstream.New(e.nc, jetstream.WithPublishAsyncMaxPending(s.cfg.MaxInFlight))
+	js, err := jetstream.New(e.Conn, jetstream.WithPublishAsyncMaxPending(s.cfg.MaxInFlight))
 	if err != nil {
 		return bench.Sample{}, err
 	}
@@ -979,26 +975,19 @@ func cpuModel() string {
 	return runtime.GOARCH
 }
 
-// suiteEnv is the suite's gateway: an embedded NATS server with JetStream
-// in a temporary directory, a gateway on five loopback listeners and the
-// built-in workers, all in this process.
+// suiteEnv is the suite's gateway: a node (internal/node) with its
+// embedded NATS server's store in a temporary directory, a gateway on five
+// loopback listeners and the built-in workers, all in this process.
 type suiteEnv struct {
+	*node.Node
 	dir    string
-	ns     *server.Server
-	nc     *nats.Conn
-	js     jetstream.JetStream
 	stream string
-	cancel context.CancelFunc
-	grp    *errgroup.Group
-	g      *gateway.Gateway
-	// workers are the echo, coap, places and echo-durable groups.
-	workers []*workers.Server
 
 	echo    netip.AddrPort // raw, echo worker (the configured delivery, direct by default)
-	durable netip.AddrPort // raw, echo worker in durable delivery
 	ingest  netip.AddrPort // raw, reply=off, no worker
 	coap    netip.AddrPort // coap, coap worker
 	rpc     netip.AddrPort // rpc, places worker
+	durable netip.AddrPort // raw, echo worker in durable delivery
 }
 
 // start starts the suite's gateway the first time a case needs it.
@@ -1027,30 +1016,22 @@ func (s *suite) close() {
 	}
 }
 
-func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *suiteEnv, err error) {
+func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (*suiteEnv, error) {
 	dir, err := os.MkdirTemp("", "udpgate-bench-")
 	if err != nil {
 		return nil, err
 	}
-	e := &suiteEnv{dir: dir, stream: cfg.Stream}
-	defer func() {
-		if err != nil {
-			e.close()
-		}
-	}()
 	cfg.DataDir = dir
 	cfg.NATSListen = netip.MustParseAddrPort("127.0.0.1:0")
 	cfg.HTTPListen = ""
 	cfg.Node = "bench"
 	cfg.StreamReplicas = 1
 	cfg.StreamMemory = false
+	cfg.DrainTimeout = -1 // between cases nothing waits for replies: stop at once
 	if cfg.RcvBuf == 0 {
 		// As deployed: the compose file and the Kubernetes ConfigMap
 		// ask for 4 MiB (docs/operations.md).
 		cfg.RcvBuf = suiteRcvBuf
-	}
-	if e.ns, err = node.StartNATS(cfg); err != nil {
-		return nil, err
 	}
 	// A direct worker's slow-consumer drops are counted by its Server
 	// (the cases' notes report them), not printed by nats.go one by one.
@@ -1059,70 +1040,38 @@ func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (_ 
 			log.Warn("bench suite: nats", "err", err)
 		}
 	})
-	if e.nc, err = nats.Connect(e.ns.ClientURL(), nats.InProcessServer(e.ns), nats.Name("udpgate bench suite"), quiet); err != nil {
-		return nil, fmt.Errorf("connect to the embedded NATS server: %w", err)
-	}
-	if e.js, err = jetstream.New(e.nc); err != nil {
-		return nil, err
-	}
 	loop := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0)
-	listeners := []config.Listener{
-		{Addr: loop, Protocol: schemas.ProtocolRaw},
-		{Addr: loop, Protocol: schemas.ProtocolRaw, NoReply: true}, // ingest: captured, never answered
-		{Addr: loop, Protocol: schemas.ProtocolCoAP},
-		{Addr: loop, Protocol: schemas.ProtocolRPC},
-		{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
-	}
-	g, err := node.NewGateway(ctx, cfg, log, e.nc, listeners, nil)
+	n, err := node.Start(context.WithoutCancel(ctx), cfg, log, node.Options{
+		Listeners: []config.Listener{
+			{Addr: loop, Protocol: schemas.ProtocolRaw},
+			{Addr: loop, Protocol: schemas.ProtocolRaw, NoReply: true}, // ingest: captured, never answered
+			{Addr: loop, Protocol: schemas.ProtocolCoAP},
+			{Addr: loop, Protocol: schemas.ProtocolRPC},
+			{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
+		},
+		Workers: []node.Worker{
+			{Name: "echo", Listener: 0},
+			{Name: "coap", Listener: 2},
+			{Name: "places", Listener: 3},
+			// What UDPGATE_DELIVERY=durable udpgate worker echo runs,
+			// whatever the delivery of the others.
+			{Name: "echo", Group: "echo-durable", Listener: 4, Durable: true},
+		},
+		NATSOptions: []nats.Option{nats.Name("udpgate bench suite"), quiet},
+	})
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	g.DrainTimeout = -1 // between cases nothing waits for replies: stop at once
-	ports := make([]netip.AddrPort, len(g.Listeners))
-	for i, l := range g.Listeners {
-		ports[i] = l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	}
-	e.echo, e.ingest, e.coap, e.rpc, e.durable = ports[0], ports[1], ports[2], ports[3], ports[4]
-	e.g = g
-	var gctx context.Context
-	gctx, e.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	e.grp, gctx = errgroup.WithContext(gctx)
-	e.grp.Go(func() error { return g.Serve(gctx) })
-	if err := waitReady(gctx, g.Ready()); err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
-	}
-	var ws []*workers.Server
-	for _, w := range []struct {
-		name     string
-		port     netip.AddrPort
-		protocol string
-	}{{"echo", e.echo, schemas.ProtocolRaw}, {"coap", e.coap, schemas.ProtocolCoAP}, {"places", e.rpc, schemas.ProtocolRPC}} {
-		h, _ := builtin.Lookup(w.name)
-		ws = append(ws, node.NewWorker(cfg, log, e.js, w.name, builtin.Subjects(w.name, cfg.Prefix, w.port.Port()), h, cfg.WorkerConcurrency))
-	}
-	// The durable listener's group: what UDPGATE_DELIVERY=durable udpgate
-	// worker echo runs, whatever the delivery of the others.
-	durable := cfg
-	durable.Delivery = workers.Durable
-	echo, _ := builtin.Lookup("echo")
-	ws = append(ws, node.NewWorker(durable, log, e.js, "echo-durable", []string{schemas.InSubject(cfg.Prefix, e.durable.Port())}, echo, cfg.WorkerConcurrency))
-	e.workers = ws
-	for _, w := range ws {
-		e.grp.Go(func() error { return w.Serve(gctx) })
-	}
-	for _, w := range ws {
-		if err := waitReady(gctx, w.Ready()); err != nil {
-			return nil, fmt.Errorf("worker %s: %w", w.Group, err)
-		}
-	}
-	return e, nil
+	p := n.Ports
+	return &suiteEnv{Node: n, dir: dir, stream: cfg.Stream, echo: p[0], ingest: p[1], coap: p[2], rpc: p[3], durable: p[4]}, nil
 }
 
 // workerDropped returns the requests the workers' direct subscriptions
 // have dropped so far (NATS slow consumers), all groups together.
 func (e *suiteEnv) workerDropped() uint64 {
 	var n uint64
-	for _, w := range e.workers {
+	for _, w := range e.Workers {
 		n += w.Stats().Dropped
 	}
 	return n
@@ -1137,29 +1086,9 @@ func (e *suiteEnv) rawPort(durable bool) netip.AddrPort {
 	return e.echo
 }
 
-// waitReady waits for ready, or for ctx to end (a part failed).
-func waitReady(ctx context.Context, ready <-chan struct{}) error {
-	select {
-	case <-ready:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stopped before it was ready: %w", context.Cause(ctx))
-	case <-time.After(30 * time.Second):
-		return errors.New("not ready after 30s")
-	}
-}
-
 // streamState returns the capture stream's state.
 func (e *suiteEnv) streamState(ctx context.Context) (jetstream.StreamState, error) {
-	st, err := e.js.Stream(ctx, e.stream)
-	if err != nil {
-		return jetstream.StreamState{}, err
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return jetstream.StreamState{}, err
-	}
-	return info.State, nil
+	return e.StreamState(ctx, e.stream)
 }
 
 // settle waits until the capture stream stops growing (200 ms without a
@@ -1189,16 +1118,6 @@ func (e *suiteEnv) settle(ctx context.Context) (jetstream.StreamState, error) {
 // close stops the workers and the gateway, then the NATS server, and
 // removes the store.
 func (e *suiteEnv) close() {
-	if e.cancel != nil {
-		e.cancel()
-		e.grp.Wait()
-	}
-	if e.nc != nil {
-		e.nc.Close()
-	}
-	if e.ns != nil {
-		e.ns.Shutdown()
-		e.ns.WaitForShutdown()
-	}
+	e.Close()
 	os.RemoveAll(e.dir)
 }

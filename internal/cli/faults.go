@@ -512,7 +512,7 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	defer stopGateway()
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(gctx) }()
-	if err := waitReady(gctx, g.Ready()); err != nil {
+	if err := node.WaitReady(gctx, g.Ready()); err != nil {
 		return err
 	}
 	stopWorker, err := serveGroup(node.NewWorker(cfg, f.log, e.js, "echo-slow", []string{schemas.InSubject(cfg.Prefix, port.Port())}, slowEcho(50*time.Millisecond), faultConcurrency))
@@ -1123,7 +1123,7 @@ func serveFaultGateway(ctx context.Context, g *gateway.Gateway) (stop func(), er
 		cancel()
 		<-served
 	}
-	if err := waitReady(gctx, g.Ready()); err != nil {
+	if err := node.WaitReady(gctx, g.Ready()); err != nil {
 		stop()
 		return nil, err
 	}

@@ -31,7 +31,7 @@ func newPcapCmd() *cobra.Command {
 		Long: `udpgate pcap import publishes a pcap's UDP requests into the capture stream;
 udpgate pcap export writes the capture stream's requests (and replies) as a pcap.
 Both use UDPGATE_NATS_URL, UDPGATE_SUBJECT_PREFIX and UDPGATE_STREAM.`,
-		Args: cobra.NoArgs,
+		Args: cobra.ArbitraryArgs,
 	}
 	cmd.AddCommand(newPcapImportCmd(), newPcapExportCmd())
 	return cmd

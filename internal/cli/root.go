@@ -94,15 +94,26 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 Clients send datagrams (plain UDP, CoAP or protobuf RPC) to real ports;
 worker groups answer them through NATS; every datagram is captured in
 JetStream, so traffic can be replayed.`,
+		Args:          cobra.ArbitraryArgs,
 		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+	}
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return usageErrorf(cmd, "which command?")
+		}
+		msg := fmt.Sprintf("unknown command %q", args[0])
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += " (did you mean " + strings.Join(s, " or ") + "?)"
+		}
+		return usageErrorf(cmd, "%s", msg)
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		fmt.Fprintf(cmd.ErrOrStderr(), "udpgate %s: %v\n%s", cmd.Name(), err, cmd.UsageString())
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n%s", cmd.CommandPath(), err, cmd.UsageString())
 		return errUsage
 	})
 	root.AddGroup(&cobra.Group{ID: "serve", Title: "Serving:"}, &cobra.Group{ID: "tools", Title: "Tools:"})
@@ -114,6 +125,7 @@ JetStream, so traffic can be replayed.`,
 		c.GroupID = "tools"
 		root.AddCommand(c)
 	}
+	usageOnBadArgs(root)
 	root.SetUsageTemplate(root.UsageTemplate() + `{{if not .HasParent}}
 Environment (every command reads these; NATS_URL is used when UDPGATE_NATS_URL is unset):
 {{environment}}{{end}}`)
@@ -123,6 +135,31 @@ Environment (every command reads these; NATS_URL is used when UDPGATE_NATS_URL i
 		return b.String()
 	})
 	return root
+}
+
+// usageOnBadArgs makes wrong arguments a usage error (exit status 2, the
+// usage on standard error) in cmd and its subcommands, and a command that
+// only groups subcommands (pcap) a usage error when run alone.
+func usageOnBadArgs(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if err := check(c, args); err != nil {
+				return usageErrorf(c, "%v", err)
+			}
+			return nil
+		}
+	}
+	if !cmd.Runnable() && cmd.HasParent() {
+		cmd.RunE = func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf(c, "unknown command %q", args[0])
+			}
+			return usageErrorf(c, "which one?")
+		}
+	}
+	for _, c := range cmd.Commands() {
+		usageOnBadArgs(c)
+	}
 }
 
 // singleDashFlags rewrites -name and -name=value, the single-dash spelling
@@ -193,6 +230,6 @@ func isTerminal(w io.Writer) bool {
 // usageErrorf prints msg and the usage of cmd on its stderr, and returns
 // errUsage.
 func usageErrorf(cmd *cobra.Command, format string, args ...any) error {
-	fmt.Fprintf(cmd.ErrOrStderr(), "udpgate %s: %s\n%s", cmd.Name(), fmt.Sprintf(format, args...), cmd.UsageString())
+	fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n%s", cmd.CommandPath(), fmt.Sprintf(format, args...), cmd.UsageString())
 	return errUsage
 }

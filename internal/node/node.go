@@ -154,7 +154,7 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, opts Option
 	// A group sees only the requests that arrive after it subscribed (or
 	// its consumer exists).
 	for _, w := range n.Workers {
-		if err := waitReady(n.ctx, w.Ready()); err != nil {
+		if err := WaitReady(n.ctx, w.Ready()); err != nil {
 			return nil, fmt.Errorf("worker %s: %w", w.Group, err)
 		}
 	}
@@ -166,8 +166,8 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, opts Option
 	return n, nil
 }
 
-// waitReady waits for ready, or for ctx to end (a part failed).
-func waitReady(ctx context.Context, ready <-chan struct{}) error {
+// WaitReady waits for ready, or for ctx to end (a part failed).
+func WaitReady(ctx context.Context, ready <-chan struct{}) error {
 	select {
 	case <-ready:
 		return nil
