@@ -235,36 +235,3 @@ func (e *Edge) send(dst exchange.Exchange, b []byte) {
 		e.Log.Debug("coap: send", "err", err)
 	}
 }
-
-func decodeUint(v []byte) uint32 {
-	var n uint32
-	for _, b := range v {
-		n = n<<8 | uint32(b)
-	}
-	return n
-}
-
-// appendUint appends n as a CoAP uint option value: big-endian, without
-// leading zero bytes.
-func appendUint(dst []byte, n uint32) []byte {
-	for i := 24; i >= 0; i -= 8 {
-		if n>>i != 0 {
-			dst = append(dst, byte(n>>i))
-		}
-	}
-	return dst
-}
-
-func encodeUint(n uint32) []byte {
-	switch {
-	case n == 0:
-		return nil
-	case n < 1<<8:
-		return []byte{byte(n)}
-	case n < 1<<16:
-		return []byte{byte(n >> 8), byte(n)}
-	case n < 1<<24:
-		return []byte{byte(n >> 16), byte(n >> 8), byte(n)}
-	}
-	return []byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
-}
