@@ -116,7 +116,6 @@ func (e *Edge) serveBlock2(r *Request, now time.Time) bool {
 		return true
 	}
 	var opts message.Options
-	buf := make([]byte, 0, 32)
 	if d.cf >= 0 {
 		opts = opts.Add(message.Option{ID: message.ContentFormat, Value: encodeUint(uint32(d.cf))})
 	}
@@ -134,7 +133,7 @@ func (e *Edge) serveBlock2(r *Request, now time.Time) bool {
 			want = scaleBlock(want, szx)
 		}
 	}
-	chunk, opts := blockOf(d.body, want, opts, &buf)
+	chunk, opts := blockOf(d.body, want, opts)
 	if limited {
 		e.mu.Lock()
 		d.credit -= guard.Wire(r.dst.Remote.Addr(), r.encodedLen(d.code, opts, chunk))
@@ -148,7 +147,7 @@ func (e *Edge) serveBlock2(r *Request, now time.Time) bool {
 
 // blockOf returns block want of body and opts with the Block2 option (and
 // Size2 on the first block).
-func blockOf(body []byte, want block, opts message.Options, buf *[]byte) ([]byte, message.Options) {
+func blockOf(body []byte, want block, opts message.Options) ([]byte, message.Options) {
 	size := want.size()
 	start := min(int(want.num)*size, len(body))
 	end := min(start+size, len(body))

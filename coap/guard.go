@@ -39,10 +39,9 @@ func (r *Request) encodedLen(code codes.Code, opts message.Options, payload []by
 // fitBlock returns the largest block size, at most want's, whose block of
 // body fits in credit.
 func (r *Request) fitBlock(code codes.Code, opts message.Options, body []byte, want block, credit int) (uint8, bool) {
-	var buf []byte
 	for szx := int(want.szx); szx >= 0; szx-- {
 		w := scaleBlock(want, uint8(szx))
-		chunk, o := blockOf(body, w, opts[:len(opts):len(opts)], &buf)
+		chunk, o := blockOf(body, w, opts[:len(opts):len(opts)])
 		if guard.Wire(r.dst.Remote.Addr(), r.encodedLen(code, o, chunk)) <= credit {
 			return uint8(szx), true
 		}

@@ -129,7 +129,7 @@ func (r *Request) Reply(_ exchange.Exchange, status string, header map[string][]
 			body: body, code: code, cf: cf, etag: etag, szx: want.szx, expires: time.Now().Add(exchangeLifetime),
 		}
 		var chunk []byte
-		chunk, opts = blockOf(body, want, opts, &buf)
+		chunk, opts = blockOf(body, want, opts)
 		body = chunk
 		if limited {
 			d.limited = true
