@@ -70,14 +70,9 @@ func (r *Request) challenge(credit int) {
 
 // drop ends r without an answer.
 func (r *Request) drop() {
-	e := r.edge
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	r.done = true
-	e.closeWindow(r)
-	if c := r.cached(); c != nil {
-		c.started = nil
-	}
+	r.edge.mu.Lock()
+	defer r.edge.mu.Unlock()
+	r.end()
 }
 
 // TooManyRequests answers request datagram b with 4.29 Too Many Requests
