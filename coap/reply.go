@@ -105,12 +105,12 @@ func (sc *scratch) options(h *replyHeaders) (opts message.Options, cf int, etag 
 		}
 	}
 	if s := h.locationPath; s != "" {
-		for _, seg := range splitPath(s) {
+		for _, seg := range SplitPath(s) {
 			o.add(message.LocationPath, []byte(seg))
 		}
 	}
 	if s := h.locationQuery; s != "" {
-		for _, q := range splitQuery(s) {
+		for _, q := range SplitQuery(s) {
 			o.add(message.LocationQuery, []byte(q))
 		}
 	}

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -413,18 +412,12 @@ func (r *request) encodeCoAP(h map[string][]string, body []byte) ([]byte, error)
 		return nil, fmt.Errorf("%s %q: no path", schemas.HeaderCoAPRequest, line)
 	}
 	var opts message.Options
-	for _, seg := range splitPath(path) {
+	for _, seg := range coap.SplitPath(path) {
 		opts = opts.Add(message.Option{ID: message.URIPath, Value: []byte(seg)})
 	}
 	if hasQuery {
-		for _, part := range strings.Split(query, "&") {
-			k, v, eq := strings.Cut(part, "=")
-			k, _ = url.QueryUnescape(k)
-			if eq {
-				v, _ = url.QueryUnescape(v)
-				k += "=" + v
-			}
-			opts = opts.Add(message.Option{ID: message.URIQuery, Value: []byte(k)})
+		for _, q := range coap.SplitQuery(query) {
+			opts = opts.Add(message.Option{ID: message.URIQuery, Value: []byte(q)})
 		}
 	}
 	for id, k := range map[message.OptionID]string{message.ContentFormat: schemas.HeaderCoAPContentFormat, message.Accept: schemas.HeaderCoAPAccept} {
@@ -535,20 +528,6 @@ func encodeUint(n uint32) []byte {
 		b = append([]byte{byte(n)}, b...)
 	}
 	return b
-}
-
-func splitPath(p string) []string {
-	p = strings.TrimPrefix(p, "/")
-	if p == "" {
-		return nil
-	}
-	parts := strings.Split(p, "/")
-	for i, s := range parts {
-		if u, err := url.PathUnescape(s); err == nil {
-			parts[i] = u
-		}
-	}
-	return parts
 }
 
 // errAddress reports a datagram whose addresses cannot make a frame.
