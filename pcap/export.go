@@ -385,11 +385,6 @@ func protocolOf(h map[string][]string) string {
 	return ""
 }
 
-var coapMethods = map[string]codes.Code{
-	"GET": codes.GET, "POST": codes.POST, "PUT": codes.PUT, "DELETE": codes.DELETE,
-	"FETCH": codes.FETCH, "PATCH": codes.PATCH, "iPATCH": codes.IPATCH,
-}
-
 // encodeCoAP encodes a CoAP request from the headers of a request message
 // that has no datagram head: its request line (method, percent-encoded
 // path and query), Content-Format and Accept, with r's type, message id and
@@ -403,7 +398,7 @@ func (r *request) encodeCoAP(h map[string][]string, body []byte) ([]byte, error)
 	}
 	line := get(schemas.HeaderCoAPRequest)
 	method, uri, _ := strings.Cut(line, " ")
-	code, ok := coapMethods[method]
+	code, ok := coap.ParseMethod(method)
 	if !ok {
 		return nil, fmt.Errorf("%s %q: unknown method", schemas.HeaderCoAPRequest, line)
 	}
