@@ -104,6 +104,7 @@ type Edge struct {
 	stats counters
 }
 
+// peerMID names a message by its peer and message id.
 type peerMID struct {
 	peer netip.AddrPort
 	mid  uint16
@@ -136,6 +137,7 @@ type Stats struct {
 	Retransmitted uint64
 }
 
+// counters are the edge's Stats as they are counted.
 type counters struct {
 	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
 	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
@@ -229,6 +231,8 @@ func (e *Edge) Sweep(now time.Time) {
 	}
 }
 
+// send writes b to dst, counting and logging at Debug a failure. It does
+// not keep b.
 func (e *Edge) send(dst exchange.Exchange, b []byte) {
 	if err := dst.Write(b); err != nil {
 		e.stats.sendErrors.Add(1)
