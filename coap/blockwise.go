@@ -50,29 +50,26 @@ func (e *Edge) receiveBlock1(r *Request, b block, payload []byte, now time.Time)
 	key := transferKey{r.dst.Remote, r.op}
 	e.mu.Lock()
 	up := e.uploads[key]
-	switch {
-	case b.num == 0:
+	if b.num == 0 {
 		up = &upload{szx: b.szx}
 		e.storeUpload(key, up)
+	}
+	var reject codes.Code
+	var opts message.Options
+	switch {
 	case up == nil || up.next != b.num || up.szx != b.szx:
-		delete(e.uploads, key)
-		e.mu.Unlock()
-		e.stats.rejected.Add(1)
-		r.respond(codes.RequestEntityIncomplete, nil, nil)
-		return nil, false
+		reject = codes.RequestEntityIncomplete
+	case b.more && len(payload) != b.size():
+		reject = codes.BadRequest
+	case len(up.body)+len(payload) > e.MaxBody:
+		reject = codes.RequestEntityTooLarge
+		opts = message.Options{{ID: message.Size1, Value: encodeUint(uint32(e.MaxBody))}}
 	}
-	if b.more && len(payload) != b.size() {
+	if reject != 0 {
 		delete(e.uploads, key)
 		e.mu.Unlock()
 		e.stats.rejected.Add(1)
-		r.respond(codes.BadRequest, nil, nil)
-		return nil, false
-	}
-	if len(up.body)+len(payload) > e.MaxBody {
-		delete(e.uploads, key)
-		e.mu.Unlock()
-		e.stats.rejected.Add(1)
-		r.respond(codes.RequestEntityTooLarge, message.Options{{ID: message.Size1, Value: encodeUint(uint32(e.MaxBody))}}, nil)
+		r.respond(reject, opts, nil)
 		return nil, false
 	}
 	up.body = append(up.body, payload...)
