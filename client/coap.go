@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -15,19 +14,17 @@ import (
 	"github.com/plgd-dev/go-coap/v3/options"
 	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 	coapclient "github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/udpgate/udpgate/coap"
 )
 
-// coapMethods are the request methods Options.Method names.
-var coapMethods = map[string]codes.Code{
-	"get": codes.GET, "post": codes.POST, "put": codes.PUT, "delete": codes.DELETE,
-	"fetch": codes.FETCH, "patch": codes.PATCH, "ipatch": codes.IPATCH,
-}
-
+// coapMethod returns the code of the request method Options.Method names,
+// in any case; GET if it names none.
 func coapMethod(name string) (uint8, error) {
 	if name == "" {
 		return uint8(codes.GET), nil
 	}
-	c, ok := coapMethods[strings.ToLower(name)]
+	c, ok := coap.ParseMethod(name)
 	if !ok {
 		return 0, fmt.Errorf("unknown CoAP method %q (want get, post, put, delete, fetch, patch or ipatch)", name)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
@@ -171,26 +172,32 @@ func FormatCode(c codes.Code) string {
 	return strconv.Itoa(int(c>>5)) + "." + fmt.Sprintf("%02d", int(c&0x1f))
 }
 
-// methodName returns the name of request code c (RFC 7252, RFC 8132), or
-// "" for an unknown method.
+// methods names the request codes (RFC 7252, RFC 8132) as Request.Method
+// and the CoAP-Request header write them.
+var methods = [...]string{
+	codes.GET: "GET", codes.POST: "POST", codes.PUT: "PUT", codes.DELETE: "DELETE",
+	codes.FETCH: "FETCH", codes.PATCH: "PATCH", codes.IPATCH: "iPATCH",
+}
+
+// methodName returns the name of request code c, or "" for an unknown
+// method.
 func methodName(c codes.Code) string {
-	switch c {
-	case codes.GET:
-		return "GET"
-	case codes.POST:
-		return "POST"
-	case codes.PUT:
-		return "PUT"
-	case codes.DELETE:
-		return "DELETE"
-	case codes.FETCH:
-		return "FETCH"
-	case codes.PATCH:
-		return "PATCH"
-	case codes.IPATCH:
-		return "iPATCH"
+	if int(c) < len(methods) {
+		return methods[c]
 	}
 	return ""
+}
+
+// ParseMethod returns the request code of the method named name, as
+// Request.Method writes it ("GET", "iPATCH"), in any case ("get",
+// "ipatch"). It reports false for an unknown method.
+func ParseMethod(name string) (codes.Code, bool) {
+	for c, m := range methods {
+		if m != "" && strings.EqualFold(m, name) {
+			return codes.Code(c), true
+		}
+	}
+	return 0, false
 }
 
 // Block options (RFC 7959 §2.2): NUM, M and SZX packed in one uint.
@@ -222,4 +229,40 @@ func szxFor(n int) uint8 {
 		szx--
 	}
 	return szx
+}
+
+// decodeUint reads a CoAP uint option value (RFC 7252 §3.2).
+func decodeUint(v []byte) uint32 {
+	var n uint32
+	for _, b := range v {
+		n = n<<8 | uint32(b)
+	}
+	return n
+}
+
+// appendUint appends n as a CoAP uint option value: big-endian, without
+// leading zero bytes.
+func appendUint(dst []byte, n uint32) []byte {
+	for i := 24; i >= 0; i -= 8 {
+		if n>>i != 0 {
+			dst = append(dst, byte(n>>i))
+		}
+	}
+	return dst
+}
+
+// encodeUint returns n as a CoAP uint option value, in a new slice; nil
+// for 0.
+func encodeUint(n uint32) []byte {
+	switch {
+	case n == 0:
+		return nil
+	case n < 1<<8:
+		return []byte{byte(n)}
+	case n < 1<<16:
+		return []byte{byte(n >> 8), byte(n)}
+	case n < 1<<24:
+		return []byte{byte(n >> 16), byte(n >> 8), byte(n)}
+	}
+	return []byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/plgd-dev/go-coap/v3/message"
+
+	"github.com/udpgate/udpgate/exchange"
 )
 
 // cached is what the dedupe cache knows of one received message.
@@ -20,6 +22,59 @@ type cached struct {
 
 // hashSeed keys the hashes of the dedupe cache.
 var hashSeed = maphash.MakeSeed()
+
+// deduplicate looks up message b, with header h, from dst.Remote in the
+// dedupe cache. It remembers a new message and returns its entry. It
+// answers a duplicate from the cache (with the response, or an empty ACK
+// once the response is to come separately) and hands its request, if
+// started and still unanswered, to Retransmitted; it drops a message that
+// reuses a message id with other bytes. For those, and after Close, it
+// returns nil.
+func (e *Edge) deduplicate(b []byte, h header, dst exchange.Exchange, now time.Time) *cached {
+	key := peerMID{dst.Remote, h.mid}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	sum := maphash.Bytes(hashSeed, b)
+	c, ok := e.dedupe[key]
+	if !ok || !now.Before(c.expires) {
+		c = e.remember(key, h.typ, now)
+		c.sum = sum
+		e.mu.Unlock()
+		return c
+	}
+	if c.sum != sum {
+		// Same message id, other content: not a retransmission. It is
+		// dropped, so that no one can fetch a cached response larger
+		// than what they send.
+		e.mu.Unlock()
+		e.stats.malformed.Add(1)
+		return nil
+	}
+	e.stats.duplicates.Add(1)
+	var again []byte
+	switch {
+	case c.response != nil:
+		again = c.response
+	case c.separate:
+		again = empty(typeACK, h.mid)
+	}
+	var retry *Request
+	if c.response == nil && c.started != nil && !c.started.done {
+		retry = c.started
+	}
+	e.mu.Unlock()
+	if again != nil {
+		e.send(dst, again)
+	}
+	if retry != nil && e.Retransmitted != nil {
+		e.stats.retransmitted.Add(1)
+		e.Retransmitted(retry)
+	}
+	return nil
+}
 
 // remember records a new received message in the dedupe cache, dropping
 // the oldest entry if the cache is full. e.mu must be held.

@@ -307,6 +307,22 @@ func TestParseCode(t *testing.T) {
 	}
 }
 
+func TestParseMethod(t *testing.T) {
+	for c := codes.GET; c <= codes.IPATCH; c++ {
+		name := methodName(c)
+		for _, s := range []string{name, strings.ToLower(name), strings.ToUpper(name)} {
+			if got, ok := ParseMethod(s); !ok || got != c {
+				t.Errorf("ParseMethod(%q) = %v, %v; want %v", s, got, ok, c)
+			}
+		}
+	}
+	for _, s := range []string{"", "HEAD", "GETS", "Empty"} {
+		if c, ok := ParseMethod(s); ok {
+			t.Errorf("ParseMethod(%q) = %v", s, c)
+		}
+	}
+}
+
 // FuzzReceive feeds arbitrary datagrams to the edge. It must never panic,
 // and nothing it answers by itself may be larger than what it received.
 func FuzzReceive(f *testing.F) {

@@ -136,6 +136,19 @@ type retransmission struct {
 	credit   int
 }
 
+// expect keeps b, r's separate response with message id mid, and sends
+// it again until the client acknowledges or resets it. e.mu must be held.
+func (r *Request) expect(b []byte, mid uint16) {
+	e := r.edge
+	rt := &retransmission{
+		dst: r.dst, msg: b, timeout: initialTimeout(e.ACKTimeout),
+		limited: r.limited, credit: r.credit,
+	}
+	key := peerMID{r.dst.Remote, mid}
+	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(key) })
+	e.outgoing[key] = rt
+}
+
 // retransmit resends a separate CON response that has not been
 // acknowledged, doubling the timeout, up to MAX_RETRANSMIT times.
 func (e *Edge) retransmit(key peerMID) {

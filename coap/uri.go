@@ -53,7 +53,11 @@ func appendQueryEscaped(dst, s []byte) []byte {
 	return dst
 }
 
-func splitPath(p string) []string {
+// SplitPath returns the segments of a percent-encoded path, such as
+// Request.Path or a Location-Path header, decoded: "/a/b%2Fc" gives "a"
+// and "b/c"; "/" and "" give nil. A segment that does not decode is
+// returned as it is.
+func SplitPath(p string) []string {
 	p = strings.TrimPrefix(p, "/")
 	if p == "" {
 		return nil
@@ -73,10 +77,13 @@ func (r *Request) QueryOptions() []string {
 	if r.Query == "" {
 		return nil
 	}
-	return splitQuery(r.Query)
+	return SplitQuery(r.Query)
 }
 
-func splitQuery(s string) []string {
+// SplitQuery returns the options of a percent-encoded query, such as
+// Request.Query or a Location-Query header, decoded, in order: "a=1%262&b"
+// gives "a=1&2" and "b". A key or value that does not decode becomes "".
+func SplitQuery(s string) []string {
 	var out []string
 	for _, part := range strings.Split(s, "&") {
 		k, v, ok := strings.Cut(part, "=")

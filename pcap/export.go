@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -386,11 +385,6 @@ func protocolOf(h map[string][]string) string {
 	return ""
 }
 
-var coapMethods = map[string]codes.Code{
-	"GET": codes.GET, "POST": codes.POST, "PUT": codes.PUT, "DELETE": codes.DELETE,
-	"FETCH": codes.FETCH, "PATCH": codes.PATCH, "iPATCH": codes.IPATCH,
-}
-
 // encodeCoAP encodes a CoAP request from the headers of a request message
 // that has no datagram head: its request line (method, percent-encoded
 // path and query), Content-Format and Accept, with r's type, message id and
@@ -404,7 +398,7 @@ func (r *request) encodeCoAP(h map[string][]string, body []byte) ([]byte, error)
 	}
 	line := get(schemas.HeaderCoAPRequest)
 	method, uri, _ := strings.Cut(line, " ")
-	code, ok := coapMethods[method]
+	code, ok := coap.ParseMethod(method)
 	if !ok {
 		return nil, fmt.Errorf("%s %q: unknown method", schemas.HeaderCoAPRequest, line)
 	}
@@ -413,18 +407,12 @@ func (r *request) encodeCoAP(h map[string][]string, body []byte) ([]byte, error)
 		return nil, fmt.Errorf("%s %q: no path", schemas.HeaderCoAPRequest, line)
 	}
 	var opts message.Options
-	for _, seg := range splitPath(path) {
+	for _, seg := range coap.SplitPath(path) {
 		opts = opts.Add(message.Option{ID: message.URIPath, Value: []byte(seg)})
 	}
 	if hasQuery {
-		for _, part := range strings.Split(query, "&") {
-			k, v, eq := strings.Cut(part, "=")
-			k, _ = url.QueryUnescape(k)
-			if eq {
-				v, _ = url.QueryUnescape(v)
-				k += "=" + v
-			}
-			opts = opts.Add(message.Option{ID: message.URIQuery, Value: []byte(k)})
+		for _, q := range coap.SplitQuery(query) {
+			opts = opts.Add(message.Option{ID: message.URIQuery, Value: []byte(q)})
 		}
 	}
 	for id, k := range map[message.OptionID]string{message.ContentFormat: schemas.HeaderCoAPContentFormat, message.Accept: schemas.HeaderCoAPAccept} {
@@ -535,20 +523,6 @@ func encodeUint(n uint32) []byte {
 		b = append([]byte{byte(n)}, b...)
 	}
 	return b
-}
-
-func splitPath(p string) []string {
-	p = strings.TrimPrefix(p, "/")
-	if p == "" {
-		return nil
-	}
-	parts := strings.Split(p, "/")
-	for i, s := range parts {
-		if u, err := url.PathUnescape(s); err == nil {
-			parts[i] = u
-		}
-	}
-	return parts
 }
 
 // errAddress reports a datagram whose addresses cannot make a frame.
