@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"github.com/udpgate/udpgate/bench/suite"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -203,7 +205,7 @@ func TestBenchSuiteSmoke(t *testing.T) {
 			t.Errorf("case %s: rate %v", c.Name, *c.Rate)
 		}
 	}
-	if want := suiteCaseNames(); !slices.Equal(names, want) {
+	if want := suite.CaseNames(); !slices.Equal(names, want) {
 		t.Errorf("cases %v, want %v", names, want)
 	}
 	for _, k := range bench.RatioKeys() {
@@ -229,8 +231,8 @@ func TestBenchSuiteSmoke(t *testing.T) {
 		}
 	}
 	for _, c := range report.Cases {
-		if c.Name == "gateway-raw" && !(c.Extra["capture_bytes_per_msg"] > suitePayload) {
-			t.Errorf("gateway-raw: capture_bytes_per_msg %v, want more than the datagram's %d bytes (%s)", c.Extra["capture_bytes_per_msg"], suitePayload, c.Note)
+		if c.Name == "gateway-raw" && !(c.Extra["capture_bytes_per_msg"] > suite.Payload) {
+			t.Errorf("gateway-raw: capture_bytes_per_msg %v, want more than the datagram's %d bytes (%s)", c.Extra["capture_bytes_per_msg"], suite.Payload, c.Note)
 		}
 	}
 }

@@ -179,7 +179,7 @@ func newFaultsCmd() *cobra.Command {
 		}
 		report := faultsReport{Scenarios: fl.rows, Goals: fl.goals, Machine: map[string]any{
 			"go": runtime.Version(), "os": runtime.GOOS, "arch": runtime.GOARCH, "cpus": runtime.NumCPU(),
-			"cpu": cpuModel(), "duration": duration.String(), "rate": *rate, "timeout": timeout.String(),
+			"cpu": bench.CPUModel(), "duration": duration.String(), "rate": *rate, "timeout": timeout.String(),
 		}}
 		if *asJSON {
 			enc := json.NewEncoder(stdout)
@@ -187,7 +187,7 @@ func newFaultsCmd() *cobra.Command {
 			return enc.Encode(report)
 		}
 		fmt.Fprintf(stdout, "udpgate bench faults: %s per scenario at %.0f requests/s, timeout %s; %d CPUs (%s), %s\n",
-			duration, *rate, timeout, runtime.NumCPU(), cpuModel(), runtime.Version())
+			duration, *rate, timeout, runtime.NumCPU(), bench.CPUModel(), runtime.Version())
 		return report.writeText(stdout)
 	}
 	return cmd
@@ -527,7 +527,7 @@ func (f *faults) gatewayStop(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pause(ctx, f.duration/2)
+	bench.Pause(ctx, f.duration/2)
 	stopAt := time.Since(l.start)
 	stopGateway()
 	if err := <-served; err != nil {
@@ -593,7 +593,7 @@ func (f *faults) gatewayHandover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pause(ctx, f.duration/2)
+	bench.Pause(ctx, f.duration/2)
 	at := time.Since(l.start)
 	replacement, err := f.gatewayProcess(ctx, cfg, e.ns)
 	if err != nil {
@@ -841,7 +841,7 @@ func (f *faults) leaderKill(ctx context.Context) error {
 		ld.wait()
 		return err
 	}
-	pause(ctx, f.duration/2)
+	bench.Pause(ctx, f.duration/2)
 	killAt := time.Since(ld.start)
 	before := g.Stats()
 	leader.Shutdown()
@@ -1067,7 +1067,7 @@ func (f *faults) workerStop(ctx context.Context) error {
 		stops[0]()
 		return err
 	}
-	pause(ctx, f.duration/2)
+	bench.Pause(ctx, f.duration/2)
 	stopAt := time.Since(l.start)
 	stops[0]()
 	stopped := time.Since(l.start) - stopAt

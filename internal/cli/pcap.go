@@ -16,8 +16,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/pcap"
@@ -123,15 +121,11 @@ func newPcapImportCmd() *cobra.Command {
 			defer f.Close()
 			in = f
 		}
-		nc, err := node.Connect(cfg, "udpgate pcap import")
+		nc, js, err := node.ConnectJetStream(cfg, "udpgate pcap import")
 		if err != nil {
 			return fmt.Errorf("pcap import: %w", err)
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return fmt.Errorf("pcap import: jetstream: %w", err)
-		}
 		if _, err := ingress.EnsureStream(ctx, js, ingress.StreamConfig{
 			Name: *stream, Subject: schemas.CaptureWildcard(*prefix), Stores: schemas.InWildcard(*prefix),
 			MaxAge: cfg.StreamMaxAge, MaxBytes: cfg.StreamMaxBytes, Replicas: cfg.StreamReplicas,
@@ -223,14 +217,12 @@ func newPcapExportCmd() *cobra.Command {
 			ex.RepliesStream = *repliesStream
 		}
 
-		nc, err := node.Connect(cfg, "udpgate pcap export")
+		nc, js, err := node.ConnectJetStream(cfg, "udpgate pcap export")
 		if err != nil {
 			return fmt.Errorf("pcap export: %w", err)
 		}
 		defer nc.Close()
-		if ex.JetStream, err = jetstream.New(nc); err != nil {
-			return fmt.Errorf("pcap export: jetstream: %w", err)
-		}
+		ex.JetStream = js
 		w, summary := stdout, stdout
 		var f *os.File
 		if *out != "-" {

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/udpgate/udpgate/replay"
 )
 
@@ -103,15 +101,11 @@ func newReplayCmd() *cobra.Command {
 			r.Progress = stderr
 		}
 
-		nc, err := node.Connect(cfg, "udpgate replay")
+		nc, js, err := node.ConnectJetStream(cfg, "udpgate replay")
 		if err != nil {
-			return err
+			return fmt.Errorf("replay: %w", err)
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return fmt.Errorf("replay: jetstream: %w", err)
-		}
 		r.JetStream = js
 
 		if *to != "" {
