@@ -6,7 +6,6 @@ import (
 
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
-	"github.com/udpgate/udpgate/rpc"
 )
 
 // admit asks the listener's guard about datagram b from remote, before
@@ -44,28 +43,7 @@ func (s *Server) admit(b []byte, remote netip.AddrPort, ctl control) bool {
 // fields (what a client must have sent at least).
 func (d datagram) size() int {
 	if d.rpc != nil {
-		return rpcSize(d.rpc)
+		return d.rpc.Size()
 	}
 	return len(d.data)
-}
-
-func rpcSize(c *rpc.Call) int {
-	field := func(n int) int { return 1 + varintLen(uint64(n)) + n }
-	n := field(len(c.Service)) + field(len(c.Method))
-	if len(c.Params) > 0 {
-		n += field(len(c.Params))
-	}
-	if c.ID != 0 {
-		n += 1 + varintLen(c.ID)
-	}
-	return n
-}
-
-func varintLen(v uint64) int {
-	n := 1
-	for v >= 0x80 {
-		v >>= 7
-		n++
-	}
-	return n
 }

@@ -182,9 +182,20 @@ func ParseSource(source string) (node string, port uint16, protocol string, ok b
 }
 
 // Listener returns a listener's name, PORT/PROTOCOL, as ce-source and the
-// metrics spell it.
+// metrics spell it. ParseListener reverses it.
 func Listener(port uint16, protocol string) string {
 	return strconv.FormatUint(uint64(port), 10) + "/" + protocol
+}
+
+// ParseListener splits a listener's name, PORT/PROTOCOL. It reports false
+// for anything else.
+func ParseListener(name string) (port uint16, protocol string, ok bool) {
+	p, protocol, found := strings.Cut(name, "/")
+	n, err := strconv.ParseUint(p, 10, 16)
+	if !found || err != nil || protocol == "" || strings.Contains(protocol, "/") {
+		return 0, "", false
+	}
+	return uint16(n), protocol, true
 }
 
 // EscapeToken turns any string into a single NATS subject token, reversibly.

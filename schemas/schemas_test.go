@@ -109,3 +109,25 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+func TestParseListener(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		port     uint16
+		protocol string
+		ok       bool
+	}{
+		{"5683/coap", 5683, "coap", true},
+		{Listener(9000, ProtocolRaw), 9000, ProtocolRaw, true},
+		{"70000/raw", 0, "", false},
+		{"9000", 0, "", false},
+		{"9000/", 0, "", false},
+		{"/raw", 0, "", false},
+		{"9000/raw/x", 0, "", false},
+	} {
+		port, protocol, ok := ParseListener(tt.name)
+		if port != tt.port || protocol != tt.protocol || ok != tt.ok {
+			t.Errorf("ParseListener(%q) = %d, %q, %v", tt.name, port, protocol, ok)
+		}
+	}
+}

@@ -262,7 +262,7 @@ func printGroups(w io.Writer, groups []gateway.Group) error {
 // unservedOutcome says what becomes of a request to a listener
 // (PORT/PROTOCOL) that no group serves.
 func unservedOutcome(listener string) string {
-	_, protocol, _ := strings.Cut(listener, "/")
+	_, protocol, _ := schemas.ParseListener(listener)
 	switch protocol {
 	case schemas.ProtocolCoAP:
 		return "CoAP requests get 4.04 Not Found at once"
