@@ -125,7 +125,7 @@ func persistName(async bool) string {
 // checkStream reports why an existing stream cannot serve as the capture.
 func checkStream(have jetstream.StreamConfig, want StreamConfig) error {
 	var problems []string
-	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return covers(s, want.Subject) }) {
+	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return schemas.Covers(s, want.Subject) }) {
 		problems = append(problems, fmt.Sprintf("its subjects %q do not cover %q", have.Subjects, want.Subject))
 	}
 	if want.Stores != "" {
@@ -137,7 +137,7 @@ func checkStream(have jetstream.StreamConfig, want StreamConfig) error {
 		case tr.Source != want.Subject || tr.Destination != want.Stores:
 			problems = append(problems, fmt.Sprintf("its subject transform maps %q to %q, not %q to %q", tr.Source, tr.Destination, want.Subject, want.Stores))
 		}
-		if i := slices.IndexFunc(have.Subjects, func(s string) bool { return overlaps(s, want.Stores) }); i >= 0 {
+		if i := slices.IndexFunc(have.Subjects, func(s string) bool { return schemas.Overlap(s, want.Stores) }); i >= 0 {
 			problems = append(problems, fmt.Sprintf("its subject %q overlaps %q, where requests go to direct groups as core NATS messages: it would capture them twice", have.Subjects[i], want.Stores))
 		}
 	}
@@ -149,42 +149,6 @@ func checkStream(have jetstream.StreamConfig, want StreamConfig) error {
 	}
 	return fmt.Errorf("ingress: stream %s exists but %s; udpgate never changes an existing stream: fix it, or configure another name (UDPGATE_STREAM, UDPGATE_REPLIES_STREAM)",
 		have.Name, strings.Join(problems, ", and "))
-}
-
-// covers reports whether the stream subject pattern p matches every subject
-// that the pattern q matches.
-func covers(p, q string) bool {
-	pt, qt := strings.Split(p, "."), strings.Split(q, ".")
-	for i, t := range pt {
-		if t == ">" {
-			return i < len(qt)
-		}
-		if i >= len(qt) {
-			return false
-		}
-		switch {
-		case qt[i] == ">":
-			return false
-		case t == "*":
-		case t != qt[i] || qt[i] == "*":
-			return false
-		}
-	}
-	return len(pt) == len(qt)
-}
-
-// overlaps reports whether some subject matches both patterns p and q.
-func overlaps(p, q string) bool {
-	pt, qt := strings.Split(p, "."), strings.Split(q, ".")
-	for i := 0; i < len(pt) && i < len(qt); i++ {
-		if pt[i] == ">" || qt[i] == ">" {
-			return true
-		}
-		if pt[i] != qt[i] && pt[i] != "*" && qt[i] != "*" {
-			return false
-		}
-	}
-	return len(pt) == len(qt)
 }
 
 func storage(memory bool) jetstream.StorageType {

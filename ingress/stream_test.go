@@ -11,28 +11,6 @@ import (
 	"github.com/udpgate/udpgate/internal/natstest"
 )
 
-func TestCovers(t *testing.T) {
-	tests := []struct {
-		p, q string
-		want bool
-	}{
-		{"udpgate.in.>", "udpgate.in.>", true},
-		{"udpgate.>", "udpgate.in.>", true},
-		{">", "udpgate.in.>", true},
-		{"*.in.>", "udpgate.in.>", true},
-		{"udpgate.in.*", "udpgate.in.>", false},
-		{"udpgate.in.9000", "udpgate.in.>", false},
-		{"udpgate.in", "udpgate.in.>", false},
-		{"other.in.>", "udpgate.in.>", false},
-		{"udpgate.in.>", "udpgate.>", false},
-	}
-	for _, tt := range tests {
-		if got := covers(tt.p, tt.q); got != tt.want {
-			t.Errorf("covers(%q, %q) = %v, want %v", tt.p, tt.q, got, tt.want)
-		}
-	}
-}
-
 func TestEnsureStream(t *testing.T) {
 	s := natstest.RunServer(t)
 	_, js := natstest.JetStream(t, s)
@@ -140,23 +118,4 @@ func TestEnsureStream(t *testing.T) {
 			}
 		}
 	})
-}
-
-func TestOverlaps(t *testing.T) {
-	for _, tt := range []struct {
-		p, q string
-		want bool
-	}{
-		{"a.in.>", "a.in.>", true},
-		{"a.>", "a.in.>", true},
-		{"a.*.x", "a.in.>", true},
-		{"a.capture.>", "a.in.>", false},
-		{"a.in", "a.in.>", false},
-		{"a.in.9000", "a.in.*", true},
-		{"b.in.>", "a.in.>", false},
-	} {
-		if got := overlaps(tt.p, tt.q); got != tt.want {
-			t.Errorf("overlaps(%q, %q) = %v, want %v", tt.p, tt.q, got, tt.want)
-		}
-	}
 }

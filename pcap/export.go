@@ -2,6 +2,7 @@ package pcap
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -87,7 +88,7 @@ func (ex *Exporter) Export(ctx context.Context, w io.Writer) (ExportStats, error
 	if ex.JetStream == nil {
 		return st, errors.New("pcap: export: JetStream is required")
 	}
-	prefix := cmpOr(ex.Prefix, schemas.DefaultPrefix)
+	prefix := cmp.Or(ex.Prefix, schemas.DefaultPrefix)
 	filters := []string{schemas.InWildcard(prefix)}
 	if len(ex.Ports) > 0 {
 		filters = filters[:0]
@@ -98,7 +99,7 @@ func (ex *Exporter) Export(ctx context.Context, w io.Writer) (ExportStats, error
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	reqs, err := openCursor(ctx, ex.JetStream, cmpOr(ex.Stream, schemas.StreamIn), filters, ex.Since)
+	reqs, err := openCursor(ctx, ex.JetStream, cmp.Or(ex.Stream, schemas.StreamIn), filters, ex.Since)
 	if err != nil {
 		return st, err
 	}

@@ -1,6 +1,7 @@
 package pcap
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -120,8 +121,8 @@ func (im *Importer) Import(ctx context.Context, r io.Reader) (ImportStats, error
 	if im.NATS == nil || len(im.Listeners) == 0 {
 		return st, errors.New("pcap: import: NATS and Listeners are required")
 	}
-	prefix := cmpOr(im.Prefix, schemas.DefaultPrefix)
-	node := cmpOr(im.Node, DefaultNode)
+	prefix := cmp.Or(im.Prefix, schemas.DefaultPrefix)
+	node := cmp.Or(im.Node, DefaultNode)
 	deadline := im.Deadline
 	if deadline <= 0 {
 		deadline = DefaultDeadline
@@ -303,11 +304,4 @@ func addCoAP(a, b coap.Stats) coap.Stats {
 	a.BlockContinue += b.BlockContinue
 	a.Evicted += b.Evicted
 	return a
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }

@@ -89,7 +89,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, name, subjectPref
 func checkStream(have jetstream.StreamConfig, subjectPrefix string) error {
 	subject, stores := schemas.CaptureWildcard(subjectPrefix), schemas.InWildcard(subjectPrefix)
 	var problems []string
-	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return covers(s, subject) }) {
+	if !slices.ContainsFunc(have.Subjects, func(s string) bool { return schemas.Covers(s, subject) }) {
 		problems = append(problems, fmt.Sprintf("its subjects %q do not cover %s", have.Subjects, subject))
 	}
 	switch tr := have.SubjectTransform; {
@@ -98,7 +98,7 @@ func checkStream(have jetstream.StreamConfig, subjectPrefix string) error {
 	case tr.Source != subject || tr.Destination != stores:
 		problems = append(problems, fmt.Sprintf("its subject transform maps %q to %q, not %s to %s", tr.Source, tr.Destination, subject, stores))
 	}
-	if i := slices.IndexFunc(have.Subjects, func(s string) bool { return overlap(s, stores) }); i >= 0 {
+	if i := slices.IndexFunc(have.Subjects, func(s string) bool { return schemas.Overlap(s, stores) }); i >= 0 {
 		problems = append(problems, fmt.Sprintf("its subject %q overlaps %s, where requests go to direct candidates: it would store them twice", have.Subjects[i], stores))
 	}
 	if len(problems) == 0 {
@@ -326,7 +326,7 @@ func checkTarget(prefix, target string) error {
 	}
 	for _, ours := range []string{schemas.InWildcard(target), schemas.CaptureWildcard(target), schemas.ReplyWildcard(target)} {
 		for _, theirs := range []string{schemas.InWildcard(prefix), schemas.CaptureWildcard(prefix), schemas.ReplyWildcard(prefix)} {
-			if overlap(ours, theirs) {
+			if schemas.Overlap(ours, theirs) {
 				return fmt.Errorf("replay: subject prefix %s would publish to %s, which production uses: choose another, e.g. %s",
 					target, theirs, DefaultTarget(prefix))
 			}
@@ -351,42 +351,4 @@ func validPrefix(p string) bool {
 		}
 	}
 	return true
-}
-
-// overlap reports whether the subject patterns a and b match a common
-// subject.
-func overlap(a, b string) bool {
-	at, bt := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; ; i++ {
-		switch {
-		case i == len(at) && i == len(bt):
-			return true
-		case i == len(at) || i == len(bt):
-			return false
-		case at[i] == ">" || bt[i] == ">":
-			return true
-		case at[i] == "*" || bt[i] == "*" || at[i] == bt[i]:
-			continue
-		default:
-			return false
-		}
-	}
-}
-
-// covers reports whether the pattern p matches every subject that the
-// pattern q matches.
-func covers(p, q string) bool {
-	pt, qt := strings.Split(p, "."), strings.Split(q, ".")
-	for i, t := range pt {
-		if t == ">" {
-			return i < len(qt)
-		}
-		if i >= len(qt) {
-			return false
-		}
-		if t != "*" && t != qt[i] || t == "*" && qt[i] == ">" {
-			return false
-		}
-	}
-	return len(pt) == len(qt)
 }
