@@ -31,6 +31,7 @@ const benchUsage = `usage: udpgate bench [flags] URL      load a target and repo
 func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench [flags] URL",
+		Args:  cobra.ExactArgs(1),
 		Short: "load a target: requests/s, latency percentiles, loss",
 		Long:  benchUsage,
 	}

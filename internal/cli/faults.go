@@ -117,6 +117,7 @@ type faultsReport struct {
 func newFaultsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "faults",
+		Args:  cobra.NoArgs,
 		Short: "the fault suite: faults injected under load on loopback, what each cost",
 		Long:  fmt.Sprintf(faultsUsage, strings.Join(faultScenarioNames(), ", ")),
 	}

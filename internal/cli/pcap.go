@@ -61,6 +61,7 @@ func parsePorts(list []string) ([]uint16, error) {
 func newPcapImportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "import [flags] FILE",
+		Args:  cobra.ExactArgs(1),
 		Short: "publish a capture's UDP requests into the capture stream (FILE - is stdin)",
 		Long:  "Publishes the UDP requests of a pcap or pcapng file into the capture stream, as the gateway would have.\nUses UDPGATE_NATS_URL, UDPGATE_SUBJECT_PREFIX and UDPGATE_STREAM; flags may come before or after FILE.",
 	}
@@ -172,6 +173,7 @@ func printImport(w io.Writer, name, stream string, st pcap.ImportStats, took tim
 func newPcapExportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export",
+		Args:  cobra.NoArgs,
 		Short: "write the capture stream's requests (and replies) as a pcap",
 		Long:  "Writes the capture stream's requests (and with --replies the recorded replies) as a pcap file.\nUses UDPGATE_NATS_URL, UDPGATE_SUBJECT_PREFIX and UDPGATE_STREAM.",
 	}

@@ -41,6 +41,7 @@ const maxStatusBody = 16 << 20
 func newStatusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
+		Args:  cobra.NoArgs,
 		Short: "who serves what on a running gateway: listeners, counters, worker groups",
 		Long:  statusUsage,
 	}
