@@ -152,7 +152,8 @@ func (d *discards) count(port uint16) uint64 {
 
 // run checks the expiries against the stream whenever there are some,
 // at most once per egress sweep, and logs what it counted, until ctx
-// ends; then it logs what it has not yet.
+// ends; then it checks the last ones (for a second at most) and logs what
+// it has not yet.
 func (d *discards) run(ctx context.Context) {
 	var flush <-chan time.Time // the next warning is due
 	var flushTimer *time.Timer
@@ -160,6 +161,9 @@ func (d *discards) run(ctx context.Context) {
 		if flushTimer != nil {
 			flushTimer.Stop()
 		}
+		last, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		d.check(last)
+		cancel()
 		d.warn(time.Now())
 	}()
 	for {
@@ -243,17 +247,19 @@ func (d *discards) check(ctx context.Context) bool {
 	}
 	first := s.CachedInfo().State.FirstSeq
 	var view *durableView
+	read := false
 	for _, e := range due {
 		if e.stream >= first {
 			continue // still stored when it expired: no worker answered in time
 		}
-		if view == nil {
-			view = d.durs.fresh(ctx)
+		if !read {
+			view, read = d.durs.fresh(ctx), true
 		}
-		if !d.durable(view, e) {
+		c := d.counts[e.port]
+		if c == nil || !d.durable(view, e) {
 			continue // only direct groups serve it: the capture was not its way to a worker
 		}
-		d.counts[e.port].Add(1)
+		c.Add(1)
 		d.unlogged[e.port]++
 	}
 	return true
