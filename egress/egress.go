@@ -72,6 +72,11 @@ type Server struct {
 	// counted Duplicate.
 	Unserved func(ex exchange.Exchange, subject string) (served bool, answer func())
 
+	// Expired, if not nil, is called for each exchange counted NoAnswer,
+	// after it is counted, with its sequence number in Table. It runs on
+	// the sweep or the reply path and must be quick.
+	Expired func(seq uint64, ex exchange.Exchange)
+
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 
 	undecidedMu sync.Mutex  // guards undecided
@@ -404,8 +409,11 @@ func (s *Server) Undecided() int {
 
 // expired answers an exchange that reached its deadline unanswered, in its
 // protocol (CoAP: 5.04); raw exchanges get nothing.
-func (s *Server) expired(_ uint64, ex exchange.Exchange) {
+func (s *Server) expired(seq uint64, ex exchange.Exchange) {
 	s.port(ex.Port).noAnswer.Add(1)
+	if s.Expired != nil {
+		s.Expired(seq, ex)
+	}
 	if ex.Replier != nil {
 		ex.Replier.Fail(ex, exchange.NoAnswer)
 	}

@@ -101,12 +101,13 @@ type Gateway struct {
 	// stops at once.
 	DrainTimeout time.Duration
 
-	mu       sync.Mutex // guards ingress, names, egress, durables and groups, set by Serve
+	mu       sync.Mutex // guards ingress, names, egress, durables, groups and discards, set by Serve
 	ingress  []*ingress.Server
 	names    []string // PORT/PROTOCOL of each ingress
 	egress   *egress.Server
 	durables *durables
 	groups   *groups
+	discards *discards
 	ready    chan struct{}
 	once     sync.Once
 	// recreated counts streams found missing, and created again, after
@@ -143,6 +144,13 @@ type Stats struct {
 	// Drains counts graceful stops begun, and DrainLeft the exchanges
 	// still open when one reached DrainTimeout.
 	Drains, DrainLeft uint64
+	// CaptureDiscarded counts, by listener (PORT/PROTOCOL), the requests
+	// that reached their deadline unanswered after the capture stream's
+	// limits had removed their capture copy, on subjects a durable group
+	// covers: requests no worker could take any more. Each is counted in
+	// its listener's Egress NoAnswer too; this says why (see discards.go
+	// and docs/operations.md).
+	CaptureDiscarded map[string]uint64
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -158,7 +166,7 @@ func (g *Gateway) Stats() Stats {
 	defer g.mu.Unlock()
 	st := Stats{
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
-		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{},
+		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{}, CaptureDiscarded: map[string]uint64{},
 		StreamsRecreated: g.recreated.Load(), StreamRechecks: g.rechecks.Load(),
 		Drains: g.drains.Load(), DrainLeft: g.drainLeft.Load(),
 	}
@@ -177,6 +185,9 @@ func (g *Gateway) Stats() Stats {
 		port := uint16(g.Listeners[i].Conn.LocalAddr().(*net.UDPAddr).Port)
 		st.EgressByListener[g.names[i]] = byPort[port]
 		st.Ingress[g.names[i]] = in.Stats()
+		if g.discards != nil && !g.Listeners[i].NoReply {
+			st.CaptureDiscarded[g.names[i]] = g.discards.count(port)
+		}
 		if gd := g.Listeners[i].Guard; gd != nil {
 			st.Guard[g.names[i]] = gd.Stats()
 		}
@@ -253,6 +264,8 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Durable: durs.served,
 	}
 	durs.onRead = eg.Wake
+	dis := newDiscards(js, g.Stream.Name, g.Prefix, durs, table.Cap(), g.Listeners, g.Log)
+	eg.Expired = dis.expired
 	grs := newGroups(g.NATS, g.Prefix, g.DiscoveryInterval, g.Subscriptions, g.Log)
 	eg.Unserved = unserved(g.Prefix, grs, durs)
 	ins := make([]*ingress.Server, len(g.Listeners))
@@ -278,10 +291,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			Log:         g.Log,
 			Guard:       l.Guard,
 			NoReply:     l.NoReply,
+			Captured:    dis.captured,
 		}
 	}
 	g.mu.Lock()
-	g.ingress, g.names, g.egress, g.durables, g.groups = ins, names, eg, durs, grs
+	g.ingress, g.names, g.egress, g.durables, g.groups, g.discards = ins, names, eg, durs, grs, dis
 	g.mu.Unlock()
 
 	// The first part to fail stops the others; Serve returns its error.
@@ -294,6 +308,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	grp.Go(func() error { return eg.Serve(ctx) })
 	grp.Go(func() error { durs.run(ctx); return nil })
 	grp.Go(func() error { grs.run(ctx); return nil })
+	grp.Go(func() error { dis.run(ctx); return nil })
 	select {
 	case <-eg.Ready():
 	case <-ctx.Done():

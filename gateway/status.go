@@ -44,13 +44,16 @@ type ListenerStatus struct {
 	// replies were sent for workers; NoResponders how many requests no
 	// direct group received; Unserved and NoWorker how many no group
 	// served (CoAP and RPC answered at once, raw released unanswered);
-	// NoAnswer how many reached their deadline unanswered.
-	Received     uint64 `json:"received"`
-	Answered     uint64 `json:"answered"`
-	NoResponders uint64 `json:"no_responders"`
-	Unserved     uint64 `json:"unserved"`
-	NoWorker     uint64 `json:"no_worker"`
-	NoAnswer     uint64 `json:"no_answer"`
+	// NoAnswer how many reached their deadline unanswered, and
+	// CaptureDiscarded how many of those the capture stream's limits had
+	// removed before a worker took them (Stats.CaptureDiscarded).
+	Received         uint64 `json:"received"`
+	Answered         uint64 `json:"answered"`
+	NoResponders     uint64 `json:"no_responders"`
+	Unserved         uint64 `json:"unserved"`
+	NoWorker         uint64 `json:"no_worker"`
+	NoAnswer         uint64 `json:"no_answer"`
+	CaptureDiscarded uint64 `json:"capture_discarded"`
 	// Discovery is how many CoAP resource discovery requests the gateway
 	// answered for the listener's groups.
 	Discovery uint64 `json:"discovery"`
@@ -104,7 +107,7 @@ func allGroups(v *groupsView, d *durableView) []Group {
 // again if the latest reading is older than ServedInterval.
 func (g *Gateway) Status(ctx context.Context) Status {
 	g.mu.Lock()
-	grs, durs, ins, names, eg := g.groups, g.durables, g.ingress, g.names, g.egress
+	grs, durs, ins, names, eg, dis := g.groups, g.durables, g.ingress, g.names, g.egress, g.discards
 	g.mu.Unlock()
 	st := Status{Node: g.Node, Prefix: g.Prefix}
 	if grs == nil {
@@ -124,6 +127,7 @@ func (g *Gateway) Status(ctx context.Context) Status {
 			Listener: names[i], Address: addr.String(), Subject: schemas.InSubject(g.Prefix, port),
 			Received: in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
 			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
+			CaptureDiscarded: dis.count(port),
 		}
 		for _, gr := range st.Groups {
 			if pg, ok := onPort(gr, g.Prefix, port, names[i]); ok {

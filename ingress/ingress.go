@@ -93,6 +93,13 @@ type Server struct {
 	// Request ids come from a table of the listener's own, so a reply to
 	// one names no exchange and egress counts it unknown.
 	NoReply bool
+	// Captured, if not nil, is called each time JetStream acknowledges
+	// the capture copy of a request that has an exchange, with the
+	// exchange's sequence number in Table and the stream sequence the
+	// copy was stored at (a copy published again may be stored, and
+	// acknowledged, twice). It runs on the acknowledgements' goroutine
+	// and must be quick. Never called on a NoReply listener.
+	Captured func(seq, streamSeq uint64)
 	// Stop, if not nil, stops the listener gracefully when closed: it
 	// stops reading the socket, publishes what it has read, and keeps the
 	// socket and the CoAP messaging layer open, so that egress can still
@@ -222,8 +229,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	js, err := jetstream.New(s.NATS,
 		jetstream.WithPublishAsyncMaxPending(s.MaxInFlight),
 		jetstream.WithPublishAsyncTimeout(captureAckWait(s.Deadline)),
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, ack *jetstream.PubAck) {
 			s.stats.captured.Add(1)
+			if s.Captured != nil && !s.NoReply && ack != nil {
+				if seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID)); ok {
+					s.Captured(seq, ack.Sequence)
+				}
+			}
 			s.recycle(msg)
 		}),
 		jetstream.WithPublishAsyncErrHandler(s.captureFailed),

@@ -110,6 +110,8 @@ var (
 		"CoAP and RPC requests no worker group serves, answered at once by the gateway (4.04, 4.05, STATUS_UNIMPLEMENTED).", listenerLabels, nil)
 	descCaptureRetries = prometheus.NewDesc("udpgate_capture_retries_total",
 		"Capture copies published again because JetStream did not acknowledge or refused the previous try (a stream electing its leader).", listenerLabels, nil)
+	descCaptureDiscarded = prometheus.NewDesc("udpgate_capture_discarded_total",
+		"Requests that reached their deadline unanswered after the capture stream's limits (max bytes, max age) had removed them before a durable worker took them; each is also counted as dropped no_answer.", listenerLabels, nil)
 	descDiscovery = prometheus.NewDesc("udpgate_coap_discovery_total",
 		"CoAP resource discovery requests (GET /.well-known/core) no group serves, answered by the gateway from the groups' resources.", listenerLabels, nil)
 
@@ -140,7 +142,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
-		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries,
+		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descCaptureDiscarded,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -158,6 +160,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPublished, in.Published, port, protocol)
 		counter(descCaptured, in.Captured, port, protocol)
 		counter(descCaptureRetries, in.CaptureRetried, port, protocol)
+		counter(descCaptureDiscarded, st.CaptureDiscarded[name], port, protocol)
 		counter(descRepublished, in.Republished, port, protocol)
 		counter(descNoResponders, eg.NoResponders, port, protocol)
 		counter(descUnserved, eg.Unserved, port, protocol)

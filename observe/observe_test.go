@@ -514,3 +514,96 @@ func TestMetricsUnserved(t *testing.T) {
 			value(m, "udpgate_datagrams_dropped_total", "port", rpcPort, "reason", "no_answer") == 0
 	})
 }
+
+// TestMetricsCaptureDiscarded: a durable group that takes nothing while
+// more requests arrive than a 64 KiB capture holds; the requests the
+// stream's limits removed are counted udpgate_capture_discarded_total
+// when their deadline passes, on top of no_answer.
+func TestMetricsCaptureDiscarded(t *testing.T) {
+	const requests = 600
+	s := natstest.RunServer(t)
+	nc := natstest.Connect(t, s)
+	ln := listen(t)
+	g := &gateway.Gateway{
+		DrainTimeout: -1,
+		NATS:         nc,
+		Node:         "n1",
+		Stream:       ingress.StreamConfig{MaxBytes: 64 << 10},
+		Deadline:     time.Second,
+		Listeners:    []gateway.Listener{{Conn: ln, Protocol: schemas.ProtocolRaw}},
+	}
+	obs := &observe.Server{Registry: observe.NewRegistry()}
+	if err := observe.RegisterGateway(obs.Registry, g); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	hln, err := observe.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := observe.URL(hln)
+	done := make(chan error, 2)
+	go func() { done <- obs.Serve(ctx, hln) }()
+	go func() { done <- g.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	select {
+	case <-g.Ready():
+	case err := <-done:
+		t.Fatalf("gateway: %v", err)
+	}
+	p := strconv.Itoa(int(port(ln)))
+	if v := value(scrape(t, url), "udpgate_capture_discarded_total", "port", p, "protocol", "raw"); v != 0 {
+		t.Errorf("udpgate_capture_discarded_total before any request = %v, want 0", v)
+	}
+
+	// The durable group's consumer, from which nobody pulls.
+	_, js := natstest.JetStream(t, s)
+	jctx, jcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer jcancel()
+	if _, err := js.CreateOrUpdateConsumer(jctx, schemas.StreamIn, jetstream.ConsumerConfig{
+		Durable: "paused", FilterSubject: schemas.InSubject(schemas.DefaultPrefix, port(ln)), AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := net.DialUDP("udp4", nil, ln.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := 0; i < requests; i += 100 {
+		for j := i; j < i+100; j++ {
+			if _, err := cl.Write([]byte(strconv.Itoa(j))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Paced by the gateway's reading: the socket's buffer never overflows.
+		eventually(t, url, "the gateway reads what was sent", func(m map[string]*dto.MetricFamily) bool {
+			return value(m, "udpgate_datagrams_received_total", "port", p) >= float64(i+100)
+		})
+	}
+	eventually(t, url, "every request unanswered", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_datagrams_dropped_total", "port", p, "reason", "no_answer") == requests
+	})
+	str, err := js.Stream(jctx, schemas.StreamIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := str.CachedInfo().State.Msgs
+	if stored == 0 || stored >= requests/2 {
+		t.Fatalf("the capture holds %d of %d requests; the test needs it to hold some, and to have removed many", stored, requests)
+	}
+	removed := float64(requests - stored)
+	eventually(t, url, "the removed requests counted", func(m map[string]*dto.MetricFamily) bool {
+		return value(m, "udpgate_capture_discarded_total", "port", p, "protocol", "raw") == removed
+	})
+	if got := g.Stats().CaptureDiscarded[p+"/raw"]; float64(got) != removed {
+		t.Errorf("Stats().CaptureDiscarded = %d, want %v", got, removed)
+	}
+}
