@@ -209,8 +209,6 @@ func TestBlock1TooLarge(t *testing.T) {
 	}
 }
 
-// TestMessageIDsNotReusedAtAnyPace issues ids at random paces, from a
-// burst to a trickle, and checks each against the last time it was issued.
 // FuzzReceive feeds arbitrary datagrams to the edge. It must never panic,
 // and nothing it answers by itself may be larger than what it received.
 func FuzzReceive(f *testing.F) {
@@ -252,14 +250,6 @@ func FuzzReceive(f *testing.F) {
 	})
 }
 
-// queued returns the datagrams queued on the client socket, without
-// waiting for more.
-// guarded returns a test edge whose guard limits replies to three times
-// what the client sent.
-// get returns a CON GET /big with message id mid, token 0x77 and, if
-// b2 is not nil, a Block2 option.
-// TestAcknowledgedSeparateResponseValidates: a client that acknowledges a
-// separate response, whose message id only it saw, is validated.
 func TestRequestFieldsLarge(t *testing.T) {
 	te := newTestEdge(t, Config{})
 	// NON POST with an 8-byte token, six 40-byte segments (more than a
@@ -332,12 +322,3 @@ func TestEscapesMatchURL(t *testing.T) {
 		}
 	}
 }
-
-// TestPiggybackWindows: requests answered within the window get the
-// response in the ACK and nothing else; the others get an empty ACK no
-// sooner than the window ends, then their response as a separate CON.
-// More requests than the ring's first size are in flight at once.
-// A retransmission of a CON request that was started and is unanswered is
-// handed to Retransmitted, once per retransmission; once answered, a
-// retransmission gets the cached response and is not handed on; a NON is
-// never handed on.

@@ -15,6 +15,8 @@ import (
 	"github.com/udpgate/udpgate/schemas"
 )
 
+// queued returns the datagrams queued on the client socket, without
+// waiting for more.
 func (te *testEdge) queued(t testing.TB) [][]byte {
 	t.Helper()
 	rc, err := te.client.SyscallConn()
@@ -42,6 +44,8 @@ func (te *testEdge) queued(t testing.TB) [][]byte {
 	}
 }
 
+// guarded returns a test edge whose guard limits replies to three times
+// what the client sent.
 func guarded(t testing.TB) *testEdge {
 	t.Helper()
 	te := newTestEdge(t, Config{})
@@ -67,6 +71,8 @@ func decodeAnswer(t testing.TB, b []byte) message.Message {
 	return m
 }
 
+// get returns a CON GET /big with message id mid, token 0x77 and, if
+// b2 is not nil, a Block2 option.
 func get(mid uint16, b2 *block, extra ...byte) []byte {
 	b := []byte{0x41, 0x01, byte(mid >> 8), byte(mid), 0x77, 0xb3, 'b', 'i', 'g'}
 	if b2 != nil {
@@ -188,6 +194,8 @@ func TestTooManyRequests(t *testing.T) {
 	}
 }
 
+// TestAcknowledgedSeparateResponseValidates: a client that acknowledges a
+// separate response, whose message id only it saw, is validated.
 func TestAcknowledgedSeparateResponseValidates(t *testing.T) {
 	te := guarded(t)
 	te.Piggyback = time.Millisecond

@@ -40,6 +40,8 @@ func TestMessageIDsNotReused(t *testing.T) {
 	}
 }
 
+// TestMessageIDsNotReusedAtAnyPace issues ids at random paces, from a
+// burst to a trickle, and checks each against the last time it was issued.
 func TestMessageIDsNotReusedAtAnyPace(t *testing.T) {
 	e := &Edge{}
 	e.Start()
@@ -71,6 +73,10 @@ func TestMessageIDsNotReusedAtAnyPace(t *testing.T) {
 	}
 }
 
+// TestPiggybackWindows: requests answered within the window get the
+// response in the ACK and nothing else; the others get an empty ACK no
+// sooner than the window ends, then their response as a separate CON.
+// More requests than the ring's first size are in flight at once.
 func TestPiggybackWindows(t *testing.T) {
 	const window = 100 * time.Millisecond
 	te := newTestEdge(t, Config{Piggyback: window})
@@ -139,6 +145,10 @@ func TestCloseStopsWindows(t *testing.T) {
 	}
 }
 
+// A retransmission of a CON request that was started and is unanswered is
+// handed to Retransmitted, once per retransmission; once answered, a
+// retransmission gets the cached response and is not handed on; a NON is
+// never handed on.
 func TestRetransmitted(t *testing.T) {
 	te := newTestEdge(t, Config{Piggyback: time.Minute})
 	var got []*Request

@@ -21,7 +21,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -496,58 +495,6 @@ func (s *Server) read(queue chan<- datagram) error {
 	}
 }
 
-// capture is a request message whose core publish is done, on its way to
-// the capture stream.
-type capture struct {
-	msg     *nats.Msg
-	subject string
-}
-
-// captureLoop publishes the capture copy of each request in captures. It
-// does not wait for a free in-flight slot: the request is already with
-// the direct groups, and waiting would stall every capture behind a
-// JetStream that does not acknowledge.
-func (s *Server) captureLoop(js jetstream.JetStream, captures <-chan capture) {
-	stall := []jetstream.PublishOpt{jetstream.WithStallWait(time.Nanosecond)}
-	for {
-		select {
-		case c, ok := <-captures:
-			if !ok {
-				return
-			}
-			s.capturePublish(js, c.msg, c.subject, stall)
-		case msg := <-s.retries:
-			s.retryCapture(js, msg, stall)
-		}
-	}
-}
-
-// captureAckWait is how long a capture copy waits for JetStream's
-// acknowledgement before it is published again: a third of the deadline,
-// so that a stream electing a leader (a few seconds) costs retries rather
-// than the copy, but at least a second, so that a slow acknowledgement is
-// rarely taken for a lost one (a copy stored and published again is
-// stored twice: durable groups see it twice, and egress drops the second
-// reply).
-func captureAckWait(deadline time.Duration) time.Duration {
-	return max(deadline/3, time.Second)
-}
-
-// retryCapture publishes msg, a capture copy that JetStream did not
-// acknowledge, again if its request's deadline has not passed (its
-// acknowledgement may come after it: a late copy is still a copy);
-// otherwise the capture has a gap, counted.
-func (s *Server) retryCapture(js jetstream.JetStream, msg *nats.Msg, stall []jetstream.PublishOpt) {
-	ms, err := strconv.ParseInt(msg.Header.Get(schemas.HeaderDeadline), 10, 64)
-	if err != nil || !time.Now().Before(time.UnixMilli(ms)) {
-		s.stats.captureFailed.Add(1)
-		s.recycle(msg)
-		return
-	}
-	s.stats.captureRetried.Add(1)
-	s.capturePublish(js, msg, msg.Subject, stall)
-}
-
 // publish opens the exchange of each queued datagram and publishes it to
 // direct groups, then hands it to captures for its capture copy. An
 // ingest-only listener (captures nil) publishes only the capture copy,
@@ -651,21 +598,6 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 	}
 }
 
-// capturePublish publishes msg, built by newMessage, as the capture copy
-// of its request, to capture.
-func (s *Server) capturePublish(js jetstream.JetStream, msg *nats.Msg, capture string, stall []jetstream.PublishOpt) {
-	msg.Subject, msg.Reply = capture, "" // JetStream's acknowledgement comes on a reply subject of its own
-	if _, err := js.PublishMsgAsync(msg, stall...); err != nil {
-		s.recycle(msg)
-		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
-			s.stats.inFlight.Add(1)
-		} else {
-			s.stats.captureFailed.Add(1)
-			s.Log.Debug("ingress: capture", "listener", s.listener, "err", err)
-		}
-	}
-}
-
 // republish publishes r, a CoAP request that its client retransmitted, to
 // the direct groups again, with its exchange's id, if that is still open.
 // The capture has it already.
@@ -688,32 +620,6 @@ func (s *Server) republish(r *coap.Request) {
 	}
 	s.recycle(msg) // a core publish holds no reference once it returns
 }
-
-// stallWait is how long the publisher of an ingest-only listener waits for
-// a free in-flight slot before dropping a datagram; meanwhile the queue
-// absorbs what the socket reads.
-const stallWait = 50 * time.Millisecond
-
-// captureFailed runs when JetStream refuses a capture copy or does not
-// acknowledge it before the deadline: a gap in the capture, counted. The
-// exchange stays open, since direct groups received the request.
-func (s *Server) captureFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
-	s.Log.Debug("ingress: capture not acknowledged", "listener", s.listener, "err", err)
-	// Not at once: a stream without a leader refuses at once, and would
-	// be asked again and again.
-	time.AfterFunc(captureRetryWait, func() {
-		select {
-		case s.retries <- msg: // the capture goroutine publishes it again, or counts the gap
-		default:
-			s.stats.captureFailed.Add(1)
-			s.recycle(msg)
-		}
-	})
-}
-
-// captureRetryWait is how long a capture copy that JetStream did not take
-// waits before it is published again.
-const captureRetryWait = 100 * time.Millisecond
 
 // recycle keeps msg, a request message whose publish is over, for a later
 // one: its header map is the largest allocation of a request. nats.go
