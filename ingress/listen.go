@@ -25,7 +25,7 @@ func Listen(ctx context.Context, network, addr string, rcvbuf int) (*net.UDPConn
 	}}
 	pc, err := lc.ListenPacket(ctx, network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("ingress: listen %s %s: %w", network, addr, err)
+		return nil, fmt.Errorf("ingress: %w", err) // net says listen, network and address
 	}
 	return pc.(*net.UDPConn), nil
 }

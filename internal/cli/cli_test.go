@@ -529,3 +529,35 @@ func defaults(t *testing.T) {
 		os.Unsetenv(name)
 	}
 }
+
+// UDPGATE_BUILTINS=off starts run with the listeners of
+// UDPGATE_LISTENERS alone.
+func TestRunWithoutBuiltins(t *testing.T) {
+	defaults(t)
+	extra := freeUDPPort(t)
+	t.Setenv("UDPGATE_BUILTINS", "off")
+	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
+	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
+	t.Setenv("UDPGATE_HTTP_LISTEN", "")
+	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(extra))+"/raw")
+	ctx, cancel := context.WithCancel(context.Background())
+	out, errb := new(syncBuffer), new(syncBuffer)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, []string{"run"}, out, errb) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(out.String(), "Ctrl-C stops"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("run did not start:\n%s\n%s", out.String(), errb.String())
+		}
+	}
+	banner := out.String()
+	if strings.Count(banner, "  udp ") != 1 || !strings.Contains(banner, strconv.Itoa(int(extra))+"  raw") || strings.Contains(banner, "worker ") || strings.Contains(banner, "try:") {
+		t.Errorf("banner lists more than the one listener without a worker, or a hint:\n%s", banner)
+	}
+
+}

@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"errors"
+	"syscall"
+
 	"github.com/spf13/cobra"
 
 	"context"
@@ -23,6 +26,9 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 	listeners := cfg.Listeners
 	var ws []node.Worker
 	for _, b := range node.Builtins {
+		if !slices.Contains(cfg.Builtins, b.Worker) {
+			continue
+		}
 		i := slices.IndexFunc(listeners, func(l config.Listener) bool { return l.Addr.Port() == b.Port })
 		if i < 0 { // a listener the user put on this port replaces the default
 			i = len(listeners)
@@ -37,7 +43,7 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		return fmt.Errorf("run: %w", err)
+		return fmt.Errorf("run: %w%s", err, listenerHint(err, cfg))
 	}
 	defer n.Close()
 	fmt.Fprintf(stdout, "udpgate %s: node %s\n", "run", cfg.Node)
@@ -61,7 +67,11 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, subject, who)
 	}
 	tw.Flush()
-	for i, hint := range tryHints(listeners) {
+	hints := tryHints(listeners, ws)
+	if len(hints) == 0 {
+		fmt.Fprintln(stdout, "no built-in workers (UDPGATE_BUILTINS): attach yours to the subjects above   (Ctrl-C stops)")
+	}
+	for i, hint := range hints {
 		if i == 0 {
 			fmt.Fprintf(stdout, "try: %s   (Ctrl-C stops)\n", hint)
 		} else {
@@ -71,27 +81,44 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 	return n.Wait()
 }
 
-// tryHints returns a `send` command for the first listener of each
-// protocol, for the start-up banner.
-func tryHints(ls []config.Listener) []string {
-	var hints []string
-	seen := map[string]bool{}
-	for _, l := range ls {
-		if seen[l.Protocol] {
-			continue
+// listenerHint says which variable to change when a listener could not
+// be bound: UDPGATE_LISTENERS for the user's, UDPGATE_BUILTINS for a
+// built-in one.
+func listenerHint(err error, cfg config.Config) string {
+	var le *node.ListenerError
+	if !errors.As(err, &le) || !errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, syscall.EACCES) && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		return ""
+	}
+	if slices.ContainsFunc(cfg.Listeners, func(l config.Listener) bool { return l.Addr.Port() == le.Listener.Addr.Port() }) {
+		return " (UDPGATE_LISTENERS)"
+	}
+	for _, b := range node.Builtins {
+		if b.Port == le.Listener.Addr.Port() {
+			return fmt.Sprintf(" (the built-in %s worker's listener: leave %s out of UDPGATE_BUILTINS, or give port %d to a listener of yours in UDPGATE_LISTENERS)", b.Worker, b.Worker, b.Port)
 		}
-		seen[l.Protocol] = true
+	}
+	return ""
+}
+
+// tryHints returns a `send` command for each built-in worker, for the
+// start-up banner: a request it answers, on the listener it serves.
+func tryHints(ls []config.Listener, ws []node.Worker) []string {
+	var hints []string
+	for _, w := range ws {
+		l := ls[w.Listener]
 		host := l.Addr.Addr()
 		if host.IsUnspecified() {
 			host = netip.MustParseAddr("127.0.0.1")
 		}
 		hp := netip.AddrPortFrom(host, l.Addr.Port()).String()
-		switch l.Protocol {
-		case schemas.ProtocolRaw:
+		switch w.Name {
+		case "echo":
 			hints = append(hints, "go run . send udp://"+hp+" hello")
-		case schemas.ProtocolCoAP:
+		case "time":
+			hints = append(hints, "go run . send udp://"+hp+` '[1, "t"]'`)
+		case "coap":
 			hints = append(hints, "go run . send coap://"+hp+"/time")
-		case schemas.ProtocolRPC:
+		case "places":
 			hints = append(hints, "go run . send rpc://"+hp+`/InterestingPlaces/GetRandom '{"limit": 2}'`)
 		}
 	}
@@ -103,8 +130,10 @@ func newRunCmd() *cobra.Command {
 		Use:   "run",
 		Short: "embedded NATS with JetStream, the gateway and the built-in workers, in one process",
 		Long: `Starts an embedded NATS server with JetStream (store in UDPGATE_DATA_DIR), the
-gateway on the built-in listeners (9000/raw echo, 9001/raw time, 5683/coap,
-7000/rpc places) and UDPGATE_LISTENERS, and the built-in workers. Outside
+gateway on the built-in workers' listeners (9000/raw echo, 9001/raw time,
+5683/coap coap, 7000/rpc places; UDPGATE_BUILTINS chooses which, off for
+none) and UDPGATE_LISTENERS, and the built-in workers. A listener of
+UDPGATE_LISTENERS on a built-in port replaces the built-in one. Outside
 workers connect to its NATS server.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -21,6 +21,7 @@ import (
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
+	"github.com/udpgate/udpgate/workers/builtin"
 )
 
 // env is the environment as envconfig reads it: every UDPGATE_* variable as
@@ -39,6 +40,7 @@ type env struct {
 	NATSInbox              string `envconfig:"NATS_INBOX_PREFIX" desc:"prefix of this process's NATS reply inboxes (default: _INBOX), for per-user permissions"`
 	Node                   string `envconfig:"NODE" desc:"name of this gateway node (default: host name)"`
 	Listeners              string `envconfig:"LISTENERS" desc:"listeners, comma-separated [ADDR:]PORT/PROTOCOL"`
+	Builtins               string `envconfig:"BUILTINS" default:"echo,time,coap,places" desc:"run: the built-in workers, each on its listener (echo 9000/raw, time 9001/raw, coap 5683/coap, places 7000/rpc), comma-separated; off: none"`
 	DataDir                string `envconfig:"DATA_DIR" default:"./udpgate-data" desc:"JetStream store of the embedded NATS server (run)"`
 	NATSListen             string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS server accepts clients (run)"`
 	SubjectPrefix          string `envconfig:"SUBJECT_PREFIX" default:"udpgate" desc:"first token of every subject"`
@@ -101,6 +103,7 @@ type Config struct {
 	NATSAuth               NATSAuth // credentials and TLS of every NATS connection (not run's)
 	Node                   string
 	Listeners              []Listener
+	Builtins               []string // run's built-in workers, by name
 	DataDir                string
 	NATSListen             netip.AddrPort
 	Prefix                 string
@@ -230,6 +233,17 @@ func (e env) parse(environ []string) (Config, error) {
 	if c.Listeners, err = ParseListeners(e.Listeners); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			bad("LISTENERS", "%s", line)
+		}
+	}
+	if b := strings.TrimSpace(e.Builtins); b != "off" {
+		for _, name := range SplitList(b) {
+			if !slices.Contains(builtin.Names(), name) {
+				bad("BUILTINS", "%q is not a built-in worker (%s), and the list not off", name, strings.Join(builtin.Names(), ", "))
+				continue
+			}
+			if !slices.Contains(c.Builtins, name) {
+				c.Builtins = append(c.Builtins, name)
+			}
 		}
 	}
 	if c.NATSListen, err = parseHostPort(e.NATSListen); err != nil {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -175,6 +176,32 @@ func TestConfigNATSURLFallback(t *testing.T) {
 		}
 		if string(c.NATSURL) != tt.url || c.NATSURLVariable != tt.varName {
 			t.Errorf("environ %q: NATSURL %s from %s, want %s from %s", tt.environ, string(c.NATSURL), c.NATSURLVariable, tt.url, tt.varName)
+		}
+	}
+}
+
+func TestConfigBuiltins(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want []string
+		bad  string
+	}{
+		{"echo,time,coap,places", []string{"echo", "time", "coap", "places"}, ""},
+		{"off", nil, ""},
+		{" coap , echo,coap", []string{"coap", "echo"}, ""},
+		{"echo,ping", nil, `UDPGATE_BUILTINS: "ping" is not a built-in worker`},
+	} {
+		e := defaults(t)
+		e.Builtins = tt.in
+		c, err := e.parse(nil)
+		if tt.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.bad) {
+				t.Errorf("%q: error %v, want %q", tt.in, err, tt.bad)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(c.Builtins, tt.want) {
+			t.Errorf("%q: %q, %v; want %q", tt.in, c.Builtins, err, tt.want)
 		}
 	}
 }

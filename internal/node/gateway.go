@@ -56,7 +56,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		gd, err := guard.New(cfg.ListenerGuard(l))
 		if err != nil {
 			CloseListeners(g)
-			return nil, fmt.Errorf("listener %s: %w", l, err)
+			return nil, &ListenerError{Listener: l, Err: err}
 		}
 		c := inh.udp(l)
 		if c == nil {
@@ -64,12 +64,24 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		}
 		if err != nil {
 			CloseListeners(g)
-			return nil, fmt.Errorf("listener %s: %w", l, err)
+			return nil, &ListenerError{Listener: l, Err: err}
 		}
 		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply})
 	}
 	return g, nil
 }
+
+// ListenerError is a listener that could not be set up: its socket not
+// bound, or its guard's options refused.
+type ListenerError struct {
+	Listener config.Listener
+	Err      error
+}
+
+func (e *ListenerError) Error() string {
+	return "listener " + e.Listener.String() + ": " + e.Err.Error()
+}
+func (e *ListenerError) Unwrap() error { return e.Err }
 
 // CloseListeners closes the sockets of a gateway that will not Serve.
 func CloseListeners(g *gateway.Gateway) {
