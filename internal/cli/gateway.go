@@ -79,7 +79,7 @@ datagram.`,
 			if err != nil {
 				return err
 			}
-			return runGateway(cmd.Context(), cfg, log, cmd.OutOrStdout())
+			return runGateway(cmd.Context(), cfg.ForGateway(), log, cmd.OutOrStdout())
 		},
 	}
 }

@@ -75,7 +75,7 @@ batch of them), with the AWS SDK's usual credentials and region.`,
 			if err != nil {
 				return err
 			}
-			return runLambda(cmd.Context(), cfg, log)
+			return runLambda(cmd.Context(), cfg.ForWorker(), log)
 		},
 	}
 }

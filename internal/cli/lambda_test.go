@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/udpgate/udpgate/internal/node"
 )
 
 // TestLambdaCommand moves a port to a Lambda function the way the README
@@ -48,10 +46,8 @@ func testLambdaCommand(t *testing.T, delivery string) {
 	}))
 	defer fn.Close()
 
-	saved := node.Builtins
-	t.Cleanup(func() { node.Builtins = saved })
-	node.Builtins = nil // only the port under test
 	port := freeUDPPort(t)
+	t.Setenv("UDPGATE_BUILTINS", "off") // only the port under test
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(port))+"/raw")
@@ -63,7 +59,7 @@ func testLambdaCommand(t *testing.T, delivery string) {
 	go func() { runDone <- Run(ctx, []string{"run"}, &runOut, &runErr) }()
 	natsURL := regexp.MustCompile(`nats://127\.0\.0\.1:\d+`)
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(runOut.String(), "try:") {
+	for !strings.Contains(runOut.String(), "Ctrl-C stops") {
 		if time.Now().After(deadline) {
 			t.Fatalf("run did not start:\n%s\n%s", runOut.String(), runErr.String())
 		}

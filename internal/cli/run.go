@@ -141,7 +141,7 @@ workers connect to its NATS server.`,
 			if err != nil {
 				return err
 			}
-			return runAll(cmd.Context(), cfg, log, cmd.OutOrStdout())
+			return runAll(cmd.Context(), cfg.ForGateway(), log, cmd.OutOrStdout())
 		},
 	}
 }

@@ -95,7 +95,7 @@ func newStatusCmd() *cobra.Command {
 // or wildcard host. It fails when the variable names no port to connect
 // to: empty (no endpoint) or port 0 (a free port the process picked).
 func defaultStatusURL() (string, error) {
-	listen, err := config.HTTPListen()
+	listen, err := config.GatewayHTTPListen()
 	if err != nil {
 		return "", err
 	}
@@ -104,7 +104,7 @@ func defaultStatusURL() (string, error) {
 	}
 	host, port, err := net.SplitHostPort(listen)
 	if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || (host != "" && host != "localhost" && net.ParseIP(host) == nil) {
-		return "", fmt.Errorf("UDPGATE_HTTP_LISTEN: %q is not HOST:PORT (like 127.0.0.1:9090); pass -url", listen)
+		return "", fmt.Errorf("UDPGATE_HTTP_LISTEN: %q is not HOST:PORT (like 127.0.0.1:9780); pass -url", listen)
 	}
 	if port == "0" {
 		return "", fmt.Errorf("UDPGATE_HTTP_LISTEN is %s: the gateway picked a free port, which it printed and logged; pass -url http://HOST:PORT", listen)

@@ -226,7 +226,8 @@ func TestStatusDefaultURL(t *testing.T) {
 		set  bool
 		want string
 	}{
-		{"", false, "http://127.0.0.1:9090"},
+		{"", false, "http://127.0.0.1:9780"},
+		{"auto", true, "http://127.0.0.1:9780"},
 		{":9091", true, "http://127.0.0.1:9091"},
 		{"0.0.0.0:9092", true, "http://127.0.0.1:9092"},
 		{"[::]:9093", true, "http://127.0.0.1:9093"},

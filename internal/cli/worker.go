@@ -54,7 +54,7 @@ UDPGATE_WORKER_SUBJECTS names others.`,
 			if err != nil {
 				return err
 			}
-			return runWorker(cmd.Context(), cfg, log, args[0])
+			return runWorker(cmd.Context(), cfg.ForWorker(), log, args[0])
 		},
 	}
 }

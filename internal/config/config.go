@@ -70,7 +70,7 @@ type env struct {
 	AckWait                string `envconfig:"ACK_WAIT" default:"2s" desc:"durable: redelivery delay of a request whose worker died"`
 	LogLevel               string `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat              string `envconfig:"LOG_FORMAT" default:"auto" desc:"text, json or auto (text on a terminal, else JSON)"`
-	HTTPListen             string `envconfig:"HTTP_LISTEN" default:"127.0.0.1:9090" desc:"HOST:PORT of /metrics, /healthz and /readyz (empty: none)"`
+	HTTPListen             string `envconfig:"HTTP_LISTEN" default:"auto" desc:"HOST:PORT of /metrics, /healthz, /readyz and /v1/status (auto: 127.0.0.1:9780 for run and gateway, a free port on 127.0.0.1 for worker and lambda, logged; empty: none)"`
 	CoAPPiggyback          string `envconfig:"COAP_PIGGYBACK" default:"500ms" desc:"how long a CON request waits for its worker before an empty ACK"`
 	CoAPBlockSize          string `envconfig:"COAP_BLOCK_SIZE" default:"1024" desc:"largest block of a block-wise CoAP response (16, 32, ... 1024)"`
 	CoAPMaxBody            string `envconfig:"COAP_MAX_BODY" default:"64KiB" desc:"largest CoAP request reassembled from Block1 transfers"`
@@ -133,7 +133,7 @@ type Config struct {
 	AckWait                time.Duration
 	LogLevel               slog.Level
 	LogFormat              string // "text", "json" or "auto"
-	HTTPListen             string // "" serves no metrics
+	HTTPListen             string // "" serves no metrics; "auto" is resolved by ForGateway or ForWorker
 	CoAPPiggyback          time.Duration
 	CoAPBlockSize          int
 	CoAPMaxBody            int
@@ -382,10 +382,10 @@ func (e env) parse(environ []string) (Config, error) {
 	default:
 		bad("LOG_FORMAT", "%q is not text, json or auto", e.LogFormat)
 	}
-	if c.HTTPListen = strings.TrimSpace(e.HTTPListen); c.HTTPListen != "" {
+	if c.HTTPListen = strings.TrimSpace(e.HTTPListen); c.HTTPListen != "" && c.HTTPListen != HTTPAuto {
 		host, port, err := net.SplitHostPort(c.HTTPListen)
 		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || (host != "" && host != "localhost" && net.ParseIP(host) == nil) {
-			bad("HTTP_LISTEN", "%q is not HOST:PORT (like 127.0.0.1:9090, :9090, [::1]:0), or empty", e.HTTPListen)
+			bad("HTTP_LISTEN", "%q is not HOST:PORT (like 127.0.0.1:9780, :9780, [::1]:0), auto, or empty", e.HTTPListen)
 		}
 	}
 	for _, name := range unknownVariables(environ) {
@@ -603,12 +603,42 @@ func Usage(w io.Writer) {
 	tw.Flush()
 }
 
-// HTTPListen returns UDPGATE_HTTP_LISTEN as a process started in this
-// environment reads it: its default when unset.
-func HTTPListen() (string, error) {
+// UDPGATE_HTTP_LISTEN's default, and what it means for each kind of
+// process: a gateway's endpoint at a known port (`udpgate status` asks
+// it there), and a worker's on any free port, so that any number of
+// workers and bridges run next to a gateway on one host. 9780 is not one
+// of the ports the Prometheus ecosystem uses by default (9090 is
+// Prometheus's own).
+const (
+	HTTPAuto    = "auto"
+	HTTPGateway = "127.0.0.1:9780"
+	HTTPWorker  = "127.0.0.1:0"
+)
+
+// ForGateway returns c with UDPGATE_HTTP_LISTEN resolved for a gateway
+// (`run`, `gateway`).
+func (c Config) ForGateway() Config {
+	if c.HTTPListen == HTTPAuto {
+		c.HTTPListen = HTTPGateway
+	}
+	return c
+}
+
+// ForWorker returns c with UDPGATE_HTTP_LISTEN resolved for a worker
+// process (`worker`, `lambda`).
+func (c Config) ForWorker() Config {
+	if c.HTTPListen == HTTPAuto {
+		c.HTTPListen = HTTPWorker
+	}
+	return c
+}
+
+// GatewayHTTPListen returns the address of the HTTP endpoint that a gateway
+// started in this environment serves: UDPGATE_HTTP_LISTEN as it reads it.
+func GatewayHTTPListen() (string, error) {
 	var e env
 	if err := envconfig.Process(Prefix, &e); err != nil {
 		return "", fmt.Errorf("config: %w", err)
 	}
-	return strings.TrimSpace(e.HTTPListen), nil
+	return Config{HTTPListen: strings.TrimSpace(e.HTTPListen)}.ForGateway().HTTPListen, nil
 }
