@@ -36,10 +36,10 @@ func TestBenchFaults(t *testing.T) {
 	var names []string
 	for _, s := range report.Scenarios {
 		names = append(names, s.Name)
-		if s.Sent == 0 || s.Sent != s.Answered+s.Lost+s.Late {
-			t.Errorf("scenario %s: sent %d, answered %d, lost %d, late %d", s.Name, s.Sent, s.Answered, s.Lost, s.Late)
+		if s.Sent == 0 || s.Sent != s.Answered+s.Failed+s.Lost+s.Late {
+			t.Errorf("scenario %s: sent %d, answered %d, failed %d, lost %d, late %d", s.Name, s.Sent, s.Answered, s.Failed, s.Lost, s.Late)
 		}
-		t.Logf("%s: sent %d, answered %d, lost %d, late %d, duplicate %d; %s", s.Name, s.Sent, s.Answered, s.Lost, s.Late, s.Duplicate, s.Note)
+		t.Logf("%s: sent %d, answered %d, failed %d, lost %d, late %d, duplicate %d; %s", s.Name, s.Sent, s.Answered, s.Failed, s.Lost, s.Late, s.Duplicate, s.Note)
 	}
 	for _, want := range faultScenarioNames() {
 		if !slices.ContainsFunc(names, func(n string) bool { return n == want || len(n) > len(want) && n[:len(want)+1] == want+"-" }) {

@@ -90,6 +90,7 @@ type faultRow struct {
 	Rate      float64 `json:"rate"` // asked, requests per second
 	Sent      int64   `json:"sent"`
 	Answered  int64   `json:"answered"` // in time, once or more
+	Failed    int64   `json:"failed"`   // answered in time with an error (CoAP 4.xx, 5.xx or a reset)
 	Lost      int64   `json:"lost"`     // never answered
 	Late      int64   `json:"late"`     // answered only after the client's timeout
 	Duplicate int64   `json:"duplicate"`
@@ -195,13 +196,13 @@ func runFaults(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // writeText writes r as two tables: the scenarios, then the goals.
 func (r faultsReport) writeText(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tsent\tanswered\tlost\tlate\tdup\tp50\tmax\tnotes")
+	fmt.Fprintln(tw, "scenario\tsent\tanswered\tfailed\tlost\tlate\tdup\tp50\tmax\tnotes")
 	for _, s := range r.Scenarios {
 		p50, maxLat := "-", "-"
 		if s.Answered > 0 {
 			p50, maxLat = bench.Short(time.Duration(s.P50us*1e3)), bench.Short(time.Duration(s.MaxUs*1e3))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", s.Name, s.Sent, s.Answered, s.Lost, s.Late, s.Duplicate, p50, maxLat, s.Note)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\n", s.Name, s.Sent, s.Answered, s.Failed, s.Lost, s.Late, s.Duplicate, p50, maxLat, s.Note)
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "target\tvalue\tgoal\t")
