@@ -41,11 +41,14 @@ import (
 const faultsUsage = `usage: udpgate bench faults [flags]
   The fault suite (issue 17), on loopback, in this process: each scenario
   starts its own embedded NATS (a 3-node JetStream cluster for
-  leader-stop), gateway and echo workers, loads a raw listener with an
-  open loop of numbered datagrams (one socket, a fixed rate), injects a
-  fault mid-run, and counts each request by number: sent, answered,
-  lost, late (answered after -timeout) and duplicate. The goals say
-  which figures have a target and whether the run met it.
+  leader-stop; for leader-crash, three child processes of this program,
+  one of which is killed), gateway and echo workers, loads a listener
+  with an open loop (numbered datagrams, or CoAP CON requests from a
+  client that retransmits; one socket, a fixed rate), injects a fault
+  mid-run, and counts each request by number: sent, answered, failed
+  (an error response), lost, late (answered after -timeout) and
+  duplicate. The goals say which figures have a target and whether the
+  run met it.
   Scenarios: ` + "%s\n"
 
 // faultScenario is one scenario of the fault suite.
@@ -59,6 +62,7 @@ var faultScenarios = []faultScenario{
 	{"gateway-stop", (*faults).gatewayStop},
 	{"gateway-handover", (*faults).gatewayHandover},
 	{"leader-stop", (*faults).leaderStop},
+	{"leader-crash", (*faults).leaderCrash},
 	{"worker-stop", (*faults).workerStop},
 }
 
@@ -112,6 +116,9 @@ type faultsReport struct {
 
 // runFaults is `udpgate bench faults`.
 func runFaults(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 2 && args[0] == faultNodeArg {
+		return runFaultNode(ctx, args[1], os.Stdin, stdout)
+	}
 	fs := flag.NewFlagSet("bench faults", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -267,7 +274,7 @@ func startLoad(ctx context.Context, target netip.AddrPort, rate float64, d, time
 		done: make(chan struct{}), first: make([]time.Duration, n), replies: make([]int32, n),
 	}
 	l.wg.Go(func() { l.send(ctx, n, d) })
-	l.wg.Go(l.read)
+	l.wg.Go(func() { l.read(ctx) })
 	return l, nil
 }
 
@@ -294,7 +301,9 @@ func (l *faultLoad) send(ctx context.Context, n int, d time.Duration) {
 	}
 }
 
-func (l *faultLoad) read() {
+// read matches replies until the last request's timeout and a grace have
+// passed, every request is answered, or ctx ends.
+func (l *faultLoad) read(ctx context.Context) {
 	defer l.conn.Close()
 	buf := make([]byte, 1500)
 	var (
@@ -311,7 +320,7 @@ func (l *faultLoad) read() {
 		default:
 		}
 		if !end.IsZero() {
-			if time.Now().After(end) {
+			if time.Now().After(end) || ctx.Err() != nil {
 				return
 			}
 			if !settling && answered == l.sent.Load() {
@@ -711,9 +720,10 @@ func (p *gatewayProc) stop() {
 // consumer, whose leader is moved off the victim). At the middle of the
 // load the server that leads the capture stream is shut down with
 // nats-server's Shutdown, which steps its Raft leaders down first: a new
-// leader comes within tens of milliseconds. The durable group must lose
-// at most 0.1%; the direct group's loss is reported (a client that
-// resends gets its answer; this one does not resend).
+// leader comes within tens of milliseconds (leaderCrash kills one
+// instead). The durable group must lose at most 0.1%; the direct group's
+// loss is reported (a client that resends gets its answer; this one does
+// not resend).
 func (f *faults) leaderStop(ctx context.Context) error {
 	c, err := startFaultCluster(3)
 	if err != nil {
