@@ -302,16 +302,6 @@ func (c *faultNodes) close() {
 	os.RemoveAll(c.dir)
 }
 
-// byName returns the node called name, or nil.
-func (c *faultNodes) byName(name string) *faultNode {
-	for _, nd := range c.nodes {
-		if nd.name == name {
-			return nd
-		}
-	}
-	return nil
-}
-
 // faultNodeOutput keeps a child's first line of standard output, closing
 // ready when it is complete, and the end of its standard error. Safe for
 // concurrent use.
