@@ -59,14 +59,14 @@ func (f *faults) leaderCrash(ctx context.Context) error {
 		cfg.NATSURL = natsURLs(nd.url)
 		return connectNATS(cfg, name)
 	}
-	// startGateway serves a gateway connected to nd with a listener on
-	// 127.0.0.1 for each protocol, and returns their addresses.
-	var stops []func()
+	var stops []func() // of the gateways, the last started first
 	defer func() {
 		for _, stop := range stops {
 			stop()
 		}
 	}()
+	// startGateway serves a gateway connected to nd with a listener on
+	// 127.0.0.1 for each protocol, and returns their addresses.
 	startGateway := func(nd *faultNode, node string, protocols ...string) (*gateway.Gateway, *nats.Conn, []netip.AddrPort, error) {
 		nc, err := connect(nd, "udpgate gateway "+node)
 		if err != nil {
