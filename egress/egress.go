@@ -73,8 +73,9 @@ type Server struct {
 	Unserved func(ex exchange.Exchange, subject string) (served bool, answer func())
 
 	// Expired, if not nil, is called for each exchange counted NoAnswer,
-	// after it is counted, with its sequence number in Table. It runs on
-	// the sweep or the reply path and must be quick.
+	// after it is counted and answered as unanswered, with its sequence
+	// number in Table. It runs on the sweep or the reply path and must be
+	// quick.
 	Expired func(seq uint64, ex exchange.Exchange)
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
@@ -411,10 +412,10 @@ func (s *Server) Undecided() int {
 // protocol (CoAP: 5.04); raw exchanges get nothing.
 func (s *Server) expired(seq uint64, ex exchange.Exchange) {
 	s.port(ex.Port).noAnswer.Add(1)
-	if s.Expired != nil {
-		s.Expired(seq, ex)
-	}
 	if ex.Replier != nil {
 		ex.Replier.Fail(ex, exchange.NoAnswer)
+	}
+	if s.Expired != nil {
+		s.Expired(seq, ex)
 	}
 }

@@ -583,9 +583,11 @@ func TestMetricsCaptureDiscarded(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// Paced by the gateway's reading: the socket's buffer never overflows.
-		eventually(t, url, "the gateway reads what was sent", func(m map[string]*dto.MetricFamily) bool {
-			return value(m, "udpgate_datagrams_received_total", "port", p) >= float64(i+100)
+		// Paced by the gateway's reading and the stream's
+		// acknowledgements: the socket's buffer never overflows.
+		eventually(t, url, "the gateway reads and captures what was sent", func(m map[string]*dto.MetricFamily) bool {
+			return value(m, "udpgate_datagrams_received_total", "port", p) >= float64(i+100) &&
+				value(m, "udpgate_datagrams_captured_total", "port", p)+value(m, "udpgate_datagrams_dropped_total", "port", p, "reason", "capture_gap") >= float64(i+100)
 		})
 	}
 	eventually(t, url, "every request unanswered", func(m map[string]*dto.MetricFamily) bool {
@@ -599,11 +601,16 @@ func TestMetricsCaptureDiscarded(t *testing.T) {
 	if stored == 0 || stored >= requests/2 {
 		t.Fatalf("the capture holds %d of %d requests; the test needs it to hold some, and to have removed many", stored, requests)
 	}
+	// Each removed request is counted (exactly so: gateway's
+	// TestCaptureLimitCountsDiscards); a capture copy JetStream did not
+	// acknowledge in time on a loaded machine is a capture_gap instead.
+	gaps := float64(g.Stats().Ingress[p+"/raw"].CaptureFailed)
 	removed := float64(requests - stored)
 	eventually(t, url, "the removed requests counted", func(m map[string]*dto.MetricFamily) bool {
-		return value(m, "udpgate_capture_discarded_total", "port", p, "protocol", "raw") == removed
+		v := value(m, "udpgate_capture_discarded_total", "port", p, "protocol", "raw")
+		return v >= removed-gaps && v > 0 && v == float64(g.Stats().CaptureDiscarded[p+"/raw"])
 	})
-	if got := g.Stats().CaptureDiscarded[p+"/raw"]; float64(got) != removed {
-		t.Errorf("Stats().CaptureDiscarded = %d, want %v", got, removed)
+	if v := value(scrape(t, url), "udpgate_capture_discarded_total", "port", p, "protocol", "raw"); v > removed {
+		t.Errorf("udpgate_capture_discarded_total = %v; the stream removed %v", v, removed)
 	}
 }
