@@ -9,9 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/bits"
 	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -274,7 +272,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		if l.Protocol == "" {
 			l.Protocol = schemas.ProtocolRaw
 		}
-		names[i] = strconv.Itoa(l.Conn.LocalAddr().(*net.UDPAddr).Port) + "/" + l.Protocol
+		names[i] = schemas.Listener(uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port), l.Protocol)
 		ins[i] = &ingress.Server{
 			Conn:        l.Conn,
 			Protocol:    l.Protocol,
@@ -505,28 +503,10 @@ func amplification(ls []Listener) func(exchange.Exchange, string, nats.Header, [
 		}
 		n := len(body)
 		if c, ok := ex.Replier.(*rpc.Call); ok {
-			n = rpcReplySize(c, status, header, body)
+			n = c.ReplySize(status, header, body)
 		} else if status != schemas.StatusOK {
 			return true // raw: nothing is sent
 		}
 		return gd.AllowReply(ex.Remote.Addr(), ex.Size, n, time.Now())
 	}
-}
-
-// rpcReplySize returns at least the size of the rpcpb.Reply that
-// rpc.Call.Reply sends for a worker's reply.
-func rpcReplySize(c *rpc.Call, status string, header nats.Header, body []byte) int {
-	varint := func(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
-	field := func(n int) int { return 1 + varint(uint64(n)) + n } // tag, length, value
-	n := 1 + varint(c.ID) + 1 + 5                                 // id, status (a status is below 2^31)
-	if status != schemas.StatusOK {
-		return n
-	}
-	if e := header.Get(schemas.HeaderRPCError); e != "" {
-		n += field(len(e))
-	}
-	if len(body) > 0 {
-		n += field(len(body))
-	}
-	return n
 }

@@ -156,7 +156,7 @@ func onPort(gr Group, prefix string, port uint16, listener string) (Group, bool)
 		return Group{}, false
 	}
 	gr.Subjects = subjects
-	if strings.HasSuffix(listener, "/"+schemas.ProtocolCoAP) {
+	if _, protocol, _ := schemas.ParseListener(listener); protocol == schemas.ProtocolCoAP {
 		var filters []string
 		if !gr.Announced {
 			filters = subjects

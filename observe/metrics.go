@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
 	"github.com/udpgate/udpgate/workers/lambda"
 )
@@ -154,7 +155,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	for name, in := range st.Ingress {
-		port, protocol, _ := strings.Cut(name, "/")
+		p, protocol, _ := schemas.ParseListener(name)
+		port := strconv.Itoa(int(p))
 		eg := st.EgressByListener[name]
 		counter(descReceived, in.Received, port, protocol)
 		counter(descPublished, in.Published, port, protocol)

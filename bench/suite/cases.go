@@ -1,9 +1,6 @@
 package suite
 
 import (
-	coapnet "github.com/plgd-dev/go-coap/v3/net"
-	coapudp "github.com/plgd-dev/go-coap/v3/udp"
-
 	"bufio"
 	"bytes"
 	"context"
@@ -24,7 +21,10 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
+	coapnet "github.com/plgd-dev/go-coap/v3/net"
 	"github.com/plgd-dev/go-coap/v3/options"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
+
 	"github.com/udpgate/udpgate/bench"
 	"github.com/udpgate/udpgate/bench/nginx"
 	"github.com/udpgate/udpgate/gateway"

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/udpgate/udpgate/bench"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/internal/config"

@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"github.com/spf13/cobra"
-	"github.com/udpgate/udpgate/internal/config"
-
 	"bytes"
 	"errors"
 	"fmt"
@@ -15,8 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/udpgate/udpgate/bench"
 	"github.com/udpgate/udpgate/bench/suite"
+	"github.com/udpgate/udpgate/internal/config"
 )
 
 // benchUsage is the synopsis of `udpgate bench`.

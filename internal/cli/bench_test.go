@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"github.com/udpgate/udpgate/bench/suite"
-
 	"bytes"
 	"context"
 	"encoding/json"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/udpgate/udpgate/bench"
 	"github.com/udpgate/udpgate/bench/nginx"
+	"github.com/udpgate/udpgate/bench/suite"
 )
 
 // echoTarget runs a UDP echo server until the test ends and returns its

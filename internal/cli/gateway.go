@@ -1,13 +1,13 @@
 package cli
 
 import (
-	"github.com/spf13/cobra"
-
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+
+	"github.com/spf13/cobra"
 
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/internal/config"

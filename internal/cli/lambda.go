@@ -1,11 +1,11 @@
 package cli
 
 import (
-	"github.com/spf13/cobra"
-
 	"context"
 	"fmt"
 	"log/slog"
+
+	"github.com/spf13/cobra"
 
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/internal/node"

@@ -2,11 +2,6 @@ package cli
 
 import (
 	"cmp"
-
-	"github.com/spf13/cobra"
-	"github.com/udpgate/udpgate/internal/config"
-	"github.com/udpgate/udpgate/internal/node"
-
 	"errors"
 	"fmt"
 	"io"
@@ -16,8 +11,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/internal/node"
 	"github.com/udpgate/udpgate/pcap"
 	"github.com/udpgate/udpgate/schemas"
 )

@@ -2,10 +2,6 @@ package cli
 
 import (
 	"cmp"
-
-	"github.com/spf13/cobra"
-	"github.com/udpgate/udpgate/internal/node"
-
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/udpgate/udpgate/internal/node"
 	"github.com/udpgate/udpgate/replay"
 )
 

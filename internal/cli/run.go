@@ -1,18 +1,17 @@
 package cli
 
 import (
-	"errors"
-	"syscall"
-
-	"github.com/spf13/cobra"
-
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"syscall"
 	"text/tabwriter"
+
+	"github.com/spf13/cobra"
 
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/internal/node"

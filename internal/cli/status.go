@@ -2,11 +2,6 @@ package cli
 
 import (
 	"cmp"
-
-	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-	"github.com/udpgate/udpgate/internal/config"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,7 +15,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/schemas"
 )
 

@@ -1,12 +1,12 @@
 package cli
 
 import (
-	"github.com/spf13/cobra"
-
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/internal/node"

@@ -1,47 +1,43 @@
-package cli
+package faults
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"log/slog"
+	"os"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/udpgate/udpgate/bench"
+	"github.com/udpgate/udpgate/internal/config"
 )
 
 // TestBenchFaults runs the fault suite's short run, as CI does, and fails
 // if any figure misses its target: a regression in how the gateway
 // behaves under a fault fails the build.
 func TestBenchFaults(t *testing.T) {
-	defaults(t)
+	for _, name := range config.KnownVariables() {
+		t.Setenv(name, "") // restored after the test
+		os.Unsetenv(name)
+	}
+	cfg, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
-	if err := Run(ctx, []string{"bench", "faults", "--short", "--json"}, &stdout, &stderr); err != nil {
-		t.Fatalf("%v; stderr:\n%s", err, stderr.String())
-	}
-	var report struct {
-		Scenarios []faultRow   `json:"scenarios"`
-		Goals     []bench.Goal `json:"goals"`
-	}
-	dec := json.NewDecoder(&stdout)
-	if err := dec.Decode(&report); err != nil {
-		t.Fatalf("not JSON: %v", err)
-	}
-	if dec.More() {
-		t.Error("more than one JSON value on stdout")
+	report, err := Run(ctx, cfg, slog.New(slog.DiscardHandler), Options{Short: true})
+	if err != nil {
+		t.Fatal(err)
 	}
 	var names []string
 	for _, s := range report.Scenarios {
 		names = append(names, s.Name)
-		if s.Sent == 0 || s.Sent != s.Answered+s.Lost+s.Late {
-			t.Errorf("scenario %s: sent %d, answered %d, lost %d, late %d", s.Name, s.Sent, s.Answered, s.Lost, s.Late)
+		if s.Sent == 0 || s.Sent != s.Answered+s.Failed+s.Lost+s.Late {
+			t.Errorf("scenario %s: sent %d, answered %d, failed %d, lost %d, late %d", s.Name, s.Sent, s.Answered, s.Failed, s.Lost, s.Late)
 		}
-		t.Logf("%s: sent %d, answered %d, lost %d, late %d, duplicate %d; %s", s.Name, s.Sent, s.Answered, s.Lost, s.Late, s.Duplicate, s.Note)
+		t.Logf("%s: sent %d, answered %d, failed %d, lost %d, late %d, duplicate %d; %s", s.Name, s.Sent, s.Answered, s.Failed, s.Lost, s.Late, s.Duplicate, s.Note)
 	}
-	for _, want := range faultScenarioNames() {
+	for _, want := range ScenarioNames() {
 		if !slices.ContainsFunc(names, func(n string) bool { return n == want || len(n) > len(want) && n[:len(want)+1] == want+"-" }) {
 			t.Errorf("no row for scenario %s (rows %v)", want, names)
 		}
@@ -62,6 +58,10 @@ func TestBenchFaults(t *testing.T) {
 // why: the test reports them and does not fail. Remove an entry once its
 // cause is fixed, so that a regression fails the build again.
 var knownMisses = map[string]string{
+	"leader-crash-durable lost %": "a crashed stream leader is replaced only after its followers' Raft election " +
+		"timeout, 4 to 9 s at random in nats-server and not configurable, and the gateway retries a capture copy " +
+		"only until its request's deadline (UDPGATE_DEADLINE, 5 s): requests sent early in the election are " +
+		"captured too late to be served, or not at all (see docs/reliability.md)",
 	"worker-stop max latency after stop - p99 before (ms)": "on a loaded machine, a durable instance that stops " +
 		"leaves a few requests that JetStream sent for its open pulls after it stopped listening: they are " +
 		"redelivered an ack wait (2 s) later (see docs/reliability.md)",
