@@ -159,11 +159,10 @@ func (s *Server) Ready() <-chan struct{} {
 //
 // Every request a Server receives is counted once as Handled, Shed,
 // Expired (its deadline passed before a handler could start it) or
-// Dropped, or, Durable, Retried when Serve stops before it starts; each
-// Handled request is then counted at most once more, as Replied, Failed,
-// Retried or Expired (none if its handler answered nothing). Requests
-// that NATS dropped before the instance received them are counted Dropped
-// too.
+// Dropped; each Handled request is then counted at most once more, as
+// Replied, Failed, Retried or Expired (none if its handler answered
+// nothing). Requests that NATS dropped before the instance received them
+// are counted Dropped too.
 type Stats struct {
 	Handled uint64 // handler calls that returned or panicked
 	Replied uint64 // replies written by a handler and published
@@ -219,10 +218,12 @@ func (s *Server) Stats() Stats {
 //
 // A Durable group binds to the group's consumer, creating it if it does
 // not exist, and fetches requests only for idle handlers. When ctx is
-// cancelled it stops fetching, waits for the running handlers to end,
-// naks the requests that arrived too late to start and those whose
-// handler failed because of the cancellation, so that other instances take
-// them, and returns nil.
+// cancelled it starts no more fetches, lets those outstanding run until
+// JetStream ends them (about a second at most) and handles the requests
+// they still bring; then it cancels the handlers still running, naks the
+// requests of those that fail because of the cancellation, so that other
+// instances take them at once, waits for the handlers and returns nil.
+// No request it was delivered is left to wait for the consumer's AckWait.
 //
 // Serve returns an error if the configuration is incomplete, a
 // subscription fails, or (Durable) the stream does not exist, the
@@ -286,6 +287,12 @@ func (s *Server) serveDurable(ctx context.Context) error {
 	s.Ready()
 	close(s.ready)
 
+	// Handlers run until the fetches have ended, not just until ctx is
+	// cancelled: the requests a fetch brings after that are handled (see
+	// fetch), and a request nak'd while a fetch of this instance is open
+	// could be redelivered to it, costing a delivery attempt each time.
+	hctx, stopHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHandlers()
 	work := make(chan jetstream.Msg)
 	var wg sync.WaitGroup
 	for range concurrency {
@@ -295,19 +302,17 @@ func (s *Server) serveDurable(ctx context.Context) error {
 			w := &response{}
 			k := newKeepalive(r.keepalive)
 			for msg := range work {
-				r.handle(ctx, msg, w, k)
+				r.handle(hctx, msg, w, k)
 				r.slots.release(1)
 			}
 		})
 	}
 	err = r.fetch(ctx, cons, work)
+	// No fetch is outstanding: what the handlers give back now is
+	// redelivered to another instance, not to this one.
+	stopHandlers()
 	close(work)
 	wg.Wait()
-	// No fetch is outstanding: JetStream redelivers what is handed back
-	// to another instance, not to this one.
-	for _, msg := range r.handBack {
-		r.nak(msg)
-	}
 	if err != nil {
 		return fmt.Errorf("workers: consume %s on stream %s: %w", s.Group, stream, err)
 	}
@@ -397,10 +402,10 @@ func sameSubjects(a, b []string) bool {
 		slices.Compact(slices.Sorted(slices.Values(b))))
 }
 
-// pullExpiry is how long one fetch lasts. A fetch held by a consumer
-// leader that dies (a NATS node lost) ends then, and the next one goes to
-// the new leader. A stopping instance waits for its fetches to end (see
-// fetch), so it is also how long a stop may take.
+// pullExpiry is how long one fetch lasts on the server. A fetch held by a
+// consumer leader that dies (a NATS node lost) ends then, and the next one
+// goes to the new leader. A stopping instance waits for its fetches to end
+// (see fetch), so it is also about how long a stop may take.
 const pullExpiry = time.Second
 
 // retryEvery is how long a fetch that failed keeps its slots before they
@@ -416,9 +421,6 @@ type run struct {
 	keepalive  time.Duration // interval of InProgress acks; zero for none
 	maxDeliver int           // the consumer's MaxDeliver; -1 for no limit
 	slots      *slots        // the handler slots, which bound the fetches
-
-	mu       sync.Mutex      // guards handBack
-	handBack []jetstream.Msg // requests to nak when Serve stops
 
 	fetchLog limitedLog // fetch failures: every retryEvery while NATS is down
 	ann      *announcer // answers NATS's service discovery; nil when silent
@@ -461,48 +463,37 @@ func (l *limitedLog) ok(log *slog.Logger, msg string) {
 	}
 }
 
-// giveBack keeps msg to be nak'd when Serve stops, after the fetches have
-// ended: nak'd earlier, it could be redelivered to a fetch of this
-// instance that is closing, wasting a delivery attempt.
-func (r *run) giveBack(msg jetstream.Msg) {
-	r.mu.Lock()
-	r.handBack = append(r.handBack, msg)
-	r.mu.Unlock()
-}
-
 // fetch pulls requests from cons for the free handler slots and feeds them
 // to work, until ctx is cancelled or the consumer goes away. Every fetch
 // asks for at most the slots that are free when it starts, so each request
 // that arrives has a handler waiting for it: the instance never holds a
 // request that it cannot start at once, and that JetStream could redeliver
 // because nothing sends it keepalives. fetch returns once every fetch it
-// started has ended; requests that arrive after ctx is cancelled are given
-// back.
+// started has ended.
+//
+// This instance never ends a fetch itself: that unsubscribes the fetch's
+// inbox while JetStream may be delivering to it, and a request delivered
+// there would reach nobody and wait for the consumer's AckWait. A fetch
+// lasts until JetStream has delivered the requests it asked for, or says
+// on the fetch's inbox that it has ended (status 408 when it expires after
+// pullExpiry, 409 when the consumer goes away or changes leader): it says
+// so after every request it delivered to the fetch, so nothing can follow.
+// Only a server that says nothing for a second past the expiry is given up
+// on (by nats.go). Once ctx is cancelled no fetch starts, and the requests
+// the outstanding ones still bring are handled as usual.
 func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) error {
 	var batches sync.WaitGroup
-	// A fetch is not ended when ctx is: the server would go on delivering
-	// to it until it noticed that nobody listens, and what it delivered
-	// there would wait for the ack wait. Fetches end at their expiry, and
-	// what they bring after ctx is cancelled is given back; only a
-	// consumer that went away ends them at once.
-	fetchCtx, stopFetches := context.WithCancel(context.WithoutCancel(ctx))
-	defer func() {
-		batches.Wait()
-		stopFetches()
-	}()
+	defer batches.Wait()
 	fatal := make(chan error, 1) // the first reason to stop that a fetch found
 	for {
 		if ctx.Err() != nil {
-			// Stopping: handlers that end now free their slots, and a pull
-			// sent for them would take requests only to drop them, to be
-			// redelivered an ack wait later.
 			return nil
 		}
 		if n := r.slots.reserve(); n > 0 {
-			fctx, cancel := context.WithTimeout(fetchCtx, pullExpiry)
-			batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+			// FetchMaxWait, not a context: a context that ends would end
+			// the fetch here first, before the server's 408 arrives.
+			batch, err := cons.Fetch(n, jetstream.FetchMaxWait(pullExpiry))
 			if err != nil {
-				cancel()
 				if errors.Is(err, nats.ErrConnectionClosed) {
 					return err
 				}
@@ -511,7 +502,6 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 				continue
 			}
 			batches.Go(func() {
-				defer cancel()
 				if err := r.forward(ctx, cons, batch, n, work); err != nil {
 					select {
 					case fatal <- err:
@@ -524,7 +514,8 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 		select {
 		case <-r.slots.freed:
 		case err := <-fatal:
-			stopFetches() // the consumer is gone: nothing more will come
+			// The consumer is gone: the server ends the other fetches
+			// (409), which fetch waits for.
 			return err
 		case <-ctx.Done():
 			return nil
@@ -538,13 +529,10 @@ func (r *run) fetch(ctx context.Context, cons jetstream.Consumer, work chan<- je
 func (r *run) forward(ctx context.Context, cons jetstream.Consumer, batch jetstream.MessageBatch, n int, work chan<- jetstream.Msg) error {
 	start, wanted := time.Now(), n
 	for msg := range batch.Messages() {
-		if ctx.Err() != nil {
-			r.giveBack(msg)
-			continue
-		}
 		n--
 		r.slots.start()
-		// A handler is free or about to be: the slot was.
+		// A handler is free or about to be: the slot was. Stopping, the
+		// handlers still take what arrives (see fetch).
 		work <- msg
 	}
 	err := batch.Error()
@@ -555,12 +543,10 @@ func (r *run) forward(ctx context.Context, cons jetstream.Consumer, batch jetstr
 		// Ended at once, with nothing: do not pull again at once.
 		r.retry(ctx, n)
 		return nil
-	case err == nil || errors.Is(err, context.DeadlineExceeded):
-		// The fetch expired, on the server or, if the server did not
-		// answer, here.
-		if err == nil {
-			r.fetchLog.ok(r.log, "workers: fetching again")
-		}
+	case err == nil:
+		// The fetch expired, or the server did not answer for a second
+		// past its expiry.
+		r.fetchLog.ok(r.log, "workers: fetching again")
 		r.slots.unreserve(n)
 		return nil
 	case errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrBadRequest):
@@ -701,7 +687,9 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 		r.ack(msg)
 		r.stats.expired.Add(1)
 	case err != nil && ctx.Err() != nil:
-		r.giveBack(msg)
+		// Stopping, and no fetch of this instance is outstanding (see
+		// serveDurable): another instance takes it at once.
+		r.nak(msg)
 	case errors.Is(err, ErrRetry) && (r.maxDeliver <= 0 || req.Delivery < uint64(r.maxDeliver)):
 		r.nak(msg)
 	case err != nil:

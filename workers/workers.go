@@ -27,7 +27,11 @@
 // the durable named after the group, which every instance binds to. A
 // request is acknowledged only after its reply is published, so one whose
 // instance dies is redelivered to another; requests wait in the stream
-// while every instance is busy.
+// while every instance is busy. Stopping, it asks for no more requests,
+// handles what its outstanding fetches still bring until JetStream ends
+// them (at most a second), then cancels its running handlers and naks
+// their requests, which the other instances take at once: nothing is left
+// to wait for the consumer's AckWait.
 //
 // # Outcomes
 //
@@ -43,11 +47,11 @@
 //     reply or error is dropped. Nothing is published (and the request is
 //     acked), counted Expired: the gateway has closed the exchange, so a
 //     late reply or a redelivery would serve no one.
-//   - Durable: Handle returned an error while Serve's context was
-//     cancelled (the instance is shutting down): the request is nak'd once
-//     this instance has stopped fetching, so another instance of the group
-//     takes it at once (counted Retried). Requests fetched but not yet
-//     handled when Serve's context is cancelled are nak'd the same way.
+//   - Durable: Handle returned an error after the instance began to shut
+//     down, its context cancelled once the fetches it had outstanding when
+//     Serve's context was cancelled have ended (see Server.Serve): the
+//     request is nak'd, and another instance of the group takes it at once
+//     (counted Retried).
 //   - Handle returned an error wrapping ErrRetry: Durable, the request is
 //     nak'd and JetStream redelivers it at once (Retried), unless this was
 //     the consumer's last delivery (MaxDeliver): then it fails as below, so
@@ -280,8 +284,9 @@ type ResponseWriter interface {
 
 // Handler answers requests. Handle is called concurrently from several
 // goroutines, so it must be safe for concurrent use. Its context ends at
-// the request's deadline and when the Server stops; see the package
-// documentation for how its outcome becomes a reply and an
+// the request's deadline and, Durable, when the Server stops (once the
+// fetches it had outstanding have ended; see Server.Serve); see the
+// package documentation for how its outcome becomes a reply and an
 // acknowledgement.
 type Handler interface {
 	Handle(ctx context.Context, w ResponseWriter, r *Request) error
