@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -41,7 +40,7 @@ func BenchmarkExchange(b *testing.B) {
 					b.Fatal("not published")
 				}
 				r.Started()
-				if err := r.Reply(exchange.Exchange{}, schemas.StatusOK, header, body); err != nil {
+				if err := r.Reply(schemas.StatusOK, header, body); err != nil {
 					b.Fatal(err)
 				}
 				n, err := te.client.Read(buf)

@@ -10,7 +10,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
-	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -92,7 +91,7 @@ func TestAmplificationCutsToBlocks(t *testing.T) {
 		t.Fatal("not published")
 	}
 	r.Started()
-	if err := r.Reply(exchange.Exchange{}, "ok", nil, body); err != nil {
+	if err := r.Reply("ok", nil, body); err != nil {
 		t.Fatal(err)
 	}
 	in, out := guard.Wire(te.remote.Addr(), len(req)), 0
@@ -147,7 +146,7 @@ func TestAmplificationEcho(t *testing.T) {
 	header := map[string][]string{schemas.HeaderCoAPLocationPath: {"/" + strings.Repeat("x", 200)}}
 	r := te.receive(get(1, nil))
 	r.Started()
-	r.Reply(exchange.Exchange{}, "ok", header, []byte("body"))
+	r.Reply("ok", header, []byte("body"))
 	m := decodeAnswer(t, te.answer(time.Second))
 	echo, err := m.Options.GetBytes(message.Echo)
 	if m.Code != codes.Unauthorized || err != nil || len(echo) != guard.EchoLen {
@@ -170,7 +169,7 @@ func TestAmplificationEcho(t *testing.T) {
 		t.Fatal("the Echo did not validate the source")
 	}
 	r.Started()
-	r.Reply(exchange.Exchange{}, "ok", header, []byte("body"))
+	r.Reply("ok", header, []byte("body"))
 	if m := decodeAnswer(t, te.answer(time.Second)); m.Code != codes.Content || string(m.Payload) != "body" {
 		t.Errorf("after the Echo: %v %q", m.Code, m.Payload)
 	}
@@ -204,7 +203,7 @@ func TestAcknowledgedSeparateResponseValidates(t *testing.T) {
 	if a := te.answer(time.Second); len(a) != 4 || a[0] != 0x60 {
 		t.Fatalf("no empty ACK: % x", a)
 	}
-	r.Reply(exchange.Exchange{}, "ok", nil, []byte("later"))
+	r.Reply("ok", nil, []byte("later"))
 	m := decodeAnswer(t, te.answer(time.Second))
 	if m.Type != typeCON || string(m.Payload) != "later" {
 		t.Fatalf("separate response %v %q", m.Type, m.Payload)

@@ -16,7 +16,7 @@ import (
 
 // Reply implements exchange.Replier: it sends the worker's reply as the
 // CoAP response.
-func (r *Request) Reply(_ exchange.Exchange, status string, header map[string][]string, body []byte) error {
+func (r *Request) Reply(status string, header map[string][]string, body []byte) error {
 	if status != schemas.StatusOK {
 		r.respond(codes.InternalServerError, nil, nil)
 		return nil
@@ -180,7 +180,7 @@ func (r *Request) respondBody(code codes.Code, opts message.Options, body []byte
 // Fail implements exchange.Replier: 5.04 when no worker answered in time,
 // 5.03 when the request could not be published, 4.04 when no group serves
 // the resource.
-func (r *Request) Fail(_ exchange.Exchange, why exchange.Failure) {
+func (r *Request) Fail(why exchange.Failure) {
 	switch why {
 	case exchange.NoAnswer:
 		r.edge.stats.timeouts.Add(1)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
-	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -92,7 +91,7 @@ func TestPiggybackWindows(t *testing.T) {
 		reqs[i] = r
 	}
 	for i := 0; i < n; i += 2 {
-		reqs[i].Reply(exchange.Exchange{}, schemas.StatusOK, nil, []byte("now"))
+		reqs[i].Reply(schemas.StatusOK, nil, []byte("now"))
 	}
 	piggybacked, emptyACKs := 0, 0
 	for piggybacked+emptyACKs < n {
@@ -119,7 +118,7 @@ func TestPiggybackWindows(t *testing.T) {
 	if a := te.answer(2 * window); a != nil {
 		t.Fatalf("more answers: % x", a)
 	}
-	reqs[1].Reply(exchange.Exchange{}, schemas.StatusOK, nil, []byte("later"))
+	reqs[1].Reply(schemas.StatusOK, nil, []byte("later"))
 	m := decodeAnswer(t, te.answer(10*time.Second))
 	if m.Type != typeCON || string(m.Payload) != "later" {
 		t.Fatalf("separate response %v %q", m.Type, m.Payload)
@@ -173,7 +172,7 @@ func TestRetransmitted(t *testing.T) {
 	if a := te.answer(50 * time.Millisecond); a != nil {
 		t.Errorf("an unanswered retransmission got % x", a)
 	}
-	if err := r.Reply(exchange.Exchange{}, "ok", nil, []byte("12:00")); err != nil {
+	if err := r.Reply("ok", nil, []byte("12:00")); err != nil {
 		t.Fatal(err)
 	}
 	first := te.answer(time.Second)

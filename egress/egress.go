@@ -62,7 +62,7 @@ type Server struct {
 	// is answered at once (see Unserved) and counted Unserved.
 	Durable func(subject string, received time.Time) (served, known bool)
 	// Unserved, if not nil, answers a CoAP or RPC request that no group
-	// serves, in place of Replier.Fail(ex, exchange.Unserved) (CoAP 4.04,
+	// serves, in place of Replier.Fail(exchange.Unserved) (CoAP 4.04,
 	// RPC STATUS_UNIMPLEMENTED): the gateway answers resource discovery and
 	// 4.05 Method Not Allowed there. subject is the request's. It returns
 	// whether the request is served after all (resource discovery,
@@ -306,7 +306,7 @@ func (s *Server) deliver(msg *nats.Msg) {
 	var err error
 	switch {
 	case ex.Replier != nil:
-		err = ex.Replier.Reply(ex, status, msg.Header, msg.Data)
+		err = ex.Replier.Reply(status, msg.Header, msg.Data)
 	case status != schemas.StatusOK:
 		return // raw: an error has no wire form
 	default:
@@ -372,7 +372,7 @@ func (s *Server) decide(u undecided) {
 		default:
 			return // answered meanwhile
 		}
-		served, answer := false, func() { ex.Replier.Fail(ex, exchange.Unserved) }
+		served, answer := false, func() { ex.Replier.Fail(exchange.Unserved) }
 		if s.Unserved != nil {
 			served, answer = s.Unserved(ex, u.subject)
 		}
@@ -413,7 +413,7 @@ func (s *Server) Undecided() int {
 func (s *Server) expired(seq uint64, ex exchange.Exchange) {
 	s.port(ex.Port).noAnswer.Add(1)
 	if ex.Replier != nil {
-		ex.Replier.Fail(ex, exchange.NoAnswer)
+		ex.Replier.Fail(exchange.NoAnswer)
 	}
 	if s.Expired != nil {
 		s.Expired(seq, ex)

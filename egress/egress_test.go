@@ -133,14 +133,14 @@ type replier struct {
 	fails   []exchange.Failure
 }
 
-func (f *replier) Reply(_ exchange.Exchange, status string, _ map[string][]string, _ []byte) error {
+func (f *replier) Reply(status string, _ map[string][]string, _ []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.replies = append(f.replies, status)
 	return nil
 }
 
-func (f *replier) Fail(_ exchange.Exchange, why exchange.Failure) {
+func (f *replier) Fail(why exchange.Failure) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fails = append(f.fails, why)
@@ -317,7 +317,7 @@ func TestNoResponders(t *testing.T) {
 			mu.Lock()
 			unserved = append(unserved, subject)
 			mu.Unlock()
-			return false, func() { ex.Replier.Fail(ex, exchange.Unserved) }
+			return false, func() { ex.Replier.Fail(exchange.Unserved) }
 		}
 	})
 	rawSeq, rawID := r.open(5*time.Second, nil)

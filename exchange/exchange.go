@@ -88,9 +88,9 @@ var (
 // when no reply will come. Implementations are safe for concurrent use.
 type Replier interface {
 	// Reply sends the worker's reply: its udpgate-status, headers and body.
-	Reply(ex Exchange, status string, header map[string][]string, body []byte) error
+	Reply(status string, header map[string][]string, body []byte) error
 	// Fail answers an exchange that will get no reply from a worker.
-	Fail(ex Exchange, why Failure)
+	Fail(why Failure)
 }
 
 // Failure is why an exchange gets no reply from a worker.

@@ -174,9 +174,9 @@ func onPort(gr Group, prefix string, port uint16, listener string) (Group, bool)
 // else 4.04 or STATUS_UNIMPLEMENTED.
 func unserved(prefix string, grs *groups, durs *durables) func(exchange.Exchange, string) (bool, func()) {
 	return func(ex exchange.Exchange, subject string) (bool, func()) {
-		fail := func() { ex.Replier.Fail(ex, exchange.Unserved) }
+		fail := func() { ex.Replier.Fail(exchange.Unserved) }
 		reply := func(header map[string][]string, body []byte) func() {
-			return func() { ex.Replier.Reply(ex, schemas.StatusOK, header, body) }
+			return func() { ex.Replier.Reply(schemas.StatusOK, header, body) }
 		}
 		r, ok := ex.Replier.(*coap.Request)
 		if !ok {

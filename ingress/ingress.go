@@ -556,7 +556,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 		if expired.Conn != nil {
 			s.stats.expired.Add(1)
 			if expired.Replier != nil {
-				expired.Replier.Fail(expired, exchange.NoAnswer)
+				expired.Replier.Fail(exchange.NoAnswer)
 			}
 		}
 		if err != nil {
@@ -582,7 +582,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 		if err := s.NATS.PublishMsg(msg); err != nil {
 			s.recycle(msg)
 			if ex, ok := s.Table.Release(seq); ok && ex.Replier != nil {
-				ex.Replier.Fail(ex, exchange.Unavailable)
+				ex.Replier.Fail(exchange.Unavailable)
 			}
 			s.stats.publishFailed.Add(1)
 			s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
@@ -640,7 +640,7 @@ func (s *Server) recycle(msg *nats.Msg) {
 // protocol (CoAP: 5.03); raw datagrams get nothing.
 func (s *Server) unavailable(d datagram) {
 	if r := d.replier(); r != nil {
-		r.Fail(exchange.Exchange{}, exchange.Unavailable)
+		r.Fail(exchange.Unavailable)
 	}
 }
 

@@ -95,7 +95,7 @@ func validName(s string) bool {
 // Reply implements exchange.Replier: it sends the worker's reply, with the
 // status from the udpgate-rpc-status header (STATUS_INTERNAL when the
 // worker failed).
-func (c *Call) Reply(_ exchange.Exchange, status string, header map[string][]string, body []byte) error {
+func (c *Call) Reply(status string, header map[string][]string, body []byte) error {
 	get := func(k string) string {
 		if v := header[k]; len(v) > 0 {
 			return v[0]
@@ -122,7 +122,7 @@ func (c *Call) Reply(_ exchange.Exchange, status string, header map[string][]str
 }
 
 // Fail implements exchange.Replier.
-func (c *Call) Fail(_ exchange.Exchange, why exchange.Failure) {
+func (c *Call) Fail(why exchange.Failure) {
 	r := &rpcpb.Reply{Id: c.ID, Status: rpcpb.Status_STATUS_UNAVAILABLE}
 	switch why {
 	case exchange.NoAnswer:
