@@ -274,22 +274,22 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		}
 		names[i] = schemas.Listener(uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port), l.Protocol)
 		ins[i] = &ingress.Server{
-			Conn:        l.Conn,
-			Protocol:    l.Protocol,
-			NATS:        g.NATS,
-			Table:       table,
-			Prefix:      g.Prefix,
-			Node:        g.Node,
-			Deadline:    g.Deadline,
-			MaxDatagram: g.MaxDatagram,
-			Queue:       g.Queue,
-			MaxInFlight: g.MaxInFlight,
-			MaxPending:  share,
-			CoAP:        g.CoAP,
-			Log:         g.Log,
-			Guard:       l.Guard,
-			NoReply:     l.NoReply,
-			Captured:    dis.captured,
+			Conn:               l.Conn,
+			Protocol:           l.Protocol,
+			NATS:               g.NATS,
+			Table:              table,
+			Prefix:             g.Prefix,
+			Node:               g.Node,
+			Deadline:           g.Deadline,
+			MaxDatagram:        g.MaxDatagram,
+			Queue:              g.Queue,
+			MaxInFlight:        g.MaxInFlight,
+			ListenerMaxPending: share,
+			CoAP:               g.CoAP,
+			Log:                g.Log,
+			Guard:              l.Guard,
+			NoReply:            l.NoReply,
+			Captured:           dis.captured,
 		}
 	}
 	g.mu.Lock()

@@ -58,11 +58,11 @@ type Server struct {
 	NATS *nats.Conn
 	// Table is the gateway's pending exchanges, shared with egress. Required.
 	Table *exchange.Table
-	// MaxPending is the most exchanges this listener may hold open in
+	// ListenerMaxPending is the most exchanges this listener may hold open in
 	// Table at once, so that it cannot take the slots of the node's other
 	// listeners; beyond it datagrams are dropped and counted
 	// (ListenerFull). 0 means no limit but the table's size.
-	MaxPending int
+	ListenerMaxPending int
 	// Prefix is the subject prefix (schemas.DefaultPrefix if empty).
 	Prefix string
 	// Node names this gateway; replies come back on its reply subject.
@@ -148,7 +148,7 @@ type Stats struct {
 	TooLarge     uint64 // dropped: larger than MaxDatagram
 	QueueFull    uint64 // dropped: the publish queue was full
 	TableFull    uint64 // dropped: the pending table had no room
-	ListenerFull uint64 // dropped: the listener held MaxPending open exchanges
+	ListenerFull uint64 // dropped: the listener held ListenerMaxPending open exchanges
 	// InFlight counts capture copies not published because MaxInFlight
 	// were awaiting acknowledgement, or Queue were waiting to be
 	// published: a gap in the capture. The request itself went to direct
@@ -174,10 +174,10 @@ type Stats struct {
 	// was full; the count arrives with the next datagram read.
 	KernelDrops uint64
 	// Pending is the number of the listener's exchanges open now (a
-	// gauge, not a count), at most MaxPending when that is set.
+	// gauge, not a count), at most ListenerMaxPending when that is set.
 	Pending int
 	// PendingLimit is the most exchanges the listener may hold open
-	// (MaxPending as resolved); 0 when only the table's size limits it.
+	// (ListenerMaxPending as resolved); 0 when only the table's size limits it.
 	PendingLimit int
 }
 
@@ -365,7 +365,7 @@ func (s *Server) init() error {
 		}
 		s.ids = exchange.NewTable(1)
 	} else {
-		s.share = &exchange.Share{Max: max(s.MaxPending, 0)}
+		s.share = &exchange.Share{Max: max(s.ListenerMaxPending, 0)}
 		s.shared.Store(s.share)
 	}
 	if s.Protocol == schemas.ProtocolCoAP {
