@@ -79,6 +79,7 @@ type Server struct {
 	Expired func(seq uint64, ex exchange.Exchange)
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
+	busy    atomic.Int64  // replies and expiries being handled: taken from the table, maybe not yet sent
 
 	undecidedMu sync.Mutex  // guards undecided
 	undecided   []undecided // unserved by direct groups, waiting for Durable to know
@@ -249,16 +250,28 @@ func (s *Server) Serve(ctx context.Context) error {
 			}
 			return nil
 		case now := <-t.C:
+			s.busy.Add(1)
 			s.Table.Expire(now, s.expired)
 			s.redecide()
+			s.busy.Add(-1)
 		case <-wake:
+			s.busy.Add(1)
 			s.redecide()
+			s.busy.Add(-1)
 		}
 	}
 }
 
+// Busy returns how many replies and expiries egress is handling now:
+// their exchanges closed in the table, their answers perhaps not yet
+// written. A gateway that stops waits for none to be left before it
+// closes its sockets.
+func (s *Server) Busy() int { return int(s.busy.Load()) }
+
 // deliver handles one reply message.
 func (s *Server) deliver(msg *nats.Msg) {
+	s.busy.Add(1)
+	defer s.busy.Add(-1)
 	id, _ := schemas.ReplyID(msg.Subject)
 	seq, ok := s.Table.ParseID(id)
 	if len(msg.Data) == 0 && msg.Header.Get(statusHeader) == noResponders {

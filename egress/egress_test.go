@@ -354,3 +354,36 @@ func TestNoResponders(t *testing.T) {
 		t.Errorf("Unserved called for %v, want the CoAP request's subject", unserved)
 	}
 }
+
+// blockingReplier holds Reply until release is closed.
+type blockingReplier struct {
+	entered, release chan struct{}
+}
+
+func (b *blockingReplier) Reply(string, map[string][]string, []byte) error {
+	close(b.entered)
+	<-b.release
+	return nil
+}
+
+func (b *blockingReplier) Fail(exchange.Failure) {}
+
+// An exchange leaves the table before its answer is written: Busy says
+// that egress still has it, so a stopping gateway waits for the answer
+// before it closes the socket.
+func TestBusyUntilTheAnswerIsWritten(t *testing.T) {
+	r := newRig(t, nil)
+	rep := &blockingReplier{entered: make(chan struct{}), release: make(chan struct{})}
+	_, id := r.open(5*time.Second, rep)
+	r.reply(id, "", []byte("x"))
+	select {
+	case <-rep.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reply never reached the Replier")
+	}
+	if n, busy := r.table.Len(), r.s.Busy(); n != 0 || busy != 1 {
+		t.Errorf("while the answer is written: table %d open, Busy %d; want 0 and 1", n, busy)
+	}
+	close(rep.release)
+	r.eventually("sent, and not busy", func(st egress.Stats) bool { return st.Sent == 1 && r.s.Busy() == 0 })
+}

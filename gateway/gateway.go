@@ -327,7 +327,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		case <-ctx.Done(): // a part failed
 		case <-stopping.Done():
 			close(stopReading)
-			g.drain(ctx, ins, table)
+			g.drain(ctx, ins, table, eg)
 			stopAll()
 		}
 		return nil
@@ -353,7 +353,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 // drain waits, after the listeners were told to stop reading, until they
 // have published what they read and no exchange is left open, or
 // DrainTimeout has passed, or ctx ends; it logs the outcome.
-func (g *Gateway) drain(ctx context.Context, ins []*ingress.Server, table *exchange.Table) {
+func (g *Gateway) drain(ctx context.Context, ins []*ingress.Server, table *exchange.Table, eg *egress.Server) {
 	start := time.Now()
 	timeout := g.DrainTimeout
 	if timeout == 0 {
@@ -382,7 +382,9 @@ func (g *Gateway) drain(ctx context.Context, ins []*ingress.Server, table *excha
 	}
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
-	for table.Len() > 0 {
+	// An exchange leaves the table before egress has written its answer:
+	// wait for both.
+	for table.Len() > 0 || eg.Busy() > 0 {
 		select {
 		case <-t.C:
 		case <-deadline.C:
