@@ -394,6 +394,14 @@ func TestRun(t *testing.T) {
 	if err := Run(context.Background(), []string{"send", "-timeout", "5s", coapURL}, &o, &e); err != nil || o.String() != "Hello from udpgate\n" {
 		t.Errorf("send %s: %v, printed %q (%s)", coapURL, err, o.String(), e.String())
 	}
+	// A path nobody serves: 4.04 at once, on standard error; nothing on
+	// standard output.
+	o.Reset()
+	e.Reset()
+	missing := "coap://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String() + "/no/such/path"
+	if err := Run(context.Background(), []string{"send", missing}, &o, &e); exitCode(err) != 1 || o.String() != "" || !strings.Contains(err.Error(), "4.04") {
+		t.Errorf("send %s: %v (exit %d), printed %q", missing, err, exitCode(err), o.String())
+	}
 	o.Reset()
 	e.Reset()
 	rpcURL := "rpc://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rpcPort).String() + "/InterestingPlaces/GetRandom"

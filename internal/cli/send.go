@@ -42,7 +42,7 @@ A request is sent again on a backoff until a reply comes or --timeout passes.`,
 	format := fs.Int("content-format", -1, "CoAP Content-Format of the payload, e.g. 0 (text), 50 (JSON); -1 for none")
 	wait := fs.Duration("wait", client.DefaultWait, "how long the first copy waits for a reply before the request is sent again")
 	factor := fs.Float64("factor", client.DefaultFactor, "each further copy waits this many times longer (CoAP: always 2)")
-	timeout := fs.Duration("timeout", client.DefaultTimeout, "give up on a request this long after its first copy")
+	timeout := fs.Duration("timeout", sendTimeout, "give up on a request this long after its first copy (longer than the gateway's UDPGATE_DEADLINE, 5s, so that its answer to a request no worker answered in time, a CoAP 5.04 or an RPC DEADLINE_EXCEEDED, arrives)")
 	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -54,6 +54,10 @@ A request is sent again on a backoff until a reply comes or --timeout passes.`,
 	}
 	return cmd
 }
+
+// sendTimeout is send's default --timeout: the gateway's default deadline
+// and a second, so that what the gateway says of a late request is shown.
+const sendTimeout = 6 * time.Second
 
 // sendOptions are the flags of send.
 type sendOptions struct {
@@ -132,9 +136,11 @@ func sendOne(ctx context.Context, c *client.Conn, payload []byte, verbose bool, 
 			return fmt.Errorf("send: %w", err)
 		}
 	}
-	stdout.Write(body)
-	if len(body) == 0 || (body[len(body)-1] != '\n' && utf8.Valid(body)) {
-		io.WriteString(stdout, "\n") // end a text reply's line; binary replies stay byte for byte
+	if len(body) > 0 { // an empty reply (a 4.04, an empty ACK'd answer) prints nothing
+		stdout.Write(body)
+		if body[len(body)-1] != '\n' && utf8.Valid(body) {
+			io.WriteString(stdout, "\n") // end a text reply's line; binary replies stay byte for byte
+		}
 	}
 	if res.Code != 0 && res.Code>>5 != 2 {
 		return &exitError{1, fmt.Errorf("coap: %s", client.CodeString(res.Code))}
