@@ -11,7 +11,7 @@ import (
 func bytesString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // unreserved reports whether s holds only RFC 3986's unreserved
-// characters, which url.PathEscape and url.QueryEscape leave as they are.
+// characters, which percent-encoding leaves as they are.
 func unreserved(s []byte) bool {
 	for _, c := range s {
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~') {
@@ -38,17 +38,26 @@ func appendPathEscaped(dst, s []byte) []byte {
 	return append(dst, url.PathEscape(string(s))...)
 }
 
-// appendQueryEscaped appends the Uri-Query option s percent-encoded as a
-// query component, except for its first '='.
+// appendQueryEscaped appends the Uri-Query option s percent-encoded as
+// RFC 3986 does, name and value separately: every byte but the unreserved
+// ones is %XX (a space is %20, never '+'), except for the first '=', which
+// separates them. url.PathUnescape, or any RFC 3986 decoder, reverses it.
 func appendQueryEscaped(dst, s []byte) []byte {
 	if unreserved(s) {
 		return append(dst, s...)
 	}
-	k, v, ok := strings.Cut(string(s), "=")
-	dst = append(dst, url.QueryEscape(k)...)
-	if ok {
-		dst = append(dst, '=')
-		dst = append(dst, url.QueryEscape(v)...)
+	const hex = "0123456789ABCDEF"
+	sep := false
+	for _, c := range s {
+		switch {
+		case c == '=' && !sep:
+			sep = true
+			dst = append(dst, c)
+		case 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~':
+			dst = append(dst, c)
+		default:
+			dst = append(dst, '%', hex[c>>4], hex[c&0x0f])
+		}
 	}
 	return dst
 }
@@ -82,14 +91,15 @@ func (r *Request) QueryOptions() []string {
 
 // SplitQuery returns the options of a percent-encoded query, such as
 // Request.Query or a Location-Query header, decoded, in order: "a=1%262&b"
-// gives "a=1&2" and "b". A key or value that does not decode becomes "".
+// gives "a=1&2" and "b"; a '+' stays a '+' (RFC 3986, not HTML forms). A
+// key or value that does not decode becomes "".
 func SplitQuery(s string) []string {
 	var out []string
 	for _, part := range strings.Split(s, "&") {
 		k, v, ok := strings.Cut(part, "=")
-		k, _ = url.QueryUnescape(k)
+		k, _ = url.PathUnescape(k)
 		if ok {
-			v, _ = url.QueryUnescape(v)
+			v, _ = url.PathUnescape(v)
 			out = append(out, k+"="+v)
 		} else {
 			out = append(out, k)
