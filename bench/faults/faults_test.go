@@ -62,7 +62,4 @@ var knownMisses = map[string]string{
 		"timeout, 4 to 9 s at random in nats-server and not configurable, and the gateway retries a capture copy " +
 		"only until its request's deadline (UDPGATE_DEADLINE, 5 s): requests sent early in the election are " +
 		"captured too late to be served, or not at all (see docs/reliability.md)",
-	"worker-stop max latency after stop - p99 before (ms)": "on a loaded machine, a durable instance that stops " +
-		"leaves a few requests that JetStream sent for its open pulls after it stopped listening: they are " +
-		"redelivered an ack wait (2 s) later (see docs/reliability.md)",
 }
