@@ -11,6 +11,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
+	"github.com/udpgate/udpgate/schemas"
 )
 
 // Message types (RFC 7252 §3).
@@ -157,14 +158,11 @@ func empty(typ message.Type, mid uint16) []byte {
 
 // ParseCode parses a response code written "c.dd" (2.05, 4.04).
 func ParseCode(s string) (codes.Code, error) {
-	if len(s) != 4 || s[1] != '.' || s[0] < '2' || s[0] > '5' || s[0] == '3' {
-		return 0, fmt.Errorf("coap: response code %q: want c.dd with class 2, 4 or 5", s)
+	class, detail, err := schemas.ParseCoAPCode(s)
+	if err != nil {
+		return 0, fmt.Errorf("coap: %w", err)
 	}
-	detail, err := strconv.Atoi(s[2:])
-	if err != nil || detail > 31 || s[2] < '0' || s[2] > '9' {
-		return 0, fmt.Errorf("coap: response code %q: detail is 00..31", s)
-	}
-	return codes.Code(int(s[0]-'0')<<5 | detail), nil
+	return codes.Code(class<<5 | detail), nil
 }
 
 // FormatCode writes c as "c.dd".

@@ -1,5 +1,7 @@
 package schemas
 
+import "fmt"
+
 // CloudEvents type of CoAP request messages.
 const TypeCoAP = "io.udpgate.coap"
 
@@ -69,3 +71,21 @@ func AppendCoAPSubject(dst []byte, prefix string, port uint16, method string, se
 	}
 	return dst
 }
+
+// ParseCoAPCode parses a response code as HeaderCoAPCode carries it,
+// "c.dd" (RFC 7252 §12.1): class 2, 4 or 5, a dot, and a two-digit detail
+// from 00 to 31.
+func ParseCoAPCode(s string) (class, detail uint8, err error) {
+	if len(s) != 4 || s[1] != '.' || !isDigit(s[2]) || !isDigit(s[3]) {
+		return 0, 0, fmt.Errorf("CoAP response code %q: want c.dd", s)
+	}
+	if s[0] != '2' && s[0] != '4' && s[0] != '5' {
+		return 0, 0, fmt.Errorf("CoAP response code %q: class must be 2, 4 or 5", s)
+	}
+	if detail = (s[2]-'0')*10 + s[3] - '0'; detail > 31 {
+		return 0, 0, fmt.Errorf("CoAP response code %q: detail must be at most 31", s)
+	}
+	return s[0] - '0', detail, nil
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }

@@ -171,19 +171,11 @@ const (
 
 // ParseCode returns s as a Code if it is a valid response code.
 func ParseCode(s string) (Code, error) {
-	if len(s) != 4 || s[1] != '.' || !isDigit(s[2]) || !isDigit(s[3]) {
-		return "", fmt.Errorf("workers: CoAP response code %q: want c.dd", s)
-	}
-	if s[0] != '2' && s[0] != '4' && s[0] != '5' {
-		return "", fmt.Errorf("workers: CoAP response code %q: class must be 2, 4 or 5", s)
-	}
-	if detail := (s[2]-'0')*10 + s[3] - '0'; detail > 31 {
-		return "", fmt.Errorf("workers: CoAP response code %q: detail must be at most 31", s)
+	if _, _, err := schemas.ParseCoAPCode(s); err != nil {
+		return "", fmt.Errorf("workers: %w", err)
 	}
 	return Code(s), nil
 }
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 // CoAPResponse is a ResponseWriter that also sets the CoAP options of the
 // reply to a CoAP request, as the udpgate-coap-* reply headers. A reply that
