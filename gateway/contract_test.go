@@ -222,6 +222,9 @@ func nodeGroupOn(t *testing.T, g *Gateway, addr *net.UDPAddr, group string, inst
 // natsCLI returns the path of the NATS CLI, natscli's `nats`:
 // $NATS_CLI_FOR_TESTS, which .ci/run sets, or `nats` on PATH. It fails
 // in CI (CI set) and skips elsewhere when there is none.
+// npmOnce runs npm ci at most once per test binary.
+var npmOnce sync.Once
+
 func natsCLI(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("NATS_CLI_FOR_TESTS"); p != "" {
@@ -297,10 +300,30 @@ func nodeWorkerDeps(t *testing.T) (dir, node string) {
 	if err != nil {
 		missing = append(missing, "node ("+err.Error()+")")
 	}
-	for _, pkg := range []string{"@nats-io/transport-node"} {
-		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err != nil {
-			missing = append(missing, pkg)
+	pkgs := []string{"@nats-io/transport-node"}
+	installed := func() bool {
+		for _, pkg := range pkgs {
+			if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err != nil {
+				return false
+			}
 		}
+		return true
+	}
+	if node != "" && !installed() {
+		// The suite installs what it needs: npm ci, once per run.
+		npmOnce.Do(func() {
+			npm, err := exec.LookPath("npm")
+			if err != nil {
+				return
+			}
+			cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund")
+			cmd.Dir = dir
+			out, err := cmd.CombinedOutput()
+			t.Logf("npm ci in %s: %v\n%s", dir, err, out)
+		})
+	}
+	if !installed() {
+		missing = append(missing, strings.Join(pkgs, ", ")+" (npm ci failed or npm is missing)")
 	}
 	if len(missing) > 0 {
 		if os.Getenv("CI") != "" {

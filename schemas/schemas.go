@@ -5,8 +5,10 @@
 package schemas
 
 import (
+	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Version is the version of the wire contract that this package and
@@ -152,9 +154,57 @@ func ReplyID(subject string) (string, bool) {
 }
 
 // Source returns the ce-source of requests received by node on listener
-// (PORT/PROTOCOL): udpgate://NODE/PORT/PROTOCOL.
+// (PORT/PROTOCOL): udpgate://NODE/PORT/PROTOCOL, a URI-reference as the
+// CloudEvents binding requires it. NODE is percent-encoded as RFC 3986's
+// reg-name allows (every byte but an unreserved character or a
+// sub-delimiter is %XX), so a node name with a space, a slash or a
+// non-ASCII letter stays one host part; ParseSource decodes it.
 func Source(node, listener string) string {
-	return "udpgate://" + node + "/" + listener
+	return "udpgate://" + escapeHost(node) + "/" + listener
+}
+
+// ValidNode reports whether name can be a node's name: 1 to 253 bytes of
+// valid UTF-8 without ASCII spaces, controls or the characters that end a
+// URI's host (/ ? # @ : [ ] % \ and the like), so that ce-source is a URI
+// every parser takes (Go's net/url refuses a percent-encoded ASCII byte in
+// a host; a non-ASCII letter, percent-encoded, it takes).
+func ValidNode(name string) bool {
+	if name == "" || len(name) > 253 || !utf8.ValidString(name) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < 0x80 && !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~!$&'()*+,;=", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// escapeHost percent-encodes s as an RFC 3986 reg-name.
+func escapeHost(s string) string {
+	const hex = "0123456789ABCDEF"
+	plain := func(c byte) bool {
+		return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~!$&'()*+,;=", c) >= 0
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if !plain(s[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return s
+	}
+	b := make([]byte, 0, len(s)+2*n)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; plain(c) {
+			b = append(b, c)
+		} else {
+			b = append(b, '%', hex[c>>4], hex[c&0x0f])
+		}
+	}
+	return string(b)
 }
 
 // ParseSource splits a ce-source, udpgate://NODE/PORT/PROTOCOL, into its
@@ -178,7 +228,11 @@ func ParseSource(source string) (node string, port uint16, protocol string, ok b
 	if err != nil {
 		return "", 0, "", false
 	}
-	return rest[:j], uint16(n), protocol, true
+	node, err = url.PathUnescape(rest[:j])
+	if err != nil {
+		return "", 0, "", false
+	}
+	return node, uint16(n), protocol, true
 }
 
 // Listener returns a listener's name, PORT/PROTOCOL, as ce-source and the

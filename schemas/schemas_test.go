@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -128,6 +129,46 @@ func TestParseListener(t *testing.T) {
 		port, protocol, ok := ParseListener(tt.name)
 		if port != tt.port || protocol != tt.protocol || ok != tt.ok {
 			t.Errorf("ParseListener(%q) = %d, %q, %v", tt.name, port, protocol, ok)
+		}
+	}
+}
+
+// ce-source is a URI-reference: a node name that is not a plain host name
+// is percent-encoded, and ParseSource gives it back.
+func TestSourceEscapesTheNode(t *testing.T) {
+	for _, tt := range []struct{ node, want string }{
+		{"gw-1", "udpgate://gw-1/9000/raw"},
+		{"gw.eu_west~1", "udpgate://gw.eu_west~1/9000/raw"},
+		{"nœud", "udpgate://n%C5%93ud/9000/raw"},
+		{"my node", "udpgate://my%20node/9000/raw"}, // RFC 3986 allows it; Go's url.Parse does not (UDPGATE_NODE refuses it)
+		{"a/b:c@d", "udpgate://a%2Fb%3Ac%40d/9000/raw"},
+	} {
+		src := Source(tt.node, Listener(9000, ProtocolRaw))
+		if src != tt.want {
+			t.Errorf("Source(%q) = %q, want %q", tt.node, src, tt.want)
+		}
+		if ValidNode(tt.node) {
+			// What the CloudEvents Go SDK does with a source.
+			if u, err := url.Parse(src); err != nil || u.Scheme != "udpgate" {
+				t.Errorf("%q is not a URI: %v", src, err)
+			}
+		}
+		node, port, protocol, ok := ParseSource(src)
+		if !ok || node != tt.node || port != 9000 || protocol != ProtocolRaw {
+			t.Errorf("ParseSource(%q) = %q, %d, %q, %v", src, node, port, protocol, ok)
+		}
+	}
+}
+
+func TestValidNode(t *testing.T) {
+	for _, n := range []string{"gw-1", "host.example.com", "nœud", "a_b~c"} {
+		if !ValidNode(n) {
+			t.Errorf("ValidNode(%q) = false", n)
+		}
+	}
+	for _, n := range []string{"", "my node", "a/b", "a:b", "a@b", "100%", string(make([]byte, 254))} {
+		if ValidNode(n) {
+			t.Errorf("ValidNode(%q) = true", n)
 		}
 	}
 }

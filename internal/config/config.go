@@ -215,6 +215,9 @@ func (e env) parse(environ []string) (Config, error) {
 		}
 		c.Node = h
 	}
+	if c.Node != "" && !schemas.ValidNode(c.Node) {
+		bad("NODE", "%q cannot name a node: at most 253 bytes, no spaces and none of / ? # @ : %% [ ] (it is the host of every request's ce-source URI)", c.Node)
+	}
 	if !ValidSubjectPrefix(c.Prefix) {
 		bad("SUBJECT_PREFIX", "%q is not a NATS subject prefix (tokens of letters, digits, - and _ separated by dots)", c.Prefix)
 	}

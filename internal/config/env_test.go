@@ -205,3 +205,15 @@ func TestConfigBuiltins(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigNode(t *testing.T) {
+	e := defaults(t)
+	e.Node = "gw 1/eu"
+	if _, err := e.parse(nil); err == nil || !strings.Contains(err.Error(), `UDPGATE_NODE: "gw 1/eu" cannot name a node`) {
+		t.Errorf("error %v", err)
+	}
+	e.Node = "gw-1.eu"
+	if _, err := e.parse(nil); err != nil {
+		t.Error(err)
+	}
+}
