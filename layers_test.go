@@ -55,6 +55,7 @@ var layers = map[string]int{
 	"handover":          10,
 	"internal/version":  10,
 	"internal/natstest": 10,
+	"internal/ratelog":  10,
 }
 
 // TestLayers fails when a package imports one of its own rank or above

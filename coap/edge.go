@@ -11,6 +11,7 @@ import (
 
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/internal/ratelog"
 )
 
 // RFC 7252 §4.8 transmission parameters.
@@ -59,6 +60,8 @@ type Edge struct {
 	// answer. Remote, Local and IfIndex are filled per datagram.
 	Socket exchange.Exchange
 	Log    *slog.Logger
+	// dropped logs the responses the amplification limit dropped.
+	dropped *ratelog.Logger
 	// Guard, if not nil, is the listener's guard: a response to a source
 	// it limits is cut to what the amplification limit allows (a smaller
 	// Block2 block, or 4.01 with an Echo option), and an Echo option or an
@@ -179,6 +182,8 @@ func (e *Edge) Start() {
 	if e.Log == nil {
 		e.Log = slog.New(slog.DiscardHandler)
 	}
+	e.dropped = &ratelog.Logger{Log: e.Log, Level: slog.LevelWarn,
+		Msg: "coap: responses dropped by the amplification limit (UDPGATE_AMPLIFICATION; UDPGATE_TRUST exempts sources)"}
 	e.dedupe = make(map[peerMID]*cached)
 	e.uploads = make(map[transferKey]*upload)
 	e.downloads = make(map[transferKey]*download)

@@ -60,6 +60,7 @@ func (r *Request) challenge(credit int) {
 	opts := message.Options{{ID: message.Echo, Value: v[:]}}
 	if guard.Wire(r.dst.Remote.Addr(), r.encodedLen(codes.Unauthorized, opts, nil)) > credit {
 		e.Guard.CountDropped()
+		e.dropped.Add("remote", r.dst.Remote.Addr(), "request_bytes", r.dst.Size)
 		r.drop()
 		return
 	}

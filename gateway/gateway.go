@@ -23,6 +23,7 @@ import (
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/internal/ratelog"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -258,7 +259,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Table:   table,
 		Log:     g.Log,
 		Latency: g.Latency,
-		Allow:   amplification(g.Listeners),
+		Allow:   amplification(g.Listeners, g.Log),
 		Durable: durs.served,
 	}
 	durs.onRead = eg.Wake
@@ -488,7 +489,9 @@ func (g *Gateway) ensureStreams(ctx context.Context, js jetstream.JetStream, aga
 // amplification returns egress's check of raw and rpc replies against
 // their listener's amplification limit, or nil when no listener has a
 // guard. CoAP listeners cut their replies themselves (coap.Edge.Guard).
-func amplification(ls []Listener) func(exchange.Exchange, string, nats.Header, []byte) bool {
+func amplification(ls []Listener, log *slog.Logger) func(exchange.Exchange, string, nats.Header, []byte) bool {
+	dropped := &ratelog.Logger{Log: log, Level: slog.LevelWarn,
+		Msg: "gateway: replies dropped by the amplification limit (UDPGATE_AMPLIFICATION; UDPGATE_TRUST exempts sources)"}
 	byPort := map[uint16]*guard.Guard{} // read-only once built
 	for _, l := range ls {
 		if l.Guard != nil && l.Protocol != schemas.ProtocolCoAP {
@@ -509,6 +512,10 @@ func amplification(ls []Listener) func(exchange.Exchange, string, nats.Header, [
 		} else if status != schemas.StatusOK {
 			return true // raw: nothing is sent
 		}
-		return gd.AllowReply(ex.Remote.Addr(), ex.Size, n, time.Now())
+		if gd.AllowReply(ex.Remote.Addr(), ex.Size, n, time.Now()) {
+			return true
+		}
+		dropped.Add("port", ex.Port, "remote", ex.Remote.Addr(), "request_bytes", ex.Size, "reply_bytes", n)
+		return false
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -339,7 +340,8 @@ func spoofer(t *testing.T, dst *net.UDPAddr) func(i int, payload []byte) {
 // sent.
 func TestAmplificationRawAndRPC(t *testing.T) {
 	s := natstest.RunServer(t)
-	g := &Gateway{NATS: natstest.Connect(t, s), Node: "guard"}
+	var logs syncLog
+	g := &Gateway{NATS: natstest.Connect(t, s), Node: "guard", Log: slog.New(slog.NewTextHandler(&logs, nil))}
 	raw, rawGuard := guardedListener(t, g, schemas.ProtocolRaw, guard.Config{Factor: 3})
 	trusted, _ := guardedListener(t, g, schemas.ProtocolRaw, guard.Config{Factor: 3, Trust: deny(t, "127.0.0.0/8")})
 	rpcAddr, rpcGuard := guardedListener(t, g, schemas.ProtocolRPC, guard.Config{Factor: 3})
@@ -361,6 +363,9 @@ func TestAmplificationRawAndRPC(t *testing.T) {
 	waitFor(t, "the raw reply dropped", func() bool { return rawGuard.Stats().Dropped == 1 })
 	if r := read(c, 50*time.Millisecond); r != nil {
 		t.Errorf("unvalidated source got %d bytes", len(r))
+	}
+	if out := logs.String(); !strings.Contains(out, "replies dropped by the amplification limit") || !strings.Contains(out, "remote=127.0.0.7") {
+		t.Errorf("the dropped reply is not in the log:\n%s", out)
 	}
 	if r := roundTrip(t, c, []byte("small reply")); string(r) != "small reply" {
 		t.Errorf("reply within the limit: %q", r)
@@ -485,4 +490,22 @@ func TestAmplificationCoAP(t *testing.T) {
 	if echoes != 1 || gd.Stats().Validations == 0 {
 		t.Errorf("%d Echo challenges, guard %+v; want 1 challenge and a validation", echoes, gd.Stats())
 	}
+}
+
+// syncLog collects log output; safe for concurrent use.
+type syncLog struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -151,7 +151,7 @@ func (b *Bridge) send(ctx context.Context, batch []*item) {
 	replies, err := b.parseBatch(out, len(live))
 	if err != nil {
 		b.stats.badOutput.Add(1)
-		b.log.Warn("lambda: bad function output", "function", b.Function, "batch", len(live), "err", err)
+		b.badOutput.Add("function", b.Function, "batch", len(live), "err", err)
 		fail(fmt.Errorf("lambda: function %s: %w", b.Function, err))
 		return
 	}
@@ -208,5 +208,5 @@ func (b *Bridge) parseBatch(p []byte, n int) ([]outcome, error) {
 
 func (b *Bridge) badReply(err error) {
 	b.stats.badOutput.Add(1)
-	b.log.Warn("lambda: bad function output", "function", b.Function, "err", err)
+	b.badOutput.Add("function", b.Function, "err", err)
 }

@@ -58,13 +58,14 @@ func (b *Bridge) invoke(ctx context.Context, payload []byte) ([]byte, error) {
 		}
 		if !b.retryable(err) {
 			b.stats.invokeErrors.Add(1)
-			b.log.Warn("lambda: invoke failed", "function", b.Function, "err", err)
+			b.invokeFailed.Add("function", b.Function, "err", err)
 			return nil, fmt.Errorf("lambda: invoke %s: %w", b.Function, err)
 		}
 		if _, ok := ctx.Deadline(); !ok && try+1 >= maxTries {
 			return nil, fmt.Errorf("lambda: invoke %s: %w after %d tries: %w", b.Function, workers.ErrRetry, maxTries, err)
 		}
 		b.stats.retries.Add(1)
+		b.retrying.Add("function", b.Function, "err", err)
 		t := time.NewTimer(max(backoff(try), retryAfter(err)))
 		select {
 		case <-t.C:

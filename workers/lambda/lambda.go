@@ -97,6 +97,7 @@ import (
 
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 
+	"github.com/udpgate/udpgate/internal/ratelog"
 	"github.com/udpgate/udpgate/workers"
 )
 
@@ -157,6 +158,9 @@ type Bridge struct {
 	sem      chan struct{} // one token per Invoke call in flight
 	log      *slog.Logger
 	stats    counters
+	// Logs that can repeat per request, at most one line every 10 s each,
+	// with the count since the last.
+	badOutput, invokeFailed, retrying *ratelog.Logger
 
 	inFlight atomic.Int64 // Invoke calls in flight
 
@@ -242,6 +246,10 @@ func (b *Bridge) init() {
 		if b.log == nil {
 			b.log = slog.New(slog.DiscardHandler)
 		}
+		b.badOutput = &ratelog.Logger{Log: b.log, Level: slog.LevelWarn, Msg: "lambda: bad function output"}
+		b.invokeFailed = &ratelog.Logger{Log: b.log, Level: slog.LevelWarn, Msg: "lambda: invoke failed"}
+		b.retrying = &ratelog.Logger{Log: b.log, Level: slog.LevelWarn,
+			Msg: "lambda: invocations failing (throttled, 5xx, timed out or the endpoint unreachable: AWS_ENDPOINT_URL_LAMBDA, UDPGATE_LAMBDA_ENDPOINT); retrying until each request's deadline"}
 		b.sem = make(chan struct{}, b.maxInvocations())
 		b.closed = make(chan struct{})
 		switch {
@@ -290,7 +298,7 @@ func (b *Bridge) Handle(ctx context.Context, w workers.ResponseWriter, r *worker
 	rp, err := parseResult(out)
 	if err != nil {
 		b.stats.badOutput.Add(1)
-		b.log.Warn("lambda: bad function output", "function", b.Function, "id", r.ID, "err", err)
+		b.badOutput.Add("function", b.Function, "id", r.ID, "err", err)
 		return fmt.Errorf("lambda: function %s: %w", b.Function, err)
 	}
 	rp.write(w, r)
@@ -305,6 +313,9 @@ func (b *Bridge) Handle(ctx context.Context, w workers.ResponseWriter, r *worker
 func (b *Bridge) Close() error {
 	b.init()
 	b.closeOnce.Do(func() {
+		for _, l := range []*ratelog.Logger{b.badOutput, b.invokeFailed, b.retrying} {
+			l.Flush()
+		}
 		close(b.closed)
 		if b.stop != nil {
 			b.stop()

@@ -685,3 +685,46 @@ func TestNewClient(t *testing.T) {
 		t.Error("no error without a region")
 	}
 }
+
+// An endpoint nobody answers is retried until the request's deadline, and
+// said in the log: once at once, then at most a line every 10 s with a
+// count, never a line per request.
+func TestUnreachableEndpointLogged(t *testing.T) {
+	t.Setenv("AWS_REGION", "eu-west-1")
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := NewClient(ctx, "http://"+addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	b := &Bridge{Client: client, Function: "gone", Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	b.init()
+	for range 3 {
+		rctx, rcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := b.invoke(rctx, []byte(`{}`))
+		rcancel()
+		if err == nil {
+			t.Fatal("an invocation to a closed port succeeded")
+		}
+	}
+	out := logs.String()
+	if !strings.Contains(out, "invocations failing") || !strings.Contains(out, "connection refused") {
+		t.Errorf("the log does not say the endpoint fails:\n%s", out)
+	}
+	if n := strings.Count(out, "\n"); n != 1 {
+		t.Errorf("%d log lines for 3 failing requests, want 1 (rate-limited):\n%s", n, out)
+	}
+	b.Close()
+	if !strings.Contains(logs.String(), "count=") || strings.Count(logs.String(), "\n") != 2 {
+		t.Errorf("Close does not log what it held back:\n%s", logs.String())
+	}
+}
