@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		if !slices.Contains(cfg.Builtins, b.Worker) {
 			continue
 		}
+		b.Port = cmp.Or(cfg.BuiltinPorts[b.Worker], b.Port)
 		i := slices.IndexFunc(listeners, func(l config.Listener) bool { return l.Addr.Port() == b.Port })
 		if i < 0 { // a listener the user put on this port replaces the default
 			i = len(listeners)
@@ -92,8 +94,8 @@ func listenerHint(err error, cfg config.Config) string {
 		return " (UDPGATE_LISTENERS)"
 	}
 	for _, b := range node.Builtins {
-		if b.Port == le.Listener.Addr.Port() {
-			return fmt.Sprintf(" (the built-in %s worker's listener: leave %s out of UDPGATE_BUILTINS, or give port %d to a listener of yours in UDPGATE_LISTENERS)", b.Worker, b.Worker, b.Port)
+		if cmp.Or(cfg.BuiltinPorts[b.Worker], b.Port) == le.Listener.Addr.Port() {
+			return fmt.Sprintf(" (the built-in %s worker's listener: move it with UDPGATE_BUILTINS=%s=PORT, or leave %s out of UDPGATE_BUILTINS)", b.Worker, b.Worker, b.Worker)
 		}
 	}
 	return ""

@@ -40,7 +40,7 @@ type env struct {
 	NATSInbox              string `envconfig:"NATS_INBOX_PREFIX" desc:"prefix of this process's NATS reply inboxes (default: _INBOX), for per-user permissions"`
 	Node                   string `envconfig:"NODE" desc:"name of this gateway node (default: host name)"`
 	Listeners              string `envconfig:"LISTENERS" desc:"listeners, comma-separated [ADDR:]PORT/PROTOCOL"`
-	Builtins               string `envconfig:"BUILTINS" default:"echo,time,coap,places" desc:"run: the built-in workers, each on its listener (echo 9000/raw, time 9001/raw, coap 5683/coap, places 7000/rpc), comma-separated; off: none"`
+	Builtins               string `envconfig:"BUILTINS" default:"echo,time,coap,places" desc:"run: the built-in workers, each on its listener (echo 9000/raw, time 9001/raw, coap 5683/coap, places 7000/rpc), comma-separated; NAME=PORT moves one (echo=19000); off: none"`
 	DataDir                string `envconfig:"DATA_DIR" default:"./udpgate-data" desc:"JetStream store of the embedded NATS server (run)"`
 	NATSListen             string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS server accepts clients (run)"`
 	SubjectPrefix          string `envconfig:"SUBJECT_PREFIX" default:"udpgate" desc:"first token of every subject"`
@@ -103,7 +103,8 @@ type Config struct {
 	NATSAuth               NATSAuth // credentials and TLS of every NATS connection (not run's)
 	Node                   string
 	Listeners              []Listener
-	Builtins               []string // run's built-in workers, by name
+	Builtins               []string          // run's built-in workers, by name
+	BuiltinPorts           map[string]uint16 // the ports UDPGATE_BUILTINS moves them to, by name
 	DataDir                string
 	NATSListen             netip.AddrPort
 	Prefix                 string
@@ -239,10 +240,23 @@ func (e env) parse(environ []string) (Config, error) {
 		}
 	}
 	if b := strings.TrimSpace(e.Builtins); b != "off" {
-		for _, name := range SplitList(b) {
+		for _, entry := range SplitList(b) {
+			name, port, moved := strings.Cut(entry, "=")
+			name = strings.TrimSpace(name)
 			if !slices.Contains(builtin.Names(), name) {
 				bad("BUILTINS", "%q is not a built-in worker (%s), and the list not off", name, strings.Join(builtin.Names(), ", "))
 				continue
+			}
+			if moved {
+				n, err := strconv.ParseUint(strings.TrimSpace(port), 10, 16)
+				if err != nil || n == 0 {
+					bad("BUILTINS", "%q: the port of %s must be 1..65535", entry, name)
+					continue
+				}
+				if c.BuiltinPorts == nil {
+					c.BuiltinPorts = map[string]uint16{}
+				}
+				c.BuiltinPorts[name] = uint16(n)
 			}
 			if !slices.Contains(c.Builtins, name) {
 				c.Builtins = append(c.Builtins, name)

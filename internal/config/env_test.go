@@ -190,6 +190,9 @@ func TestConfigBuiltins(t *testing.T) {
 		{"off", nil, ""},
 		{" coap , echo,coap", []string{"coap", "echo"}, ""},
 		{"echo,ping", nil, `UDPGATE_BUILTINS: "ping" is not a built-in worker`},
+		{"echo=19000,coap", []string{"echo", "coap"}, ""},
+		{"echo=0", nil, `UDPGATE_BUILTINS: "echo=0": the port of echo must be 1..65535`},
+		{"echo=x", nil, `the port of echo must be 1..65535`},
 	} {
 		e := defaults(t)
 		e.Builtins = tt.in
@@ -202,6 +205,9 @@ func TestConfigBuiltins(t *testing.T) {
 		}
 		if err != nil || !slices.Equal(c.Builtins, tt.want) {
 			t.Errorf("%q: %q, %v; want %q", tt.in, c.Builtins, err, tt.want)
+		}
+		if p := c.BuiltinPorts["echo"]; tt.in == "echo=19000,coap" && (p != 19000 || len(c.BuiltinPorts) != 1) {
+			t.Errorf("%q: ports %v", tt.in, c.BuiltinPorts)
 		}
 	}
 }
