@@ -121,7 +121,7 @@ JetStream, so traffic can be replayed.`,
 		c.GroupID = "serve"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{newSendCmd(), newBenchCmd(), newReplayCmd(), newPcapCmd(), newStatusCmd(), newVersionCmd()} {
+	for _, c := range []*cobra.Command{newSendCmd(), newBenchCmd(), newReplayCmd(), newPcapCmd(), newStatusCmd(), newHealthcheckCmd(), newVersionCmd()} {
 		c.GroupID = "tools"
 		root.AddCommand(c)
 	}
