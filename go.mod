@@ -9,6 +9,7 @@ require (
 	github.com/aws/aws-sdk-go-v2/service/lambda v1.114.3
 	github.com/gopacket/gopacket v1.7.7
 	github.com/kelseyhightower/envconfig v1.4.0
+	github.com/moby/patternmatcher v0.6.1
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/plgd-dev/go-coap/v3 v3.8.0
