@@ -96,7 +96,7 @@ func newDiscards(js jetstream.JetStream, stream, prefix string, durs *durables, 
 		if protocol == "" {
 			protocol = schemas.ProtocolRaw
 		}
-		d.names[port] = strconv.Itoa(int(port)) + "/" + protocol
+		d.names[port] = schemas.Listener(port, protocol)
 		d.counts[port] = new(atomic.Uint64)
 	}
 	return d
