@@ -72,6 +72,18 @@ func TestNodeWorker(t *testing.T) {
 				t.Errorf("GET /greeting/%s: %v %q, content-format %v (%v)", name, resp.Code(), body, cf, cfErr)
 			}
 		}
+		// A Uri-Query option reaches the JavaScript worker percent-encoded
+		// as RFC 3986 says, so decodeURIComponent gives it back: a space
+		// stays a space and a plus a plus.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := co.Get(ctx, "/greeting/world", message.Option{ID: message.URIQuery, Value: []byte("greeting=a b+c=d&e")})
+		cancel()
+		if err != nil {
+			t.Fatalf("GET /greeting/world?greeting=...: %v (worker stderr: %s)", err, w1.stderr())
+		}
+		if body, _ := resp.ReadBody(); string(body) != "a b+c=d&e, world" {
+			t.Errorf("GET /greeting/world with the query option %q: %q, want %q", "greeting=a b+c=d&e", body, "a b+c=d&e, world")
+		}
 	})
 	t.Run("announces", func(t *testing.T) { // "Announcing a group"
 		nc := natstest.Connect(t, s)
@@ -95,8 +107,8 @@ func TestNodeWorker(t *testing.T) {
 			info.Metadata["udpgate.delivery"] != "direct" || info.Metadata["udpgate.coap.links"] != nodeGreetingLink {
 			t.Errorf("info %+v", info)
 		}
-		if len(stats.Endpoints) != 2 || stats.Endpoints[0].NumRequests != 2 || stats.Endpoints[1].NumRequests != 2 {
-			t.Errorf("stats %+v, want 2 requests on each endpoint", stats)
+		if len(stats.Endpoints) != 2 || stats.Endpoints[0].NumRequests != 2 || stats.Endpoints[1].NumRequests != 3 {
+			t.Errorf("stats %+v, want 2 requests on the raw endpoint and 3 on the CoAP one", stats)
 		}
 		for _, e := range stats.Endpoints {
 			if e.ProcessingTime <= 0 || e.AverageProcessingTime <= 0 || e.AverageProcessingTime > e.ProcessingTime {

@@ -6,7 +6,7 @@
 // joins the group and shares its requests. It serves
 //
 //   - the raw listener on RAW_PORT: the reply is the datagram upper-cased;
-//   - GET /greeting/{name} on the coap listener on COAP_PORT: 2.05, text
+//   - GET /greeting/{name}[?greeting=TEXT] on the coap listener on COAP_PORT: 2.05, text
 //     (Content-Format 0), "Hello, {name}".
 //
 // It announces the group through NATS's service discovery, answering
@@ -106,14 +106,22 @@ function handle(m) {
     // here as UTF-8 text, as this service expects).
     m.respond(encoder.encode(decoder.decode(m.data).toUpperCase()));
   } else {
-    // "CoAP requests": udpgate-coap-request is "GET /greeting/NAME", each
-    // path segment percent-encoded.
-    const path = h.get("udpgate-coap-request").split(" ")[1].split("?")[0];
+    // "CoAP requests": udpgate-coap-request is "GET /greeting/NAME" and,
+    // with Uri-Query options, "?" and the options joined by "&", each
+    // percent-encoded as RFC 3986 does: ?greeting=TEXT replaces "Hello".
+    const [path, query = ""] = h.get("udpgate-coap-request").split(" ")[1].split("?");
     const name = decodeURIComponent(path.split("/")[2]);
+    let greeting = "Hello";
+    for (const option of query.split("&")) {
+      const [key, ...value] = option.split("=");
+      if (decodeURIComponent(key) === "greeting") {
+        greeting = decodeURIComponent(value.join("="));
+      }
+    }
     const rh = headers();
     rh.set("udpgate-coap-code", "2.05");
     rh.set("udpgate-coap-content-format", "0");
-    m.respond(encoder.encode(`Hello, ${name}`), { headers: rh });
+    m.respond(encoder.encode(`${greeting}, ${name}`), { headers: rh });
   }
   console.log(`replied ${m.subject}`);
 }
