@@ -56,6 +56,7 @@ var layers = map[string]int{
 	"internal/version":  10,
 	"internal/natstest": 10,
 	"internal/ratelog":  10,
+	"internal/tracing":  10,
 }
 
 // TestLayers fails when a package imports one of its own rank or above

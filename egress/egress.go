@@ -19,8 +19,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/internal/tracing"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -77,6 +79,18 @@ type Server struct {
 	// number in Table. It runs on the sweep or the reply path and must be
 	// quick.
 	Expired func(seq uint64, ex exchange.Exchange)
+
+	// TracerProvider, if not nil, gives a span to every reply that
+	// carries a sampled trace context (the traceparent header the worker
+	// SDK sets on the reply to a traced request): a child of the span that
+	// answered, from the reply's arrival to its send. Nil traces nothing.
+	// See docs/tracing.md.
+	TracerProvider trace.TracerProvider
+	// Listeners names the listener of each port, PORT/PROTOCOL, in spans;
+	// a port it lacks is named by its number.
+	Listeners map[uint16]string
+
+	tracer trace.Tracer // from TracerProvider; nil when nothing is traced
 
 	unknown atomic.Uint64 // replies with no exchange: no port to count them under
 	busy    atomic.Int64  // replies and expiries being handled: taken from the table, maybe not yet sent
@@ -223,6 +237,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.Sweep <= 0 {
 		s.Sweep = DefaultSweep
 	}
+	if s.TracerProvider != nil {
+		s.tracer = s.TracerProvider.Tracer(tracerName)
+	}
 	sub, err := s.NATS.Subscribe(s.Subject+".*", s.deliver)
 	if err != nil {
 		return fmt.Errorf("egress: subscribe %s: %w", s.Subject, err)
@@ -268,10 +285,22 @@ func (s *Server) Serve(ctx context.Context) error {
 // closes its sockets.
 func (s *Server) Busy() int { return int(s.busy.Load()) }
 
-// deliver handles one reply message.
+// deliver handles one reply message, in a span of its own if it carries
+// a sampled trace context and egress traces.
 func (s *Server) deliver(msg *nats.Msg) {
 	s.busy.Add(1)
 	defer s.busy.Add(-1)
+	if s.tracer != nil && tracing.Carries(msg.Header) {
+		s.deliverTraced(msg)
+		return
+	}
+	s.reply(msg, nil)
+}
+
+// reply handles one reply message and returns what became of it (see
+// the outcome constants); ex, if not nil, receives the exchange it
+// closed, for the span.
+func (s *Server) reply(msg *nats.Msg, ex *exchange.Exchange) (outcome string, err error) {
 	id, _ := schemas.ReplyID(msg.Subject)
 	seq, ok := s.Table.ParseID(id)
 	if len(msg.Data) == 0 && msg.Header.Get(statusHeader) == noResponders {
@@ -282,30 +311,33 @@ func (s *Server) deliver(msg *nats.Msg) {
 				s.decide(undecided{seq: seq, subject: msg.Header.Get(subjectHeader), received: ex.Received, raw: ex.Replier == nil})
 			}
 		}
-		return
+		return outcomeNoResponders, nil
 	}
 	if !ok {
 		s.unknown.Add(1)
-		return
+		return outcomeUnknown, nil
 	}
-	ex, outcome := s.Table.Close(seq, time.Now())
-	switch outcome {
+	closed, closing := s.Table.Close(seq, time.Now())
+	if ex != nil {
+		*ex = closed
+	}
+	switch closing {
 	case exchange.Late:
-		s.port(ex.Port).late.Add(1)
-		return
+		s.port(closed.Port).late.Add(1)
+		return outcomeLate, nil
 	case exchange.Expired:
 		// The sweep has not reached it yet: answer it as the sweep would.
-		s.port(ex.Port).late.Add(1)
-		s.expired(seq, ex)
-		return
+		s.port(closed.Port).late.Add(1)
+		s.expired(seq, closed)
+		return outcomeLate, nil
 	case exchange.Duplicate:
-		s.port(ex.Port).duplicate.Add(1)
-		return
+		s.port(closed.Port).duplicate.Add(1)
+		return outcomeDuplicate, nil
 	case exchange.Unknown:
 		s.unknown.Add(1)
-		return
+		return outcomeUnknown, nil
 	}
-	c := s.port(ex.Port)
+	c := s.port(closed.Port)
 	status := msg.Header.Get(schemas.HeaderStatus)
 	if status == "" {
 		status = schemas.StatusOK
@@ -313,27 +345,27 @@ func (s *Server) deliver(msg *nats.Msg) {
 	if status != schemas.StatusOK {
 		c.workerError.Add(1)
 	}
-	if s.Allow != nil && !s.Allow(ex, status, msg.Header, msg.Data) {
-		return
+	if s.Allow != nil && !s.Allow(closed, status, msg.Header, msg.Data) {
+		return outcomeAmplification, nil
 	}
-	var err error
 	switch {
-	case ex.Replier != nil:
-		err = ex.Replier.Reply(status, msg.Header, msg.Data)
+	case closed.Replier != nil:
+		err = closed.Replier.Reply(status, msg.Header, msg.Data)
 	case status != schemas.StatusOK:
-		return // raw: an error has no wire form
+		return outcomeWorkerError, nil // raw: an error has no wire form
 	default:
-		err = ex.Write(msg.Data)
+		err = closed.Write(msg.Data)
 	}
 	if err != nil {
 		c.sendErrors.Add(1)
 		s.Log.Debug("egress: send", "err", fmt.Errorf("egress: %w", err))
-		return
+		return outcomeSendError, err
 	}
 	c.sent.Add(1)
-	if s.Latency != nil && !ex.Received.IsZero() {
-		s.Latency(ex.Port, time.Since(ex.Received))
+	if s.Latency != nil && !closed.Received.IsZero() {
+		s.Latency(closed.Port, time.Since(closed.Received))
 	}
+	return outcomeSent, nil
 }
 
 // NATS's status header, the status of its answer to a request that no

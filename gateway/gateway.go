@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/coap"
@@ -99,6 +100,14 @@ type Gateway struct {
 	// second: every exchange is answered or expired by then. Negative
 	// stops at once.
 	DrainTimeout time.Duration
+	// TracerProvider and TraceSample trace a sample of the requests: each
+	// request is traced with probability TraceSample (0 to 1), in a span
+	// of its listener's ingress whose context travels with the request;
+	// the reply to a traced request is sent in a span of egress, a child
+	// of the span that answered (docs/tracing.md). A nil TracerProvider or
+	// a TraceSample of 0 traces nothing.
+	TracerProvider trace.TracerProvider
+	TraceSample    float64
 
 	mu       sync.Mutex // guards ingress, names, egress, durables, groups and discards, set by Serve
 	ingress  []*ingress.Server
@@ -262,6 +271,10 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Allow:   amplification(g.Listeners, g.Log),
 		Durable: durs.served,
 	}
+	if g.TracerProvider != nil {
+		eg.TracerProvider = g.TracerProvider
+		eg.Listeners = make(map[uint16]string, len(g.Listeners))
+	}
 	durs.onRead = eg.Wake
 	dis := newDiscards(js, g.Stream.Name, g.Prefix, durs, table.Cap(), g.Listeners, g.Log)
 	eg.Expired = dis.expired
@@ -273,7 +286,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		if l.Protocol == "" {
 			l.Protocol = schemas.ProtocolRaw
 		}
-		names[i] = schemas.Listener(uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port), l.Protocol)
+		port := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
+		names[i] = schemas.Listener(port, l.Protocol)
+		if eg.Listeners != nil {
+			eg.Listeners[port] = names[i]
+		}
 		ins[i] = &ingress.Server{
 			Conn:               l.Conn,
 			Protocol:           l.Protocol,
@@ -291,6 +308,8 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			Guard:              l.Guard,
 			NoReply:            l.NoReply,
 			Captured:           dis.captured,
+			TracerProvider:     g.TracerProvider,
+			TraceSample:        g.TraceSample,
 		}
 	}
 	g.mu.Lock()

@@ -27,10 +27,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/internal/tracing"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -99,6 +101,15 @@ type Server struct {
 	// acknowledged, twice). It runs on the acknowledgements' goroutine
 	// and must be quick. Never called on a NoReply listener.
 	Captured func(seq, streamSeq uint64)
+	// TracerProvider and TraceSample trace a sample of the listener's
+	// requests: a request is traced with probability TraceSample (0 to 1),
+	// which gives it a span from its read to its publication and sends
+	// that span's context with it (the traceparent and tracestate headers,
+	// schemas/README.md), so that workers and egress continue its trace.
+	// A nil TracerProvider or a TraceSample of 0 traces nothing, at no
+	// cost per datagram. See docs/tracing.md.
+	TracerProvider trace.TracerProvider
+	TraceSample    float64
 	// Stop, if not nil, stops the listener gracefully when closed: it
 	// stops reading the socket, publishes what it has read, and keeps the
 	// socket and the CoAP messaging layer open, so that egress can still
@@ -135,6 +146,8 @@ type Server struct {
 	share     *exchange.Share                // the listener's exchanges open in Table
 	shared    atomic.Pointer[exchange.Share] // share, for Stats from other goroutines
 	idSeq     uint64                         // NoReply: the last id's sequence number; publisher only
+	tracer    trace.Tracer                   // nil when nothing is traced
+	spanName  string
 }
 
 // Stats are cumulative counts of one listener's datagrams.
@@ -357,6 +370,10 @@ func (s *Server) init() error {
 		s.subject = schemas.InSubject(s.Prefix, s.port)
 		s.capture = schemas.CaptureSubject(s.Prefix, s.subject)
 	}
+	if s.TracerProvider != nil && s.TraceSample > 0 {
+		s.tracer = s.TracerProvider.Tracer(tracerName)
+		s.spanName = "ingress " + s.listener
+	}
 	s.queue = make(chan datagram, s.Queue)
 	s.retries = make(chan *nats.Msg, s.MaxInFlight)
 	if s.NoReply {
@@ -524,9 +541,16 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			s.republish(d.coap)
 			continue
 		}
+		// A traced request's span; nil for the others, which cost
+		// nothing more.
+		var span trace.Span
+		if s.tracer != nil && tracing.Sample(s.TraceSample) {
+			span = s.startSpan(&d)
+		}
 		if !s.NATS.IsConnected() {
 			s.stats.natsDown.Add(1)
 			s.unavailable(d)
+			endSpan(span, outcomeNATSDown, nil)
 			continue
 		}
 		deadline := d.at.Add(s.Deadline)
@@ -537,7 +561,9 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 				Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 				Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline, Body: d.data,
 			}, s.subject, s.capture, s.ids, s.idSeq)
+			traceMessage(span, msg, s.subject)
 			s.capturePublish(js, msg, capture, stall)
+			endSpan(span, outcomePublished, nil)
 			continue
 		}
 		seq, expired, err := s.Table.Open(exchange.Exchange{
@@ -560,12 +586,15 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			}
 		}
 		if err != nil {
+			outcome := outcomeTableFull
 			if err == exchange.ErrShareFull {
 				s.stats.listenerFull.Add(1)
+				outcome = outcomeListenerFull
 			} else {
 				s.stats.tableFull.Add(1)
 			}
 			s.unavailable(d)
+			endSpan(span, outcome, nil)
 			continue
 		}
 		if d.coap != nil {
@@ -577,6 +606,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
 			Body: d.data, CoAP: d.coap, RPC: d.rpc,
 		}, s.subject, s.capture, s.Table, seq)
+		traceMessage(span, msg, msg.Subject)
 		// The request, at once, to the direct groups: a core publish with
 		// the exchange's reply subject, which a worker's msg.Respond uses.
 		if err := s.NATS.PublishMsg(msg); err != nil {
@@ -586,9 +616,11 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			}
 			s.stats.publishFailed.Add(1)
 			s.Log.Debug("ingress: publish", "listener", s.listener, "err", err)
+			endSpan(span, outcomePublishFailed, err)
 			continue
 		}
 		s.stats.published.Add(1)
+		endSpan(span, outcomePublished, nil)
 		select {
 		case captures <- capture{msg, subject}:
 		default:

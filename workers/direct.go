@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/udpgate/udpgate/internal/tracing"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -95,6 +97,7 @@ func (s *Server) serveDirect(ctx context.Context) error {
 	}
 	defer unannounce()
 	r := &run{Server: s, log: log, nc: nc, ann: ann}
+	r.initTracing()
 	log.Info("workers: serving", "delivery", "direct", "subjects", s.Subjects, "concurrency", concurrency)
 	s.Ready()
 	close(s.ready)
@@ -259,7 +262,7 @@ func (r *run) answerQueued(queued queued, now time.Time, est time.Duration) bool
 	if reply == "" {
 		reply = queued.msg.Header.Get(schemas.HeaderReply)
 	}
-	r.shed(reply, queued.msg.Header, est)
+	r.shed(reply, queued.msg.Header, est, nil)
 	return true
 }
 
@@ -276,36 +279,52 @@ func (r *run) handleDirect(ctx context.Context, msg *nats.Msg, w *response) {
 	if err != nil {
 		r.log.Debug("workers: malformed request", "subject", req.Subject, "id", req.ID, "err", err)
 	}
+	ctx, span := r.startSpan(ctx, req)
+	outcome, err := r.direct(ctx, req, w, span)
+	endSpan(span, req, w, outcome, err)
+}
+
+// direct is handleDirect for a parsed request, in its span if it is
+// traced; it returns the request's outcome and the handler's error.
+func (r *run) direct(ctx context.Context, req *Request, w *response, span trace.Span) (string, error) {
 	if expired(req.Deadline) {
 		r.stats.expired.Add(1)
-		return
+		return outcomeExpired, nil
 	}
 	if est := r.estimate(); cannotFinish(req.Deadline, time.Now(), est) {
-		r.shed(req.Reply, req.Header, est)
+		r.shed(req.Reply, req.Header, est, span)
 		r.stats.shed.Add(1)
-		return
+		return outcomeShed, nil
 	}
-	err = r.handled(ctx, nil, w, nil, req)
+	err := r.handled(ctx, nil, w, nil, req)
 	switch {
 	case err == nil && !w.answered():
+		return outcomeNoReply, nil
 	case expired(req.Deadline):
 		r.stats.expired.Add(1)
+		return outcomeExpired, err
 	case errors.Is(err, ErrRetry):
 		// Nothing to nak: the client's retry is the redelivery.
 		r.stats.retried.Add(1)
+		return outcomeRetried, err
 	case err != nil:
 		r.log.Debug("workers: handler failed", "subject", req.Subject, "id", req.ID, "err", err)
-		publishError(r.nc, r.log, req)
+		publishError(r.nc, r.log, req, span)
 		r.stats.failed.Add(1)
+		return outcomeFailed, err
 	case req.Reply == "":
 		r.log.Debug("workers: reply dropped: request has no reply subject", "subject", req.Subject, "id", req.ID)
 		r.stats.failed.Add(1)
-	default:
-		if err := r.nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: w.header, Data: w.body}); err != nil {
-			r.log.Debug("workers: publish reply", "subject", req.Subject, "id", req.ID, "err", err)
-			r.stats.failed.Add(1)
-			return
-		}
-		r.stats.replied.Add(1)
+		return outcomeFailed, errNoReplySubject
 	}
+	if span != nil {
+		tracing.Inject(w.Header(), span.SpanContext())
+	}
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: w.header, Data: w.body}); err != nil {
+		r.log.Debug("workers: publish reply", "subject", req.Subject, "id", req.ID, "err", err)
+		r.stats.failed.Add(1)
+		return outcomeFailed, err
+	}
+	r.stats.replied.Add(1)
+	return outcomeReplied, nil
 }

@@ -60,6 +60,7 @@ func (s *Server) serveDurable(ctx context.Context) error {
 		maxDeliver: cfg.MaxDeliver,
 		slots:      newSlots(concurrency),
 	}
+	r.initTracing()
 	log.Info("workers: serving", "delivery", "durable", "subjects", s.Subjects, "concurrency", concurrency)
 	s.Ready()
 	close(s.ready)

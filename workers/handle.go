@@ -10,7 +10,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/udpgate/udpgate/internal/tracing"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -27,39 +29,52 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 			req.Received = md.Timestamp
 		}
 	}
+	ctx, span := r.startSpan(ctx, req)
+	outcome, err := r.durable(ctx, msg, w, k, req, span)
+	endSpan(span, req, w, outcome, err)
+}
+
+// durable is handle for a parsed request, in its span if it is traced;
+// it returns the request's outcome and the handler's error.
+func (r *run) durable(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive, req *Request, span trace.Span) (string, error) {
 	if expired(req.Deadline) {
 		r.ack(msg)
 		r.stats.expired.Add(1)
-		return
+		return outcomeExpired, nil
 	}
 	if est := r.estimate(); cannotFinish(req.Deadline, time.Now(), est) {
 		// Acked, never nak'd: it would come back, later still.
-		r.shed(req.Reply, req.Header, est)
+		r.shed(req.Reply, req.Header, est, span)
 		r.ack(msg)
 		r.stats.shed.Add(1)
-		return
+		return outcomeShed, nil
 	}
 
-	err = r.handled(ctx, msg, w, k, req)
+	err := r.handled(ctx, msg, w, k, req)
 	switch {
 	case err == nil && !w.answered():
 		r.ack(msg)
+		return outcomeNoReply, nil
 	case expired(req.Deadline):
 		r.ack(msg)
 		r.stats.expired.Add(1)
+		return outcomeExpired, err
 	case err != nil && ctx.Err() != nil:
 		// Stopping, and no fetch of this instance is outstanding (see
 		// serveDurable): another instance takes it at once.
 		r.nak(msg)
+		return outcomeRetried, err
 	case errors.Is(err, ErrRetry) && (r.maxDeliver <= 0 || req.Delivery < uint64(r.maxDeliver)):
 		r.nak(msg)
+		return outcomeRetried, err
 	case err != nil:
 		// Includes ErrRetry on the last delivery: JetStream would not
 		// redeliver it, so the gateway gets an error reply at once.
 		r.log.Debug("workers: handler failed", "subject", req.Subject, "id", req.ID, "err", err)
-		r.fail(msg, req)
+		r.fail(msg, req, span)
+		return outcomeFailed, err
 	default:
-		r.reply(msg, req, w)
+		return r.reply(msg, req, w, span)
 	}
 }
 
@@ -105,18 +120,22 @@ func (r *run) call(ctx context.Context, msg jetstream.Msg, w *response, k *keepa
 	return r.Handler.Handle(ctx, w, req)
 }
 
-// reply publishes the handler's reply, then acks the request.
-func (r *run) reply(msg jetstream.Msg, req *Request, w *response) {
+// reply publishes the handler's reply, then acks the request, and
+// returns its outcome.
+func (r *run) reply(msg jetstream.Msg, req *Request, w *response, span trace.Span) (string, error) {
 	if req.Reply == "" {
 		r.log.Debug("workers: reply dropped: request has no reply subject", "subject", req.Subject, "id", req.ID)
 		r.term(msg)
 		r.stats.failed.Add(1)
-		return
+		return outcomeFailed, errNoReplySubject
+	}
+	if span != nil {
+		tracing.Inject(w.Header(), span.SpanContext())
 	}
 	if err := r.nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: w.header, Data: w.body}); err != nil {
 		r.log.Debug("workers: publish reply", "subject", req.Subject, "id", req.ID, "err", err)
-		r.fail(msg, req)
-		return
+		r.fail(msg, req, span)
+		return outcomeFailed, err
 	}
 	// A plain Ack, not DoubleAck, is enough: the reply and the ack travel on
 	// the same connection (JetStream.Conn()), and NATS delivers a
@@ -125,12 +144,13 @@ func (r *run) reply(msg jetstream.Msg, req *Request, w *response) {
 	// between, neither arrives and the request is redelivered.
 	r.ack(msg)
 	r.stats.replied.Add(1)
+	return outcomeReplied, nil
 }
 
 // fail publishes an error reply, if the request can be answered, and terms
 // the request.
-func (r *run) fail(msg jetstream.Msg, req *Request) {
-	publishError(r.nc, r.log, req)
+func (r *run) fail(msg jetstream.Msg, req *Request, span trace.Span) {
+	publishError(r.nc, r.log, req, span)
 	r.term(msg)
 	r.stats.failed.Add(1)
 }
@@ -139,13 +159,14 @@ func (r *run) fail(msg jetstream.Msg, req *Request) {
 // overloaded: it publishes to reply the overload status of the request's
 // protocol, given the request's headers h and the handler estimate est,
 // unless the protocol has none (raw) or there is no reply subject. The
-// caller counts it Shed.
-func (r *run) shed(reply string, h nats.Header, est time.Duration) {
+// reply carries span's trace context, or the request's if span is nil.
+// The caller counts it Shed.
+func (r *run) shed(reply string, h nats.Header, est time.Duration, span trace.Span) {
 	oh := r.overload.header(h, est)
 	if oh == nil || reply == "" {
 		return
 	}
-	if err := r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: oh}); err != nil {
+	if err := r.nc.PublishMsg(&nats.Msg{Subject: reply, Header: traceReply(oh, span, h)}); err != nil {
 		r.log.Debug("workers: publish overload reply", "reply", reply, "err", err)
 	}
 }
@@ -153,12 +174,13 @@ func (r *run) shed(reply string, h nats.Header, est time.Duration) {
 // errorReply is the reply of a failed request: status error, no body.
 var errorReply = nats.Header{schemas.HeaderStatus: {schemas.StatusError}}
 
-// publishError publishes the error reply to req, if it can be answered.
-func publishError(nc *nats.Conn, log *slog.Logger, req *Request) {
+// publishError publishes the error reply to req, if it can be answered,
+// with span's trace context, or the request's if span is nil.
+func publishError(nc *nats.Conn, log *slog.Logger, req *Request, span trace.Span) {
 	if req.Reply == "" {
 		return
 	}
-	if err := nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: errorReply}); err != nil {
+	if err := nc.PublishMsg(&nats.Msg{Subject: req.Reply, Header: traceReply(errorReply, span, req.Header)}); err != nil {
 		log.Debug("workers: publish error reply", "subject", req.Subject, "id", req.ID, "err", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults of the Server fields.
@@ -128,6 +129,11 @@ type Server struct {
 	// how long the handler ran. It must be quick and safe for concurrent
 	// use.
 	HandlerLatency func(d time.Duration)
+	// TracerProvider makes the spans of traced requests, those that carry
+	// a trace context (the traceparent header the gateway sets on the
+	// requests it traces); nil means OpenTelemetry's global provider
+	// (otel.GetTracerProvider). See Tracing in the package documentation.
+	TracerProvider trace.TracerProvider
 
 	stats    counters
 	est      estimate // how long the handler takes, to shed what cannot finish
@@ -261,6 +267,8 @@ type run struct {
 
 	fetchLog limitedLog // fetch failures: every retryEvery while NATS is down
 	ann      *announcer // answers NATS's service discovery; nil when silent
+	tracer   trace.Tracer
+	spanName string // of a traced request's span: "worker GROUP"
 }
 
 // warnEvery is how often a failure that repeats is logged at most.

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/udpgate/udpgate/workers"
 )
 
@@ -16,6 +18,7 @@ import (
 type item struct {
 	req  *workers.Request
 	at   time.Time    // when it was received (receivedAt)
+	span trace.Span   // the request's span in its Handle's context, if traced
 	gone atomic.Bool  // its Handle has returned: leave it out
 	done chan outcome // buffered; receives the outcome at most once
 }
@@ -29,7 +32,7 @@ type outcome struct {
 
 // handleBatch hands r to the batcher and waits for its outcome.
 func (b *Bridge) handleBatch(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
-	it := &item{req: r, at: receivedAt(r), done: make(chan outcome, 1)}
+	it := &item{req: r, at: receivedAt(r), span: trace.SpanFromContext(ctx), done: make(chan outcome, 1)}
 	select {
 	case b.queue <- it:
 	case <-ctx.Done():
@@ -142,8 +145,24 @@ func (b *Bridge) send(ctx context.Context, batch []*item) {
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
+	// The invocation's span is a child of the first traced request's,
+	// linked to the others.
+	var parent trace.Span
+	var links []trace.Link
+	for _, it := range live {
+		switch sc := it.span.SpanContext(); {
+		case !sc.IsValid():
+		case parent == nil:
+			parent = it.span
+		default:
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	if parent != nil {
+		ctx = trace.ContextWithSpan(ctx, parent)
+	}
 	b.stats.batches.Add(1)
-	out, err := b.invoke(ctx, payload)
+	out, err := b.invokeBatch(ctx, payload, len(live), links)
 	if err != nil {
 		fail(err)
 		return

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awslambda "github.com/aws/aws-sdk-go-v2/service/lambda"
 	"github.com/aws/aws-sdk-go-v2/service/lambda/types"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/udpgate/udpgate/workers"
 )
@@ -43,8 +44,15 @@ var errTimeout = errors.New("invoke timeout")
 // allows. It returns the function's result, or an error for Handle to
 // return.
 func (b *Bridge) invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	return b.invokeBatch(ctx, payload, 0, nil)
+}
+
+// invokeBatch is invoke for a batch of n requests (0 for one request
+// alone); links are the traced requests of the batch other than the one
+// whose span ctx holds, for the invocations' spans.
+func (b *Bridge) invokeBatch(ctx context.Context, payload []byte, n int, links []trace.Link) ([]byte, error) {
 	for try := 0; ; try++ {
-		out, err := b.invokeOnce(ctx, payload)
+		out, err := b.invokeOnce(ctx, payload, try, n, links)
 		if err == nil {
 			if out.FunctionError != nil {
 				b.stats.functionErrors.Add(1)
@@ -76,31 +84,47 @@ func (b *Bridge) invoke(ctx context.Context, payload []byte) ([]byte, error) {
 	}
 }
 
-// invokeOnce makes one Invoke call, in one of the MaxInvocations slots.
-func (b *Bridge) invokeOnce(ctx context.Context, payload []byte) (*awslambda.InvokeOutput, error) {
+// invokeOnce makes one Invoke call, in one of the MaxInvocations slots;
+// for a traced request (or batch) in a span of its own, whose context the
+// function receives in the ClientContext (see clientContext).
+func (b *Bridge) invokeOnce(ctx context.Context, payload []byte, try, n int, links []trace.Link) (out *awslambda.InvokeOutput, err error) {
 	select {
 	case b.sem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 	defer func() { <-b.sem }()
-	n := uint64(b.inFlight.Add(1))
+	sctx, span := b.startInvoke(ctx, try, n, links)
+	if span != nil {
+		defer func() {
+			var fe string
+			if err == nil && out != nil && out.FunctionError != nil {
+				fe = *out.FunctionError
+			}
+			endInvoke(span, fe, err)
+		}()
+	}
+	inFlight := uint64(b.inFlight.Add(1))
 	defer b.inFlight.Add(-1)
-	for m := b.stats.maxInFlight.Load(); n > m && !b.stats.maxInFlight.CompareAndSwap(m, n); {
+	for m := b.stats.maxInFlight.Load(); inFlight > m && !b.stats.maxInFlight.CompareAndSwap(m, inFlight); {
 		m = b.stats.maxInFlight.Load()
 	}
 	b.stats.invocations.Add(1)
 
-	ictx := ctx
+	ictx := sctx
 	if b.InvokeTimeout > 0 {
 		var cancel context.CancelFunc
-		ictx, cancel = context.WithTimeout(ctx, b.InvokeTimeout)
+		ictx, cancel = context.WithTimeout(sctx, b.InvokeTimeout)
 		defer cancel()
 	}
-	out, err := b.Client.Invoke(ictx, &awslambda.InvokeInput{
+	in := &awslambda.InvokeInput{
 		FunctionName: aws.String(b.Function),
 		Payload:      payload,
-	})
+	}
+	if span != nil {
+		in.ClientContext = clientContext(span.SpanContext())
+	}
+	out, err = b.Client.Invoke(ictx, in)
 	if err != nil && ctx.Err() == nil && ictx.Err() != nil {
 		b.stats.timeouts.Add(1)
 		return nil, fmt.Errorf("%w after %v: %w", errTimeout, b.InvokeTimeout, err)
