@@ -92,6 +92,7 @@ type env struct {
 	LambdaBatch            string `envconfig:"LAMBDA_BATCH_SIZE" default:"10" desc:"lambda: requests per batch invocation (batch)"`
 	LambdaWindow           string `envconfig:"LAMBDA_BATCH_WINDOW" default:"20ms" desc:"lambda: how long a batch waits to fill (batch)"`
 	LambdaEndpoint         string `envconfig:"LAMBDA_ENDPOINT" desc:"lambda: endpoint URL for a local emulator (AWS_ENDPOINT_URL_LAMBDA works too)"`
+	TraceSample            string `envconfig:"TRACE_SAMPLE" default:"0" desc:"share of requests the gateway traces, 0 to 1 (0: none); spans go by OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (docs/tracing.md)"`
 }
 
 // Config is the validated configuration.
@@ -140,6 +141,9 @@ type Config struct {
 	CoAPMaxBody            int
 	Guard                  guard.Config // every listener's, unless its entry overrides it
 	Lambda                 Lambda
+	// TraceSample is the share of requests the gateway traces, 0 to 1; 0
+	// traces none (docs/tracing.md).
+	TraceSample float64
 }
 
 // Lambda configures `udpgate lambda`; checked by that command, since
@@ -389,6 +393,11 @@ func (e env) parse(environ []string) (Config, error) {
 		if u, err := url.Parse(e.LambdaEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("LAMBDA_ENDPOINT", "%q is not an http:// or https:// URL", e.LambdaEndpoint)
 		}
+	}
+	if f, err := strconv.ParseFloat(strings.TrimSpace(e.TraceSample), 64); err != nil || !(f >= 0 && f <= 1) {
+		bad("TRACE_SAMPLE", "%q is not a share of requests from 0 to 1 (like 0.01; 0 traces none)", e.TraceSample)
+	} else {
+		c.TraceSample = f
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(e.LogLevel)); err != nil {
 		bad("LOG_LEVEL", "%q is not one of debug, info, warn, error", e.LogLevel)

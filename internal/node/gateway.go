@@ -99,10 +99,15 @@ type Running struct {
 	MetricsURL string       // "" when UDPGATE_HTTP_LISTEN is empty
 	HTTP       net.Listener // nil when UDPGATE_HTTP_LISTEN is empty
 
+	// Tracing is the process's tracer provider (StartTracing), shut down
+	// by Wait once every part has returned.
+	Tracing *Tracing
+
 	ctx    context.Context // the group's: done when any part fails or the caller's ends
 	cancel context.CancelFunc
 	grp    *errgroup.Group
 	served chan struct{} // closed once the gateway has stopped (drained)
+	log    *slog.Logger
 }
 
 // Context returns the context of the running parts: done when one of
@@ -115,8 +120,15 @@ func (r *Running) Go(f func() error) { r.grp.Go(f) }
 // Stop stops the gateway gracefully (it drains) and the HTTP endpoint.
 func (r *Running) Stop() { r.cancel() }
 
-// Wait waits for every part to return and returns the first error.
-func (r *Running) Wait() error { return r.grp.Wait() }
+// Wait waits for every part to return and returns the first error; then
+// it exports the spans not exported yet.
+func (r *Running) Wait() error {
+	err := r.grp.Wait()
+	if terr := r.Tracing.Shutdown(); terr != nil {
+		r.log.Warn("tracing: stopping", "err", terr)
+	}
+	return err
+}
 
 // Served returns a channel closed once the gateway has stopped, its
 // pending exchanges answered or expired.
@@ -137,7 +149,12 @@ func StartGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *
 		CloseListeners(g)
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	r := &Running{JetStream: js, Gateway: g, served: make(chan struct{})}
+	tr, err := startGatewayTracing(ctx, cfg, log, g)
+	if err != nil {
+		CloseListeners(g)
+		return nil, err
+	}
+	r := &Running{JetStream: js, Gateway: g, Tracing: tr, served: make(chan struct{}), log: log}
 	ctx, r.cancel = context.WithCancel(ctx)
 	r.grp, r.ctx = errgroup.WithContext(ctx)
 	r.Observe, r.MetricsURL, r.HTTP, err = StartHTTPOn(r.ctx, cfg, log, r.grp, inh.httpListener())
@@ -147,7 +164,7 @@ func StartGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *
 	if err != nil {
 		CloseListeners(g)
 		r.cancel()
-		r.grp.Wait()
+		r.Wait()
 		return nil, err
 	}
 	r.grp.Go(func() error {
@@ -158,7 +175,7 @@ func StartGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *
 	case <-g.Ready():
 		return r, nil
 	case <-r.ctx.Done():
-		err := r.grp.Wait()
+		err := r.Wait()
 		r.cancel()
 		return nil, err
 	}

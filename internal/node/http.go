@@ -94,9 +94,20 @@ func NewWorker(cfg config.Config, log *slog.Logger, js jetstream.JetStream, grou
 }
 
 // ServeWorker serves the worker group member w of a worker process, with
-// the process's metrics and health endpoint, until ctx ends or a part
-// fails. register, if not nil, registers more metrics of the process.
+// the process's metrics and health endpoint and its tracing
+// (StartTracing: w's spans go to the global provider), until ctx ends or
+// a part fails; then it exports the spans not exported yet. register, if
+// not nil, registers more metrics of the process.
 func ServeWorker(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, w *workers.Server, register func(*observe.Server) error) error {
+	tr, err := StartTracing(ctx, "udpgate-worker", log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := tr.Shutdown(); err != nil {
+			log.Warn("tracing: stopping", "err", err)
+		}
+	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	grp, ctx := errgroup.WithContext(ctx)
