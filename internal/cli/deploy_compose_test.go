@@ -198,24 +198,21 @@ func composeProblems(p *types.Project, f composeFacts) []string {
 			published = append(published, port.Published)
 		}
 		if len(published) != 1 {
-			bad("%s: metrics published on %q, want one host port (a range for replicas)", where, published)
+			bad("%s: metrics published on %q, want one host port", where, published)
 			continue
 		}
-		lo, hi, _ := strings.Cut(published[0], "-")
-		if hi == "" {
-			hi = lo
+		// A fixed host port for one instance (the gateway's, where
+		// `udpgate status` asks), or any free one, which scales.
+		if published[0] == "" {
+			continue
 		}
-		a, errA := strconv.Atoi(lo)
-		b, errB := strconv.Atoi(hi)
-		if errA != nil || errB != nil || b-a+1 != svc.GetScale() {
-			bad("%s: metrics host ports %s for %d instances", where, published[0], svc.GetScale())
+		if svc.GetScale() > 1 || strings.Contains(published[0], "-") {
+			bad("%s: metrics on host port %s for %d instances: leave it to Docker (127.0.0.1::%s)", where, published[0], svc.GetScale(), httpPort)
 		}
-		for port := a; port <= b; port++ {
-			if other, dup := hostPorts[strconv.Itoa(port)]; dup {
-				bad("%s: metrics host port %d is %s's too", where, port, other)
-			}
-			hostPorts[strconv.Itoa(port)] = name
+		if other, dup := hostPorts[published[0]]; dup {
+			bad("%s: metrics host port %s is %s's too", where, published[0], other)
 		}
+		hostPorts[published[0]] = name
 	}
 	gwPorts := map[int]bool{}
 	for _, port := range gw.Ports {
@@ -363,12 +360,15 @@ func TestComposeFile(t *testing.T) {
 		{name: "metrics on a free port", project: setEnv("worker-coap", "UDPGATE_HTTP_LISTEN", "auto"), want: "worker-coap: UDPGATE_HTTP_LISTEN"},
 		{name: "metrics on loopback only", project: setEnv("worker-coap", "UDPGATE_HTTP_LISTEN", "127.0.0.1:9780"), want: "worker-coap: UDPGATE_HTTP_LISTEN"},
 		{name: "metrics port published to the world", yaml: func(s string) string {
-			return strings.Replace(s, `"127.0.0.1:9783:9780"`, `"9783:9780"`, 1)
+			return strings.Replace(s, `"127.0.0.1::9780"`, `"9780"`, 1)
 		}, want: "not the host's loopback"},
 		{name: "two services on one host port", yaml: func(s string) string {
-			return strings.Replace(s, `"127.0.0.1:9784:9780"`, `"127.0.0.1:9783:9780"`, 1)
-		}, want: "metrics host port 9783 is"},
-		{name: "a unknown variable", project: setEnv("worker-places", "UDPGATE_HTTP_LISTENER", ":9780"), want: "UDPGATE_HTTP_LISTENER is not a udpgate variable"},
+			return strings.Replace(s, `"127.0.0.1::9780"`, `"127.0.0.1:9780:9780"`, 2)
+		}, want: "metrics host port 9780 is"},
+		{name: "replicas on one host port", yaml: func(s string) string {
+			return strings.Replace(s, `"127.0.0.1::9780"`, `"127.0.0.1:9781:9780"`, 1)
+		}, want: "metrics on host port 9781 for 2 instances"},
+		{name: "an unknown variable", project: setEnv("worker-places", "UDPGATE_HTTP_LISTENER", ":9780"), want: "UDPGATE_HTTP_LISTENER is not a udpgate variable"},
 		{name: "not a built-in worker", project: edit("worker-places", func(s *types.ServiceConfig) { s.Command = types.ShellCommand{"worker", "place"} }), want: `"place"] is not a udpgate command line`},
 		{name: "one echo instance", yaml: func(s string) string {
 			return strings.Replace(s, "replicas: 2", "replicas: 1", 1)
