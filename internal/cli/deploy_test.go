@@ -38,7 +38,8 @@ func deployFiles(t *testing.T) []string {
 
 // TestDeployFiles checks docker-compose.yml and deploy/ as text (CI has no
 // Docker engine): every UDPGATE_* variable named there is one udpgate
-// reads, and a secret's value comes only from the environment.
+// reads, a secret's value comes only from the environment, and the
+// Dockerfile's base images are pinned.
 func TestDeployFiles(t *testing.T) {
 	known := config.KnownVariables()
 	// The default stream names look like variables: NATS permissions name them.
@@ -55,6 +56,13 @@ func TestDeployFiles(t *testing.T) {
 		for _, v := range varRE.FindAllString(s, -1) {
 			if !slices.Contains(known, v) {
 				t.Errorf("%s: %s is not a udpgate variable", f, v)
+			}
+		}
+		if filepath.Base(f) == "Dockerfile" {
+			for _, m := range regexp.MustCompile(`(?m)^FROM\s+(\S+)`).FindAllStringSubmatch(s, -1) {
+				if msg := imageProblem(m[1]); msg != "" {
+					t.Errorf("%s: %s", f, msg)
+				}
 			}
 		}
 		for _, m := range secretRE.FindAllStringSubmatch(s, -1) {
