@@ -57,6 +57,7 @@ var layers = map[string]int{
 	"internal/natstest": 10,
 	"internal/ratelog":  10,
 	"internal/tracing":  10,
+	"internal/otlptest": 10,
 }
 
 // TestLayers fails when a package imports one of its own rank or above
