@@ -9,6 +9,7 @@
 //	udpgate bench URL           load a target; bench suite, bench faults: the suites
 //	udpgate replay, pcap        replay the capture; bring pcaps in and out
 //	udpgate status              who serves what on a running gateway
+//	udpgate healthcheck         exit 0 when a process's /readyz answers 200 (container health checks)
 //	udpgate version             the version, commit and Go version
 //
 // Configuration comes from UDPGATE_* environment variables (internal/config);
