@@ -215,6 +215,10 @@ func TestReadmeWalk(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		c := exec.CommandContext(ctx, "bash", "-c", cmd)
 		c.Dir, c.Env = ".", env
+		if strings.HasPrefix(cmd, "udpgate healthcheck") || strings.HasPrefix(cmd, "udpgate status") {
+			// They find the gateway by UDPGATE_HTTP_LISTEN, as run has it.
+			c.Env = append(env, "UDPGATE_HTTP_LISTEN=127.0.0.1:"+ports["9780"])
+		}
 		out, err := c.Output()
 		cancel()
 		var stderr string
