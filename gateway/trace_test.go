@@ -357,3 +357,38 @@ func TestTraceOff(t *testing.T) {
 		t.Errorf("%d spans exported, want none: %v", len(spans), spans)
 	}
 }
+
+// BenchmarkRoundTripGatewayTraced is BenchmarkRoundTripGateway with
+// every request traced (UDPGATE_TRACE_SAMPLE=1) by a provider that
+// batches its spans to an exporter that drops them: the cost of the
+// gateway's spans, ingress and egress, without the export. The worker
+// copies the request's trace context onto its reply, as a worker that
+// does not trace itself should.
+func BenchmarkRoundTripGatewayTraced(b *testing.B) {
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardSpans{}))
+	b.Cleanup(func() { tp.Shutdown(context.Background()) })
+	s := natstest.RunServer(b)
+	g := &Gateway{TracerProvider: tp, TraceSample: 1}
+	addrs := testGateway(b, s, g, "127.0.0.1:0")
+	nc := natstest.Connect(b, s)
+	sub, err := nc.QueueSubscribe(schemas.InSubject("udpgate", uint16(addrs[0].Port)), "echo", func(m *nats.Msg) {
+		reply := nats.NewMsg(m.Reply)
+		tracing.Copy(reply.Header, m.Header)
+		reply.Data = m.Data
+		m.RespondMsg(reply)
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	roundTrips(b, addrs[0])
+}
+
+// discardSpans is a span exporter that drops what it is given.
+type discardSpans struct{}
+
+func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardSpans) Shutdown(context.Context) error                             { return nil }

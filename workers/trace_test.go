@@ -149,7 +149,7 @@ func checkAttrs(t *testing.T, span sdktrace.ReadOnlySpan, want map[string]string
 	t.Helper()
 	got := map[string]string{}
 	for _, kv := range span.Attributes() {
-		got[string(kv.Key)] = kv.Value.Emit()
+		got[string(kv.Key)] = kv.Value.String()
 	}
 	for k, v := range want {
 		if got[k] != v {

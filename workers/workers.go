@@ -174,6 +174,25 @@
 //
 // Middleware is a func(Handler) Handler, as in net/http: it wraps a Mux, or
 // the handler of one pattern, with no support needed from the SDK.
+//
+// # Tracing
+//
+// The gateway traces a share of the requests (UDPGATE_TRACE_SAMPLE) and
+// sends each traced request's trace context with it, in the W3C
+// traceparent and tracestate headers. A Server continues that trace: it
+// runs the handler of a traced request in a span of its own ("worker
+// GROUP", kind consumer, a child of the gateway's span), made by
+// Server.TracerProvider or OpenTelemetry's global provider, and passes
+// the span on the handler's context, so that handler code starts child
+// spans with it (trace.SpanFromContext(ctx), or any instrumented client
+// given ctx). The span records the outcome (udpgate.outcome: replied,
+// no_reply, failed, retried, expired or shed, as Stats counts them) and
+// the handler's error. Every reply to a traced request carries the span's
+// context in its own traceparent, so that the gateway's span for sending
+// it is the span's child. An untraced request (no traceparent) gets no
+// span and costs nothing more; with no provider set, the global one does
+// nothing, and the handler's context and the reply carry the request's
+// context as it came. docs/tracing.md lists every span.
 package workers
 
 import (
