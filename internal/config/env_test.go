@@ -223,3 +223,26 @@ func TestConfigNode(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// UDPGATE_HTTP_LISTEN's default, auto, puts a gateway's endpoint where
+// `udpgate status` looks and a worker's on any free port, so that workers
+// and bridges start next to a gateway; an explicit address stays as set.
+func TestConfigHTTPListenAuto(t *testing.T) {
+	c, err := defaults(t).parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPListen != HTTPAuto || c.ForGateway().HTTPListen != "127.0.0.1:9780" || c.ForWorker().HTTPListen != "127.0.0.1:0" {
+		t.Errorf("auto: %q, gateway %q, worker %q", c.HTTPListen, c.ForGateway().HTTPListen, c.ForWorker().HTTPListen)
+	}
+	e := defaults(t)
+	e.HTTPListen = ":9100"
+	if c, err = e.parse(nil); err != nil || c.ForGateway().HTTPListen != ":9100" || c.ForWorker().HTTPListen != ":9100" {
+		t.Errorf("explicit: %v, gateway %q, worker %q", err, c.ForGateway().HTTPListen, c.ForWorker().HTTPListen)
+	}
+	t.Setenv("UDPGATE_HTTP_LISTEN", "")
+	os.Unsetenv("UDPGATE_HTTP_LISTEN")
+	if l, err := GatewayHTTPListen(); err != nil || l != "127.0.0.1:9780" {
+		t.Errorf("GatewayHTTPListen() = %q, %v", l, err)
+	}
+}
