@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 )
 
 // healthcheckUsage is the synopsis of `udpgate healthcheck`.
@@ -32,20 +31,18 @@ func newHealthcheckCmd() *cobra.Command {
 		Long:  healthcheckUsage,
 	}
 	fs := cmd.Flags()
-	def, defErr := defaultStatusURL()
-	base := fs.String("url", def, "base URL of the process's HTTP endpoint; the default comes from UDPGATE_HTTP_LISTEN, with 127.0.0.1 for a wildcard host")
+	baseURL := urlFlag(fs, "the process's")
 	path := fs.String("path", "/readyz", "the endpoint to ask: /readyz (ready to serve) or /healthz (the process runs)")
 	timeout := fs.Duration("timeout", 2*time.Second, "unhealthy if the process has not answered after this long")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if *timeout <= 0 || !strings.HasPrefix(*path, "/") {
 			return usageErrorf(cmd, "-timeout must be positive and -path start with /")
 		}
-		fromFlag := false
-		fs.Visit(func(f *pflag.Flag) { fromFlag = fromFlag || f.Name == "url" })
-		if !fromFlag && defErr != nil {
-			return fmt.Errorf("healthcheck: %w", defErr)
+		base, _, err := baseURL()
+		if err != nil {
+			return fmt.Errorf("healthcheck: %w", err)
 		}
-		endpoint, err := healthEndpoint(*base, *path)
+		endpoint, err := healthEndpoint(base, *path)
 		if err != nil {
 			return err
 		}

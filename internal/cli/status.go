@@ -45,8 +45,7 @@ func newStatusCmd() *cobra.Command {
 		Long:  statusUsage,
 	}
 	fs := cmd.Flags()
-	def, defErr := defaultStatusURL()
-	base := fs.String("url", def, "base URL of the gateway's HTTP endpoint; the default comes from UDPGATE_HTTP_LISTEN, with 127.0.0.1 for a wildcard host")
+	baseURL := urlFlag(fs, "the gateway's")
 	asJSON := fs.Bool("json", false, "print the status as the gateway sent it, JSON")
 	timeout := fs.Duration("timeout", 5*time.Second, "give up if the gateway has not answered after this long")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -54,13 +53,11 @@ func newStatusCmd() *cobra.Command {
 		if len(args) != 0 || *timeout <= 0 {
 			return usageErrorf(cmd, "bad arguments or flag values")
 		}
-		// Which setting to fix if the URL is wrong: the flag, or the variable.
-		fromFlag := false
-		fs.Visit(func(f *pflag.Flag) { fromFlag = fromFlag || f.Name == "url" })
-		if !fromFlag && defErr != nil {
-			return fmt.Errorf("status: %w", defErr)
+		base, fromFlag, err := baseURL()
+		if err != nil {
+			return fmt.Errorf("status: %w", err)
 		}
-		endpoint, err := statusEndpoint(*base)
+		endpoint, err := statusEndpoint(base)
 		if err != nil {
 			return err
 		}
@@ -86,6 +83,21 @@ func newStatusCmd() *cobra.Command {
 		return printStatus(stdout, st, time.Now())
 	}
 	return cmd
+}
+
+// urlFlag adds --url, the base URL of whose HTTP endpoint to ask, to fs,
+// and returns the function that reads it after parsing: the URL, whether
+// the flag named it (the setting to fix if it is wrong: the flag, or
+// UDPGATE_HTTP_LISTEN), and why the default cannot be used.
+func urlFlag(fs *pflag.FlagSet, whose string) func() (string, bool, error) {
+	def, defErr := defaultStatusURL()
+	base := fs.String("url", def, "base URL of "+whose+" HTTP endpoint; the default comes from UDPGATE_HTTP_LISTEN, with 127.0.0.1 for a wildcard host")
+	return func() (string, bool, error) {
+		if fs.Changed("url") {
+			return *base, true, nil
+		}
+		return *base, false, defErr
+	}
 }
 
 // defaultStatusURL returns the base URL of the HTTP endpoint that a
