@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -133,14 +132,7 @@ func (f *faults) leaderCrash(ctx context.Context) error {
 	wcfg.Delivery = workers.Durable
 	wcfg.Stream = stream
 	dw := node.NewWorker(wcfg, f.log, wjs, "echo-durable", []string{schemas.InSubject(cfg.Prefix, durableAddr.Port())}, slowEcho(0), 64)
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err = wjs.CreateOrUpdateConsumer(cctx, stream, jetstream.ConsumerConfig{
-		Durable: dw.Group, FilterSubjects: dw.Subjects, AckPolicy: jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverNewPolicy, AckWait: cmp.Or(dw.AckWait, workers.DefaultAckWait),
-		MaxDeliver: workers.DefaultMaxDeliver, MaxAckPending: workers.DefaultMaxAckPending,
-	})
-	cancel()
-	if err != nil {
+	if err := createConsumer(ctx, wjs, stream, dw); err != nil {
 		return err
 	}
 	// The victim leads the capture stream; it is neither the server of

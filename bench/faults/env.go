@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -133,4 +134,19 @@ func serveFaultGateway(ctx context.Context, g *gateway.Gateway) (stop func(), er
 		return nil, err
 	}
 	return stop, nil
+}
+
+// createConsumer creates the consumer of the durable group member w in
+// stream as its Server would on Serve, so that a scenario can find or move
+// the consumer's leader before the worker starts. A replicated consumer
+// elects its leader first: this waits up to 30 s.
+func createConsumer(ctx context.Context, js jetstream.JetStream, stream string, w *workers.Server) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable: w.Group, FilterSubjects: w.Subjects, AckPolicy: jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverNewPolicy, AckWait: cmp.Or(w.AckWait, workers.DefaultAckWait),
+		MaxDeliver: workers.DefaultMaxDeliver, MaxAckPending: workers.DefaultMaxAckPending,
+	})
+	return err
 }

@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -112,14 +111,7 @@ func (f *faults) leaderStop(ctx context.Context) error {
 	wcfg.Delivery = workers.Durable
 	wcfg.Stream = stream
 	dw := node.NewWorker(wcfg, f.log, wjs, "echo-durable", []string{schemas.InSubject(f.cfg.Prefix, durable.Port())}, slowEcho(0), 64)
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a replicated consumer elects its leader first
-	_, err = wjs.CreateOrUpdateConsumer(cctx, stream, jetstream.ConsumerConfig{
-		Durable: dw.Group, FilterSubjects: dw.Subjects, AckPolicy: jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverNewPolicy, AckWait: cmp.Or(dw.AckWait, workers.DefaultAckWait),
-		MaxDeliver: workers.DefaultMaxDeliver, MaxAckPending: workers.DefaultMaxAckPending,
-	})
-	cancel()
-	if err != nil {
+	if err := createConsumer(ctx, wjs, stream, dw); err != nil {
 		return err
 	}
 	isConsumerLeader := func(s *server.Server) bool {
