@@ -192,25 +192,12 @@ func (l *faultCoAPLoad) read(ctx context.Context, k int) {
 	buf := make([]byte, 1500)
 	ack := make([]byte, 4)
 	var (
-		m        = message.Message{Options: make(message.Options, 0, 16)} // Decode fills the capacity it finds
-		end      time.Time
-		settling bool
+		m    = message.Message{Options: make(message.Options, 0, 16)} // Decode fills the capacity it finds
+		stop readEnd
 	)
 	for {
-		select {
-		case <-l.done:
-			if end.IsZero() {
-				end = time.Now().Add(l.timeout + faultGrace)
-			}
-		default:
-		}
-		if !end.IsZero() {
-			if time.Now().After(end) || ctx.Err() != nil {
-				return
-			}
-			if !settling && l.final.Load() == l.sent.Load() {
-				end, settling = time.Now().Add(200*time.Millisecond), true
-			}
+		if stop.due(ctx, l.done, l.timeout, l.final.Load() == l.sent.Load()) {
+			return
 		}
 		conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		n, err := conn.Read(buf)

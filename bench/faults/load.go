@@ -83,25 +83,12 @@ func (l *faultLoad) read(ctx context.Context) {
 	defer l.conn.Close()
 	buf := make([]byte, 1500)
 	var (
-		answered int64     // ids with a reply
-		end      time.Time // once the sender is done: when to stop reading
-		settling bool      // every request answered: waiting for duplicates
+		answered int64 // ids with a reply
+		stop     readEnd
 	)
 	for {
-		select {
-		case <-l.done:
-			if end.IsZero() {
-				end = time.Now().Add(l.timeout + faultGrace)
-			}
-		default:
-		}
-		if !end.IsZero() {
-			if time.Now().After(end) || ctx.Err() != nil {
-				return
-			}
-			if !settling && answered == l.sent.Load() {
-				end, settling = time.Now().Add(200*time.Millisecond), true
-			}
+		if stop.due(ctx, l.done, l.timeout, answered == l.sent.Load()) {
+			return
 		}
 		l.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		k, err := l.conn.Read(buf)
@@ -174,3 +161,33 @@ func (l *faultLoad) count(name string, pick func(id int, at time.Duration) bool)
 func allRequests(int, time.Duration) bool { return true }
 
 // The scenarios' parts.
+
+// readEnd decides when a load's reader stops: once the sender is done,
+// after the last request's timeout and a grace, or 200 ms after every
+// request is answered (time for duplicates to show), or when ctx ends.
+type readEnd struct {
+	end      time.Time // zero until the sender is done
+	settling bool      // every request answered: waiting for duplicates
+}
+
+// due reports whether the reader stops now; allAnswered says whether
+// every request sent so far has its answer.
+func (r *readEnd) due(ctx context.Context, senderDone <-chan struct{}, timeout time.Duration, allAnswered bool) bool {
+	select {
+	case <-senderDone:
+		if r.end.IsZero() {
+			r.end = time.Now().Add(timeout + faultGrace)
+		}
+	default:
+	}
+	if r.end.IsZero() {
+		return false
+	}
+	if time.Now().After(r.end) || ctx.Err() != nil {
+		return true
+	}
+	if !r.settling && allAnswered {
+		r.end, r.settling = time.Now().Add(200*time.Millisecond), true
+	}
+	return false
+}
