@@ -208,7 +208,7 @@ func TestDeadline(t *testing.T) {
 		},
 		{
 			name:     "reply after deadline",
-			deadline: 100 * time.Millisecond,
+			deadline: time.Second, // in time to reach the handler even on a loaded machine
 			handle: func(ctx context.Context, w workers.ResponseWriter, _ *workers.Request) error {
 				<-ctx.Done()
 				if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -222,7 +222,7 @@ func TestDeadline(t *testing.T) {
 		},
 		{
 			name:     "error after deadline",
-			deadline: 100 * time.Millisecond,
+			deadline: time.Second,
 			handle: func(ctx context.Context, _ workers.ResponseWriter, _ *workers.Request) error {
 				<-ctx.Done()
 				return ctx.Err()
