@@ -88,6 +88,7 @@ const stallWait = 50 * time.Millisecond
 // exchange stays open, since direct groups received the request.
 func (s *Server) captureFailed(_ jetstream.JetStream, msg *nats.Msg, err error) {
 	s.Log.Debug("ingress: capture not acknowledged", "listener", s.listener, "err", err)
+	s.fallBack(msg)
 	// Not at once: a stream without a leader refuses at once, and would
 	// be asked again and again.
 	time.AfterFunc(captureRetryWait, func() {
@@ -103,3 +104,58 @@ func (s *Server) captureFailed(_ jetstream.JetStream, msg *nats.Msg, err error) 
 // captureRetryWait is how long a capture copy that JetStream did not take
 // waits before it is published again.
 const captureRetryWait = 100 * time.Millisecond
+
+// fallBack publishes the request of msg, a capture copy that JetStream did
+// not take, to its fallback subject, the first time its capture fails and
+// if its exchange is still open: durable groups subscribe there too, and
+// answer over core NATS while the stream cannot deliver it (a stream
+// electing a leader takes longer than most deadlines). The copy carries no
+// NATS reply subject: with no durable group on its subject, a reply
+// subject would bring the exchange a no-responders status instead of the
+// direct groups' answer; workers answer to its udpgate-reply header. A
+// worker that later receives the stored copy too skips it (see
+// workers.Server); another instance of its group answers it again, and
+// egress drops that second reply as it drops every late one.
+func (s *Server) fallBack(msg *nats.Msg) {
+	if s.NoReply || msg.Subject == "" {
+		return // an ingest-only listener has no exchange, nor anyone to answer
+	}
+	if seq, ok := s.Table.ParseID(msg.Header.Get(schemas.HeaderID)); !ok {
+		return
+	} else if _, ok := s.Table.Pending(seq); !ok {
+		return // answered already
+	}
+	s.fallenMu.Lock()
+	_, done := s.fallen[msg]
+	if !done {
+		if s.fallen == nil {
+			s.fallen = make(map[*nats.Msg]struct{})
+		}
+		s.fallen[msg] = struct{}{}
+		s.nfallen.Store(int32(len(s.fallen)))
+	}
+	s.fallenMu.Unlock()
+	if done {
+		return
+	}
+	fallback := &nats.Msg{Subject: fallbackSubject(s.Prefix, msg.Subject), Header: msg.Header, Data: msg.Data}
+	if err := s.NATS.PublishMsg(fallback); err != nil {
+		s.Log.Debug("ingress: fallback", "listener", s.listener, "err", err)
+		return
+	}
+	s.stats.fallback.Add(1)
+}
+
+// forget drops msg, whose publishes are over, from the fallen set.
+func (s *Server) forget(msg *nats.Msg) {
+	s.fallenMu.Lock()
+	delete(s.fallen, msg)
+	s.nfallen.Store(int32(len(s.fallen)))
+	s.fallenMu.Unlock()
+}
+
+// fallbackSubject returns the fallback subject of a request whose capture
+// subject is capture (PREFIX.capture.…).
+func fallbackSubject(prefix, capture string) string {
+	return prefix + ".fallback" + capture[len(prefix)+len(".capture"):]
+}

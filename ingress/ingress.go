@@ -124,6 +124,12 @@ type Server struct {
 	// retries holds capture copies JetStream did not acknowledge, for
 	// the capture goroutine to publish again; never closed.
 	retries chan *nats.Msg
+	// fallen holds the capture copies, in flight or waiting to be tried
+	// again, whose request went to its fallback subject; nfallen is its
+	// size, read without fallenMu by recycle.
+	fallenMu sync.Mutex
+	fallen   map[*nats.Msg]struct{}
+	nfallen  atomic.Int32
 
 	stats counters
 	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
@@ -175,6 +181,11 @@ type Stats struct {
 	// request's deadline: a gap in the capture, and durable groups do not
 	// see the request. The exchange stays open.
 	CaptureFailed uint64
+	// Fallback counts requests published to their fallback subject
+	// (schemas.FallbackSubject) because JetStream did not take their
+	// capture copy at the first try: durable groups answer them over
+	// core NATS meanwhile. At most once per request.
+	Fallback uint64
 	// CaptureRetried counts capture copies published again because
 	// JetStream did not acknowledge the previous try in time or refused
 	// it (a stream electing its leader): tries go on, every
@@ -197,7 +208,7 @@ type Stats struct {
 type counters struct {
 	received, published, captured, republished, tooLarge, queueFull, tableFull atomic.Uint64
 	inFlight, natsDown, publishFailed, captureFailed, expired, readErrors      atomic.Uint64
-	captureRetried                                                             atomic.Uint64
+	captureRetried, fallback                                                   atomic.Uint64
 	kernelDrops, listenerFull                                                  atomic.Uint64
 }
 
@@ -206,7 +217,7 @@ func (s *Server) Stats() Stats {
 	c := &s.stats
 	st := Stats{
 		Received: c.received.Load(), Published: c.published.Load(), Captured: c.captured.Load(),
-		Republished: c.republished.Load(), CaptureFailed: c.captureFailed.Load(), CaptureRetried: c.captureRetried.Load(), TooLarge: c.tooLarge.Load(),
+		Republished: c.republished.Load(), CaptureFailed: c.captureFailed.Load(), CaptureRetried: c.captureRetried.Load(), Fallback: c.fallback.Load(), TooLarge: c.tooLarge.Load(),
 		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), ListenerFull: c.listenerFull.Load(),
 		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(),
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
@@ -662,6 +673,9 @@ func (s *Server) republish(r *coap.Request) {
 func (s *Server) recycle(msg *nats.Msg) {
 	if msg.Subject == "" {
 		return // recycled already: a request message always has a subject
+	}
+	if s.nfallen.Load() > 0 {
+		s.forget(msg)
 	}
 	clear(msg.Header)
 	*msg = nats.Msg{Header: msg.Header}

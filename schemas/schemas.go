@@ -58,6 +58,37 @@ func AppendCaptureSubject(dst []byte, prefix, in string) []byte {
 	return append(dst, in[len(prefix)+len(".in"):]...)
 }
 
+// FallbackSubject returns the subject on which the gateway publishes a
+// request whose capture copy JetStream did not take (a stream electing a
+// leader), for the durable groups that serve it to answer over core NATS
+// in the meantime: its subject (in, PREFIX.in.…) with "fallback" for
+// "in". The message carries no NATS reply subject (a publish to no
+// subscriber must not answer for the exchange); the reply goes to its
+// udpgate-reply header, as for any captured request.
+func FallbackSubject(prefix, in string) string {
+	return prefix + ".fallback" + in[len(prefix)+len(".in"):]
+}
+
+// FallbackFilter returns the subject filter that matches the fallback
+// copies of the requests filter matches, and false if filter names no
+// request subject (it does not start with PREFIX.in.).
+func FallbackFilter(prefix, filter string) (string, bool) {
+	if !strings.HasPrefix(filter, prefix+".in.") {
+		return "", false
+	}
+	return FallbackSubject(prefix, filter), true
+}
+
+// InOfFallback returns the request subject (PREFIX.in.…) of a fallback
+// subject, or false if fallback is not one (PREFIX.fallback.…).
+func InOfFallback(prefix, fallback string) (string, bool) {
+	rest, ok := strings.CutPrefix(fallback, prefix+".fallback.")
+	if !ok {
+		return "", false
+	}
+	return prefix + ".in." + rest, true
+}
+
 // Protocols a listener can speak.
 const (
 	ProtocolRaw  = "raw"

@@ -37,6 +37,31 @@ func TestEscapeToken(t *testing.T) {
 	}
 }
 
+func TestFallbackSubjects(t *testing.T) {
+	if got := FallbackSubject("acme.udp", "acme.udp.in.5683.GET.in"); got != "acme.udp.fallback.5683.GET.in" {
+		t.Errorf("FallbackSubject = %q", got)
+	}
+	for filter, want := range map[string]string{
+		"udpgate.in.>":             "udpgate.fallback.>",
+		"udpgate.in.5683.GET.time": "udpgate.fallback.5683.GET.time",
+		"udpgate.in.*.POST":        "udpgate.fallback.*.POST",
+		"udpgate.>":                "",
+		"udpgate.inx.1":            "",
+		"other.in.1":               "",
+	} {
+		got, ok := FallbackFilter("udpgate", filter)
+		if got != want || ok != (want != "") {
+			t.Errorf("FallbackFilter(%q) = %q, %v; want %q", filter, got, ok, want)
+		}
+	}
+	if got, ok := InOfFallback("udpgate", "udpgate.fallback.9000"); !ok || got != "udpgate.in.9000" {
+		t.Errorf("InOfFallback = %q, %v", got, ok)
+	}
+	if _, ok := InOfFallback("udpgate", "udpgate.in.9000"); ok {
+		t.Error("InOfFallback took a request subject")
+	}
+}
+
 func TestSubjects(t *testing.T) {
 	if got := InSubject("udpgate", 9000); got != "udpgate.in.9000" {
 		t.Errorf("InSubject = %q", got)
