@@ -61,6 +61,18 @@ func (s *Server) serveDurable(ctx context.Context) error {
 		slots:      newSlots(concurrency),
 	}
 	r.initTracing()
+	backlog := s.Backlog
+	if backlog <= 0 {
+		backlog = DefaultBacklog
+	}
+	fb, err := r.subscribeFallback(concurrency, backlog)
+	if err != nil {
+		return err
+	}
+	r.fallback = fb
+	// Like a Direct instance's, fallback handlers finish what they took.
+	fb.serve(context.WithoutCancel(ctx), r)
+	defer fb.stop(r)
 	log.Info("workers: serving", "delivery", "durable", "subjects", s.Subjects, "concurrency", concurrency)
 	s.Ready()
 	close(s.ready)

@@ -23,6 +23,11 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 	if err != nil {
 		r.log.Debug("workers: malformed request", "subject", req.Subject, "id", req.ID, "err", err)
 	}
+	if r.fallback.handled(req.ID) {
+		r.ack(msg)
+		r.stats.duplicates.Add(1)
+		return
+	}
 	if md, err := msg.Metadata(); err == nil {
 		req.Delivery = md.NumDelivered
 		if req.Received.IsZero() {

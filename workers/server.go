@@ -94,6 +94,13 @@ type Server struct {
 	// Durable group they must equal the filter of the group's consumer if
 	// it already exists.
 	Subjects []string
+	// Prefix is the subject prefix of Subjects (schemas.DefaultPrefix if
+	// empty). A Durable group also subscribes, in its queue, to the
+	// fallback subjects of those of its Subjects that are under it
+	// (PREFIX.fallback.…, schemas.FallbackSubject): the gateway publishes
+	// there the requests the capture stream could not take, and the group
+	// answers them while the stream elects a leader.
+	Prefix string
 	// Handler answers the requests. Required.
 	Handler Handler
 	// Concurrency is the number of handlers running at once in this
@@ -105,7 +112,8 @@ type Server struct {
 	// serve them all in time, and sheds from: see Overload in the package
 	// documentation). A request that arrives when Backlog wait makes it
 	// drop the oldest, answered like a shed request, counted Dropped; the
-	// client's retry may reach another instance. Zero means
+	// client's retry may reach another instance. A Durable instance
+	// holds as many fallback copies (see Prefix). Zero means
 	// DefaultBacklog.
 	Backlog int
 	// AckWait, MaxDeliver and MaxAckPending configure a Durable group's
@@ -183,10 +191,17 @@ type Stats struct {
 	// instance fell behind in taking them from NATS, those NATS dropped (a
 	// slow consumer), which it never saw.
 	Dropped uint64
+	// Fallback counts the requests a Durable instance received as
+	// fallback copies (see Prefix), which are counted in the others as
+	// well; Duplicates, the stored copies of those it had handled, which
+	// it acked without handling them again, and counts nowhere else.
+	Fallback   uint64
+	Duplicates uint64
 }
 
 type counters struct {
 	handled, replied, failed, retried, expired, shed, dropped atomic.Uint64
+	fallback, duplicates                                      atomic.Uint64
 }
 
 // Stats returns a snapshot of the Server's counters. It is safe for
@@ -200,6 +215,9 @@ func (s *Server) Stats() Stats {
 		Expired: s.stats.expired.Load(),
 		Shed:    s.stats.shed.Load(),
 		Dropped: s.stats.dropped.Load(),
+
+		Fallback:   s.stats.fallback.Load(),
+		Duplicates: s.stats.duplicates.Load(),
 	}
 	s.mu.Lock()
 	if s.dropped != nil {
@@ -264,6 +282,7 @@ type run struct {
 	keepalive  time.Duration // interval of InProgress acks; zero for none
 	maxDeliver int           // the consumer's MaxDeliver; -1 for no limit
 	slots      *slots        // the handler slots, which bound the fetches
+	fallback   *fallback     // a Durable instance's fallback copies
 
 	fetchLog limitedLog // fetch failures: every retryEvery while NATS is down
 	ann      *announcer // answers NATS's service discovery; nil when silent

@@ -83,6 +83,7 @@ func NewWorker(cfg config.Config, log *slog.Logger, js jetstream.JetStream, grou
 		JetStream:   js,
 		Delivery:    cfg.Delivery,
 		Stream:      cfg.Stream,
+		Prefix:      cfg.Prefix,
 		Group:       group,
 		Subjects:    subjects,
 		Handler:     h,
