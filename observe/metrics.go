@@ -111,6 +111,8 @@ var (
 		"CoAP and RPC requests no worker group serves, answered at once by the gateway (4.04, 4.05, STATUS_UNIMPLEMENTED).", listenerLabels, nil)
 	descCaptureRetries = prometheus.NewDesc("udpgate_capture_retries_total",
 		"Capture copies published again because JetStream did not acknowledge or refused the previous try (a stream electing its leader).", listenerLabels, nil)
+	descFallback = prometheus.NewDesc("udpgate_capture_fallback_total",
+		"Requests published to their fallback subject (PREFIX.fallback.…) for durable groups, because JetStream did not take their capture copy at the first try.", listenerLabels, nil)
 	descCaptureDiscarded = prometheus.NewDesc("udpgate_capture_discarded_total",
 		"Requests that reached their deadline unanswered after the capture stream's limits (max bytes, max age) had removed them before a durable worker took them; each is also counted as dropped no_answer.", listenerLabels, nil)
 	descDiscovery = prometheus.NewDesc("udpgate_coap_discovery_total",
@@ -143,7 +145,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
-		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descCaptureDiscarded,
+		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -162,6 +164,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPublished, in.Published, port, protocol)
 		counter(descCaptured, in.Captured, port, protocol)
 		counter(descCaptureRetries, in.CaptureRetried, port, protocol)
+		counter(descFallback, in.Fallback, port, protocol)
 		counter(descCaptureDiscarded, st.CaptureDiscarded[name], port, protocol)
 		counter(descRepublished, in.Republished, port, protocol)
 		counter(descNoResponders, eg.NoResponders, port, protocol)
@@ -330,13 +333,17 @@ var (
 		"Requests a group refused without calling its handler, under overload: too little time left before their deadline to be handled; answered with the overload status (CoAP 5.03, RPC STATUS_RESOURCE_EXHAUSTED), raw ones dropped.", []string{"group"}, nil)
 	descWorkerDropped = prometheus.NewDesc("udpgate_worker_dropped_total",
 		"Requests a direct worker instance dropped unhandled: NATS dropped them (a slow consumer), or its full backlog dropped the oldest waiting (answered as shed).", []string{"group"}, nil)
+	descWorkerFallback = prometheus.NewDesc("udpgate_worker_fallback_total",
+		"Requests a durable instance received on their fallback subject while the capture stream could not take them; also counted by outcome.", []string{"group"}, nil)
+	descDuplicates = prometheus.NewDesc("udpgate_worker_duplicates_total",
+		"Stored requests a durable instance acked without handling, having answered their fallback copy.", []string{"group"}, nil)
 )
 
 // workersCollector reads worker servers' counters at scrape time.
 type workersCollector struct{ ws []*workers.Server }
 
 func (c workersCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped, descShed} {
+	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped, descShed, descWorkerFallback, descDuplicates} {
 		ch <- d
 	}
 }
@@ -347,7 +354,8 @@ func (c workersCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, m := range []struct {
 			d *prometheus.Desc
 			n uint64
-		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}, {descWorkerDropped, st.Dropped}, {descShed, st.Shed}} {
+		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}, {descWorkerDropped, st.Dropped}, {descShed, st.Shed},
+			{descWorkerFallback, st.Fallback}, {descDuplicates, st.Duplicates}} {
 			ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.n), w.Group)
 		}
 	}
