@@ -224,10 +224,12 @@ func (f *faults) leaderCrash(ctx context.Context) error {
 	maps.Copy(ru.Extra, map[string]float64{
 		"capture_retried": float64(a.CaptureRetried), "capture_failed": float64(a.CaptureFailed),
 		"capture_retried_after_kill": float64(a.CaptureRetried - b.CaptureRetried),
+		"fallback":                   float64(a.Fallback),
 		"lost_pct":                   100 * float64(ru.Lost+ru.Late) / float64(max(ru.Sent, 1)),
 	})
-	ru.Note = fmt.Sprintf("%s; the gateway on %s retried %d capture copies, %d not captured by their deadline (%s)",
-		crash, away.name, a.CaptureRetried, a.CaptureFailed, deadline)
+	ru.Note = fmt.Sprintf("%s; the gateway on %s sent %d requests to the durable group over core NATS (fallback), "+
+		"retried %d capture copies, %d not captured by their deadline (%s)",
+		crash, away.name, a.Fallback, a.CaptureRetried, a.CaptureFailed, deadline)
 	f.rows = append(f.rows, ru)
 	f.goal("leader-crash-durable lost %", ru.Extra["lost_pct"], "<=", 0.1, ru.Sent > 0)
 

@@ -57,9 +57,4 @@ func TestBenchFaults(t *testing.T) {
 // knownMisses are the goals that the code does not always meet yet, and
 // why: the test reports them and does not fail. Remove an entry once its
 // cause is fixed, so that a regression fails the build again.
-var knownMisses = map[string]string{
-	"leader-crash-durable lost %": "a crashed stream leader is replaced only after its followers' Raft election " +
-		"timeout, 4 to 9 s at random in nats-server and not configurable, and the gateway retries a capture copy " +
-		"only until its request's deadline (UDPGATE_DEADLINE, 5 s): requests sent early in the election are " +
-		"captured too late to be served, or not at all (see docs/reliability.md)",
-}
+var knownMisses = map[string]string{}
