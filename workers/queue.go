@@ -10,8 +10,10 @@ import (
 
 // The queueing bounds of a Direct instance's backlog, after CoDel as
 // Facebook's wangle/Folly applies it to request queues: requests are
-// "sloughed" after twice its 5 ms target while overloaded, and intervals
-// are 100 ms. What makes an overload is udpgate's own (see queue).
+// "sloughed" while overloaded after CoDel's 5 ms target (Folly waits twice
+// that; a shed request must be answered within 10 ms of its publish), and
+// intervals are 100 ms. What makes an overload is udpgate's own (see
+// queue).
 const (
 	// codelInterval is how long the backlog must keep falling behind
 	// before the instance counts as overloaded, and the shortest window
@@ -19,7 +21,7 @@ const (
 	codelInterval = 100 * time.Millisecond
 	// slough is how long a request may wait while the instance is
 	// overloaded: the older ones are shed at once.
-	slough = 10 * time.Millisecond
+	slough = 5 * time.Millisecond
 )
 
 // queue is a Direct instance's backlog: the requests received and not yet

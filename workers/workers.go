@@ -132,8 +132,8 @@
 //     that the handlers work off in time loses nothing, a larger one only
 //     its excess;
 //   - while the instance is overloaded, every request that has waited
-//     10 ms (a CoDel-like bound on queueing time, Folly's): under a
-//     sustained overload the requests that will not be served are
+//     5 ms (a CoDel-like bound on queueing time, CoDel's target): under
+//     a sustained overload the requests that will not be served are
 //     answered within about 10 ms of their arrival, not near their
 //     deadline.
 //
