@@ -86,9 +86,10 @@ type Server struct {
 	// answered, from the reply's arrival to its send. Nil traces nothing.
 	// See docs/tracing.md.
 	TracerProvider trace.TracerProvider
-	// Listeners names the listener of each port, PORT/PROTOCOL, in spans;
-	// a port it lacks is named by its number.
-	Listeners map[uint16]string
+	// Listener, if not nil, names the listener of a port, PORT/PROTOCOL,
+	// in spans; a port it does not know (false) is named by its number. It
+	// is called from egress's goroutines and must be safe for that.
+	Listener func(port uint16) (string, bool)
 
 	tracer trace.Tracer // from TracerProvider; nil when nothing is traced
 

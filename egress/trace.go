@@ -56,7 +56,11 @@ func (s *Server) deliverTraced(msg *nats.Msg) {
 		attrs = append(attrs, semconv.MessagingMessageID(id))
 	}
 	if ex.Conn != nil {
-		listener, ok := s.Listeners[ex.Port]
+		var listener string
+		ok := false
+		if s.Listener != nil {
+			listener, ok = s.Listener(ex.Port)
+		}
 		if !ok {
 			listener = strconv.Itoa(int(ex.Port))
 		}

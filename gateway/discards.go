@@ -48,8 +48,9 @@ type discards struct {
 	durs     *durables
 	log      *slog.Logger
 	logEvery time.Duration
-	names    map[uint16]string         // listener name by port; read-only
-	counts   map[uint16]*atomic.Uint64 // by listener port; read-only map
+	portsMu  sync.RWMutex              // guards names and counts, which grow as listeners are added
+	names    map[uint16]string         // listener name by port
+	counts   map[uint16]*atomic.Uint64 // by listener port
 
 	mu        sync.Mutex // guards slots, due, unchecked and checking
 	slots     []capturedSlot
@@ -96,10 +97,33 @@ func newDiscards(js jetstream.JetStream, stream, prefix string, durs *durables, 
 		if protocol == "" {
 			protocol = schemas.ProtocolRaw
 		}
-		d.names[port] = schemas.Listener(port, protocol)
-		d.counts[port] = new(atomic.Uint64)
+		d.addPort(port, schemas.Listener(port, protocol))
 	}
 	return d
+}
+
+// addPort counts the requests of the listener name on port from now on;
+// a port served again keeps its count.
+func (d *discards) addPort(port uint16, name string) {
+	d.portsMu.Lock()
+	defer d.portsMu.Unlock()
+	d.names[port] = name
+	if d.counts[port] == nil {
+		d.counts[port] = new(atomic.Uint64)
+	}
+}
+
+// counter returns the count of the listener on port, nil if none.
+func (d *discards) counter(port uint16) *atomic.Uint64 {
+	d.portsMu.RLock()
+	defer d.portsMu.RUnlock()
+	return d.counts[port]
+}
+
+func (d *discards) name(port uint16) string {
+	d.portsMu.RLock()
+	defer d.portsMu.RUnlock()
+	return d.names[port]
 }
 
 // captured records that the capture copy of the exchange seq is stored at
@@ -144,7 +168,7 @@ func (d *discards) expired(seq uint64, ex exchange.Exchange) {
 // count returns how many requests of the listener on port the capture's
 // limits removed before a worker answered them.
 func (d *discards) count(port uint16) uint64 {
-	if c := d.counts[port]; c != nil {
+	if c := d.counter(port); c != nil {
 		return c.Load()
 	}
 	return 0
@@ -255,7 +279,7 @@ func (d *discards) check(ctx context.Context) bool {
 		if !read {
 			view, read = d.durs.fresh(ctx), true
 		}
-		c := d.counts[e.port]
+		c := d.counter(e.port)
 		if c == nil || !d.durable(view, e) {
 			continue // only direct groups serve it: the capture was not its way to a worker
 		}
@@ -293,7 +317,7 @@ func (d *discards) warn(now time.Time) {
 	var by []string
 	for port, c := range d.unlogged {
 		n += c
-		by = append(by, d.names[port]+"="+strconv.FormatUint(c, 10))
+		by = append(by, d.name(port)+"="+strconv.FormatUint(c, 10))
 	}
 	slices.Sort(by)
 	args := []any{"requests", n, "listeners", strings.Join(by, ","), "stream", d.stream}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,9 @@ type Listener struct {
 	// NoReply captures and publishes without opening exchanges; nothing
 	// is sent back (raw only; see ingress.Server.NoReply).
 	NoReply bool
+	// Tap, if not nil, is called with each datagram the listener admits,
+	// on its read loop (see ingress.Server.Tap).
+	Tap ingress.Tap
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
@@ -109,9 +113,13 @@ type Gateway struct {
 	TracerProvider trace.TracerProvider
 	TraceSample    float64
 
-	mu       sync.Mutex // guards ingress, names, egress, durables, groups and discards, set by Serve
-	ingress  []*ingress.Server
-	names    []string // PORT/PROTOCOL of each ingress
+	mu       sync.Mutex // guards lives, stopping, run, egress, durables, groups and discards, set by Serve
+	lives    []*live    // the listeners served now, in the order they were added
+	stopping bool       // the graceful stop has begun: no listener is added
+	// ports indexes lives by port, for egress's goroutines: rebuilt
+	// (under mu) whenever lives changes, read without a lock.
+	ports    atomic.Pointer[portIndex]
+	run      *running
 	egress   *egress.Server
 	durables *durables
 	groups   *groups
@@ -125,6 +133,9 @@ type Gateway struct {
 	// drains counts graceful stops, and drainLeft the exchanges still
 	// open when one ended.
 	drains, drainLeft atomic.Uint64
+	// added and removed count the listeners added and removed while
+	// serving.
+	added, removed atomic.Uint64
 }
 
 // Stats are a node's counters.
@@ -159,6 +170,9 @@ type Stats struct {
 	// its listener's Egress NoAnswer too; this says why (see discards.go
 	// and docs/operations.md).
 	CaptureDiscarded map[string]uint64
+	// ListenersAdded and ListenersRemoved count the listeners added and
+	// removed while the gateway served (AddListener, RemoveListener).
+	ListenersAdded, ListenersRemoved uint64
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -189,23 +203,24 @@ func (g *Gateway) Stats() Stats {
 		st.Capacity = g.egress.Table.Cap()
 		byPort = g.egress.PortStats()
 	}
-	for i, in := range g.ingress {
-		port := uint16(g.Listeners[i].Conn.LocalAddr().(*net.UDPAddr).Port)
-		st.EgressByListener[g.names[i]] = byPort[port]
-		st.Ingress[g.names[i]] = in.Stats()
-		if g.discards != nil && !g.Listeners[i].NoReply {
-			st.CaptureDiscarded[g.names[i]] = g.discards.count(port)
+	for _, lv := range g.lives {
+		name, in := lv.name, lv.in
+		st.EgressByListener[name] = byPort[lv.port]
+		st.Ingress[name] = in.Stats()
+		if g.discards != nil && !lv.NoReply {
+			st.CaptureDiscarded[name] = g.discards.count(lv.port)
 		}
-		if gd := g.Listeners[i].Guard; gd != nil {
-			st.Guard[g.names[i]] = gd.Stats()
+		if gd := lv.Guard; gd != nil {
+			st.Guard[name] = gd.Stats()
 		}
-		switch g.Listeners[i].Protocol {
+		switch lv.Protocol {
 		case schemas.ProtocolCoAP:
-			st.CoAP[g.names[i]] = in.CoAPStats()
+			st.CoAP[name] = in.CoAPStats()
 		case schemas.ProtocolRPC:
-			st.RPC[g.names[i]] = in.RPCStats()
+			st.RPC[name] = in.RPCStats()
 		}
 	}
+	st.ListenersAdded, st.ListenersRemoved = g.added.Load(), g.removed.Load()
 	return st
 }
 
@@ -268,54 +283,18 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		Table:   table,
 		Log:     g.Log,
 		Latency: g.Latency,
-		Allow:   amplification(g.Listeners, g.Log),
+		Allow:   amplification(g.guardOf, g.Log),
 		Durable: durs.served,
 	}
 	if g.TracerProvider != nil {
 		eg.TracerProvider = g.TracerProvider
-		eg.Listeners = make(map[uint16]string, len(g.Listeners))
+		eg.Listener = g.listenerName
 	}
 	durs.onRead = eg.Wake
 	dis := newDiscards(js, g.Stream.Name, g.Prefix, durs, table.Cap(), g.Listeners, g.Log)
 	eg.Expired = dis.expired
 	grs := newGroups(g.NATS, g.Prefix, g.DiscoveryInterval, g.Subscriptions, g.Log)
 	eg.Unserved = unserved(g.Prefix, grs, durs)
-	ins := make([]*ingress.Server, len(g.Listeners))
-	names := make([]string, len(g.Listeners))
-	for i, l := range g.Listeners {
-		if l.Protocol == "" {
-			l.Protocol = schemas.ProtocolRaw
-		}
-		port := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
-		names[i] = schemas.Listener(port, l.Protocol)
-		if eg.Listeners != nil {
-			eg.Listeners[port] = names[i]
-		}
-		ins[i] = &ingress.Server{
-			Conn:               l.Conn,
-			Protocol:           l.Protocol,
-			NATS:               g.NATS,
-			Table:              table,
-			Prefix:             g.Prefix,
-			Node:               g.Node,
-			Deadline:           g.Deadline,
-			MaxDatagram:        g.MaxDatagram,
-			Queue:              g.Queue,
-			MaxInFlight:        g.MaxInFlight,
-			ListenerMaxPending: share,
-			CoAP:               g.CoAP,
-			Log:                g.Log,
-			Guard:              l.Guard,
-			NoReply:            l.NoReply,
-			Captured:           dis.captured,
-			TracerProvider:     g.TracerProvider,
-			TraceSample:        g.TraceSample,
-		}
-	}
-	g.mu.Lock()
-	g.ingress, g.names, g.egress, g.durables, g.groups, g.discards = ins, names, eg, durs, grs, dis
-	g.mu.Unlock()
-
 	// The first part to fail stops the others; Serve returns its error.
 	// The caller's ctx only starts the graceful stop (drain): the parts
 	// run until it has ended.
@@ -323,6 +302,15 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	runCtx, stopAll := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAll()
 	grp, ctx := errgroup.WithContext(runCtx)
+	r := &running{ctx: ctx, table: table, eg: eg, dis: dis}
+	lives := make([]*live, len(g.Listeners))
+	for i, l := range g.Listeners {
+		lives[i] = g.newLive(l, r, share)
+	}
+	g.mu.Lock()
+	g.lives, g.egress, g.durables, g.groups, g.discards = lives, eg, durs, grs, dis
+	g.indexLocked()
+	g.mu.Unlock()
 	grp.Go(func() error { return eg.Serve(ctx) })
 	grp.Go(func() error { durs.run(ctx); return nil })
 	grp.Go(func() error { grs.run(ctx); return nil })
@@ -337,17 +325,21 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		closeAll()
 		return grp.Wait()
 	}
-	stopReading := make(chan struct{})
-	for _, in := range ins {
-		in.Stop = stopReading
-		grp.Go(func() error { return in.Serve(ctx) })
+	for _, lv := range lives {
+		grp.Go(lv.serve)
 	}
 	grp.Go(func() error {
 		select {
 		case <-ctx.Done(): // a part failed
 		case <-stopping.Done():
-			close(stopReading)
-			g.drain(ctx, ins, table, eg)
+			g.mu.Lock()
+			g.stopping = true
+			lives := slices.Clone(g.lives)
+			g.mu.Unlock()
+			for _, lv := range lives {
+				lv.stopReading()
+			}
+			g.drain(ctx, lives, table, eg)
 			stopAll()
 		}
 		return nil
@@ -365,15 +357,20 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			}
 		}
 	})
+	g.mu.Lock()
+	g.run = r
+	g.mu.Unlock()
 	g.Ready()
 	close(g.ready)
-	return grp.Wait()
+	err = grp.Wait()
+	r.wg.Wait() // the listeners added meanwhile: their contexts have ended
+	return err
 }
 
 // drain waits, after the listeners were told to stop reading, until they
 // have published what they read and no exchange is left open, or
 // DrainTimeout has passed, or ctx ends; it logs the outcome.
-func (g *Gateway) drain(ctx context.Context, ins []*ingress.Server, table *exchange.Table, eg *egress.Server) {
+func (g *Gateway) drain(ctx context.Context, lives []*live, table *exchange.Table, eg *egress.Server) {
 	start := time.Now()
 	timeout := g.DrainTimeout
 	if timeout == 0 {
@@ -391,9 +388,10 @@ func (g *Gateway) drain(ctx context.Context, ins []*ingress.Server, table *excha
 	defer deadline.Stop()
 	open := table.Len()
 	g.Log.Info("gateway: stopping: no longer reading; answering the pending exchanges", "pending", open, "timeout", timeout)
-	for _, in := range ins {
+	for _, lv := range lives {
 		select {
-		case <-in.Drained():
+		case <-lv.in.Drained():
+		case <-lv.done: // failed, or removed meanwhile
 		case <-deadline.C:
 			return
 		case <-ctx.Done():
@@ -506,22 +504,14 @@ func (g *Gateway) ensureStreams(ctx context.Context, js jetstream.JetStream, aga
 }
 
 // amplification returns egress's check of raw and rpc replies against
-// their listener's amplification limit, or nil when no listener has a
-// guard. CoAP listeners cut their replies themselves (coap.Edge.Guard).
-func amplification(ls []Listener, log *slog.Logger) func(exchange.Exchange, string, nats.Header, []byte) bool {
+// their listener's amplification limit; guardOf returns the guard of a
+// raw or rpc listener's port, nil for others. CoAP listeners cut their
+// replies themselves (coap.Edge.Guard).
+func amplification(guardOf func(port uint16) *guard.Guard, log *slog.Logger) func(exchange.Exchange, string, nats.Header, []byte) bool {
 	dropped := &ratelog.Logger{Log: log, Level: slog.LevelWarn,
 		Msg: "gateway: replies dropped by the amplification limit (UDPGATE_AMPLIFICATION; UDPGATE_TRUST exempts sources)"}
-	byPort := map[uint16]*guard.Guard{} // read-only once built
-	for _, l := range ls {
-		if l.Guard != nil && l.Protocol != schemas.ProtocolCoAP {
-			byPort[uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)] = l.Guard
-		}
-	}
-	if len(byPort) == 0 {
-		return nil
-	}
 	return func(ex exchange.Exchange, status string, header nats.Header, body []byte) bool {
-		gd := byPort[ex.Port]
+		gd := guardOf(ex.Port)
 		if gd == nil {
 			return true
 		}

@@ -107,7 +107,7 @@ func allGroups(v *groupsView, d *durableView) []Group {
 // again if the latest reading is older than ServedInterval.
 func (g *Gateway) Status(ctx context.Context) Status {
 	g.mu.Lock()
-	grs, durs, ins, names, eg, dis := g.groups, g.durables, g.ingress, g.names, g.egress, g.discards
+	grs, durs, lives, eg, dis := g.groups, g.durables, slices.Clone(g.lives), g.egress, g.discards
 	g.mu.Unlock()
 	st := Status{Node: g.Node, Prefix: g.Prefix}
 	if grs == nil {
@@ -119,18 +119,18 @@ func (g *Gateway) Status(ctx context.Context) Status {
 	d := durs.fresh(ctx)
 	st.Groups = allGroups(v, d)
 	byPort := eg.PortStats()
-	for i, in := range ins {
-		addr := g.Listeners[i].Conn.LocalAddr().(*net.UDPAddr)
-		port := uint16(addr.Port)
+	for _, lv := range lives {
+		addr := lv.Conn.LocalAddr().(*net.UDPAddr)
+		port := lv.port
 		es := byPort[port]
 		ls := ListenerStatus{
-			Listener: names[i], Address: addr.String(), Subject: schemas.InSubject(g.Prefix, port),
-			Received: in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
+			Listener: lv.name, Address: addr.String(), Subject: schemas.InSubject(g.Prefix, port),
+			Received: lv.in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
 			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
 			CaptureDiscarded: dis.count(port),
 		}
 		for _, gr := range st.Groups {
-			if pg, ok := onPort(gr, g.Prefix, port, names[i]); ok {
+			if pg, ok := onPort(gr, g.Prefix, port, lv.name); ok {
 				ls.Groups = append(ls.Groups, pg)
 			}
 		}

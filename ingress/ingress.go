@@ -110,6 +110,10 @@ type Server struct {
 	// cost per datagram. See docs/tracing.md.
 	TracerProvider trace.TracerProvider
 	TraceSample    float64
+	// Tap, if not nil, is called on the read loop with each datagram the
+	// listener admits (after the size limit and the guard), before it is
+	// published. See Tap.
+	Tap Tap
 	// Stop, if not nil, stops the listener gracefully when closed: it
 	// stops reading the socket, publishes what it has read, and keeps the
 	// socket and the CoAP messaging layer open, so that egress can still
@@ -155,6 +159,13 @@ type Server struct {
 	tracer    trace.Tracer                   // nil when nothing is traced
 	spanName  string
 }
+
+// A Tap sees a listener's datagrams as they are read: remote sent data
+// to local at at. It runs on the read loop, so it must not block (hand the
+// datagram over without waiting, or drop it); data is the datagram's own
+// copy on a raw listener, the payload on others, and must not be
+// modified.
+type Tap func(remote, local netip.AddrPort, at time.Time, data []byte)
 
 // Stats are cumulative counts of one listener's datagrams.
 type Stats struct {
@@ -510,6 +521,9 @@ func (s *Server) read(queue chan<- datagram) error {
 		} else {
 			d.data = make([]byte, n)
 			copy(d.data, buf[:n])
+		}
+		if s.Tap != nil {
+			s.Tap(d.remote, d.local, d.at, d.data)
 		}
 		select {
 		case queue <- d:

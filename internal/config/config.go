@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -93,6 +94,12 @@ type env struct {
 	LambdaWindow           string `envconfig:"LAMBDA_BATCH_WINDOW" default:"20ms" desc:"lambda: how long a batch waits to fill (batch)"`
 	LambdaEndpoint         string `envconfig:"LAMBDA_ENDPOINT" desc:"lambda: endpoint URL for a local emulator (AWS_ENDPOINT_URL_LAMBDA works too)"`
 	TraceSample            string `envconfig:"TRACE_SAMPLE" default:"0" desc:"share of requests the gateway traces, 0 to 1 (0: none); spans go by OTLP to OTEL_EXPORTER_OTLP_ENDPOINT (docs/tracing.md)"`
+	ListenersFile          string `envconfig:"LISTENERS_FILE" desc:"a YAML file of more listeners, read at start and again on SIGHUP and when it changes: listeners are added and removed without a restart (docs/operations.md)"`
+	BridgePorts            string `envconfig:"BRIDGE_PORTS" desc:"leased listeners: the host ports a lease may bind, comma-separated PORT or LOW-HIGH ranges (like 20000-20999); empty: no leases"`
+	BridgeToken            string `envconfig:"BRIDGE_TOKEN" desc:"leased listeners over HTTP (/v1/udp/...): the bearer token callers must send (never printed); empty: HTTP leases are off, NATS ones follow NATS permissions"`
+	BridgeMaxBindings      string `envconfig:"BRIDGE_MAX_BINDINGS" default:"64" desc:"leased listeners alive at once on this node"`
+	BridgeSendAllow        string `envconfig:"BRIDGE_SEND_ALLOW" desc:"destinations a lease may send to besides the addresses that sent to it, comma-separated CIDR"`
+	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
 }
 
 // Config is the validated configuration.
@@ -144,6 +151,66 @@ type Config struct {
 	// TraceSample is the share of requests the gateway traces, 0 to 1; 0
 	// traces none (docs/tracing.md).
 	TraceSample float64
+	// ListenersFile is the path of the listener file; "" for none.
+	ListenersFile string
+	Bridge        Bridge
+}
+
+// Bridge configures leased listeners (the koi_udp API, over HTTP and
+// NATS). They are off unless Ports holds a port.
+type Bridge struct {
+	Ports       []PortRange
+	Token       Secret // HTTP callers' bearer token; "" turns the HTTP API off
+	MaxBindings int
+	SendAllow   []netip.Prefix
+	SendRate    float64 // datagrams per second per lease; 0: no limit
+}
+
+// On reports whether leases may be made at all.
+func (b Bridge) On() bool { return len(b.Ports) > 0 }
+
+// Allows reports whether a lease may bind port (0 asks for any).
+func (b Bridge) Allows(port uint16) bool {
+	for _, r := range b.Ports {
+		if port >= r.Low && port <= r.High {
+			return true
+		}
+	}
+	return false
+}
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Low, High uint16 }
+
+func (r PortRange) String() string {
+	if r.Low == r.High {
+		return strconv.Itoa(int(r.Low))
+	}
+	return strconv.Itoa(int(r.Low)) + "-" + strconv.Itoa(int(r.High))
+}
+
+// ParsePortRanges parses comma-separated PORT or LOW-HIGH entries (ports
+// 1 to 65535), naming every bad one.
+func ParsePortRanges(s string) ([]PortRange, error) {
+	var out []PortRange
+	var bad []string
+	for _, f := range SplitList(s) {
+		lo, hi, isRange := strings.Cut(f, "-")
+		if !isRange {
+			hi = lo
+		}
+		l, errl := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+		h, errh := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+		if errl != nil || errh != nil || l == 0 || h < l {
+			bad = append(bad, fmt.Sprintf("%q is not PORT or LOW-HIGH with 1 <= LOW <= HIGH <= 65535", f))
+			continue
+		}
+		out = append(out, PortRange{uint16(l), uint16(h)})
+	}
+	if len(bad) > 0 {
+		return nil, errors.New(strings.Join(bad, "; "))
+	}
+	return out, nil
 }
 
 // Lambda configures `udpgate lambda`; checked by that command, since
@@ -393,6 +460,24 @@ func (e env) parse(environ []string) (Config, error) {
 		if u, err := url.Parse(e.LambdaEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("LAMBDA_ENDPOINT", "%q is not an http:// or https:// URL", e.LambdaEndpoint)
 		}
+	}
+	c.ListenersFile = strings.TrimSpace(e.ListenersFile)
+	if rs, err := ParsePortRanges(e.BridgePorts); err != nil {
+		bad("BRIDGE_PORTS", "%v", err)
+	} else {
+		c.Bridge.Ports = rs
+	}
+	c.Bridge.Token = Secret(e.BridgeToken)
+	integer("BRIDGE_MAX_BINDINGS", e.BridgeMaxBindings, 1, 1<<16, &c.Bridge.MaxBindings)
+	if ps, err := guard.ParsePrefixes(e.BridgeSendAllow); err != nil {
+		bad("BRIDGE_SEND_ALLOW", "%v", err)
+	} else {
+		c.Bridge.SendAllow = ps
+	}
+	if f, err := strconv.ParseFloat(strings.TrimSpace(e.BridgeSendRate), 64); err != nil || f < 0 || f > 1e9 || math.IsNaN(f) {
+		bad("BRIDGE_SEND_RATE", "%q is not a rate between 0 (no limit) and 1e9 per second", e.BridgeSendRate)
+	} else {
+		c.Bridge.SendRate = f
 	}
 	if f, err := strconv.ParseFloat(strings.TrimSpace(e.TraceSample), 64); err != nil || !(f >= 0 && f <= 1) {
 		bad("TRACE_SAMPLE", "%q is not a share of requests from 0 to 1 (like 0.01; 0 traces none)", e.TraceSample)

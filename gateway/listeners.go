@@ -1,0 +1,278 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/udpgate/udpgate/egress"
+	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/ingress"
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// live is one listener while the gateway serves it.
+type live struct {
+	Listener
+	name     string // PORT/PROTOCOL
+	port     uint16
+	in       *ingress.Server
+	stop     chan struct{} // closed to stop reading (stopOnce)
+	stopOnce sync.Once
+	ctx      context.Context    // in.Serve's
+	cancel   context.CancelFunc // ends ctx: in.Serve closes the socket
+	done     chan struct{}      // closed once in.Serve has returned
+	removing bool               // RemoveListener was called; guarded by Gateway.mu
+	err      error              // what in.Serve returned; read after done
+}
+
+func (l *live) stopReading() { l.stopOnce.Do(func() { close(l.stop) }) }
+
+// running is what listeners need of a serving gateway, set by Serve.
+type running struct {
+	ctx   context.Context // the parts' context: ends when a part fails or the drain is over
+	table *exchange.Table
+	eg    *egress.Server
+	dis   *discards
+	wg    sync.WaitGroup // the listeners added while serving
+}
+
+// Errors of AddListener and RemoveListener.
+var (
+	ErrNotServing     = errors.New("gateway: not serving")
+	ErrPortServed     = errors.New("gateway: the port is already served by this gateway")
+	ErrNoSuchListener = errors.New("gateway: no such listener")
+)
+
+// newLive makes the listener l ready to serve, with the gateway's settings
+// and the share share of the pending table.
+func (g *Gateway) newLive(l Listener, r *running, share int) *live {
+	if l.Protocol == "" {
+		l.Protocol = schemas.ProtocolRaw
+	}
+	port := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
+	lv := &live{
+		Listener: l,
+		name:     schemas.Listener(port, l.Protocol),
+		port:     port,
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	lv.in = &ingress.Server{
+		Conn:               l.Conn,
+		Protocol:           l.Protocol,
+		NATS:               g.NATS,
+		Table:              r.table,
+		Prefix:             g.Prefix,
+		Node:               g.Node,
+		Deadline:           g.Deadline,
+		MaxDatagram:        g.MaxDatagram,
+		Queue:              g.Queue,
+		MaxInFlight:        g.MaxInFlight,
+		ListenerMaxPending: share,
+		CoAP:               g.CoAP,
+		Log:                g.Log,
+		Guard:              l.Guard,
+		NoReply:            l.NoReply,
+		Captured:           r.dis.captured,
+		TracerProvider:     g.TracerProvider,
+		TraceSample:        g.TraceSample,
+		Tap:                l.Tap,
+		Stop:               lv.stop,
+	}
+	r.dis.addPort(port, lv.name)
+	lv.ctx, lv.cancel = context.WithCancel(r.ctx)
+	return lv
+}
+
+// serve runs lv until its context, a child of the parts' context, ends;
+// then its socket is closed.
+func (lv *live) serve() error {
+	defer close(lv.done)
+	lv.err = lv.in.Serve(lv.ctx)
+	return lv.err
+}
+
+// lookup returns the live listener on port, or nil. g.mu must be held.
+func (g *Gateway) lookup(port uint16) *live {
+	for _, lv := range g.lives {
+		if lv.port == port {
+			return lv
+		}
+	}
+	return nil
+}
+
+// portIndex is what egress looks up by port, for every reply: an
+// immutable snapshot of the live listeners.
+type portIndex struct {
+	names  map[uint16]string       // PORT/PROTOCOL
+	guards map[uint16]*guard.Guard // of raw and rpc listeners that have one
+}
+
+// indexLocked rebuilds g.ports from g.lives. g.mu must be held.
+func (g *Gateway) indexLocked() {
+	ix := &portIndex{names: make(map[uint16]string, len(g.lives)), guards: map[uint16]*guard.Guard{}}
+	for _, lv := range g.lives {
+		ix.names[lv.port] = lv.name
+		if lv.Guard != nil && lv.Protocol != schemas.ProtocolCoAP {
+			ix.guards[lv.port] = lv.Guard
+		}
+	}
+	g.ports.Store(ix)
+}
+
+// listenerName names the listener on port for egress's spans.
+func (g *Gateway) listenerName(port uint16) (string, bool) {
+	if ix := g.ports.Load(); ix != nil {
+		name, ok := ix.names[port]
+		return name, ok
+	}
+	return "", false
+}
+
+// guardOf returns the guard of the raw or rpc listener on port, nil if it
+// has none.
+func (g *Gateway) guardOf(port uint16) *guard.Guard {
+	if ix := g.ports.Load(); ix != nil {
+		return ix.guards[port]
+	}
+	return nil
+}
+
+// AddListener serves l from now on, beside the gateway's other listeners,
+// which it does not touch, and returns its name (PORT/PROTOCOL). The
+// gateway takes l.Conn: it closes it when the listener is removed or the
+// gateway stops, and also if AddListener fails. AddListener fails if the
+// gateway is not serving (before Ready, or stopping) or already serves
+// l's port (a removed listener's port is free once RemoveListener's
+// channel is closed). A listener added while serving holds at most
+// ListenerMaxPending exchanges, or half the table if that is zero.
+func (g *Gateway) AddListener(l Listener) (string, error) {
+	g.mu.Lock()
+	r := g.run
+	if r == nil || g.stopping || r.ctx.Err() != nil {
+		g.mu.Unlock()
+		l.Conn.Close()
+		return "", ErrNotServing
+	}
+	port := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
+	if g.lookup(port) != nil {
+		g.mu.Unlock()
+		l.Conn.Close()
+		return "", fmt.Errorf("%w: %d", ErrPortServed, port)
+	}
+	share := g.ListenerMaxPending
+	if share <= 0 {
+		share = r.table.Cap() / 2
+	}
+	lv := g.newLive(l, r, share)
+	g.lives = append(g.lives, lv)
+	g.indexLocked()
+	g.added.Add(1)
+	r.wg.Add(1)
+	g.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		if err := lv.serve(); err != nil {
+			g.Log.Error("gateway: listener failed; removed", "listener", lv.name, "err", err)
+			g.forget(lv)
+		}
+	}()
+	g.Log.Info("gateway: listener added", "listener", lv.name, "address", l.Conn.LocalAddr().String())
+	return lv.name, nil
+}
+
+// RemoveListener stops serving the listener name (PORT/PROTOCOL) without
+// touching the others: it stops reading at once, answers the exchanges
+// the listener has open as usual until they are answered or their
+// deadline has passed (plus a second for the answers under way), then
+// closes the socket. The returned channel is closed once the socket is
+// closed and the port free; the listener is no longer in Stats and Status
+// from then on.
+func (g *Gateway) RemoveListener(name string) (<-chan struct{}, error) {
+	g.mu.Lock()
+	r := g.run
+	var lv *live
+	for _, c := range g.lives {
+		if c.name == name && !c.removing {
+			lv = c
+		}
+	}
+	if r == nil || lv == nil {
+		g.mu.Unlock()
+		if r == nil {
+			return nil, ErrNotServing
+		}
+		return nil, fmt.Errorf("%w: %s", ErrNoSuchListener, name)
+	}
+	lv.removing = true
+	g.removed.Add(1)
+	g.mu.Unlock()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		g.retire(lv, r)
+	}()
+	return closed, nil
+}
+
+// retire stops lv reading, waits for its open exchanges, closes it and
+// forgets it.
+func (g *Gateway) retire(lv *live, r *running) {
+	lv.stopReading()
+	deadline := g.Deadline
+	if deadline <= 0 {
+		deadline = ingress.DefaultDeadline
+	}
+	limit := time.NewTimer(deadline + time.Second)
+	defer limit.Stop()
+	start := time.Now()
+	select {
+	case <-lv.in.Drained():
+	case <-lv.done:
+	case <-limit.C:
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+wait:
+	for lv.in.Stats().Pending > 0 || r.eg.Busy() > 0 {
+		select {
+		case <-t.C:
+		case <-lv.done:
+			break wait
+		case <-limit.C:
+			g.Log.Warn("gateway: removing a listener: exchanges left unanswered", "listener", lv.name, "left", lv.in.Stats().Pending)
+			break wait
+		}
+	}
+	lv.cancel()
+	<-lv.done
+	g.forget(lv)
+	g.Log.Info("gateway: listener removed", "listener", lv.name, "after", time.Since(start).Round(time.Millisecond))
+}
+
+// forget drops lv from the live listeners.
+func (g *Gateway) forget(lv *live) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.lives = slices.DeleteFunc(g.lives, func(c *live) bool { return c == lv })
+	g.indexLocked()
+}
+
+// Live returns the listeners the gateway serves now, those being removed
+// included, in the order they were added.
+func (g *Gateway) Live() []Listener {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]Listener, len(g.lives))
+	for i, lv := range g.lives {
+		out[i] = lv.Listener
+	}
+	return out
+}
