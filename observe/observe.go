@@ -48,6 +48,9 @@ type Server struct {
 	mu     sync.Mutex // guards checks and status
 	checks []Check
 	status func(ctx context.Context) any
+
+	muxOnce sync.Once
+	mux     *http.ServeMux // the endpoints and those added by Handle
 }
 
 // SetStatus sets what GET /v1/status answers, as JSON: a gateway's
@@ -84,17 +87,29 @@ func (s *Server) AddCheck(name string, f func(ctx context.Context) error) {
 	s.checks = append(s.checks, Check{name, f})
 }
 
-// Handler returns the handler of the three endpoints.
+// Handler returns the handler of the endpoints, and of those added with
+// Handle (also later).
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
+	s.muxOnce.Do(func() {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			fmt.Fprintln(w, "ok")
+		})
+		mux.HandleFunc("GET /readyz", s.readyz)
+		mux.HandleFunc("GET /v1/status", s.serveStatus)
+		s.mux = mux
 	})
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /v1/status", s.serveStatus)
-	return mux
+	return s.mux
+}
+
+// Handle serves pattern (http.ServeMux's patterns) with h beside the
+// endpoints, also while Serve runs (a gateway's leased listeners: the
+// bridge package).
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.Handler()
+	s.mux.Handle(pattern, h)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
