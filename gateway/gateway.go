@@ -44,6 +44,10 @@ type Listener struct {
 	// Tap, if not nil, is called with each datagram the listener admits,
 	// on its read loop (see ingress.Server.Tap).
 	Tap ingress.Tap
+	// Origin says where a listener added while serving comes from, for
+	// Status: "file" (the listener file), "lease ID" (a leased listener),
+	// or empty (the configuration at start).
+	Origin string
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.

@@ -36,6 +36,10 @@ type Status struct {
 type ListenerStatus struct {
 	Listener string `json:"listener"` // PORT/PROTOCOL
 	Address  string `json:"address"`
+	// Origin is where the listener comes from: empty for the
+	// configuration at start, "file" for the listener file, "lease ID"
+	// for a leased listener (gateway.Listener.Origin).
+	Origin string `json:"origin,omitempty"`
 	Subject  string `json:"subject"` // its request subject, PREFIX.in.PORT
 	// Groups serve some of the listener's subjects, with only their
 	// subjects, resources and figures on this port.
@@ -124,7 +128,7 @@ func (g *Gateway) Status(ctx context.Context) Status {
 		port := lv.port
 		es := byPort[port]
 		ls := ListenerStatus{
-			Listener: lv.name, Address: addr.String(), Subject: schemas.InSubject(g.Prefix, port),
+			Listener: lv.name, Address: addr.String(), Origin: lv.Origin, Subject: schemas.InSubject(g.Prefix, port),
 			Received: lv.in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
 			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
 			CaptureDiscarded: dis.count(port),
