@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"strings"
+	"sync"
 
 	"github.com/udpgate/udpgate/handover"
 	"github.com/udpgate/udpgate/internal/config"
@@ -15,25 +18,33 @@ import (
 // replaces, by name: listeners by their UDPGATE_LISTENERS form, the HTTP
 // listener as "http". A nil *Inherited holds none.
 type Inherited struct {
+	mu    sync.Mutex // guards conns and http: the listener file takes its sockets from another goroutine
 	conns map[string]*net.UDPConn
 	http  net.Listener
 }
 
-// udp returns the socket handed over for l, if any, and forgets it.
-func (inh *Inherited) udp(l config.Listener) *net.UDPConn {
+// UDP returns the socket handed over for l, if any, and forgets it: the
+// listener file's listeners take theirs with it.
+func (inh *Inherited) UDP(l config.Listener) *net.UDPConn {
 	if inh == nil {
 		return nil
 	}
+	inh.mu.Lock()
+	defer inh.mu.Unlock()
 	c := inh.conns[l.String()]
 	delete(inh.conns, l.String())
 	return c
 }
+
+func (inh *Inherited) udp(l config.Listener) *net.UDPConn { return inh.UDP(l) }
 
 // httpListener returns the HTTP listener handed over, if any.
 func (inh *Inherited) httpListener() net.Listener {
 	if inh == nil {
 		return nil
 	}
+	inh.mu.Lock()
+	defer inh.mu.Unlock()
 	ln := inh.http
 	inh.http = nil
 	return ln
@@ -46,11 +57,15 @@ func (inh *Inherited) CloseUnused() {
 	if inh == nil {
 		return
 	}
-	for _, c := range inh.conns {
+	inh.mu.Lock()
+	defer inh.mu.Unlock()
+	for name, c := range inh.conns {
 		c.Close()
+		delete(inh.conns, name)
 	}
 	if inh.http != nil {
 		inh.http.Close()
+		inh.http = nil
 	}
 }
 
@@ -99,7 +114,11 @@ func TakeOver(ctx context.Context, cfg config.Config, log *slog.Logger) (*Inheri
 
 // OfferSockets offers the gateway's sockets on cfg.Handover until a new
 // process takes them; then it stops this one gracefully (it drains). The
-// gateway serves cfg.Listeners, in their order.
+// gateway serves cfg.Listeners, in their order, named by their
+// UDPGATE_LISTENERS form, then the listeners added while it serves (the
+// listener file's), named ADDR:PORT/PROTOCOL by their bound address;
+// leased listeners end with the process that holds them and are not
+// offered.
 func OfferSockets(run *Running, cfg config.Config, log *slog.Logger) error {
 	sockets := func() ([]handover.Socket, error) {
 		var out []handover.Socket
@@ -109,12 +128,24 @@ func OfferSockets(run *Running, cfg config.Config, log *slog.Logger) error {
 			}
 			return nil, err
 		}
+		initial := map[*net.UDPConn]string{}
 		for i, l := range run.Gateway.Listeners {
+			initial[l.Conn] = cfg.Listeners[i].String()
+		}
+		for _, l := range run.Gateway.Live() {
+			name, ok := initial[l.Conn]
+			if !ok && strings.HasPrefix(l.Origin, "lease") {
+				continue
+			}
+			if !ok {
+				addr := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+				name = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()).String() + "/" + l.Protocol
+			}
 			f, err := l.Conn.File()
 			if err != nil {
 				return fail(err)
 			}
-			out = append(out, handover.Socket{Name: cfg.Listeners[i].String(), File: f})
+			out = append(out, handover.Socket{Name: name, File: f})
 		}
 		if tl, ok := run.HTTP.(*net.TCPListener); ok {
 			f, err := tl.File()
