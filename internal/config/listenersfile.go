@@ -29,13 +29,15 @@ var fileKeys = []string{
 }
 
 // ReadListenersFile reads the listener file at path (UDPGATE_LISTENERS_FILE)
-// and checks it as ParseListenersFile does. A missing file is an error.
-func ReadListenersFile(path string, taken []Listener) ([]Listener, error) {
+// and checks it as ParseListenersFile does. It returns the file's
+// content too, nil if it could not be read: a missing file is an error.
+func ReadListenersFile(path string, taken []Listener) ([]Listener, []byte, error) {
 	data, err := readFile(path)
 	if err != nil {
-		return nil, &Error{Problems: []string{Prefix + "_LISTENERS_FILE: " + err.Error()}}
+		return nil, nil, &Error{Problems: []string{Prefix + "_LISTENERS_FILE: " + err.Error()}}
 	}
-	return ParseListenersFile(path, data, taken)
+	ls, err := ParseListenersFile(path, data, taken)
+	return ls, data, err
 }
 
 // readFile reads at most MaxListenersFile bytes of path.

@@ -215,22 +215,22 @@ func TestListenersFileNotYAML(t *testing.T) {
 
 func TestReadListenersFile(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := ReadListenersFile(filepath.Join(dir, "missing.yaml"), nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+	if _, _, err := ReadListenersFile(filepath.Join(dir, "missing.yaml"), nil); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("missing file: %v", err)
 	}
 	big := filepath.Join(dir, "big.yaml")
 	if err := os.WriteFile(big, []byte("listeners: []\n"+strings.Repeat("#", MaxListenersFile)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReadListenersFile(big, nil); err == nil || !strings.Contains(err.Error(), "larger than") {
+	if _, _, err := ReadListenersFile(big, nil); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("file too large: %v", err)
 	}
 	good := filepath.Join(dir, "l.yaml")
 	if err := os.WriteFile(good, []byte("listeners:\n  - port: 9100\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if ls, err := ReadListenersFile(good, nil); err != nil || len(ls) != 1 || ls[0].String() != "0.0.0.0:9100/raw" {
-		t.Errorf("ReadListenersFile: %v, %v", ls, err)
+	if ls, data, err := ReadListenersFile(good, nil); err != nil || len(ls) != 1 || ls[0].String() != "0.0.0.0:9100/raw" || string(data) != "listeners:\n  - port: 9100\n" {
+		t.Errorf("ReadListenersFile: %v, %q, %v", ls, data, err)
 	}
 }
 
