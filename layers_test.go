@@ -24,6 +24,8 @@ var layers = map[string]int{
 	"internal/node": 70,
 	// Metrics and health of gateways and workers.
 	"observe": 60,
+	// Leased listeners over HTTP and NATS, on a gateway.
+	"bridge": 55,
 	// The gateway: ingress, egress and the table between them.
 	"gateway": 50,
 	// Tools that read or feed the capture, and clients.
