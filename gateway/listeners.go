@@ -127,6 +127,11 @@ func (g *Gateway) indexLocked() {
 	g.ports.Store(ix)
 }
 
+// ListenerName returns the name (PORT/PROTOCOL) of the listener the
+// gateway serves on port, one being removed included. It takes no lock
+// and does not allocate: the reply path may call it.
+func (g *Gateway) ListenerName(port uint16) (string, bool) { return g.listenerName(port) }
+
 // listenerName names the listener on port for egress's spans.
 func (g *Gateway) listenerName(port uint16) (string, bool) {
 	if ix := g.ports.Load(); ix != nil {

@@ -1,9 +1,12 @@
 package observe
 
 import (
+	"maps"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -105,6 +108,10 @@ var (
 		"Graceful stops begun: the gateway stopped reading and answered its pending exchanges.", nil, nil)
 	descDrainLeft = prometheus.NewDesc("udpgate_gateway_drain_left_total",
 		"Exchanges still open when a graceful stop reached UDPGATE_DRAIN_TIMEOUT.", nil, nil)
+	descListenersAdded = prometheus.NewDesc("udpgate_listeners_added_total",
+		"Listeners added while the gateway served (the listener file's, leased ones).", nil, nil)
+	descListenersRemoved = prometheus.NewDesc("udpgate_listeners_removed_total",
+		"Listeners removed while the gateway served: each stopped reading, answered its pending requests, then closed.", nil, nil)
 	descRecreated = prometheus.NewDesc("udpgate_streams_recreated_total",
 		"Streams found missing after a reconnection to NATS (a server back without its store) and created again.", nil, nil)
 	descUnserved = prometheus.NewDesc("udpgate_requests_unserved_total",
@@ -145,6 +152,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
+		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
@@ -242,6 +250,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRecreated, prometheus.CounterValue, float64(st.StreamsRecreated))
 	ch <- prometheus.MustNewConstMetric(descDrains, prometheus.CounterValue, float64(st.Drains))
 	ch <- prometheus.MustNewConstMetric(descDrainLeft, prometheus.CounterValue, float64(st.DrainLeft))
+	ch <- prometheus.MustNewConstMetric(descListenersAdded, prometheus.CounterValue, float64(st.ListenersAdded))
+	ch <- prometheus.MustNewConstMetric(descListenersRemoved, prometheus.CounterValue, float64(st.ListenersRemoved))
 	for _, gr := range c.g.Groups() {
 		ch <- prometheus.MustNewConstMetric(descGroupInstances, prometheus.GaugeValue, float64(gr.Instances), gr.Name, gr.Delivery)
 		if !gr.Announced {
@@ -254,24 +264,23 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // RegisterGateway registers g's metrics with reg and sets g.Latency to
-// observe the request-to-reply histogram of each of g.Listeners. Call it
-// after binding the listeners and before g.Serve.
+// observe the request-to-reply histogram of each listener, those added
+// while it serves included. Call it before g.Serve.
 func RegisterGateway(reg prometheus.Registerer, g *gateway.Gateway) error {
 	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "udpgate_request_duration_seconds",
 		Help:    "Time from reading a request datagram to sending the worker's reply.",
 		Buckets: LatencyBuckets,
 	}, listenerLabels)
-	// Read-only once built: the reply path looks a port up without a lock
-	// and observes without allocating.
-	byPort := map[uint16]prometheus.Observer{}
+	lat := &latencies{h: h, name: g.ListenerName}
+	lat.byPort.Store(&map[uint16]latency{})
 	for _, l := range g.Listeners {
 		p := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
 		protocol := l.Protocol
 		if protocol == "" {
-			protocol = "raw"
+			protocol = schemas.ProtocolRaw
 		}
-		byPort[p] = h.WithLabelValues(strconv.Itoa(int(p)), protocol)
+		lat.learn(p, schemas.Listener(p, protocol))
 	}
 	if err := reg.Register(h); err != nil {
 		return err
@@ -279,12 +288,55 @@ func RegisterGateway(reg prometheus.Registerer, g *gateway.Gateway) error {
 	if err := reg.Register(gatewayCollector{g}); err != nil {
 		return err
 	}
-	g.Latency = func(port uint16, d time.Duration) {
-		if o := byPort[port]; o != nil {
-			o.Observe(d.Seconds())
-		}
-	}
+	g.Latency = lat.observe
 	return nil
+}
+
+// latencies are the request-to-reply histogram's observers by port.
+type latencies struct {
+	h    *prometheus.HistogramVec
+	name func(port uint16) (string, bool) // the listener on port: gateway.Gateway.ListenerName
+	mu   sync.Mutex                       // serializes learn
+	// byPort is read by the reply path without a lock, and replaced
+	// whole by learn: a port seen for the first time, or served again
+	// with another protocol.
+	byPort atomic.Pointer[map[uint16]latency]
+}
+
+type latency struct {
+	name string // PORT/PROTOCOL
+	o    prometheus.Observer
+}
+
+// observe records d for the listener on port; it does not allocate once
+// the listener's observer is known.
+func (l *latencies) observe(port uint16, d time.Duration) {
+	name, ok := l.name(port)
+	if !ok {
+		return
+	}
+	e, ok := (*l.byPort.Load())[port]
+	if !ok || e.name != name {
+		e = l.learn(port, name)
+	}
+	e.o.Observe(d.Seconds())
+}
+
+// learn makes the observer of the listener name on port.
+func (l *latencies) learn(port uint16, name string) latency {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := *l.byPort.Load()
+	if e, ok := old[port]; ok && e.name == name {
+		return e
+	}
+	_, protocol, _ := schemas.ParseListener(name)
+	e := latency{name: name, o: l.h.WithLabelValues(strconv.Itoa(int(port)), protocol)}
+	m := make(map[uint16]latency, len(old)+1)
+	maps.Copy(m, old)
+	m[port] = e
+	l.byPort.Store(&m)
+	return e
 }
 
 // natsCollector reports a NATS connection's state.
@@ -428,4 +480,55 @@ func (c lambdaCollector) Collect(ch chan<- prometheus.Metric) {
 // function.
 func RegisterLambda(reg prometheus.Registerer, b *lambda.Bridge, function string) error {
 	return reg.Register(lambdaCollector{b, function})
+}
+
+// ListenerFileStats are the readings of the listener file
+// (UDPGATE_LISTENERS_FILE) by outcome, and its state now.
+type ListenerFileStats struct {
+	// Applied counts readings that changed the listeners, Unchanged
+	// those that found nothing to change, Refused those refused (a bad
+	// or missing file, a port that could not be bound): nothing changed.
+	Applied, Unchanged, Refused uint64
+	// LastRefused says the latest reading was refused: the listeners
+	// served are not those of the file as it is.
+	LastRefused bool
+	// Listeners is the number of the file's listeners served now.
+	Listeners int
+}
+
+var (
+	descReloads = prometheus.NewDesc("udpgate_listener_reloads_total",
+		"Readings of the listener file (UDPGATE_LISTENERS_FILE) by outcome: applied (listeners added or removed), unchanged, refused (nothing changed).",
+		[]string{"outcome"}, nil)
+	descReloadOK = prometheus.NewDesc("udpgate_listener_file_last_reload_successful",
+		"1 if the latest reading of the listener file was applied or found nothing to change, 0 if it was refused.", nil, nil)
+	descFileListeners = prometheus.NewDesc("udpgate_listener_file_listeners",
+		"Listeners of the listener file served now.", nil, nil)
+)
+
+type listenerFileCollector struct{ stats func() ListenerFileStats }
+
+func (c listenerFileCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descReloads
+	ch <- descReloadOK
+	ch <- descFileListeners
+}
+
+func (c listenerFileCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(st.Applied), "applied")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(st.Unchanged), "unchanged")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(st.Refused), "refused")
+	ok := 1.0
+	if st.LastRefused {
+		ok = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descReloadOK, prometheus.GaugeValue, ok)
+	ch <- prometheus.MustNewConstMetric(descFileListeners, prometheus.GaugeValue, float64(st.Listeners))
+}
+
+// RegisterListenerFile registers the metrics of a listener file, read
+// from stats at scrape time.
+func RegisterListenerFile(reg prometheus.Registerer, stats func() ListenerFileStats) error {
+	return reg.Register(listenerFileCollector{stats})
 }
