@@ -556,4 +556,3 @@ func TestListenersFileSIGHUP(t *testing.T) {
 		t.Errorf("port %d not served after SIGHUP", port)
 	}
 }
-
