@@ -215,9 +215,8 @@ func TestReaperOnItsOwn(t *testing.T) {
 // port 0 takes ports of the range only, and when all are taken the
 // next bind is refused.
 func TestPortRange(t *testing.T) {
-	e := newEnv(t, nil, true)
 	r := freeRange(t, 3)
-	e.b.Config.Ports = []config.PortRange{r}
+	e := newEnv(t, func(b *Bridge) { b.Config.Ports = []config.PortRange{r} }, true)
 	in := e.bind(t, map[string]any{"port": r.Low + 1, "addr": "127.0.0.1"})
 	if port(t, in) != r.Low+1 {
 		t.Fatalf("asked for %d, bound %s", r.Low+1, in.LocalAddr)

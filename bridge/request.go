@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"time"
 )
 
@@ -93,7 +95,18 @@ func decodeJSON(body []byte, v any) *Error {
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
-		return errorf(reasonBadRequest, "body is not the JSON object expected: %v", err)
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			if te.Field == "" {
+				return errorf(reasonBadRequest, "body is a JSON %s, not an object", te.Value)
+			}
+			want := "a string"
+			if k := te.Type.Kind(); k >= reflect.Int && k <= reflect.Int64 {
+				want = "an integer"
+			}
+			return errorf(reasonBadRequest, "%s must be %s, not %s", te.Field, want, te.Value)
+		}
+		return errorf(reasonBadRequest, "body is not JSON: %v", err)
 	}
 	if dec.More() {
 		return errorf(reasonBadRequest, "body has more than one JSON value")
