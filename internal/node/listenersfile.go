@@ -151,27 +151,11 @@ func (f *ListenersFile) log() *slog.Logger {
 // returns nil then. A refused reading is logged and counted, and changes
 // nothing: Serve goes on.
 func (f *ListenersFile) Serve(ctx context.Context) error {
-	trigger := f.Trigger
-	if trigger == nil {
-		sigs := make(chan os.Signal, 1)
+	var sigs chan os.Signal // nil, which never receives, with a Trigger
+	if f.Trigger == nil {
+		sigs = make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGHUP)
 		defer signal.Stop(sigs)
-		t := make(chan struct{})
-		trigger = t
-		go func() {
-			for {
-				select {
-				case <-sigs:
-					select {
-					case t <- struct{}{}:
-					case <-ctx.Done():
-						return
-					}
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
 	}
 	poll := cmp.Or(f.Poll, DefaultPoll)
 	tick := time.NewTicker(poll)
@@ -180,7 +164,9 @@ func (f *ListenersFile) Serve(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-trigger:
+		case <-f.Trigger:
+			f.log().Info("listener file: reading it again", "file", f.Path)
+		case <-sigs:
 			f.log().Info("listener file: reading it again (SIGHUP)", "file", f.Path)
 		case <-tick.C:
 			if !f.changed(ctx, poll/4) {
@@ -291,7 +277,15 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 	}
 	for _, l := range added {
 		p := l.Addr.Port()
-		if _, busy := f.leaving[p]; busy || guards[p] == nil {
+		if ch, ok := f.leaving[p]; ok {
+			select {
+			case <-ch:
+				delete(f.leaving, p) // free already
+			default:
+				continue
+			}
+		}
+		if guards[p] == nil {
 			continue
 		}
 		gl, err := f.listen(ctx, l, guards[p], !f.loaded)

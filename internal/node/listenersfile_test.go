@@ -556,3 +556,44 @@ func TestListenersFileSIGHUP(t *testing.T) {
 		t.Errorf("port %d not served after SIGHUP", port)
 	}
 }
+
+// TestListenersFileBackWhileRemoved: a port the file lists again while
+// its removal still answers what was pending is served again once its
+// socket has closed; the pending requests are answered all the same.
+func TestListenersFileBackWhileRemoved(t *testing.T) {
+	port := freePort(t)
+	n := startFileNode(t, fileOf(port), nil)
+	trigger := make(chan struct{})
+	f := n.watch(t, trigger, time.Hour)
+	n.worker(t, port, 300*time.Millisecond, func(b []byte) []byte { return append([]byte("late:"), b...) })
+	const pending = 5
+	replies := make(chan string, pending)
+	for i := range pending {
+		go func() {
+			got, err := ask(port, "r"+strconv.Itoa(i), 10*time.Second)
+			if err != nil {
+				got = "error: " + err.Error()
+			}
+			replies <- got
+		}()
+	}
+	name := schemas.Listener(port, schemas.ProtocolRaw)
+	waitUntil(t, "every request pending", func() bool { return n.Gateway.Stats().Ingress[name].Pending == pending })
+	writeFile(t, n.path, "listeners: []\n")
+	trigger <- struct{}{}
+	waitUntil(t, "the removal under way", func() bool { return f.Stats().Applied == 2 })
+	writeFile(t, n.path, fileOf(port))
+	trigger <- struct{}{}
+	for range pending {
+		if got := <-replies; !strings.HasPrefix(got, "late:r") {
+			t.Errorf("a pending request got %q", got)
+		}
+	}
+	waitUntil(t, "the port back", func() bool { return f.Stats().Applied == 3 })
+	if got, err := ask(port, "back", 5*time.Second); err != nil || got != "late:back" {
+		t.Errorf("the port back answered %q, %v", got, err)
+	}
+	if st := n.Gateway.Stats(); st.ListenersAdded != 2 || st.ListenersRemoved != 1 {
+		t.Errorf("gateway: added %d, removed %d; want 2 and 1", st.ListenersAdded, st.ListenersRemoved)
+	}
+}
