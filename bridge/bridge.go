@@ -315,7 +315,7 @@ func (b *Bridge) listen(ctx context.Context, bd *binding, addr netip.AddrPort, g
 		bd.conn = c
 		bd.local = c.LocalAddr().(*net.UDPAddr).AddrPort()
 		bd.local = netip.AddrPortFrom(bd.local.Addr().Unmap(), bd.local.Port())
-		name, err := b.Gateway.AddListener(gateway.Listener{Conn: c, Protocol: schemas.ProtocolRaw, Guard: gd, Tap: bd.tap})
+		name, err := b.Gateway.AddListener(gateway.Listener{Conn: c, Protocol: schemas.ProtocolRaw, Guard: gd, Tap: bd.tap, Origin: "lease " + bd.id})
 		if err != nil { // the gateway closed c
 			return err, errors.Is(err, gateway.ErrPortServed)
 		}

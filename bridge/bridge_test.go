@@ -39,6 +39,15 @@ func TestBindReceiveSend(t *testing.T) {
 		t.Errorf("bind answered %+v", in)
 	}
 
+	// The gateway serves it as a listener of its own, and says so.
+	leased := false
+	for _, l := range e.g.Status(context.Background()).Listeners {
+		leased = leased || (l.Origin == "lease "+in.ID && l.Listener == schemas.Listener(p, schemas.ProtocolRaw))
+	}
+	if !leased {
+		t.Errorf("the gateway's status lists no listener %d/raw of origin lease %s", p, in.ID)
+	}
+
 	sse := e.openSSE(t, "/v1/udp/recv/"+in.ID)
 	waitFor(t, "the SSE reader", func() bool { return e.b.Status().Bindings[0].Readers == 1 })
 	client := dial(t, p)
