@@ -99,11 +99,10 @@ type Bridge struct {
 
 	now func() time.Time // time.Now unless a test sets it
 
-	mu       sync.Mutex          // guards bindings, reserved, serving and stopped
+	mu       sync.Mutex          // guards bindings, reserved and serving
 	bindings map[string]*binding // by id
 	reserved int                 // binds under way, counted against MaxBindings
 	serving  bool                // Serve runs
-	stopped  chan struct{}       // closed when Serve returns; made by init
 	initOnce sync.Once
 
 	stats    [len(kinds)]kindStats
@@ -128,7 +127,6 @@ func kindIndex(kind string) int {
 func (b *Bridge) init() {
 	b.initOnce.Do(func() {
 		b.bindings = map[string]*binding{}
-		b.stopped = make(chan struct{})
 		if b.now == nil {
 			b.now = time.Now
 		}
@@ -187,7 +185,6 @@ func (b *Bridge) Serve(ctx context.Context) error {
 	svc.stop()
 	b.mu.Lock()
 	b.serving = false
-	close(b.stopped)
 	var all []*binding
 	for _, bd := range b.bindings {
 		all = append(all, bd)
