@@ -303,8 +303,19 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.coapEdge != nil {
 		sweeper.Go(func() { s.sweep(done) })
 	}
-	stop := context.AfterFunc(ctx, func() { s.Conn.Close() })
-	defer stop()
+	// The socket is closed, not closing, once Serve has returned: of two
+	// concurrent Closes, the second returns before the descriptor is
+	// released, so Serve waits for this one if it started.
+	closing := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(closing)
+		s.Conn.Close()
+	})
+	defer func() {
+		if !stop() {
+			<-closing
+		}
+	}()
 	var stopping atomic.Bool
 	if s.Stop != nil {
 		go func() {
