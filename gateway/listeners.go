@@ -186,6 +186,8 @@ func (g *Gateway) AddListener(l Listener) (string, error) {
 		defer r.wg.Done()
 		if err := lv.serve(); err != nil {
 			g.Log.Error("gateway: listener failed; removed", "listener", lv.name, "err", err)
+			lv.Conn.Close() // a failed read loop leaves it open
+			lv.cancel()
 			g.forget(lv)
 		}
 	}()

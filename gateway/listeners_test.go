@@ -240,3 +240,33 @@ func TestListenersNotServing(t *testing.T) {
 		t.Errorf("RemoveListener of an unknown listener: %v, want ErrNoSuchListener", err)
 	}
 }
+
+// TestRemovedPortFree: once RemoveListener's channel is closed, the port
+// can be bound again, every time (the socket is closed by then, not
+// closing).
+func TestRemovedPortFree(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{}
+	testGateway(t, s, g, "127.0.0.1:0")
+	c := listen(t, "127.0.0.1:0")
+	addr := c.LocalAddr().String()
+	for i := range 50 {
+		name, err := g.AddListener(Listener{Conn: c})
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		closed, err := g.RemoveListener(name)
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		select {
+		case <-closed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: not removed after 30s", i)
+		}
+		if c, err = ingress.Listen(context.Background(), "udp4", addr, 0); err != nil {
+			t.Fatalf("round %d: the removed listener's port is not free: %v", i, err)
+		}
+	}
+	c.Close()
+}
