@@ -309,14 +309,20 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 		f.remove(log, f.applied[l.Addr.Port()])
 	}
 	var failed []string
+	prebound := map[uint16]bool{}
 	for _, l := range added {
 		p := l.Addr.Port()
 		gl, ok := bound[p]
 		if !ok {
 			continue // bound below, once free
 		}
+		prebound[p] = true
+		delete(bound, p) // the gateway's now, even if it refuses it
 		if err := f.add(log, l, gl); err != nil {
 			if errors.Is(err, gateway.ErrNotServing) {
+				for _, gl := range bound {
+					gl.Conn.Close()
+				}
 				return err
 			}
 			failed = append(failed, err.Error())
@@ -325,7 +331,7 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 	// Changed listeners, and ports still being removed: bound once free.
 	for _, l := range slices.Concat(added, changed) {
 		p := l.Addr.Port()
-		if _, ok := bound[p]; ok {
+		if prebound[p] {
 			continue
 		}
 		if ch, ok := f.leaving[p]; ok {
