@@ -39,8 +39,8 @@ type ListenerStatus struct {
 	// Origin is where the listener comes from: empty for the
 	// configuration at start, "file" for the listener file, "lease ID"
 	// for a leased listener (gateway.Listener.Origin).
-	Origin string `json:"origin,omitempty"`
-	Subject  string `json:"subject"` // its request subject, PREFIX.in.PORT
+	Origin  string `json:"origin,omitempty"`
+	Subject string `json:"subject"` // its request subject, PREFIX.in.PORT
 	// Groups serve some of the listener's subjects, with only their
 	// subjects, resources and figures on this port.
 	Groups []Group `json:"groups"`

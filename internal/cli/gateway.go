@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -17,8 +18,9 @@ import (
 
 // runGateway is `udpgate gateway`.
 func runGateway(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
-	if len(cfg.Listeners) == 0 {
-		return errors.New("gateway: UDPGATE_LISTENERS is empty: name at least one listener, like 9000/raw")
+	if len(cfg.Listeners) == 0 && cfg.ListenersFile == "" && !cfg.Bridge.On() {
+		return errors.New("gateway: UDPGATE_LISTENERS is empty: name at least one listener, like 9000/raw " +
+			"(or a listener file, UDPGATE_LISTENERS_FILE, or ports to lease, UDPGATE_BRIDGE_PORTS)")
 	}
 	nc, err := node.Connect(cfg, "udpgate gateway "+cfg.Node)
 	if err != nil {
@@ -37,14 +39,30 @@ func runGateway(ctx context.Context, cfg config.Config, log *slog.Logger, stdout
 		return fmt.Errorf("gateway: %w", err)
 	}
 	run, err := node.StartGateway(ctx, cfg, log, nc, cfg.Listeners, subs, inh)
-	inh.CloseUnused()
 	if run == nil {
+		inh.CloseUnused()
 		if err != nil {
 			return fmt.Errorf("gateway: %w", err)
 		}
 		return nil
 	}
 	defer run.Stop()
+	var file *node.ListenersFile
+	if cfg.ListenersFile != "" {
+		// The file's listeners take their sockets from the hand-over too.
+		if file, err = node.StartListenersFile(run, cfg, log, cfg.Listeners, inh); err != nil {
+			inh.CloseUnused()
+			run.Stop()
+			run.Wait()
+			return fmt.Errorf("gateway: %w", err)
+		}
+	}
+	inh.CloseUnused()
+	if _, err := node.StartBridge(run, cfg, log); err != nil {
+		run.Stop()
+		run.Wait()
+		return fmt.Errorf("gateway: %w", err)
+	}
 	if taken != nil {
 		if err := taken.Ready(ctx); err != nil {
 			log.Warn("gateway: took the sockets over, but the process that had them did not stop offering them", "err", err)
@@ -59,6 +77,7 @@ func runGateway(ctx context.Context, cfg config.Config, log *slog.Logger, stdout
 	for _, l := range cfg.Listeners {
 		fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
 	}
+	printRuntimeListeners(stdout, cfg, file, run.MetricsURL)
 	if run.MetricsURL != "" {
 		fmt.Fprintf(stdout, "  metrics %s/metrics, %s/healthz, %s/readyz\n", run.MetricsURL, run.MetricsURL, run.MetricsURL)
 	}
@@ -82,4 +101,29 @@ datagram.`,
 			return runGateway(cmd.Context(), cfg.ForGateway(), log, cmd.OutOrStdout())
 		},
 	}
+}
+
+// printRuntimeListeners prints what may change while the node runs: the
+// listener file's listeners (file may be nil) and the ports offered to
+// lease, with where to ask for them (base, the HTTP endpoint's URL).
+func printRuntimeListeners(w io.Writer, cfg config.Config, file *node.ListenersFile, base string) {
+	if file != nil {
+		fmt.Fprintf(w, "  listener file %s (read again on SIGHUP and when it changes):\n", cfg.ListenersFile)
+		for _, l := range file.Listeners() {
+			fmt.Fprintf(w, "    udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
+		}
+	}
+	if !cfg.Bridge.On() {
+		return
+	}
+	ports := make([]string, len(cfg.Bridge.Ports))
+	for i, r := range cfg.Bridge.Ports {
+		ports[i] = r.String()
+	}
+	http := "off (no UDPGATE_BRIDGE_TOKEN)"
+	if cfg.Bridge.Token != "" && base != "" {
+		http = base + "/v1/udp/ (bearer token)"
+	}
+	fmt.Fprintf(w, "  leases    ports %s: over HTTP %s, over NATS %s.bind.%s.*\n",
+		strings.Join(ports, ","), http, cfg.Prefix, schemas.EscapeToken(cfg.Node))
 }

@@ -47,6 +47,16 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		return fmt.Errorf("run: %w%s", err, listenerHint(err, cfg))
 	}
 	defer n.Close()
+	var file *node.ListenersFile
+	if cfg.ListenersFile != "" {
+		// The built-ins' ports are taken: the file cannot list them.
+		if file, err = node.StartListenersFile(n.Running, cfg, log, listeners, nil); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+	}
+	if _, err := node.StartBridge(n.Running, cfg, log); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	fmt.Fprintf(stdout, "udpgate %s: node %s\n", "run", cfg.Node)
 	fmt.Fprintf(stdout, "  NATS      %s (JetStream store %s): outside workers connect here\n", n.NATS.ClientURL(), cfg.DataDir)
 	if n.MetricsURL != "" {
@@ -68,6 +78,7 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, subject, who)
 	}
 	tw.Flush()
+	printRuntimeListeners(stdout, cfg, file, n.MetricsURL)
 	hints := tryHints(listeners, ws)
 	if len(hints) == 0 {
 		fmt.Fprintln(stdout, "no built-in workers (UDPGATE_BUILTINS): attach yours to the subjects above   (Ctrl-C stops)")
