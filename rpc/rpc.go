@@ -63,10 +63,15 @@ type Call struct {
 	Service string
 	Method  string
 	Params  []byte // owned by the Call
+	// Connection names the WebSocket connection a call decoded by
+	// Decode came on (the udpgate-ws-connection header); empty for a
+	// datagram's.
+	Connection string
 
-	edge *Edge
-	dst  exchange.Exchange
-	done atomic.Bool
+	edge  *Edge
+	dst   exchange.Exchange
+	write func([]byte) error // Decode's: where the reply goes instead of dst
+	done  atomic.Bool
 }
 
 // Receive decodes b, sent by remote to local on interface ifindex. It
@@ -86,6 +91,20 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int) *Cal
 		Params: append([]byte(nil), m.Params...),
 		edge:   e, dst: dst,
 	}
+}
+
+// Decode decodes b, a call that came in a message of connection conn (a
+// WebSocket listener's) rather than in a datagram, from remote to local.
+// Its Reply is not written to a socket but handed, encoded, to write,
+// once, from any goroutine (egress's); write owns the slice and must not
+// block. Decode returns nil, after counting, for what Receive refuses. It
+// does not keep b.
+func (e *Edge) Decode(b []byte, conn string, remote, local netip.AddrPort, write func([]byte) error) *Call {
+	c := e.Receive(b, remote, local, 0)
+	if c != nil {
+		c.Connection, c.write = conn, write
+	}
+	return c
 }
 
 func validName(s string) bool {
@@ -143,7 +162,11 @@ func (c *Call) send(r *rpcpb.Reply) error {
 		return nil
 	}
 	b, err := proto.Marshal(r)
-	if err == nil {
+	switch {
+	case err != nil:
+	case c.write != nil:
+		err = c.write(b)
+	default:
 		err = c.dst.Write(b)
 	}
 	if err != nil {

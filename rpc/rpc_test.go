@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
 
@@ -64,4 +65,28 @@ func FuzzReceive(f *testing.F) {
 			t.Fatalf("accepted a call with service %q method %q", c.Service, c.Method)
 		}
 	})
+}
+
+func TestDecodeRepliesThroughWrite(t *testing.T) {
+	b, _ := proto.Marshal(&rpcpb.Call{Id: 7, Service: "S", Method: "M"})
+	e := &Edge{}
+	var got [][]byte
+	c := e.Decode(b, "conn-1", peer, peer, func(b []byte) error { got = append(got, b); return nil })
+	if c == nil || c.Connection != "conn-1" {
+		t.Fatalf("Decode = %+v", c)
+	}
+	if err := c.Reply("ok", nil, []byte("body")); err != nil {
+		t.Fatal(err)
+	}
+	c.Fail(exchange.NoAnswer) // answered already: nothing more
+	if len(got) != 1 {
+		t.Fatalf("%d replies written, want 1", len(got))
+	}
+	var r rpcpb.Reply
+	if err := proto.Unmarshal(got[0], &r); err != nil || r.Id != 7 || string(r.Body) != "body" {
+		t.Fatalf("reply %v, %v", &r, err)
+	}
+	if e.Decode([]byte{0xff}, "conn-1", peer, peer, nil) != nil {
+		t.Fatal("Decode accepted a bad envelope")
+	}
 }
