@@ -50,10 +50,16 @@ const (
 type Server struct {
 	// Conn is the listener socket, bound with Listen so that a wildcard
 	// bind learns each datagram's destination. Serve closes it on return.
+	// It is nil on a ws listener, whose calls come through Submit.
 	Conn *net.UDPConn
 	// Protocol is the listener's protocol: schemas.ProtocolRaw (the
-	// default), schemas.ProtocolCoAP or schemas.ProtocolRPC.
+	// default), schemas.ProtocolCoAP or schemas.ProtocolRPC; or
+	// schemas.ProtocolWS, with no Conn: the calls of a WebSocket server,
+	// handed over with Submit.
 	Protocol string
+	// Port is a ws listener's port, which names it and its subjects; the
+	// others take theirs from Conn.
+	Port uint16
 	// CoAP tunes the CoAP messaging layer of a coap listener.
 	CoAP coap.Config
 	// NATS is the connection to publish on. Required.
@@ -134,6 +140,11 @@ type Server struct {
 	fallenMu sync.Mutex
 	fallen   map[*nats.Msg]struct{}
 	nfallen  atomic.Int32
+
+	// submitMu guards accepting and, once Serve has started, the closing
+	// of queue on a ws listener: Submit never sends on a closed queue.
+	submitMu  sync.RWMutex
+	accepting bool
 
 	stats counters
 	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
@@ -257,7 +268,7 @@ type datagram struct {
 // server is misconfigured or the socket fails.
 func (s *Server) Serve(ctx context.Context) error {
 	if err := s.init(); err != nil {
-		s.Conn.Close()
+		s.closeConn()
 		return err
 	}
 	js, err := jetstream.New(s.NATS,
@@ -275,7 +286,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		jetstream.WithPublishAsyncErrHandler(s.captureFailed),
 	)
 	if err != nil {
-		s.Conn.Close()
+		s.closeConn()
 		return fmt.Errorf("ingress: %s: jetstream: %w", s.listener, err)
 	}
 
@@ -302,6 +313,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	done := make(chan struct{})
 	if s.coapEdge != nil {
 		sweeper.Go(func() { s.sweep(done) })
+	}
+	if s.Conn == nil {
+		s.serveSubmitted(ctx, queue)
+		publishers.Wait()
+		close(s.drained)
+		<-ctx.Done() // egress answers the exchanges through the calls
+		return nil
 	}
 	// The socket is closed, not closing, once Serve has returned: of two
 	// concurrent Closes, the second returns before the descriptor is
@@ -362,15 +380,71 @@ func (s *Server) Drained() <-chan struct{} {
 	return s.drained
 }
 
-func (s *Server) init() error {
-	if s.Conn == nil || s.NATS == nil || s.Table == nil || s.Node == "" {
-		return errors.New("ingress: Conn, NATS, Table and Node are required")
+// closeConn closes the socket, if there is one.
+func (s *Server) closeConn() {
+	if s.Conn != nil {
+		s.Conn.Close()
 	}
+}
+
+// serveSubmitted takes the calls of a ws listener through Submit until
+// Stop is closed or ctx ends, then closes queue: the publisher publishes
+// what was submitted, and Submit answers what comes later as unavailable.
+func (s *Server) serveSubmitted(ctx context.Context, queue chan datagram) {
+	s.submitMu.Lock()
+	s.accepting = true
+	s.submitMu.Unlock()
+	select {
+	case <-s.Stop: // nil: never
+	case <-ctx.Done():
+	}
+	s.submitMu.Lock()
+	s.accepting = false
+	close(queue)
+	s.submitMu.Unlock()
+}
+
+// Submit hands c, a call that remote sent to local in a message of a
+// WebSocket connection at at, to the publisher of a ws listener, without
+// waiting: when the queue is full, or the listener is not serving
+// (before Serve, after Stop), it answers c as unavailable
+// (STATUS_UNAVAILABLE), counted QueueFull. c's Reply goes where c was
+// decoded to write it (rpc.Edge.Decode). It is safe for concurrent use.
+func (s *Server) Submit(c *rpc.Call, remote, local netip.AddrPort, at time.Time) {
+	s.stats.received.Add(1)
+	d := datagram{data: c.Params, remote: remote, local: local, at: at, rpc: c}
+	s.submitMu.RLock()
+	queued := false
+	if s.accepting {
+		select {
+		case s.queue <- d:
+			queued = true
+		default:
+		}
+	}
+	s.submitMu.RUnlock()
+	if !queued {
+		s.stats.queueFull.Add(1)
+		c.Fail(exchange.Unavailable)
+	}
+}
+
+func (s *Server) init() error {
 	if s.Protocol == "" {
 		s.Protocol = schemas.ProtocolRaw
 	}
+	if s.Conn == nil && (s.Protocol != schemas.ProtocolWS || s.Port == 0) || s.NATS == nil || s.Table == nil || s.Node == "" {
+		return errors.New("ingress: Conn (Port on a ws listener), NATS, Table and Node are required")
+	}
 	switch s.Protocol {
 	case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC:
+		if s.Conn == nil {
+			return fmt.Errorf("ingress: a %s listener needs Conn", s.Protocol)
+		}
+	case schemas.ProtocolWS:
+		if s.Conn != nil {
+			return errors.New("ingress: a ws listener takes its calls through Submit, not from Conn")
+		}
 	default:
 		return fmt.Errorf("ingress: protocol %q is not supported", s.Protocol)
 	}
@@ -392,10 +466,15 @@ func (s *Server) init() error {
 	if s.Log == nil {
 		s.Log = slog.New(slog.DiscardHandler)
 	}
-	la := s.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	s.localAddr = netip.AddrPortFrom(la.Addr().Unmap(), la.Port())
-	s.wildcard = la.Addr().IsUnspecified()
-	s.port = la.Port()
+	if s.Conn != nil {
+		la := s.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+		s.localAddr = netip.AddrPortFrom(la.Addr().Unmap(), la.Port())
+		s.wildcard = la.Addr().IsUnspecified()
+		s.port = la.Port()
+	} else {
+		s.port = s.Port
+	}
+	s.Drained() // made before any goroutine that closes it
 	s.listener = schemas.Listener(s.port, s.Protocol)
 	s.reply = schemas.ReplySubject(s.Prefix, s.Node)
 	s.source = schemas.Source(s.Node, s.listener)
@@ -615,7 +694,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			Replier:   d.replier(),
 			Share:     s.share,
 		}, d.at)
-		if expired.Conn != nil {
+		if !expired.Deadline.IsZero() { // every exchange has a deadline, not every one a socket
 			s.stats.expired.Add(1)
 			if expired.Replier != nil {
 				expired.Replier.Fail(exchange.NoAnswer)

@@ -51,7 +51,7 @@ func Message(r Request) (msg *nats.Msg, capture string) {
 const (
 	rawHeaders  = 8 // ce-specversion, ce-id, ce-source, ce-type, remote, local, deadline, reply
 	coapHeaders = 4 // request line, content-format, accept, datagram head
-	rpcHeaders  = 3 // service, method, id
+	rpcHeaders  = 4 // service, method, id, the WebSocket connection
 )
 
 // The values newMessage computes, all kept in one string.
@@ -215,6 +215,9 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 		h.set(schemas.HeaderRPCService, r.RPC.Service)
 		h.set(schemas.HeaderRPCMethod, r.RPC.Method)
 		h.set(schemas.HeaderRPCID, val(valRPCID))
+		if r.RPC.Connection != "" {
+			h.set(schemas.HeaderWSConnection, r.RPC.Connection)
+		}
 	default:
 		h.set(schemas.HeaderType, schemas.TypeRaw)
 	}

@@ -94,6 +94,9 @@ const (
 	ProtocolRaw  = "raw"
 	ProtocolCoAP = "coap"
 	ProtocolRPC  = "rpc"
+	// ProtocolWS is a WebSocket listener: a TCP port whose messages are
+	// RPC calls, published as an rpc listener's are.
+	ProtocolWS = "ws"
 )
 
 // CloudEvents binary-mode headers carried by every request message.
