@@ -38,6 +38,7 @@ var layers = map[string]int{
 	"internal/config": 42,
 	// The request path's halves and the worker side.
 	"ingress":                  40,
+	"ws":                       40,
 	"egress":                   40,
 	"workers":                  40,
 	"workers/builtin":          40,

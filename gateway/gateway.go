@@ -28,6 +28,7 @@ import (
 	"github.com/udpgate/udpgate/internal/ratelog"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/ws"
 )
 
 // Listener is one bound socket and the protocol it speaks.
@@ -60,6 +61,13 @@ type Gateway struct {
 	// set from Prefix. An empty Name records none.
 	Replies   ingress.StreamConfig
 	Listeners []Listener
+	// WebSockets are the ws listeners: RPC over WebSocket on TCP
+	// sockets, beside the UDP listeners, sharing their table and egress.
+	// Set each one's Listener and limits; the gateway sets Publisher,
+	// Log if nil, and MaxMessage if zero (MaxDatagram), and closes the
+	// Listener. A ws port may not be a UDP listener's port: the port
+	// names the subjects.
+	WebSockets []*ws.Server
 
 	Deadline    time.Duration // per request; ingress.DefaultDeadline if zero
 	MaxDatagram int           // ingress.DefaultMaxDatagram if zero
@@ -146,7 +154,8 @@ type Gateway struct {
 type Stats struct {
 	Ingress map[string]ingress.Stats // by listener, PORT/PROTOCOL
 	CoAP    map[string]coap.Stats    // coap listeners, by PORT/PROTOCOL
-	RPC     map[string]rpc.Stats     // rpc listeners, by PORT/PROTOCOL
+	RPC     map[string]rpc.Stats     // rpc and ws listeners, by PORT/PROTOCOL
+	WS      map[string]ws.Stats      // ws listeners, by PORT/PROTOCOL
 	Guard   map[string]guard.Stats   // guarded listeners, by PORT/PROTOCOL
 	Egress  egress.Stats
 	// EgressByListener are the egress counters by listener, PORT/PROTOCOL
@@ -191,7 +200,7 @@ func (g *Gateway) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := Stats{
-		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{},
+		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{}, WS: map[string]ws.Stats{},
 		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{}, CaptureDiscarded: map[string]uint64{},
 		StreamsRecreated: g.recreated.Load(), StreamRechecks: g.rechecks.Load(),
 		Drains: g.drains.Load(), DrainLeft: g.drainLeft.Load(),
@@ -222,6 +231,9 @@ func (g *Gateway) Stats() Stats {
 			st.CoAP[name] = in.CoAPStats()
 		case schemas.ProtocolRPC:
 			st.RPC[name] = in.RPCStats()
+		case schemas.ProtocolWS:
+			st.RPC[name] = lv.ws.RPCStats()
+			st.WS[name] = lv.ws.Stats()
 		}
 	}
 	st.ListenersAdded, st.ListenersRemoved = g.added.Load(), g.removed.Load()
@@ -235,6 +247,9 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	closeAll := func() {
 		for _, l := range g.Listeners {
 			l.Conn.Close()
+		}
+		for _, w := range g.WebSockets {
+			w.Listener.Close()
 		}
 	}
 	if g.NATS == nil || g.Node == "" {
@@ -275,7 +290,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	}
 
 	table := exchange.NewTable(g.MaxPending)
-	share := listenerShare(g.ListenerMaxPending, table.Cap(), g.Listeners)
+	share := listenerShare(g.ListenerMaxPending, table.Cap(), g.Listeners, len(g.WebSockets))
 	interval := g.ServedInterval
 	if interval <= 0 {
 		interval = DefaultServedInterval
@@ -310,6 +325,9 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	lives := make([]*live, len(g.Listeners))
 	for i, l := range g.Listeners {
 		lives[i] = g.newLive(l, r, share)
+	}
+	for _, w := range g.WebSockets {
+		lives = append(lives, g.newWebSocket(w, r, share))
 	}
 	g.mu.Lock()
 	g.lives, g.egress, g.durables, g.groups, g.discards = lives, eg, durs, grs, dis
@@ -464,12 +482,13 @@ func (g *Gateway) ensureStreamsAgain(ctx context.Context, js jetstream.JetStream
 
 // listenerShare returns how many exchanges each listener may hold open in
 // a table of size slots: n if set, else half the table when two or more
-// listeners answer, and no limit (0) when only one does.
-func listenerShare(n, size int, ls []Listener) int {
+// listeners answer (ls and websockets ws listeners), and no limit (0) when
+// only one does.
+func listenerShare(n, size int, ls []Listener, websockets int) int {
 	if n > 0 {
 		return n
 	}
-	answering := 0
+	answering := websockets
 	for _, l := range ls {
 		if !l.NoReply {
 			answering++

@@ -14,6 +14,7 @@ import (
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/ws"
 )
 
 // live is one listener while the gateway serves it.
@@ -22,6 +23,7 @@ type live struct {
 	name     string // PORT/PROTOCOL
 	port     uint16
 	in       *ingress.Server
+	ws       *ws.Server    // a ws listener's WebSocket server; its Conn is nil
 	stop     chan struct{} // closed to stop reading (stopOnce)
 	stopOnce sync.Once
 	ctx      context.Context    // in.Serve's
@@ -32,6 +34,14 @@ type live struct {
 }
 
 func (l *live) stopReading() { l.stopOnce.Do(func() { close(l.stop) }) }
+
+// address is where the listener is bound.
+func (l *live) address() string {
+	if l.ws != nil {
+		return l.ws.Listener.Addr().String()
+	}
+	return l.Conn.LocalAddr().String()
+}
 
 // running is what listeners need of a serving gateway, set by Serve.
 type running struct {
@@ -90,11 +100,73 @@ func (g *Gateway) newLive(l Listener, r *running, share int) *live {
 	return lv
 }
 
+// newWebSocket makes the ws listener srv ready to serve, with the
+// gateway's settings and the share share of the pending table: a
+// WebSocket server whose calls an ingress server without a socket
+// publishes.
+func (g *Gateway) newWebSocket(srv *ws.Server, r *running, share int) *live {
+	port := srv.Port
+	if port == 0 {
+		port = uint16(srv.Listener.Addr().(*net.TCPAddr).Port)
+		srv.Port = port
+	}
+	lv := &live{
+		Listener: Listener{Protocol: schemas.ProtocolWS},
+		name:     schemas.Listener(port, schemas.ProtocolWS),
+		port:     port,
+		ws:       srv,
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	lv.in = &ingress.Server{
+		Protocol:           schemas.ProtocolWS,
+		Port:               port,
+		NATS:               g.NATS,
+		Table:              r.table,
+		Prefix:             g.Prefix,
+		Node:               g.Node,
+		Deadline:           g.Deadline,
+		Queue:              g.Queue,
+		MaxInFlight:        g.MaxInFlight,
+		ListenerMaxPending: share,
+		Log:                g.Log,
+		Captured:           r.dis.captured,
+		TracerProvider:     g.TracerProvider,
+		TraceSample:        g.TraceSample,
+		Stop:               lv.stop,
+	}
+	srv.Publisher = lv.in
+	if srv.Log == nil {
+		srv.Log = g.Log
+	}
+	if srv.MaxMessage <= 0 {
+		srv.MaxMessage = g.MaxDatagram
+	}
+	r.dis.addPort(port, lv.name)
+	lv.ctx, lv.cancel = context.WithCancel(r.ctx)
+	return lv
+}
+
 // serve runs lv until its context, a child of the parts' context, ends;
-// then its socket is closed.
+// then its socket is closed. A ws listener's WebSocket server runs as
+// long: its connections get the replies until then.
 func (lv *live) serve() error {
 	defer close(lv.done)
-	lv.err = lv.in.Serve(lv.ctx)
+	if lv.ws == nil {
+		lv.err = lv.in.Serve(lv.ctx)
+		return lv.err
+	}
+	var wg sync.WaitGroup
+	var wsErr error
+	ctx, cancel := context.WithCancel(lv.ctx)
+	wg.Go(func() {
+		wsErr = lv.ws.Serve(ctx)
+		cancel() // a failed WebSocket server stops the listener
+	})
+	lv.err = lv.in.Serve(ctx)
+	cancel()
+	wg.Wait()
+	lv.err = errors.Join(lv.err, wsErr)
 	return lv.err
 }
 
@@ -272,14 +344,17 @@ func (g *Gateway) forget(lv *live) {
 	g.indexLocked()
 }
 
-// Live returns the listeners the gateway serves now, those being removed
-// included, in the order they were added.
+// Live returns the UDP listeners the gateway serves now, those being
+// removed included, in the order they were added (ws listeners are not
+// among them).
 func (g *Gateway) Live() []Listener {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make([]Listener, len(g.lives))
-	for i, lv := range g.lives {
-		out[i] = lv.Listener
+	out := make([]Listener, 0, len(g.lives))
+	for _, lv := range g.lives {
+		if lv.ws == nil {
+			out = append(out, lv.Listener)
+		}
 	}
 	return out
 }

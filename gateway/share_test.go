@@ -90,7 +90,7 @@ func TestListenerShareDefault(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := listenerShare(tt.set, 1024, tt.ls); got != tt.want {
+			if got := listenerShare(tt.set, 1024, tt.ls, 0); got != tt.want {
 				t.Errorf("listenerShare(%d, 1024, %d listeners) = %d, want %d", tt.set, len(tt.ls), got, tt.want)
 			}
 		})

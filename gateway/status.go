@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -124,11 +123,10 @@ func (g *Gateway) Status(ctx context.Context) Status {
 	st.Groups = allGroups(v, d)
 	byPort := eg.PortStats()
 	for _, lv := range lives {
-		addr := lv.Conn.LocalAddr().(*net.UDPAddr)
 		port := lv.port
 		es := byPort[port]
 		ls := ListenerStatus{
-			Listener: lv.name, Address: addr.String(), Origin: lv.Origin, Subject: schemas.InSubject(g.Prefix, port),
+			Listener: lv.name, Address: lv.address(), Origin: lv.Origin, Subject: schemas.InSubject(g.Prefix, port),
 			Received: lv.in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
 			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
 			CaptureDiscarded: dis.count(port),

@@ -1,0 +1,559 @@
+// Package ws serves a ws listener: RPC calls over WebSocket (RFC 6455,
+// through github.com/coder/websocket), for clients that cannot send UDP,
+// such as browsers. Each message a client sends is one call, published as
+// an rpc listener's call is, and its Reply comes back on the same
+// connection:
+//
+//   - a binary message is an rpcpb.Call envelope, answered by an
+//     rpcpb.Reply as a binary message;
+//   - a text message is the standard base64 of a Call (padded or not),
+//     answered by the padded base64 of its Reply as a text message.
+//
+// A message larger than the limit closes the connection with 1009
+// (message too big); one that is not a Call, or not base64, with 1007
+// (invalid payload). Both are counted. A connection holds at most
+// MaxInFlight calls awaiting their reply; a call beyond that is answered
+// STATUS_RESOURCE_EXHAUSTED at once, unpublished.
+//
+// The server decodes calls (rpc.Edge.Decode) and hands them to its
+// Publisher, the listener's ingress, without waiting; egress answers
+// them through the call, which hands the encoded Reply to the
+// connection's writer goroutine without waiting either: neither the read
+// loop nor egress ever blocks on a client or on NATS.
+package ws
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/rpc"
+	"github.com/udpgate/udpgate/schemas/rpcpb"
+)
+
+// Defaults for the zero values of Server's fields.
+const (
+	DefaultPath           = "/"
+	DefaultMaxMessage     = 8192
+	DefaultMaxConnections = 10000
+	DefaultMaxInFlight    = 64
+	DefaultPing           = 30 * time.Second
+	DefaultIdle           = 10 * time.Minute
+)
+
+// Publisher takes the calls of the listener: ingress.Server.Submit. It
+// must not block; a call it cannot publish it answers itself (through
+// the call's Fail).
+type Publisher interface {
+	Submit(c *rpc.Call, remote, local netip.AddrPort, at time.Time)
+}
+
+// Server serves one ws listener. Set its fields, then call Serve once;
+// Stats is safe for concurrent use.
+type Server struct {
+	// Listener is the TCP socket; Serve closes it.
+	Listener net.Listener
+	// Port names the listener (its subjects, its exchanges); Listener's
+	// port if zero.
+	Port uint16
+	// Path is where the WebSocket is served (DefaultPath if empty);
+	// anything else is 404.
+	Path string
+	// Origins lists the origins allowed besides the request's own host,
+	// as patterns matched with path.Match, case-insensitively: against
+	// the origin's host ("example.com", "*.example.com"), or against
+	// "scheme://host" when the pattern has a scheme. An upgrade whose
+	// Origin header is another site's is refused (403); one without an
+	// Origin header (not a browser) is accepted. "*" allows every origin.
+	Origins []string
+	// MaxMessage is the largest Call accepted, in bytes
+	// (DefaultMaxMessage if zero); a text message may be its base64.
+	MaxMessage int
+	// MaxConnections bounds the open connections
+	// (DefaultMaxConnections if zero); an upgrade beyond is refused (503).
+	MaxConnections int
+	// MaxInFlight bounds the calls of one connection awaiting their
+	// reply (DefaultMaxInFlight if zero).
+	MaxInFlight int
+	// Ping is how often a connection is pinged; a connection whose pong
+	// does not come within Ping is closed (DefaultPing if zero; negative:
+	// no pings).
+	Ping time.Duration
+	// Idle closes a connection that sent no message for this long
+	// (DefaultIdle if zero; negative: never).
+	Idle time.Duration
+	// Publisher publishes the calls. Required.
+	Publisher Publisher
+	// Log receives errors; nothing per message above Debug. Nil discards.
+	Log *slog.Logger
+
+	o     options // the fields as resolved by Serve
+	edge  rpc.Edge
+	boot  string        // random, names this server in connection ids
+	seq   atomic.Uint64 // the last connection's number
+	open  atomic.Int64  // connections open now
+	stats counters
+
+	mu      sync.Mutex // guards conns and closing
+	conns   map[*websocket.Conn]struct{}
+	closing bool           // Serve is closing the connections: no more are served
+	wg      sync.WaitGroup // handlers with an upgraded connection
+}
+
+// Stats are a ws listener's counters.
+type Stats struct {
+	Connections int    // open now (a gauge)
+	Accepted    uint64 // upgrades accepted
+	// Refused upgrades, by reason: another site's Origin, the
+	// connection cap, or not a WebSocket upgrade (or the wrong path).
+	RefusedOrigin, RefusedFull, RefusedUpgrade uint64
+	MessagesIn                                 uint64 // data messages read
+	MessagesOut                                uint64 // replies written
+	TooLarge                                   uint64 // messages over the limit: the connection closed with 1009
+	BadBase64                                  uint64 // text messages that are not base64: closed with 1007
+	Malformed                                  uint64 // messages that are not a Call: closed with 1007
+	// Busy counts calls answered STATUS_RESOURCE_EXHAUSTED because their
+	// connection had MaxInFlight calls awaiting a reply.
+	Busy      uint64
+	IdleClose uint64 // connections closed after Idle without a message
+	PingFail  uint64 // connections closed because a pong did not come
+	// Dropped counts replies not written: their connection had closed.
+	Dropped uint64
+}
+
+type counters struct {
+	accepted, refusedOrigin, refusedFull, refusedUpgrade    atomic.Uint64
+	in, out, tooLarge, badBase64, busy, idle, ping, dropped atomic.Uint64
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Connections: int(s.open.Load()), Accepted: c.accepted.Load(),
+		RefusedOrigin: c.refusedOrigin.Load(), RefusedFull: c.refusedFull.Load(), RefusedUpgrade: c.refusedUpgrade.Load(),
+		MessagesIn: c.in.Load(), MessagesOut: c.out.Load(), TooLarge: c.tooLarge.Load(), BadBase64: c.badBase64.Load(),
+		Malformed: s.edge.Stats().Malformed, Busy: c.busy.Load(), IdleClose: c.idle.Load(), PingFail: c.ping.Load(),
+		Dropped: c.dropped.Load(),
+	}
+}
+
+// RPCStats returns the counters of the listener's envelopes.
+func (s *Server) RPCStats() rpc.Stats { return s.edge.Stats() }
+
+// Serve accepts upgrades until ctx ends, then closes the listener, closes
+// every connection (1001, going away) and returns nil once their handlers
+// have returned.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.Listener == nil || s.Publisher == nil {
+		if s.Listener != nil {
+			s.Listener.Close()
+		}
+		return errors.New("ws: Listener and Publisher are required")
+	}
+	s.init()
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.o.log.Handler(), slog.LevelDebug),
+		// A handler's context does not end with ctx: the connections are
+		// closed with a close frame first.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(s.Listener) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+	}
+	srv.Close() // the listener, and connections not upgraded
+	if err == nil {
+		<-served
+	}
+	s.mu.Lock()
+	s.closing = true
+	for c := range s.conns {
+		go c.Close(websocket.StatusGoingAway, "gateway stopping") // its handler waits for it
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("ws: %w", err)
+	}
+	return nil
+}
+
+// options are a Server's fields with their defaults, set by Serve.
+type options struct {
+	path                                    string
+	maxMessage, maxConnections, maxInFlight int
+	ping, idle                              time.Duration
+	log                                     *slog.Logger
+	port                                    uint16
+}
+
+func (s *Server) init() {
+	s.o = options{
+		path: cmp.Or(s.Path, DefaultPath), maxMessage: s.MaxMessage, maxConnections: s.MaxConnections,
+		maxInFlight: s.MaxInFlight, ping: cmp.Or(s.Ping, DefaultPing), idle: cmp.Or(s.Idle, DefaultIdle),
+		log: s.Log, port: s.Port,
+	}
+	if s.o.maxMessage <= 0 {
+		s.o.maxMessage = DefaultMaxMessage
+	}
+	if s.o.maxConnections <= 0 {
+		s.o.maxConnections = DefaultMaxConnections
+	}
+	if s.o.maxInFlight <= 0 {
+		s.o.maxInFlight = DefaultMaxInFlight
+	}
+	if s.o.log == nil {
+		s.o.log = slog.New(slog.DiscardHandler)
+	}
+	if s.o.port == 0 {
+		if a, ok := s.Listener.Addr().(*net.TCPAddr); ok {
+			s.o.port = uint16(a.Port)
+		}
+	}
+	s.edge.Socket = exchange.Exchange{Port: s.o.port}
+	s.edge.Log = s.o.log
+	var b [6]byte
+	rand.Read(b[:])
+	s.boot = hex.EncodeToString(b[:])
+	s.conns = map[*websocket.Conn]struct{}{}
+}
+
+// ServeHTTP upgrades a request for the Path to a WebSocket connection
+// and serves it until it closes.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != s.o.path {
+		s.stats.refusedUpgrade.Add(1)
+		http.NotFound(w, r)
+		return
+	}
+	if !s.allowOrigin(r) {
+		s.stats.refusedOrigin.Add(1)
+		http.Error(w, "origin not allowed", http.StatusForbidden)
+		return
+	}
+	if s.open.Add(1) > int64(s.o.maxConnections) {
+		s.open.Add(-1)
+		s.stats.refusedFull.Add(1)
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.open.Add(-1)
+	// The origin is checked above, with the same rules as Accept's.
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		s.stats.refusedUpgrade.Add(1) // Accept has answered
+		s.o.log.Debug("ws: upgrade", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	s.stats.accepted.Add(1)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.Close(websocket.StatusGoingAway, "gateway stopping")
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
+	var local netip.AddrPort
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
+		local = a.AddrPort()
+	}
+	cn := &conn{
+		s:      s,
+		c:      c,
+		id:     s.boot + "-" + strconv.FormatUint(s.seq.Add(1), 16),
+		remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
+		local:  netip.AddrPortFrom(local.Addr().Unmap(), local.Port()),
+		out:    make(chan reply, s.o.maxInFlight),
+		slots:  make(chan struct{}, s.o.maxInFlight),
+	}
+	cn.serve(r.Context())
+}
+
+// allowOrigin reports whether r's Origin, if any, is r's own host or
+// matches one of Origins.
+func (s *Server) allowOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range s.Origins {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, err := path.Match(strings.ToLower(p), strings.ToLower(target)); err == nil && ok {
+			return true
+		}
+	}
+	return false
+}
+
+// reply is a Reply on its way to the client.
+type reply struct {
+	b    []byte // the encoded Reply; owned by the reply
+	text bool   // send its base64 as a text message
+}
+
+// conn is one WebSocket connection.
+type conn struct {
+	s      *Server
+	c      *websocket.Conn
+	id     string
+	remote netip.AddrPort
+	local  netip.AddrPort
+	// out holds the replies for the writer. A call holds a slot from
+	// before it is published until its reply is written, so out never
+	// holds more than MaxInFlight replies, and a send to it never waits.
+	out   chan reply
+	slots chan struct{}
+	last  atomic.Int64 // when the client last sent a message, Unix nanoseconds
+}
+
+// serve runs the connection: the read loop here, the writer and the
+// pinger beside it, until the connection closes.
+func (cn *conn) serve(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	cn.last.Store(time.Now().UnixNano())
+	wg.Go(func() { cn.write(ctx) })
+	if cn.s.o.ping > 0 || cn.s.o.idle > 0 {
+		wg.Go(func() { cn.watch(ctx) })
+	}
+	err := cn.read(ctx)
+	cn.s.o.log.Debug("ws: connection closed", "connection", cn.id, "err", err)
+	cn.c.CloseNow()
+}
+
+// read is the read loop: one reused buffer, a non-blocking hand-off to
+// the publisher per call.
+func (cn *conn) read(ctx context.Context) error {
+	s := cn.s
+	textMax := base64.StdEncoding.EncodedLen(s.o.maxMessage)
+	cn.c.SetReadLimit(int64(textMax))
+	// Room for one byte more than the library reads past the limit: it
+	// stops the message itself, and closes the connection with 1009.
+	buf := make([]byte, textMax+2)
+	call := make([]byte, s.o.maxMessage+1)
+	for {
+		typ, r, err := cn.c.Reader(ctx)
+		if err != nil {
+			return err
+		}
+		n, err := readMessage(r, buf)
+		if errors.Is(err, websocket.ErrMessageTooBig) {
+			s.stats.tooLarge.Add(1) // the library has closed the connection with 1009
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		at := time.Now()
+		cn.last.Store(at.UnixNano())
+		s.stats.in.Add(1)
+		b := buf[:n]
+		text := typ == websocket.MessageText
+		if text {
+			if b, err = decodeText(call, b); err != nil {
+				s.stats.badBase64.Add(1)
+				return cn.c.Close(websocket.StatusInvalidFramePayloadData, "not the base64 of an RPC Call")
+			}
+		}
+		if len(b) > s.o.maxMessage {
+			s.stats.tooLarge.Add(1)
+			return cn.c.Close(websocket.StatusMessageTooBig, "larger than "+strconv.Itoa(s.o.maxMessage)+" bytes")
+		}
+		c := s.edge.Decode(b, cn.id, cn.remote, cn.local, func(b []byte) error { return cn.reply(b, text) })
+		if c == nil {
+			return cn.c.Close(websocket.StatusInvalidFramePayloadData, "not an RPC Call with a service and a method")
+		}
+		select {
+		case cn.slots <- struct{}{}:
+		default:
+			// Answered at once, by the read loop: a client that does not
+			// read its replies stalls its own reads only.
+			s.stats.busy.Add(1)
+			rb, _ := proto.Marshal(&rpcpb.Reply{Id: c.ID, Status: rpcpb.Status_STATUS_RESOURCE_EXHAUSTED, Error: "too many calls in flight on this connection"})
+			if err := cn.send(ctx, reply{rb, text}); err != nil {
+				return err
+			}
+			continue
+		}
+		s.Publisher.Submit(c, cn.remote, cn.local, at)
+	}
+}
+
+// readMessage reads the message r into buf, and returns its length;
+// the connection's read limit stops a message longer than len(buf)-2.
+func readMessage(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if n == len(buf) {
+			return n, websocket.ErrMessageTooBig
+		}
+	}
+}
+
+// decodeText decodes b, standard base64 with or without padding, into
+// dst, which has room for a Call one byte over the limit. It never writes
+// beyond dst: a longer decoding is reported by its length.
+func decodeText(dst, b []byte) ([]byte, error) {
+	enc := base64.StdEncoding
+	if len(b)%4 != 0 {
+		enc = base64.RawStdEncoding
+	}
+	if enc.DecodedLen(len(b)) > len(dst) {
+		return dst[:len(dst)], nil // over the limit: counted by the caller as too large
+	}
+	n, err := enc.Decode(dst, b)
+	if err != nil {
+		return nil, err
+	}
+	return dst[:n], nil
+}
+
+// reply hands the encoded Reply b to the writer; called once per call,
+// by egress or the sweep, or by the publisher that could not publish it.
+// It never waits: a call holds a slot, and out has one per slot.
+func (cn *conn) reply(b []byte, text bool) error {
+	select {
+	case cn.out <- reply{b, text}:
+		return nil
+	default:
+		cn.s.stats.dropped.Add(1)
+		return errors.New("ws: connection " + cn.id + ": no room for a reply")
+	}
+}
+
+// write writes the replies in out until ctx ends, freeing the call's slot
+// after each.
+func (cn *conn) write(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-cn.out:
+			err := cn.send(ctx, r)
+			<-cn.slots
+			if err != nil {
+				cn.s.o.log.Debug("ws: write", "connection", cn.id, "err", err)
+				cn.c.CloseNow()
+				return
+			}
+		}
+	}
+}
+
+// send writes one reply; a client that does not take it within the
+// ping interval (or 30 s) is gone.
+func (cn *conn) send(ctx context.Context, r reply) error {
+	wait := cn.s.o.ping
+	if wait <= 0 {
+		wait = DefaultPing
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	typ, b := websocket.MessageBinary, r.b
+	if r.text {
+		typ, b = websocket.MessageText, base64.StdEncoding.AppendEncode(nil, r.b)
+	}
+	if err := cn.c.Write(ctx, typ, b); err != nil {
+		return err
+	}
+	cn.s.stats.out.Add(1)
+	return nil
+}
+
+// watch closes the connection once the client has sent nothing for Idle,
+// and pings it every Ping, closing it when a pong does not come within
+// Ping, until ctx ends. It looks every Ping (or Idle, without pings), so
+// an idle connection is closed between Idle and Idle plus that.
+func (cn *conn) watch(ctx context.Context) {
+	s := cn.s
+	every := s.o.ping
+	if every <= 0 {
+		every = s.o.idle
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if s.o.idle > 0 && now.Sub(time.Unix(0, cn.last.Load())) >= s.o.idle {
+				s.stats.idle.Add(1)
+				cn.c.Close(websocket.StatusPolicyViolation, "idle for "+s.o.idle.String())
+				return
+			}
+		}
+		if s.o.ping <= 0 {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.o.ping)
+		err := cn.c.Ping(pctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				s.stats.ping.Add(1)
+				cn.c.CloseNow()
+			}
+			return
+		}
+	}
+}
