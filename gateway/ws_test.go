@@ -101,8 +101,12 @@ func TestWSGetRandom(t *testing.T) {
 	url, s := wsGateway(t, g, &ws.Server{})
 	port := strings.TrimSuffix(url[strings.LastIndex(url, ":")+1:], "/")
 	// A plain subscription sees the requests as every worker does.
-	seen, err := natstest.Connect(t, s).SubscribeSync("udpgate.in." + port + ".>")
+	nc := natstest.Connect(t, s)
+	seen, err := nc.SubscribeSync("udpgate.in." + port + ".>")
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	for _, mode := range []struct {
@@ -159,7 +163,11 @@ func TestWSStatuses(t *testing.T) {
 	url, s := wsGateway(t, g, &ws.Server{Path: "/rpc", MaxInFlight: 1})
 	port := strings.TrimSuffix(url[strings.LastIndex(url, ":")+1:], "/rpc")
 	// A group that takes Slow/Wait and never answers.
-	if _, err := natstest.Connect(t, s).QueueSubscribe("udpgate.in."+port+".Slow.Wait", "slow", func(*nats.Msg) {}); err != nil {
+	nc := natstest.Connect(t, s)
+	if _, err := nc.QueueSubscribe("udpgate.in."+port+".Slow.Wait", "slow", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil { // the server has the subscription
 		t.Fatal(err)
 	}
 	c := dialWS(t, url)
