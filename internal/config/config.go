@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"reflect"
 	"slices"
 	"strconv"
@@ -99,6 +100,11 @@ type env struct {
 	BridgeToken            string `envconfig:"BRIDGE_TOKEN" desc:"leased listeners over HTTP (/v1/udp/...): the bearer token callers must send (never printed); empty: HTTP leases are off, NATS ones follow NATS permissions"`
 	BridgeMaxBindings      string `envconfig:"BRIDGE_MAX_BINDINGS" default:"64" desc:"leased listeners alive at once on this node"`
 	BridgeSendAllow        string `envconfig:"BRIDGE_SEND_ALLOW" desc:"destinations a lease may send to besides the addresses that sent to it, comma-separated CIDR"`
+	WSOrigins              string `envconfig:"WS_ORIGINS" desc:"ws listeners: origins allowed besides the page's own host, comma-separated patterns (example.com, *.example.com, https://app.example.com; *: any); empty: same origin only (clients without Origin, not browsers, are always accepted)"`
+	WSMaxConnections       string `envconfig:"WS_MAX_CONNECTIONS" default:"10000" desc:"ws listeners: open WebSocket connections per listener; more are refused (503)"`
+	WSMaxInFlight          string `envconfig:"WS_MAX_INFLIGHT" default:"64" desc:"ws listeners: calls of one connection awaiting their reply; more are answered STATUS_RESOURCE_EXHAUSTED"`
+	WSPing                 string `envconfig:"WS_PING" default:"30s" desc:"ws listeners: how often a connection is pinged; one whose pong does not come as soon is closed (0: no pings)"`
+	WSIdle                 string `envconfig:"WS_IDLE" default:"10m" desc:"ws listeners: a connection that sent no message for this long is closed (0: never)"`
 	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
 }
 
@@ -154,6 +160,16 @@ type Config struct {
 	// ListenersFile is the path of the listener file; "" for none.
 	ListenersFile string
 	Bridge        Bridge
+	WS            WS
+}
+
+// WS configures every ws listener (each one's path is its own).
+type WS struct {
+	Origins        []string // patterns of allowed origins besides the page's own host
+	MaxConnections int
+	MaxInFlight    int           // per connection
+	Ping           time.Duration // 0: no pings
+	Idle           time.Duration // 0: never closed for idleness
 }
 
 // Bridge configures leased listeners (the koi_udp API, over HTTP and
@@ -232,6 +248,9 @@ type Listener struct {
 	Addr     netip.AddrPort // address 0.0.0.0 when none was given
 	Protocol string
 	Options  string // ;KEY=VALUE... overriding the guard's defaults, checked (guard_config.go)
+	// Path is where a ws listener serves its WebSocket (option path=,
+	// "/" by default); empty for the others.
+	Path string
 	// NoReply (option reply=off, raw only): datagrams are captured and
 	// published, and never answered.
 	NoReply bool
@@ -239,12 +258,17 @@ type Listener struct {
 
 func (l Listener) String() string { return l.Addr.String() + "/" + l.Protocol }
 
-// Network is the socket network for the listener's address.
+// Network is the socket network for the listener's address: TCP for a
+// ws listener, UDP for the others.
 func (l Listener) Network() string {
-	if l.Addr.Addr().Is4() {
-		return "udp4"
+	n := "udp"
+	if l.Protocol == schemas.ProtocolWS {
+		n = "tcp"
 	}
-	return "udp6"
+	if l.Addr.Addr().Is4() {
+		return n + "4"
+	}
+	return n + "6"
 }
 
 const Prefix = "UDPGATE"
@@ -469,6 +493,17 @@ func (e env) parse(environ []string) (Config, error) {
 	}
 	c.Bridge.Token = Secret(e.BridgeToken)
 	integer("BRIDGE_MAX_BINDINGS", e.BridgeMaxBindings, 1, 1<<16, &c.Bridge.MaxBindings)
+	for _, o := range SplitList(e.WSOrigins) {
+		if _, err := path.Match(o, ""); err != nil || strings.ContainsAny(o, "/ ") && !strings.Contains(o, "://") {
+			bad("WS_ORIGINS", "%q is not a host pattern (example.com, *.example.com) or scheme://host pattern", o)
+			continue
+		}
+		c.WS.Origins = append(c.WS.Origins, o)
+	}
+	integer("WS_MAX_CONNECTIONS", e.WSMaxConnections, 1, 1<<20, &c.WS.MaxConnections)
+	integer("WS_MAX_INFLIGHT", e.WSMaxInFlight, 1, 1<<16, &c.WS.MaxInFlight)
+	duration("WS_PING", e.WSPing, 0, &c.WS.Ping)
+	duration("WS_IDLE", e.WSIdle, 0, &c.WS.Idle)
 	if ps, err := guard.ParsePrefixes(e.BridgeSendAllow); err != nil {
 		bad("BRIDGE_SEND_ALLOW", "%v", err)
 	} else {
@@ -626,33 +661,76 @@ func ParseListeners(s string) ([]Listener, error) {
 
 func parseListener(f string) (Listener, error) {
 	entry, opts, _ := strings.Cut(f, ";")
-	if err := checkListenerOptions(opts); err != nil {
-		return Listener{}, fmt.Errorf("%q: %v", f, err)
-	}
 	hostport, proto, ok := strings.Cut(entry, "/")
 	if !ok {
 		return Listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
 	}
+	if proto != schemas.ProtocolWS {
+		if err := checkListenerOptions(opts); err != nil {
+			return Listener{}, fmt.Errorf("%q: %v", f, err)
+		}
+	}
 	switch proto {
 	case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC:
+		if _, ok := wsPath(opts); ok {
+			return Listener{}, fmt.Errorf("%q: path= is for ws listeners", f)
+		}
+	case schemas.ProtocolWS:
+		if opts != "" {
+			path, _ := wsPath(opts)
+			if opts != "path="+path {
+				return Listener{}, fmt.Errorf("%q: a ws listener takes only the option path=/PATH (the guard's options are for UDP listeners)", f)
+			}
+			if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?# ") {
+				return Listener{}, fmt.Errorf("%q: path=%s: want an absolute path like /rpc", f, path)
+			}
+			ap, err := listenerAddr(hostport)
+			if err != nil {
+				return Listener{}, fmt.Errorf("%q: %v", f, err)
+			}
+			return Listener{Addr: ap, Protocol: proto, Options: opts, Path: path}, nil
+		}
 	default:
-		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc)", f, proto)
+		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc, ws)", f, proto)
 	}
-	if !strings.Contains(hostport, ":") {
-		hostport = "0.0.0.0:" + hostport
-	}
-	ap, err := parseHostPort(hostport)
+	ap, err := listenerAddr(hostport)
 	if err != nil {
 		return Listener{}, fmt.Errorf("%q: %v", f, err)
 	}
-	if ap.Port() == 0 {
-		return Listener{}, fmt.Errorf("%q: port must be 1..65535", f)
+	if proto == schemas.ProtocolWS {
+		return Listener{Addr: ap, Protocol: proto, Path: "/"}, nil
 	}
 	noReply := replyOff(opts)
 	if noReply && proto != schemas.ProtocolRaw {
 		return Listener{}, fmt.Errorf("%q: reply=off is for raw listeners: CoAP and RPC clients expect an answer", f)
 	}
 	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply}, nil
+}
+
+// listenerAddr parses a listener's [ADDR:]PORT, 0.0.0.0 when no address
+// is given.
+func listenerAddr(hostport string) (netip.AddrPort, error) {
+	if !strings.Contains(hostport, ":") {
+		hostport = "0.0.0.0:" + hostport
+	}
+	ap, err := parseHostPort(hostport)
+	if err != nil {
+		return ap, err
+	}
+	if ap.Port() == 0 {
+		return ap, errors.New("port must be 1..65535")
+	}
+	return ap, nil
+}
+
+// wsPath returns the value of a path= option among opts.
+func wsPath(opts string) (string, bool) {
+	for _, kv := range strings.Split(opts, ";") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(kv), "path="); ok {
+			return strings.TrimSpace(v), true
+		}
+	}
+	return "", false
 }
 
 func parseHostPort(s string) (netip.AddrPort, error) {

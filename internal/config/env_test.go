@@ -97,6 +97,13 @@ func TestParseListeners(t *testing.T) {
 		{"9000/udp", nil, "unknown protocol"},
 		{"9000/raw,9000/coap", nil, "already a raw listener"},
 		{"host:9000/raw", nil, "not IP:PORT"},
+		{"8080/ws", []string{"0.0.0.0:8080/ws"}, ""},
+		{"127.0.0.1:8080/ws;path=/rpc", []string{"127.0.0.1:8080/ws"}, ""},
+		{"8080/ws;path=rpc", nil, "want an absolute path"},
+		{"8080/ws;rate=5", nil, "only the option path="},
+		{"8080/ws;path=/a;path=/b", nil, "only the option path="},
+		{"7000/rpc;path=/rpc", nil, "path"},
+		{"7000/rpc,7000/ws", nil, "already a rpc listener"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -118,6 +125,29 @@ func TestParseListeners(t *testing.T) {
 				t.Errorf("got %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestWSListenerAndVariables(t *testing.T) {
+	ls, err := ParseListeners("8080/ws;path=/rpc,8081/ws")
+	if err != nil || len(ls) != 2 || ls[0].Path != "/rpc" || ls[1].Path != "/" || ls[0].Network() != "tcp4" {
+		t.Fatalf("%+v, %v", ls, err)
+	}
+	e := defaults(t)
+	e.WSOrigins = "example.com, *.example.org,https://app.example.net"
+	c, err := e.parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.WS; len(w.Origins) != 3 || w.MaxConnections != 10000 || w.MaxInFlight != 64 || w.Ping != 30*time.Second || w.Idle != 10*time.Minute {
+		t.Errorf("ws defaults %+v", w)
+	}
+	e.WSOrigins, e.WSMaxConnections, e.WSMaxInFlight, e.WSPing, e.WSIdle = "[bad", "0", "x", "-1s", "soon"
+	_, err = e.parse(nil)
+	for _, want := range []string{"UDPGATE_WS_ORIGINS:", "UDPGATE_WS_MAX_CONNECTIONS:", "UDPGATE_WS_MAX_INFLIGHT:", "UDPGATE_WS_PING:", "UDPGATE_WS_IDLE:"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,6 +17,8 @@ import (
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/observe"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/ws"
 )
 
 // NewGateway binds the listeners (or takes them from inh, sockets handed
@@ -53,6 +56,15 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		Log:                log,
 	}
 	for _, l := range listeners {
+		if l.Protocol == schemas.ProtocolWS {
+			ln, err := (&net.ListenConfig{}).Listen(ctx, l.Network(), l.Addr.String())
+			if err != nil {
+				CloseListeners(g)
+				return nil, &ListenerError{Listener: l, Err: err}
+			}
+			g.WebSockets = append(g.WebSockets, WebSocket(cfg.WS, ln, l.Path))
+			continue
+		}
 		gd, err := guard.New(cfg.ListenerGuard(l))
 		if err != nil {
 			CloseListeners(g)
@@ -83,10 +95,33 @@ func (e *ListenerError) Error() string {
 }
 func (e *ListenerError) Unwrap() error { return e.Err }
 
+// WebSocket returns the server of a ws listener on ln, serving path,
+// with the limits of c.
+func WebSocket(c config.WS, ln net.Listener, path string) *ws.Server {
+	off := func(d time.Duration) time.Duration {
+		if d == 0 {
+			return -1 // the server's "never"
+		}
+		return d
+	}
+	return &ws.Server{
+		Listener:       ln,
+		Path:           path,
+		Origins:        c.Origins,
+		MaxConnections: c.MaxConnections,
+		MaxInFlight:    c.MaxInFlight,
+		Ping:           off(c.Ping),
+		Idle:           off(c.Idle),
+	}
+}
+
 // CloseListeners closes the sockets of a gateway that will not Serve.
 func CloseListeners(g *gateway.Gateway) {
 	for _, l := range g.Listeners {
 		l.Conn.Close()
+	}
+	for _, w := range g.WebSockets {
+		w.Listener.Close()
 	}
 }
 

@@ -117,8 +117,15 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, opts Option
 		}
 		return nil, err
 	}
-	for _, l := range n.Gateway.Listeners {
-		n.Ports = append(n.Ports, l.Conn.LocalAddr().(*net.UDPAddr).AddrPort())
+	udp, tcp := n.Gateway.Listeners, n.Gateway.WebSockets
+	for _, l := range opts.Listeners {
+		if l.Protocol == schemas.ProtocolWS {
+			n.Ports = append(n.Ports, tcp[0].Listener.Addr().(*net.TCPAddr).AddrPort())
+			tcp = tcp[1:]
+			continue
+		}
+		n.Ports = append(n.Ports, udp[0].Conn.LocalAddr().(*net.UDPAddr).AddrPort())
+		udp = udp[1:]
 	}
 	for _, w := range opts.Workers {
 		h, ok := builtin.Lookup(w.Name)
