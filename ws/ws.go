@@ -348,8 +348,9 @@ type conn struct {
 	remote netip.AddrPort
 	local  netip.AddrPort
 	// out holds the replies for the writer. A call holds a slot from
-	// before it is published until its reply is written, so out never
-	// holds more than MaxInFlight replies, and a send to it never waits.
+	// before it is published until the writer takes its reply from out,
+	// so out never holds more than MaxInFlight replies, and a send to it
+	// never waits.
 	out   chan reply
 	slots chan struct{}
 	last  atomic.Int64 // when the client last sent a message, Unix nanoseconds
@@ -480,16 +481,16 @@ func (cn *conn) reply(b []byte, text bool) error {
 	}
 }
 
-// write writes the replies in out until ctx ends, freeing the call's slot
-// after each.
+// write writes the replies in out until ctx ends, freeing each one's
+// slot as it takes it.
 func (cn *conn) write(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case r := <-cn.out:
+			<-cn.slots // before the client can see the reply and send the next call
 			err := cn.send(ctx, r)
-			<-cn.slots
 			if err != nil {
 				cn.s.o.log.Debug("ws: write", "connection", cn.id, "err", err)
 				cn.c.CloseNow()
