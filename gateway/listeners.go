@@ -160,6 +160,12 @@ func (lv *live) serve() error {
 	var wsErr error
 	ctx, cancel := context.WithCancel(lv.ctx)
 	wg.Go(func() {
+		select {
+		case <-lv.in.Accepting(): // connections wait in the socket's backlog until then
+		case <-ctx.Done():
+			lv.ws.Listener.Close()
+			return
+		}
 		wsErr = lv.ws.Serve(ctx)
 		cancel() // a failed WebSocket server stops the listener
 	})

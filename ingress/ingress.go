@@ -143,8 +143,10 @@ type Server struct {
 
 	// submitMu guards accepting and, once Serve has started, the closing
 	// of queue on a ws listener: Submit never sends on a closed queue.
-	submitMu  sync.RWMutex
-	accepting bool
+	submitMu      sync.RWMutex
+	accepting     bool
+	acceptingOnce sync.Once
+	acceptingCh   chan struct{} // see Accepting
 
 	stats counters
 	msgs  sync.Pool // of *nats.Msg: request messages to reuse, see recycle
@@ -394,6 +396,8 @@ func (s *Server) serveSubmitted(ctx context.Context, queue chan datagram) {
 	s.submitMu.Lock()
 	s.accepting = true
 	s.submitMu.Unlock()
+	s.Accepting()
+	close(s.acceptingCh)
 	select {
 	case <-s.Stop: // nil: never
 	case <-ctx.Done():
@@ -402,6 +406,14 @@ func (s *Server) serveSubmitted(ctx context.Context, queue chan datagram) {
 	s.accepting = false
 	close(queue)
 	s.submitMu.Unlock()
+}
+
+// Accepting returns a channel that is closed once a ws listener's Submit
+// takes calls: start the WebSocket server then, and no call is refused
+// for arriving before the publisher.
+func (s *Server) Accepting() <-chan struct{} {
+	s.acceptingOnce.Do(func() { s.acceptingCh = make(chan struct{}) })
+	return s.acceptingCh
 }
 
 // Submit hands c, a call that remote sent to local in a message of a
