@@ -459,7 +459,7 @@ func decodeText(dst, b []byte) ([]byte, error) {
 		enc = base64.RawStdEncoding
 	}
 	if enc.DecodedLen(len(b)) > len(dst) {
-		return dst[:len(dst)], nil // over the limit: counted by the caller as too large
+		return dst, nil // over the limit: counted by the caller as too large
 	}
 	n, err := enc.Decode(dst, b)
 	if err != nil {
