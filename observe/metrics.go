@@ -125,6 +125,29 @@ var (
 	descDiscovery = prometheus.NewDesc("udpgate_coap_discovery_total",
 		"CoAP resource discovery requests (GET /.well-known/core) no group serves, answered by the gateway from the groups' resources.", listenerLabels, nil)
 
+	// A ws listener's connections and messages.
+	descWSConnections = prometheus.NewDesc("udpgate_ws_connections",
+		"WebSocket connections of a ws listener open now.", listenerLabels, nil)
+	descWSAccepted = prometheus.NewDesc("udpgate_ws_connections_accepted_total",
+		"WebSocket upgrades a ws listener accepted.", listenerLabels, nil)
+	descWSRefused = prometheus.NewDesc("udpgate_ws_upgrades_refused_total",
+		"HTTP requests a ws listener refused, by reason: origin (403), full (503, the connection cap), not_websocket (no valid upgrade, or another path).",
+		[]string{"port", "protocol", "reason"}, nil)
+	descWSIn = prometheus.NewDesc("udpgate_ws_messages_received_total",
+		"Data messages read from a ws listener's connections.", listenerLabels, nil)
+	descWSOut = prometheus.NewDesc("udpgate_ws_messages_sent_total",
+		"Reply messages written to a ws listener's connections.", listenerLabels, nil)
+	descWSRejected = prometheus.NewDesc("udpgate_ws_messages_rejected_total",
+		"Messages of a ws listener that closed their connection, by reason: too_large (1009), bad_base64 and malformed (1007).",
+		[]string{"port", "protocol", "reason"}, nil)
+	descWSBusy = prometheus.NewDesc("udpgate_ws_calls_busy_total",
+		"Calls answered STATUS_RESOURCE_EXHAUSTED, unpublished, because their connection had its limit of calls in flight.", listenerLabels, nil)
+	descWSClosed = prometheus.NewDesc("udpgate_ws_connections_closed_total",
+		"Connections a ws listener closed because the client was silent, by reason: idle (no message for the idle time), no_pong (a ping unanswered).",
+		[]string{"port", "protocol", "reason"}, nil)
+	descWSDropped = prometheus.NewDesc("udpgate_ws_replies_dropped_total",
+		"Replies of a ws listener not written: their connection had closed.", listenerLabels, nil)
+
 	// A worker group as the gateway sees it, from its latest discovery:
 	// gauges, since a group's figures fall when an instance leaves.
 	descGroupInstances = prometheus.NewDesc("udpgate_worker_instances",
@@ -154,6 +177,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
+		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -242,6 +266,22 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			} {
 				counter(descRPC, k.n, port, k.kind)
 			}
+		}
+		if w, ok := st.WS[name]; ok {
+			ch <- prometheus.MustNewConstMetric(descWSConnections, prometheus.GaugeValue, float64(w.Connections), port, protocol)
+			counter(descWSAccepted, w.Accepted, port, protocol)
+			counter(descWSRefused, w.RefusedOrigin, port, protocol, "origin")
+			counter(descWSRefused, w.RefusedFull, port, protocol, "full")
+			counter(descWSRefused, w.RefusedUpgrade, port, protocol, "not_websocket")
+			counter(descWSIn, w.MessagesIn, port, protocol)
+			counter(descWSOut, w.MessagesOut, port, protocol)
+			counter(descWSRejected, w.TooLarge, port, protocol, "too_large")
+			counter(descWSRejected, w.BadBase64, port, protocol, "bad_base64")
+			counter(descWSRejected, w.Malformed, port, protocol, "malformed")
+			counter(descWSBusy, w.Busy, port, protocol)
+			counter(descWSClosed, w.IdleClose, port, protocol, "idle")
+			counter(descWSClosed, w.PingFail, port, protocol, "no_pong")
+			counter(descWSDropped, w.Dropped, port, protocol)
 		}
 	}
 	counter(descUnknown, st.Egress.Unknown)
