@@ -213,7 +213,6 @@ func (b *Bridge) reap() {
 	b.mu.Unlock()
 	for _, bd := range expired {
 		if b.close(bd, "expired") != nil {
-			b.reaped.Add(1)
 			b.Log.Info("bridge: lease expired; closed", "id", bd.id, "listener", bd.name, "kind", bd.kind)
 		}
 	}
@@ -387,6 +386,11 @@ func (b *Bridge) close(bd *binding, reason string) <-chan struct{} {
 		return nil
 	}
 	delete(b.bindings, bd.id)
+	if reason == "expired" {
+		// Counted as it leaves the table: whoever sees it gone sees it
+		// counted.
+		b.reaped.Add(1)
+	}
 	b.mu.Unlock()
 	bd.shut(reason)
 	c, err := b.Gateway.RemoveListener(bd.name)
