@@ -32,7 +32,11 @@ func (b *Bridge) Register(reg prometheus.Registerer) error {
 
 type collector struct{ b *Bridge }
 
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
+func (c collector) Describe(ch chan<- *prometheus.Desc) { Describe(ch) }
+
+// Describe sends the description of every metric of the bridge (for
+// docs/metrics.md's test in observe).
+func Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBindings, descBindingsMax, descCreated, descDatagrams, descBytes,
 		descSSEClients, descSSEDropped, descReaped, descRefused} {
 		ch <- d

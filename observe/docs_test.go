@@ -8,12 +8,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/udpgate/udpgate/bridge"
 	"github.com/udpgate/udpgate/gateway"
 )
 
 // TestMetricsDocumented: docs/metrics.md has a row for every metric of
-// the gateway, the listener file, the NATS connection, the workers and
-// the Lambda bridge, naming its labels (in the row, or above the
+// the gateway, the listener file, the NATS connection, the workers, the
+// Lambda bridge and the leased listeners (package bridge), naming its labels (in the row, or above the
 // section's table).
 func TestMetricsDocumented(t *testing.T) {
 	doc, err := os.ReadFile("../docs/metrics.md")
@@ -26,6 +27,7 @@ func TestMetricsDocumented(t *testing.T) {
 	} {
 		c.Describe(ch)
 	}
+	bridge.Describe(ch)
 	close(ch)
 	name := regexp.MustCompile(`fqName: "([^"]+)"`)
 	labels := regexp.MustCompile(`variableLabels: \{([^}]*)\}`)
