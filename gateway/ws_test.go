@@ -148,7 +148,11 @@ func TestWSGetRandom(t *testing.T) {
 	for n := range g.Stats().WS {
 		name = n
 	}
-	waitFor(t, "the capture copies", func() bool { return g.Stats().Ingress[name].Captured == 6 })
+	// A reply is counted once written, so the client may read it first.
+	waitFor(t, "the capture copies and the replies counted", func() bool {
+		st := g.Stats()
+		return st.Ingress[name].Captured == 6 && st.WS[name].MessagesOut == 6
+	})
 	st := g.Stats()
 	if w := st.WS[name]; w.Accepted != 2 || w.MessagesIn != 6 || w.MessagesOut != 6 {
 		t.Errorf("ws stats %+v", w)
