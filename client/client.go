@@ -1,6 +1,7 @@
 // Package client sends requests to a udpgate gateway, or to any UDP service,
-// and waits for their replies: plain datagrams (udp://), CoAP (coap://) and
-// the udpgate RPC envelope (rpc://). It is what `udpgate send` runs, and it
+// and waits for their replies: plain datagrams (udp://), CoAP (coap://), and
+// the udpgate RPC envelope over UDP (rpc://) or WebSocket (ws://, wss://,
+// see WSConn). It is what `udpgate send` runs, and it
 // prints nothing: every outcome is a value (a Result, a Rejection, Stats), so
 // that other tools, a benchmark for one, can reuse it.
 //
@@ -16,7 +17,7 @@
 // id, on an exponential backoff (Options.Wait, Factor and Timeout) until a
 // valid reply arrives or the give-up time passes. CoAP requests are
 // retransmitted and split into blocks by go-coap's client, as RFC 7252 and
-// RFC 7959 describe.
+// RFC 7959 describe. A ws:// call is sent once, on a TCP connection.
 package client
 
 import (
@@ -82,6 +83,9 @@ type Options struct {
 	Method string
 	// ContentFormat is the CoAP request's Content-Format; nil sends none.
 	ContentFormat *uint16
+	// Text sends a ws:// call as the base64 of its envelope in a text
+	// message rather than as a binary message. Other schemes ignore it.
+	Text bool
 }
 
 func (o Options) wait() time.Duration {
@@ -113,13 +117,15 @@ type Result struct {
 	Body []byte
 	// From is the address the accepted reply came from.
 	From netip.AddrPort
-	// Tries is how many copies of the request were sent (udp, rpc); 0 for
-	// CoAP, whose retransmissions go-coap makes and does not count.
+	// Tries is how many copies of the request were sent (udp, rpc; 1 for
+	// ws); 0 for CoAP, whose retransmissions go-coap makes and does not
+	// count.
 	Tries int
 	// Latency is the time from the first copy to the accepted reply.
 	Latency time.Duration
-	// Rejected lists the datagrams that arrived during the exchange (or
-	// since the previous one ended) and were not accepted as its reply.
+	// Rejected lists the datagrams (ws: messages) that arrived during the
+	// exchange (or since the previous one ended) and were not accepted as
+	// its reply.
 	Rejected []Rejection
 
 	// Code is the CoAP response code (class << 5 | detail, as go-coap's
@@ -173,9 +179,17 @@ type Conn struct {
 
 	buf []byte // read buffer of udp and rpc exchanges, owned by Do
 
-	// rpc
+	// rpc and ws
 	service, method string
 	known           *Method // nil: params and body are raw bytes
+
+	// ws: the connection, and the replies its reader hands to Do (closed
+	// when the connection ends, wsErr set before)
+	ws        *WSConn
+	wsIn      chan []byte
+	wsErr     error
+	done      chan struct{} // closed by Close: the reader stops
+	closeOnce sync.Once
 
 	// coap
 	coap     *coapclient.Conn
@@ -193,8 +207,10 @@ const maxRejected = 64
 //	udp://HOST:PORT
 //	coap://HOST[:PORT]/PATH[?QUERY]      (port 5683 if absent)
 //	rpc://HOST:PORT/SERVICE/METHOD
+//	ws://HOST:PORT[/PATH]/SERVICE/METHOD (or wss://; see ParseWS)
 //
-// Dial binds an unconnected "watch" socket to a free port with SO_REUSEPORT,
+// For ws:// Dial opens the WebSocket connection, within Options.Timeout
+// (see DialWS). For the others, it binds an unconnected "watch" socket to a free port with SO_REUSEPORT,
 // then a second socket to the same port, connected to the target. For a
 // datagram arriving on that port the kernel prefers the socket whose
 // connected peer matches the datagram's source; a datagram from any other
@@ -227,6 +243,8 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 		if m, ok := LookupMethod(c.service, c.method); ok {
 			c.known = &m
 		}
+	case "ws", "wss":
+		return dialWS(ctx, c, rawURL)
 	case "coap":
 		if port == "" {
 			port = "5683"
@@ -247,7 +265,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 			}
 		}
 	default:
-		return nil, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT, coap://HOST[:PORT]/PATH or rpc://HOST:PORT/SERVICE/METHOD", rawURL)}
+		return nil, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT, coap://HOST[:PORT]/PATH, rpc://HOST:PORT/SERVICE/METHOD or ws://HOST:PORT[/PATH]/SERVICE/METHOD", rawURL)}
 	}
 	p, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || p == 0 {
@@ -350,17 +368,25 @@ func (c *Conn) takeRejected(res *Result) {
 	c.mu.Unlock()
 }
 
-// Remote returns the target's address.
+// Remote returns the target's address (for ws://, the address the TCP
+// connection was made to).
 func (c *Conn) Remote() netip.AddrPort { return c.remote }
 
-// LocalAddr returns the local address of the connected socket.
+// LocalAddr returns the local address of the connected socket; the zero
+// AddrPort for ws://.
 func (c *Conn) LocalAddr() netip.AddrPort {
+	if c.ws != nil {
+		return netip.AddrPort{}
+	}
 	return c.conn.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // Close closes the sockets and waits for the watch socket's reader. It is
 // idempotent.
 func (c *Conn) Close() error {
+	if c.ws != nil {
+		return c.closeWS()
+	}
 	var err error
 	if c.coap != nil {
 		err = c.coap.Close()
@@ -377,7 +403,7 @@ func (c *Conn) Close() error {
 }
 
 // Do sends payload and waits for the reply. For udp:// the payload is the
-// datagram; for rpc:// it is the call's params, as JSON when the method is
+// datagram; for rpc:// and ws:// it is the call's params, as JSON when the method is
 // known (LookupMethod) and as raw bytes otherwise; for coap:// it is the
 // request's payload. The Result is filled in as far as the exchange got,
 // also when Do returns an error; the error wraps ErrNoReply when no valid
@@ -392,6 +418,8 @@ func (c *Conn) Do(ctx context.Context, payload []byte) (Result, error) {
 		res, err = c.exchange(ctx, payload, rawMatcher(payload))
 	case "rpc":
 		res, err = c.doRPC(ctx, payload)
+	case "ws", "wss":
+		res, err = c.doWS(ctx, payload)
 	default:
 		res, err = c.doCoAP(ctx, payload)
 	}

@@ -56,7 +56,7 @@ func LookupMethod(service, method string) (Method, bool) {
 	return found, ok
 }
 
-// Method returns the RPC method of an rpc:// Conn, if the client knows its
+// Method returns the RPC method of an rpc:// or ws:// Conn, if the client knows its
 // messages.
 func (c *Conn) Method() (Method, bool) {
 	if c.known == nil {
@@ -68,23 +68,9 @@ func (c *Conn) Method() (Method, bool) {
 // doRPC sends one Call with a fresh random id and accepts only a Reply with
 // the same id.
 func (c *Conn) doRPC(ctx context.Context, payload []byte) (Result, error) {
-	params := payload
-	if c.known != nil {
-		m := c.known.Request.New().Interface()
-		if len(bytes.TrimSpace(payload)) > 0 {
-			if err := protojson.Unmarshal(payload, m); err != nil {
-				return Result{ContentFormat: -1}, fmt.Errorf("client: params for %s/%s: %w", c.service, c.method, err)
-			}
-		}
-		var err error
-		if params, err = proto.Marshal(m); err != nil {
-			return Result{ContentFormat: -1}, fmt.Errorf("client: params for %s/%s: %w", c.service, c.method, err)
-		}
-	}
-	id := rand.Uint64()
-	call, err := proto.Marshal(&rpcpb.Call{Id: id, Service: c.service, Method: c.method, Params: params})
+	id, call, err := c.call(payload)
 	if err != nil {
-		return Result{ContentFormat: -1}, fmt.Errorf("client: %w", err)
+		return Result{ContentFormat: -1}, err
 	}
 	var reply rpcpb.Reply
 	res, err := c.exchange(ctx, call, func(b []byte) (bool, string) {
@@ -99,13 +85,42 @@ func (c *Conn) doRPC(ctx context.Context, payload []byte) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	return res, c.setReply(&res, &reply)
+}
+
+// call encodes a Call of payload (see Do) with a fresh random id.
+func (c *Conn) call(payload []byte) (uint64, []byte, error) {
+	params := payload
+	if c.known != nil {
+		m := c.known.Request.New().Interface()
+		if len(bytes.TrimSpace(payload)) > 0 {
+			if err := protojson.Unmarshal(payload, m); err != nil {
+				return 0, nil, fmt.Errorf("client: params for %s/%s: %w", c.service, c.method, err)
+			}
+		}
+		var err error
+		if params, err = proto.Marshal(m); err != nil {
+			return 0, nil, fmt.Errorf("client: params for %s/%s: %w", c.service, c.method, err)
+		}
+	}
+	id := rand.Uint64()
+	call, err := proto.Marshal(&rpcpb.Call{Id: id, Service: c.service, Method: c.method, Params: params})
+	if err != nil {
+		return 0, nil, fmt.Errorf("client: %w", err)
+	}
+	return id, call, nil
+}
+
+// setReply fills res in from reply, decoding its body when the method is
+// known.
+func (c *Conn) setReply(res *Result, reply *rpcpb.Reply) error {
 	res.Status, res.Error, res.Body = reply.Status, reply.Error, reply.Body
 	if c.known != nil && reply.Status == rpcpb.Status_STATUS_OK {
 		m := c.known.Response.New().Interface()
 		if err := proto.Unmarshal(reply.Body, m); err != nil {
-			return res, fmt.Errorf("client: reply body of %s/%s: %w", c.service, c.method, err)
+			return fmt.Errorf("client: reply body of %s/%s: %w", c.service, c.method, err)
 		}
 		res.Response = m
 	}
-	return res, nil
+	return nil
 }

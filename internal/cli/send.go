@@ -26,14 +26,18 @@ import (
 func newSendCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "send URL [PAYLOAD]",
-		Short: "send a request (udp://, coap://, rpc://) and print the reply",
+		Short: "send a request (udp://, coap://, rpc://, ws://) and print the reply",
 		Long: `Sends a request and prints the reply on standard output; without PAYLOAD the
 payload is read from standard input (not for a CoAP GET or DELETE).
-  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD
-A request is sent again on a backoff until a reply comes or --timeout passes.`,
+  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY], rpc://HOST:PORT/SERVICE/METHOD
+       or ws://HOST:PORT[/PATH]/SERVICE/METHOD (wss:// too): an RPC call on a ws
+       listener served at PATH (/ if none), in a binary message (--text: base64)
+A request over UDP is sent again on a backoff until a reply comes or --timeout
+passes; a ws:// call is sent once, on one connection, and waits --timeout.`,
 		Example: `  udpgate send udp://127.0.0.1:9000 hello
   udpgate send coap://127.0.0.1/time
   udpgate send rpc://127.0.0.1:7000/InterestingPlaces/GetRandom '{"limit": 2}'
+  udpgate send ws://127.0.0.1:8080/rpc/InterestingPlaces/GetRandom '{"limit": 2}'
   udpgate send --count 100 udp://127.0.0.1:9000 ping`,
 		Args: cobra.RangeArgs(1, 2),
 	}
@@ -45,12 +49,13 @@ A request is sent again on a backoff until a reply comes or --timeout passes.`,
 	timeout := fs.Duration("timeout", sendTimeout, "give up on a request this long after its first copy (longer than the gateway's UDPGATE_DEADLINE, 5s, so that its answer to a request no worker answered in time, a CoAP 5.04 or an RPC DEADLINE_EXCEEDED, arrives)")
 	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
+	text := fs.Bool("text", false, "ws://: send each call as base64 in a text message (answered in kind) rather than binary")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 		if *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {
 			return usageErrorf(cmd, "--count must be at least 1, --wait and --timeout positive, --factor at least 1, --content-format at most 65535")
 		}
-		return send(ctx, args, sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose}, stdout, stderr)
+		return send(ctx, args, sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text}, stdout, stderr)
 	}
 	return cmd
 }
@@ -67,12 +72,13 @@ type sendOptions struct {
 	factor        float64
 	count         int
 	verbose       bool
+	text          bool
 }
 
 // send sends the request(s) of `udpgate send`.
 func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.Writer) error {
 	method, format, wait, factor, timeout, count, verbose := &o.method, &o.format, &o.wait, &o.factor, &o.timeout, &o.count, &o.verbose
-	opts := client.Options{Wait: *wait, Factor: *factor, Timeout: *timeout, Method: *method}
+	opts := client.Options{Wait: *wait, Factor: *factor, Timeout: *timeout, Method: *method, Text: o.text}
 	if *format >= 0 {
 		cf := uint16(*format)
 		opts.ContentFormat = &cf
