@@ -136,6 +136,7 @@ func (g *Gateway) newWebSocket(srv *ws.Server, r *running, share int) *live {
 		Stop:               lv.stop,
 	}
 	srv.Publisher = lv.in
+	srv.NATS, srv.Prefix = g.NATS, g.Prefix
 	if srv.Log == nil {
 		srv.Log = g.Log
 	}

@@ -171,6 +171,9 @@ type Server struct {
 	idSeq     uint64                         // NoReply: the last id's sequence number; publisher only
 	tracer    trace.Tracer                   // nil when nothing is traced
 	spanName  string
+	// eventStream publishes a ws listener's events' capture copies; set
+	// by Serve before Submit takes calls.
+	eventStream atomic.Pointer[jetstream.JetStream]
 }
 
 // A Tap sees a listener's datagrams as they are read: remote sent data
@@ -227,12 +230,18 @@ type Stats struct {
 	// PendingLimit is the most exchanges the listener may hold open
 	// (ListenerMaxPending as resolved); 0 when only the table's size limits it.
 	PendingLimit int
+	// Events counts a ws listener's connection events published
+	// ($connect, $disconnect); EventsCaptured their capture copies
+	// acknowledged, EventCaptureFailed those refused, not acknowledged
+	// or not published (a gap in the capture).
+	Events, EventsCaptured, EventCaptureFailed uint64
 }
 
 type counters struct {
 	received, published, captured, republished, tooLarge, queueFull, tableFull atomic.Uint64
 	inFlight, natsDown, publishFailed, captureFailed, expired, readErrors      atomic.Uint64
 	captureRetried, fallback                                                   atomic.Uint64
+	events, eventsCaptured, eventCaptureFailed                                 atomic.Uint64
 	kernelDrops, listenerFull                                                  atomic.Uint64
 }
 
@@ -245,6 +254,7 @@ func (s *Server) Stats() Stats {
 		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), ListenerFull: c.listenerFull.Load(),
 		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(),
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
+		Events: c.events.Load(), EventsCaptured: c.eventsCaptured.Load(), EventCaptureFailed: c.eventCaptureFailed.Load(),
 	}
 	if sh := s.shared.Load(); sh != nil {
 		st.Pending, st.PendingLimit = sh.Len(), sh.Max
@@ -292,6 +302,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		return fmt.Errorf("ingress: %s: jetstream: %w", s.listener, err)
 	}
 
+	if s.Conn == nil {
+		events, err := s.newEventStream()
+		if err != nil {
+			return fmt.Errorf("ingress: %s: jetstream: %w", s.listener, err)
+		}
+		s.eventStream.Store(&events)
+	}
 	queue := s.queue
 	// Capture copies of an answering listener are published by a
 	// goroutine of their own, so that the publisher's work per request

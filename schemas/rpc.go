@@ -14,12 +14,6 @@ const (
 	HeaderRPCError   = "udpgate-rpc-error"   // reply: the error message for people
 )
 
-// HeaderWSConnection is set on calls from a ws listener: the id of the
-// WebSocket connection the call came on, opaque, unique in the gateway
-// node's lifetime (letters, digits and '-', so it is a subject token as
-// it is).
-const HeaderWSConnection = "udpgate-ws-connection"
-
 // RPCSubject returns the subject of a call on port:
 // PREFIX.in.PORT.SERVICE.METHOD, service and method escaped with
 // EscapeToken.

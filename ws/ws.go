@@ -44,10 +44,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/rpc"
+	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
 
@@ -59,13 +61,19 @@ const (
 	DefaultMaxInFlight    = 64
 	DefaultPing           = 30 * time.Second
 	DefaultIdle           = 10 * time.Minute
+	DefaultConnectWait    = 500 * time.Millisecond
+	DefaultMaxPush        = 64
+	// MaxPushBytes is the largest message a worker may push.
+	MaxPushBytes = 64 << 10
 )
 
-// Publisher takes the calls of the listener: ingress.Server.Submit. It
-// must not block; a call it cannot publish it answers itself (through
-// the call's Fail).
+// Publisher takes the calls and the connection events of the listener:
+// an ingress.Server. Submit must not block; a call it cannot publish it
+// answers itself (through the call's Fail). Event publishes an event,
+// as a request whose first reply within wait it returns if wait > 0.
 type Publisher interface {
 	Submit(c *rpc.Call, remote, local netip.AddrPort, at time.Time)
+	Event(ctx context.Context, route string, ev *schemas.WSEvent, wait time.Duration) (*nats.Msg, error)
 }
 
 // Server serves one ws listener. Set its fields, then call Serve once;
@@ -102,7 +110,20 @@ type Server struct {
 	// Idle closes a connection that sent no message for this long
 	// (DefaultIdle if zero; negative: never).
 	Idle time.Duration
-	// Publisher publishes the calls. Required.
+	// ConnectWait is how long a new connection waits for a reply to its
+	// $connect event, which may refuse it, before its first message is
+	// read (DefaultConnectWait if zero; negative: $connect is published
+	// and not waited for). With no subscriber there is no wait.
+	ConnectWait time.Duration
+	// MaxPush bounds the messages pushed to one connection and not yet
+	// written (DefaultMaxPush if zero): a push beyond closes the
+	// connection, a client too slow to read them.
+	MaxPush int
+	// NATS, if not nil, takes pushes and closes for the listener's
+	// connections, on schemas.WSPushSubject under Prefix.
+	NATS   *nats.Conn
+	Prefix string
+	// Publisher publishes the calls and events. Required.
 	Publisher Publisher
 	// Log receives errors; nothing per message above Debug. Nil discards.
 	Log *slog.Logger
@@ -115,7 +136,7 @@ type Server struct {
 	stats counters
 
 	mu      sync.Mutex // guards conns and closing
-	conns   map[*websocket.Conn]struct{}
+	conns   map[string]*conn // by id
 	closing bool           // Serve is closing the connections: no more are served
 	wg      sync.WaitGroup // handlers with an upgraded connection
 }
@@ -139,11 +160,19 @@ type Stats struct {
 	PingFail  uint64 // connections closed because a pong did not come
 	// Dropped counts replies not written: their connection had closed.
 	Dropped uint64
+	// RefusedConnect counts connections a $connect reply refused.
+	RefusedConnect uint64
+	// Pushes counts messages workers pushed that were written;
+	// PushRefused pushes and closes refused (unknown connection, too
+	// large, not text); SlowClose connections closed because their
+	// pushes were not read; WorkerClose connections a worker closed.
+	Pushes, PushRefused, SlowClose, WorkerClose uint64
 }
 
 type counters struct {
 	accepted, refusedOrigin, refusedFull, refusedUpgrade    atomic.Uint64
 	in, out, tooLarge, badBase64, busy, idle, ping, dropped atomic.Uint64
+	refusedConnect, pushes, pushRefused, slow, workerClose  atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -154,7 +183,8 @@ func (s *Server) Stats() Stats {
 		RefusedOrigin: c.refusedOrigin.Load(), RefusedFull: c.refusedFull.Load(), RefusedUpgrade: c.refusedUpgrade.Load(),
 		MessagesIn: c.in.Load(), MessagesOut: c.out.Load(), TooLarge: c.tooLarge.Load(), BadBase64: c.badBase64.Load(),
 		Malformed: s.edge.Stats().Malformed, Busy: c.busy.Load(), IdleClose: c.idle.Load(), PingFail: c.ping.Load(),
-		Dropped: c.dropped.Load(),
+		Dropped: c.dropped.Load(), RefusedConnect: c.refusedConnect.Load(), Pushes: c.pushes.Load(),
+		PushRefused: c.pushRefused.Load(), SlowClose: c.slow.Load(), WorkerClose: c.workerClose.Load(),
 	}
 }
 
@@ -172,6 +202,14 @@ func (s *Server) Serve(ctx context.Context) error {
 		return errors.New("ws: Listener and Publisher are required")
 	}
 	s.init()
+	if s.NATS != nil {
+		sub, err := s.NATS.Subscribe(schemas.WSPushWildcard(s.o.prefix, s.boot), s.onPush)
+		if err != nil {
+			s.Listener.Close()
+			return fmt.Errorf("ws: subscribe to pushes: %w", err)
+		}
+		defer sub.Unsubscribe() // after the connections have closed: a push finds none
+	}
 	srv := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -193,8 +231,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.closing = true
-	for c := range s.conns {
-		go c.Close(websocket.StatusGoingAway, "gateway stopping") // its handler waits for it
+	for _, cn := range s.conns {
+		cn.close(websocket.StatusGoingAway, "gateway stopping") // its handler waits for it
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -211,16 +249,22 @@ func (s *Server) Serve(ctx context.Context) error {
 type options struct {
 	path                                    string
 	maxMessage, maxConnections, maxInFlight int
-	ping, idle                              time.Duration
+	ping, idle, connectWait                 time.Duration
+	maxPush                                 int
 	log                                     *slog.Logger
 	port                                    uint16
+	prefix                                  string
 }
 
 func (s *Server) init() {
 	s.o = options{
 		path: cmp.Or(s.Path, DefaultPath), maxMessage: s.MaxMessage, maxConnections: s.MaxConnections,
 		maxInFlight: s.MaxInFlight, ping: cmp.Or(s.Ping, DefaultPing), idle: cmp.Or(s.Idle, DefaultIdle),
-		log: s.Log, port: s.Port,
+		log: s.Log, port: s.Port, connectWait: cmp.Or(s.ConnectWait, DefaultConnectWait), maxPush: s.MaxPush,
+		prefix: cmp.Or(s.Prefix, schemas.DefaultPrefix),
+	}
+	if s.o.maxPush <= 0 {
+		s.o.maxPush = DefaultMaxPush
 	}
 	if s.o.maxMessage <= 0 {
 		s.o.maxMessage = DefaultMaxMessage
@@ -244,7 +288,7 @@ func (s *Server) init() {
 	var b [6]byte
 	rand.Read(b[:])
 	s.boot = hex.EncodeToString(b[:])
-	s.conns = map[*websocket.Conn]struct{}{}
+	s.conns = map[string]*conn{}
 }
 
 // ServeHTTP upgrades a request for the Path to a WebSocket connection
@@ -276,21 +320,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.stats.accepted.Add(1)
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		c.Close(websocket.StatusGoingAway, "gateway stopping")
-		return
-	}
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
 	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	var local netip.AddrPort
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
@@ -299,13 +328,34 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cn := &conn{
 		s:      s,
 		c:      c,
-		id:     s.boot + "-" + strconv.FormatUint(s.seq.Add(1), 16),
+		id:     s.boot + "." + strconv.FormatUint(s.seq.Add(1), 16),
 		remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
 		local:  netip.AddrPortFrom(local.Addr().Unmap(), local.Port()),
 		out:    make(chan reply, s.o.maxInFlight),
 		slots:  make(chan struct{}, s.o.maxInFlight),
+		pushes: make(chan reply, s.o.maxPush),
+		opened: time.Now(),
 	}
-	cn.serve(r.Context())
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.Close(websocket.StatusGoingAway, "gateway stopping")
+		return
+	}
+	s.conns[cn.id] = cn
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, cn.id)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	if !cn.connect(r) {
+		return
+	}
+	err = cn.serve(r.Context())
+	cn.disconnect(err)
 }
 
 // allowOrigin reports whether r's Origin, if any, is r's own host or
@@ -337,7 +387,8 @@ func (s *Server) allowOrigin(r *http.Request) bool {
 // reply is a Reply on its way to the client.
 type reply struct {
 	b    []byte // the encoded Reply; owned by the reply
-	text bool   // send its base64 as a text message
+	text bool   // send its base64 as a text message; a push: send b as a text message
+	push bool   // b is a worker's message, sent as it is
 }
 
 // conn is one WebSocket connection.
@@ -353,12 +404,21 @@ type conn struct {
 	// never waits.
 	out   chan reply
 	slots chan struct{}
-	last  atomic.Int64 // when the client last sent a message, Unix nanoseconds
+	// pushes holds the messages workers pushed, for the writer; one that
+	// does not fit closes the connection.
+	pushes chan reply
+	last   atomic.Int64 // when the client last sent a message, Unix nanoseconds
+	opened time.Time
+	// closing is how the gateway closed the connection, if it did: the
+	// first close wins, and the $disconnect event reports it.
+	closeOnce sync.Once
+	closing   atomic.Pointer[closeFrame]
 }
 
 // serve runs the connection: the read loop here, the writer and the
-// pinger beside it, until the connection closes.
-func (cn *conn) serve(ctx context.Context) {
+// pinger beside it, until the connection closes; it returns the read
+// loop's error.
+func (cn *conn) serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -371,6 +431,7 @@ func (cn *conn) serve(ctx context.Context) {
 	err := cn.read(ctx)
 	cn.s.o.log.Debug("ws: connection closed", "connection", cn.id, "err", err)
 	cn.c.CloseNow()
+	return err
 }
 
 // read is the read loop: one reused buffer, a non-blocking hand-off to
@@ -390,7 +451,8 @@ func (cn *conn) read(ctx context.Context) error {
 		}
 		n, err := readMessage(r, buf)
 		if errors.Is(err, websocket.ErrMessageTooBig) {
-			s.stats.tooLarge.Add(1) // the library has closed the connection with 1009
+			s.stats.tooLarge.Add(1) // the library closes the connection with 1009
+			cn.closing.CompareAndSwap(nil, &closeFrame{websocket.StatusMessageTooBig, "message too big"})
 			return err
 		}
 		if err != nil {
@@ -404,16 +466,16 @@ func (cn *conn) read(ctx context.Context) error {
 		if text {
 			if b, err = decodeText(call, b); err != nil {
 				s.stats.badBase64.Add(1)
-				return cn.c.Close(websocket.StatusInvalidFramePayloadData, "not the base64 of an RPC Call")
+				return cn.closeWait(websocket.StatusInvalidFramePayloadData, "not the base64 of an RPC Call")
 			}
 		}
 		if len(b) > s.o.maxMessage {
 			s.stats.tooLarge.Add(1)
-			return cn.c.Close(websocket.StatusMessageTooBig, "larger than "+strconv.Itoa(s.o.maxMessage)+" bytes")
+			return cn.closeWait(websocket.StatusMessageTooBig, "larger than "+strconv.Itoa(s.o.maxMessage)+" bytes")
 		}
 		c := s.edge.Decode(b, cn.id, cn.remote, cn.local, func(b []byte) error { return cn.reply(b, text) })
 		if c == nil {
-			return cn.c.Close(websocket.StatusInvalidFramePayloadData, "not an RPC Call with a service and a method")
+			return cn.closeWait(websocket.StatusInvalidFramePayloadData, "not an RPC Call with a service and a method")
 		}
 		select {
 		case cn.slots <- struct{}{}:
@@ -422,7 +484,7 @@ func (cn *conn) read(ctx context.Context) error {
 			// read its replies stalls its own reads only.
 			s.stats.busy.Add(1)
 			rb, _ := proto.Marshal(&rpcpb.Reply{Id: c.ID, Status: rpcpb.Status_STATUS_RESOURCE_EXHAUSTED, Error: "too many calls in flight on this connection"})
-			if err := cn.send(ctx, reply{rb, text}); err != nil {
+			if err := cn.send(ctx, reply{b: rb, text: text}); err != nil {
 				return err
 			}
 			continue
@@ -473,7 +535,7 @@ func decodeText(dst, b []byte) ([]byte, error) {
 // It never waits: a call holds a slot, and out has one per slot.
 func (cn *conn) reply(b []byte, text bool) error {
 	select {
-	case cn.out <- reply{b, text}:
+	case cn.out <- reply{b: b, text: text}:
 		return nil
 	default:
 		cn.s.stats.dropped.Add(1)
@@ -481,26 +543,31 @@ func (cn *conn) reply(b []byte, text bool) error {
 	}
 }
 
-// write writes the replies in out until ctx ends, freeing each one's
-// slot as it takes it.
+// write writes the replies in out and the messages in pushes until ctx
+// ends, freeing each reply's slot as it takes it.
 func (cn *conn) write(ctx context.Context) {
 	for {
+		var err error
 		select {
 		case <-ctx.Done():
 			return
 		case r := <-cn.out:
 			<-cn.slots // before the client can see the reply and send the next call
-			err := cn.send(ctx, r)
-			if err != nil {
-				cn.s.o.log.Debug("ws: write", "connection", cn.id, "err", err)
-				cn.c.CloseNow()
-				return
+			err = cn.send(ctx, r)
+		case p := <-cn.pushes:
+			if err = cn.send(ctx, p); err == nil {
+				cn.s.stats.pushes.Add(1)
 			}
+		}
+		if err != nil {
+			cn.s.o.log.Debug("ws: write", "connection", cn.id, "err", err)
+			cn.c.CloseNow()
+			return
 		}
 	}
 }
 
-// send writes one reply; a client that does not take it within the
+// send writes one reply or push; a client that does not take it within the
 // ping interval (or 30 s) is gone.
 func (cn *conn) send(ctx context.Context, r reply) error {
 	wait := cn.s.o.ping
@@ -510,13 +577,18 @@ func (cn *conn) send(ctx context.Context, r reply) error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	typ, b := websocket.MessageBinary, r.b
-	if r.text {
+	switch {
+	case r.text && r.push:
+		typ = websocket.MessageText
+	case r.text:
 		typ, b = websocket.MessageText, base64.StdEncoding.AppendEncode(nil, r.b)
 	}
 	if err := cn.c.Write(ctx, typ, b); err != nil {
 		return err
 	}
-	cn.s.stats.out.Add(1)
+	if !r.push {
+		cn.s.stats.out.Add(1)
+	}
 	return nil
 }
 
@@ -539,7 +611,7 @@ func (cn *conn) watch(ctx context.Context) {
 		case now := <-t.C:
 			if s.o.idle > 0 && now.Sub(time.Unix(0, cn.last.Load())) >= s.o.idle {
 				s.stats.idle.Add(1)
-				cn.c.Close(websocket.StatusPolicyViolation, "idle for "+s.o.idle.String())
+				cn.closeWait(websocket.StatusPolicyViolation, "idle for "+s.o.idle.String())
 				return
 			}
 		}
@@ -552,6 +624,7 @@ func (cn *conn) watch(ctx context.Context) {
 		if err != nil {
 			if ctx.Err() == nil {
 				s.stats.ping.Add(1)
+				cn.closing.CompareAndSwap(nil, &closeFrame{websocket.StatusAbnormalClosure, "no pong within " + s.o.ping.String()})
 				cn.c.CloseNow()
 			}
 			return

@@ -105,6 +105,8 @@ type env struct {
 	WSMaxInFlight          string `envconfig:"WS_MAX_INFLIGHT" default:"64" desc:"ws listeners: calls of one connection awaiting their reply; more are answered STATUS_RESOURCE_EXHAUSTED"`
 	WSPing                 string `envconfig:"WS_PING" default:"30s" desc:"ws listeners: how often a connection is pinged; one whose pong does not come as soon is closed (0: no pings)"`
 	WSIdle                 string `envconfig:"WS_IDLE" default:"10m" desc:"ws listeners: a connection that sent no message for this long is closed (0: never)"`
+	WSConnectWait          string `envconfig:"WS_CONNECT_WAIT" default:"500ms" desc:"ws listeners: how long a new connection waits for a reply to its $connect event, which may refuse it (0: $connect is published, not waited for; no subscriber: no wait)"`
+	WSMaxPush              string `envconfig:"WS_MAX_PUSH" default:"64" desc:"ws listeners: messages pushed to one connection and not yet written; a push beyond closes the connection (a client too slow to read)"`
 	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
 }
 
@@ -170,6 +172,8 @@ type WS struct {
 	MaxInFlight    int           // per connection
 	Ping           time.Duration // 0: no pings
 	Idle           time.Duration // 0: never closed for idleness
+	ConnectWait    time.Duration // for a $connect reply; 0: published, not waited for
+	MaxPush        int           // pushed messages not yet written, per connection
 }
 
 // Bridge configures leased listeners (the koi_udp API, over HTTP and
@@ -504,6 +508,8 @@ func (e env) parse(environ []string) (Config, error) {
 	integer("WS_MAX_INFLIGHT", e.WSMaxInFlight, 1, 1<<16, &c.WS.MaxInFlight)
 	duration("WS_PING", e.WSPing, 0, &c.WS.Ping)
 	duration("WS_IDLE", e.WSIdle, 0, &c.WS.Idle)
+	duration("WS_CONNECT_WAIT", e.WSConnectWait, 0, &c.WS.ConnectWait)
+	integer("WS_MAX_PUSH", e.WSMaxPush, 1, 1<<16, &c.WS.MaxPush)
 	if ps, err := guard.ParsePrefixes(e.BridgeSendAllow); err != nil {
 		bad("BRIDGE_SEND_ALLOW", "%v", err)
 	} else {

@@ -144,7 +144,7 @@ func TestWSListenerAndVariables(t *testing.T) {
 	}
 	e.WSOrigins, e.WSMaxConnections, e.WSMaxInFlight, e.WSPing, e.WSIdle = "[bad", "0", "x", "-1s", "soon"
 	_, err = e.parse(nil)
-	for _, want := range []string{"UDPGATE_WS_ORIGINS:", "UDPGATE_WS_MAX_CONNECTIONS:", "UDPGATE_WS_MAX_INFLIGHT:", "UDPGATE_WS_PING:", "UDPGATE_WS_IDLE:"} {
+	for _, want := range []string{"UDPGATE_WS_ORIGINS:", "UDPGATE_WS_MAX_CONNECTIONS:", "UDPGATE_WS_MAX_INFLIGHT:", "UDPGATE_WS_PING:", "UDPGATE_WS_IDLE:", "UDPGATE_WS_CONNECT_WAIT:", "UDPGATE_WS_MAX_PUSH:"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

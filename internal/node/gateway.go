@@ -112,6 +112,8 @@ func WebSocket(c config.WS, ln net.Listener, path string) *ws.Server {
 		MaxInFlight:    c.MaxInFlight,
 		Ping:           off(c.Ping),
 		Idle:           off(c.Idle),
+		ConnectWait:    off(c.ConnectWait),
+		MaxPush:        c.MaxPush,
 	}
 }
 
