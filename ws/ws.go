@@ -135,10 +135,10 @@ type Server struct {
 	open  atomic.Int64  // connections open now
 	stats counters
 
-	mu      sync.Mutex // guards conns and closing
+	mu      sync.Mutex       // guards conns and closing
 	conns   map[string]*conn // by id
-	closing bool           // Serve is closing the connections: no more are served
-	wg      sync.WaitGroup // handlers with an upgraded connection
+	closing bool             // Serve is closing the connections: no more are served
+	wg      sync.WaitGroup   // handlers with an upgraded connection
 }
 
 // Stats are a ws listener's counters.

@@ -139,10 +139,12 @@ func TestWSListenerAndVariables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := c.WS; len(w.Origins) != 3 || w.MaxConnections != 10000 || w.MaxInFlight != 64 || w.Ping != 30*time.Second || w.Idle != 10*time.Minute {
+	if w := c.WS; len(w.Origins) != 3 || w.MaxConnections != 10000 || w.MaxInFlight != 64 || w.Ping != 30*time.Second || w.Idle != 10*time.Minute ||
+		w.ConnectWait != 500*time.Millisecond || w.MaxPush != 64 {
 		t.Errorf("ws defaults %+v", w)
 	}
 	e.WSOrigins, e.WSMaxConnections, e.WSMaxInFlight, e.WSPing, e.WSIdle = "[bad", "0", "x", "-1s", "soon"
+	e.WSConnectWait, e.WSMaxPush = "-2s", "0"
 	_, err = e.parse(nil)
 	for _, want := range []string{"UDPGATE_WS_ORIGINS:", "UDPGATE_WS_MAX_CONNECTIONS:", "UDPGATE_WS_MAX_INFLIGHT:", "UDPGATE_WS_PING:", "UDPGATE_WS_IDLE:", "UDPGATE_WS_CONNECT_WAIT:", "UDPGATE_WS_MAX_PUSH:"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
