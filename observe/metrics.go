@@ -131,7 +131,7 @@ var (
 	descWSAccepted = prometheus.NewDesc("udpgate_ws_connections_accepted_total",
 		"WebSocket upgrades a ws listener accepted.", listenerLabels, nil)
 	descWSRefused = prometheus.NewDesc("udpgate_ws_upgrades_refused_total",
-		"HTTP requests a ws listener refused, by reason: origin (403), full (503, the connection cap), not_websocket (no valid upgrade, or another path).",
+		"HTTP requests a ws listener refused, by reason: origin (403), full (503, the connection cap), not_websocket (no valid upgrade, or another path), connect (upgraded, then closed by a $connect reply).",
 		[]string{"port", "protocol", "reason"}, nil)
 	descWSIn = prometheus.NewDesc("udpgate_ws_messages_received_total",
 		"Data messages read from a ws listener's connections.", listenerLabels, nil)
@@ -143,10 +143,18 @@ var (
 	descWSBusy = prometheus.NewDesc("udpgate_ws_calls_busy_total",
 		"Calls answered STATUS_RESOURCE_EXHAUSTED, unpublished, because their connection had its limit of calls in flight.", listenerLabels, nil)
 	descWSClosed = prometheus.NewDesc("udpgate_ws_connections_closed_total",
-		"Connections a ws listener closed because the client was silent, by reason: idle (no message for the idle time), no_pong (a ping unanswered).",
+		"Connections a ws listener closed, by reason: idle (no message for the idle time), no_pong (a ping unanswered), slow (its pushes unread, beyond the queue), worker (a worker's close).",
 		[]string{"port", "protocol", "reason"}, nil)
 	descWSDropped = prometheus.NewDesc("udpgate_ws_replies_dropped_total",
 		"Replies of a ws listener not written: their connection had closed.", listenerLabels, nil)
+	descWSPushes = prometheus.NewDesc("udpgate_ws_pushes_total",
+		"Messages workers pushed to a ws listener's connections (PREFIX.ws.CONNECTION.push) that were written.", listenerLabels, nil)
+	descWSPushRefused = prometheus.NewDesc("udpgate_ws_pushes_refused_total",
+		"Pushes and closes a ws listener refused: unknown or closed connection, too large, not UTF-8 text, a bad operation or close code, or a full queue.", listenerLabels, nil)
+	descWSEvents = prometheus.NewDesc("udpgate_ws_events_total",
+		"Connection events ($connect, $disconnect) a ws listener published.", listenerLabels, nil)
+	descWSEventsUncaptured = prometheus.NewDesc("udpgate_ws_events_capture_failed_total",
+		"Connection events whose capture copy JetStream refused or did not acknowledge: a gap in the capture.", listenerLabels, nil)
 
 	// A worker group as the gateway sees it, from its latest discovery:
 	// gauges, since a group's figures fall when an instance leaves.
@@ -178,6 +186,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
+		descWSPushes, descWSPushRefused, descWSEvents, descWSEventsUncaptured,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -282,6 +291,14 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descWSClosed, w.IdleClose, port, protocol, "idle")
 			counter(descWSClosed, w.PingFail, port, protocol, "no_pong")
 			counter(descWSDropped, w.Dropped, port, protocol)
+			counter(descWSRefused, w.RefusedConnect, port, protocol, "connect")
+			counter(descWSClosed, w.SlowClose, port, protocol, "slow")
+			counter(descWSClosed, w.WorkerClose, port, protocol, "worker")
+			counter(descWSPushes, w.Pushes, port, protocol)
+			counter(descWSPushRefused, w.PushRefused, port, protocol)
+			in := st.Ingress[name]
+			counter(descWSEvents, in.Events, port, protocol)
+			counter(descWSEventsUncaptured, in.EventCaptureFailed, port, protocol)
 		}
 	}
 	counter(descUnknown, st.Egress.Unknown)
