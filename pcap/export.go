@@ -69,6 +69,11 @@ type ExportStats struct {
 	// NotSent counts replies the gateway would not have sent: after the
 	// request's deadline, or a raw listener's error status.
 	NotSent uint64
+	// WS counts messages in the window from ws listeners (ce-source
+	// udpgate://NODE/PORT/ws): WebSocket calls and connection events,
+	// which were no datagrams (not written). WSReplies counts the
+	// recorded replies to those calls (not written either).
+	WS, WSReplies uint64
 }
 
 // Ethernet addresses of the frames: locally administered, one for the
@@ -129,6 +134,12 @@ func (ex *Exporter) copy(ctx context.Context, fw *frameWriter, reqs, reps *curso
 	var st ExportStats
 	pending := map[string]*request{} // exported requests awaiting their reply
 	var order []*request             // pending's requests in time order, for expiry
+	// Replies read before their request, by its id: a direct worker can
+	// answer a request before the capture stores its copy, so the reply's
+	// stream time can come first. Each waits until the requests' times
+	// are earlyMargin past it.
+	early := map[string]*earlyReply{}
+	var earlyOrder []*earlyReply // early's replies in time order, for expiry
 
 	var req *request
 	var rep jetstream.Msg
@@ -146,6 +157,18 @@ func (ex *Exporter) copy(ctx context.Context, fw *frameWriter, reqs, reps *curso
 			}
 			if (!ex.Since.IsZero() && r.at.Before(ex.Since)) || (!ex.Until.IsZero() && r.at.After(ex.Until)) {
 				st.Outside++
+				continue
+			}
+			if r.protocol == schemas.ProtocolWS {
+				// Not UDP: counted, and its reply known as a ws one.
+				st.WS++
+				if e := early[r.id]; e != nil {
+					delete(early, r.id)
+					st.WSReplies++
+				} else if reps != nil && r.id != "" {
+					pending[r.id] = r
+					order = append(order, r)
+				}
 				continue
 			}
 			req = r
@@ -175,6 +198,15 @@ func (ex *Exporter) copy(ctx context.Context, fw *frameWriter, reqs, reps *curso
 			repAt = md.Timestamp
 		}
 		if req != nil && (rep == nil || !req.at.After(repAt)) {
+			// Replies too far behind the requests have none coming.
+			for len(earlyOrder) > 0 && earlyOrder[0].at.Before(req.at.Add(-earlyMargin)) {
+				if e := earlyOrder[0]; early[e.id] == e {
+					delete(early, e.id)
+					st.Unmatched++
+				}
+				earlyOrder[0] = nil
+				earlyOrder = earlyOrder[1:]
+			}
 			if err := fw.write(req.at, req.remote, req.local, clientMAC, gatewayMAC, req.datagram); err != nil {
 				if !errors.Is(err, errAddress) {
 					return st, err
@@ -182,7 +214,13 @@ func (ex *Exporter) copy(ctx context.Context, fw *frameWriter, reqs, reps *curso
 				st.Undecodable++
 			} else {
 				st.Requests++
-				if reps != nil {
+				if e := early[req.id]; e != nil {
+					// Written just after its request, not before it.
+					delete(early, req.id)
+					if err := writeReply(fw, &st, req, e.msg, e.at, req.at); err != nil {
+						return st, err
+					}
+				} else if reps != nil {
 					pending[req.id] = req
 					order = append(order, req)
 				}
@@ -201,31 +239,63 @@ func (ex *Exporter) copy(ctx context.Context, fw *frameWriter, reqs, reps *curso
 		id, _ := schemas.ReplyID(rep.Subject())
 		r := pending[id]
 		switch {
+		case r == nil && early[id] == nil:
+			e := &earlyReply{id: id, at: repAt, msg: rep}
+			early[id] = e
+			earlyOrder = append(earlyOrder, e)
 		case r == nil:
-			st.Unmatched++
-		case repAt.After(r.deadline):
-			st.NotSent++
+			st.Unmatched++ // a second reply
+		case r.protocol == schemas.ProtocolWS:
+			delete(pending, id)
+			st.WSReplies++
 		default:
 			delete(pending, id)
-			b, ok := r.reply(rep.Headers(), rep.Data())
-			if !ok {
-				st.NotSent++
-				break
+			if err := writeReply(fw, &st, r, rep, repAt, repAt); err != nil {
+				return st, err
 			}
-			if err := fw.write(repAt, r.local, r.remote, gatewayMAC, clientMAC, b); err != nil {
-				if !errors.Is(err, errAddress) {
-					return st, err
-				}
-				st.Undecodable++
-				break
-			}
-			st.Replies++
 		}
 		if err := nextRep(); err != nil {
 			return st, err
 		}
 	}
+	st.Unmatched += uint64(len(early))
 	return st, nil
+}
+
+// earlyMargin is how long a reply read before its request waits for it:
+// a live request's capture copy is stored at most its deadline after the
+// gateway read it, and its reply after that read (DefaultDeadline, the
+// gateway's default deadline, is the margin).
+const earlyMargin = DefaultDeadline
+
+// earlyReply is a reply read before its request.
+type earlyReply struct {
+	id  string
+	at  time.Time // the reply's stream time
+	msg jetstream.Msg
+}
+
+// writeReply writes the datagram the gateway sent for m, the reply to r
+// recorded at recorded, at time at, and counts it; or counts why not.
+func writeReply(fw *frameWriter, st *ExportStats, r *request, m jetstream.Msg, recorded, at time.Time) error {
+	if recorded.After(r.deadline) {
+		st.NotSent++
+		return nil
+	}
+	b, ok := r.reply(m.Headers(), m.Data())
+	if !ok {
+		st.NotSent++
+		return nil
+	}
+	if err := fw.write(at, r.local, r.remote, gatewayMAC, clientMAC, b); err != nil {
+		if !errors.Is(err, errAddress) {
+			return err
+		}
+		st.Undecodable++
+		return nil
+	}
+	st.Replies++
+	return nil
 }
 
 // cursor reads one stream in order, from a start time to the last message
@@ -291,7 +361,9 @@ type request struct {
 // parseRequest rebuilds the request datagram of m from its body and
 // headers: the body for raw listeners; for coap, the datagram head plus the
 // body (or, for a reassembled Block1 upload, one message encoded from the
-// headers with the whole body); for rpc, the Call envelope re-encoded.
+// headers with the whole body); for rpc, the Call envelope re-encoded. A
+// message from a ws listener has no datagram: it comes back with its id,
+// times and protocol alone.
 func parseRequest(m jetstream.Msg) (*request, error) {
 	h := m.Headers()
 	r := &request{id: h.Get(schemas.HeaderID)}
@@ -307,17 +379,22 @@ func parseRequest(m jetstream.Msg) (*request, error) {
 		}
 		r.at = md.Timestamp
 	}
+	r.deadline = r.at.Add(DefaultDeadline)
+	if ms, err := strconv.ParseInt(h.Get(schemas.HeaderDeadline), 10, 64); err == nil {
+		r.deadline = time.UnixMilli(ms)
+	}
+	r.protocol = protocolOf(h)
+	if r.protocol == schemas.ProtocolWS {
+		// A WebSocket message, or a connection event: no datagram to
+		// rebuild, whatever its type and headers.
+		return r, nil
+	}
 	if r.remote, err = netip.ParseAddrPort(h.Get(schemas.HeaderRemote)); err != nil {
 		return nil, err
 	}
 	if r.local, err = netip.ParseAddrPort(h.Get(schemas.HeaderLocal)); err != nil {
 		return nil, err
 	}
-	r.deadline = r.at.Add(DefaultDeadline)
-	if ms, err := strconv.ParseInt(h.Get(schemas.HeaderDeadline), 10, 64); err == nil {
-		r.deadline = time.UnixMilli(ms)
-	}
-	r.protocol = protocolOf(h)
 	body := m.Data()
 	switch r.protocol {
 	case schemas.ProtocolRaw:

@@ -244,3 +244,32 @@ func TestExportImportRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestExportReplyStoredFirst: a direct worker can answer before the
+// capture stores the request's copy; the reply is written all the same,
+// just after its request. A reply whose request never comes is unmatched.
+func TestExportReplyStoredFirst(t *testing.T) {
+	_, js := testStreams(t, "udpgate")
+	publish(t, js,
+		reply("f-1", []byte("HELLO"), nil),
+		reply("f-2", nil, nil), // a ws call's
+		reply("f-9", []byte("no such request"), nil),
+	)
+	publish(t, js,
+		captureCopy("f-1", time.Time{}, "10.0.0.1:40000", "10.0.0.2:9000", "9000/raw", []byte("hello"), nil),
+		captureCopy("f-2", time.Time{}, "10.0.0.1:40001", "10.0.0.2:8080", "8080/ws", nil, map[string]string{
+			"subject": "udpgate.capture.8080.S.M", schemas.HeaderType: schemas.TypeRPC,
+		}),
+	)
+	var out bytes.Buffer
+	st, err := (&Exporter{JetStream: js, RepliesStream: schemas.StreamReplies}).Export(context.Background(), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (ExportStats{Requests: 1, Replies: 1, Unmatched: 1, WS: 1, WSReplies: 1}); st != want {
+		t.Errorf("stats %+v, want %+v", st, want)
+	}
+	if got := udpPayloads(t, out.Bytes()); len(got) != 2 || got[0] != "40000>9000 hello" || got[1] != "9000>40000 HELLO" {
+		t.Errorf("the pcap holds %q", got)
+	}
+}

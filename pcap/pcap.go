@@ -21,6 +21,9 @@
 // reassembled from a Block1 upload has no head and is written as a single
 // CON request encoded from its request line, Content-Format and Accept, with
 // message id 0, an empty token and the whole body (its reply likewise).
+// What a ws listener received (ce-source udpgate://NODE/PORT/ws: WebSocket
+// calls and connection events) was never a datagram: it is counted and
+// left out, and so are the replies to it.
 package pcap
 
 import (

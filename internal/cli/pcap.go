@@ -174,7 +174,7 @@ func newPcapExportCmd() *cobra.Command {
 		Use:   "export",
 		Args:  cobra.NoArgs,
 		Short: "write the capture stream's requests (and replies) as a pcap",
-		Long:  "Writes the capture stream's requests (and with --replies the recorded replies) as a pcap file.\nUses UDPGATE_NATS_URL, UDPGATE_SUBJECT_PREFIX and UDPGATE_STREAM.",
+		Long:  "Writes the capture stream's requests (and with --replies the recorded replies) as a pcap file.\nWhat ws listeners received (WebSocket calls and connection events) is not UDP: it is left out and counted.\nUses UDPGATE_NATS_URL, UDPGATE_SUBJECT_PREFIX and UDPGATE_STREAM.",
 	}
 	fs := cmd.Flags()
 	var ports listFlag
@@ -243,8 +243,8 @@ func newPcapExportCmd() *cobra.Command {
 		if name == "-" {
 			name = "stdout"
 		}
-		fmt.Fprintf(summary, "pcap export -> %s: %d packets (%d requests, %d replies); left out: %d outside the window, %d undecodable, %d replies unmatched, %d replies not sent\n",
-			name, st.Requests+st.Replies, st.Requests, st.Replies, st.Outside, st.Undecodable, st.Unmatched, st.NotSent)
+		fmt.Fprintf(summary, "pcap export -> %s: %d packets (%d requests, %d replies); left out: %d outside the window, %d undecodable, %d from ws listeners and %d replies to them (not UDP), %d replies unmatched, %d replies not sent\n",
+			name, st.Requests+st.Replies, st.Requests, st.Replies, st.Outside, st.Undecodable, st.WS, st.WSReplies, st.Unmatched, st.NotSent)
 		if err != nil {
 			return fmt.Errorf("pcap export: %w", err)
 		}
