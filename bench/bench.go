@@ -1,7 +1,8 @@
 // Package bench is udpgate's load generator: it sends requests to a udp://,
-// coap:// or rpc:// target from many source sockets and measures what comes
-// back: requests per second, latency percentiles, loss and errors. It is
-// what `udpgate bench` runs, and the engine of `udpgate bench suite`.
+// coap:// or rpc:// target from many source sockets, or to a ws:// target
+// on long-lived WebSocket connections, and measures what comes back:
+// requests per second, latency percentiles, loss and errors. It is what
+// `udpgate bench` runs, and the engine of `udpgate bench suite`.
 //
 // A run is closed-loop (Config.Concurrency requests in flight, each reply or
 // loss releasing the next request) or open-loop (Config.Rate requests per
@@ -16,7 +17,9 @@
 // the payload of a udp:// request (an echo returns it; a reply that names
 // no request answers the socket's only request in flight, if it has just
 // one), the token of a CoAP request (8 bytes, a confirmable request whose
-// message id is the socket's request number), the id of an RPC Call.
+// message id is the socket's request number), the id of an RPC Call (over
+// UDP or in a WebSocket message: a connection carries several calls in
+// flight, their replies in any order).
 // A CoAP socket is replaced after 65,536 requests, before its message ids
 // wrap, since RFC 7252 forbids reusing one within 247 s; Config.Short
 // replaces every socket after fewer.
@@ -30,6 +33,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/udpgate/udpgate/ws"
 )
 
 // Defaults of the Config fields left zero.
@@ -43,8 +48,10 @@ const (
 // Config describes a run. The zero value of each field has a meaning; Run
 // needs only Target.
 type Config struct {
-	// Target is udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or
-	// rpc://HOST:PORT/SERVICE/METHOD, as for `udpgate send`.
+	// Target is udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY],
+	// rpc://HOST:PORT/SERVICE/METHOD or ws://HOST:PORT[/PATH]/SERVICE/METHOD
+	// (wss:// too), as for `udpgate send`. A ws target's Calls go in
+	// binary messages.
 	Target string
 	// Method is the CoAP method (GET if empty); other schemes ignore it.
 	Method string
@@ -71,6 +78,11 @@ type Config struct {
 	// one per request in flight (Concurrency) in a closed loop and
 	// DefaultOpenSockets in an open loop. A closed loop spreads its
 	// requests in flight evenly over the sockets.
+	// For ws, the sockets are WebSocket connections, and a closed loop's
+	// default is as few as the listener's default limit of calls in
+	// flight per connection (ws.DefaultMaxInFlight, 64) allows; a call
+	// beyond the listener's limit is answered RESOURCE_EXHAUSTED, which
+	// counts as Failed.
 	Sockets int
 	// Short, if positive, replaces a socket by a fresh one (a new source
 	// port) after it has sent this many requests.
@@ -87,9 +99,11 @@ type Config struct {
 	// NoReply sends without expecting replies (nothing is lost, nothing
 	// answered): for a target that only stores what it receives. In a
 	// closed loop each of the Concurrency senders sends as fast as it can.
+	// Not for ws, whose listener answers every call.
 	NoReply bool
-	// Sources are the local addresses new sockets bind to, in turn (with
-	// a port chosen by the system); nil lets the system choose.
+	// Sources are the local addresses new sockets (ws: TCP connections)
+	// bind to, in turn (with a port chosen by the system); nil lets the
+	// system choose.
 	Sources []netip.Addr
 	// Progress, if not nil, is called about once a second during the
 	// run, from a goroutine of Run's, with the counts so far.
@@ -173,12 +187,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err != nil {
 		return Result{}, badTarget{err}
 	}
-	raddr, err := net.ResolveUDPAddr("udp", t.host)
-	if err != nil {
-		return Result{}, badTarget{fmt.Errorf("bench: %s: %w", cfg.Target, err)}
+	var raddr *net.UDPAddr
+	if t.ws == "" {
+		if raddr, err = net.ResolveUDPAddr("udp", t.host); err != nil {
+			return Result{}, badTarget{fmt.Errorf("bench: %s: %w", cfg.Target, err)}
+		}
+	} else if cfg.NoReply {
+		return Result{}, badTarget{fmt.Errorf("bench: %s: a ws listener answers every call: NoReply is for UDP targets", cfg.Target)}
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 1
+	}
+	if t.ws != "" && cfg.Sockets <= 0 && cfg.Rate <= 0 {
+		// As few connections as the listener's calls in flight allow.
+		cfg.Sockets = (cfg.Concurrency + ws.DefaultMaxInFlight - 1) / ws.DefaultMaxInFlight
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout

@@ -1,13 +1,17 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/udpgate/udpgate/client"
 )
 
 // run is the state of one Run.
@@ -189,11 +193,24 @@ func (r *run) progress(done chan<- struct{}) {
 	}
 }
 
-// dial opens a socket connected to the target and starts its reader.
+// source returns the local address of the next socket (Config.Sources in
+// turn), or the zero Addr to let the system choose.
+func (r *run) source() netip.Addr {
+	n := len(r.cfg.Sources)
+	if n == 0 {
+		return netip.Addr{}
+	}
+	return r.cfg.Sources[(r.srcNext.Add(1)-1)%uint64(n)]
+}
+
+// dial opens a socket connected to the target (a WebSocket connection
+// for ws) and starts its reader.
 func (r *run) dial(s *slot) (*sock, error) {
+	if r.t.ws != "" {
+		return r.dialWS(s)
+	}
 	var laddr *net.UDPAddr
-	if n := len(r.cfg.Sources); n > 0 {
-		a := r.cfg.Sources[(r.srcNext.Add(1)-1)%uint64(n)]
+	if a := r.source(); a.IsValid() {
 		laddr = &net.UDPAddr{IP: a.AsSlice(), Zone: a.Zone()}
 	}
 	c, err := net.DialUDP("udp", laddr, r.raddr)
@@ -214,6 +231,29 @@ func (r *run) dial(s *slot) (*sock, error) {
 	r.mu.Unlock()
 	r.readers.Add(1)
 	go k.read()
+	return k, nil
+}
+
+// wsDialTimeout bounds the opening of a WebSocket connection, unless
+// Config.Timeout is longer.
+const wsDialTimeout = 10 * time.Second
+
+// dialWS opens a WebSocket connection to the target's listener and starts
+// its reader.
+func (r *run) dialWS(s *slot) (*sock, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), max(r.cfg.Timeout, wsDialTimeout))
+	defer cancel()
+	c, err := client.DialWS(ctx, r.t.ws, client.WSOptions{LocalAddr: r.source()})
+	if err != nil {
+		return nil, err
+	}
+	r.opened.Add(1)
+	k := &sock{r: r, slot: s, ws: c, pending: make(map[uint64]pend, max(r.cfg.Concurrency/len(r.slots), 1))}
+	r.mu.Lock()
+	r.live[k] = struct{}{}
+	r.mu.Unlock()
+	r.readers.Add(1)
+	go k.readWS()
 	return k, nil
 }
 
@@ -281,7 +321,7 @@ func (s *slot) send(at time.Duration) error {
 		return errStopped
 	}
 	k := s.cur
-	if k == nil || (r.limit > 0 && k.n >= r.limit) {
+	if k == nil || (r.limit > 0 && k.n >= r.limit) || k.closed.Load() {
 		if k != nil {
 			k.retire()
 			s.cur = nil
@@ -304,7 +344,7 @@ func (s *slot) send(at time.Duration) error {
 		k.mu.Unlock()
 	}
 	k.n++
-	if _, err := k.conn.Write(s.wbuf); err != nil {
+	if err := k.write(s.wbuf); err != nil {
 		if !r.cfg.NoReply {
 			k.mu.Lock()
 			delete(k.pending, id)
@@ -354,21 +394,34 @@ func (r *run) beginMeasuring() {
 	}
 }
 
-// sock is one connected socket and the requests in flight on it. Its
-// reader goroutine matches replies, sweeps requests past the timeout and
-// closes the socket once it is retired and has nothing in flight.
+// sock is one connected socket (or WebSocket connection) and the
+// requests in flight on it. Its reader goroutine matches replies, sweeps
+// requests past the timeout (a WebSocket's beside it, since a read
+// deadline would close the connection) and closes the socket once it is
+// retired and has nothing in flight.
 type sock struct {
 	r    *run
 	slot *slot
-	conn *net.UDPConn
-	n    int    // requests sent; guarded by the slot's mu
-	base uint16 // the first CoAP message id, random
+	conn *net.UDPConn   // nil for ws
+	ws   *client.WSConn // ws only
+	n    int            // requests sent; guarded by the slot's mu
+	base uint16         // the first CoAP message id, random
 
 	mu      sync.Mutex // guards pending and retired
 	pending map[uint64]pend
 	retired bool
 
 	closeOnce sync.Once
+	closed    atomic.Bool // by close, or the connection failed: the slot replaces it (ws)
+}
+
+// write sends one request.
+func (k *sock) write(b []byte) error {
+	if k.ws != nil {
+		return k.ws.Send(context.Background(), b)
+	}
+	_, err := k.conn.Write(b)
+	return err
 }
 
 // retire marks k as sending no more; it closes once it has nothing in
@@ -388,7 +441,14 @@ func (k *sock) retire() {
 }
 
 func (k *sock) close() {
-	k.closeOnce.Do(func() { k.conn.Close() })
+	k.closeOnce.Do(func() {
+		if k.ws != nil {
+			k.closed.Store(true)
+			k.ws.Close()
+			return
+		}
+		k.conn.Close()
+	})
 }
 
 var bufPool = sync.Pool{New: func() any { return new([65536]byte) }}
@@ -441,6 +501,59 @@ func (k *sock) read() {
 			k.conn.SetReadDeadline(r.start.Add(nextSweep))
 		}
 	}
+}
+
+// readWS is read for a WebSocket connection: it matches the replies in
+// the messages as they come, while a goroutine beside it sweeps every
+// sweepEvery, until the connection closes (or fails: then the error is
+// counted, what was in flight is lost, and the slot opens a new one).
+func (k *sock) readWS() {
+	r := k.r
+	defer r.readers.Done()
+	h := histPool.Get().(*Histogram)
+	defer func() {
+		r.mu.Lock()
+		r.hist.Merge(h)
+		delete(r.live, k)
+		r.mu.Unlock()
+		*h = Histogram{}
+		histPool.Put(h)
+	}()
+	stop := make(chan struct{})
+	var sweeper sync.WaitGroup
+	sweeper.Go(func() {
+		t := time.NewTicker(r.sweepEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if k.sweep(r.now(), false) {
+					return
+				}
+			}
+		}
+	})
+	var buf []byte
+	for {
+		b, err := k.ws.Receive(context.Background(), buf)
+		now := r.now()
+		if err != nil {
+			if !k.closed.Load() {
+				r.noteErr(err)
+				k.close()
+			}
+			break
+		}
+		buf = b
+		if id, ok, failed, _ := r.t.codec.reply(b, nil); ok && k.complete(id, now, failed, h) {
+			break
+		}
+	}
+	close(stop)
+	sweeper.Wait()
+	k.sweep(r.now(), true)
 }
 
 // complete records the reply to request id, if it is in flight on k (or

@@ -187,11 +187,13 @@ type target struct {
 	scheme string
 	host   string
 	codec  codec
+	ws     string // ws and wss: the listener's WebSocket URL
 }
 
-// parseTarget parses udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or
-// rpc://HOST:PORT/SERVICE/METHOD, as `udpgate send` does, and builds its
-// codec.
+// parseTarget parses udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY],
+// rpc://HOST:PORT/SERVICE/METHOD or ws://HOST:PORT[/PATH]/SERVICE/METHOD
+// (wss:// too), as `udpgate send` does, and builds its codec. A ws target
+// sends the Calls of an rpc one, in binary messages.
 func parseTarget(raw, method string, payload []byte) (target, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -211,6 +213,15 @@ func parseTarget(raw, method string, payload []byte) (target, error) {
 			return t, fmt.Errorf("bench: %q: want rpc://HOST:PORT/SERVICE/METHOD", raw)
 		}
 		if t.codec, err = newRPCCodec(parts[0], parts[1], payload); err != nil {
+			return t, err
+		}
+	case "ws", "wss":
+		wt, err := client.ParseWS(raw)
+		if err != nil {
+			return t, fmt.Errorf("bench: %w", err)
+		}
+		t.ws = wt.URL
+		if t.codec, err = newRPCCodec(wt.Service, wt.Method, payload); err != nil {
 			return t, err
 		}
 	case "coap":
@@ -237,7 +248,7 @@ func parseTarget(raw, method string, payload []byte) (target, error) {
 			return t, err
 		}
 	default:
-		return t, fmt.Errorf("bench: %q: want udp://HOST:PORT, coap://HOST[:PORT]/PATH or rpc://HOST:PORT/SERVICE/METHOD", raw)
+		return t, fmt.Errorf("bench: %q: want udp://HOST:PORT, coap://HOST[:PORT]/PATH, rpc://HOST:PORT/SERVICE/METHOD or ws://HOST:PORT[/PATH]/SERVICE/METHOD", raw)
 	}
 	return t, nil
 }

@@ -5,16 +5,21 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 )
 
 // WriteText writes res for a person to read.
 func WriteText(w io.Writer, res Result) error {
 	var how string
+	sockets := "sockets"
+	if strings.HasPrefix(res.Target, "ws:") || strings.HasPrefix(res.Target, "wss:") {
+		sockets = "connections"
+	}
 	if res.Mode == "open" {
-		how = fmt.Sprintf("open loop at %s requests/s on %d sockets", group(res.TargetRate), res.Sockets)
+		how = fmt.Sprintf("open loop at %s requests/s on %d %s", group(res.TargetRate), res.Sockets, sockets)
 	} else {
-		how = fmt.Sprintf("closed loop, %d in flight on %d sockets", res.Concurrency, res.Sockets)
+		how = fmt.Sprintf("closed loop, %d in flight on %d %s", res.Concurrency, res.Sockets, sockets)
 	}
 	if res.SocketsOpened > int64(res.Sockets) {
 		how += fmt.Sprintf(" (%s opened in all)", group(float64(res.SocketsOpened)))

@@ -23,7 +23,9 @@ import (
 const benchUsage = `usage: udpgate bench [flags] URL      load a target and report rate, latency and loss
        udpgate bench suite [flags]    the performance suite on loopback; udpgate bench suite -h
        udpgate bench faults [flags]   the fault suite on loopback; udpgate bench faults -h
-  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY] or rpc://HOST:PORT/SERVICE/METHOD
+  URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY], rpc://HOST:PORT/SERVICE/METHOD
+       or ws://HOST:PORT[/PATH]/SERVICE/METHOD (long-lived WebSocket connections, several
+       calls in flight on each: by default one connection per 64)
   Closed loop (-c requests in flight) unless -rate sets an open loop; -duration or -count ends it.`
 
 // newBenchCmd is `udpgate bench`: one load against a target; its
@@ -42,7 +44,7 @@ func newBenchCmd() *cobra.Command {
 	fs.Float64Var(&cfg.Rate, "rate", 0, "open loop: requests per second, sent on schedule whatever comes back (0: closed loop)")
 	fs.DurationVar(&cfg.Duration, "duration", 0, "send for this long (default 10s when -count is not set)")
 	fs.IntVar(&cfg.Count, "count", 0, "send this many requests")
-	fs.IntVar(&cfg.Sockets, "sockets", 0, "source sockets in use at once (default: one per request in flight; 8 in an open loop)")
+	fs.IntVar(&cfg.Sockets, "sockets", 0, "source sockets in use at once (default: one per request in flight; ws://: one connection per 64; 8 in an open loop)")
 	fs.IntVar(&cfg.Short, "short", 0, "short-lived sockets: a new socket (source port) after this many requests (0: keep them)")
 	payload := fs.String("payload", "", "request payload: the datagram after an 8-byte request id (udp), the CoAP payload, the RPC params as JSON")
 	size := fs.Int("size", 0, "udp: pad the payload with 'x' to this many bytes, request id included")

@@ -93,3 +93,20 @@ func TestSendWS(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchWS loads a ws listener served by the built-in places worker:
+// 32 calls in flight on two long-lived connections, every one answered.
+func TestBenchWS(t *testing.T) {
+	addr := wsNode(t, "/")
+	var out, errb bytes.Buffer
+	err := Run(context.Background(), []string{"bench", "--count", "500", "-c", "32", "--sockets", "2", "--payload", `{"limit": 2}`,
+		"ws://" + addr.String() + "/InterestingPlaces/GetRandom"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("bench: %v (%s)", err, errb.String())
+	}
+	for _, want := range []string{"closed loop, 32 in flight on 2 connections", "sent 500  answered 500  lost 0  errors 0"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
