@@ -111,6 +111,8 @@ var ratioGoals = []struct {
 	{"gateway-ingest/js-publish", "gateway-ingest", "js-publish", "rate", ">=", 0.8},
 	{"gateway-raw-durable/udp-echo", "gateway-raw-durable", "udp-echo", "rate", ">=", 0.15},
 	{"gateway-raw-durable-n1.p50/udp-echo-n1.p50", "gateway-raw-durable-n1", "udp-echo-n1", "p50", "", 0},
+	// The same calls over WebSocket as over UDP.
+	{"gateway-ws/gateway-rpc", "gateway-ws", "gateway-rpc", "rate", ">=", 0.8},
 }
 
 // noLossGoals are the no-loss checks: each case's lost, which must be 0.

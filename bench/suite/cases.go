@@ -201,6 +201,23 @@ func (s *suite) gatewayRPC(ctx context.Context) (bench.Sample, error) {
 	})
 }
 
+// gatewayWS loads the ws listener with gateway-rpc's calls (GetRandom,
+// answered by the places worker) on suiteWSConns long-lived WebSocket
+// connections, suiteInFlight calls in flight in all.
+func (s *suite) gatewayWS(ctx context.Context) (bench.Sample, error) {
+	e, err := s.start(ctx)
+	if err != nil {
+		return bench.Sample{}, err
+	}
+	s.noteOf["gateway-ws"] = fmt.Sprintf("%d connections, %d calls in flight on each", suiteWSConns, suiteInFlight/suiteWSConns)
+	return s.loadSample(ctx, bench.Config{
+		Target:      "ws://" + e.ws.String() + "/InterestingPlaces/GetRandom",
+		Payload:     []byte(`{"limit": 2}`),
+		Concurrency: suiteInFlight,
+		Sockets:     suiteWSConns,
+	})
+}
+
 // gatewayRawOpen80 is the no-loss check of gateway-raw-open80 (durable:
 // gateway-raw-durable-open80): an open loop at 80% of the rate of
 // gateway-raw (gateway-raw-durable) measured so far, measured now if it

@@ -19,8 +19,9 @@ import (
 )
 
 // suiteEnv is the suite's gateway: a node (internal/node) with its
-// embedded NATS server's store in a temporary directory, a gateway on five
-// loopback listeners and the built-in workers, all in this process.
+// embedded NATS server's store in a temporary directory, a gateway on six
+// loopback listeners (five UDP, one WebSocket) and the built-in workers,
+// all in this process.
 type suiteEnv struct {
 	*node.Node
 	dir    string
@@ -31,6 +32,7 @@ type suiteEnv struct {
 	coap    netip.AddrPort // coap, coap worker
 	rpc     netip.AddrPort // rpc, places worker
 	durable netip.AddrPort // raw, echo worker in durable delivery
+	ws      netip.AddrPort // ws (TCP, path /), places worker
 }
 
 // start starts the suite's gateway the first time a case needs it.
@@ -91,6 +93,7 @@ func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 			{Addr: loop, Protocol: schemas.ProtocolCoAP},
 			{Addr: loop, Protocol: schemas.ProtocolRPC},
 			{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
+			{Addr: loop, Protocol: schemas.ProtocolWS},
 		},
 		Workers: []node.Worker{
 			{Name: "echo", Listener: 0},
@@ -99,6 +102,9 @@ func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 			// What UDPGATE_DELIVERY=durable udpgate worker echo runs,
 			// whatever the delivery of the others.
 			{Name: "echo", Group: "echo-durable", Listener: 4, Durable: true},
+			// The same places worker as the rpc listener's, a group of
+			// its own on the ws listener's subjects.
+			{Name: "places", Group: "places-ws", Listener: 5},
 		},
 		NATSOptions: []nats.Option{nats.Name("udpgate bench suite"), quiet},
 	})
@@ -107,7 +113,7 @@ func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 		return nil, err
 	}
 	p := n.Ports
-	return &suiteEnv{Node: n, dir: dir, stream: cfg.Stream, echo: p[0], ingest: p[1], coap: p[2], rpc: p[3], durable: p[4]}, nil
+	return &suiteEnv{Node: n, dir: dir, stream: cfg.Stream, echo: p[0], ingest: p[1], coap: p[2], rpc: p[3], durable: p[4], ws: p[5]}, nil
 }
 
 // workerDropped returns the requests the workers' direct subscriptions

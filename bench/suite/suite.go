@@ -45,6 +45,7 @@ var suiteCases = []suiteCase{
 	{name: "gateway-coap-short", run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayCoAP(ctx, true) }},
 	{name: "gateway-ingest", run: (*suite).gatewayIngest},
 	{name: "gateway-rpc", run: (*suite).gatewayRPC},
+	{name: "gateway-ws", run: (*suite).gatewayWS},
 	{name: "gateway-raw-open80", once: true, run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRawOpen80(ctx, false) }},
 	{name: "gateway-raw-durable-open80", once: true, run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRawOpen80(ctx, true) }},
 	{name: "gateway-memory", once: true, run: (*suite).gatewayMemory},
@@ -63,6 +64,7 @@ func CaseNames() []string {
 const (
 	suiteInFlight   = 64 // the udp, raw, rpc and short CoAP cases
 	suiteCoAPSocket = 8  // long-lived CoAP sockets, 8 requests in flight each
+	suiteWSConns    = 8  // long-lived WebSocket connections, 8 calls in flight each
 	suiteShortBatch = 4  // requests per short-lived CoAP socket
 	// suiteLongWarmup is how many requests each long-lived CoAP socket
 	// sends before its case is measured: a long-lived client's history,

@@ -224,6 +224,7 @@ func TestBenchSuiteSmoke(t *testing.T) {
 		"gateway-raw/udp-echo", "gateway-raw/nginx-udp", "gateway-raw-n1.p50/udp-echo-n1.p50",
 		"gateway-coap-short/coap-direct-short", "gateway-coap-long/coap-direct-long", "gateway-ingest/js-publish",
 		"gateway-raw-durable/udp-echo", "gateway-raw-open80 lost", "gateway-raw-durable-open80 lost", "gateway-memory rss_mib",
+		"gateway-ws/gateway-rpc",
 	} {
 		if !goals[want] {
 			t.Errorf("goal %q missing from %+v", want, report.Goals)
