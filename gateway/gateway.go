@@ -234,6 +234,9 @@ func (g *Gateway) Stats() Stats {
 		case schemas.ProtocolWS:
 			st.RPC[name] = lv.ws.RPCStats()
 			st.WS[name] = lv.ws.Stats()
+			if gd := lv.ws.Guard; gd != nil {
+				st.Guard[name] = gd.Stats()
+			}
 		}
 	}
 	st.ListenersAdded, st.ListenersRemoved = g.added.Load(), g.removed.Load()

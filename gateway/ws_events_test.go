@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/placespb"
@@ -405,5 +407,86 @@ func TestWSSlowClient(t *testing.T) {
 	waitFor(t, "the slow connection closed", func() bool {
 		w := g.Stats().WS[name]
 		return w.SlowClose == 1 && w.Connections == 0
+	})
+}
+
+// TestWSGuard: the guard refuses upgrades from sources it does not allow
+// (403) and over their rate (429), and answers calls over the source's
+// or the connection's rate STATUS_RESOURCE_EXHAUSTED, unpublished.
+func TestWSGuard(t *testing.T) {
+	newGuard := func(c guard.Config) *guard.Guard {
+		gd, err := guard.New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return gd
+	}
+	call := func(t *testing.T, c *websocket.Conn, id uint64) *rpcpb.Reply {
+		return wsCall(t, c, envelope(t, id, "InterestingPlaces", "GetRandom", &placespb.GetRandomRequest{Limit: 1}), false)
+	}
+	t.Run("source", func(t *testing.T) {
+		g := &Gateway{}
+		url, _ := wsGateway(t, g, &ws.Server{Guard: newGuard(guard.Config{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})})
+		_, resp, err := dialWSWith(t, url, nil)
+		if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("upgrade from a source not allowed: %v, %v", resp, err)
+		}
+		if w := g.Stats().WS[schemas.Listener(wsPort(t, url), schemas.ProtocolWS)]; w.RefusedSource != 1 || w.Accepted != 0 {
+			t.Errorf("ws stats %+v", w)
+		}
+	})
+	t.Run("rate", func(t *testing.T) {
+		g := &Gateway{}
+		// 4 at once, then one every 100 s: the upgrade and 3 calls.
+		url, _ := wsGateway(t, g, &ws.Server{Guard: newGuard(guard.Config{Rate: 0.01, Burst: 4})})
+		c, _, err := dialWSWith(t, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range uint64(5) {
+			r := call(t, c, i+1)
+			if want := rpcpb.Status_STATUS_OK; i >= 3 {
+				want = rpcpb.Status_STATUS_RESOURCE_EXHAUSTED
+				if r.Status != want || !strings.Contains(r.Error, "source") {
+					t.Fatalf("call %d: %v %q, want %v", i+1, r.Status, r.Error, want)
+				}
+			} else if r.Status != want {
+				t.Fatalf("call %d: %v %q", i+1, r.Status, r.Error)
+			}
+		}
+		_, resp, err := dialWSWith(t, url, nil)
+		if err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("upgrade over the rate: %v, %v", resp, err)
+		}
+		name := schemas.Listener(wsPort(t, url), schemas.ProtocolWS)
+		st := g.Stats()
+		if w := st.WS[name]; w.RateLimited != 2 || w.RefusedRate != 1 {
+			t.Errorf("ws stats %+v", w)
+		}
+		if r := st.RPC[name]; r.Calls != 5 {
+			t.Errorf("calls %d", r.Calls)
+		}
+		if gs := st.Guard[name]; gs.RateLimited != 3 {
+			t.Errorf("guard stats %+v", gs)
+		}
+	})
+	t.Run("connection", func(t *testing.T) {
+		g := &Gateway{}
+		url, _ := wsGateway(t, g, &ws.Server{ConnRate: 0.01}) // 1 at once, then one every 100 s
+		for range 2 {                                         // each connection has its own bucket
+			c, _, err := dialWSWith(t, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := call(t, c, 1); r.Status != rpcpb.Status_STATUS_OK {
+				t.Fatalf("first call: %v", r.Status)
+			}
+			if r := call(t, c, 2); r.Status != rpcpb.Status_STATUS_RESOURCE_EXHAUSTED || !strings.Contains(r.Error, "connection") {
+				t.Fatalf("second call: %v %q", r.Status, r.Error)
+			}
+		}
+		if w := g.Stats().WS[schemas.Listener(wsPort(t, url), schemas.ProtocolWS)]; w.RateLimited != 2 {
+			t.Errorf("ws stats %+v", w)
+		}
 	})
 }

@@ -131,7 +131,7 @@ var (
 	descWSAccepted = prometheus.NewDesc("udpgate_ws_connections_accepted_total",
 		"WebSocket upgrades a ws listener accepted.", listenerLabels, nil)
 	descWSRefused = prometheus.NewDesc("udpgate_ws_upgrades_refused_total",
-		"HTTP requests a ws listener refused, by reason: origin (403), full (503, the connection cap), not_websocket (no valid upgrade, or another path), connect (upgraded, then closed by a $connect reply).",
+		"HTTP requests a ws listener refused, by reason: origin (403), full (503, the connection cap), not_websocket (no valid upgrade, or another path), connect (upgraded, then closed by a $connect reply), source (403, the guard's allow and deny lists), rate (429, over the guard's rate).",
 		[]string{"port", "protocol", "reason"}, nil)
 	descWSIn = prometheus.NewDesc("udpgate_ws_messages_received_total",
 		"Data messages read from a ws listener's connections.", listenerLabels, nil)
@@ -147,6 +147,8 @@ var (
 		[]string{"port", "protocol", "reason"}, nil)
 	descWSDropped = prometheus.NewDesc("udpgate_ws_replies_dropped_total",
 		"Replies of a ws listener not written: their connection had closed.", listenerLabels, nil)
+	descWSRateLimited = prometheus.NewDesc("udpgate_ws_calls_rate_limited_total",
+		"Calls answered STATUS_RESOURCE_EXHAUSTED, unpublished, because their source (the guard's rate) or their connection (UDPGATE_WS_CONN_RATE) was over its rate.", listenerLabels, nil)
 	descWSPushes = prometheus.NewDesc("udpgate_ws_pushes_total",
 		"Messages workers pushed to a ws listener's connections (PREFIX.ws.CONNECTION.push) that were written.", listenerLabels, nil)
 	descWSPushRefused = prometheus.NewDesc("udpgate_ws_pushes_refused_total",
@@ -186,7 +188,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
-		descWSPushes, descWSPushRefused, descWSEvents, descWSEventsUncaptured,
+		descWSPushes, descWSPushRefused, descWSRateLimited, descWSEvents, descWSEventsUncaptured,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -292,6 +294,9 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descWSClosed, w.PingFail, port, protocol, "no_pong")
 			counter(descWSDropped, w.Dropped, port, protocol)
 			counter(descWSRefused, w.RefusedConnect, port, protocol, "connect")
+			counter(descWSRefused, w.RefusedSource, port, protocol, "source")
+			counter(descWSRefused, w.RefusedRate, port, protocol, "rate")
+			counter(descWSRateLimited, w.RateLimited, port, protocol)
 			counter(descWSClosed, w.SlowClose, port, protocol, "slow")
 			counter(descWSClosed, w.WorkerClose, port, protocol, "worker")
 			counter(descWSPushes, w.Pushes, port, protocol)

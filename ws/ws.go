@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -48,6 +49,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/udpgate/udpgate/exchange"
+	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/rpc"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
@@ -119,6 +121,16 @@ type Server struct {
 	// written (DefaultMaxPush if zero): a push beyond closes the
 	// connection, a client too slow to read them.
 	MaxPush int
+	// Guard, if not nil, admits each upgrade and each message by its
+	// source address: an upgrade from a denied source is refused (403),
+	// one over the source's or the listener's rate too (429); a call
+	// over the rate is answered STATUS_RESOURCE_EXHAUSTED, unpublished.
+	// Its amplification limit does not apply (TCP).
+	Guard *guard.Guard
+	// ConnRate is the messages per second one connection may send, in
+	// bursts of twice that (at least 1); a call beyond is answered
+	// STATUS_RESOURCE_EXHAUSTED, unpublished. 0: no limit.
+	ConnRate float64
 	// NATS, if not nil, takes pushes and closes for the listener's
 	// connections, on schemas.WSPushSubject under Prefix.
 	NATS   *nats.Conn
@@ -162,6 +174,13 @@ type Stats struct {
 	Dropped uint64
 	// RefusedConnect counts connections a $connect reply refused.
 	RefusedConnect uint64
+	// RefusedSource and RefusedRate count upgrades the guard refused:
+	// the source denied or not allowed (403), or over its rate (429).
+	RefusedSource, RefusedRate uint64
+	// RateLimited counts calls answered STATUS_RESOURCE_EXHAUSTED
+	// because their source (the guard) or their connection (ConnRate)
+	// was over its rate.
+	RateLimited uint64
 	// Pushes counts messages workers pushed that were written;
 	// PushRefused pushes and closes refused (unknown connection, too
 	// large, not text); SlowClose connections closed because their
@@ -173,6 +192,7 @@ type counters struct {
 	accepted, refusedOrigin, refusedFull, refusedUpgrade    atomic.Uint64
 	in, out, tooLarge, badBase64, busy, idle, ping, dropped atomic.Uint64
 	refusedConnect, pushes, pushRefused, slow, workerClose  atomic.Uint64
+	refusedSource, refusedRate, rateLimited                 atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -185,6 +205,7 @@ func (s *Server) Stats() Stats {
 		Malformed: s.edge.Stats().Malformed, Busy: c.busy.Load(), IdleClose: c.idle.Load(), PingFail: c.ping.Load(),
 		Dropped: c.dropped.Load(), RefusedConnect: c.refusedConnect.Load(), Pushes: c.pushes.Load(),
 		PushRefused: c.pushRefused.Load(), SlowClose: c.slow.Load(), WorkerClose: c.workerClose.Load(),
+		RefusedSource: c.refusedSource.Load(), RefusedRate: c.refusedRate.Load(), RateLimited: c.rateLimited.Load(),
 	}
 }
 
@@ -304,6 +325,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "origin not allowed", http.StatusForbidden)
 		return
 	}
+	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if s.Guard != nil {
+		switch v, wait := s.Guard.Admit(remote.Addr(), time.Now()); v {
+		case guard.Admitted:
+		case guard.Denied, guard.NotAllowed:
+			s.stats.refusedSource.Add(1)
+			http.Error(w, "source not allowed", http.StatusForbidden)
+			return
+		default:
+			s.stats.refusedRate.Add(1)
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
+			http.Error(w, "too many requests from this source", http.StatusTooManyRequests)
+			return
+		}
+	}
 	if s.open.Add(1) > int64(s.o.maxConnections) {
 		s.open.Add(-1)
 		s.stats.refusedFull.Add(1)
@@ -320,7 +357,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.stats.accepted.Add(1)
-	remote, _ := netip.ParseAddrPort(r.RemoteAddr)
 	var local netip.AddrPort
 	if a, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok {
 		local = a.AddrPort()
@@ -329,7 +365,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s:      s,
 		c:      c,
 		id:     s.boot + "." + strconv.FormatUint(s.seq.Add(1), 16),
-		remote: netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port()),
+		remote: remote,
 		local:  netip.AddrPortFrom(local.Addr().Unmap(), local.Port()),
 		out:    make(chan reply, s.o.maxInFlight),
 		slots:  make(chan struct{}, s.o.maxInFlight),
@@ -407,6 +443,7 @@ type conn struct {
 	// pushes holds the messages workers pushed, for the writer; one that
 	// does not fit closes the connection.
 	pushes chan reply
+	bucket bucket // ConnRate's, the read loop's alone
 	last   atomic.Int64 // when the client last sent a message, Unix nanoseconds
 	opened time.Time
 	// closing is how the gateway closed the connection, if it did: the
@@ -477,20 +514,70 @@ func (cn *conn) read(ctx context.Context) error {
 		if c == nil {
 			return cn.closeWait(websocket.StatusInvalidFramePayloadData, "not an RPC Call with a service and a method")
 		}
+		if why := cn.admit(at); why != "" {
+			s.stats.rateLimited.Add(1)
+			if err := cn.exhausted(ctx, c.ID, text, why); err != nil {
+				return err
+			}
+			continue
+		}
 		select {
 		case cn.slots <- struct{}{}:
 		default:
-			// Answered at once, by the read loop: a client that does not
-			// read its replies stalls its own reads only.
 			s.stats.busy.Add(1)
-			rb, _ := proto.Marshal(&rpcpb.Reply{Id: c.ID, Status: rpcpb.Status_STATUS_RESOURCE_EXHAUSTED, Error: "too many calls in flight on this connection"})
-			if err := cn.send(ctx, reply{b: rb, text: text}); err != nil {
+			if err := cn.exhausted(ctx, c.ID, text, "too many calls in flight on this connection"); err != nil {
 				return err
 			}
 			continue
 		}
 		s.Publisher.Submit(c, cn.remote, cn.local, at)
 	}
+}
+
+// admit applies the guard's source rate and the connection's rate to a
+// message read at now; it returns why the message is refused, or "".
+func (cn *conn) admit(now time.Time) string {
+	s := cn.s
+	if s.Guard != nil {
+		if v, _ := s.Guard.Admit(cn.remote.Addr(), now); v != guard.Admitted {
+			return "over the rate of this source (" + v.String() + ")"
+		}
+	}
+	if s.ConnRate > 0 && !cn.bucket.take(now, s.ConnRate) {
+		return "over the rate of this connection"
+	}
+	return ""
+}
+
+// exhausted answers the call id STATUS_RESOURCE_EXHAUSTED at once, from
+// the read loop: a client that does not read its replies stalls its own
+// reads only.
+func (cn *conn) exhausted(ctx context.Context, id uint64, text bool, why string) error {
+	rb, _ := proto.Marshal(&rpcpb.Reply{Id: id, Status: rpcpb.Status_STATUS_RESOURCE_EXHAUSTED, Error: why})
+	return cn.send(ctx, reply{b: rb, text: text})
+}
+
+// bucket is a token bucket of rate tokens a second, holding at most
+// twice that (at least 1), full at first.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// take takes a token at now, if there is one.
+func (b *bucket) take(now time.Time, rate float64) bool {
+	capacity := max(2*rate, 1)
+	if b.last.IsZero() {
+		b.tokens = capacity
+	} else {
+		b.tokens = min(capacity, b.tokens+now.Sub(b.last).Seconds()*rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // readMessage reads the message r into buf, and returns its length;

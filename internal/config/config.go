@@ -106,6 +106,7 @@ type env struct {
 	WSPing                 string `envconfig:"WS_PING" default:"30s" desc:"ws listeners: how often a connection is pinged; one whose pong does not come as soon is closed (0: no pings)"`
 	WSIdle                 string `envconfig:"WS_IDLE" default:"10m" desc:"ws listeners: a connection that sent no message for this long is closed (0: never)"`
 	WSConnectWait          string `envconfig:"WS_CONNECT_WAIT" default:"500ms" desc:"ws listeners: how long a new connection waits for a reply to its $connect event, which may refuse it (0: $connect is published, not waited for; no subscriber: no wait)"`
+	WSConnRate             string `envconfig:"WS_CONN_RATE" default:"0" desc:"ws listeners: messages per second one connection may send, in bursts of twice that; a call beyond is answered STATUS_RESOURCE_EXHAUSTED (0: no limit; the guard's per-source UDPGATE_RATE applies too)"`
 	WSMaxPush              string `envconfig:"WS_MAX_PUSH" default:"64" desc:"ws listeners: messages pushed to one connection and not yet written; a push beyond closes the connection (a client too slow to read)"`
 	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
 }
@@ -174,6 +175,7 @@ type WS struct {
 	Idle           time.Duration // 0: never closed for idleness
 	ConnectWait    time.Duration // for a $connect reply; 0: published, not waited for
 	MaxPush        int           // pushed messages not yet written, per connection
+	ConnRate       float64       // messages per second per connection; 0: no limit
 }
 
 // Bridge configures leased listeners (the koi_udp API, over HTTP and
@@ -510,6 +512,9 @@ func (e env) parse(environ []string) (Config, error) {
 	duration("WS_IDLE", e.WSIdle, 0, &c.WS.Idle)
 	duration("WS_CONNECT_WAIT", e.WSConnectWait, 0, &c.WS.ConnectWait)
 	integer("WS_MAX_PUSH", e.WSMaxPush, 1, 1<<16, &c.WS.MaxPush)
+	if err := parseRate("rate", e.WSConnRate, &c.WS.ConnRate); err != nil {
+		bad("WS_CONN_RATE", "%q is not a rate between 0 (no limit) and 1e9 per second", e.WSConnRate)
+	}
 	if ps, err := guard.ParsePrefixes(e.BridgeSendAllow); err != nil {
 		bad("BRIDGE_SEND_ALLOW", "%v", err)
 	} else {
@@ -671,40 +676,41 @@ func parseListener(f string) (Listener, error) {
 	if !ok {
 		return Listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
 	}
-	if proto != schemas.ProtocolWS {
-		if err := checkListenerOptions(opts); err != nil {
-			return Listener{}, fmt.Errorf("%q: %v", f, err)
-		}
+	if err := checkListenerOptions(opts); err != nil {
+		return Listener{}, fmt.Errorf("%q: %v", f, err)
 	}
+	keys := optionKeys(opts)
 	switch proto {
 	case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC:
-		if _, ok := wsPath(opts); ok {
-			return Listener{}, fmt.Errorf("%q: path= is for ws listeners", f)
+		for _, k := range wsOnlyOptions {
+			if slices.Contains(keys, k) {
+				return Listener{}, fmt.Errorf("%q: %s= is for ws listeners", f, k)
+			}
 		}
 	case schemas.ProtocolWS:
-		if opts != "" {
-			path, _ := wsPath(opts)
-			if opts != "path="+path {
-				return Listener{}, fmt.Errorf("%q: a ws listener takes only the option path=/PATH (the guard's options are for UDP listeners)", f)
+		for _, k := range udpOnlyOptions {
+			if slices.Contains(keys, k) {
+				return Listener{}, fmt.Errorf("%q: %s= is for UDP listeners (a ws listener's calls come over TCP)", f, k)
 			}
+		}
+		path := "/"
+		if p, ok := wsPath(opts); ok {
+			path = p
 			if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?# ") {
 				return Listener{}, fmt.Errorf("%q: path=%s: want an absolute path like /rpc", f, path)
 			}
-			ap, err := listenerAddr(hostport)
-			if err != nil {
-				return Listener{}, fmt.Errorf("%q: %v", f, err)
-			}
-			return Listener{Addr: ap, Protocol: proto, Options: opts, Path: path}, nil
 		}
+		ap, err := listenerAddr(hostport)
+		if err != nil {
+			return Listener{}, fmt.Errorf("%q: %v", f, err)
+		}
+		return Listener{Addr: ap, Protocol: proto, Options: opts, Path: path}, nil
 	default:
 		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc, ws)", f, proto)
 	}
 	ap, err := listenerAddr(hostport)
 	if err != nil {
 		return Listener{}, fmt.Errorf("%q: %v", f, err)
-	}
-	if proto == schemas.ProtocolWS {
-		return Listener{Addr: ap, Protocol: proto, Path: "/"}, nil
 	}
 	noReply := replyOff(opts)
 	if noReply && proto != schemas.ProtocolRaw {

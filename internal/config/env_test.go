@@ -100,8 +100,12 @@ func TestParseListeners(t *testing.T) {
 		{"8080/ws", []string{"0.0.0.0:8080/ws"}, ""},
 		{"127.0.0.1:8080/ws;path=/rpc", []string{"127.0.0.1:8080/ws"}, ""},
 		{"8080/ws;path=rpc", nil, "want an absolute path"},
-		{"8080/ws;rate=5", nil, "only the option path="},
-		{"8080/ws;path=/a;path=/b", nil, "only the option path="},
+		{"8080/ws;rate=5;conn_rate=2.5;allow=10.0.0.0/8 127.0.0.1/32", []string{"0.0.0.0:8080/ws"}, ""},
+		{"8080/ws;amplification=3", nil, "amplification= is for UDP listeners"},
+		{"8080/ws;reply=off", nil, "reply= is for UDP listeners"},
+		{"8080/ws;conn_rate=fast", nil, "conn_rate=\"fast\" is not a rate"},
+		{"9000/raw;conn_rate=5", nil, "conn_rate= is for ws listeners"},
+		{"8080/ws;path=/a;path=/b", nil, "option path given twice"},
 		{"7000/rpc;path=/rpc", nil, "path"},
 		{"7000/rpc,7000/ws", nil, "already a rpc listener"},
 	}
@@ -144,9 +148,9 @@ func TestWSListenerAndVariables(t *testing.T) {
 		t.Errorf("ws defaults %+v", w)
 	}
 	e.WSOrigins, e.WSMaxConnections, e.WSMaxInFlight, e.WSPing, e.WSIdle = "[bad", "0", "x", "-1s", "soon"
-	e.WSConnectWait, e.WSMaxPush = "-2s", "0"
+	e.WSConnectWait, e.WSMaxPush, e.WSConnRate = "-2s", "0", "-1"
 	_, err = e.parse(nil)
-	for _, want := range []string{"UDPGATE_WS_ORIGINS:", "UDPGATE_WS_MAX_CONNECTIONS:", "UDPGATE_WS_MAX_INFLIGHT:", "UDPGATE_WS_PING:", "UDPGATE_WS_IDLE:", "UDPGATE_WS_CONNECT_WAIT:", "UDPGATE_WS_MAX_PUSH:"} {
+	for _, want := range []string{"UDPGATE_WS_ORIGINS:", "UDPGATE_WS_MAX_CONNECTIONS:", "UDPGATE_WS_MAX_INFLIGHT:", "UDPGATE_WS_PING:", "UDPGATE_WS_IDLE:", "UDPGATE_WS_CONNECT_WAIT:", "UDPGATE_WS_MAX_PUSH:", "UDPGATE_WS_CONN_RATE:"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

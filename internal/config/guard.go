@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/udpgate/udpgate/guard"
+	"github.com/udpgate/udpgate/schemas"
 )
 
 // parseGuard checks the guard variables, every listener's defaults, and
@@ -41,7 +42,16 @@ var listenerOptions = map[string]string{
 	"source_prefix": "SOURCE_PREFIX", "listener_rate": "LISTENER_RATE", "listener_burst": "LISTENER_BURST",
 	"amplification": "AMPLIFICATION",
 	"reply":         "", // reply=off: not the guard's (listener.NoReply)
+	"path":          "", // ws only: not the guard's (listener.Path)
+	"conn_rate":     "WS_CONN_RATE",
 }
+
+// Options of one kind of listener only: a ws listener's calls come over
+// TCP (no amplification, no trust to grant) and are always answered.
+var (
+	udpOnlyOptions = []string{"reply", "amplification", "trust"}
+	wsOnlyOptions  = []string{"path", "conn_rate"}
+)
 
 // checkListenerOptions checks the ;KEY=VALUE options of a listener entry.
 func checkListenerOptions(opts string) error {
@@ -61,7 +71,7 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		key, value, ok := strings.Cut(kv, "=")
 		key = strings.TrimSpace(key)
 		if _, known := listenerOptions[key]; !known || !ok {
-			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply", kv))
+			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply (UDP listeners), path, conn_rate (ws listeners)", kv))
 			continue
 		}
 		if seen[key] {
@@ -69,9 +79,18 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 			continue
 		}
 		seen[key] = true
-		if key == "reply" { // not the guard's
+		switch key { // not the guard's
+		case "reply":
 			if v := strings.TrimSpace(value); v != "on" && v != "off" {
 				errs = append(errs, fmt.Errorf("option reply=%s: want on or off", value))
+			}
+			continue
+		case "path":
+			continue // checked by parseListener
+		case "conn_rate":
+			var r float64
+			if err := parseRate(key, value, &r); err != nil {
+				errs = append(errs, fmt.Errorf("option %v", err))
 			}
 			continue
 		}
@@ -96,14 +115,7 @@ func replyOff(opts string) bool {
 // setGuard sets the field of c named key from its text.
 func setGuard(c *guard.Config, key, value string) error {
 	value = strings.TrimSpace(value)
-	rate := func(dst *float64) error {
-		f, err := strconv.ParseFloat(value, 64)
-		if err != nil || f < 0 || f > 1e9 || math.IsNaN(f) {
-			return fmt.Errorf("%s=%q is not a rate between 0 (no limit) and 1e9 per second", key, value)
-		}
-		*dst = f
-		return nil
-	}
+	rate := func(dst *float64) error { return parseRate(key, value, dst) }
 	count := func(dst *int, hi int, what string) error {
 		n, err := strconv.Atoi(value)
 		if err != nil || n < 0 || n > hi {
@@ -155,11 +167,50 @@ func setGuard(c *guard.Config, key, value string) error {
 	return fmt.Errorf("unknown option %s", key)
 }
 
+// parseRate parses the rate value of option key into dst.
+func parseRate(key, value string, dst *float64) error {
+	value = strings.TrimSpace(value)
+	f, err := strconv.ParseFloat(value, 64)
+	if err != nil || f < 0 || f > 1e9 || math.IsNaN(f) {
+		return fmt.Errorf("%s=%q is not a rate between 0 (no limit) and 1e9 per second", key, value)
+	}
+	*dst = f
+	return nil
+}
+
+// optionKeys returns the keys of listener options opts.
+func optionKeys(opts string) []string {
+	var keys []string
+	if opts == "" {
+		return nil
+	}
+	for _, kv := range strings.Split(opts, ";") {
+		key, _, _ := strings.Cut(kv, "=")
+		keys = append(keys, strings.TrimSpace(key))
+	}
+	return keys
+}
+
+// ConnRate returns a ws listener's messages per second per connection:
+// its conn_rate option, or UDPGATE_WS_CONN_RATE (0: no limit).
+func (c Config) ConnRate(l Listener) float64 {
+	r := c.WS.ConnRate
+	for _, kv := range strings.Split(l.Options, ";") {
+		if key, value, _ := strings.Cut(kv, "="); strings.TrimSpace(key) == "conn_rate" {
+			_ = parseRate(key, value, &r) // checked by parseListener
+		}
+	}
+	return r
+}
+
 // ListenerGuard returns the guard configuration of listener l: the
 // variables' values, overridden by l's options.
 func (c Config) ListenerGuard(l Listener) guard.Config {
 	g := c.Guard
 	// Checked by parseListener already.
 	_ = applyListenerOptions(&g, l.Options)
+	if l.Protocol == schemas.ProtocolWS {
+		g.Factor, g.Trust = 0, nil // nothing to amplify over TCP
+	}
 	return g
 }

@@ -57,12 +57,19 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 	}
 	for _, l := range listeners {
 		if l.Protocol == schemas.ProtocolWS {
+			gd, err := guard.New(cfg.ListenerGuard(l))
+			if err != nil {
+				CloseListeners(g)
+				return nil, &ListenerError{Listener: l, Err: err}
+			}
 			ln, err := (&net.ListenConfig{}).Listen(ctx, l.Network(), l.Addr.String())
 			if err != nil {
 				CloseListeners(g)
 				return nil, &ListenerError{Listener: l, Err: err}
 			}
-			g.WebSockets = append(g.WebSockets, WebSocket(cfg.WS, ln, l.Path))
+			srv := WebSocket(cfg.WS, ln, l.Path)
+			srv.Guard, srv.ConnRate = gd, cfg.ConnRate(l)
+			g.WebSockets = append(g.WebSockets, srv)
 			continue
 		}
 		gd, err := guard.New(cfg.ListenerGuard(l))
@@ -96,7 +103,8 @@ func (e *ListenerError) Error() string {
 func (e *ListenerError) Unwrap() error { return e.Err }
 
 // WebSocket returns the server of a ws listener on ln, serving path,
-// with the limits of c.
+// with the limits of c; its guard and connection rate are the
+// listener's (config.Config.ListenerGuard and ConnRate).
 func WebSocket(c config.WS, ln net.Listener, path string) *ws.Server {
 	off := func(d time.Duration) time.Duration {
 		if d == 0 {
