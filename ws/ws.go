@@ -443,7 +443,7 @@ type conn struct {
 	// pushes holds the messages workers pushed, for the writer; one that
 	// does not fit closes the connection.
 	pushes chan reply
-	bucket bucket // ConnRate's, the read loop's alone
+	bucket bucket       // ConnRate's, the read loop's alone
 	last   atomic.Int64 // when the client last sent a message, Unix nanoseconds
 	opened time.Time
 	// closing is how the gateway closed the connection, if it did: the
