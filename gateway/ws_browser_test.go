@@ -67,13 +67,15 @@ func TestWSBrowser(t *testing.T) {
 	if callID == "" || replyID != callID || status != rpcpb.Status_STATUS_OK.String() {
 		b.fatalf("call id %q, reply id %q, status %q; want the call's id and %v", callID, replyID, status, rpcpb.Status_STATUS_OK)
 	}
-	// The page's call, as the worker saw it: its id as the page encoded it.
+	// The page's call, as the worker saw it: its id as the page encoded
+	// it, and the connection's id, which names the page's push subject
+	// (udpgate.ws.CONNECTION.push, schemas/README.md).
 	m, err := seen.NextMsg(5 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := m.Header; h.Get(schemas.HeaderRPCID) != callID || h.Get(schemas.HeaderWSConnection) == "" {
-		t.Errorf("the call's headers %v, the page's call id %s", h, callID)
+	if conn := m.Header.Get(schemas.HeaderWSConnection); m.Header.Get(schemas.HeaderRPCID) != callID || conn == "" {
+		t.Errorf("the call's headers %v, the page's call id %s", m.Header, callID)
 	}
 
 	var places []struct{ Name, Latitude, Longitude string }
@@ -104,11 +106,15 @@ func TestWSBrowser(t *testing.T) {
 	for _, msg := range [][]byte{push, {0xff, 0xff, 0xff}} {
 		js, _ := json.Marshal(msg) // base64
 		b.evalJSON(`received(new MessageEvent("message", {data: Uint8Array.from(atob(`+string(js)+`), c => c.charCodeAt(0)).buffer}))`, nil)
+		b.evalJSON(`received(new MessageEvent("message", {data: `+string(js)+`}))`, nil) // as text
 	}
-	var pushes []struct{ Text, ID, Status, Error string }
+	type item struct{ Text, ID, Status, Error string }
+	var pushes []item
 	b.evalJSON(`Array.from(document.querySelectorAll("#pushes li"), li => ({Text: li.textContent, ID: li.dataset.id, Status: li.dataset.status, Error: li.dataset.error}))`, &pushes)
-	if len(pushes) != 2 || pushes[0].Text != "pushed ✓" || pushes[0].ID != "0" || pushes[0].Status != "STATUS_OK" || pushes[0].Error != "" ||
-		pushes[1].Text != "" || !strings.HasPrefix(pushes[1].Error, "not a Reply") {
+	ok := item{Text: "pushed ✓", ID: "0", Status: "STATUS_OK"}
+	if len(pushes) != 4 || pushes[0] != ok || pushes[1] != ok ||
+		pushes[2].Text != "" || !strings.HasPrefix(pushes[2].Error, "not a Reply") ||
+		pushes[3].Text != "" || !strings.HasPrefix(pushes[3].Error, "a text message, not") {
 		b.fatalf("the pushes listed: %+v", pushes)
 	}
 	for _, w := range g.Stats().WS {

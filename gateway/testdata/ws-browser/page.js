@@ -12,8 +12,9 @@
 // test reads it.
 //
 // Every message that is not the reply to a pending call is a push: it is
-// decoded as a Reply and listed in #pushes (see pushed), so a test can
-// publish one and wait for it in the DOM.
+// decoded as a Reply (a text message as the base64 of one) and listed in
+// #pushes (see pushed), so a test can publish one and wait for it in the
+// DOM.
 "use strict";
 
 const query = new URLSearchParams(location.search);
@@ -60,19 +61,26 @@ function call(service, method, requestType, request) {
   return {id, reply};
 }
 
-// received takes every message the connection receives.
+// received takes every message the connection receives: a binary one is
+// a Reply, a text one the base64 of a Reply (the page sends binary calls,
+// but a worker may push text).
 function received(ev) {
-  if (!(ev.data instanceof ArrayBuffer)) {
-    pushed(null, "a text message: " + ev.data);
-    return;
-  }
-  const b = new Uint8Array(ev.data);
   let r;
-  try {
-    r = types.Reply.decode(b);
-  } catch (e) {
-    pushed(null, "not a Reply (" + e.message + "): " + Array.from(b, x => x.toString(16).padStart(2, "0")).join(" "));
-    return;
+  if (typeof ev.data === "string") {
+    try {
+      r = types.Reply.decode(Uint8Array.from(atob(ev.data), c => c.charCodeAt(0)));
+    } catch (e) {
+      pushed(null, "a text message, not the base64 of a Reply (" + e.message + "): " + ev.data);
+      return;
+    }
+  } else {
+    const b = new Uint8Array(ev.data);
+    try {
+      r = types.Reply.decode(b);
+    } catch (e) {
+      pushed(null, "not a Reply (" + e.message + "): " + Array.from(b, x => x.toString(16).padStart(2, "0")).join(" "));
+      return;
+    }
   }
   const p = pending.get(r.id);
   if (p) {
