@@ -149,6 +149,9 @@ var (
 		"Replies of a ws listener not written: their connection had closed.", listenerLabels, nil)
 	descWSRateLimited = prometheus.NewDesc("udpgate_ws_calls_rate_limited_total",
 		"Calls answered STATUS_RESOURCE_EXHAUSTED, unpublished, because their source (the guard's rate) or their connection (UDPGATE_WS_CONN_RATE) was over its rate.", listenerLabels, nil)
+	descWSSReloads = prometheus.NewDesc("udpgate_wss_certificate_reloads_total",
+		"A wss listener's certificate loaded again after its files changed (outcome loaded), or a change that did not load, the previous certificate kept (failed).",
+		[]string{"port", "protocol", "outcome"}, nil)
 	descWSPushes = prometheus.NewDesc("udpgate_ws_pushes_total",
 		"Messages workers pushed to a ws listener's connections (PREFIX.ws.CONNECTION.push) that were written.", listenerLabels, nil)
 	descWSPushRefused = prometheus.NewDesc("udpgate_ws_pushes_refused_total",
@@ -188,7 +191,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
-		descWSPushes, descWSPushRefused, descWSRateLimited, descWSEvents, descWSEventsUncaptured,
+		descWSPushes, descWSPushRefused, descWSRateLimited, descWSSReloads, descWSEvents, descWSEventsUncaptured,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
@@ -297,6 +300,8 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descWSRefused, w.RefusedSource, port, protocol, "source")
 			counter(descWSRefused, w.RefusedRate, port, protocol, "rate")
 			counter(descWSRateLimited, w.RateLimited, port, protocol)
+			counter(descWSSReloads, w.CertReloads, port, protocol, "loaded")
+			counter(descWSSReloads, w.CertReloadFailed, port, protocol, "failed")
 			counter(descWSClosed, w.SlowClose, port, protocol, "slow")
 			counter(descWSClosed, w.WorkerClose, port, protocol, "worker")
 			counter(descWSPushes, w.Pushes, port, protocol)

@@ -26,6 +26,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -121,6 +122,10 @@ type Server struct {
 	// written (DefaultMaxPush if zero): a push beyond closes the
 	// connection, a client too slow to read them.
 	MaxPush int
+	// Certificates, if not nil, makes the listener wss: connections are
+	// TLS, with the certificate it serves (loaded again when its files
+	// change).
+	Certificates *Certificates
 	// Guard, if not nil, admits each upgrade and each message by its
 	// source address: an upgrade from a denied source is refused (403),
 	// one over the source's or the listener's rate too (429); a call
@@ -181,6 +186,10 @@ type Stats struct {
 	// because their source (the guard) or their connection (ConnRate)
 	// was over its rate.
 	RateLimited uint64
+	// CertReloads and CertReloadFailed count a wss listener's
+	// certificate loaded again after its files changed, and changes that
+	// did not load (the previous certificate kept).
+	CertReloads, CertReloadFailed uint64
 	// Pushes counts messages workers pushed that were written;
 	// PushRefused pushes and closes refused (unknown connection, too
 	// large, not text); SlowClose connections closed because their
@@ -198,7 +207,7 @@ type counters struct {
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
-	return Stats{
+	st := Stats{
 		Connections: int(s.open.Load()), Accepted: c.accepted.Load(),
 		RefusedOrigin: c.refusedOrigin.Load(), RefusedFull: c.refusedFull.Load(), RefusedUpgrade: c.refusedUpgrade.Load(),
 		MessagesIn: c.in.Load(), MessagesOut: c.out.Load(), TooLarge: c.tooLarge.Load(), BadBase64: c.badBase64.Load(),
@@ -207,6 +216,10 @@ func (s *Server) Stats() Stats {
 		PushRefused: c.pushRefused.Load(), SlowClose: c.slow.Load(), WorkerClose: c.workerClose.Load(),
 		RefusedSource: c.refusedSource.Load(), RefusedRate: c.refusedRate.Load(), RateLimited: c.rateLimited.Load(),
 	}
+	if s.Certificates != nil {
+		st.CertReloads, st.CertReloadFailed = s.Certificates.Reloads()
+	}
+	return st
 }
 
 // RPCStats returns the counters of the listener's envelopes.
@@ -240,7 +253,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(s.Listener) }()
+	ln := s.Listener
+	if s.Certificates != nil {
+		ln = tls.NewListener(ln, s.Certificates.TLSConfig())
+	}
+	go func() { served <- srv.Serve(ln) }()
 	var err error
 	select {
 	case <-ctx.Done():

@@ -106,6 +106,8 @@ type env struct {
 	WSPing                 string `envconfig:"WS_PING" default:"30s" desc:"ws listeners: how often a connection is pinged; one whose pong does not come as soon is closed (0: no pings)"`
 	WSIdle                 string `envconfig:"WS_IDLE" default:"10m" desc:"ws listeners: a connection that sent no message for this long is closed (0: never)"`
 	WSConnectWait          string `envconfig:"WS_CONNECT_WAIT" default:"500ms" desc:"ws listeners: how long a new connection waits for a reply to its $connect event, which may refuse it (0: $connect is published, not waited for; no subscriber: no wait)"`
+	WSSCertFile            string `envconfig:"WSS_CERT_FILE" desc:"wss listeners: the certificate chain, PEM; loaded again when it changes"`
+	WSSKeyFile             string `envconfig:"WSS_KEY_FILE" desc:"wss listeners: the private key of UDPGATE_WSS_CERT_FILE, PEM"`
 	WSConnRate             string `envconfig:"WS_CONN_RATE" default:"0" desc:"ws listeners: messages per second one connection may send, in bursts of twice that; a call beyond is answered STATUS_RESOURCE_EXHAUSTED (0: no limit; the guard's per-source UDPGATE_RATE applies too)"`
 	WSMaxPush              string `envconfig:"WS_MAX_PUSH" default:"64" desc:"ws listeners: messages pushed to one connection and not yet written; a push beyond closes the connection (a client too slow to read)"`
 	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
@@ -176,6 +178,9 @@ type WS struct {
 	ConnectWait    time.Duration // for a $connect reply; 0: published, not waited for
 	MaxPush        int           // pushed messages not yet written, per connection
 	ConnRate       float64       // messages per second per connection; 0: no limit
+	// CertFile and KeyFile are wss listeners' certificate chain and key
+	// (PEM), loaded again when they change.
+	CertFile, KeyFile string
 }
 
 // Bridge configures leased listeners (the koi_udp API, over HTTP and
@@ -260,9 +265,22 @@ type Listener struct {
 	// NoReply (option reply=off, raw only): datagrams are captured and
 	// published, and never answered.
 	NoReply bool
+	// TLS: a ws listener written wss, serving WebSocket over TLS with
+	// UDPGATE_WSS_CERT_FILE and UDPGATE_WSS_KEY_FILE. Its calls are a ws
+	// listener's (subjects, ce-source …/PORT/ws): TLS changes the
+	// transport, not the wire contract.
+	TLS bool
 }
 
-func (l Listener) String() string { return l.Addr.String() + "/" + l.Protocol }
+func (l Listener) String() string {
+	if l.TLS {
+		return l.Addr.String() + "/" + ProtocolWSS
+	}
+	return l.Addr.String() + "/" + l.Protocol
+}
+
+// ProtocolWSS is how UDPGATE_LISTENERS writes a ws listener over TLS.
+const ProtocolWSS = "wss"
 
 // Network is the socket network for the listener's address: TCP for a
 // ws listener, UDP for the others.
@@ -339,6 +357,13 @@ func (e env) parse(environ []string) (Config, error) {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			bad("LISTENERS", "%s", line)
 		}
+	}
+	c.WS.CertFile, c.WS.KeyFile = strings.TrimSpace(e.WSSCertFile), strings.TrimSpace(e.WSSKeyFile)
+	if (c.WS.CertFile == "") != (c.WS.KeyFile == "") {
+		bad("WSS_CERT_FILE", "and UDPGATE_WSS_KEY_FILE go together: set both or neither")
+	}
+	if c.WS.CertFile == "" && slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.TLS }) {
+		bad("WSS_CERT_FILE", "a wss listener needs a certificate: set UDPGATE_WSS_CERT_FILE and UDPGATE_WSS_KEY_FILE")
 	}
 	if b := strings.TrimSpace(e.Builtins); b != "off" {
 		for _, entry := range SplitList(b) {
@@ -660,7 +685,7 @@ func ParseListeners(s string) ([]Listener, error) {
 		}
 		ports[l.Addr.Port()] = l.Protocol
 		if i := slices.IndexFunc(out, func(o Listener) bool { return o.Addr == l.Addr && o.Protocol == l.Protocol }); i >= 0 {
-			if out[i].Options != l.Options {
+			if out[i].Options != l.Options || out[i].TLS != l.TLS {
 				errs = append(errs, fmt.Errorf("%q: %s is already listed with other options", f, out[i]))
 			}
 			continue
@@ -675,6 +700,10 @@ func parseListener(f string) (Listener, error) {
 	hostport, proto, ok := strings.Cut(entry, "/")
 	if !ok {
 		return Listener{}, fmt.Errorf("%q: want [ADDR:]PORT/PROTOCOL, like 9000/raw", f)
+	}
+	tls := proto == ProtocolWSS
+	if tls {
+		proto = schemas.ProtocolWS
 	}
 	if err := checkListenerOptions(opts); err != nil {
 		return Listener{}, fmt.Errorf("%q: %v", f, err)
@@ -704,9 +733,9 @@ func parseListener(f string) (Listener, error) {
 		if err != nil {
 			return Listener{}, fmt.Errorf("%q: %v", f, err)
 		}
-		return Listener{Addr: ap, Protocol: proto, Options: opts, Path: path}, nil
+		return Listener{Addr: ap, Protocol: proto, Options: opts, Path: path, TLS: tls}, nil
 	default:
-		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc, ws)", f, proto)
+		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc, ws, wss)", f, proto)
 	}
 	ap, err := listenerAddr(hostport)
 	if err != nil {

@@ -106,6 +106,9 @@ func TestParseListeners(t *testing.T) {
 		{"8080/ws;conn_rate=fast", nil, "conn_rate=\"fast\" is not a rate"},
 		{"9000/raw;conn_rate=5", nil, "conn_rate= is for ws listeners"},
 		{"8080/ws;path=/a;path=/b", nil, "option path given twice"},
+		{"127.0.0.1:8443/wss;path=/rpc", []string{"127.0.0.1:8443/wss"}, ""},
+		{"8443/wss,8443/ws", nil, "already listed with other options"},
+		{"8443/wss;reply=off", nil, "reply= is for UDP listeners"},
 		{"7000/rpc;path=/rpc", nil, "path"},
 		{"7000/rpc,7000/ws", nil, "already a rpc listener"},
 	}
@@ -280,5 +283,22 @@ func TestConfigHTTPListenAuto(t *testing.T) {
 	os.Unsetenv("UDPGATE_HTTP_LISTEN")
 	if l, err := GatewayHTTPListen(); err != nil || l != "127.0.0.1:9780" {
 		t.Errorf("GatewayHTTPListen() = %q, %v", l, err)
+	}
+}
+
+func TestWSSNeedsACertificate(t *testing.T) {
+	e := defaults(t)
+	e.Listeners = "8443/wss"
+	if _, err := e.parse(nil); err == nil || !strings.Contains(err.Error(), "UDPGATE_WSS_CERT_FILE: a wss listener needs a certificate") {
+		t.Errorf("a wss listener without a certificate: %v", err)
+	}
+	e.WSSCertFile = "cert.pem"
+	if _, err := e.parse(nil); err == nil || !strings.Contains(err.Error(), "UDPGATE_WSS_KEY_FILE go together") {
+		t.Errorf("a certificate without a key: %v", err)
+	}
+	e.WSSKeyFile = "key.pem"
+	c, err := e.parse(nil)
+	if err != nil || !c.Listeners[0].TLS || c.Listeners[0].Protocol != "ws" || c.WS.CertFile != "cert.pem" {
+		t.Errorf("%+v, %v", c.Listeners, err)
 	}
 }

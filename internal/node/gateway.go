@@ -55,6 +55,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		DrainTimeout:       cfg.DrainTimeout,
 		Log:                log,
 	}
+	var certs *ws.Certificates // of every wss listener, loaded once
 	for _, l := range listeners {
 		if l.Protocol == schemas.ProtocolWS {
 			gd, err := guard.New(cfg.ListenerGuard(l))
@@ -69,6 +70,17 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 			}
 			srv := WebSocket(cfg.WS, ln, l.Path)
 			srv.Guard, srv.ConnRate = gd, cfg.ConnRate(l)
+			if l.TLS {
+				if certs == nil {
+					if certs, err = ws.LoadCertificates(cfg.WS.CertFile, cfg.WS.KeyFile); err != nil {
+						ln.Close()
+						CloseListeners(g)
+						return nil, &ListenerError{Listener: l, Err: err}
+					}
+					certs.Log = log
+				}
+				srv.Certificates = certs
+			}
 			g.WebSockets = append(g.WebSockets, srv)
 			continue
 		}
