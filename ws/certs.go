@@ -28,10 +28,10 @@ type Certificates struct {
 	CheckEvery time.Duration
 	Log        *slog.Logger
 
-	cert    atomic.Pointer[tls.Certificate]
-	mu      sync.Mutex // one look at a time; guards what follows
-	checked time.Time  // the last look
-	seen    [2]fileStamp
+	cert            atomic.Pointer[tls.Certificate]
+	mu              sync.Mutex // one look at a time; guards what follows
+	checked         time.Time  // the last look
+	seen            [2]fileStamp
 	reloads, failed atomic.Uint64
 }
 
