@@ -55,7 +55,7 @@ func (s *Server) deliverTraced(msg *nats.Msg) {
 	if id, ok := schemas.ReplyID(msg.Subject); ok {
 		attrs = append(attrs, semconv.MessagingMessageID(id))
 	}
-	if ex.Conn != nil {
+	if ex.Conn != nil || ex.Port != 0 { // a ws listener's exchange has no socket
 		var listener string
 		ok := false
 		if s.Listener != nil {
@@ -65,9 +65,13 @@ func (s *Server) deliverTraced(msg *nats.Msg) {
 			listener = strconv.Itoa(int(ex.Port))
 		}
 		span.SetName("egress " + listener)
+		transport := semconv.NetworkTransportUDP
+		if ex.Conn == nil {
+			transport = semconv.NetworkTransportTCP
+		}
 		attrs = append(attrs,
 			tracing.Listener.String(listener),
-			semconv.NetworkTransportUDP,
+			transport,
 			semconv.NetworkPeerAddress(ex.Remote.Addr().String()),
 			semconv.NetworkPeerPort(int(ex.Remote.Port())),
 			semconv.NetworkLocalAddress(ex.Local.Addr().String()),

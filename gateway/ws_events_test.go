@@ -14,6 +14,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/internal/natstest"
@@ -489,4 +491,39 @@ func TestWSGuard(t *testing.T) {
 			t.Errorf("ws stats %+v", w)
 		}
 	})
+}
+
+// TestWSTrace: a traced ws call's egress span names the listener and the
+// TCP peer, as a UDP listener's names its socket.
+func TestWSTrace(t *testing.T) {
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	g := &Gateway{TracerProvider: tp, TraceSample: 1}
+	url, _ := wsGateway(t, g, &ws.Server{})
+	c, _, err := dialWSWith(t, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := wsCall(t, c, envelope(t, 1, "InterestingPlaces", "GetRandom", &placespb.GetRandomRequest{Limit: 1}), false); r.Status != rpcpb.Status_STATUS_OK {
+		t.Fatalf("call: %v", r.Status)
+	}
+	name := schemas.Listener(wsPort(t, url), schemas.ProtocolWS)
+	var egress sdktrace.ReadOnlySpan
+	waitFor(t, "the egress span", func() bool {
+		for _, s := range spans.Ended() {
+			if strings.HasPrefix(s.Name(), "egress") {
+				egress = s
+				return true
+			}
+		}
+		return false
+	})
+	attrs := map[string]string{}
+	for _, a := range egress.Attributes() {
+		attrs[string(a.Key)] = a.Value.Emit()
+	}
+	if egress.Name() != "egress "+name || attrs["udpgate.listener"] != name || attrs["network.transport"] != "tcp" ||
+		!strings.HasPrefix(attrs["network.peer.address"], "127.0.0.1") {
+		t.Errorf("egress span %q, attributes %v", egress.Name(), attrs)
+	}
 }
