@@ -74,7 +74,8 @@ func TestWSBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if conn := m.Header.Get(schemas.HeaderWSConnection); m.Header.Get(schemas.HeaderRPCID) != callID || conn == "" {
+	conn := m.Header.Get(schemas.HeaderWSConnection)
+	if m.Header.Get(schemas.HeaderRPCID) != callID || conn == "" {
 		t.Errorf("the call's headers %v, the page's call id %s", m.Header, callID)
 	}
 
@@ -97,8 +98,21 @@ func TestWSBrowser(t *testing.T) {
 		b.fatalf("%d pushes, want none", n)
 	}
 
-	// The gateway pushes nothing yet: the page's handler is handed a
-	// message that answers no call, as the socket would hand it one.
+	// A worker pushes a Reply with id 0 to the page's connection, as
+	// schemas/README.md says.
+	real, err := proto.Marshal(&rpcpb.Reply{Body: []byte("from a worker ✓")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := nc.Request(schemas.WSPushSubject("udpgate", conn, schemas.WSPush), real, 5*time.Second); err != nil || a.Header.Get(schemas.HeaderWSError) != "" {
+		b.fatalf("push: %v, %v", a, err)
+	}
+	b.wait("the push in the page", func() bool {
+		return b.text("#pushes li") == "from a worker ✓"
+	})
+
+	// Messages that answer no call, handed to the page's handler as the
+	// socket would hand them.
 	push, err := proto.Marshal(&rpcpb.Reply{Body: []byte("pushed ✓")})
 	if err != nil {
 		t.Fatal(err)
@@ -112,13 +126,13 @@ func TestWSBrowser(t *testing.T) {
 	var pushes []item
 	b.evalJSON(`Array.from(document.querySelectorAll("#pushes li"), li => ({Text: li.textContent, ID: li.dataset.id, Status: li.dataset.status, Error: li.dataset.error}))`, &pushes)
 	ok := item{Text: "pushed ✓", ID: "0", Status: "STATUS_OK"}
-	if len(pushes) != 4 || pushes[0] != ok || pushes[1] != ok ||
-		pushes[2].Text != "" || !strings.HasPrefix(pushes[2].Error, "not a Reply") ||
-		pushes[3].Text != "" || !strings.HasPrefix(pushes[3].Error, "a text message, not") {
+	if len(pushes) != 5 || pushes[0] != (item{Text: "from a worker ✓", ID: "0", Status: "STATUS_OK"}) || pushes[1] != ok || pushes[2] != ok ||
+		pushes[3].Text != "" || !strings.HasPrefix(pushes[3].Error, "not a Reply") ||
+		pushes[4].Text != "" || !strings.HasPrefix(pushes[4].Error, "a text message, not") {
 		b.fatalf("the pushes listed: %+v", pushes)
 	}
 	for _, w := range g.Stats().WS {
-		if w.Accepted != 1 || w.RefusedOrigin != 0 || w.MessagesIn != 1 {
+		if w.Accepted != 1 || w.RefusedOrigin != 0 || w.MessagesIn != 1 || w.Pushes != 1 {
 			t.Errorf("ws stats %+v", w)
 		}
 	}
