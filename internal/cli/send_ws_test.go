@@ -25,6 +25,7 @@ func wsNode(t *testing.T, path string) netip.AddrPort {
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_HTTP_LISTEN", "")
+	t.Setenv("UDPGATE_RATE", "0") // the guard's per-source limit is not under test
 	cfg, err := config.Load()
 	if err != nil {
 		t.Fatal(err)
