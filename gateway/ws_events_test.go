@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,12 +17,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/placespb"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
+	"github.com/udpgate/udpgate/workers"
 	"github.com/udpgate/udpgate/ws"
 )
 
@@ -525,5 +528,66 @@ func TestWSTrace(t *testing.T) {
 	if egress.Name() != "egress "+name || attrs["udpgate.listener"] != name || attrs["network.transport"] != "tcp" ||
 		!strings.HasPrefix(attrs["network.peer.address"], "127.0.0.1") {
 		t.Errorf("egress span %q, attributes %v", egress.Name(), attrs)
+	}
+}
+
+// TestWSPushFromSDK: a worker of the Go SDK pushes to the connection of
+// the call it serves (RPCRequest.Connection), and learns when a
+// connection is gone or a push is refused.
+func TestWSPushFromSDK(t *testing.T) {
+	g := &Gateway{}
+	url, s := wsGateway(t, g, &ws.Server{})
+	port := wsPort(t, url)
+	pusher := natstest.Connect(t, s)
+	conns := make(chan string, 4)
+	startWorker(t, s, workers.Direct, "greeter", schemas.RPCSubject("udpgate", port, "Greeter", "Hello"),
+		func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+			conns <- r.RPC.Connection
+			if err := workers.Push(ctx, pusher, "", r.RPC.Connection, []byte("welcome")); err != nil {
+				return err
+			}
+			w.Write([]byte("hello"))
+			return nil
+		})
+	c, _, err := dialWSWith(t, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageBinary, envelope(t, 1, "Greeter", "Hello", nil)); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for range 2 { // the push and the reply, in the order the writer took them
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r rpcpb.Reply
+		if proto.Unmarshal(b, &r) == nil && r.Id == 1 {
+			got = append(got, "reply "+string(r.Body))
+		} else {
+			got = append(got, "push "+string(b))
+		}
+	}
+	slices.Sort(got)
+	if strings.Join(got, ",") != "push welcome,reply hello" {
+		t.Fatalf("the client read %q", got)
+	}
+	conn := <-conns
+	if err := workers.PushText(ctx, pusher, "udpgate", conn, "\xff"); !errors.As(err, new(*workers.PushError)) {
+		t.Errorf("a text push that is not UTF-8: %v", err)
+	}
+	if err := workers.CloseConnection(ctx, pusher, "", conn, 4000, "done"); err != nil {
+		t.Fatal(err)
+	}
+	c.Read(ctx) // the close frame
+	waitFor(t, "the connection closed", func() bool { return g.Stats().WS[schemas.Listener(port, schemas.ProtocolWS)].Connections == 0 })
+	if err := workers.Push(ctx, pusher, "", conn, []byte("late")); !errors.Is(err, workers.ErrNoConnection) {
+		t.Errorf("a push to a closed connection: %v", err)
+	}
+	if err := workers.Push(ctx, pusher, "", "000000000000.1", []byte("lost")); !errors.Is(err, workers.ErrNoConnection) {
+		t.Errorf("a push to no node's connection: %v", err)
 	}
 }

@@ -14,6 +14,10 @@ type RPCRequest struct {
 	Method  string
 	// ID is the client's call id; the gateway puts it in the reply itself.
 	ID uint64
+	// Connection is the WebSocket connection a call from a ws listener
+	// came on (udpgate-ws-connection), to push to it later (Push);
+	// empty for a call from an rpc listener.
+	Connection string
 }
 
 func parseRPC(h map[string][]string) (*RPCRequest, error) {
@@ -23,7 +27,7 @@ func parseRPC(h map[string][]string) (*RPCRequest, error) {
 		}
 		return ""
 	}
-	r := &RPCRequest{Service: get(schemas.HeaderRPCService), Method: get(schemas.HeaderRPCMethod)}
+	r := &RPCRequest{Service: get(schemas.HeaderRPCService), Method: get(schemas.HeaderRPCMethod), Connection: get(schemas.HeaderWSConnection)}
 	if v := get(schemas.HeaderRPCID); v != "" {
 		id, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
