@@ -65,8 +65,11 @@ type Gateway struct {
 	// sockets, beside the UDP listeners, sharing their table and egress.
 	// Set each one's Listener and limits; the gateway sets Publisher,
 	// Log if nil, and MaxMessage if zero (MaxDatagram), and closes the
-	// Listener. A ws port may not be a UDP listener's port: the port
-	// names the subjects.
+	// Listener, which it wraps: a ws listener stops accepting
+	// connections as soon as it stops reading (a graceful stop,
+	// RemoveListener), and closes them once its calls are answered. A ws
+	// port may not be a UDP listener's port: the port names the subjects.
+	// AddWebSocket adds one while the gateway serves.
 	WebSockets []*ws.Server
 
 	Deadline    time.Duration // per request; ingress.DefaultDeadline if zero

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -33,7 +34,74 @@ type live struct {
 	err      error              // what in.Serve returned; read after done
 }
 
-func (l *live) stopReading() { l.stopOnce.Do(func() { close(l.stop) }) }
+// stopReading stops the listener reading: a UDP listener's socket, or a
+// ws listener's calls; a ws listener stops accepting connections too.
+func (l *live) stopReading() {
+	l.stopOnce.Do(func() {
+		close(l.stop)
+		if l.ws != nil {
+			if a, ok := l.ws.Listener.(*acceptor); ok {
+				a.stopAccepting()
+			}
+		}
+	})
+}
+
+// acceptor is a ws listener's TCP socket as its WebSocket server sees it:
+// stopAccepting closes the socket, so that the port no longer takes
+// connections (another process holding the same socket takes them all),
+// without ending the server, which goes on with its connections until it
+// is stopped and closes the acceptor.
+type acceptor struct {
+	net.Listener
+	stopped   chan struct{} // closed by stopAccepting
+	closed    chan struct{} // closed by Close
+	stopOnce  sync.Once
+	closeOnce sync.Once
+}
+
+func newAcceptor(ln net.Listener) *acceptor {
+	return &acceptor{Listener: ln, stopped: make(chan struct{}), closed: make(chan struct{})}
+}
+
+// Accept returns the next connection; once the acceptor has stopped
+// accepting, it waits for Close and returns net.ErrClosed.
+func (a *acceptor) Accept() (net.Conn, error) {
+	c, err := a.Listener.Accept()
+	if err != nil {
+		select {
+		case <-a.stopped:
+			<-a.closed
+			return nil, net.ErrClosed
+		default:
+		}
+	}
+	return c, err
+}
+
+// stopAccepting closes the socket, not the acceptor.
+func (a *acceptor) stopAccepting() {
+	a.stopOnce.Do(func() {
+		close(a.stopped)
+		a.Listener.Close()
+	})
+}
+
+// Close closes the socket and ends Accept.
+func (a *acceptor) Close() error {
+	a.closeOnce.Do(func() { close(a.closed) })
+	return a.Listener.Close()
+}
+
+// File returns a copy of the socket's descriptor (net.TCPListener.File),
+// for a hand-over.
+func (a *acceptor) File() (*os.File, error) {
+	f, ok := a.Listener.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, fmt.Errorf("gateway: a %T has no descriptor to hand over", a.Listener)
+	}
+	return f.File()
+}
 
 // address is where the listener is bound.
 func (l *live) address() string {
@@ -109,6 +177,9 @@ func (g *Gateway) newWebSocket(srv *ws.Server, r *running, share int) *live {
 	if port == 0 {
 		port = uint16(srv.Listener.Addr().(*net.TCPAddr).Port)
 		srv.Port = port
+	}
+	if _, ok := srv.Listener.(*acceptor); !ok {
+		srv.Listener = newAcceptor(srv.Listener)
 	}
 	lv := &live{
 		Listener: Listener{Protocol: schemas.ProtocolWS},
@@ -238,24 +309,61 @@ func (g *Gateway) guardOf(port uint16) *guard.Guard {
 // channel is closed). A listener added while serving holds at most
 // ListenerMaxPending exchanges, or half the table if that is zero.
 func (g *Gateway) AddListener(l Listener) (string, error) {
+	port := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
+	lv, err := g.add(port, func() { l.Conn.Close() }, func(r *running, share int) *live { return g.newLive(l, r, share) })
+	if err != nil {
+		return "", err
+	}
+	g.Log.Info("gateway: listener added", "listener", lv.name, "address", l.Conn.LocalAddr().String())
+	return lv.name, nil
+}
+
+// AddWebSocket serves the ws listener srv from now on, as AddListener
+// serves a UDP listener, and returns its name (PORT/ws); origin is its
+// Origin in Status (see Listener.Origin). Set srv as an element of
+// WebSockets is set: the gateway sets its Publisher, its Log if nil and
+// its MaxMessage if zero, and takes srv.Listener: it closes it when the
+// listener is removed or the gateway stops, and also if AddWebSocket
+// fails. RemoveListener removes it gracefully: it stops accepting
+// connections at once, answers the calls pending, then closes the
+// connections (1001, going away) and the socket.
+func (g *Gateway) AddWebSocket(srv *ws.Server, origin string) (string, error) {
+	port := srv.Port
+	if port == 0 {
+		port = uint16(srv.Listener.Addr().(*net.TCPAddr).Port)
+	}
+	lv, err := g.add(port, func() { srv.Listener.Close() }, func(r *running, share int) *live {
+		lv := g.newWebSocket(srv, r, share)
+		lv.Origin = origin
+		return lv
+	})
+	if err != nil {
+		return "", err
+	}
+	g.Log.Info("gateway: listener added", "listener", lv.name, "address", lv.address())
+	return lv.name, nil
+}
+
+// add serves the listener that newLive makes on port, unless the gateway
+// is not serving or serves port already: then it calls closeSocket.
+func (g *Gateway) add(port uint16, closeSocket func(), newLive func(r *running, share int) *live) (*live, error) {
 	g.mu.Lock()
 	r := g.run
 	if r == nil || g.stopping || r.ctx.Err() != nil {
 		g.mu.Unlock()
-		l.Conn.Close()
-		return "", ErrNotServing
+		closeSocket()
+		return nil, ErrNotServing
 	}
-	port := uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)
 	if g.lookup(port) != nil {
 		g.mu.Unlock()
-		l.Conn.Close()
-		return "", fmt.Errorf("%w: %d", ErrPortServed, port)
+		closeSocket()
+		return nil, fmt.Errorf("%w: %d", ErrPortServed, port)
 	}
 	share := g.ListenerMaxPending
 	if share <= 0 {
 		share = r.table.Cap() / 2
 	}
-	lv := g.newLive(l, r, share)
+	lv := newLive(r, share)
 	g.lives = append(g.lives, lv)
 	g.indexLocked()
 	g.added.Add(1)
@@ -265,20 +373,26 @@ func (g *Gateway) AddListener(l Listener) (string, error) {
 		defer r.wg.Done()
 		if err := lv.serve(); err != nil {
 			g.Log.Error("gateway: listener failed; removed", "listener", lv.name, "err", err)
-			lv.Conn.Close() // a failed read loop leaves it open
+			if lv.ws != nil {
+				lv.ws.Listener.Close()
+			} else {
+				lv.Conn.Close() // a failed read loop leaves it open
+			}
 			lv.cancel()
 			g.forget(lv)
 		}
 	}()
-	g.Log.Info("gateway: listener added", "listener", lv.name, "address", l.Conn.LocalAddr().String())
-	return lv.name, nil
+	return lv, nil
 }
 
 // RemoveListener stops serving the listener name (PORT/PROTOCOL) without
 // touching the others: it stops reading at once, answers the exchanges
 // the listener has open as usual until they are answered or their
 // deadline has passed (plus a second for the answers under way), then
-// closes the socket. The returned channel is closed once the socket is
+// closes the socket. A ws listener stops accepting connections at once,
+// and refuses the calls that come after (STATUS_UNAVAILABLE) on the
+// connections open; once its calls are answered, it closes them (1001,
+// going away), then the socket. The returned channel is closed once the socket is
 // closed and the port free; the listener is no longer in Stats and Status
 // from then on.
 func (g *Gateway) RemoveListener(name string) (<-chan struct{}, error) {
@@ -353,7 +467,7 @@ func (g *Gateway) forget(lv *live) {
 
 // Live returns the UDP listeners the gateway serves now, those being
 // removed included, in the order they were added (ws listeners are not
-// among them).
+// among them: see WebSocketsLive).
 func (g *Gateway) Live() []Listener {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -361,6 +475,22 @@ func (g *Gateway) Live() []Listener {
 	for _, lv := range g.lives {
 		if lv.ws == nil {
 			out = append(out, lv.Listener)
+		}
+	}
+	return out
+}
+
+// WebSocketsLive returns the ws listeners the gateway serves now, those
+// being removed included, in the order they were added. Their Listener
+// is the gateway's wrapping of the socket given: its File method returns
+// a copy of a TCP socket's descriptor.
+func (g *Gateway) WebSocketsLive() []*ws.Server {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*ws.Server
+	for _, lv := range g.lives {
+		if lv.ws != nil {
+			out = append(out, lv.ws)
 		}
 	}
 	return out
