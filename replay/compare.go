@@ -44,7 +44,8 @@ type Difference struct {
 // Target.Keep) with its reply recorded in the replies stream (the reply
 // whose subject's last token is the captured request's ce-id), and
 // compares them: the status, the body, and for CoAP the
-// code and Content-Format, for RPC the status and error. It reads the
+// code and Content-Format, for RPC (rpc and ws listeners) the status and
+// error. It reads the
 // stream with an ordered consumer from the capture time of the first
 // request on, and keeps at most maxDiffs differences.
 func Compare(ctx context.Context, js jetstream.JetStream, repliesStream string, res Result, maxDiffs int) (Comparison, error) {
@@ -159,7 +160,7 @@ func fieldDiffs(protocol string, a, b *Reply) []field {
 	case schemas.ProtocolCoAP:
 		add("code", coapCode(a), coapCode(b))
 		add("content-format", orNone(a.Header.Get(schemas.HeaderCoAPContentFormat)), orNone(b.Header.Get(schemas.HeaderCoAPContentFormat)))
-	case schemas.ProtocolRPC:
+	case schemas.ProtocolRPC, schemas.ProtocolWS: // a ws listener's calls are RPC calls
 		add("rpc status", orZero(a.Header.Get(schemas.HeaderRPCStatus)), orZero(b.Header.Get(schemas.HeaderRPCStatus)))
 		add("rpc error", strconv.Quote(a.Header.Get(schemas.HeaderRPCError)), strconv.Quote(b.Header.Get(schemas.HeaderRPCError)))
 	}
@@ -225,7 +226,7 @@ func summary(protocol string, r *Reply) string {
 	if protocol == schemas.ProtocolCoAP {
 		s += ", code " + coapCode(r)
 	}
-	if protocol == schemas.ProtocolRPC {
+	if protocol == schemas.ProtocolRPC || protocol == schemas.ProtocolWS {
 		s += ", rpc status " + orZero(r.Header.Get(schemas.HeaderRPCStatus))
 	}
 	return s + ", " + strconv.Itoa(len(r.Body)) + " bytes " + preview(r.Body)

@@ -96,7 +96,7 @@ type Replayer struct {
 type Result struct {
 	Selected int // requests in the window that match the filters
 	Sent     int
-	Skipped  int // not reproducible (a CoAP Block1 upload has no datagram of its own)
+	Skipped  int // Wire: no datagram to send (a CoAP Block1 upload; a ws listener's calls and events)
 	Errors   int // could not be sent
 	Answered int // Publish: requests replied to; Wire: datagrams received from the target
 	// Uncaptured counts requests of Publish sent to direct candidates
@@ -125,7 +125,7 @@ type Request struct {
 	Seq      uint64 // sequence in the capture stream
 	Subject  string // captured subject
 	ID       string // captured ce-id, which names its recorded reply
-	Protocol string // schemas.ProtocolRaw, ProtocolCoAP or ProtocolRPC
+	Protocol string // its listener's: schemas.ProtocolRaw, ProtocolCoAP, ProtocolRPC or ProtocolWS
 	Reply    *Reply // the candidate's reply; nil if none came
 }
 

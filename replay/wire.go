@@ -21,16 +21,21 @@ import (
 )
 
 // ErrNoDatagram is returned by Datagram for a request that was not one
-// datagram: a CoAP request reassembled from a Block1 upload.
-var ErrNoDatagram = errors.New("replay: request was reassembled from several datagrams")
+// datagram: a CoAP request reassembled from a Block1 upload, or anything a
+// ws listener received (a WebSocket message, a connection event).
+var ErrNoDatagram = errors.New("replay: request was not one datagram")
 
 // Datagram returns the datagram a captured request was received as, byte for
 // byte: the body of a raw request; the udpgate-datagram-head and the body of
 // a CoAP request; the RPC envelope re-encoded from udpgate-rpc-id,
 // -service and -method with the body as params (the same bytes when the
-// client encoded it canonically). The result is newly allocated.
+// client encoded it canonically). The result is newly allocated. A
+// request from a ws listener came in a WebSocket message, not a datagram:
+// ErrNoDatagram.
 func Datagram(h nats.Header, body []byte) ([]byte, error) {
 	switch protocolOf(h) {
+	case schemas.ProtocolWS:
+		return nil, ErrNoDatagram
 	case schemas.ProtocolCoAP:
 		v := h.Get(schemas.HeaderDatagramHead)
 		if v == "" {
@@ -61,7 +66,8 @@ func Datagram(h nats.Header, body []byte) ([]byte, error) {
 }
 
 // Wire sends the selected requests from conn to to, one datagram each,
-// exactly as they were received (see Datagram), paced by r.Speed. While it
+// exactly as they were received (see Datagram), paced by r.Speed; those
+// that were no datagram (ErrNoDatagram) are counted as Skipped. While it
 // runs and for r.Wait after the last send (less if every request was
 // answered), it counts the datagrams that come back to conn from to as
 // Answered. conn should not be connected; it stays open: the caller owns it.

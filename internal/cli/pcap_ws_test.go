@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -43,7 +44,7 @@ func TestPcapExportSkipsWS(t *testing.T) {
 	defaults(t)
 	s := natstest.RunServer(t)
 	t.Setenv("UDPGATE_NATS_URL", s.ClientURL())
-	raw, wsURL, wsPort := wsTestGateway(t, s)
+	raw, wsURL, wsPort := wsTestGateway(t, s, schemas.ProtocolRaw)
 	_, js := natstest.JetStream(t, s)
 	serveTestWorker(t, &workers.Server{NATS: natstest.Connect(t, s), Group: "upper",
 		Subjects: []string{schemas.InSubject("udpgate", raw.Port())},
@@ -132,15 +133,27 @@ func TestPcapExportSkipsWS(t *testing.T) {
 		}
 		got = append(got, dir+string(u.Payload))
 	}
-	if want := ">hello-0 <HELLO-0 >hello-1 <HELLO-1 >hello-2 <HELLO-2"; strings.Join(got, " ") != want {
-		t.Errorf("the pcap holds %q, want %q", got, want)
+	// Each reply comes after its request, at its stream time, which may
+	// be after the next request's.
+	var reqs, reps []string
+	for i, p := range got {
+		if p[0] == '>' {
+			reqs = append(reqs, p)
+		} else if !slices.Contains(got[:i], ">"+strings.ToLower(p[1:])) {
+			t.Errorf("%s before its request: %q", p, got)
+		} else {
+			reps = append(reps, p)
+		}
+	}
+	if strings.Join(reqs, " ") != ">hello-0 >hello-1 >hello-2" || strings.Join(reps, " ") != "<HELLO-0 <HELLO-1 <HELLO-2" {
+		t.Errorf("the pcap holds %q, want the 3 datagrams and their replies", got)
 	}
 }
 
-// wsTestGateway serves a gateway (node "n1", replies recorded) with a raw
-// listener and a ws listener on 127.0.0.1, and returns the raw listener's
-// address, the ws listener's URL and its port.
-func wsTestGateway(t testing.TB, s *server.Server) (netip.AddrPort, string, uint16) {
+// wsTestGateway serves a gateway (node "n1", replies recorded) with a UDP
+// listener of protocol udp and a ws listener on 127.0.0.1, and returns the
+// UDP listener's address, the ws listener's URL and its port.
+func wsTestGateway(t testing.TB, s *server.Server, udp string) (netip.AddrPort, string, uint16) {
 	t.Helper()
 	conn, err := ingress.Listen(context.Background(), "udp4", "127.0.0.1:0", 0)
 	if err != nil {
@@ -153,7 +166,7 @@ func wsTestGateway(t testing.TB, s *server.Server) (netip.AddrPort, string, uint
 	}
 	g := &gateway.Gateway{
 		NATS: natstest.Connect(t, s), Node: "n1", Replies: ingress.StreamConfig{Name: schemas.StreamReplies},
-		Listeners:    []gateway.Listener{{Conn: conn, Protocol: schemas.ProtocolRaw}},
+		Listeners:    []gateway.Listener{{Conn: conn, Protocol: udp}},
 		WebSockets:   []*ws.Server{{Listener: ln}},
 		DrainTimeout: -1,
 	}

@@ -25,7 +25,9 @@ reply subject, for direct candidate groups, and to
 SUBJECT-PREFIX.capture.PORT..., which the replay stream stores as
 SUBJECT-PREFIX.in.PORT..., for durable ones. It gets a fresh ce-id, the reply
 subject SUBJECT-PREFIX.reply.replay-RUN.ID (also in udpgate-reply), ` + replay.HeaderReplayOf + ` set
-to the recorded ce-id, and ce-time set to the recorded time.`
+to the recorded ce-id, and ce-time set to the recorded time. With --to, what
+was not one datagram (a CoAP Block1 upload, a ws listener's calls and
+events) is skipped and counted.`
 
 // newReplayCmd is `udpgate replay`: it selects captured requests by time,
 // port and subject and sends them again, either onto the wire (--to) or to
