@@ -22,6 +22,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -86,6 +87,9 @@ type Options struct {
 	// Text sends a ws:// call as the base64 of its envelope in a text
 	// message rather than as a binary message. Other schemes ignore it.
 	Text bool
+	// TLS configures a wss:// connection; nil verifies the listener's
+	// certificate against the system's roots. Other schemes ignore it.
+	TLS *tls.Config
 }
 
 func (o Options) wait() time.Duration {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -66,9 +67,11 @@ type WSOptions struct {
 	// LocalAddr, if valid, is the address the TCP connection is made
 	// from (with a port the system chooses).
 	LocalAddr netip.Addr
+	// TLS configures a wss:// connection: nil verifies the server's
+	// certificate against the system's roots. Not with HTTPClient.
+	TLS *tls.Config
 	// HTTPClient makes the upgrade request; its Timeout must be zero.
-	// Nil: a client of the WSConn's own, which dials directly and
-	// verifies a wss:// server's certificate against the system's roots.
+	// Nil: a client of the WSConn's own, which dials directly, with TLS.
 	// With an HTTPClient, WSConn.Remote is not known.
 	HTTPClient *http.Client
 }
@@ -124,6 +127,7 @@ func DialWS(ctx context.Context, wsURL string, o WSOptions) (*WSConn, error) {
 				}
 				return nc, err
 			},
+			TLSClientConfig:     o.TLS,
 			TLSHandshakeTimeout: 10 * time.Second,
 		}
 		defer tr.CloseIdleConnections() // a refused upgrade's connection
@@ -163,6 +167,10 @@ func dialError(ctx context.Context, wsURL string, resp *http.Response, err error
 	var oe *net.OpError
 	if errors.As(err, &oe) {
 		return fmt.Errorf("client: %s: %w", wsURL, oe)
+	}
+	var ue *url.Error // the upgrade request's, a TLS handshake's for one
+	if errors.As(err, &ue) {
+		return fmt.Errorf("client: %s: %w", wsURL, ue.Err)
 	}
 	return fmt.Errorf("client: %s: %w", wsURL, err)
 }
@@ -260,7 +268,7 @@ func dialWS(ctx context.Context, c *Conn, rawURL string) (*Conn, error) {
 	timeout := c.opts.timeout()
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ws, err := DialWS(dctx, t.URL, WSOptions{Text: c.opts.Text})
+	ws, err := DialWS(dctx, t.URL, WSOptions{Text: c.opts.Text, TLS: c.opts.TLS})
 	if err != nil {
 		if ctx.Err() == nil && dctx.Err() != nil {
 			return nil, fmt.Errorf("client: %s: %w to the WebSocket upgrade within %s", t.URL, ErrNoReply, timeout)

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -33,7 +35,8 @@ payload is read from standard input (not for a CoAP GET or DELETE).
        or ws://HOST:PORT[/PATH]/SERVICE/METHOD (wss:// too): an RPC call on a ws
        listener served at PATH (/ if none), in a binary message (--text: base64)
 A request over UDP is sent again on a backoff until a reply comes or --timeout
-passes; a ws:// call is sent once, on one connection, and waits --timeout.`,
+passes; a ws:// call is sent once, on one connection, and waits --timeout
+(wss://: --cacert trusts a listener's own certificate).`,
 		Example: `  udpgate send udp://127.0.0.1:9000 hello
   udpgate send coap://127.0.0.1/time
   udpgate send rpc://127.0.0.1:7000/InterestingPlaces/GetRandom '{"limit": 2}'
@@ -50,12 +53,13 @@ passes; a ws:// call is sent once, on one connection, and waits --timeout.`,
 	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
 	text := fs.Bool("text", false, "ws://: send each call as base64 in a text message (answered in kind) rather than binary")
+	cacert := fs.String("cacert", "", "wss://: trust the certificates of this PEM file (a self-signed listener's) instead of the system's roots")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 		if *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {
 			return usageErrorf(cmd, "--count must be at least 1, --wait and --timeout positive, --factor at least 1, --content-format at most 65535")
 		}
-		return send(ctx, args, sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text}, stdout, stderr)
+		return send(ctx, args, sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text, cacert: *cacert}, stdout, stderr)
 	}
 	return cmd
 }
@@ -73,6 +77,7 @@ type sendOptions struct {
 	count         int
 	verbose       bool
 	text          bool
+	cacert        string // a PEM file of roots for wss://
 }
 
 // send sends the request(s) of `udpgate send`.
@@ -82,6 +87,17 @@ func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.W
 	if *format >= 0 {
 		cf := uint16(*format)
 		opts.ContentFormat = &cf
+	}
+	if o.cacert != "" {
+		pem, err := os.ReadFile(o.cacert)
+		if err != nil {
+			return &exitError{2, fmt.Errorf("send: --cacert: %w", err)}
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return &exitError{2, fmt.Errorf("send: --cacert: %s has no PEM certificate", o.cacert)}
+		}
+		opts.TLS = &tls.Config{RootCAs: roots}
 	}
 	target := args[0]
 	var payload []byte

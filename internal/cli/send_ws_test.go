@@ -3,11 +3,21 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -18,10 +28,15 @@ import (
 
 // wsNode starts a node (embedded NATS, the gateway, the built-in places
 // worker) whose one listener is a ws listener on path, until the test
-// ends, and returns its address.
-func wsNode(t *testing.T, path string) netip.AddrPort {
+// ends, and returns its address. With certFile and keyFile, it is a wss
+// listener.
+func wsNode(t *testing.T, path, certFile, keyFile string) netip.AddrPort {
 	t.Helper()
 	defaults(t)
+	if certFile != "" {
+		t.Setenv("UDPGATE_WSS_CERT_FILE", certFile)
+		t.Setenv("UDPGATE_WSS_KEY_FILE", keyFile)
+	}
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_HTTP_LISTEN", "")
@@ -32,7 +47,7 @@ func wsNode(t *testing.T, path string) netip.AddrPort {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ls := []config.Listener{{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: "ws", Path: path}}
+	ls := []config.Listener{{Addr: netip.MustParseAddrPort("127.0.0.1:0"), Protocol: "ws", Path: path, TLS: certFile != ""}}
 	n, err := node.Start(ctx, cfg.ForGateway(), slog.New(slog.DiscardHandler), node.Options{Listeners: ls, Workers: []node.Worker{{Name: "places", Listener: 0}}})
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +60,7 @@ func wsNode(t *testing.T, path string) netip.AddrPort {
 // places worker, in binary and text messages, once and with --count,
 // and checks what a wrong path, a closed port and a bad URL say.
 func TestSendWS(t *testing.T) {
-	addr := wsNode(t, "/rpc")
+	addr := wsNode(t, "/rpc", "", "")
 	url := "ws://" + addr.String() + "/rpc/InterestingPlaces/GetRandom"
 	send := func(args ...string) (string, string, error) {
 		var out, errb bytes.Buffer
@@ -98,7 +113,7 @@ func TestSendWS(t *testing.T) {
 // TestBenchWS loads a ws listener served by the built-in places worker:
 // 32 calls in flight on two long-lived connections, every one answered.
 func TestBenchWS(t *testing.T) {
-	addr := wsNode(t, "/")
+	addr := wsNode(t, "/", "", "")
 	var out, errb bytes.Buffer
 	err := Run(context.Background(), []string{"bench", "--count", "500", "-c", "32", "--sockets", "2", "--payload", `{"limit": 2}`,
 		"ws://" + addr.String() + "/InterestingPlaces/GetRandom"}, &out, &errb)
@@ -109,5 +124,57 @@ func TestBenchWS(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestSendWSS sends GetRandom to a wss listener whose certificate is its
+// own: refused without --cacert, answered with it.
+func TestSendWSS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeSelfSigned(t, certFile, keyFile)
+	addr := wsNode(t, "/", certFile, keyFile)
+	url := "wss://" + addr.String() + "/InterestingPlaces/GetRandom"
+	var out, errb bytes.Buffer
+	err := Run(context.Background(), []string{"send", url, `{"limit": 1}`}, &out, &errb)
+	if exitCode(err) != 1 || !strings.Contains(err.Error(), "wss://"+addr.String()+"/: tls: failed to verify certificate") {
+		t.Errorf("without --cacert: %v (exit %d), want a certificate error", err, exitCode(err))
+
+	}
+	if err := Run(context.Background(), []string{"send", "--cacert", certFile, url, `{"limit": 1}`}, &out, &errb); err != nil || !strings.Contains(out.String(), `"name"`) {
+		t.Errorf("with --cacert: %v, printed %q (%s)", err, out.String(), errb.String())
+	}
+	if err := Run(context.Background(), []string{"send", "--cacert", keyFile, url, `{"limit": 1}`}, &out, &errb); exitCode(err) != 2 {
+		t.Errorf("--cacert of a key: %v (exit %d), want a usage error", err, exitCode(err))
+	}
+}
+
+// writeSelfSigned writes a certificate for 127.0.0.1, signed by itself,
+// and its key, as PEM.
+func writeSelfSigned(t *testing.T, certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "udpgate test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
