@@ -27,6 +27,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +102,9 @@ type Config struct {
 	// closed loop each of the Concurrency senders sends as fast as it can.
 	// Not for ws, whose listener answers every call.
 	NoReply bool
+	// TLS configures wss connections; nil verifies the listener's
+	// certificate against the system's roots.
+	TLS *tls.Config
 	// Sources are the local addresses new sockets (ws: TCP connections)
 	// bind to, in turn (with a port chosen by the system); nil lets the
 	// system choose.

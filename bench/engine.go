@@ -243,7 +243,7 @@ const wsDialTimeout = 10 * time.Second
 func (r *run) dialWS(s *slot) (*sock, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), max(r.cfg.Timeout, wsDialTimeout))
 	defer cancel()
-	c, err := client.DialWS(ctx, r.t.ws, client.WSOptions{LocalAddr: r.source()})
+	c, err := client.DialWS(ctx, r.t.ws, client.WSOptions{LocalAddr: r.source(), TLS: r.cfg.TLS})
 	if err != nil {
 		return nil, err
 	}

@@ -53,6 +53,7 @@ func newBenchCmd() *cobra.Command {
 	fs.BoolVar(&cfg.NoReply, "no-reply", false, "expect no replies: count what was sent (closed loop: -c senders as fast as they can)")
 	sources := fs.String("sources", "", "local addresses to send from, in turn: comma-separated addresses or prefixes such as 127.0.1.0/24 (default: the system's choice)")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	cacert := fs.String("cacert", "", "wss://: trust the certificates of this PEM file (a self-signed listener's) instead of the system's roots")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 		if len(args) != 1 || cfg.Concurrency < 1 || cfg.Rate < 0 || cfg.Duration < 0 || cfg.Count < 0 ||
@@ -60,6 +61,13 @@ func newBenchCmd() *cobra.Command {
 			return usageErrorf(cmd, "bad arguments or flag values")
 		}
 		cfg.Target = args[0]
+		if *cacert != "" {
+			var err error
+			if cfg.TLS, err = trusting(*cacert); err != nil {
+				fmt.Fprintf(stderr, "bench: %v\n", err)
+				return errUsage
+			}
+		}
 		cfg.Payload = []byte(*payload)
 		if strings.HasPrefix(cfg.Target, "udp:") && *size > 8+len(cfg.Payload) {
 			cfg.Payload = append(cfg.Payload, bytes.Repeat([]byte("x"), *size-8-len(cfg.Payload))...)

@@ -89,15 +89,10 @@ func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.W
 		opts.ContentFormat = &cf
 	}
 	if o.cacert != "" {
-		pem, err := os.ReadFile(o.cacert)
-		if err != nil {
-			return &exitError{2, fmt.Errorf("send: --cacert: %w", err)}
+		var err error
+		if opts.TLS, err = trusting(o.cacert); err != nil {
+			return &exitError{2, fmt.Errorf("send: %w", err)}
 		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return &exitError{2, fmt.Errorf("send: --cacert: %s has no PEM certificate", o.cacert)}
-		}
-		opts.TLS = &tls.Config{RootCAs: roots}
 	}
 	target := args[0]
 	var payload []byte
@@ -213,6 +208,20 @@ func sendMany(ctx context.Context, c *client.Conn, target string, payload []byte
 		return &exitError{1, fmt.Errorf("send: %d of %d requests got no reply", st.Sent-st.Received, st.Sent)}
 	}
 	return nil
+}
+
+// trusting returns a TLS configuration that trusts the certificates of
+// the PEM file name (--cacert) rather than the system's roots.
+func trusting(name string) (*tls.Config, error) {
+	pem, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("--cacert: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--cacert: %s has no PEM certificate", name)
+	}
+	return &tls.Config{RootCAs: roots}, nil
 }
 
 // ms formats d in milliseconds with three decimals, as ping does.

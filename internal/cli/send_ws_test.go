@@ -128,7 +128,7 @@ func TestBenchWS(t *testing.T) {
 }
 
 // TestSendWSS sends GetRandom to a wss listener whose certificate is its
-// own: refused without --cacert, answered with it.
+// own: refused without --cacert, answered with it; bench loads it too.
 func TestSendWSS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
@@ -146,6 +146,11 @@ func TestSendWSS(t *testing.T) {
 	}
 	if err := Run(context.Background(), []string{"send", "--cacert", keyFile, url, `{"limit": 1}`}, &out, &errb); exitCode(err) != 2 {
 		t.Errorf("--cacert of a key: %v (exit %d), want a usage error", err, exitCode(err))
+	}
+	out.Reset()
+	if err := Run(context.Background(), []string{"bench", "--cacert", certFile, "--count", "100", "-c", "8", "--payload", `{"limit": 1}`, url}, &out, &errb); err != nil ||
+		!strings.Contains(out.String(), "answered 100  lost 0  errors 0") {
+		t.Errorf("bench --cacert: %v\n%s", err, out.String())
 	}
 }
 
