@@ -110,7 +110,7 @@ func printRuntimeListeners(w io.Writer, cfg config.Config, file *node.ListenersF
 	if file != nil {
 		fmt.Fprintf(w, "  listener file %s (read again on SIGHUP and when it changes):\n", cfg.ListenersFile)
 		for _, l := range file.Listeners() {
-			fmt.Fprintf(w, "    udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
+			fmt.Fprintf(w, "    %s %s %s -> %s\n", transport(l), l.Addr, protocol(l), schemas.InSubject(cfg.Prefix, l.Addr.Port()))
 		}
 	}
 	if !cfg.Bridge.On() {
@@ -126,4 +126,22 @@ func printRuntimeListeners(w io.Writer, cfg config.Config, file *node.ListenersF
 	}
 	fmt.Fprintf(w, "  leases    ports %s: over HTTP %s, over NATS %s.bind.%s.*\n",
 		strings.Join(ports, ","), http, cfg.Prefix, schemas.EscapeToken(cfg.Node))
+}
+
+// transport names the socket of l: tcp for a ws listener, udp for the
+// others.
+func transport(l config.Listener) string {
+	if l.Protocol == schemas.ProtocolWS {
+		return "tcp"
+	}
+	return "udp"
+}
+
+// protocol is l's protocol as UDPGATE_LISTENERS writes it: wss for a ws
+// listener over TLS.
+func protocol(l config.Listener) string {
+	if l.TLS {
+		return config.ProtocolWSS
+	}
+	return l.Protocol
 }

@@ -26,6 +26,7 @@ const MaxListenersFile = 1 << 20
 var fileKeys = []string{
 	"port", "address", "protocol",
 	"reply", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
+	"path", "conn_rate",
 }
 
 // ReadListenersFile reads the listener file at path (UDPGATE_LISTENERS_FILE)
@@ -63,15 +64,24 @@ func readFile(path string) ([]byte, error) {
 //
 //	listeners:
 //	  - port: 9100            # required, 1..65535
-//	    protocol: raw         # raw (the default), coap or rpc
+//	    protocol: raw         # raw (the default), coap, rpc, ws or wss
 //	    address: 10.0.0.7     # 0.0.0.0 by default; IPv6 like "::" too
 //	    reply: off            # raw only: ingest, never answer
 //	  - port: 5684
 //	    protocol: coap
 //	    rate: 50              # and burst, source_prefix, listener_rate,
 //	    allow: [10.0.0.0/8]   # listener_burst, amplification, deny, trust
+//	  - port: 8081
+//	    protocol: ws          # wss: over TLS (UDPGATE_WSS_CERT_FILE)
+//	    path: /rpc            # ws only: where the WebSocket is served
+//	    conn_rate: 20         # ws only: messages per second per connection
 //
-// An empty file, or an empty or missing list, has no listeners. A port
+// A ws or wss listener takes the guard's keys but trust and
+// amplification (its calls come over TCP), and no reply; path and
+// conn_rate are for ws and wss listeners only: the rules of
+// UDPGATE_LISTENERS. A wss listener needs the certificate files, which
+// the caller checks. An empty file, or an empty or missing list, has no
+// listeners. A port
 // may be listed once, and not at all if a listener in taken has it
 // (UDPGATE_LISTENERS and the built-in listeners, which the file cannot
 // change). Every problem is reported, each with the file's name, its
@@ -238,18 +248,46 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 		}
 	}
 	l.Addr = netip.AddrPortFrom(addr, port)
+	proto := l.Protocol // as UDPGATE_LISTENERS writes it: wss for a ws listener over TLS
 	if s, ok := values["protocol"]; ok {
 		switch s {
-		case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC:
-			l.Protocol = s
+		case schemas.ProtocolRaw, schemas.ProtocolCoAP, schemas.ProtocolRPC, schemas.ProtocolWS:
+			l.Protocol, proto = s, s
+		case ProtocolWSS:
+			l.Protocol, proto = schemas.ProtocolWS, s
 		default:
-			bad(lineOf["protocol"], "unknown protocol %q (supported: raw, coap, rpc)", s)
+			bad(lineOf["protocol"], "unknown protocol %q (supported: raw, coap, rpc, ws, wss)", s)
 		}
 	}
 	var opts []string
 	for _, key := range fileKeys[3:] {
 		s, ok := values[key]
 		if !ok {
+			continue
+		}
+		switch {
+		case l.Protocol == schemas.ProtocolWS && slices.Contains(udpOnlyOptions, key):
+			bad(lineOf[key], "%s is for UDP listeners (a ws listener's calls come over TCP)", key)
+			continue
+		case l.Protocol != schemas.ProtocolWS && slices.Contains(wsOnlyOptions, key):
+			bad(lineOf[key], "%s is for ws and wss listeners", key)
+			continue
+		}
+		switch key {
+		case "path":
+			if !strings.HasPrefix(s, "/") || strings.ContainsAny(s, "?# ") {
+				bad(lineOf[key], "path %q: want an absolute path like /rpc", s)
+				continue
+			}
+		case "conn_rate":
+			var r float64
+			if err := parseRate(key, s, &r); err != nil {
+				bad(lineOf[key], "%v", err)
+				continue
+			}
+		}
+		if key == "path" || key == "conn_rate" {
+			opts = append(opts, key+"="+s)
 			continue
 		}
 		if key == "reply" {
@@ -280,13 +318,18 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 	if len(p.problems) > before {
 		return Listener{}, false
 	}
-	// What UDPGATE_LISTENERS would make of the same entry: the checks
-	// above are its checks, so this finds nothing new.
-	if err := checkListenerOptions(l.Options); err != nil {
+	// The listener is what UDPGATE_LISTENERS makes of the same entry:
+	// the checks above are its checks, so this finds nothing new.
+	entry := l.Addr.String() + "/" + proto
+	if l.Options != "" {
+		entry += ";" + l.Options
+	}
+	el, err := parseListener(entry)
+	if err != nil {
 		bad(n.Line, "%v", err)
 		return Listener{}, false
 	}
-	return l, true
+	return el, true
 }
 
 // fileValue returns the text of a listener key's value v: a scalar, or

@@ -52,6 +52,22 @@ listeners:
 			{Addr: netip.MustParseAddrPort("[::]:5684"), Protocol: "coap"},
 			{Addr: netip.MustParseAddrPort("[::1]:7001"), Protocol: "rpc"},
 		}},
+		{name: "ws and wss", file: `
+listeners:
+  - port: 8081
+    protocol: ws
+  - port: 8443
+    protocol: wss
+    address: 127.0.0.1
+    path: /rpc
+    conn_rate: 20
+    rate: 5
+    allow: [10.0.0.0/8]
+`, want: []Listener{
+			{Addr: any4(8081), Protocol: "ws", Path: "/"},
+			{Addr: netip.MustParseAddrPort("127.0.0.1:8443"), Protocol: "ws", Path: "/rpc", TLS: true,
+				Options: "allow=10.0.0.0/8;rate=5;path=/rpc;conn_rate=20"},
+		}},
 		{name: "the order of keys does not matter", file: "listeners:\n  - {burst: 7, rate: 5, port: 9100}\n",
 			want: []Listener{{Addr: any4(9100), Protocol: "raw", Options: "rate=5;burst=7"}}},
 		{name: "an IPv4-mapped address is IPv4", file: "listeners:\n  - {port: 9100, address: \"::ffff:127.0.0.1\"}\n",
@@ -112,6 +128,39 @@ listeners:
 	}
 }
 
+// TestListenersFileWSAsEntries: a ws or wss listener of the file is the
+// listener the same UDPGATE_LISTENERS entry makes, guard and connection
+// rate included.
+func TestListenersFileWSAsEntries(t *testing.T) {
+	e := defaults(t)
+	e.Listeners = "8081/ws;rate=5;allow=10.0.0.0/8;path=/rpc;conn_rate=20,127.0.0.1:8443/wss"
+	e.WSSCertFile, e.WSSKeyFile = "cert.pem", "key.pem"
+	c, err := e.parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := ParseListenersFile("l.yaml", []byte(`
+listeners:
+  - {port: 8081, protocol: ws, conn_rate: 20, path: /rpc, allow: [10.0.0.0/8], rate: 5}
+  - {port: 8443, protocol: wss, address: 127.0.0.1}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range ls {
+		entry := c.Listeners[i]
+		if l.String() != entry.String() || l.Path != entry.Path || l.TLS != entry.TLS {
+			t.Errorf("listener %d from the file %+v, from the entry %+v", i, l, entry)
+		}
+		if entry, file := c.ListenerGuard(entry), c.ListenerGuard(l); !reflect.DeepEqual(entry, file) {
+			t.Errorf("listener %d: guard from the file\n%+v, from the entry\n%+v", i, file, entry)
+		}
+		if entry, file := c.ConnRate(entry), c.ConnRate(l); entry != file {
+			t.Errorf("listener %d: conn_rate from the file %v, from the entry %v", i, file, entry)
+		}
+	}
+}
+
 // TestListenersFileErrors: a bad file is refused as a whole, and the
 // error names every problem with its line and listener.
 func TestListenersFileErrors(t *testing.T) {
@@ -154,6 +203,18 @@ func TestListenersFileErrors(t *testing.T) {
     source_prefix: [32]
   - port: 9111
     rate:
+  - port: 9112
+    protocol: ws
+    trust: [10.0.0.0/8]
+    amplification: 3
+    reply: off
+  - port: 9113
+    path: /rpc
+    conn_rate: 5
+  - port: 9114
+    protocol: wss
+    path: rpc
+    conn_rate: lots
 version: 2
 `
 	_, err = ParseListenersFile("/etc/l.yaml", []byte(file), taken)
@@ -180,7 +241,14 @@ version: 2
 		`/etc/l.yaml:31: listeners[15]: reply "maybe": want on or off`,
 		`/etc/l.yaml:33: listeners[16]: source_prefix="32" is not V4,V6 prefix lengths`,
 		`/etc/l.yaml:35: listeners[17]: rate: no value`,
-		`/etc/l.yaml:36: unknown key "version": the file has one key, listeners`,
+		`/etc/l.yaml:38: listeners[18]: trust is for UDP listeners (a ws listener's calls come over TCP)`,
+		`/etc/l.yaml:39: listeners[18]: amplification is for UDP listeners`,
+		`/etc/l.yaml:40: listeners[18]: reply is for UDP listeners`,
+		`/etc/l.yaml:42: listeners[19]: path is for ws and wss listeners`,
+		`/etc/l.yaml:43: listeners[19]: conn_rate is for ws and wss listeners`,
+		`/etc/l.yaml:46: listeners[20]: path "rpc": want an absolute path like /rpc`,
+		`/etc/l.yaml:47: listeners[20]: conn_rate="lots" is not a rate`,
+		`/etc/l.yaml:48: unknown key "version": the file has one key, listeners`,
 	}
 	for _, w := range want {
 		if !strings.Contains(err.Error(), "UDPGATE_LISTENERS_FILE: "+w) {
@@ -239,6 +307,7 @@ func FuzzParseListenersFile(f *testing.F) {
 	f.Add([]byte("listeners:\n  - &a {port: 9100}\n  - *a\n"))
 	f.Add([]byte("a: &a [*a]\n"))
 	f.Add([]byte("listeners: [{port: 1, reply: off, protocol: coap}, 7]\n---\n"))
+	f.Add([]byte("listeners:\n  - {port: 8081, protocol: wss, path: /rpc, conn_rate: 2, rate: 1}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ls, err := ParseListenersFile("f.yaml", data, nil)
 		if err != nil {

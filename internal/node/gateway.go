@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -55,7 +56,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		DrainTimeout:       cfg.DrainTimeout,
 		Log:                log,
 	}
-	var certs *ws.Certificates // of every wss listener, loaded once
+	wss := &webSockets{cfg: cfg, log: log}
 	for _, l := range listeners {
 		if l.Protocol == schemas.ProtocolWS {
 			gd, err := guard.New(cfg.ListenerGuard(l))
@@ -63,23 +64,19 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 				CloseListeners(g)
 				return nil, &ListenerError{Listener: l, Err: err}
 			}
-			ln, err := (&net.ListenConfig{}).Listen(ctx, l.Network(), l.Addr.String())
+			ln := inh.tcp(l)
+			if ln == nil {
+				ln, err = listenTCP(ctx, l)
+			}
 			if err != nil {
 				CloseListeners(g)
 				return nil, &ListenerError{Listener: l, Err: err}
 			}
-			srv := WebSocket(cfg.WS, ln, l.Path)
-			srv.Guard, srv.ConnRate = gd, cfg.ConnRate(l)
-			if l.TLS {
-				if certs == nil {
-					if certs, err = ws.LoadCertificates(cfg.WS.CertFile, cfg.WS.KeyFile); err != nil {
-						ln.Close()
-						CloseListeners(g)
-						return nil, &ListenerError{Listener: l, Err: err}
-					}
-					certs.Log = log
-				}
-				srv.Certificates = certs
+			srv, err := wss.server(l, ln, gd)
+			if err != nil {
+				ln.Close()
+				CloseListeners(g)
+				return nil, &ListenerError{Listener: l, Err: err}
 			}
 			g.WebSockets = append(g.WebSockets, srv)
 			continue
@@ -135,6 +132,57 @@ func WebSocket(c config.WS, ln net.Listener, path string) *ws.Server {
 		ConnectWait:    off(c.ConnectWait),
 		MaxPush:        c.MaxPush,
 	}
+}
+
+// webSockets makes the servers of ws listeners, as UDPGATE_LISTENERS's
+// and the listener file's are made: with the limits of the UDPGATE_WS_
+// variables (WebSocket), each listener's guard and connection rate, and
+// for a wss listener the certificate of UDPGATE_WSS_CERT_FILE and
+// UDPGATE_WSS_KEY_FILE, loaded once for all of them. It is not safe for
+// concurrent use.
+type webSockets struct {
+	cfg   config.Config
+	log   *slog.Logger
+	certs *ws.Certificates // loaded by the first wss listener
+}
+
+// certificates returns the certificate of the wss listeners, loading it
+// the first time.
+func (w *webSockets) certificates() (*ws.Certificates, error) {
+	if w.certs != nil {
+		return w.certs, nil
+	}
+	if w.cfg.WS.CertFile == "" || w.cfg.WS.KeyFile == "" {
+		return nil, errors.New("a wss listener needs a certificate: set UDPGATE_WSS_CERT_FILE and UDPGATE_WSS_KEY_FILE")
+	}
+	certs, err := ws.LoadCertificates(w.cfg.WS.CertFile, w.cfg.WS.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	certs.Log = w.log
+	w.certs = certs
+	return certs, nil
+}
+
+// server returns the server of the ws listener l on ln, with the guard
+// gd (made from Config.ListenerGuard(l)). It fails only on a wss
+// listener whose certificate does not load; the caller closes ln then.
+func (w *webSockets) server(l config.Listener, ln net.Listener, gd *guard.Guard) (*ws.Server, error) {
+	srv := WebSocket(w.cfg.WS, ln, l.Path)
+	srv.Guard, srv.ConnRate = gd, w.cfg.ConnRate(l)
+	if l.TLS {
+		certs, err := w.certificates()
+		if err != nil {
+			return nil, err
+		}
+		srv.Certificates = certs
+	}
+	return srv, nil
+}
+
+// listenTCP binds the TCP socket of the ws listener l.
+func listenTCP(ctx context.Context, l config.Listener) (net.Listener, error) {
+	return (&net.ListenConfig{}).Listen(ctx, l.Network(), l.Addr.String())
 }
 
 // CloseListeners closes the sockets of a gateway that will not Serve.

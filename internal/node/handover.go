@@ -15,11 +15,13 @@ import (
 )
 
 // Inherited are the sockets a gateway took over from the process it
-// replaces, by name: listeners by their UDPGATE_LISTENERS form, the HTTP
-// listener as "http". A nil *Inherited holds none.
+// replaces, by name: listeners by their UDPGATE_LISTENERS form (a ws
+// listener's TCP socket too), the HTTP listener as "http". A nil
+// *Inherited holds none.
 type Inherited struct {
-	mu    sync.Mutex // guards conns and http: the listener file takes its sockets from another goroutine
+	mu    sync.Mutex // guards conns, ws and http: the listener file takes its sockets from another goroutine
 	conns map[string]*net.UDPConn
+	ws    map[string]net.Listener // ws listeners' TCP sockets
 	http  net.Listener
 }
 
@@ -37,6 +39,19 @@ func (inh *Inherited) UDP(l config.Listener) *net.UDPConn {
 }
 
 func (inh *Inherited) udp(l config.Listener) *net.UDPConn { return inh.UDP(l) }
+
+// tcp returns the TCP socket handed over for the ws listener l, if any,
+// and forgets it.
+func (inh *Inherited) tcp(l config.Listener) net.Listener {
+	if inh == nil {
+		return nil
+	}
+	inh.mu.Lock()
+	defer inh.mu.Unlock()
+	ln := inh.ws[l.String()]
+	delete(inh.ws, l.String())
+	return ln
+}
 
 // httpListener returns the HTTP listener handed over, if any.
 func (inh *Inherited) httpListener() net.Listener {

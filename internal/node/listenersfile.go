@@ -22,6 +22,8 @@ import (
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/observe"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/ws"
 )
 
 // DefaultPoll is how often a ListenersFile compares the file's content
@@ -33,7 +35,9 @@ const DefaultPoll = time.Second
 const OriginFile = "file"
 
 // ListenersFile keeps the listeners of a serving gateway in line with the
-// listener file (UDPGATE_LISTENERS_FILE, config.ParseListenersFile): Load
+// listener file (UDPGATE_LISTENERS_FILE, config.ParseListenersFile), UDP
+// and ws listeners alike (gateway.Gateway.AddWebSocket; a ws listener is
+// made as at start, see webSockets): Load
 // reads it and applies the difference with what it applied before, and
 // Serve loads it again on SIGHUP and whenever its content changes. Only
 // the difference is applied: a listener the file still lists as it was
@@ -49,7 +53,8 @@ type ListenersFile struct {
 	Path    string           // required
 	Gateway *gateway.Gateway // required; serving
 	// Config gives the listeners their guard's defaults
-	// (Config.ListenerGuard) and UDPGATE_RCVBUF.
+	// (Config.ListenerGuard), UDPGATE_RCVBUF, and ws listeners their
+	// limits, connection rate and certificate (Config.WS).
 	Config config.Config
 	// Fixed are the listeners the gateway serves from its configuration
 	// (UDPGATE_LISTENERS, run's built-in listeners): the file may not
@@ -75,6 +80,7 @@ type ListenersFile struct {
 	// once the port is free.
 	leaving map[uint16]<-chan struct{}
 	seen    reading // what Load read last
+	wss     *webSockets
 
 	applies, unchanged, refused atomic.Uint64
 	lastRefused                 atomic.Bool
@@ -86,6 +92,22 @@ type fileListener struct {
 	config.Listener
 	name string // the gateway's: PORT/PROTOCOL
 	conn *net.UDPConn
+	ws   *ws.Server // a ws listener's, instead of conn
+}
+
+// socket is a listener bound and not served yet: a UDP listener, or a ws
+// listener's server.
+type socket struct {
+	udp gateway.Listener
+	ws  *ws.Server
+}
+
+func (s socket) close() {
+	if s.ws != nil {
+		s.ws.Listener.Close()
+		return
+	}
+	s.udp.Conn.Close()
 }
 
 // reading is the content of the file, or why it could not be read.
@@ -228,12 +250,16 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 	}
 	if f.applied == nil {
 		f.applied, f.leaving = map[uint16]fileListener{}, map[uint16]<-chan struct{}{}
+		f.wss = &webSockets{cfg: f.Config, log: f.log()}
 	}
 	// A listener of the file that failed since (its socket broke) is no
 	// longer served: it is added again.
-	live := map[*net.UDPConn]bool{}
+	live := map[any]bool{}
 	for _, l := range f.Gateway.Live() {
 		live[l.Conn] = true
+	}
+	for _, srv := range f.Gateway.WebSocketsLive() {
+		live[srv] = true
 	}
 	wanted := map[uint16]config.Listener{}
 	var added, changed []config.Listener
@@ -241,7 +267,7 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 		p := l.Addr.Port()
 		wanted[p] = l
 		switch old, ok := f.applied[p]; {
-		case !ok || !live[old.conn]:
+		case !ok || !live[old.socket()]:
 			added = append(added, l)
 		case old.Listener != l:
 			changed = append(changed, l)
@@ -261,14 +287,17 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 	}
 
 	// Everything that can fail is done before anything changes: each
-	// listener's guard, and the sockets of the new ports. A port that is
-	// still being removed, or that a changed listener holds, is bound
-	// once it is free.
+	// listener's guard, the certificate of wss listeners, and the
+	// sockets of the new ports. A port that is still being removed, or
+	// that a changed listener holds, is bound once it is free.
 	guards := map[uint16]*guard.Guard{}
-	bound := map[uint16]gateway.Listener{}
+	bound := map[uint16]socket{}
 	var problems []string
 	for _, l := range slices.Concat(added, changed) {
 		gd, err := guard.New(f.Config.ListenerGuard(l))
+		if err == nil && l.TLS {
+			_, err = f.wss.certificates()
+		}
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("listener %s: %v", l, err))
 			continue
@@ -288,16 +317,16 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 		if guards[p] == nil {
 			continue
 		}
-		gl, err := f.listen(ctx, l, guards[p], !f.loaded)
+		sk, err := f.listen(ctx, l, guards[p], !f.loaded)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("listener %s: %v", l, err))
 			continue
 		}
-		bound[p] = gl
+		bound[p] = sk
 	}
 	if len(problems) > 0 {
-		for _, gl := range bound {
-			gl.Conn.Close()
+		for _, sk := range bound {
+			sk.close()
 		}
 		return f.refuse(log, &config.Error{Problems: problems})
 	}
@@ -312,16 +341,16 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 	prebound := map[uint16]bool{}
 	for _, l := range added {
 		p := l.Addr.Port()
-		gl, ok := bound[p]
+		sk, ok := bound[p]
 		if !ok {
 			continue // bound below, once free
 		}
 		prebound[p] = true
 		delete(bound, p) // the gateway's now, even if it refuses it
-		if err := f.add(log, l, gl); err != nil {
+		if err := f.add(log, l, sk); err != nil {
 			if errors.Is(err, gateway.ErrNotServing) {
-				for _, gl := range bound {
-					gl.Conn.Close()
+				for _, sk := range bound {
+					sk.close()
 				}
 				return err
 			}
@@ -341,9 +370,9 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
-		gl, err := f.listen(ctx, l, guards[p], false)
+		sk, err := f.listen(ctx, l, guards[p], false)
 		if err == nil {
-			err = f.add(log, l, gl)
+			err = f.add(log, l, sk)
 		}
 		if err != nil {
 			if errors.Is(err, gateway.ErrNotServing) {
@@ -379,7 +408,25 @@ func (f *ListenersFile) refuse(log *slog.Logger, err error) error {
 
 // listen binds l's socket, or takes it from the sockets handed over if
 // inherited.
-func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard.Guard, inherited bool) (gateway.Listener, error) {
+func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard.Guard, inherited bool) (socket, error) {
+	if l.Protocol == schemas.ProtocolWS {
+		var ln net.Listener
+		if inherited {
+			ln = f.Inherited.tcp(l)
+		}
+		if ln == nil {
+			var err error
+			if ln, err = listenTCP(ctx, l); err != nil {
+				return socket{}, err
+			}
+		}
+		srv, err := f.wss.server(l, ln, gd)
+		if err != nil {
+			ln.Close()
+			return socket{}, err
+		}
+		return socket{ws: srv}, nil
+	}
 	var c *net.UDPConn
 	if inherited {
 		c = f.Inherited.UDP(l)
@@ -387,20 +434,26 @@ func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard
 	if c == nil {
 		var err error
 		if c, err = ingress.Listen(ctx, l.Network(), l.Addr.String(), f.Config.RcvBuf); err != nil {
-			return gateway.Listener{}, err
+			return socket{}, err
 		}
 	}
-	return gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Origin: OriginFile}, nil
+	return socket{udp: gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Origin: OriginFile}}, nil
 }
 
-// add serves gl, the socket of the file's listener l.
-func (f *ListenersFile) add(log *slog.Logger, l config.Listener, gl gateway.Listener) error {
-	name, err := f.Gateway.AddListener(gl)
+// add serves sk, the socket of the file's listener l.
+func (f *ListenersFile) add(log *slog.Logger, l config.Listener, sk socket) error {
+	var name string
+	var err error
+	if sk.ws != nil {
+		name, err = f.Gateway.AddWebSocket(sk.ws, OriginFile)
+	} else {
+		name, err = f.Gateway.AddListener(sk.udp)
+	}
 	if err != nil {
 		return err
 	}
 	p := l.Addr.Port()
-	f.applied[p] = fileListener{Listener: l, name: name, conn: gl.Conn}
+	f.applied[p] = fileListener{Listener: l, name: name, conn: sk.udp.Conn, ws: sk.ws}
 	delete(f.leaving, p)
 	log.Info("listener file: listener added", "listener", l.String(), "name", name)
 	return nil
@@ -421,6 +474,15 @@ func (f *ListenersFile) remove(log *slog.Logger, old fileListener) {
 	}
 	f.leaving[p] = ch
 	log.Info("listener file: listener removed: it answers what is pending, then closes", "listener", old.String(), "name", old.name)
+}
+
+// socket returns what the gateway serves fl on, as Live and
+// WebSocketsLive return it.
+func (fl fileListener) socket() any {
+	if fl.ws != nil {
+		return fl.ws
+	}
+	return fl.conn
 }
 
 func names(ls []config.Listener) []string {
