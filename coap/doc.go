@@ -19,6 +19,12 @@
 //     again; the same message id with other bytes is dropped;
 //   - an empty CON (ping) gets a RST; a CON that does not parse gets a RST;
 //     anything else that does not parse is dropped and counted;
+//   - a GET with Observe 0 whose worker accepts it registers its client as
+//     an observer (RFC 7641); Notify sends the observers of a resource a
+//     notification, as a NON, and as a CON at least every
+//     ObserveCONEvery notifications, retransmitted like a separate
+//     response; Observe 1, a RST, an unacknowledged CON or an error
+//     notification ends the registration;
 //   - unrecognised critical options get 4.02, Proxy-Uri 5.05, unknown
 //     methods 4.05, a path too long for a NATS subject 4.00; no reply
 //     before the deadline 5.04; no NATS 5.03.

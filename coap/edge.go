@@ -48,6 +48,17 @@ type Config struct {
 	// (DefaultACKTimeout if zero); the first retransmission waits between
 	// it and 1.5 times it, each later one twice as long.
 	ACKTimeout time.Duration
+	// ObserveCONEvery is how often, at least, a notification goes to an
+	// observer as a CON rather than a NON: every ObserveCONEvery
+	// notifications (DefaultObserveCONEvery if zero; 1 sends every one
+	// as a CON), and at least every 24 hours.
+	ObserveCONEvery int
+	// MaxObservers and MaxObserversPerPeer bound the Observe
+	// registrations of the listener and of one client address
+	// (DefaultMaxObservers and DefaultMaxObserversPerPeer if zero); a
+	// registration beyond gets its response without the Observe option.
+	MaxObservers        int
+	MaxObserversPerPeer int
 }
 
 // Edge is the CoAP messaging layer of one listener socket. Set its fields
@@ -92,6 +103,7 @@ type Edge struct {
 	downloads  map[transferKey]*download
 	outgoing   map[peerMID]*retransmission
 	peers      map[netip.AddrPort]*midState
+	obs        observeState
 	closed     bool
 	// The piggyback windows of CON requests, in the order they opened,
 	// which is the order they end: a ring of windows, numbered from
@@ -138,6 +150,8 @@ type Stats struct {
 	// Retransmitted counts retransmissions of CON requests still
 	// unanswered, handed to Retransmitted to be published again.
 	Retransmitted uint64
+	// Observe counts registrations and notifications.
+	Observe ObserveStats
 }
 
 // counters are the edge's Stats as they are counted.
@@ -145,6 +159,10 @@ type counters struct {
 	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
 	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
 	sendErrors, tooMany, echoChallenges, retransmitted, notFound                             atomic.Uint64
+	// Observe: registrations now, kept, ended by reason; notifications.
+	observers                           atomic.Int64
+	registrations, notifyNON, notifyCON atomic.Uint64
+	ends                                [numEnds]atomic.Uint64
 }
 
 // Stats returns a snapshot of the edge's counters.
@@ -159,6 +177,7 @@ func (e *Edge) Stats() Stats {
 		Evicted: c.evicted.Load(), SendErrors: c.sendErrors.Load(),
 		TooManyRequests: c.tooMany.Load(), EchoChallenges: c.echoChallenges.Load(),
 		Retransmitted: c.retransmitted.Load(),
+		Observe:       e.observeStats(),
 	}
 }
 
@@ -179,6 +198,15 @@ func (e *Edge) Start() {
 	if e.ACKTimeout <= 0 {
 		e.ACKTimeout = DefaultACKTimeout
 	}
+	if e.ObserveCONEvery <= 0 {
+		e.ObserveCONEvery = DefaultObserveCONEvery
+	}
+	if e.MaxObservers <= 0 {
+		e.MaxObservers = DefaultMaxObservers
+	}
+	if e.MaxObserversPerPeer <= 0 {
+		e.MaxObserversPerPeer = DefaultMaxObserversPerPeer
+	}
 	if e.Log == nil {
 		e.Log = slog.New(slog.DiscardHandler)
 	}
@@ -189,6 +217,11 @@ func (e *Edge) Start() {
 	e.downloads = make(map[transferKey]*download)
 	e.outgoing = make(map[peerMID]*retransmission)
 	e.peers = make(map[netip.AddrPort]*midState)
+	e.obs = observeState{
+		observers:  make(map[obsKey]*observer),
+		byResource: make(map[string]map[*observer]struct{}),
+		byPeer:     make(map[netip.AddrPort][]*observer),
+	}
 	e.epoch = time.Now()
 	e.winTimer = time.AfterFunc(time.Hour, e.ackDue)
 	e.winTimer.Stop()

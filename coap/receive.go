@@ -21,11 +21,14 @@ type Request struct {
 	RequestLine   string   // Method, " ", Path, and "?" Query if there is one
 	ContentFormat int      // -1 if absent
 	Accept        int      // -1 if absent
-	Token         []byte
-	Confirmable   bool
-	MessageID     uint16
-	Payload       []byte // owned by the Request
-	Head          []byte // the datagram before the payload; nil if reassembled
+	// Observe is the value of the request's Observe option (RFC 7641),
+	// in decimal: "0" registers, "1" deregisters; "" if it has none.
+	Observe     string
+	Token       []byte
+	Confirmable bool
+	MessageID   uint16
+	Payload     []byte // owned by the Request
+	Head        []byte // the datagram before the payload; nil if reassembled
 	// Seq is the owner's: ingress keeps the request's exchange here, to
 	// publish it again when the client retransmits it.
 	Seq uint64
@@ -126,6 +129,11 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 	case o.hasB2 && o.b2.num > 0 && e.serveBlock2(r, now):
 		return nil
 	}
+	if r.Observe == schemas.CoAPObserveDeregister && r.Method == "GET" {
+		// RFC 7641 §3.6: the GET is served as any other, and ends the
+		// registration with its token.
+		e.cancel(remote, r.Token)
+	}
 	e.stats.requests.Add(1)
 	return r
 }
@@ -188,6 +196,8 @@ func (r *Request) readOptions(opts message.Options, now time.Time) requestOption
 			r.ContentFormat = int(decodeUint(o.Value))
 		case message.Accept:
 			r.Accept = int(decodeUint(o.Value))
+		case message.Observe:
+			r.Observe = observeValue(decodeUint(o.Value))
 		case message.Block1, message.Block2:
 			blk, ok := parseBlock(decodeUint(o.Value))
 			if !ok {

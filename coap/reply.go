@@ -36,14 +36,27 @@ func (r *Request) Reply(status string, header map[string][]string, body []byte) 
 	sc := replyScratch.Get().(*scratch)
 	defer replyScratch.Put(sc)
 	opts, cf, etag := sc.options(&h)
+	registered := false
+	if r.Observe == schemas.CoAPObserveRegister && r.Method == "GET" && code>>5 == 2 && h.observe != "" {
+		// The worker accepts the registration (RFC 7641 §4.1).
+		var seq uint32
+		if seq, registered = r.register(time.Now()); registered {
+			opts = opts.Add(message.Option{ID: message.Observe, Value: encodeUint(seq)})
+		}
+	}
 	r.respondBody(code, opts, body, cf, etag)
+	if registered {
+		// A registered observer is a validated source; the response
+		// itself was held to the amplification limit.
+		r.edge.Guard.Validate(r.dst.Remote.Addr(), time.Now())
+	}
 	return nil
 }
 
 // replyHeaders are the first values of the CoAP headers of a worker's
 // reply; "" for one that is absent.
 type replyHeaders struct {
-	code, contentFormat, maxAge, etag, locationPath, locationQuery string
+	code, contentFormat, maxAge, etag, locationPath, locationQuery, observe string
 }
 
 // readReplyHeaders returns the CoAP headers of a worker's reply.
@@ -68,6 +81,8 @@ func readReplyHeaders(header map[string][]string) replyHeaders {
 			h.locationPath = v[0]
 		case schemas.HeaderCoAPLocationQuery:
 			h.locationQuery = v[0]
+		case schemas.HeaderCoAPObserve:
+			h.observe = v[0]
 		}
 	}
 	return h

@@ -127,6 +127,7 @@ func (e *Edge) ackDue() {
 // retransmission is a separate CON response waiting for the client's ACK,
 // sent again with RFC 7252's backoff until it comes.
 type retransmission struct {
+	key      peerMID
 	dst      exchange.Exchange
 	msg      []byte
 	attempts int
@@ -134,6 +135,7 @@ type retransmission struct {
 	timer    *time.Timer
 	limited  bool // under the amplification limit, with credit bytes left
 	credit   int
+	obs      *observer // a CON notification's registration, or nil
 }
 
 // expect keeps b, r's separate response with message id mid, and sends
@@ -141,20 +143,20 @@ type retransmission struct {
 func (r *Request) expect(b []byte, mid uint16) {
 	e := r.edge
 	rt := &retransmission{
-		dst: r.dst, msg: b, timeout: initialTimeout(e.ACKTimeout),
+		key: peerMID{r.dst.Remote, mid}, dst: r.dst, msg: b, timeout: initialTimeout(e.ACKTimeout),
 		limited: r.limited, credit: r.credit,
 	}
-	key := peerMID{r.dst.Remote, mid}
-	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(key) })
-	e.outgoing[key] = rt
+	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(rt) })
+	e.outgoing[rt.key] = rt
 }
 
-// retransmit resends a separate CON response that has not been
-// acknowledged, doubling the timeout, up to MAX_RETRANSMIT times.
-func (e *Edge) retransmit(key peerMID) {
+// retransmit resends a separate CON response, or a CON notification,
+// that has not been acknowledged, doubling the timeout, up to
+// MAX_RETRANSMIT times. A notification never acknowledged ends its
+// registration.
+func (e *Edge) retransmit(rt *retransmission) {
 	e.mu.Lock()
-	rt, ok := e.outgoing[key]
-	if !ok || e.closed {
+	if e.outgoing[rt.key] != rt || e.closed {
 		e.mu.Unlock()
 		return
 	}
@@ -162,7 +164,11 @@ func (e *Edge) retransmit(key peerMID) {
 	if rt.attempts >= maxRetransmit || over {
 		// An unvalidated source gets retransmissions only within the
 		// amplification limit: it may never have sent the request.
-		delete(e.outgoing, key)
+		delete(e.outgoing, rt.key)
+		if o := rt.obs; o != nil {
+			o.con = nil
+			e.deregister(o, endGaveUp)
+		}
 		e.mu.Unlock()
 		e.stats.gaveUp.Add(1)
 		return
@@ -172,7 +178,7 @@ func (e *Edge) retransmit(key peerMID) {
 	}
 	rt.attempts++
 	rt.timeout *= 2
-	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(key) })
+	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(rt) })
 	e.mu.Unlock()
 	e.stats.retransmissions.Add(1)
 	e.send(rt.dst, rt.msg)
@@ -185,7 +191,8 @@ func initialTimeout(ack time.Duration) time.Duration {
 }
 
 // receiveEmpty handles an empty message: a ping, or the client's ACK or
-// RST of a separate response.
+// RST of a separate response or a notification. A RST of a notification
+// ends its registration.
 func (e *Edge) receiveEmpty(h header, b []byte, dst exchange.Exchange) {
 	if len(b) != 4 {
 		// An empty message with a token, options or payload is a format
@@ -207,9 +214,18 @@ func (e *Edge) receiveEmpty(h header, b []byte, dst exchange.Exchange) {
 		if ok {
 			rt.timer.Stop()
 			delete(e.outgoing, key)
-			if h.typ == typeRST {
+			o := rt.obs
+			if o != nil {
+				o.con = nil
+			}
+			switch {
+			case h.typ == typeRST && o != nil:
+				e.deregister(o, endRST)
+			case h.typ == typeRST:
 				e.stats.resets.Add(1)
 			}
+		} else if h.typ == typeRST {
+			e.resetNotification(dst.Remote, h.mid)
 		}
 		e.mu.Unlock()
 		if ok && h.typ == typeACK {
