@@ -19,12 +19,18 @@ import (
 )
 
 // Comparison is the outcome of Compare. Identical, Different, Missing and
-// Unanswered add up to the requests compared.
+// Unanswered add up to the requests compared; Unrecorded counts those not
+// compared.
 type Comparison struct {
 	Identical  int // the candidate's reply equals the recorded one
 	Different  int // it differs, or the candidate answered a request that had no recorded reply
 	Missing    int // a reply was recorded, the candidate sent none
 	Unanswered int // neither: no reply recorded (an observer, a timeout) and none from the candidate
+	// Unrecorded counts messages whose replies are never recorded, so
+	// that the candidate's, if any, is not compared: those captured
+	// without udpgate-reply, a ws listener's connection events ($connect
+	// is answered on the gateway's inbox, $disconnect not at all).
+	Unrecorded int
 	// Diffs are the first differences and missing replies, in replay
 	// order, at most the limit given to Compare.
 	Diffs []Difference
@@ -58,6 +64,10 @@ func Compare(ctx context.Context, js jetstream.JetStream, repliesStream string, 
 		return cmp, err
 	}
 	for _, req := range res.Requests {
+		if req.Unrecorded {
+			cmp.Unrecorded++
+			continue
+		}
 		rec := recorded[req.ID]
 		var diff bool
 		switch {
@@ -86,7 +96,9 @@ func Compare(ctx context.Context, js jetstream.JetStream, repliesStream string, 
 func recordedReplies(ctx context.Context, js jetstream.JetStream, stream string, res Result) (map[string]*Reply, error) {
 	want := make(map[string]bool, len(res.Requests))
 	for _, r := range res.Requests {
-		want[r.ID] = true
+		if !r.Unrecorded {
+			want[r.ID] = true
+		}
 	}
 	got := make(map[string]*Reply, len(want))
 	if len(want) == 0 {

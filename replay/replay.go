@@ -127,6 +127,10 @@ type Request struct {
 	ID       string // captured ce-id, which names its recorded reply
 	Protocol string // its listener's: schemas.ProtocolRaw, ProtocolCoAP, ProtocolRPC or ProtocolWS
 	Reply    *Reply // the candidate's reply; nil if none came
+	// Unrecorded reports a message captured without udpgate-reply (a ws
+	// listener's connection event): no reply to it was recorded, and
+	// Compare leaves it out.
+	Unrecorded bool
 }
 
 // Reply is a worker's reply message: its status, headers and body.

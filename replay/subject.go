@@ -212,13 +212,14 @@ func (r *Replayer) Publish(ctx context.Context, t Target) (Result, error) {
 			h[k] = v
 		}
 		orig := h.Get(schemas.HeaderID)
+		unrecorded := h.Get(schemas.HeaderReply) == ""
 		h.Set(schemas.HeaderID, id)
 		h.Set(HeaderReplayOf, orig)
 		h.Set(schemas.HeaderReply, reply)
 		h.Set(schemas.HeaderDeadline, strconv.FormatInt(time.Now().Add(ahead).UnixMilli(), 10))
 		h.Set(schemas.HeaderTime, cr.at.UTC().Format(time.RFC3339Nano))
 
-		c.add(id, Request{Seq: cr.seq, Subject: cr.msg.Subject(), ID: orig, Protocol: cr.protocol})
+		c.add(id, Request{Seq: cr.seq, Subject: cr.msg.Subject(), ID: orig, Protocol: cr.protocol, Unrecorded: unrecorded})
 		// To the direct candidates, then the copy for the durable ones.
 		if err := nc.PublishMsg(&nats.Msg{Subject: t.Prefix + ".in." + rest, Reply: reply, Header: h, Data: cr.msg.Data()}); err != nil {
 			c.remove(id)

@@ -147,8 +147,12 @@ func newReplayCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "compare with %s: %d identical, %d different, %d missing, %d unanswered\n",
-			cfg.RepliesStream, cmp.Identical, cmp.Different, cmp.Missing, cmp.Unanswered)
+		unrecorded := ""
+		if cmp.Unrecorded > 0 {
+			unrecorded = fmt.Sprintf("; %d not compared (ws connection events, whose replies are not recorded)", cmp.Unrecorded)
+		}
+		fmt.Fprintf(stdout, "compare with %s: %d identical, %d different, %d missing, %d unanswered%s\n",
+			cfg.RepliesStream, cmp.Identical, cmp.Different, cmp.Missing, cmp.Unanswered, unrecorded)
 		for i, d := range cmp.Diffs {
 			fmt.Fprintf(stdout, "\ndifference %d of %d: %s", i+1, cmp.Different+cmp.Missing, d)
 		}
