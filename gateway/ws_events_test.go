@@ -523,7 +523,7 @@ func TestWSTrace(t *testing.T) {
 	})
 	attrs := map[string]string{}
 	for _, a := range egress.Attributes() {
-		attrs[string(a.Key)] = a.Value.Emit()
+		attrs[string(a.Key)] = a.Value.String()
 	}
 	if egress.Name() != "egress "+name || attrs["udpgate.listener"] != name || attrs["network.transport"] != "tcp" ||
 		!strings.HasPrefix(attrs["network.peer.address"], "127.0.0.1") {

@@ -465,8 +465,7 @@ type conn struct {
 	opened time.Time
 	// closing is how the gateway closed the connection, if it did: the
 	// first close wins, and the $disconnect event reports it.
-	closeOnce sync.Once
-	closing   atomic.Pointer[closeFrame]
+	closing atomic.Pointer[closeFrame]
 }
 
 // serve runs the connection: the read loop here, the writer and the
