@@ -42,6 +42,11 @@ type CoAPRequest struct {
 	Token     []byte
 	Type      string
 	MessageID uint16
+	// Observe is the request's Observe option (RFC 7641): 0 registers
+	// the client as an observer of the resource, 1 deregisters it; -1 if
+	// the option is absent. A Mux route made with Observable accepts
+	// registrations; see Notifier for the notifications.
+	Observe int
 }
 
 // isCoAP reports whether a request message comes from a coap listener.
@@ -52,7 +57,7 @@ func isCoAP(h nats.Header, protocol string) bool {
 // parseCoAP builds the CoAPRequest of a request message. Like parseRequest
 // it never fails; it returns one error per missing or malformed header.
 func parseCoAP(h nats.Header) (*CoAPRequest, []error) {
-	c := &CoAPRequest{ContentFormat: -1, Accept: -1}
+	c := &CoAPRequest{ContentFormat: -1, Accept: -1, Observe: -1}
 	var errs []error
 	bad := func(key, v string) {
 		if v == "" {
@@ -80,6 +85,7 @@ func parseCoAP(h nats.Header) (*CoAPRequest, []error) {
 	}{
 		{schemas.HeaderCoAPContentFormat, &c.ContentFormat},
 		{schemas.HeaderCoAPAccept, &c.Accept},
+		{schemas.HeaderCoAPObserve, &c.Observe},
 	} {
 		v := h.Get(o.key)
 		if v == "" {

@@ -73,14 +73,59 @@ func (m *Mux) SetLinks(links Links) {
 	m.mu.Unlock()
 }
 
+// path returns the path of rt, a pattern without wildcards, as a link
+// names it.
+func (rt *route) path() string {
+	var p strings.Builder
+	for _, s := range rt.segs {
+		p.WriteByte('/')
+		p.WriteString(url.PathEscape(s.s))
+	}
+	return cmp.Or(p.String(), "/")
+}
+
 // appendLinks appends to b, in link-format, the links Discovery lists for
 // links that pass the filter name=want (none if name is empty).
 func (m *Mux) appendLinks(b []byte, links Links, name, want string) []byte {
 	all := make([]linkformat.Link, 0, len(links))
+	obs := m.observablePaths()
 	for _, path := range m.linkPaths(links) {
-		all = append(all, linkformat.Link{Path: path, Attrs: links[path]})
+		attrs := links[path]
+		if obs[path] && !hasAttr(attrs, "obs") {
+			attrs = strings.TrimSuffix("obs;"+attrs, ";")
+		}
+		all = append(all, linkformat.Link{Path: path, Attrs: attrs})
 	}
 	return linkformat.Append(b, linkformat.Filter(all, name, want))
+}
+
+// observablePaths returns the paths of m's Observable patterns without
+// wildcards, as linkPaths writes them.
+func (m *Mux) observablePaths() map[string]bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var obs map[string]bool
+	for _, rt := range m.routes {
+		if !rt.observable || rt.multi || slices.ContainsFunc(rt.segs, func(s segment) bool { return s.wild }) {
+			continue
+		}
+		if obs == nil {
+			obs = map[string]bool{}
+		}
+		obs[rt.path()] = true
+	}
+	return obs
+}
+
+// hasAttr reports whether the link-format attributes attrs have one
+// named name.
+func hasAttr(attrs, name string) bool {
+	for _, a := range strings.Split(attrs, ";") {
+		if k, _, _ := strings.Cut(a, "="); strings.TrimSpace(k) == name {
+			return true
+		}
+	}
+	return false
 }
 
 // linkFormat returns, in link-format, every resource m serves with the
@@ -102,12 +147,7 @@ func (m *Mux) linkPaths(links Links) []string {
 		if rt.multi || slices.ContainsFunc(rt.segs, func(s segment) bool { return s.wild }) {
 			continue
 		}
-		var p strings.Builder
-		for _, s := range rt.segs {
-			p.WriteByte('/')
-			p.WriteString(url.PathEscape(s.s))
-		}
-		paths = append(paths, cmp.Or(p.String(), "/"))
+		paths = append(paths, rt.path())
 	}
 	m.mu.RUnlock()
 	for path := range links {

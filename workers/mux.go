@@ -81,6 +81,9 @@ type route struct {
 	rest    string    // name of the final {name...} wildcard; "" if none
 	multi   bool      // the pattern ends in {rest...}
 	handler Handler
+	// observable: a GET with Observe 0 that the handler answers 2.xx is
+	// accepted as a registration (Observable).
+	observable bool
 }
 
 // segment is a literal or a {name} wildcard.
@@ -100,6 +103,9 @@ func (m *Mux) Route(pattern string, h Handler) {
 		panic(fmt.Sprintf("workers: mux: pattern %q: %v", pattern, err))
 	}
 	rt.handler = h
+	if o, ok := h.(observable); ok {
+		rt.handler, rt.observable = o.Handler, true
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	at := len(m.routes)
@@ -117,6 +123,20 @@ func (m *Mux) Route(pattern string, h Handler) {
 	// too, which the order already rules out.
 	m.routes = slices.Insert(m.routes, at, rt)
 }
+
+// Observable registers h for pattern, as Route does, and makes the
+// resources it serves observable (RFC 7641): when h answers a GET that
+// has Observe 0 with a 2.xx code, the reply accepts the registration (the
+// udpgate-coap-observe header), and the gateway keeps the client as an
+// observer and sends it each representation a Notifier publishes for the
+// resource. Discovery lists the pattern's path with the obs attribute.
+// h answers a registration as any GET: with the current representation.
+func (m *Mux) Observable(pattern string, h Handler) {
+	m.Route(pattern, observable{h})
+}
+
+// observable marks the handler of an Observable route.
+type observable struct{ Handler }
 
 // RouteFunc registers f for pattern, as Route does.
 func (m *Mux) RouteFunc(pattern string, f func(ctx context.Context, w ResponseWriter, r *Request) error) {
@@ -153,7 +173,16 @@ func (m *Mux) Handle(ctx context.Context, w ResponseWriter, r *Request) error {
 	if rt.multi {
 		r.pathValues = append(r.pathValues, pathValue{rt.rest, strings.Join(c.Segments[len(rt.segs):], "/")})
 	}
-	return rt.handler.Handle(ctx, w, r)
+	if !rt.observable || c.Observe != 0 || c.Method != "GET" {
+		return rt.handler.Handle(ctx, w, r)
+	}
+	if err := rt.handler.Handle(ctx, w, r); err != nil {
+		return err
+	}
+	if code := w.Header().Get(schemas.HeaderCoAPCode); code == "" || strings.HasPrefix(code, "2.") {
+		w.Header().Set(schemas.HeaderCoAPObserve, "1")
+	}
+	return nil
 }
 
 // match returns the route for a request, or nil and the code to answer.
