@@ -7,7 +7,9 @@
 // restart), serves them, and says so; then the old one stops reading and
 // drains. Both read the same kernel sockets while they overlap, so nothing
 // that arrives is lost, and replies to the old process's requests leave
-// through the same sockets.
+// through the same sockets. A listening TCP socket (the HTTP endpoint's,
+// a ws listener's) is passed the same way: connections wait in its
+// backlog, never refused, while the new process takes over.
 //
 // The protocol, on a Unix stream socket: the new process connects; the old
 // one sends one line of JSON, {"version": 1, "sockets": [NAME, ...]}, with

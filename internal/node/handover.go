@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 
 	"github.com/udpgate/udpgate/handover"
 	"github.com/udpgate/udpgate/internal/config"
+	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/ws"
 )
 
 // Inherited are the sockets a gateway took over from the process it
@@ -78,10 +81,20 @@ func (inh *Inherited) CloseUnused() {
 		c.Close()
 		delete(inh.conns, name)
 	}
+	for name, ln := range inh.ws {
+		ln.Close()
+		delete(inh.ws, name)
+	}
 	if inh.http != nil {
 		inh.http.Close()
 		inh.http = nil
 	}
+}
+
+// isWebSocket reports whether the socket name is a ws listener's:
+// ADDR:PORT/ws or ADDR:PORT/wss.
+func isWebSocket(name string) bool {
+	return strings.HasSuffix(name, "/"+schemas.ProtocolWS) || strings.HasSuffix(name, "/"+config.ProtocolWSS)
 }
 
 // httpSocket names the HTTP listener in a hand-over.
@@ -102,12 +115,18 @@ func TakeOver(ctx context.Context, cfg config.Config, log *slog.Logger) (*Inheri
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (UDPGATE_HANDOVER)", err)
 	}
-	inh := &Inherited{conns: map[string]*net.UDPConn{}}
+	inh := &Inherited{conns: map[string]*net.UDPConn{}, ws: map[string]net.Listener{}}
 	for _, s := range taken.Sockets {
 		var err error
-		if s.Name == httpSocket {
+		switch {
+		case s.Name == httpSocket:
 			inh.http, err = net.FileListener(s.File)
-		} else {
+		case isWebSocket(s.Name):
+			var ln net.Listener
+			if ln, err = net.FileListener(s.File); err == nil {
+				inh.ws[s.Name] = ln
+			}
+		default:
 			var pc net.PacketConn
 			if pc, err = net.FilePacketConn(s.File); err == nil {
 				c, ok := pc.(*net.UDPConn)
@@ -128,12 +147,15 @@ func TakeOver(ctx context.Context, cfg config.Config, log *slog.Logger) (*Inheri
 }
 
 // OfferSockets offers the gateway's sockets on cfg.Handover until a new
-// process takes them; then it stops this one gracefully (it drains). The
-// gateway serves cfg.Listeners, in their order, named by their
-// UDPGATE_LISTENERS form, then the listeners added while it serves (the
-// listener file's), named ADDR:PORT/PROTOCOL by their bound address;
-// leased listeners end with the process that holds them and are not
-// offered.
+// process takes them; then it stops this one gracefully (it drains: a ws
+// listener stops accepting at once, so that the new process takes every
+// new connection, and closes its connections with 1001 once its calls
+// are answered). The gateway serves cfg.Listeners, named by their
+// UDPGATE_LISTENERS form (a ws listener's TCP socket too), then the
+// listeners added while it serves (the listener file's), named
+// ADDR:PORT/PROTOCOL by their bound address (ws or wss for a ws
+// listener); leased listeners end with the process that holds them and
+// are not offered.
 func OfferSockets(run *Running, cfg config.Config, log *slog.Logger) error {
 	sockets := func() ([]handover.Socket, error) {
 		var out []handover.Socket
@@ -143,9 +165,19 @@ func OfferSockets(run *Running, cfg config.Config, log *slog.Logger) error {
 			}
 			return nil, err
 		}
+		// Gateway.Listeners and Gateway.WebSockets are cfg.Listeners's
+		// UDP and ws listeners, each in their order.
 		initial := map[*net.UDPConn]string{}
-		for i, l := range run.Gateway.Listeners {
-			initial[l.Conn] = cfg.Listeners[i].String()
+		initialWS := map[*ws.Server]string{}
+		udp, tcp := run.Gateway.Listeners, run.Gateway.WebSockets
+		for _, l := range cfg.Listeners {
+			if l.Protocol == schemas.ProtocolWS && len(tcp) > 0 {
+				initialWS[tcp[0]] = l.String()
+				tcp = tcp[1:]
+			} else if l.Protocol != schemas.ProtocolWS && len(udp) > 0 {
+				initial[udp[0].Conn] = l.String()
+				udp = udp[1:]
+			}
 		}
 		for _, l := range run.Gateway.Live() {
 			name, ok := initial[l.Conn]
@@ -159,6 +191,26 @@ func OfferSockets(run *Running, cfg config.Config, log *slog.Logger) error {
 			f, err := l.Conn.File()
 			if err != nil {
 				return fail(err)
+			}
+			out = append(out, handover.Socket{Name: name, File: f})
+		}
+		for _, srv := range run.Gateway.WebSocketsLive() {
+			name, ok := initialWS[srv]
+			if !ok {
+				proto := schemas.ProtocolWS
+				if srv.Certificates != nil {
+					proto = config.ProtocolWSS
+				}
+				addr := srv.Listener.Addr().(*net.TCPAddr).AddrPort()
+				name = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port()).String() + "/" + proto
+			}
+			fl, ok := srv.Listener.(interface{ File() (*os.File, error) })
+			if !ok {
+				return fail(fmt.Errorf("listener %s: no descriptor to hand over", name))
+			}
+			f, err := fl.File()
+			if err != nil {
+				return fail(fmt.Errorf("listener %s: %w", name, err))
 			}
 			out = append(out, handover.Socket{Name: name, File: f})
 		}
