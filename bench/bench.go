@@ -301,6 +301,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		r.closeAll()
 		<-drained
 	}
+	r.closers.Wait()
 	close(r.finished)
 	<-progressDone
 	return r.result(), nil

@@ -43,7 +43,8 @@ type run struct {
 	srcNext                                    atomic.Uint64
 
 	readers  sync.WaitGroup
-	mu       sync.Mutex // guards live, hist and firstErr
+	closers  sync.WaitGroup // WebSocket connections closing, with a close frame each
+	mu       sync.Mutex     // guards live, hist and firstErr
 	live     map[*sock]struct{}
 	hist     Histogram
 	firstErr error
@@ -443,8 +444,11 @@ func (k *sock) retire() {
 func (k *sock) close() {
 	k.closeOnce.Do(func() {
 		if k.ws != nil {
+			// Closing waits for the listener's close frame (a second
+			// at most): not in the caller's goroutine, which may be the
+			// reader that is to read it, or Run closing every slot.
 			k.closed.Store(true)
-			k.ws.Close()
+			k.r.closers.Go(func() { k.ws.Close() })
 			return
 		}
 		k.conn.Close()

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"google.golang.org/protobuf/proto"
@@ -113,5 +114,33 @@ func TestWSBadTargets(t *testing.T) {
 		if _, err := Run(context.Background(), cfg); err == nil {
 			t.Errorf("%+v: no error", cfg)
 		}
+	}
+}
+
+// TestWSUnresponsive: a listener that accepts connections and then
+// neither reads nor answers loses every call, and the run still ends
+// soon after its timeout: its connections close without waiting long
+// for a close frame that does not come.
+func TestWSUnresponsive(t *testing.T) {
+	stop := make(chan struct{})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		<-stop
+	}))
+	defer s.Close()
+	defer close(stop)
+	start := time.Now()
+	res := runBench(t, Config{Target: "ws" + strings.TrimPrefix(s.URL, "http") + "/Svc/Ok", Concurrency: 8, Sockets: 8, Count: 16, Timeout: 100 * time.Millisecond})
+	if res.Lost != 16 || res.Answered != 0 {
+		t.Errorf("sent %d answered %d lost %d", res.Sent, res.Answered, res.Lost)
+	}
+	// Eight close handshakes of 5 s each, one after the other, would
+	// take 40 s; the run takes about 2 s.
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the run took %s", d)
 	}
 }

@@ -86,6 +86,7 @@ type WSConn struct {
 	url    string
 	text   bool
 	remote netip.AddrPort
+	raw    net.Conn   // the TCP connection, if DialWS made it; Close drops it when the listener does not close
 	wmu    sync.Mutex // guards wbuf
 	wbuf   []byte     // a text message being written
 	rbuf   []byte     // a text message being read; owned by Receive
@@ -107,8 +108,9 @@ func DialWS(ctx context.Context, wsURL string, o WSOptions) (*WSConn, error) {
 	c := &WSConn{url: wsURL, text: o.Text}
 	hc := o.HTTPClient
 	var (
-		mu     sync.Mutex // guards remote, set by the transport's dial
+		mu     sync.Mutex // guards remote and raw, set by the transport's dial
 		remote netip.AddrPort
+		raw    net.Conn
 	)
 	if hc == nil {
 		d := &net.Dialer{}
@@ -122,7 +124,7 @@ func DialWS(ctx context.Context, wsURL string, o WSOptions) (*WSConn, error) {
 				if a, ok := nc.(*net.TCPConn); ok && err == nil {
 					ap := a.RemoteAddr().(*net.TCPAddr).AddrPort()
 					mu.Lock()
-					remote = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+					remote, raw = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nc
 					mu.Unlock()
 				}
 				return nc, err
@@ -138,7 +140,7 @@ func DialWS(ctx context.Context, wsURL string, o WSOptions) (*WSConn, error) {
 		return nil, dialError(ctx, wsURL, resp, err)
 	}
 	mu.Lock()
-	c.remote = remote
+	c.remote, c.raw = remote, raw
 	mu.Unlock()
 	wc.SetReadLimit(wsReadLimit)
 	c.c = wc
@@ -243,11 +245,28 @@ func (c *WSConn) readError(err error) error {
 	return fmt.Errorf("client: %s: read: %w", c.url, err)
 }
 
-// Close closes the connection with a close frame (1000, normal closure),
-// waiting a few seconds at most for the listener's. It is idempotent.
+// wsCloseWait bounds Close's wait for the listener's close frame.
+const wsCloseWait = time.Second
+
+// Close closes the connection with a close frame (1000, normal closure)
+// and waits for the listener's, a second at most: then it drops the
+// connection (with WSOptions.HTTPClient, it waits for the library's
+// bound, 5 s). It is idempotent.
 func (c *WSConn) Close() error {
 	c.once.Do(func() {
-		err := c.c.Close(websocket.StatusNormalClosure, "")
+		done := make(chan error, 1)
+		go func() { done <- c.c.Close(websocket.StatusNormalClosure, "") }()
+		t := time.NewTimer(wsCloseWait)
+		defer t.Stop()
+		var err error
+		select {
+		case err = <-done:
+		case <-t.C:
+			if c.raw != nil {
+				c.raw.Close() // Close returns once its reads fail
+			}
+			err = <-done
+		}
 		if err != nil && !errors.Is(err, net.ErrClosed) {
 			c.err = err
 		}

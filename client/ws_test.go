@@ -229,3 +229,31 @@ func TestWSNoReply(t *testing.T) {
 		t.Fatalf("slow: %v, want no reply", err)
 	}
 }
+
+// TestWSCloseSilent: Close does not wait long for the close frame of a
+// listener that sends none.
+func TestWSCloseSilent(t *testing.T) {
+	stop := make(chan struct{})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, err := websocket.Accept(w, r, nil); err == nil {
+			defer c.CloseNow()
+			<-stop
+		}
+	}))
+	defer s.Close()
+	defer close(stop)
+	c, err := client.DialWS(context.Background(), "ws"+strings.TrimPrefix(s.URL, "http")+"/", client.WSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c.Close()
+	// The library alone waits 5 s, and 5 s more if a reader holds the
+	// connection; Close gives up after 1 s.
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("Close took %s", d)
+	}
+	if _, err := c.Receive(context.Background(), nil); err == nil {
+		t.Error("Receive after Close: no error")
+	}
+}
