@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,8 +13,10 @@ import (
 )
 
 // TestBenchFaults runs the fault suite's short run, as CI does, and fails
-// if any figure misses its target: a regression in how the gateway
-// behaves under a fault fails the build.
+// if any count misses its target (requests lost, duplicated): a
+// regression in how the gateway behaves under a fault fails the build.
+// Time goals are logged, not asserted: the standards keep wall-clock
+// limits out of tests.
 func TestBenchFaults(t *testing.T) {
 	for _, name := range config.KnownVariables() {
 		t.Setenv(name, "") // restored after the test
@@ -46,6 +49,12 @@ func TestBenchFaults(t *testing.T) {
 		t.Error("no goals")
 	}
 	for _, g := range report.Goals {
+		if strings.HasSuffix(g.Name, "(ms)") {
+			// A time, which a busy machine stretches: reported by
+			// `udpgate bench faults`, never asserted in a test.
+			t.Logf("goal %s: %g, want %s %g (met: %v; not asserted: a wall-clock figure)", g.Name, g.Value, g.Op, g.Goal, g.Met)
+			continue
+		}
 		if why, known := knownMisses[g.Name]; !g.Met && known {
 			t.Logf("goal %s not met: %g, want %s %g: a known miss: %s", g.Name, g.Value, g.Op, g.Goal, why)
 		} else if !g.Met {
