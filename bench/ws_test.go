@@ -93,6 +93,14 @@ func TestWS(t *testing.T) {
 	}
 }
 
+func TestWSOpenLoop(t *testing.T) {
+	url, conns, _ := wsServer(t, 0)
+	res := runBench(t, Config{Target: url + "/Svc/Ok", Rate: 2000, Count: 200})
+	if res.Mode != "open" || res.Answered != 200 || res.Lost != 0 || conns.Load() != DefaultOpenSockets {
+		t.Errorf("%s: answered %d lost %d on %d connections (%s)", res.Mode, res.Answered, res.Lost, conns.Load(), res.FirstError)
+	}
+}
+
 // TestWSConnectionLost: a listener that closes each connection after 100
 // calls loses what was in flight; the run counts the error and opens a
 // new connection.
