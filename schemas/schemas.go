@@ -134,6 +134,11 @@ const (
 	// no reply subject).
 	HeaderReply  = "udpgate-reply"
 	HeaderStatus = "udpgate-status" // reply outcome, one of the Status values
+	// HeaderMore, set to "1" on a reply with status ok to a raw request,
+	// says that more replies follow: the gateway sends this one and keeps
+	// the exchange open, until a reply without it (the last) or the
+	// deadline (schemas/README.md, "Several replies to one request").
+	HeaderMore = "udpgate-more"
 	// HeaderReplayOf is set on requests that `udpgate replay` publishes to
 	// a replay prefix: the ce-id of the captured request, which joins a
 	// candidate's reply with the recorded one.
