@@ -179,9 +179,11 @@ func (e *Edge) retransmit(rt *retransmission) {
 	rt.attempts++
 	rt.timeout *= 2
 	rt.timer = time.AfterFunc(rt.timeout, func() { e.retransmit(rt) })
+	// A newer notification may replace msg once e.mu is released.
+	dst, msg := rt.dst, rt.msg
 	e.mu.Unlock()
 	e.stats.retransmissions.Add(1)
-	e.send(rt.dst, rt.msg)
+	e.send(dst, msg)
 }
 
 // initialTimeout returns the first wait for an ACK: at random between

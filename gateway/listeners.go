@@ -225,6 +225,7 @@ func (g *Gateway) newWebSocket(srv *ws.Server, r *running, share int) *live {
 func (lv *live) serve() error {
 	defer close(lv.done)
 	if lv.ws == nil {
+		defer lv.notifications()()
 		lv.err = lv.in.Serve(lv.ctx)
 		return lv.err
 	}

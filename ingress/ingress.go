@@ -574,6 +574,11 @@ func (s *Server) CoAPStats() coap.Stats {
 	return e.Stats()
 }
 
+// CoAPEdge returns a coap listener's messaging layer once Serve has
+// started it, else nil: the gateway sends Observe notifications through
+// it (coap.Edge.Notify).
+func (s *Server) CoAPEdge() *coap.Edge { return s.coapShown.Load() }
+
 // sweep expires the CoAP edge's caches until done is closed.
 func (s *Server) sweep(done <-chan struct{}) {
 	t := time.NewTicker(5 * time.Second)

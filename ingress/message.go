@@ -50,7 +50,7 @@ func Message(r Request) (msg *nats.Msg, capture string) {
 // protocol adds at most.
 const (
 	rawHeaders  = 8 // ce-specversion, ce-id, ce-source, ce-type, remote, local, deadline, reply
-	coapHeaders = 4 // request line, content-format, accept, datagram head
+	coapHeaders = 5 // request line, content-format, accept, datagram head, observe
 	rpcHeaders  = 4 // service, method, id, the WebSocket connection
 )
 
@@ -209,6 +209,9 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 		}
 		if c.Head != nil {
 			h.set(schemas.HeaderDatagramHead, val(valHead))
+		}
+		if c.Observe != "" {
+			h.set(schemas.HeaderCoAPObserve, c.Observe)
 		}
 	case r.RPC != nil:
 		h.set(schemas.HeaderType, schemas.TypeRPC)

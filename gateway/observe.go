@@ -1,0 +1,56 @@
+package gateway
+
+import (
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/udpgate/udpgate/schemas"
+)
+
+// notifications subscribes a coap listener to its notify subjects,
+// PREFIX.notify.PORT and PREFIX.notify.PORT.>, with plain subscriptions:
+// every node with a coap listener on the port receives each
+// notification, and sends it to the observers it holds (coap.Edge.Notify).
+// A notification published as a NATS request is answered with the number
+// of observers notified (schemas.HeaderCoAPObservers). It returns a
+// function that unsubscribes. Other listeners subscribe to nothing.
+func (lv *live) notifications() (stop func()) {
+	in := lv.in
+	if lv.Protocol != schemas.ProtocolCoAP || in.NATS == nil {
+		return func() {}
+	}
+	base := schemas.NotifySubject(in.Prefix, lv.port, nil)
+	handle := func(m *nats.Msg) {
+		resource := ""
+		if len(m.Subject) > len(base) {
+			resource = m.Subject[len(base)+1:]
+		}
+		n := 0
+		if e := in.CoAPEdge(); e != nil {
+			var err error
+			if n, err = e.Notify(resource, m.Header, m.Data); err != nil {
+				in.Log.Debug("gateway: a notification with a bad header", "subject", m.Subject, "err", err)
+			}
+		}
+		if m.Reply != "" {
+			r := nats.NewMsg(m.Reply)
+			r.Header.Set(schemas.HeaderCoAPObservers, strconv.Itoa(n))
+			m.RespondMsg(r)
+		}
+	}
+	var subs []*nats.Subscription
+	for _, subject := range []string{base, schemas.NotifyWildcard(in.Prefix, lv.port)} {
+		s, err := in.NATS.Subscribe(subject, handle)
+		if err != nil {
+			in.Log.Error("gateway: subscribe to CoAP notifications; observers of this listener get none", "subject", subject, "err", err)
+			continue
+		}
+		subs = append(subs, s)
+	}
+	return func() {
+		for _, s := range subs {
+			s.Unsubscribe()
+		}
+	}
+}
