@@ -82,6 +82,14 @@ var (
 		"Socket read errors other than closing.", listenerLabels, nil)
 	descCoAP = prometheus.NewDesc("udpgate_coap_messages_total",
 		"Messages of a CoAP listener's messaging layer, by kind.", []string{"port", "kind"}, nil)
+	descObservers = prometheus.NewDesc("udpgate_coap_observers",
+		"CoAP Observe registrations a coap listener holds now.", []string{"port"}, nil)
+	descObserveRegistrations = prometheus.NewDesc("udpgate_coap_observe_registrations_total",
+		"CoAP Observe registrations kept (the worker accepted them).", []string{"port"}, nil)
+	descObserveEnds = prometheus.NewDesc("udpgate_coap_observe_deregistrations_total",
+		"CoAP Observe registrations ended, or refused (refused_full), by reason.", []string{"port", "reason"}, nil)
+	descNotifications = prometheus.NewDesc("udpgate_coap_notifications_total",
+		"CoAP Observe notifications sent, by message type (non, con).", []string{"port", "type"}, nil)
 	descRPC = prometheus.NewDesc("udpgate_rpc_replies_total",
 		"Reply envelopes of an rpc listener, by kind.", []string{"port", "kind"}, nil)
 	descCut = prometheus.NewDesc("udpgate_replies_cut_total",
@@ -187,7 +195,7 @@ type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
-		descReadErrors, descCoAP, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
+		descReadErrors, descCoAP, descObservers, descObserveRegistrations, descObserveEnds, descNotifications, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
@@ -269,6 +277,19 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 			} {
 				counter(descCoAP, k.n, port, k.kind)
 			}
+			o := cs.Observe
+			ch <- prometheus.MustNewConstMetric(descObservers, prometheus.GaugeValue, float64(o.Observers), port)
+			counter(descObserveRegistrations, o.Registrations, port)
+			for _, k := range []struct {
+				reason string
+				n      uint64
+			}{
+				{"observe=1", o.Observe1}, {"rst", o.RST}, {"gave_up", o.GaveUp}, {"error_code", o.ErrorCode}, {"refused_full", o.RefusedFull},
+			} {
+				counter(descObserveEnds, k.n, port, k.reason)
+			}
+			counter(descNotifications, o.NON, port, "non")
+			counter(descNotifications, o.CON, port, "con")
 		}
 		if rs, ok := st.RPC[name]; ok {
 			for _, k := range []struct {
