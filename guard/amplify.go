@@ -66,11 +66,27 @@ func (g *Guard) Credit(addr netip.Addr, n int) int {
 // exchange in which addr sent received bytes; a refused reply is counted
 // as dropped.
 func (g *Guard) AllowReply(addr netip.Addr, received, n int, now time.Time) bool {
-	if !g.Limited(addr, now) || Wire(addr, n) <= g.Credit(addr, received) {
+	return g.AllowReplies(addr, received, 0, n, now)
+}
+
+// AllowReplies is AllowReply for an exchange in which sent bytes, counted
+// as IP packets (see Wire), were already sent to addr: the replies of one
+// exchange share its credit.
+func (g *Guard) AllowReplies(addr netip.Addr, received, sent, n int, now time.Time) bool {
+	if !g.Limited(addr, now) || sent+Wire(addr, n) <= g.Credit(addr, received) {
 		return true
 	}
 	g.dropped.Add(1)
 	return false
+}
+
+// Factor returns the amplification factor: to a Limited address, at most
+// Factor times the bytes received from it may be sent (0: no limit).
+func (g *Guard) Factor() int {
+	if g == nil {
+		return 0
+	}
+	return g.factor
 }
 
 // CountCut counts a reply cut to fit the amplification limit.
