@@ -32,7 +32,9 @@ var Echo workers.Handler = workers.HandlerFunc(func(_ context.Context, w workers
 // of exactly two elements, [id, anything], gets the JSON array
 // [id, "The time is TIME"], with id copied byte for byte; any other request
 // gets TIME as plain text. TIME is RFC 3339 in UTC, to the second. A CoAP
-// request always gets TIME, as text/plain;charset=utf-8 (Content-Format 0).
+// request always gets TIME, as text/plain;charset=utf-8 (Content-Format 0),
+// and a CoAP GET with Observe 0 is accepted as a registration (the reply
+// has schemas.HeaderCoAPObserve): NotifyTime publishes the notifications.
 //
 // The zero Time uses time.Now.
 type Time struct {
@@ -48,6 +50,11 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 	}
 	stamp := now().UTC().Format(time.RFC3339)
 	if r.CoAP != nil {
+		if r.Header.Get(schemas.HeaderCoAPObserve) == schemas.CoAPObserveRegister {
+			// /time is observable: NotifyTime publishes its
+			// notifications.
+			w.Header().Set(schemas.HeaderCoAPObserve, "1")
+		}
 		workers.NewCoAPResponse(w).SetContentFormat(textPlain)
 		_, err := w.Write([]byte(stamp))
 		return err
