@@ -55,6 +55,11 @@ type Exchange struct {
 	// Share, if not nil, is the listener's share of the table: the
 	// exchange counts against it from Open until its slot is vacated.
 	Share *Share
+	// Sent and Replies are the bytes (UDP payload) and the number of the
+	// replies sent so far that said more follow (see Table.More): the
+	// replies of one exchange share its amplification credit. Zero until
+	// a first such reply.
+	Sent, Replies int
 }
 
 // Share bounds how many exchanges one listener may hold open in a Table,
@@ -252,6 +257,31 @@ func (t *Table) vacate(s *slot) {
 func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.close(seq, now)
+}
+
+// More is Close for a reply of n bytes after which more replies follow:
+// when the exchange is open, inside its deadline, and has no Replier (a
+// raw exchange, whose replies are datagrams as they are), it stays open,
+// n is added to its Sent and one to its Replies, and it is returned as it
+// was before them, with outcome Answered and kept true. An exchange with
+// a Replier is closed as by Close (kept false): its protocol answers
+// once. The other outcomes are Close's.
+func (t *Table) More(seq uint64, now time.Time, n int) (ex Exchange, outcome Outcome, kept bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.lookup(seq); s != nil && s.state == open && now.Before(s.ex.Deadline) && s.ex.Replier == nil {
+		ex = s.ex
+		s.ex.Sent += n
+		s.ex.Replies++
+		return ex, Answered, true
+	}
+	ex, outcome = t.close(seq, now)
+	return ex, outcome, false
+}
+
+// close is Close. t.mu must be held.
+func (t *Table) close(seq uint64, now time.Time) (Exchange, Outcome) {
 	s := t.lookup(seq)
 	if s == nil {
 		return Exchange{}, Unknown
