@@ -260,24 +260,33 @@ func (t *Table) Close(seq uint64, now time.Time) (Exchange, Outcome) {
 	return t.close(seq, now)
 }
 
-// More is Close for a reply of n bytes after which more replies follow:
-// when the exchange is open, inside its deadline, and has no Replier (a
-// raw exchange, whose replies are datagrams as they are), it stays open,
-// n is added to its Sent and one to its Replies, and it is returned as it
-// was before them, with outcome Answered and kept true. An exchange with
-// a Replier is closed as by Close (kept false): its protocol answers
-// once. The other outcomes are Close's.
-func (t *Table) More(seq uint64, now time.Time, n int) (ex Exchange, outcome Outcome, kept bool) {
+// More is Close for a reply after which more replies follow: when the
+// exchange is open, inside its deadline, and has no Replier (a raw
+// exchange, whose replies are datagrams as they are), it stays open and
+// is returned with outcome Answered and kept true; the caller sends the
+// reply and Charges it. An exchange with a Replier is closed as by Close
+// (kept false): its protocol answers once. The other outcomes are
+// Close's.
+func (t *Table) More(seq uint64, now time.Time) (ex Exchange, outcome Outcome, kept bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.lookup(seq); s != nil && s.state == open && now.Before(s.ex.Deadline) && s.ex.Replier == nil {
-		ex = s.ex
-		s.ex.Sent += n
-		s.ex.Replies++
-		return ex, Answered, true
+		return s.ex, Answered, true
 	}
 	ex, outcome = t.close(seq, now)
 	return ex, outcome, false
+}
+
+// Charge adds a reply of n bytes, sent while the exchange seq stays open
+// (see More), to its Sent and Replies. It does nothing if seq is not
+// open any more.
+func (t *Table) Charge(seq uint64, n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.lookup(seq); s != nil && s.state == open {
+		s.ex.Sent += n
+		s.ex.Replies++
+	}
 }
 
 // close is Close. t.mu must be held.

@@ -16,10 +16,11 @@ func TestMore(t *testing.T) {
 	tb := NewTable(4)
 	a, _, _ := tb.Open(ex(t0.Add(time.Second)), t0)
 	for i := range 3 {
-		got, outcome, kept := tb.More(a, t0, 10)
+		got, outcome, kept := tb.More(a, t0)
 		if outcome != Answered || !kept || got.Replies != i || got.Sent != 10*i {
 			t.Fatalf("reply %d: %v kept %v, sent %d in %d replies", i, outcome, kept, got.Sent, got.Replies)
 		}
+		tb.Charge(a, 10)
 	}
 	if tb.Len() != 1 {
 		t.Fatalf("Len %d with more to follow, want 1", tb.Len())
@@ -28,15 +29,16 @@ func TestMore(t *testing.T) {
 	if outcome != Answered || got.Sent != 30 || got.Replies != 3 {
 		t.Fatalf("last reply: %v, sent %d in %d replies", outcome, got.Sent, got.Replies)
 	}
-	if _, outcome, kept := tb.More(a, t0, 10); outcome != Duplicate || kept {
+	if _, outcome, kept := tb.More(a, t0); outcome != Duplicate || kept {
 		t.Errorf("more after the last: %v kept %v, want duplicate", outcome, kept)
 	}
+	tb.Charge(a, 10) // closed: nothing to charge
 
 	b, _, _ := tb.Open(ex(t0.Add(time.Second)), t0)
-	if _, outcome, kept := tb.More(b, t0.Add(time.Second), 10); outcome != Expired || kept {
+	if _, outcome, kept := tb.More(b, t0.Add(time.Second)); outcome != Expired || kept {
 		t.Errorf("more at the deadline: %v kept %v, want expired", outcome, kept)
 	}
-	if _, outcome, _ := tb.More(b, t0, 10); outcome != Late {
+	if _, outcome, _ := tb.More(b, t0); outcome != Late {
 		t.Errorf("more after the deadline: %v, want late", outcome)
 	}
 
@@ -44,7 +46,7 @@ func TestMore(t *testing.T) {
 	e := ex(t0.Add(time.Second))
 	e.Replier = replier{}
 	c, _, _ := tb.Open(e, t0)
-	if _, outcome, kept := tb.More(c, t0, 10); outcome != Answered || kept {
+	if _, outcome, kept := tb.More(c, t0); outcome != Answered || kept {
 		t.Errorf("more on a CoAP or RPC exchange: %v kept %v, want answered and closed", outcome, kept)
 	}
 	if tb.Len() != 0 {
