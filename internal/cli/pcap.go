@@ -67,7 +67,7 @@ func newPcapImportCmd() *cobra.Command {
 	fs := cmd.Flags()
 	var ports, lists listFlag
 	fs.Var(&ports, "port", "raw listener port(s) whose datagrams to import, comma-separated or repeated (9000,9001)")
-	fs.Var(&lists, "listener", "listener(s) PORT/PROTOCOL, comma-separated or repeated (5683/coap,7000/rpc); default: UDPGATE_LISTENERS if no -port")
+	fs.Var(&lists, "listener", "listener(s) PORT/PROTOCOL, comma-separated or repeated (5683/coap,7000/rpc); default: UDPGATE_LISTENERS if no -port, but its ws listeners (TCP)")
 	stream := fs.String("stream", "", "stream to import into, created like the capture if missing (default: UDPGATE_STREAM)")
 	prefix := fs.String("prefix", "", "subject prefix (default: UDPGATE_SUBJECT_PREFIX); another stream than the capture needs another prefix")
 	nodeName := fs.String("node", pcap.DefaultNode, "gateway node named in ce-source and the reply subject (udpgate-reply)")
@@ -94,10 +94,17 @@ func newPcapImportCmd() *cobra.Command {
 		if err != nil {
 			return fmt.Errorf("pcap import: -listener: %w", err)
 		}
-		if len(ports) == 0 && len(lists) == 0 {
+		fromConfig := len(ports) == 0 && len(lists) == 0
+		if fromConfig {
 			ls = cfg.Listeners
 		}
 		for _, l := range ls {
+			if l.Protocol == schemas.ProtocolWS {
+				if fromConfig {
+					continue // TCP: no datagram of a capture is its
+				}
+				return fmt.Errorf("pcap import: -listener %s: a ws listener takes WebSocket messages over TCP, not UDP datagrams", schemas.Listener(l.Addr.Port(), l.Protocol))
+			}
 			if p, ok := listeners[l.Addr.Port()]; ok && p != l.Protocol {
 				return fmt.Errorf("pcap import: port %d is both %s and %s", l.Addr.Port(), p, l.Protocol)
 			}

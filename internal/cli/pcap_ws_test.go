@@ -19,6 +19,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -298,5 +299,51 @@ func waitMsgs(t testing.TB, js jetstream.JetStream, stream, subject string, n ui
 			t.Fatalf("stream %s holds fewer than %d messages on %q after 10s", stream, n, subject)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPcapImportLeavesOutWS: `udpgate pcap import` with the listeners of
+// UDPGATE_LISTENERS leaves a ws listener out (it takes no datagrams: a
+// datagram to its port is another port's); named with --listener, it is
+// an error.
+func TestPcapImportLeavesOutWS(t *testing.T) {
+	defaults(t)
+	s := natstest.RunServer(t)
+	t.Setenv("UDPGATE_NATS_URL", s.ClientURL())
+	t.Setenv("UDPGATE_LISTENERS", "9000/raw,8080/ws;path=/rpc")
+	var capture bytes.Buffer
+	w := pcapgo.NewWriter(&capture)
+	if err := w.WriteFileHeader(65536, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for _, port := range []layers.UDPPort{9000, 8080} {
+		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.IPv4(10, 0, 0, 1), DstIP: net.IPv4(10, 0, 0, 2)}
+		u := &layers.UDP{SrcPort: 40000, DstPort: port}
+		u.SetNetworkLayerForChecksum(ip)
+		buf := gopacket.NewSerializeBuffer()
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, u, gopacket.Payload("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: len(buf.Bytes()), Length: len(buf.Bytes())}, buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := filepath.Join(t.TempDir(), "in.pcap")
+	if err := os.WriteFile(in, capture.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := Run(context.Background(), []string{"pcap", "import", in}, &stdout, &stderr); err != nil {
+		t.Fatalf("import: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"requests published 1", "other port 1"} {
+		if !strings.Contains(strings.Join(strings.Fields(stdout.String()), " "), want) {
+			t.Errorf("import summary lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	err := Run(context.Background(), []string{"pcap", "import", in, "--listener", "8080/ws"}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "8080/ws: a ws listener takes WebSocket messages over TCP") {
+		t.Errorf("import --listener 8080/ws: %v", err)
 	}
 }
