@@ -155,10 +155,19 @@ type Stats struct {
 	// Discovery counts CoAP resource discovery requests that no group
 	// serves, which the gateway answered for the port's groups.
 	Discovery uint64
+	// More counts replies with more to follow (schemas.HeaderMore) sent
+	// on raw exchanges, which stay open; an exchange is counted Sent once,
+	// at its last reply, or at its deadline or its amplification credit
+	// once it sent one.
+	More uint64
+	// MoreRefused counts replies with more to follow on a CoAP, RPC or ws
+	// exchange, which answers once: sent as its last reply.
+	MoreRefused uint64
 }
 
 type counters struct {
 	sent, late, duplicate, workerError, sendErrors, noAnswer, noResponders, noWorker, unserved, discovery atomic.Uint64
+	more, moreRefused                                                                                     atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -166,6 +175,7 @@ func (c *counters) snapshot() Stats {
 		Sent: c.sent.Load(), Late: c.late.Load(), Duplicate: c.duplicate.Load(),
 		WorkerError: c.workerError.Load(), SendErrors: c.sendErrors.Load(), NoAnswer: c.noAnswer.Load(),
 		NoResponders: c.noResponders.Load(), NoWorker: c.noWorker.Load(), Unserved: c.unserved.Load(), Discovery: c.discovery.Load(),
+		More: c.more.Load(), MoreRefused: c.moreRefused.Load(),
 	}
 }
 
@@ -183,6 +193,8 @@ func (s *Server) Stats() Stats {
 		st.NoWorker += p.NoWorker
 		st.Unserved += p.Unserved
 		st.Discovery += p.Discovery
+		st.More += p.More
+		st.MoreRefused += p.MoreRefused
 	}
 	return st
 }
@@ -318,7 +330,19 @@ func (s *Server) reply(msg *nats.Msg, ex *exchange.Exchange) (outcome string, er
 		s.unknown.Add(1)
 		return outcomeUnknown, nil
 	}
-	closed, closing := s.Table.Close(seq, time.Now())
+	status := msg.Header.Get(schemas.HeaderStatus)
+	if status == "" {
+		status = schemas.StatusOK
+	}
+	now := time.Now()
+	var closed exchange.Exchange
+	var closing exchange.Outcome
+	more, kept := status == schemas.StatusOK && msg.Header.Get(schemas.HeaderMore) != "", false
+	if more {
+		closed, closing, kept = s.Table.More(seq, now)
+	} else {
+		closed, closing = s.Table.Close(seq, now)
+	}
 	if ex != nil {
 		*ex = closed
 	}
@@ -339,9 +363,16 @@ func (s *Server) reply(msg *nats.Msg, ex *exchange.Exchange) (outcome string, er
 		return outcomeUnknown, nil
 	}
 	c := s.port(closed.Port)
-	status := msg.Header.Get(schemas.HeaderStatus)
-	if status == "" {
-		status = schemas.StatusOK
+	if kept {
+		return s.more(seq, now, c, closed, status, msg)
+	}
+	if more {
+		c.moreRefused.Add(1) // a CoAP, RPC or ws exchange answers once: this is its reply
+	}
+	if closed.Replies > 0 {
+		// Its earlier replies answered the exchange: it is counted
+		// once, whatever becomes of its last reply.
+		c.sent.Add(1)
 	}
 	if status != schemas.StatusOK {
 		c.workerError.Add(1)
@@ -362,11 +393,46 @@ func (s *Server) reply(msg *nats.Msg, ex *exchange.Exchange) (outcome string, er
 		s.Log.Debug("egress: send", "err", fmt.Errorf("egress: %w", err))
 		return outcomeSendError, err
 	}
+	if closed.Replies > 0 {
+		return outcomeSent, nil // counted above, its latency at its first reply
+	}
 	c.sent.Add(1)
 	if s.Latency != nil && !closed.Received.IsZero() {
 		s.Latency(closed.Port, time.Since(closed.Received))
 	}
 	return outcomeSent, nil
+}
+
+// more sends msg, a reply with more to follow, to the raw exchange seq,
+// which stays open (ex as it was before the reply), and charges it to
+// the exchange. A reply over the exchange's amplification credit (Allow
+// sees what its earlier replies sent in ex.Sent and ex.Replies) is
+// dropped and ends the exchange. Replies are handled one at a time, in
+// the order NATS delivers them (one subscription), so the replies of an
+// exchange are sent in the order its worker published them.
+func (s *Server) more(seq uint64, now time.Time, c *counters, ex exchange.Exchange, status string, msg *nats.Msg) (string, error) {
+	if s.Allow != nil && !s.Allow(ex, status, msg.Header, msg.Data) {
+		switch closed, outcome := s.Table.Close(seq, now); outcome {
+		case exchange.Answered:
+			if closed.Replies > 0 {
+				c.sent.Add(1)
+			}
+		case exchange.Expired: // its deadline passed meanwhile
+			s.expired(seq, closed)
+		}
+		return outcomeAmplification, nil
+	}
+	if err := ex.Write(msg.Data); err != nil {
+		c.sendErrors.Add(1)
+		s.Log.Debug("egress: send", "err", fmt.Errorf("egress: %w", err))
+		return outcomeSendError, err
+	}
+	s.Table.Charge(seq, len(msg.Data))
+	c.more.Add(1)
+	if ex.Replies == 0 && s.Latency != nil && !ex.Received.IsZero() {
+		s.Latency(ex.Port, time.Since(ex.Received))
+	}
+	return outcomeMore, nil
 }
 
 // NATS's status header, the status of its answer to a request that no
@@ -455,8 +521,14 @@ func (s *Server) Undecided() int {
 }
 
 // expired answers an exchange that reached its deadline unanswered, in its
-// protocol (CoAP: 5.04); raw exchanges get nothing.
+// protocol (CoAP: 5.04); raw exchanges get nothing. A raw exchange that
+// sent replies with more to follow was answered: its deadline ends it,
+// and it is counted Sent.
 func (s *Server) expired(seq uint64, ex exchange.Exchange) {
+	if ex.Replies > 0 {
+		s.port(ex.Port).sent.Add(1)
+		return
+	}
 	s.port(ex.Port).noAnswer.Add(1)
 	if ex.Replier != nil {
 		ex.Replier.Fail(exchange.NoAnswer)

@@ -22,6 +22,7 @@ const tracerName = "github.com/udpgate/udpgate/egress"
 // span), named as its counters are.
 const (
 	outcomeSent          = "sent"
+	outcomeMore          = "more" // a reply with more to follow, sent; the exchange stays open
 	outcomeLate          = "late"
 	outcomeDuplicate     = "duplicate"
 	outcomeUnknown       = "unknown"

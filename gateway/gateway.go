@@ -550,7 +550,11 @@ func amplification(guardOf func(port uint16) *guard.Guard, log *slog.Logger) fun
 		} else if status != schemas.StatusOK {
 			return true // raw: nothing is sent
 		}
-		if gd.AllowReply(ex.Remote.Addr(), ex.Size, n, time.Now()) {
+		// The replies of a raw exchange with more to follow share its
+		// credit: what they sent counts, as IP packets.
+		addr := ex.Remote.Addr()
+		sent := ex.Sent + ex.Replies*guard.Wire(addr, 0)
+		if gd.AllowReplies(addr, ex.Size, sent, n, time.Now()) {
 			return true
 		}
 		dropped.Add("port", ex.Port, "remote", ex.Remote.Addr(), "request_bytes", ex.Size, "reply_bytes", n)
