@@ -334,3 +334,37 @@ func TestObserveRegistrationValidates(t *testing.T) {
 		t.Fatalf("first notification %v, want CON", m.Type)
 	}
 }
+
+// FuzzObserve registers, notifies and deregisters with arbitrary
+// datagrams: every request is accepted as a registration if it asks, and
+// its resource notified. It must never panic, and the registrations stay
+// within their bounds and indexed consistently.
+func FuzzObserve(f *testing.F) {
+	f.Add(observeGET(f, 1, 7, 0, "r"))
+	f.Add(observeGET(f, 2, 7, 1, "r"))
+	f.Add(observeGET(f, 3, 8, 0))
+	f.Add(empty(typeRST, 3))
+	f.Add(empty(typeACK, 3))
+	const maxObs, perPeer = 8, 4
+	te := newTestEdge(f, Config{MaxObservers: maxObs, MaxObserversPerPeer: perPeer, ObserveCONEvery: 2, ACKTimeout: time.Hour})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if r := te.Receive(b, te.remote, te.local, 0, time.Now()); r != nil {
+			r.Reply(schemas.StatusOK, accept, []byte("representation"))
+			te.Notify(resourceOf(r.Segments), nil, []byte("notification"))
+		}
+		te.queued(t)
+		te.mu.Lock()
+		defer te.mu.Unlock()
+		n := len(te.obs.observers)
+		if n > maxObs || len(te.obs.byPeer[te.remote]) > perPeer || int(te.stats.observers.Load()) != n {
+			t.Fatalf("%d observers, %d of the peer, gauge %d", n, len(te.obs.byPeer[te.remote]), te.stats.observers.Load())
+		}
+		indexed := 0
+		for _, set := range te.obs.byResource {
+			indexed += len(set)
+		}
+		if indexed != n {
+			t.Fatalf("%d observers, %d indexed by resource", n, indexed)
+		}
+	})
+}
