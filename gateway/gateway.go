@@ -45,6 +45,11 @@ type Listener struct {
 	// Tap, if not nil, is called with each datagram the listener admits,
 	// on its read loop (see ingress.Server.Tap).
 	Tap ingress.Tap
+	// Push lets workers send unsolicited datagrams from a raw listener to
+	// the sources that sent to it (see Gateway.Push): the listener
+	// remembers its peers and subscribes to its push subject. Ignored on
+	// other protocols.
+	Push bool
 	// Origin says where a listener added while serving comes from, for
 	// Status: "file" (the listener file), "lease ID" (a leased listener),
 	// or empty (the configuration at start).
@@ -127,6 +132,9 @@ type Gateway struct {
 	// a TraceSample of 0 traces nothing.
 	TracerProvider trace.TracerProvider
 	TraceSample    float64
+	// Push configures the unsolicited datagrams of push=on listeners
+	// (Listener.Push): the window, allow-list, rate and peer table.
+	Push Push
 
 	mu       sync.Mutex // guards lives, stopping, run, egress, durables, groups and discards, set by Serve
 	lives    []*live    // the listeners served now, in the order they were added
@@ -189,6 +197,9 @@ type Stats struct {
 	// ListenersAdded and ListenersRemoved count the listeners added and
 	// removed while the gateway served (AddListener, RemoveListener).
 	ListenersAdded, ListenersRemoved uint64
+	// Out counts the unsolicited datagrams of push=on listeners, by
+	// listener (PORT/PROTOCOL).
+	Out map[string]OutStats
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -205,6 +216,7 @@ func (g *Gateway) Stats() Stats {
 	st := Stats{
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{}, WS: map[string]ws.Stats{},
 		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{}, CaptureDiscarded: map[string]uint64{},
+		Out:              map[string]OutStats{},
 		StreamsRecreated: g.recreated.Load(), StreamRechecks: g.rechecks.Load(),
 		Drains: g.drains.Load(), DrainLeft: g.drainLeft.Load(),
 	}
@@ -228,6 +240,9 @@ func (g *Gateway) Stats() Stats {
 		}
 		if gd := lv.Guard; gd != nil {
 			st.Guard[name] = gd.Stats()
+		}
+		if lv.out != nil {
+			st.Out[name] = lv.out.stats()
 		}
 		switch lv.Protocol {
 		case schemas.ProtocolCoAP:

@@ -31,6 +31,7 @@ type live struct {
 	cancel   context.CancelFunc // ends ctx: in.Serve closes the socket
 	done     chan struct{}      // closed once in.Serve has returned
 	removing bool               // RemoveListener was called; guarded by Gateway.mu
+	out      *out               // a push=on raw listener's pushing side; nil for others
 	err      error              // what in.Serve returned; read after done
 }
 
@@ -163,6 +164,10 @@ func (g *Gateway) newLive(l Listener, r *running, share int) *live {
 		Tap:                l.Tap,
 		Stop:               lv.stop,
 	}
+	if l.Push && l.Protocol == schemas.ProtocolRaw {
+		lv.out = newOut(l.Conn, l.Guard, g.Push, g.MaxDatagram, lv.stop)
+		lv.in.Tap = lv.out.tap(l.Tap)
+	}
 	r.dis.addPort(port, lv.name)
 	lv.ctx, lv.cancel = context.WithCancel(r.ctx)
 	return lv
@@ -226,6 +231,7 @@ func (lv *live) serve() error {
 	defer close(lv.done)
 	if lv.ws == nil {
 		defer lv.notifications()()
+		defer lv.pushes()()
 		lv.err = lv.in.Serve(lv.ctx)
 		return lv.err
 	}
