@@ -25,12 +25,9 @@ import (
 	"github.com/udpgate/udpgate/schemas"
 )
 
-// observeGateway runs a gateway with one coap listener and, on a NATS
-// connection of its own, a worker written against the contract that
-// accepts every registration of GET /sensors/1 and answers "registered".
-// registrations receives the udpgate-coap-observe header of each request
-// the worker saw. It returns the listener's address and port, and the
-// server.
+// observeGateway runs a gateway with one coap listener on 127.0.0.1 and
+// the worker of observeWorker. It returns the listener's address and
+// port, the server, and what the worker saw.
 func observeGateway(t *testing.T, cfg coap.Config) (addr string, port uint16, s *server.Server, registrations chan string) {
 	t.Helper()
 	s = natstest.RunServer(t)
@@ -38,11 +35,27 @@ func observeGateway(t *testing.T, cfg coap.Config) (addr string, port uint16, s 
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &Gateway{NATS: natstest.Connect(t, s), Node: "observe-node", CoAP: cfg,
-		Listeners: []Listener{{Conn: c, Protocol: schemas.ProtocolCoAP}}}
 	port = uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	observeNode(t, s, c, "observe-node", cfg)
+	return c.LocalAddr().String(), port, s, observeWorker(t, s, port)
+}
+
+// observeNode runs a gateway node with the coap listener c.
+func observeNode(t *testing.T, s *server.Server, c *net.UDPConn, node string, cfg coap.Config) *Gateway {
+	t.Helper()
+	g := &Gateway{NATS: natstest.Connect(t, s), Node: node, CoAP: cfg,
+		Listeners: []Listener{{Conn: c, Protocol: schemas.ProtocolCoAP}}}
 	serveGateway(t, g)
-	registrations = make(chan string, 100)
+	return g
+}
+
+// observeWorker runs, on a NATS connection of its own, a worker written
+// against the contract that accepts every registration of GET /sensors/1
+// on port and answers "registered". The channel returned receives the
+// udpgate-coap-observe header of each request the worker saw.
+func observeWorker(t *testing.T, s *server.Server, port uint16) chan string {
+	t.Helper()
+	registrations := make(chan string, 100)
 	nc := natstest.Connect(t, s)
 	sub, err := nc.QueueSubscribe(schemas.CoAPSubject(schemas.DefaultPrefix, port, "GET", []string{"sensors", "1"}), "sensors", func(m *nats.Msg) {
 		obs := m.Header.Get(schemas.HeaderCoAPObserve)
@@ -63,7 +76,7 @@ func observeGateway(t *testing.T, cfg coap.Config) (addr string, port uint16, s 
 	}
 	nc.Flush()
 	t.Cleanup(func() { sub.Unsubscribe() })
-	return c.LocalAddr().String(), port, s, registrations
+	return registrations
 }
 
 // notifier publishes notifications of /sensors/1 on port as a worker on
@@ -340,5 +353,41 @@ func TestObserveLibcoap(t *testing.T) {
 	ticks := strings.Count(string(b), "tick-")
 	if !strings.HasPrefix(string(b), "registered") || ticks < 3 {
 		t.Fatalf("coap-client received %d notifications:\n%s\n%s", ticks, b, stderr.String())
+	}
+}
+
+func TestObserveEveryNodeNotifies(t *testing.T) {
+	// Two nodes with a coap listener on the same port, on two loopback
+	// addresses: one notification reaches the observers of both.
+	s := natstest.RunServer(t)
+	c1, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := c1.LocalAddr().(*net.UDPAddr).Port
+	c2, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: port})
+	if err != nil {
+		c1.Close()
+		t.Skipf("no second loopback address with port %d: %v", port, err)
+	}
+	observeNode(t, s, c1, "node-1", coap.Config{})
+	observeNode(t, s, c2, "node-2", coap.Config{})
+	observeWorker(t, s, uint16(port))
+	var clients []*rawObserver
+	for _, c := range []*net.UDPConn{c1, c2} {
+		r := &rawObserver{rawCoAP: dialRaw(t, c.LocalAddr().String())}
+		if m := r.register("t"); !hasObserve(m) {
+			t.Fatalf("registration at %s refused", c.LocalAddr())
+		}
+		clients = append(clients, r)
+	}
+	n := newNotifier(t, s, uint16(port))
+	if err := n.nc.Publish(n.subject, []byte("both")); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range clients {
+		if m, ok := r.next(10 * time.Second); !ok || string(m.Payload) != "both" {
+			t.Fatalf("observer %d: %v %q", i, ok, m.Payload)
+		}
 	}
 }
