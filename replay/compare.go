@@ -49,11 +49,11 @@ type Difference struct {
 // Compare joins each replayed request of res (a Publish result with
 // Target.Keep) with its reply recorded in the replies stream (the reply
 // whose subject's last token is the captured request's ce-id), and
-// compares them: the status, the body, and for CoAP the
-// code and Content-Format, for RPC (rpc and ws listeners) the status and
-// error. It reads the
-// stream with an ordered consumer from the capture time of the first
-// request on, and keeps at most maxDiffs differences.
+// compares them: the status, the body, and for CoAP the code and
+// Content-Format, for RPC (rpc and ws listeners) the status and error. It
+// reads the stream with an ordered consumer from the capture time of the
+// first request on, and keeps at most maxDiffs differences. Requests
+// marked Unrecorded are counted, not compared.
 func Compare(ctx context.Context, js jetstream.JetStream, repliesStream string, res Result, maxDiffs int) (Comparison, error) {
 	var cmp Comparison
 	if repliesStream == "" {
