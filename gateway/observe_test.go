@@ -18,6 +18,9 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
+	"github.com/plgd-dev/go-coap/v3/net/blockwise"
+	"github.com/plgd-dev/go-coap/v3/options"
+	coapudp "github.com/plgd-dev/go-coap/v3/udp"
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
 
 	"github.com/udpgate/udpgate/coap"
@@ -27,8 +30,8 @@ import (
 
 // observeGateway runs a gateway with one coap listener on 127.0.0.1 and
 // the worker of observeWorker. It returns the listener's address and
-// port, the server, and what the worker saw.
-func observeGateway(t *testing.T, cfg coap.Config) (addr string, port uint16, s *server.Server, registrations chan string) {
+// port, the server, what the worker saw, and the gateway.
+func observeGateway(t *testing.T, cfg coap.Config) (addr string, port uint16, s *server.Server, registrations chan string, g *Gateway) {
 	t.Helper()
 	s = natstest.RunServer(t)
 	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -36,8 +39,8 @@ func observeGateway(t *testing.T, cfg coap.Config) (addr string, port uint16, s 
 		t.Fatal(err)
 	}
 	port = uint16(c.LocalAddr().(*net.UDPAddr).Port)
-	observeNode(t, s, c, "observe-node", cfg)
-	return c.LocalAddr().String(), port, s, observeWorker(t, s, port)
+	g = observeNode(t, s, c, "observe-node", cfg)
+	return c.LocalAddr().String(), port, s, observeWorker(t, s, port), g
 }
 
 // observeNode runs a gateway node with the coap listener c.
@@ -121,7 +124,7 @@ func observeStats(g *Gateway) coap.ObserveStats {
 }
 
 func TestObserveGoCoAPClient(t *testing.T) {
-	addr, port, s, regs := observeGateway(t, coap.Config{ObserveCONEvery: 2, ACKTimeout: 200 * time.Millisecond})
+	addr, port, s, regs, g := observeGateway(t, coap.Config{ObserveCONEvery: 2, ACKTimeout: 200 * time.Millisecond})
 	n := newNotifier(t, s, port)
 	co := dialCoAP(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -162,6 +165,9 @@ func TestObserveGoCoAPClient(t *testing.T) {
 	}
 	if c := n.notify([]byte("after"), nil); c != 0 {
 		t.Fatalf("notified %d observers after Observe=1", c)
+	}
+	if st := observeStats(g); st.Registrations != 1 || st.Observe1 != 1 || st.Observers != 0 || st.NON+st.CON != 5 || st.CON < 2 {
+		t.Fatalf("stats %+v", st)
 	}
 }
 
@@ -220,7 +226,7 @@ func hasObserve(m message.Message) bool {
 
 func TestObserveRSTEndsRegistration(t *testing.T) {
 	cfg := coap.Config{ACKTimeout: 200 * time.Millisecond}
-	addr, port, s, _ := observeGateway(t, cfg)
+	addr, port, s, _, g := observeGateway(t, cfg)
 	n := newNotifier(t, s, port)
 	r := &rawObserver{rawCoAP: dialRaw(t, addr)}
 	if m := r.register("t1"); !hasObserve(m) {
@@ -233,10 +239,13 @@ func TestObserveRSTEndsRegistration(t *testing.T) {
 	}
 	r.msg(message.Message{Type: message.Reset, MessageID: m.MessageID})
 	waitFor(t, "the RST ends the registration", func() bool { return n.notify([]byte("two"), nil) == 0 })
+	if st := observeStats(g); st.RST != 1 || st.Observers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 }
 
 func TestObserveUnacknowledgedObserverDropped(t *testing.T) {
-	addr, port, s, _ := observeGateway(t, coap.Config{ObserveCONEvery: 1, ACKTimeout: 20 * time.Millisecond})
+	addr, port, s, _, g := observeGateway(t, coap.Config{ObserveCONEvery: 1, ACKTimeout: 20 * time.Millisecond})
 	n := newNotifier(t, s, port)
 	r := &rawObserver{rawCoAP: dialRaw(t, addr)}
 	r.register("t1")
@@ -261,10 +270,13 @@ func TestObserveUnacknowledgedObserverDropped(t *testing.T) {
 		t.Fatalf("%d transmissions of the CON notification, want 5", cons)
 	}
 	waitFor(t, "the observer dropped", func() bool { return n.notify([]byte("two"), nil) == 0 })
+	if st := observeStats(g); st.GaveUp != 1 || st.Observers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 }
 
 func TestObserveBlockwiseNotification(t *testing.T) {
-	addr, port, s, _ := observeGateway(t, coap.Config{BlockSize: 64})
+	addr, port, s, _, _ := observeGateway(t, coap.Config{BlockSize: 64})
 	n := newNotifier(t, s, port)
 	r := &rawObserver{rawCoAP: dialRaw(t, addr)}
 	r.register("t1")
@@ -298,8 +310,41 @@ func TestObserveBlockwiseNotification(t *testing.T) {
 	}
 }
 
+func TestObserveBlockwiseGoCoAP(t *testing.T) {
+	addr, port, s, _, g := observeGateway(t, coap.Config{BlockSize: 64})
+	n := newNotifier(t, s, port)
+	co, err := coapudp.Dial(addr, options.WithBlockwise(true, blockwise.SZX64, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { co.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := make(chan string, 16)
+	if _, err := co.Observe(ctx, "/sensors/1", func(req *pool.Message) {
+		body, _ := req.ReadBody()
+		got <- string(body)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-got // the registration's response
+	body := bytes.Repeat([]byte("0123456789abcdef"), 10)
+	n.notify(body, nil)
+	select {
+	case v := <-got:
+		if v != string(body) {
+			t.Fatalf("notification of %d bytes: %q", len(v), v)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no notification")
+	}
+	if st := observeStats(g); st.NON != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 func TestObserveBounds(t *testing.T) {
-	addr, port, s, _ := observeGateway(t, coap.Config{MaxObserversPerPeer: 2, MaxObservers: 3})
+	addr, port, s, _, g := observeGateway(t, coap.Config{MaxObserversPerPeer: 2, MaxObservers: 3})
 	n := newNotifier(t, s, port)
 	r1 := &rawObserver{rawCoAP: dialRaw(t, addr)}
 	r2 := &rawObserver{rawCoAP: dialRaw(t, addr)}
@@ -316,11 +361,14 @@ func TestObserveBounds(t *testing.T) {
 	if c := n.notify([]byte("x"), nil); c != 3 {
 		t.Fatalf("notified %d, want 3", c)
 	}
+	if st := observeStats(g); st.RefusedFull != 2 || st.Observers != 3 {
+		t.Fatalf("stats %+v", st)
+	}
 }
 
 func TestObserveLibcoap(t *testing.T) {
 	bin := coapClient(t)
-	addr, port, s, _ := observeGateway(t, coap.Config{})
+	addr, port, s, _, _ := observeGateway(t, coap.Config{})
 	n := newNotifier(t, s, port)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
