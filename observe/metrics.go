@@ -160,6 +160,12 @@ var (
 	descWSSReloads = prometheus.NewDesc("udpgate_wss_certificate_reloads_total",
 		"A wss listener's certificate loaded again after its files changed (outcome loaded), or a change that did not load, the previous certificate kept (failed).",
 		[]string{"port", "protocol", "outcome"}, nil)
+	descPushes = prometheus.NewDesc("udpgate_pushes_sent_total",
+		"Unsolicited datagrams workers pushed (PREFIX.out.NODE.PORT) that a push=on raw listener sent.", listenerLabels, nil)
+	descPushRefused = prometheus.NewDesc("udpgate_pushes_refused_total",
+		"Unsolicited datagrams a push=on raw listener refused, by reason.", append(listenerLabels[:len(listenerLabels):len(listenerLabels)], "reason"), nil)
+	descMore = prometheus.NewDesc("udpgate_replies_more_total",
+		"Replies with more to follow (udpgate-more): sent with the exchange kept open, or final on a listener that answers once.", append(listenerLabels[:len(listenerLabels):len(listenerLabels)], "kind"), nil)
 	descWSPushes = prometheus.NewDesc("udpgate_ws_pushes_total",
 		"Messages workers pushed to a ws listener's connections (PREFIX.ws.CONNECTION.push) that were written.", listenerLabels, nil)
 	descWSPushRefused = prometheus.NewDesc("udpgate_ws_pushes_refused_total",
@@ -199,6 +205,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
+		descPushes, descPushRefused, descMore,
 		descWSPushes, descWSPushRefused, descWSRateLimited, descWSSReloads, descWSEvents, descWSEventsUncaptured,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
@@ -227,6 +234,14 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descAnswered, eg.Sent, port, protocol)
 		counter(descWorkerErrors, eg.WorkerError, port, protocol)
 		counter(descReadErrors, in.ReadErrors, port, protocol)
+		counter(descMore, eg.More, port, protocol, "sent")
+		counter(descMore, eg.MoreRefused, port, protocol, "final")
+		if o, ok := st.Out[name]; ok {
+			counter(descPushes, o.Sent, port, protocol)
+			for _, r := range schemas.OutErrors {
+				counter(descPushRefused, o.Refused[r], port, protocol, r)
+			}
+		}
 		malformed := st.CoAP[name].Malformed + st.RPC[name].Malformed
 		gs := st.Guard[name] // zero for a listener without a guard
 		counter(descCut, gs.Cut, port, protocol)
