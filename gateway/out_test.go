@@ -142,6 +142,7 @@ func TestPushToPeer(t *testing.T) {
 	if got, _ := readFrom(c, 5*time.Second); string(got) != "published" {
 		t.Errorf("published push: got %q", got)
 	}
+	waitFor(t, "the published push counted", func() bool { return g.Stats().Out[name].Sent == 3 })
 	st := g.Stats().Out[name]
 	if st.Sent != 3 || st.Refused[schemas.OutErrNotPeer] != 1 || st.Refused[schemas.OutErrBadDestination] != 1 || st.Refused[schemas.OutErrTooLarge] != 1 {
 		t.Errorf("stats %+v", st)
