@@ -302,6 +302,7 @@ func TestSendCount(t *testing.T) {
 // runPorts are the ports of a `udpgate run` started by startRun.
 type runPorts struct {
 	echo, time, coap, rpc, extra uint16
+	ws                           uint16 // TCP
 	http                         string // base URL of the HTTP endpoint, http://127.0.0.1:PORT
 	nats                         string // URL of the embedded NATS server
 	out                          *syncBuffer
@@ -316,8 +317,9 @@ func startRun(t *testing.T) runPorts {
 	saved := node.Builtins
 	t.Cleanup(func() { node.Builtins = saved })
 	node.Builtins = slices.Clone(saved)
-	p := runPorts{echo: freeUDPPort(t), time: freeUDPPort(t), coap: freeUDPPort(t), rpc: freeUDPPort(t), extra: freeUDPPort(t)}
+	p := runPorts{echo: freeUDPPort(t), time: freeUDPPort(t), coap: freeUDPPort(t), rpc: freeUDPPort(t), extra: freeUDPPort(t), ws: freeTCPPort(t)}
 	node.Builtins[0].Port, node.Builtins[1].Port, node.Builtins[2].Port, node.Builtins[3].Port = p.echo, p.time, p.coap, p.rpc
+	node.Builtins[4].Port = p.ws
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(p.extra))+"/raw")
@@ -368,7 +370,9 @@ func TestRun(t *testing.T) {
 	p := startRun(t)
 	echoPort, timePort, coapPort, rpcPort, extra, out := p.echo, p.time, p.coap, p.rpc, p.extra, p.out
 	for _, want := range []string{
-		"worker echo", "worker time", "worker coap", "worker places", "rpc   -> udpgate.in." + strconv.Itoa(int(rpcPort)) + ".SERVICE.METHOD", "coap  -> udpgate.in." + strconv.Itoa(int(coapPort)) + ".METHOD.PATH...", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
+		"worker echo", "worker time", "worker coap", "worker places", "rpc   -> udpgate.in." + strconv.Itoa(int(rpcPort)) + ".SERVICE.METHOD",
+		"tcp 0.0.0.0:" + strconv.Itoa(int(p.ws)) + " ", "ws    -> udpgate.in." + strconv.Itoa(int(p.ws)) + ".SERVICE.METHOD  worker places",
+		"go run . send ws://127.0.0.1:" + strconv.Itoa(int(p.ws)) + `/InterestingPlaces/GetRandom '{"limit": 2}'`, "coap  -> udpgate.in." + strconv.Itoa(int(coapPort)) + ".METHOD.PATH...", "127.0.0.1:" + strconv.Itoa(int(extra)) + "  raw", "no built-in worker",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("run output lacks %q:\n%s", want, out.String())
@@ -408,6 +412,15 @@ func TestRun(t *testing.T) {
 	if err := Run(context.Background(), []string{"send", "-timeout", "5s", rpcURL, `{"limit": 3}`}, &o, &e); err != nil ||
 		strings.Count(o.String(), `"name"`) != 3 || !strings.Contains(o.String(), `"latitude"`) {
 		t.Errorf("send %s: %v, printed %q (%s)", rpcURL, err, o.String(), e.String())
+	}
+	// The same call on the ws listener, which the places worker serves
+	// too.
+	o.Reset()
+	e.Reset()
+	wsURL := "ws://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p.ws).String() + "/InterestingPlaces/GetRandom"
+	if err := Run(context.Background(), []string{"send", "-timeout", "5s", wsURL, `{"limit": 2}`}, &o, &e); err != nil ||
+		strings.Count(o.String(), `"name"`) != 2 {
+		t.Errorf("send %s: %v, printed %q (%s)", wsURL, err, o.String(), e.String())
 	}
 	co, err := coapudp.Dial(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), coapPort).String())
 	if err != nil {

@@ -108,12 +108,13 @@ func TestReadmeWalk(t *testing.T) {
 
 	// The README's ports, and the free ones the walk uses instead.
 	ports := map[string]string{}
-	for _, p := range []string{"9000", "9001", "5683", "7000", "9100", "7777", "4222", "9780"} {
+	for _, p := range []string{"9000", "9001", "5683", "7000", "9100", "7777", "4222", "9780", "8080"} {
 		ports[p] = strconv.Itoa(int(freeUDPPort(t)))
 	}
 	ports["4222"] = strconv.Itoa(int(freeTCPPort(t)))
 	ports["9780"] = strconv.Itoa(int(freeTCPPort(t)))
-	portRE := regexp.MustCompile(`\b(9000|9001|5683|7000|9100|7777|4222|9780)\b`)
+	ports["8080"] = strconv.Itoa(int(freeTCPPort(t))) // run's ws listener
+	portRE := regexp.MustCompile(`\b(9000|9001|5683|7000|9100|7777|4222|9780|8080)\b`)
 	// The examples the README starts with go run, built now with the
 	// walk's ports in their source (a build overlay): starting one takes a
 	// moment, not a compilation.
@@ -154,7 +155,7 @@ func TestReadmeWalk(t *testing.T) {
 	env := append(os.Environ(),
 		"PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"UDPGATE_NATS_URL=nats://127.0.0.1:"+ports["4222"],
-		"UDPGATE_BUILTINS=echo="+ports["9000"]+",time="+ports["9001"]+",coap="+ports["5683"]+",places="+ports["7000"],
+		"UDPGATE_BUILTINS=echo="+ports["9000"]+",time="+ports["9001"]+",coap="+ports["5683"]+",places="+ports["7000"]+",places-ws="+ports["8080"],
 	)
 	runEnv := append(env,
 		"UDPGATE_NATS_LISTEN=127.0.0.1:"+ports["4222"],

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 
@@ -26,17 +27,17 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 	listeners := cfg.Listeners
 	var ws []node.Worker
 	for _, b := range node.Builtins {
-		if !slices.Contains(cfg.Builtins, b.Worker) {
+		if !slices.Contains(cfg.Builtins, b.Name) {
 			continue
 		}
-		b.Port = cmp.Or(cfg.BuiltinPorts[b.Worker], b.Port)
+		b.Port = cmp.Or(cfg.BuiltinPorts[b.Name], b.Port)
 		i := slices.IndexFunc(listeners, func(l config.Listener) bool { return l.Addr.Port() == b.Port })
 		if i < 0 { // a listener the user put on this port replaces the default
 			i = len(listeners)
 			listeners = append(listeners, b.Listener())
 		}
 		if listeners[i].Protocol == b.Protocol {
-			ws = append(ws, node.Worker{Name: b.Worker, Listener: i})
+			ws = append(ws, node.Worker{Name: b.Worker, Group: b.Name, Listener: i})
 		}
 	}
 	n, err := node.Start(ctx, cfg, log, node.Options{Listeners: listeners, Workers: ws})
@@ -72,10 +73,10 @@ func runAll(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.
 		switch l.Protocol {
 		case schemas.ProtocolCoAP:
 			subject += ".METHOD.PATH..."
-		case schemas.ProtocolRPC:
+		case schemas.ProtocolRPC, schemas.ProtocolWS:
 			subject += ".SERVICE.METHOD"
 		}
-		fmt.Fprintf(tw, "  udp %s\t%s\t-> %s\t%s\n", l.Addr, l.Protocol, subject, who)
+		fmt.Fprintf(tw, "  %s %s\t%s\t-> %s\t%s\n", transport(l), l.Addr, protocol(l), subject, who)
 	}
 	tw.Flush()
 	printRuntimeListeners(stdout, cfg, file, n.MetricsURL)
@@ -105,8 +106,8 @@ func listenerHint(err error, cfg config.Config) string {
 		return " (UDPGATE_LISTENERS)"
 	}
 	for _, b := range node.Builtins {
-		if cmp.Or(cfg.BuiltinPorts[b.Worker], b.Port) == le.Listener.Addr.Port() {
-			return fmt.Sprintf(" (the built-in %s worker's listener: move it with UDPGATE_BUILTINS=%s=PORT, or leave %s out of UDPGATE_BUILTINS)", b.Worker, b.Worker, b.Worker)
+		if cmp.Or(cfg.BuiltinPorts[b.Name], b.Port) == le.Listener.Addr.Port() {
+			return fmt.Sprintf(" (the built-in %s worker's listener: move it with UDPGATE_BUILTINS=%s=PORT, or leave %s out of UDPGATE_BUILTINS)", b.Name, b.Name, b.Name)
 		}
 	}
 	return ""
@@ -131,7 +132,11 @@ func tryHints(ls []config.Listener, ws []node.Worker) []string {
 		case "coap":
 			hints = append(hints, "go run . send coap://"+hp+"/time")
 		case "places":
-			hints = append(hints, "go run . send rpc://"+hp+`/InterestingPlaces/GetRandom '{"limit": 2}'`)
+			url := "rpc://" + hp + "/"
+			if l.Protocol == schemas.ProtocolWS {
+				url = "ws://" + hp + strings.TrimSuffix(l.Path, "/") + "/"
+			}
+			hints = append(hints, "go run . send "+url+`InterestingPlaces/GetRandom '{"limit": 2}'`)
 		}
 	}
 	return hints
@@ -143,8 +148,9 @@ func newRunCmd() *cobra.Command {
 		Short: "embedded NATS with JetStream, the gateway and the built-in workers, in one process",
 		Long: `Starts an embedded NATS server with JetStream (store in UDPGATE_DATA_DIR), the
 gateway on the built-in workers' listeners (9000/raw echo, 9001/raw time,
-5683/coap coap, 7000/rpc places; UDPGATE_BUILTINS chooses which, off for
-none) and UDPGATE_LISTENERS, and the built-in workers. A listener of
+5683/coap coap, 7000/rpc places, 8080/ws places-ws: places for WebSocket
+clients; UDPGATE_BUILTINS chooses which, off for none) and
+UDPGATE_LISTENERS, and the built-in workers. A listener of
 UDPGATE_LISTENERS on a built-in port replaces the built-in one. Outside
 workers connect to its NATS server.`,
 		Args: cobra.NoArgs,

@@ -109,7 +109,7 @@ func TestStatusRun(t *testing.T) {
 	for _, g := range st.Groups {
 		names = append(names, g.Name)
 	}
-	if want := []string{"coap", "echo", "places", "time"}; !slices.Equal(names, want) {
+	if want := []string{"coap", "echo", "places", "places-ws", "time"}; !slices.Equal(names, want) {
 		t.Errorf("groups %v, want %v", names, want)
 	}
 

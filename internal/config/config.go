@@ -42,7 +42,7 @@ type env struct {
 	NATSInbox              string `envconfig:"NATS_INBOX_PREFIX" desc:"prefix of this process's NATS reply inboxes (default: _INBOX), for per-user permissions"`
 	Node                   string `envconfig:"NODE" desc:"name of this gateway node (default: host name)"`
 	Listeners              string `envconfig:"LISTENERS" desc:"listeners, comma-separated [ADDR:]PORT/PROTOCOL"`
-	Builtins               string `envconfig:"BUILTINS" default:"echo,time,coap,places" desc:"run: the built-in workers, each on its listener (echo 9000/raw, time 9001/raw, coap 5683/coap, places 7000/rpc), comma-separated; NAME=PORT moves one (echo=19000); off: none"`
+	Builtins               string `envconfig:"BUILTINS" default:"echo,time,coap,places,places-ws" desc:"run: the built-in workers, each on its listener (echo 9000/raw, time 9001/raw, coap 5683/coap, places 7000/rpc, places-ws: places on 8080/ws), comma-separated; NAME=PORT moves one (echo=19000); off: none"`
 	DataDir                string `envconfig:"DATA_DIR" default:"./udpgate-data" desc:"JetStream store of the embedded NATS server (run)"`
 	NATSListen             string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"where the embedded NATS server accepts clients (run)"`
 	SubjectPrefix          string `envconfig:"SUBJECT_PREFIX" default:"udpgate" desc:"first token of every subject"`
@@ -122,7 +122,7 @@ type Config struct {
 	NATSAuth               NATSAuth // credentials and TLS of every NATS connection (not run's)
 	Node                   string
 	Listeners              []Listener
-	Builtins               []string          // run's built-in workers, by name
+	Builtins               []string          // run's built-in workers, by name (or BuiltinPlacesWS)
 	BuiltinPorts           map[string]uint16 // the ports UDPGATE_BUILTINS moves them to, by name
 	DataDir                string
 	NATSListen             netip.AddrPort
@@ -282,6 +282,11 @@ func (l Listener) String() string {
 // ProtocolWSS is how UDPGATE_LISTENERS writes a ws listener over TLS.
 const ProtocolWSS = "wss"
 
+// BuiltinPlacesWS names in UDPGATE_BUILTINS run's ws listener, 8080/ws,
+// served by the built-in places worker as 7000/rpc is: a worker's name
+// would name its rpc listener.
+const BuiltinPlacesWS = "places-ws"
+
 // Network is the socket network for the listener's address: TCP for a
 // ws listener, UDP for the others.
 func (l Listener) Network() string {
@@ -369,8 +374,8 @@ func (e env) parse(environ []string) (Config, error) {
 		for _, entry := range SplitList(b) {
 			name, port, moved := strings.Cut(entry, "=")
 			name = strings.TrimSpace(name)
-			if !slices.Contains(builtin.Names(), name) {
-				bad("BUILTINS", "%q is not a built-in worker (%s), and the list not off", name, strings.Join(builtin.Names(), ", "))
+			if names := append(builtin.Names(), BuiltinPlacesWS); !slices.Contains(names, name) {
+				bad("BUILTINS", "%q is not a built-in worker (%s), and the list not off", name, strings.Join(names, ", "))
 				continue
 			}
 			if moved {

@@ -230,6 +230,7 @@ func TestConfigBuiltins(t *testing.T) {
 		{" coap , echo,coap", []string{"coap", "echo"}, ""},
 		{"echo,ping", nil, `UDPGATE_BUILTINS: "ping" is not a built-in worker`},
 		{"echo=19000,coap", []string{"echo", "coap"}, ""},
+		{"places,places-ws=8090", []string{"places", "places-ws"}, ""},
 		{"echo=0", nil, `UDPGATE_BUILTINS: "echo=0": the port of echo must be 1..65535`},
 		{"echo=x", nil, `the port of echo must be 1..65535`},
 	} {

@@ -30,29 +30,41 @@ import (
 // built-in worker. `udpgate worker NAME` serves the same port's subjects
 // unless UDPGATE_WORKER_SUBJECTS says otherwise.
 type Builtin struct {
-	Worker   string
+	// Name names the listener and its worker group in UDPGATE_BUILTINS:
+	// the worker's name, or for a second listener of the same worker a
+	// name of its own (config.BuiltinPlacesWS).
+	Name     string
+	Worker   string // the built-in handler: builtin.Lookup(Worker)
 	Port     uint16
 	Protocol string
 }
 
-// Listener returns b's listener on all addresses.
+// Listener returns b's listener on all addresses (a ws listener on the
+// path /).
 func (b Builtin) Listener() config.Listener {
-	return config.Listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.Port), Protocol: b.Protocol}
+	l := config.Listener{Addr: netip.AddrPortFrom(netip.IPv4Unspecified(), b.Port), Protocol: b.Protocol}
+	if b.Protocol == schemas.ProtocolWS {
+		l.Path = "/"
+	}
+	return l
 }
 
 // Builtins are `udpgate run`'s default listeners and their workers.
 var Builtins = []Builtin{
-	{"echo", 9000, schemas.ProtocolRaw},
-	{"time", 9001, schemas.ProtocolRaw},
-	{"coap", 5683, schemas.ProtocolCoAP},
-	{"places", 7000, schemas.ProtocolRPC},
+	{"echo", "echo", 9000, schemas.ProtocolRaw},
+	{"time", "time", 9001, schemas.ProtocolRaw},
+	{"coap", "coap", 5683, schemas.ProtocolCoAP},
+	{"places", "places", 7000, schemas.ProtocolRPC},
+	// The places worker again, for WebSocket clients (browsers).
+	{config.BuiltinPlacesWS, "places", 8080, schemas.ProtocolWS},
 }
 
-// BuiltinSubjects returns the subjects the built-in worker name serves on
-// its default port, or nil if name has none.
+// BuiltinSubjects returns the subjects the built-in listener name
+// (Builtin.Name) is served on at its default port, or nil if there is
+// none.
 func BuiltinSubjects(name, prefix string) []string {
 	for _, b := range Builtins {
-		if b.Worker == name {
+		if b.Name == name {
 			return builtin.Subjects(b.Worker, prefix, b.Port)
 		}
 	}
