@@ -76,6 +76,9 @@ type env struct {
 	CoAPPiggyback          string `envconfig:"COAP_PIGGYBACK" default:"500ms" desc:"how long a CON request waits for its worker before an empty ACK"`
 	CoAPBlockSize          string `envconfig:"COAP_BLOCK_SIZE" default:"1024" desc:"largest block of a block-wise CoAP response (16, 32, ... 1024)"`
 	CoAPMaxBody            string `envconfig:"COAP_MAX_BODY" default:"64KiB" desc:"largest CoAP request reassembled from Block1 transfers"`
+	CoAPObserveCONEvery    string `envconfig:"COAP_OBSERVE_CON_EVERY" default:"20" desc:"CoAP Observe: at least every how many notifications to an observer one goes as a CON (and at least every 24 hours)"`
+	CoAPMaxObservers       string `envconfig:"COAP_MAX_OBSERVERS" default:"10000" desc:"CoAP Observe registrations one coap listener keeps; one beyond is answered without Observe"`
+	CoAPMaxObserversPeer   string `envconfig:"COAP_MAX_OBSERVERS_PER_PEER" default:"64" desc:"CoAP Observe registrations one client address may hold on a coap listener"`
 	Allow                  string `envconfig:"ALLOW" desc:"source prefixes admitted, comma-separated CIDR (empty: all)"`
 	Deny                   string `envconfig:"DENY" desc:"source prefixes dropped, comma-separated CIDR; wins over UDPGATE_ALLOW"`
 	Trust                  string `envconfig:"TRUST" desc:"source prefixes exempt from the amplification limit, comma-separated CIDR"`
@@ -110,6 +113,9 @@ type env struct {
 	WSSKeyFile             string `envconfig:"WSS_KEY_FILE" desc:"wss listeners: the private key of UDPGATE_WSS_CERT_FILE, PEM"`
 	WSConnRate             string `envconfig:"WS_CONN_RATE" default:"0" desc:"ws listeners: messages per second one connection may send, in bursts of twice that; a call beyond is answered STATUS_RESOURCE_EXHAUSTED (0: no limit; the guard's per-source UDPGATE_RATE applies too)"`
 	WSMaxPush              string `envconfig:"WS_MAX_PUSH" default:"64" desc:"ws listeners: messages pushed to one connection and not yet written; a push beyond closes the connection (a client too slow to read)"`
+	PushWindow             string `envconfig:"PUSH_WINDOW" default:"5m" desc:"push=on raw listeners: how long after its last datagram a source may be sent unsolicited datagrams (PREFIX.out.NODE.PORT), and the window of their amplification limit"`
+	PushAllow              string `envconfig:"PUSH_ALLOW" desc:"push=on raw listeners: destinations that may be pushed to without having sent, comma-separated CIDR (the rate and amplification limit still apply)"`
+	PushRate               string `envconfig:"PUSH_RATE" default:"10" desc:"push=on raw listeners: datagrams per second pushed to one destination, in bursts of twice that (0: no limit)"`
 	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
 }
 
@@ -157,6 +163,9 @@ type Config struct {
 	CoAPPiggyback          time.Duration
 	CoAPBlockSize          int
 	CoAPMaxBody            int
+	CoAPObserveCONEvery    int          // CoAP Observe: a CON at least every this many notifications
+	CoAPMaxObservers       int          // CoAP Observe registrations per coap listener
+	CoAPMaxObserversPeer   int          // and per client address
 	Guard                  guard.Config // every listener's, unless its entry overrides it
 	Lambda                 Lambda
 	// TraceSample is the share of requests the gateway traces, 0 to 1; 0
@@ -166,6 +175,7 @@ type Config struct {
 	ListenersFile string
 	Bridge        Bridge
 	WS            WS
+	Push          Push // unsolicited datagrams of push=on raw listeners
 }
 
 // WS configures every ws listener (each one's path is its own).
@@ -265,6 +275,9 @@ type Listener struct {
 	// NoReply (option reply=off, raw only): datagrams are captured and
 	// published, and never answered.
 	NoReply bool
+	// Push (option push=on, raw only): workers may send unsolicited
+	// datagrams to the listener's peers (Config.Push).
+	Push bool
 	// TLS: a ws listener written wss, serving WebSocket over TLS with
 	// UDPGATE_WSS_CERT_FILE and UDPGATE_WSS_KEY_FILE. Its calls are a ws
 	// listener's (subjects, ce-source …/PORT/ws): TLS changes the
@@ -500,7 +513,11 @@ func (e env) parse(environ []string) (Config, error) {
 	} else {
 		c.CoAPMaxBody = int(n)
 	}
+	integer("COAP_OBSERVE_CON_EVERY", e.CoAPObserveCONEvery, 1, 1<<20, &c.CoAPObserveCONEvery)
+	integer("COAP_MAX_OBSERVERS", e.CoAPMaxObservers, 1, 1<<24, &c.CoAPMaxObservers)
+	integer("COAP_MAX_OBSERVERS_PER_PEER", e.CoAPMaxObserversPeer, 1, 1<<24, &c.CoAPMaxObserversPeer)
 	c.Guard = e.parseGuard(bad)
+	c.Push = e.parsePush(bad)
 	if c.CoAPPiggyback >= c.Deadline && c.Deadline > 0 {
 		bad("COAP_PIGGYBACK", "%s is not shorter than UDPGATE_DEADLINE %s", c.CoAPPiggyback, c.Deadline)
 	}
@@ -750,7 +767,11 @@ func parseListener(f string) (Listener, error) {
 	if noReply && proto != schemas.ProtocolRaw {
 		return Listener{}, fmt.Errorf("%q: reply=off is for raw listeners: CoAP and RPC clients expect an answer", f)
 	}
-	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply}, nil
+	push := pushOn(opts)
+	if push && proto != schemas.ProtocolRaw {
+		return Listener{}, fmt.Errorf("%q: push=on is for raw listeners", f)
+	}
+	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply, Push: push}, nil
 }
 
 // listenerAddr parses a listener's [ADDR:]PORT, 0.0.0.0 when no address

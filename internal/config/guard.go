@@ -42,6 +42,7 @@ var listenerOptions = map[string]string{
 	"source_prefix": "SOURCE_PREFIX", "listener_rate": "LISTENER_RATE", "listener_burst": "LISTENER_BURST",
 	"amplification": "AMPLIFICATION",
 	"reply":         "", // reply=off: not the guard's (listener.NoReply)
+	"push":          "", // push=on: not the guard's (listener.Push)
 	"path":          "", // ws only: not the guard's (listener.Path)
 	"conn_rate":     "WS_CONN_RATE",
 }
@@ -49,7 +50,7 @@ var listenerOptions = map[string]string{
 // Options of one kind of listener only: a ws listener's calls come over
 // TCP (no amplification, no trust to grant) and are always answered.
 var (
-	udpOnlyOptions = []string{"reply", "amplification", "trust"}
+	udpOnlyOptions = []string{"reply", "amplification", "trust", "push"}
 	wsOnlyOptions  = []string{"path", "conn_rate"}
 )
 
@@ -71,7 +72,7 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		key, value, ok := strings.Cut(kv, "=")
 		key = strings.TrimSpace(key)
 		if _, known := listenerOptions[key]; !known || !ok {
-			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply (UDP listeners), path, conn_rate (ws listeners)", kv))
+			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply (UDP listeners), push (raw listeners), path, conn_rate (ws listeners)", kv))
 			continue
 		}
 		if seen[key] {
@@ -80,9 +81,9 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		}
 		seen[key] = true
 		switch key { // not the guard's
-		case "reply":
+		case "reply", "push":
 			if v := strings.TrimSpace(value); v != "on" && v != "off" {
-				errs = append(errs, fmt.Errorf("option reply=%s: want on or off", value))
+				errs = append(errs, fmt.Errorf("option %s=%s: want on or off", key, value))
 			}
 			continue
 		case "path":

@@ -50,11 +50,16 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 			Piggyback: cfg.CoAPPiggyback,
 			BlockSize: cfg.CoAPBlockSize,
 			MaxBody:   cfg.CoAPMaxBody,
+			// CoAP Observe.
+			ObserveCONEvery:     cfg.CoAPObserveCONEvery,
+			MaxObservers:        cfg.CoAPMaxObservers,
+			MaxObserversPerPeer: cfg.CoAPMaxObserversPeer,
 		},
 		ListenerMaxPending: cfg.ListenerMaxPending,
 		DiscoveryInterval:  cfg.DiscoveryInterval,
 		DrainTimeout:       cfg.DrainTimeout,
 		Log:                log,
+		Push:               gateway.Push{Window: cfg.Push.Window, Allow: cfg.Push.Allow, Rate: cfg.Push.Rate},
 	}
 	wss := &webSockets{cfg: cfg, log: log}
 	for _, l := range listeners {
@@ -94,7 +99,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 			CloseListeners(g)
 			return nil, &ListenerError{Listener: l, Err: err}
 		}
-		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply})
+		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push})
 	}
 	return g, nil
 }
