@@ -75,7 +75,7 @@ func runGateway(ctx context.Context, cfg config.Config, log *slog.Logger, stdout
 	}
 	fmt.Fprintf(stdout, "udpgate gateway: node %s, NATS %s, replies on %s\n", cfg.Node, config.RedactURLs(nc.ConnectedUrlRedacted()), schemas.ReplySubject(cfg.Prefix, cfg.Node))
 	for _, l := range cfg.Listeners {
-		fmt.Fprintf(stdout, "  udp %s %s -> %s\n", l.Addr, l.Protocol, schemas.InSubject(cfg.Prefix, l.Addr.Port()))
+		fmt.Fprintf(stdout, "  %s %s %s -> %s\n", transport(l), l.Addr, protocol(l), schemas.InSubject(cfg.Prefix, l.Addr.Port()))
 	}
 	printRuntimeListeners(stdout, cfg, file, run.MetricsURL)
 	if run.MetricsURL != "" {

@@ -53,6 +53,12 @@ func TestGatewayHandover(t *testing.T) {
 	start(t, "worker: serving", "worker", "echo")
 	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:"+strconv.Itoa(int(freeTCPPort(t))))
 	old := start(t, "udpgate gateway:", "gateway")
+	waitFor(t, "the banner", func() bool { return strings.Contains(old.out.String(), "metrics ") }, old.done, &old.out, &old.err)
+	for _, want := range []string{"  tcp 127.0.0.1:" + strconv.Itoa(int(wsPort)) + " ws -> ", "    tcp 127.0.0.1:" + strconv.Itoa(int(filePort)) + " ws -> "} {
+		if !strings.Contains(old.out.String(), want) {
+			t.Errorf("the banner lacks %q:\n%s", want, old.out.String())
+		}
+	}
 
 	// A client sends a numbered request every millisecond, from one
 	// socket, and counts the replies by number.
