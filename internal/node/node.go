@@ -170,6 +170,14 @@ func Start(ctx context.Context, cfg config.Config, log *slog.Logger, opts Option
 		n.Observe.AddCheck("worker "+w.Group, observe.WorkerBound(w, 0))
 		n.Go(func() error { return w.Serve(wctx) })
 	}
+	// The built-in coap worker's GET /time is observable: its notifier
+	// publishes the time every second while the groups run.
+	for _, w := range opts.Workers {
+		if w.Name == "coap" {
+			port := n.Ports[w.Listener].Port()
+			n.Go(func() error { return builtin.NotifyTime(wctx, n.Conn, cfg.Prefix, port, time.Second, nil) })
+		}
+	}
 	// A group sees only the requests that arrive after it subscribed (or
 	// its consumer exists).
 	for _, w := range n.Workers {
