@@ -93,7 +93,18 @@ func TestAddRemoveWebSocket(t *testing.T) {
 		return err != nil
 	})
 	// The open connection stays for the pending call; a new call is
-	// refused.
+	// refused, once the listener has stopped taking calls.
+	waitFor(t, "the listener no longer taking calls", func() bool {
+		g.mu.Lock()
+		lv := g.lookup(port)
+		g.mu.Unlock()
+		select {
+		case <-lv.in.Drained():
+			return true
+		default:
+			return false
+		}
+	})
 	if err := c.Write(ctx, websocket.MessageBinary, call(8)); err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +178,11 @@ func TestStopClosesWebSockets(t *testing.T) {
 		t.Fatalf("Serve: %v", err)
 	}
 	c := dialWS(t, "ws://"+ln.Addr().String()+"/")
+	// Once the server has taken the connection over from its HTTP server
+	// (which closes a connection not taken over yet without a close
+	// frame).
+	name := schemas.Listener(uint16(ln.Addr().(*net.TCPAddr).Port), schemas.ProtocolWS)
+	waitFor(t, "the connection accepted", func() bool { return g.Stats().WS[name].Accepted == 1 })
 	cancel()
 	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer rcancel()
