@@ -268,3 +268,53 @@ func TestOutReasons(t *testing.T) {
 		}
 	}
 }
+
+// A listener being removed refuses pushes (no_listener) while it answers
+// its open exchanges, and subscribes to nothing once it is gone.
+func TestPushToStoppingListener(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{NATS: natstest.Connect(t, s), Node: "push-stop", Deadline: 3 * time.Second}
+	serveGateway(t, g)
+	conn, err := ingress.Listen(context.Background(), "udp4", "127.0.0.1:0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := conn.LocalAddr().(*net.UDPAddr)
+	name, err := g.AddListener(Listener{Conn: conn, Protocol: schemas.ProtocolRaw, Push: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A worker that never answers keeps the exchange open until the
+	// deadline: the listener drains that long.
+	contractWorker(t, s, "silent", schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port)), func(*nats.Msg) []byte { return nil })
+	c := udpClient(t, "127.0.0.1")
+	if _, err := c.WriteToUDP([]byte("hi"), addr); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the exchange open", func() bool { return g.Stats().Ingress[name].Pending == 1 })
+	nc := natstest.Connect(t, s)
+	if err := send(t, nc, g.Node, addr.Port, addrPort(c), []byte("before")); err != nil {
+		t.Fatalf("push before the removal: %v", err)
+	}
+	removed, err := g.RemoveListener(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a push refused as the listener stops", func() bool {
+		return reason(send(t, nc, g.Node, addr.Port, addrPort(c), []byte("during"))) == schemas.OutErrNoListener
+	})
+	<-removed
+	// NATS learns of the unsubscription asynchronously: a push on its
+	// way meanwhile gets no answer.
+	waitFor(t, "no responders once the listener is gone", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		return errors.Is(workers.SendDatagram(ctx, nc, "", g.Node, uint16(addr.Port), addrPort(c), []byte("after")), workers.ErrNoPushListener)
+	})
+	if got, _ := readFrom(c, 5*time.Second); string(got) != "before" {
+		t.Errorf("got %q", got)
+	}
+	if got, _ := readFrom(c, 50*time.Millisecond); got != nil {
+		t.Errorf("a refused push arrived: %q", got)
+	}
+}
