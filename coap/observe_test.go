@@ -368,3 +368,26 @@ func FuzzObserve(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkNotify measures one notification to 1,000 observers of a
+// resource, each at an address of its own (NONs to loopback ports where
+// nothing listens).
+func BenchmarkNotify(b *testing.B) {
+	te := newTestEdge(b, Config{ObserveCONEvery: 1 << 20})
+	for i := range 1000 {
+		remote := netip.AddrPortFrom(te.remote.Addr(), uint16(20000+i))
+		r := te.Receive(observeGET(b, uint16(i), 1, 0, "r"), remote, te.local, 0, time.Now())
+		r.Reply(schemas.StatusOK, accept, nil)
+	}
+	if n := te.Observers("r"); n != 1000 {
+		b.Fatalf("%d observers", n)
+	}
+	h := map[string][]string{schemas.HeaderCoAPContentFormat: {"0"}}
+	body := []byte("2026-11-23T00:00:00Z")
+	b.ReportAllocs()
+	for b.Loop() {
+		if n, _ := te.Notify("r", h, body); n != 1000 {
+			b.Fatalf("notified %d", n)
+		}
+	}
+}
