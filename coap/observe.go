@@ -94,8 +94,9 @@ const (
 	endObserve1    = iota // a GET with Observe 1
 	endRST                // a RST of a notification
 	endGaveUp             // a CON notification never acknowledged
-	endErrorCode          // a 4.xx or 5.xx notification
+	endErrorCode          // a 4.xx or 5.xx notification, or a re-registration answered so
 	endRefusedFull        // a registration refused: too many observers
+	endDeclined           // a re-registration the worker did not accept
 	numEnds
 )
 
@@ -106,8 +107,10 @@ type ObserveStats struct {
 	// Deregistrations by reason: a GET with Observe 1, a RST of a
 	// notification, a CON notification never acknowledged, a 4.xx or
 	// 5.xx notification, and registrations refused because the listener
-	// or the peer had too many observers (answered without Observe).
-	Observe1, RST, GaveUp, ErrorCode, RefusedFull uint64
+	// or the peer had too many observers (answered without Observe),
+	// and re-registrations the worker answered 2.xx without accepting
+	// (ended: the response had no Observe option).
+	Observe1, RST, GaveUp, ErrorCode, RefusedFull, Declined uint64
 	// Notifications sent, by type.
 	NON, CON uint64
 }
@@ -126,7 +129,8 @@ func (e *Edge) observeStats() ObserveStats {
 		Observers: int(c.observers.Load()), Registrations: c.registrations.Load(),
 		Observe1: c.ends[endObserve1].Load(), RST: c.ends[endRST].Load(), GaveUp: c.ends[endGaveUp].Load(),
 		ErrorCode: c.ends[endErrorCode].Load(), RefusedFull: c.ends[endRefusedFull].Load(),
-		NON: c.notifyNON.Load(), CON: c.notifyCON.Load(),
+		Declined: c.ends[endDeclined].Load(),
+		NON:      c.notifyNON.Load(), CON: c.notifyCON.Load(),
 	}
 }
 
@@ -237,6 +241,23 @@ func (e *Edge) deregister(o *observer, why int) {
 	}
 	e.stats.observers.Add(-1)
 	e.stats.ends[why].Add(1)
+}
+
+// declined ends the registration that r, a GET with Observe 0 answered
+// without the Observe option, would have replaced, if there is one: the
+// client takes the response for the end of its observation (RFC 7641
+// §3.1), so it gets no more notifications. why is endErrorCode for a
+// 4.xx or 5.xx response, endDeclined for a 2.xx one.
+func (r *Request) declined(why int) {
+	if r.Observe != schemas.CoAPObserveRegister || r.Method != "GET" {
+		return
+	}
+	e := r.edge
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if o, ok := e.obs.observers[obsKey{r.dst.Remote, string(r.Token)}]; ok {
+		e.deregister(o, why)
+	}
 }
 
 // cancel ends the registration of token from peer, if there is one: a

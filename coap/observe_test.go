@@ -9,6 +9,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
+	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/schemas"
 )
 
@@ -136,6 +137,35 @@ func TestObserveNotAccepted(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestObserveReregistrationDeclined(t *testing.T) {
+	te := newTestEdge(t, Config{})
+	for i, answer := range []func(r *Request){
+		func(r *Request) { r.Reply(schemas.StatusOK, nil, []byte("no longer observable")) },
+		func(r *Request) {
+			r.Reply(schemas.StatusOK, map[string][]string{schemas.HeaderCoAPCode: {"4.04"}}, nil)
+		},
+		func(r *Request) { r.Fail(exchange.NoAnswer) },
+	} {
+		te.register(t, uint16(10*i+1), 7, "r")
+		r := te.receive(observeGET(t, uint16(10*i+2), 7, 0, "r"))
+		answer(r)
+		if m := decodeAnswer(t, te.answer(time.Second)); hasObserveOption(m) {
+			t.Fatalf("answer %d has Observe", i)
+		}
+		if n := te.Observers("r"); n != 0 {
+			t.Fatalf("answer %d: %d observers: the declined re-registration kept the old one", i, n)
+		}
+	}
+	if st := te.Stats().Observe; st.Declined != 1 || st.ErrorCode != 2 || st.Observers != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func hasObserveOption(m message.Message) bool {
+	_, ok := observeOf(m)
+	return ok
 }
 
 func TestObserveCancel(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 // CoAP response.
 func (r *Request) Reply(status string, header map[string][]string, body []byte) error {
 	if status != schemas.StatusOK {
+		r.declined(endErrorCode)
 		r.respond(codes.InternalServerError, nil, nil)
 		return nil
 	}
@@ -26,6 +27,7 @@ func (r *Request) Reply(status string, header map[string][]string, body []byte) 
 	if h.code != "" {
 		c, err := ParseCode(h.code)
 		if err != nil {
+			r.declined(endErrorCode)
 			r.respond(codes.InternalServerError, nil, nil)
 			return err
 		}
@@ -43,6 +45,13 @@ func (r *Request) Reply(status string, header map[string][]string, body []byte) 
 		if seq, registered = r.register(time.Now()); registered {
 			opts = opts.Add(message.Option{ID: message.Observe, Value: encodeUint(seq)})
 		}
+	}
+	switch {
+	case registered:
+	case code>>5 == 2:
+		r.declined(endDeclined)
+	default:
+		r.declined(endErrorCode)
 	}
 	r.respondBody(code, opts, body, cf, etag)
 	if registered {
@@ -196,6 +205,7 @@ func (r *Request) respondBody(code codes.Code, opts message.Options, body []byte
 // 5.03 when the request could not be published, 4.04 when no group serves
 // the resource.
 func (r *Request) Fail(why exchange.Failure) {
+	r.declined(endErrorCode)
 	switch why {
 	case exchange.NoAnswer:
 		r.edge.stats.timeouts.Add(1)

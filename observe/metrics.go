@@ -300,6 +300,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 				n      uint64
 			}{
 				{"observe=1", o.Observe1}, {"rst", o.RST}, {"gave_up", o.GaveUp}, {"error_code", o.ErrorCode}, {"refused_full", o.RefusedFull},
+				{"declined", o.Declined},
 			} {
 				counter(descObserveEnds, k.n, port, k.reason)
 			}
