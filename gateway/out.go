@@ -205,9 +205,10 @@ func (o *out) push(dest string, b []byte, now time.Time) int {
 	return -1
 }
 
-// unicast reports whether a is an address a datagram may be pushed to.
+// unicast reports whether a is an address a datagram may be pushed to
+// (a link-local one with its zone, as the peer's was read).
 func unicast(a netip.Addr) bool {
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a.Unmap() != netip.AddrFrom4([4]byte{255, 255, 255, 255}) && a.Zone() == ""
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a.Unmap() != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // stats returns a snapshot of the counters.
