@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/udpgate/udpgate/guard"
@@ -169,5 +170,25 @@ func TestMoreOnRPCIsTheReply(t *testing.T) {
 	}
 	if got := read(c, 50*time.Millisecond); got != nil {
 		t.Errorf("a second reply arrived: %d bytes", len(got))
+	}
+}
+
+// A CoAP exchange answers once too: a reply with more to follow is the
+// response, and is counted.
+func TestMoreOnCoAPIsTheResponse(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{NATS: natstest.Connect(t, s), Node: "more-coap"}
+	addr, _ := guardedListener(t, g, schemas.ProtocolCoAP, guard.Config{})
+	serveGateway(t, g)
+	name := schemas.Listener(uint16(addr.Port), schemas.ProtocolCoAP)
+	moreWorker(t, s, schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port))+".>", parts(2, 4), nil)
+
+	co := dialCoAP(t, addr.String())
+	if code, body := coapDo(t, co, codes.GET, "/stream", nil); code != codes.Content || body != "aaaa" {
+		t.Fatalf("response %v %q, want 2.05 %q", code, body, "aaaa")
+	}
+	waitFor(t, "the second reply counted a duplicate", func() bool { return g.Stats().EgressByListener[name].Duplicate >= 1 })
+	if st := g.Stats().EgressByListener[name]; st.MoreRefused < 1 || st.More != 0 {
+		t.Errorf("more refused %d, more %d", st.MoreRefused, st.More)
 	}
 }
