@@ -46,7 +46,7 @@ func TestParseCoAP(t *testing.T) {
 	want := func(edit func(*CoAPRequest)) *CoAPRequest {
 		c := &CoAPRequest{
 			Method: "GET", Path: "/time", Segments: []string{"time"},
-			ContentFormat: -1, Accept: -1,
+			ContentFormat: -1, Accept: -1, Observe: -1,
 			Token: []byte{0xc0, 0xff, 0xee}, Type: "CON", MessageID: 0x1234,
 		}
 		edit(c)
@@ -126,7 +126,7 @@ func TestParseCoAP(t *testing.T) {
 		{
 			name:    "no CoAP headers",
 			header:  coap(schemas.HeaderCoAPRequest, "", schemas.HeaderDatagramHead, ""),
-			want:    &CoAPRequest{ContentFormat: -1, Accept: -1},
+			want:    &CoAPRequest{ContentFormat: -1, Accept: -1, Observe: -1},
 			wantErr: true,
 		},
 		{
