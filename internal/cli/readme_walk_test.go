@@ -165,7 +165,10 @@ func TestReadmeWalk(t *testing.T) {
 
 	// Everything started in the background lives in a process group of
 	// its own, killed when the walk ends or when run restarts.
+	// stopAll waits for the processes it kills to exit, so that the next
+	// run finds their ports free even on a busy machine.
 	var groups []int
+	var exited []chan struct{}
 	stopAll := func() {
 		for _, pgid := range groups {
 			syscall.Kill(-pgid, syscall.SIGTERM)
@@ -174,7 +177,13 @@ func TestReadmeWalk(t *testing.T) {
 		for _, pgid := range groups {
 			syscall.Kill(-pgid, syscall.SIGKILL)
 		}
-		groups = nil
+		for _, done := range exited {
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		groups, exited = nil, nil
 	}
 	t.Cleanup(stopAll)
 	start := func(step readmeStep, cmd string, env []string) *os.File {
@@ -189,7 +198,12 @@ func TestReadmeWalk(t *testing.T) {
 			t.Fatalf("README.md:%d: %s: %v", step.line, step.cmd, err)
 		}
 		groups = append(groups, c.Process.Pid)
-		go c.Wait()
+		done := make(chan struct{})
+		exited = append(exited, done)
+		go func() {
+			c.Wait()
+			close(done)
+		}()
 		return out
 	}
 	skipped := map[string]bool{}
