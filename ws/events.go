@@ -123,7 +123,7 @@ func (s *Server) onPush(m *nats.Msg) {
 	s.mu.Lock()
 	cn := s.conns[id]
 	s.mu.Unlock()
-	if cn == nil {
+	if cn == nil || cn.closing.Load() != nil {
 		s.refusePush(m, schemas.WSErrUnknown, "no open connection "+id+" on this node")
 		return
 	}

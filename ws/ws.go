@@ -398,16 +398,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.conns[cn.id] = cn
 	s.wg.Add(1)
 	s.mu.Unlock()
-	defer func() {
+	defer s.wg.Done()
+	// A push finds the connection until it is closed, not later: it is
+	// forgotten before $disconnect says it is gone.
+	forget := func() {
 		s.mu.Lock()
 		delete(s.conns, cn.id)
 		s.mu.Unlock()
-		s.wg.Done()
-	}()
+	}
 	if !cn.connect(r) {
+		forget()
 		return
 	}
 	err = cn.serve(r.Context())
+	forget()
 	cn.disconnect(err)
 }
 
