@@ -58,6 +58,7 @@ var layers = map[string]int{
 	"handover":          10,
 	"internal/version":  10,
 	"internal/natstest": 10,
+	"internal/certtest": 10,
 	"internal/ratelog":  10,
 	"internal/tracing":  10,
 	"internal/otlptest": 10,

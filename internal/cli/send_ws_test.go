@@ -3,24 +3,16 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/udpgate/udpgate/internal/certtest"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/internal/node"
 	"github.com/udpgate/udpgate/schemas/placespb"
@@ -132,7 +124,7 @@ func TestBenchWS(t *testing.T) {
 func TestSendWSS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeSelfSigned(t, certFile, keyFile)
+	certtest.WriteSelfSigned(t, certFile, keyFile, "udpgate test")
 	addr := wsNode(t, "/", certFile, keyFile)
 	url := "wss://" + addr.String() + "/InterestingPlaces/GetRandom"
 	var out, errb bytes.Buffer
@@ -151,35 +143,5 @@ func TestSendWSS(t *testing.T) {
 	if err := Run(context.Background(), []string{"bench", "--cacert", certFile, "--count", "100", "-c", "8", "--payload", `{"limit": 1}`, url}, &out, &errb); err != nil ||
 		!strings.Contains(out.String(), "answered 100  lost 0  errors 0") {
 		t.Errorf("bench --cacert: %v\n%s", err, out.String())
-	}
-}
-
-// writeSelfSigned writes a certificate for 127.0.0.1, signed by itself,
-// and its key, as PEM.
-func writeSelfSigned(t *testing.T, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "udpgate test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }

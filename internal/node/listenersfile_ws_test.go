@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/udpgate/udpgate/gateway"
+	"github.com/udpgate/udpgate/internal/certtest"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/placespb"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
@@ -179,7 +180,7 @@ func TestListenersFileWSS(t *testing.T) {
 
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	cert := writeCert(t, certFile, keyFile, "file")
+	cert := certtest.WriteSelfSigned(t, certFile, keyFile, "file")
 	n := startFileNode(t, file, map[string]string{"WSS_CERT_FILE": certFile, "WSS_KEY_FILE": keyFile})
 	n.watch(t, make(chan struct{}), time.Hour)
 	n.places(t, port)

@@ -2,15 +2,8 @@ package node
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -22,53 +15,12 @@ import (
 	"github.com/coder/websocket"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/udpgate/udpgate/internal/certtest"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/placespb"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
-
-// writeCert writes a certificate for 127.0.0.1 named cn, signed by
-// itself, and its key, as PEM, and returns the certificate.
-func writeCert(t *testing.T, certFile, keyFile, cn string) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The key first: a look between the two writes finds a pair that
-	// does not match, and keeps the previous one.
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // TestNodeWSS: a wss listener serves calls over TLS with the certificate
 // of its files, serves a renewed one once the files change, and keeps the
@@ -76,7 +28,7 @@ func writeCert(t *testing.T, certFile, keyFile, cn string) *x509.Certificate {
 func TestNodeWSS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	first := writeCert(t, certFile, keyFile, "first")
+	first := certtest.WriteSelfSigned(t, certFile, keyFile, "first")
 	cfg := nodeConfig(t, map[string]string{"WSS_CERT_FILE": certFile, "WSS_KEY_FILE": keyFile})
 	ls, err := config.ParseListeners("127.0.0.1:1/wss;path=/rpc")
 	if err != nil {
@@ -124,7 +76,7 @@ func TestNodeWSS(t *testing.T) {
 	if err := call(first); err != nil {
 		t.Fatalf("with the first certificate: %v", err)
 	}
-	second := writeCert(t, certFile, keyFile, "second")
+	second := certtest.WriteSelfSigned(t, certFile, keyFile, "second")
 	if err := call(second); err != nil {
 		t.Fatalf("after the files changed: %v", err)
 	}
