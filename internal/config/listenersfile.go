@@ -25,7 +25,7 @@ const MaxListenersFile = 1 << 20
 // own, then the options of a UDPGATE_LISTENERS entry (listenerOptions).
 var fileKeys = []string{
 	"port", "address", "protocol",
-	"reply", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
+	"reply", "push", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
 	"path", "conn_rate",
 }
 
@@ -67,6 +67,7 @@ func readFile(path string) ([]byte, error) {
 //	    protocol: raw         # raw (the default), coap, rpc, ws or wss
 //	    address: 10.0.0.7     # 0.0.0.0 by default; IPv6 like "::" too
 //	    reply: off            # raw only: ingest, never answer
+//	    push: on              # raw only: workers may send unprompted
 //	  - port: 5684
 //	    protocol: coap
 //	    rate: 50              # and burst, source_prefix, listener_rate,
@@ -77,7 +78,8 @@ func readFile(path string) ([]byte, error) {
 //	    conn_rate: 20         # ws only: messages per second per connection
 //
 // A ws or wss listener takes the guard's keys but trust and
-// amplification (its calls come over TCP), and no reply; path and
+// amplification (its calls come over TCP), and no reply or push; push:
+// on is for raw listeners only; path and
 // conn_rate are for ws and wss listeners only: the rules of
 // UDPGATE_LISTENERS. A wss listener needs the certificate files, which
 // the caller checks. An empty file, or an empty or missing list, has no
@@ -290,7 +292,8 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 			opts = append(opts, key+"="+s)
 			continue
 		}
-		if key == "reply" {
+		switch key {
+		case "reply":
 			switch s {
 			case "on", "true":
 				continue // the default: nothing to write
@@ -305,7 +308,22 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 				continue
 			}
 			l.NoReply = true
-		} else {
+		case "push":
+			switch s {
+			case "off", "false":
+				continue // the default: nothing to write
+			case "on", "true":
+				s = "on"
+			default:
+				bad(lineOf[key], "push %q: want on or off", s)
+				continue
+			}
+			if l.Protocol != schemas.ProtocolRaw {
+				bad(lineOf[key], "push: on is for raw listeners")
+				continue
+			}
+			l.Push = true
+		default:
 			var c guard.Config
 			if err := setGuard(&c, key, s); err != nil {
 				bad(lineOf[key], "%v", err)

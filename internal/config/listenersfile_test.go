@@ -30,6 +30,7 @@ listeners:
     protocol: raw
     address: 127.0.0.1
     reply: off
+    push: on
     rate: 5
     burst: 7
     allow: [10.0.0.0/8, 2001:db8::/32]
@@ -42,13 +43,15 @@ listeners:
   - port: "5684"
     protocol: coap
     address: "::"
+    push: off
   - port: 7001
     protocol: rpc
     address: "[::1]"
     reply: on
+    push: false
 `, want: []Listener{
-			{Addr: netip.MustParseAddrPort("127.0.0.1:9100"), Protocol: "raw", NoReply: true,
-				Options: "reply=off;allow=10.0.0.0/8 2001:db8::/32;deny=192.0.2.0/24 198.51.100.0/24;trust=;rate=5;burst=7;source_prefix=24,48;listener_rate=100;listener_burst=200;amplification=0"},
+			{Addr: netip.MustParseAddrPort("127.0.0.1:9100"), Protocol: "raw", NoReply: true, Push: true,
+				Options: "reply=off;push=on;allow=10.0.0.0/8 2001:db8::/32;deny=192.0.2.0/24 198.51.100.0/24;trust=;rate=5;burst=7;source_prefix=24,48;listener_rate=100;listener_burst=200;amplification=0"},
 			{Addr: netip.MustParseAddrPort("[::]:5684"), Protocol: "coap"},
 			{Addr: netip.MustParseAddrPort("[::1]:7001"), Protocol: "rpc"},
 		}},
@@ -68,6 +71,8 @@ listeners:
 			{Addr: netip.MustParseAddrPort("127.0.0.1:8443"), Protocol: "ws", Path: "/rpc", TLS: true,
 				Options: "allow=10.0.0.0/8;rate=5;path=/rpc;conn_rate=20"},
 		}},
+		{name: "push true is push on", file: "listeners:\n  - {port: 9100, push: true}\n",
+			want: []Listener{{Addr: any4(9100), Protocol: "raw", Push: true, Options: "push=on"}}},
 		{name: "the order of keys does not matter", file: "listeners:\n  - {burst: 7, rate: 5, port: 9100}\n",
 			want: []Listener{{Addr: any4(9100), Protocol: "raw", Options: "rate=5;burst=7"}}},
 		{name: "an IPv4-mapped address is IPv4", file: "listeners:\n  - {port: 9100, address: \"::ffff:127.0.0.1\"}\n",
@@ -125,6 +130,22 @@ listeners:
 	}
 	if entry, file := c.ListenerGuard(c.Listeners[0]), c.ListenerGuard(ls[0]); !reflect.DeepEqual(entry, file) {
 		t.Errorf("guard from the file\n%+v, from the entry\n%+v", file, entry)
+	}
+}
+
+// TestListenersFilePushAsEntry: push: on in the file makes the listener
+// that push=on in a UDPGATE_LISTENERS entry makes.
+func TestListenersFilePushAsEntry(t *testing.T) {
+	entries, err := ParseListeners("9100/raw;reply=off;push=on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := ParseListenersFile("l.yaml", []byte("listeners:\n  - {port: 9100, push: on, reply: off}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 1 || ls[0] != entries[0] {
+		t.Errorf("from the file %+v, from the entry %+v", ls, entries)
 	}
 }
 
@@ -215,6 +236,14 @@ func TestListenersFileErrors(t *testing.T) {
     protocol: wss
     path: rpc
     conn_rate: lots
+  - port: 9115
+    protocol: coap
+    push: on
+  - port: 9116
+    push: maybe
+  - port: 9117
+    protocol: ws
+    push: on
 version: 2
 `
 	_, err = ParseListenersFile("/etc/l.yaml", []byte(file), taken)
@@ -248,7 +277,10 @@ version: 2
 		`/etc/l.yaml:43: listeners[19]: conn_rate is for ws and wss listeners`,
 		`/etc/l.yaml:46: listeners[20]: path "rpc": want an absolute path like /rpc`,
 		`/etc/l.yaml:47: listeners[20]: conn_rate="lots" is not a rate`,
-		`/etc/l.yaml:48: unknown key "version": the file has one key, listeners`,
+		`/etc/l.yaml:50: listeners[21]: push: on is for raw listeners`,
+		`/etc/l.yaml:52: listeners[22]: push "maybe": want on or off`,
+		`/etc/l.yaml:55: listeners[23]: push is for UDP listeners`,
+		`/etc/l.yaml:56: unknown key "version": the file has one key, listeners`,
 	}
 	for _, w := range want {
 		if !strings.Contains(err.Error(), "UDPGATE_LISTENERS_FILE: "+w) {
@@ -308,6 +340,7 @@ func FuzzParseListenersFile(f *testing.F) {
 	f.Add([]byte("a: &a [*a]\n"))
 	f.Add([]byte("listeners: [{port: 1, reply: off, protocol: coap}, 7]\n---\n"))
 	f.Add([]byte("listeners:\n  - {port: 8081, protocol: wss, path: /rpc, conn_rate: 2, rate: 1}\n"))
+	f.Add([]byte("listeners:\n  - {port: 9100, push: on, reply: off}\n  - {port: 5684, protocol: coap, push: on}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ls, err := ParseListenersFile("f.yaml", data, nil)
 		if err != nil {

@@ -44,8 +44,9 @@ const OriginFile = "file"
 // is not touched; one it no longer lists is removed
 // (gateway.Gateway.RemoveListener: it stops reading, answers what is
 // pending, then closes); a new one is bound and added; one whose address,
-// protocol or options changed is removed, then bound again once its port
-// is free (datagrams that arrive in between are lost). A reading is
+// protocol or options changed (push included: a listener takes pushes or
+// not from the start) is removed, then bound again once its port is free
+// (datagrams that arrive in between are lost). A reading is
 // refused as a whole, and nothing changes, if the file is missing or bad
 // or one of its new ports cannot be bound. Set the fields, call Load
 // once, then Serve. Its methods are safe for concurrent use.
@@ -437,7 +438,7 @@ func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard
 			return socket{}, err
 		}
 	}
-	return socket{udp: gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Origin: OriginFile}}, nil
+	return socket{udp: gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push, Origin: OriginFile}}, nil
 }
 
 // add serves sk, the socket of the file's listener l.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -23,6 +24,7 @@ import (
 	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
 )
 
 // fileNode is a node serving one fixed raw listener on 127.0.0.1,
@@ -595,5 +597,92 @@ func TestListenersFileBackWhileRemoved(t *testing.T) {
 	}
 	if st := n.Gateway.Stats(); st.ListenersAdded != 2 || st.ListenersRemoved != 1 {
 		t.Errorf("gateway: added %d, removed %d; want 2 and 1", st.ListenersAdded, st.ListenersRemoved)
+	}
+}
+
+// TestListenersFilePush: a raw listener the file gives push: on takes
+// workers' pushes to a client that sent to it; one without takes none.
+// Push given or taken away by a new reading changes the listener, which
+// is bound again with the new setting.
+func TestListenersFilePush(t *testing.T) {
+	a, b := freePort(t), freePort(t)
+	file := func(pushed, plain uint16) string {
+		return fmt.Sprintf("listeners:\n  - {port: %d, address: 127.0.0.1, reply: off, push: on}\n  - {port: %d, address: 127.0.0.1, reply: off}\n", pushed, plain)
+	}
+	n := startFileNode(t, file(a, b), nil)
+	trigger := make(chan struct{})
+	f := n.watch(t, trigger, time.Hour)
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dest := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	// hello sends to port and waits until its listener has read it.
+	hello := func(port uint16) {
+		t.Helper()
+		name := schemas.Listener(port, schemas.ProtocolRaw)
+		before := n.Gateway.Stats().Ingress[name].Received
+		if _, err := c.WriteToUDPAddrPort([]byte("hello"), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, fmt.Sprintf("port %d read the datagram", port), func() bool { return n.Gateway.Stats().Ingress[name].Received > before })
+	}
+	push := func(port uint16, body string, wait time.Duration) error {
+		ctx, cancel := context.WithTimeout(n.Context(), wait)
+		defer cancel()
+		return workers.SendDatagram(ctx, n.conn, n.cfg.Prefix, n.cfg.Node, port, dest, []byte(body))
+	}
+	pushed := func(port uint16, body string) {
+		t.Helper()
+		if err := push(port, body, 5*time.Second); err != nil {
+			t.Fatalf("push from port %d: %v", port, err)
+		}
+		buf := make([]byte, 64)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		m, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil || string(buf[:m]) != body || from.Port() != port {
+			t.Errorf("got %q from %v (%v), want %q from port %d", buf[:m], from, err, body, port)
+		}
+	}
+	// refused waits until a push from port finds no push=on listener:
+	// NATS learns of a removed listener's unsubscription asynchronously.
+	refused := func(port uint16) {
+		t.Helper()
+		waitUntil(t, fmt.Sprintf("no push=on listener on port %d", port), func() bool {
+			return errors.Is(push(port, "refused", 200*time.Millisecond), workers.ErrNoPushListener)
+		})
+	}
+
+	hello(a)
+	hello(b)
+	pushed(a, "pushed from a")
+	refused(b)
+	pushOf := func() map[uint16]bool {
+		out := map[uint16]bool{}
+		for _, l := range n.Gateway.Live() {
+			out[uint16(l.Conn.LocalAddr().(*net.UDPAddr).Port)] = l.Push
+		}
+		return out
+	}
+	if got := pushOf(); !got[a] || got[b] {
+		t.Errorf("push by port %v, want on for %d only", got, a)
+	}
+
+	writeFile(t, n.path, file(b, a))
+	trigger <- struct{}{}
+	waitUntil(t, "the change applied", func() bool { return f.Stats().Applied == 2 })
+	if got := pushOf(); got[a] || !got[b] {
+		t.Errorf("push by port %v after the change, want on for %d only", got, b)
+	}
+	if st := n.Gateway.Stats(); st.ListenersAdded != 4 || st.ListenersRemoved != 2 {
+		t.Errorf("gateway: added %d, removed %d; want 4 and 2: both listeners changed", st.ListenersAdded, st.ListenersRemoved)
+	}
+	refused(a)
+	// The listener bound again knows its peers from then on.
+	hello(b)
+	pushed(b, "pushed from b")
+	if got := f.Listeners(); len(got) != 2 || got[0].Push == got[1].Push {
+		t.Errorf("Listeners %+v", got)
 	}
 }
