@@ -59,6 +59,14 @@ type Config struct {
 	// registration beyond gets its response without the Observe option.
 	MaxObservers        int
 	MaxObserversPerPeer int
+	// Registry, if not nil, is told of every Observe registration kept
+	// and ended, so that it can keep them beyond the process; nil keeps
+	// them in memory only.
+	Registry Registry
+	// Restore are registrations that an edge on the same address held
+	// before (a restart, a hand-over), read back from the Registry:
+	// Start restores their observers.
+	Restore []Registration
 }
 
 // Edge is the CoAP messaging layer of one listener socket. Set its fields
@@ -162,6 +170,7 @@ type counters struct {
 	// Observe: registrations now, kept, ended by reason; notifications.
 	observers                           atomic.Int64
 	registrations, notifyNON, notifyCON atomic.Uint64
+	restored                            atomic.Uint64
 	ends                                [numEnds]atomic.Uint64
 }
 
@@ -225,6 +234,10 @@ func (e *Edge) Start() {
 	e.epoch = time.Now()
 	e.winTimer = time.AfterFunc(time.Hour, e.ackDue)
 	e.winTimer.Stop()
+	if len(e.Restore) > 0 {
+		e.restore(e.Restore, e.epoch)
+		e.Restore = nil
+	}
 }
 
 // Close stops retransmissions and pending timers. Receive and Reply after

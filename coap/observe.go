@@ -38,6 +38,26 @@ const seqMask = 1<<24 - 1
 // nextSeq returns the sequence number after s, modulo 2^24.
 func nextSeq(s uint32) uint32 { return (s + 1) & seqMask }
 
+// clockSeq returns the sequence number of a notification sent at now to
+// an observer whose latest was last: the milliseconds since the epoch
+// modulo 2^24 when that is fresher than last, else last+1. Sequence
+// numbers follow the clock, so those of an edge restarted on the same
+// address (Edge.Restore) are fresher for the client than those it had
+// before, without persisting them: a restart within 128 seconds is less
+// than 2^23 ms, and after 128 seconds any number is fresh (RFC 7641
+// §3.4). Only an observer sent more than 1,000 notifications a second
+// runs ahead of the clock.
+func clockSeq(last uint32, now time.Time) uint32 {
+	if c := uint32(now.UnixMilli()) & seqMask; fresher(last, c, 0) {
+		return c
+	}
+	return nextSeq(last)
+}
+
+// seqBefore returns a sequence number just before the clock's at now,
+// for an observer that has had none.
+func seqBefore(now time.Time) uint32 { return uint32(now.UnixMilli()-1) & seqMask }
+
 // fresher reports whether a notification with sequence number v2 is newer
 // than one with v1, received t apart, as a client judges it (RFC 7641
 // §3.4).
@@ -113,6 +133,9 @@ type ObserveStats struct {
 	Observe1, RST, GaveUp, ErrorCode, RefusedFull, Declined uint64
 	// Notifications sent, by type.
 	NON, CON uint64
+	// Restored counts the registrations restored at start, held by an
+	// edge on the same address before (Config.Restore).
+	Restored uint64
 }
 
 // observeState is an Edge's registrations, guarded by Edge.mu.
@@ -130,7 +153,7 @@ func (e *Edge) observeStats() ObserveStats {
 		Observe1: c.ends[endObserve1].Load(), RST: c.ends[endRST].Load(), GaveUp: c.ends[endGaveUp].Load(),
 		ErrorCode: c.ends[endErrorCode].Load(), RefusedFull: c.ends[endRefusedFull].Load(),
 		Declined: c.ends[endDeclined].Load(),
-		NON:      c.notifyNON.Load(), CON: c.notifyCON.Load(),
+		NON:      c.notifyNON.Load(), CON: c.notifyCON.Load(), Restored: c.restored.Load(),
 	}
 }
 
@@ -168,7 +191,7 @@ func (r *Request) register(now time.Time) (uint32, bool) {
 			e.stats.ends[endRefusedFull].Add(1)
 			return 0, false
 		}
-		o = &observer{key: key, seq: uint32(time.Now().UnixNano()) & seqMask}
+		o = &observer{key: key, seq: seqBefore(now)}
 		e.stats.observers.Add(1)
 	}
 	o.resource = resourceOf(r.Segments)
@@ -184,8 +207,11 @@ func (r *Request) register(now time.Time) (uint32, bool) {
 		o.sinceCON = e.ObserveCONEvery
 	}
 	e.link(o)
-	o.seq = nextSeq(o.seq)
+	o.seq = clockSeq(o.seq, now)
 	e.stats.registrations.Add(1)
+	if e.Registry != nil {
+		e.Registry.Register(o.registration(now))
+	}
 	return o.seq, true
 }
 
@@ -241,6 +267,9 @@ func (e *Edge) deregister(o *observer, why int) {
 	}
 	e.stats.observers.Add(-1)
 	e.stats.ends[why].Add(1)
+	if e.Registry != nil {
+		e.Registry.Deregister(o.registration(time.Time{}))
+	}
 }
 
 // declined ends the registration that r, a GET with Observe 0 answered
@@ -353,7 +382,7 @@ func (e *Edge) notify(o *observer, code codes.Code, opts message.Options, cf int
 	if !final {
 		// RFC 7641 §4.2: an error notification has no Observe option:
 		// it ends the observation.
-		o.seq = nextSeq(o.seq)
+		o.seq = clockSeq(o.seq, now)
 		opts = opts.Add(message.Option{ID: message.Observe, Value: encodeUint(o.seq)})
 	}
 	payload := body
