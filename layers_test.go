@@ -48,6 +48,7 @@ var layers = map[string]int{
 	// Protocols.
 	"coap": 30,
 	"rpc":  30,
+	"dtls": 30,
 	// The contract and the pieces everything shares.
 	"schemas":           10,
 	"schemas/rpcpb":     10,
