@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
+	"github.com/udpgate/udpgate/workers"
 )
 
 // moreWorker answers every request on subject through the wire contract
@@ -190,5 +192,98 @@ func TestMoreOnCoAPIsTheResponse(t *testing.T) {
 	waitFor(t, "the second reply counted a duplicate", func() bool { return g.Stats().EgressByListener[name].Duplicate >= 1 })
 	if st := g.Stats().EgressByListener[name]; st.MoreRefused < 1 || st.More != 0 {
 		t.Errorf("more refused %d, more %d", st.MoreRefused, st.More)
+	}
+}
+
+// moreSDKWorker runs a group of the Go SDK on subject that answers each
+// request with bodies: all but the last through Request.ReplyMore, the
+// last written as the final reply. It reports ReplyMore's errors on errs.
+func moreSDKWorker(t *testing.T, s *server.Server, d workers.Delivery, subject string, bodies [][]byte, errs chan<- error) {
+	t.Helper()
+	startWorker(t, s, d, "more-"+d.String(), subject, func(ctx context.Context, w workers.ResponseWriter, r *workers.Request) error {
+		for _, b := range bodies[:len(bodies)-1] {
+			if err := r.ReplyMore(ctx, b); err != nil {
+				errs <- err
+				return err
+			}
+		}
+		_, err := w.Write(bodies[len(bodies)-1])
+		return err
+	})
+}
+
+// A handler of the Go SDK sends replies with more to follow through
+// Request.ReplyMore, in both deliveries: the raw client receives them in
+// order, then the final reply, which ends the exchange.
+func TestReplyMoreThroughTheSDK(t *testing.T) {
+	for _, d := range []workers.Delivery{workers.Direct, workers.Durable} {
+		t.Run(d.String(), func(t *testing.T) {
+			s := natstest.RunServer(t)
+			g := &Gateway{}
+			addrs := testGateway(t, s, g, "127.0.0.1:0")
+			name := schemas.Listener(uint16(addrs[0].Port), schemas.ProtocolRaw)
+			bodies := parts(4, 8)(nil)
+			errs := make(chan error, 4)
+			moreSDKWorker(t, s, d, schemas.InSubject(schemas.DefaultPrefix, uint16(addrs[0].Port)), bodies, errs)
+
+			c := dialFrom(t, "127.0.0.1", addrs[0])
+			if _, err := c.Write([]byte("stream")); err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range bodies {
+				if got := read(c, 5*time.Second); !bytes.Equal(got, want) {
+					t.Fatalf("reply %d: %q, want %q", i, got, want)
+				}
+			}
+			waitFor(t, "the exchange closed", func() bool { return g.Stats().Pending == 0 })
+			st := g.Stats().EgressByListener[name]
+			if st.More != 3 || st.Sent != 1 || st.Duplicate != 0 || st.NoAnswer != 0 {
+				t.Errorf("more %d, sent %d, duplicate %d, no answer %d; want 3, 1, 0, 0", st.More, st.Sent, st.Duplicate, st.NoAnswer)
+			}
+			select {
+			case err := <-errs:
+				t.Errorf("ReplyMore: %v", err)
+			default:
+			}
+		})
+	}
+}
+
+// The replies a handler sends through Request.ReplyMore to an
+// unvalidated source stop at the amplification limit, as in
+// TestMoreRepliesStopAtBudget: the gateway drops the one beyond, which
+// ends the exchange, and the final reply is a duplicate.
+func TestReplyMoreThroughTheSDKStopsAtBudget(t *testing.T) {
+	s := natstest.RunServer(t)
+	g := &Gateway{NATS: natstest.Connect(t, s), Node: "more-sdk"}
+	addr, gd := guardedListener(t, g, schemas.ProtocolRaw, guard.Config{Factor: 3})
+	serveGateway(t, g)
+	name := schemas.Listener(uint16(addr.Port), schemas.ProtocolRaw)
+	// A 20-byte request is 48 bytes on the wire: 144 may go back, two
+	// 40-byte replies (68 each) and not a third.
+	errs := make(chan error, 4)
+	moreSDKWorker(t, s, workers.Direct, schemas.InSubject(schemas.DefaultPrefix, uint16(addr.Port)), parts(4, 40)(nil), errs)
+
+	c := dialFrom(t, "127.0.0.9", addr)
+	if _, err := c.Write([]byte("0123456789abcdefghij")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if got := read(c, 5*time.Second); len(got) != 40 || got[0] != 'a'+byte(i) {
+			t.Fatalf("reply %d: %q", i, got)
+		}
+	}
+	waitFor(t, "the final reply counted a duplicate", func() bool { return g.Stats().EgressByListener[name].Duplicate == 1 })
+	if got := read(c, 50*time.Millisecond); got != nil {
+		t.Errorf("a reply beyond the budget arrived: %q", got)
+	}
+	st := g.Stats().EgressByListener[name]
+	if st.More != 2 || st.Sent != 1 || gd.Stats().Dropped != 1 {
+		t.Errorf("more %d, sent %d, dropped %d; want 2, 1, 1", st.More, st.Sent, gd.Stats().Dropped)
+	}
+	select {
+	case err := <-errs:
+		t.Errorf("ReplyMore: %v (a reply the gateway drops is sent all the same)", err)
+	default:
 	}
 }

@@ -296,7 +296,7 @@ func (r *run) direct(ctx context.Context, req *Request, w *response, span trace.
 		r.stats.shed.Add(1)
 		return outcomeShed, nil
 	}
-	err := r.handled(ctx, nil, w, nil, req)
+	err := r.handled(ctx, nil, w, nil, req, span)
 	switch {
 	case err == nil && !w.answered():
 		return outcomeNoReply, nil

@@ -55,7 +55,7 @@ func (r *run) durable(ctx context.Context, msg jetstream.Msg, w *response, k *ke
 		return outcomeShed, nil
 	}
 
-	err := r.handled(ctx, msg, w, k, req)
+	err := r.handled(ctx, msg, w, k, req, span)
 	switch {
 	case err == nil && !w.answered():
 		r.ack(msg)
@@ -85,12 +85,15 @@ func (r *run) durable(ctx context.Context, msg jetstream.Msg, w *response, k *ke
 
 // handled runs the handler on req (see call) with w reset, and counts the
 // call: Stats, the handler estimate, HandlerLatency and the group's
-// announced figures.
-func (r *run) handled(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive, req *Request) error {
+// announced figures. While the handler runs, req.ReplyMore publishes
+// replies with more to follow, with span's trace context.
+func (r *run) handled(ctx context.Context, msg jetstream.Msg, w *response, k *keepalive, req *Request, span trace.Span) error {
 	w.reset()
+	w.more.begin(r.nc, req, span)
 	start := time.Now()
 	err := r.call(ctx, msg, w, k, req)
 	end := time.Now()
+	w.more.end()
 	took := end.Sub(start)
 	if req.Deadline.IsZero() || end.Before(req.Deadline) {
 		r.est.record(took, monotonic())

@@ -260,6 +260,7 @@ type Request struct {
 	Pattern string
 
 	pathValues []pathValue // set by a Mux or SetPathValue
+	more       *more       // set by the Server for the Handle call: ReplyMore
 }
 
 type pathValue struct{ name, value string }
@@ -326,6 +327,7 @@ type response struct {
 	header nats.Header // allocated on the first Header call, then kept
 	body   []byte
 	wrote  bool // Write was called
+	more   more // the replies with more to follow of the request handled
 }
 
 // maxKeptBody bounds the reply buffer a response keeps between requests.
