@@ -66,8 +66,16 @@ const inlineSize = 144
 // ifindex. It answers what the gateway answers itself and returns the
 // request to publish, or nil. It does not keep b.
 func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now time.Time) *Request {
+	return e.ReceiveSession(b, remote, local, ifindex, nil, now)
+}
+
+// ReceiveSession is Receive for a datagram that came through session (a
+// DTLS session of a coaps listener), or Receive's socket if session is
+// nil: every answer to it, the request's reply, its retransmissions and
+// an observer's notifications go through session too.
+func (e *Edge) ReceiveSession(b []byte, remote, local netip.AddrPort, ifindex int, session exchange.Session, now time.Time) *Request {
 	dst := e.Socket
-	dst.Remote, dst.Local, dst.IfIndex = remote, local, ifindex
+	dst.Remote, dst.Local, dst.IfIndex, dst.Session = remote, local, ifindex, session
 	h, ok := e.checkHeader(b, dst)
 	if !ok {
 		return nil

@@ -52,6 +52,10 @@ type Exchange struct {
 	// Replier answers the exchange in its protocol; nil for raw listeners,
 	// whose reply is the worker's body as is.
 	Replier Replier
+	// Session, if not nil, is the secured session the request came
+	// through (a DTLS session, package dtls): Write encrypts through it,
+	// to the client's current address, instead of writing to Conn.
+	Session Session
 	// Share, if not nil, is the listener's share of the table: the
 	// exchange counts against it from Open until its slot is vacated.
 	Share *Share
@@ -96,6 +100,13 @@ type Replier interface {
 	Reply(status string, header map[string][]string, body []byte) error
 	// Fail answers an exchange that will get no reply from a worker.
 	Fail(why Failure)
+}
+
+// Session is a secured association with a client, such as a DTLS
+// session: what is written to it is encrypted and sent to the client.
+// Implementations are safe for concurrent use.
+type Session interface {
+	Write(b []byte) error
 }
 
 // Failure is why an exchange gets no reply from a worker.
@@ -306,12 +317,12 @@ func (t *Table) close(seq uint64, now time.Time) (Exchange, Outcome) {
 	if !now.Before(s.ex.Deadline) {
 		s.state = expired
 		ex := s.ex
-		s.ex.Conn, s.ex.Replier = nil, nil
+		s.ex.Conn, s.ex.Replier, s.ex.Session = nil, nil, nil
 		return ex, Expired
 	}
 	s.state = answered
 	ex := s.ex
-	s.ex.Conn, s.ex.Replier = nil, nil // do not keep them reachable from a closed slot
+	s.ex.Conn, s.ex.Replier, s.ex.Session = nil, nil, nil // do not keep them reachable from a closed slot
 	return ex, Answered
 }
 
@@ -399,7 +410,7 @@ func (t *Table) Expire(now time.Time, fn func(seq uint64, ex Exchange)) int {
 					ex  Exchange
 				}{s.seq, s.ex})
 			}
-			s.ex.Conn, s.ex.Replier = nil, nil
+			s.ex.Conn, s.ex.Replier, s.ex.Session = nil, nil, nil
 		}
 		t.mu.Unlock()
 		for _, e := range batch {
@@ -458,8 +469,12 @@ func (t *Table) ParseID(id string) (uint64, bool) {
 
 // Write sends b to the exchange's client through the socket that received
 // the request, with the request's destination as the source address when
-// SetSource is set. It is safe for concurrent use.
+// SetSource is set; or through Session, when it is set. It is safe for
+// concurrent use.
 func (ex Exchange) Write(b []byte) error {
+	if ex.Session != nil {
+		return ex.Session.Write(b)
+	}
 	var oobbuf [oobSize]byte
 	var oob []byte
 	if ex.SetSource {

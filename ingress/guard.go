@@ -25,7 +25,7 @@ func (s *Server) admit(b []byte, remote netip.AddrPort, ctl control) bool {
 	case guard.Admitted:
 		return true
 	case guard.RateLimited, guard.GlobalLimited:
-		if s.coapEdge != nil && s.Guard.Trusted(remote.Addr(), now) {
+		if s.coapEdge != nil && s.dtlsEdge == nil && s.Guard.Trusted(remote.Addr(), now) { // a DTLS listener answers nothing in plaintext
 			dst := exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port, Local: s.localAddr}
 			dst.Remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 			if s.wildcard && ctl.dst.IsValid() {

@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/internal/tracing"
@@ -62,6 +63,13 @@ type Server struct {
 	Port uint16
 	// CoAP tunes the CoAP messaging layer of a coap listener.
 	CoAP coap.Config
+	// DTLS, if not nil, secures a raw or coap listener with DTLS (the
+	// dtls and coaps listeners of the configuration): the datagrams read
+	// from Conn are records of DTLS sessions (package dtls), the
+	// datagrams they decrypt are the listener's, as a plain listener's
+	// would be, and every answer goes back through its session. Requests
+	// carry the client's identity (schemas.HeaderDTLSIdentity).
+	DTLS *dtls.Config
 	// NATS is the connection to publish on. Required.
 	NATS *nats.Conn
 	// Table is the gateway's pending exchanges, shared with egress. Required.
@@ -156,6 +164,8 @@ type Server struct {
 	coapShown atomic.Pointer[coap.Edge] // coapEdge, for CoAPStats from other goroutines
 	rpcEdge   *rpc.Edge                 // rpc listeners only
 	rpcShown  atomic.Pointer[rpc.Edge]  // rpcEdge, for RPCStats from other goroutines
+	dtlsEdge  *dtls.Listener            // DTLS listeners only
+	dtlsShown atomic.Pointer[dtls.Listener]
 	port      uint16
 	listener  string
 	reply     string // the node's reply subject; a request's is reply.ID
@@ -272,6 +282,7 @@ type datagram struct {
 	at      time.Time
 	coap    *coap.Request // the decoded request on a coap listener
 	rpc     *rpc.Call     // the decoded call on an rpc listener
+	session *dtls.Session // the session of a DTLS listener's datagram
 	again   bool          // coap is a retransmitted request, already published: publish it again
 }
 
@@ -372,6 +383,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) && stopping.Load() {
 		err = nil
 	}
+	if s.dtlsEdge != nil {
+		s.dtlsEdge.StopDelivering() // its sessions hand datagrams to queue
+	}
 	close(queue)
 	publishers.Wait()
 	s.Drained()
@@ -382,6 +396,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	close(done)
 	sweeper.Wait()
+	if s.dtlsEdge != nil {
+		s.dtlsEdge.Close()
+	}
 	if s.coapEdge != nil {
 		s.coapEdge.Close()
 	}
@@ -399,10 +416,14 @@ func (s *Server) Drained() <-chan struct{} {
 	return s.drained
 }
 
-// closeConn closes the socket, if there is one.
+// closeConn closes the socket, if there is one, and a DTLS listener's
+// sessions.
 func (s *Server) closeConn() {
 	if s.Conn != nil {
 		s.Conn.Close()
+	}
+	if s.dtlsEdge != nil {
+		s.dtlsEdge.Close()
 	}
 }
 
@@ -544,6 +565,20 @@ func (s *Server) init() error {
 		s.coapEdge.Start()
 		s.coapShown.Store(s.coapEdge)
 	}
+	if s.DTLS != nil {
+		if s.Protocol != schemas.ProtocolRaw && s.Protocol != schemas.ProtocolCoAP || s.NoReply {
+			return fmt.Errorf("ingress: %s: DTLS is for raw and coap listeners that answer", s.listener)
+		}
+		s.dtlsEdge = &dtls.Listener{
+			Conn: s.Conn, SetSource: s.wildcard, Port: s.port, Config: s.DTLS, Guard: s.Guard,
+			Deliver: s.decrypted, MaxDatagram: s.MaxDatagram, Log: s.Log,
+		}
+		if err := s.dtlsEdge.Start(); err != nil {
+			s.dtlsEdge = nil
+			return fmt.Errorf("ingress: %s: %w", s.listener, err)
+		}
+		s.dtlsShown.Store(s.dtlsEdge)
+	}
 	if s.Protocol == schemas.ProtocolRPC {
 		s.rpcEdge = &rpc.Edge{
 			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
@@ -562,6 +597,16 @@ func (s *Server) RPCStats() rpc.Stats {
 		return rpc.Stats{}
 	}
 	return e.Stats()
+}
+
+// DTLSStats returns the counts of a DTLS listener's sessions, and
+// whether the listener is one (and serving).
+func (s *Server) DTLSStats() (dtls.Stats, bool) {
+	l := s.dtlsShown.Load()
+	if l == nil {
+		return dtls.Stats{}, false
+	}
+	return l.Stats(), true
 }
 
 // CoAPStats returns the counters of a coap listener's messaging layer,
@@ -629,36 +674,68 @@ func (s *Server) read(queue chan<- datagram) error {
 			d.local = netip.AddrPortFrom(ctl.dst.Unmap(), s.port)
 			d.ifindex = ctl.ifindex
 		}
-		if s.coapEdge != nil {
-			// The messaging layer answers what the gateway answers
-			// itself; only complete requests go on.
-			if d.coap = s.coapEdge.Receive(buf[:n], d.remote, d.local, d.ifindex, d.at); d.coap == nil {
-				continue
-			}
-			d.data = d.coap.Payload
-		} else if s.rpcEdge != nil {
-			// Only calls go on; anything else is dropped unanswered.
-			if d.rpc = s.rpcEdge.Receive(buf[:n], d.remote, d.local, d.ifindex); d.rpc == nil {
-				continue
-			}
-			d.data = d.rpc.Params
-		} else {
-			d.data = make([]byte, n)
-			copy(d.data, buf[:n])
+		if s.dtlsEdge != nil {
+			// A record: its session decrypts it and calls decrypted.
+			s.dtlsEdge.Receive(buf[:n], d.remote, d.local, d.ifindex, d.at)
+			continue
 		}
-		if s.Tap != nil {
-			s.Tap(d.remote, d.local, d.at, d.data)
-		}
-		select {
-		case queue <- d:
-			if d.coap != nil {
-				d.coap.Started()
-			}
-		default:
-			s.stats.queueFull.Add(1)
-			s.unavailable(d)
-		}
+		s.accept(buf[:n], d, queue)
 	}
+}
+
+// accept decodes datagram b, whose d has its addresses and time, and
+// hands it to the publisher without waiting. It runs on the read loop,
+// and on the sessions' goroutines of a DTLS listener.
+func (s *Server) accept(b []byte, d datagram, queue chan<- datagram) {
+	if s.coapEdge != nil {
+		// The messaging layer answers what the gateway answers
+		// itself; only complete requests go on.
+		if d.coap = s.coapEdge.ReceiveSession(b, d.remote, d.local, d.ifindex, d.sessionWriter(), d.at); d.coap == nil {
+			return
+		}
+		d.data = d.coap.Payload
+	} else if s.rpcEdge != nil {
+		// Only calls go on; anything else is dropped unanswered.
+		if d.rpc = s.rpcEdge.Receive(b, d.remote, d.local, d.ifindex); d.rpc == nil {
+			return
+		}
+		d.data = d.rpc.Params
+	} else {
+		d.data = make([]byte, len(b))
+		copy(d.data, b)
+	}
+	if s.Tap != nil {
+		s.Tap(d.remote, d.local, d.at, d.data)
+	}
+	select {
+	case queue <- d:
+		if d.coap != nil {
+			d.coap.Started()
+		}
+	default:
+		s.stats.queueFull.Add(1)
+		s.unavailable(d)
+	}
+}
+
+// decrypted takes datagram b that session sess of a DTLS listener
+// decrypted (dtls.Deliver): the listener's datagram, from then on.
+func (s *Server) decrypted(b []byte, remote, local netip.AddrPort, ifindex int, sess *dtls.Session) {
+	s.stats.received.Add(1)
+	if len(b) > s.MaxDatagram {
+		s.stats.tooLarge.Add(1)
+		return
+	}
+	s.accept(b, datagram{remote: remote, local: local, ifindex: ifindex, at: time.Now(), session: sess}, s.queue)
+}
+
+// sessionWriter returns d's session as an exchange.Session, nil (not a
+// nil pointer in an interface) for a plain datagram.
+func (d datagram) sessionWriter() exchange.Session {
+	if d.session == nil {
+		return nil
+	}
+	return d.session
 }
 
 // publish opens the exchange of each queued datagram and publishes it to
@@ -726,6 +803,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			Received:  d.at,
 			Size:      d.size(),
 			Replier:   d.replier(),
+			Session:   d.sessionWriter(),
 			Share:     s.share,
 		}, d.at)
 		if !expired.Deadline.IsZero() { // every exchange has a deadline, not every one a socket
@@ -753,7 +831,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 		msg, subject := newMessage(msg, &Request{
 			Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 			Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
-			Body: d.data, CoAP: d.coap, RPC: d.rpc,
+			Body: d.data, CoAP: d.coap, RPC: d.rpc, Identity: d.identity(),
 		}, s.subject, s.capture, s.Table, seq)
 		traceMessage(span, msg, msg.Subject)
 		// The request, at once, to the direct groups: a core publish with
@@ -794,7 +872,7 @@ func (s *Server) republish(r *coap.Request) {
 	msg, _ = newMessage(msg, &Request{
 		Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 		Remote: ex.Remote, Local: ex.Local, Received: ex.Received, Deadline: ex.Deadline,
-		Body: r.Payload, CoAP: r,
+		Body: r.Payload, CoAP: r, Identity: sessionIdentity(ex.Session),
 	}, "", "", s.Table, r.Seq)
 	if err := s.NATS.PublishMsg(msg); err == nil {
 		s.stats.republished.Add(1)
@@ -826,6 +904,22 @@ func (s *Server) unavailable(d datagram) {
 	if r := d.replier(); r != nil {
 		r.Fail(exchange.Unavailable)
 	}
+}
+
+// identity returns the authenticated identity of d's DTLS client, or "".
+func (d datagram) identity() string {
+	if d.session == nil {
+		return ""
+	}
+	return d.session.Identity()
+}
+
+// sessionIdentity returns the identity of a DTLS session, or "".
+func sessionIdentity(s exchange.Session) string {
+	if ds, ok := s.(*dtls.Session); ok {
+		return ds.Identity()
+	}
+	return ""
 }
 
 // replier returns the protocol's replier of d, or nil for a raw datagram

@@ -34,6 +34,9 @@ type Request struct {
 	Body     []byte        // the datagram; for CoAP the payload, for RPC the params
 	CoAP     *coap.Request // a CoAP request, or nil
 	RPC      *rpc.Call     // an RPC call, or nil
+	// Identity is the authenticated identity of the client of a DTLS
+	// listener (schemas.HeaderDTLSIdentity), or empty.
+	Identity string
 }
 
 // Message returns the request message the gateway publishes for r (the
@@ -88,6 +91,9 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 		n += rpcHeaders
 	}
 	if r.KeepTime {
+		n++
+	}
+	if r.Identity != "" {
 		n++
 	}
 
@@ -193,6 +199,9 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 	h.set(schemas.HeaderLocal, val(valLocal))
 	h.set(schemas.HeaderDeadline, val(valDeadline))
 	h.set(schemas.HeaderReply, reply)
+	if r.Identity != "" {
+		h.set(schemas.HeaderDTLSIdentity, r.Identity)
+	}
 	switch c := r.CoAP; {
 	case c != nil:
 		h.set(schemas.HeaderType, schemas.TypeCoAP)

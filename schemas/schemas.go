@@ -145,6 +145,12 @@ const (
 	HeaderReplayOf = "udpgate-replay-of"
 )
 
+// HeaderDTLSIdentity is the authenticated identity of a client of a coaps
+// or dtls listener: its PSK identity, or the subject of its client
+// certificate (RFC 2253, control characters replaced by '?'). Requests of
+// other listeners do not have it.
+const HeaderDTLSIdentity = "udpgate-dtls-identity"
+
 // Reply statuses, the value of HeaderStatus on a reply. A reply without the
 // header has status StatusOK.
 const (
