@@ -257,7 +257,7 @@ func TestMergedDiscovery(t *testing.T) {
 	if err := n.g.Discover(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	const all = `</a>;rt="alpha sensor";ct=0,</b>;rt="beta";if="core.a",</echo>;rt="echo",</hello>;rt="hello";ct=0,</reverse>,</time>;rt="time";ct=0`
+	const all = `</a>;rt="alpha sensor";ct=0,</b>;rt="beta";if="core.a",</echo>;rt="echo",</hello>;rt="hello";ct=0,</reverse>,</time>;obs;rt="time";ct=0`
 	co := dialCoAP(t, n.coap.String())
 	discover := func(query string) (codes.Code, string, message.MediaType) {
 		t.Helper()
@@ -284,8 +284,8 @@ func TestMergedDiscovery(t *testing.T) {
 		{"rt=alpha", codes.Content, `</a>;rt="alpha sensor";ct=0`},
 		{"rt=sensor", codes.Content, `</a>;rt="alpha sensor";ct=0`},
 		{"rt=beta", codes.Content, `</b>;rt="beta";if="core.a"`},
-		{"href=/t*", codes.Content, `</time>;rt="time";ct=0`},
-		{"ct=0", codes.Content, `</a>;rt="alpha sensor";ct=0,</hello>;rt="hello";ct=0,</time>;rt="time";ct=0`},
+		{"href=/t*", codes.Content, `</time>;obs;rt="time";ct=0`},
+		{"ct=0", codes.Content, `</a>;rt="alpha sensor";ct=0,</hello>;rt="hello";ct=0,</time>;obs;rt="time";ct=0`},
 		{"rt=nothing", codes.NotFound, ""},
 	} {
 		code, body, cf := discover(tt.query)
@@ -325,7 +325,7 @@ func TestMergedDiscovery(t *testing.T) {
 	if took := time.Since(stopped); took > staleness+n.g.DiscoveryInterval {
 		t.Errorf("beta dropped from discovery %v after it stopped; the documented staleness is %v", took, staleness)
 	}
-	if _, body, _ := discover(""); body != `</a>;rt="alpha sensor";ct=0,</echo>;rt="echo",</hello>;rt="hello";ct=0,</reverse>,</time>;rt="time";ct=0` {
+	if _, body, _ := discover(""); body != `</a>;rt="alpha sensor";ct=0,</echo>;rt="echo",</hello>;rt="hello";ct=0,</reverse>,</time>;obs;rt="time";ct=0` {
 		t.Errorf("after beta stopped: %q", body)
 	}
 	if code, _ := coapDo(t, co, codes.GET, "/b", nil); code != codes.NotFound {

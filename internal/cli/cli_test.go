@@ -445,7 +445,7 @@ func TestRun(t *testing.T) {
 	}
 	body, _ := resp.ReadBody()
 	if cf, err := resp.ContentFormat(); resp.Code() != codes.Content || err != nil || cf != message.AppLinkFormat ||
-		string(body) != `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;rt="time";ct=0` {
+		string(body) != `</echo>;rt="echo",</hello>;rt="hello";ct=0,</time>;obs;rt="time";ct=0` {
 		t.Errorf("coap GET /.well-known/core: %v, content-format %v (%v), %q", resp.Code(), cf, err, body)
 	}
 }

@@ -95,7 +95,7 @@ func TestStatusRun(t *testing.T) {
 		}
 	}
 	coap := group(listener(p.coap, "coap"), "coap")
-	wantLinks := []string{`</echo>;rt="echo"`, `</hello>;rt="hello";ct=0`, `</time>;rt="time";ct=0`}
+	wantLinks := []string{`</echo>;rt="echo"`, `</hello>;rt="hello";ct=0`, `</time>;obs;rt="time";ct=0`}
 	if !slices.Equal(coap.Resources, wantLinks) {
 		t.Errorf("coap resources %q, want %q", coap.Resources, wantLinks)
 	}

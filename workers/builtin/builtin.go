@@ -32,9 +32,10 @@ var Echo workers.Handler = workers.HandlerFunc(func(_ context.Context, w workers
 // of exactly two elements, [id, anything], gets the JSON array
 // [id, "The time is TIME"], with id copied byte for byte; any other request
 // gets TIME as plain text. TIME is RFC 3339 in UTC, to the second. A CoAP
-// request always gets TIME, as text/plain;charset=utf-8 (Content-Format 0),
-// and a CoAP GET with Observe 0 is accepted as a registration (the reply
-// has schemas.HeaderCoAPObserve): NotifyTime publishes the notifications.
+// request always gets TIME, as text/plain;charset=utf-8 (Content-Format 0).
+// Registered with Mux.Observable, as CoAP's Mux registers it, a CoAP GET
+// with Observe 0 is accepted as a registration: NotifyTime publishes the
+// notifications.
 //
 // The zero Time uses time.Now.
 type Time struct {
@@ -50,11 +51,6 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 	}
 	stamp := now().UTC().Format(time.RFC3339)
 	if r.CoAP != nil {
-		if r.Header.Get(schemas.HeaderCoAPObserve) == schemas.CoAPObserveRegister {
-			// /time is observable: NotifyTime publishes its
-			// notifications.
-			w.Header().Set(schemas.HeaderCoAPObserve, "1")
-		}
 		workers.NewCoAPResponse(w).SetContentFormat(textPlain)
 		_, err := w.Write([]byte(stamp))
 		return err
@@ -80,21 +76,24 @@ func (t Time) Handle(_ context.Context, w workers.ResponseWriter, r *workers.Req
 
 // CoAP returns a new Mux serving the built-in CoAP resources:
 //
-//   - GET /time: the current time, from time.Now, as Time answers it;
+//   - GET /time: the current time, from time.Now, as Time answers it,
+//     observable (Mux.Observable): NotifyTime publishes its
+//     notifications;
 //   - POST /echo: the request's payload and Content-Format, as Echo
 //     answers it, with code 2.05 Content;
 //   - GET /hello: "Hello from udpgate", text/plain;charset=utf-8.
 //
 // It announces the three with their Content-Formats and resource types
-// (SetLinks), and leaves GET /.well-known/core to the gateway, which lists
-// them with every other group's resources on the port. With the Subjects
+// (SetLinks; /time with obs too), and leaves GET /.well-known/core to the
+// gateway, which lists them with every other group's resources on the
+// port. With the Subjects
 // of the Mux (see Subjects), the group receives only these three; the
 // gateway answers other paths 4.04 and other methods 4.05 itself. To read
-// the time from another clock, route Time{Now: clock} on a Mux of your
-// own.
+// the time from another clock, register Time{Now: clock} with Observable
+// on a Mux of your own.
 func CoAP() *workers.Mux {
 	m := workers.NewMux()
-	m.Route("GET /time", Time{})
+	m.Observable("GET /time", Time{})
 	m.Route("POST /echo", Echo)
 	m.RouteFunc("GET /hello", hello)
 	m.SetLinks(workers.Links{

@@ -2,6 +2,7 @@ package builtin_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -13,12 +14,16 @@ import (
 	"github.com/udpgate/udpgate/workers/builtin"
 )
 
+// TestTimeAcceptsObserve: the Mux of CoAP accepts a registration to
+// GET /time (Observe 0), and only that.
 func TestTimeAcceptsObserve(t *testing.T) {
 	for obs, want := range map[string]string{"0": "1", "1": "", "": ""} {
 		r := coapRequest("GET", "/time", -1, "")
 		r.Header = nats.Header{}
+		r.CoAP.Observe = -1
 		if obs != "" {
 			r.Header.Set(schemas.HeaderCoAPObserve, obs)
+			r.CoAP.Observe, _ = strconv.Atoi(obs)
 		}
 		var w recorder
 		if err := builtin.CoAP().Handle(context.Background(), &w, r); err != nil {
