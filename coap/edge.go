@@ -78,6 +78,12 @@ type Edge struct {
 	// Socket is the listener; Conn, SetSource and Local's port are used to
 	// answer. Remote, Local and IfIndex are filled per datagram.
 	Socket exchange.Exchange
+	// Secure says that every datagram comes through a session (a coaps
+	// listener's DTLS sessions, ReceiveSession): an answer without one,
+	// such as a notification to an observer restored from another
+	// process, is dropped and counted as a send error, never sent in
+	// plaintext.
+	Secure bool
 	Log    *slog.Logger
 	// dropped logs the responses the amplification limit dropped.
 	dropped *ratelog.Logger
@@ -285,6 +291,10 @@ func (e *Edge) Sweep(now time.Time) {
 // send writes b to dst, counting and logging at Debug a failure. It does
 // not keep b.
 func (e *Edge) send(dst exchange.Exchange, b []byte) {
+	if e.Secure && dst.Session == nil {
+		e.stats.sendErrors.Add(1)
+		return
+	}
 	if err := dst.Write(b); err != nil {
 		e.stats.sendErrors.Add(1)
 		e.Log.Debug("coap: send", "err", err)

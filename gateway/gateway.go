@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/egress"
 	"github.com/udpgate/udpgate/exchange"
 	"github.com/udpgate/udpgate/guard"
@@ -54,6 +55,10 @@ type Listener struct {
 	// Status: "file" (the listener file), "lease ID" (a leased listener),
 	// or empty (the configuration at start).
 	Origin string
+	// DTLS, if not nil, secures a raw or coap listener with DTLS: a dtls
+	// or coaps listener (see ingress.Server.DTLS). Push and NoReply do
+	// not apply to it.
+	DTLS *dtls.Config
 }
 
 // Gateway is one gateway node. Set its fields, then call Serve once.
@@ -167,6 +172,7 @@ type Stats struct {
 	CoAP    map[string]coap.Stats    // coap listeners, by PORT/PROTOCOL
 	RPC     map[string]rpc.Stats     // rpc and ws listeners, by PORT/PROTOCOL
 	WS      map[string]ws.Stats      // ws listeners, by PORT/PROTOCOL
+	DTLS    map[string]dtls.Stats    // dtls and coaps listeners, by PORT/PROTOCOL
 	Guard   map[string]guard.Stats   // guarded listeners, by PORT/PROTOCOL
 	Egress  egress.Stats
 	// EgressByListener are the egress counters by listener, PORT/PROTOCOL
@@ -215,6 +221,7 @@ func (g *Gateway) Stats() Stats {
 	defer g.mu.Unlock()
 	st := Stats{
 		Ingress: map[string]ingress.Stats{}, CoAP: map[string]coap.Stats{}, RPC: map[string]rpc.Stats{}, WS: map[string]ws.Stats{},
+		DTLS:  map[string]dtls.Stats{},
 		Guard: map[string]guard.Stats{}, EgressByListener: map[string]egress.Stats{}, CaptureDiscarded: map[string]uint64{},
 		Out:              map[string]OutStats{},
 		StreamsRecreated: g.recreated.Load(), StreamRechecks: g.rechecks.Load(),
@@ -243,6 +250,9 @@ func (g *Gateway) Stats() Stats {
 		}
 		if lv.out != nil {
 			st.Out[name] = lv.out.stats()
+		}
+		if ds, ok := in.DTLSStats(); ok {
+			st.DTLS[name] = ds
 		}
 		switch lv.Protocol {
 		case schemas.ProtocolCoAP:

@@ -155,6 +155,7 @@ func (g *Gateway) newLive(l Listener, r *running, share int) *live {
 		MaxInFlight:        g.MaxInFlight,
 		ListenerMaxPending: share,
 		CoAP:               g.CoAP,
+		DTLS:               l.DTLS,
 		Log:                g.Log,
 		Guard:              l.Guard,
 		NoReply:            l.NoReply,
@@ -164,7 +165,7 @@ func (g *Gateway) newLive(l Listener, r *running, share int) *live {
 		Tap:                l.Tap,
 		Stop:               lv.stop,
 	}
-	if l.Push && l.Protocol == schemas.ProtocolRaw {
+	if l.Push && l.Protocol == schemas.ProtocolRaw && l.DTLS == nil {
 		lv.out = newOut(l.Conn, l.Guard, g.Push, g.MaxDatagram, lv.stop)
 		lv.in.Tap = lv.out.tap(l.Tap)
 	}

@@ -551,6 +551,7 @@ func (s *Server) init() error {
 		s.coapEdge = &coap.Edge{
 			Config: s.CoAP,
 			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
+			Secure: s.DTLS != nil,
 			Log:    s.Log,
 			Guard:  s.Guard,
 			// On the read loop: hand the retransmission to the publisher.

@@ -116,6 +116,14 @@ type env struct {
 	PushWindow             string `envconfig:"PUSH_WINDOW" default:"5m" desc:"push=on raw listeners: how long after its last datagram a source may be sent unsolicited datagrams (PREFIX.out.NODE.PORT), and the window of their amplification limit"`
 	PushAllow              string `envconfig:"PUSH_ALLOW" desc:"push=on raw listeners: destinations that may be pushed to without having sent, comma-separated CIDR (the rate and amplification limit still apply)"`
 	PushRate               string `envconfig:"PUSH_RATE" default:"10" desc:"push=on raw listeners: datagrams per second pushed to one destination, in bursts of twice that (0: no limit)"`
+	DTLSPSKFile            string `envconfig:"DTLS_PSK_FILE" desc:"coaps and dtls listeners: pre-shared keys, IDENTITY:KEY lines (KEY as text or 0x hex; # comments), read again when the file changes"`
+	DTLSCertFile           string `envconfig:"DTLS_CERT_FILE" desc:"coaps and dtls listeners: the server's certificate chain, PEM, with UDPGATE_DTLS_KEY_FILE; loaded again when it changes"`
+	DTLSKeyFile            string `envconfig:"DTLS_KEY_FILE" desc:"coaps and dtls listeners: the private key of UDPGATE_DTLS_CERT_FILE, PEM"`
+	DTLSClientCA           string `envconfig:"DTLS_CLIENT_CA" desc:"coaps and dtls listeners: PEM CA certificates; a client using a certificate suite must present a certificate they verify (PSK clients authenticate by their key)"`
+	DTLSMaxSessions        string `envconfig:"DTLS_MAX_SESSIONS" default:"2048" desc:"coaps and dtls listeners: DTLS sessions per listener, handshakes included; a ClientHello beyond is dropped"`
+	DTLSIdle               string `envconfig:"DTLS_IDLE" default:"5m" desc:"coaps and dtls listeners: a session that sends nothing for this long is closed"`
+	DTLSHandshakeRate      string `envconfig:"DTLS_HANDSHAKE_RATE" default:"4" desc:"coaps and dtls listeners: new handshakes per second one source address may start, in bursts of twice that (0: no limit)"`
+	DTLSHandshakeTimeout   string `envconfig:"DTLS_HANDSHAKE_TIMEOUT" default:"10s" desc:"coaps and dtls listeners: how long a handshake may take"`
 	BridgeSendRate         string `envconfig:"BRIDGE_SEND_RATE" default:"1000" desc:"datagrams per second one lease may send (bursts of twice that; 0: no limit)"`
 }
 
@@ -176,7 +184,22 @@ type Config struct {
 	Bridge        Bridge
 	WS            WS
 	Push          Push // unsolicited datagrams of push=on raw listeners
+	DTLS          DTLS // coaps and dtls listeners
 }
+
+// DTLS configures every coaps and dtls listener.
+type DTLS struct {
+	// PSKFile holds the pre-shared keys (dtls.ParseKeys); CertFile and
+	// KeyFile the server's certificate; ClientCA the CAs that verify
+	// client certificates. Empty: none.
+	PSKFile, CertFile, KeyFile, ClientCA string
+	MaxSessions                          int
+	Idle, HandshakeTimeout               time.Duration
+	HandshakeRate                        float64 // per source address; 0: no limit
+}
+
+// On reports whether a DTLS listener can authenticate anyone.
+func (d DTLS) On() bool { return d.PSKFile != "" || d.CertFile != "" }
 
 // WS configures every ws listener (each one's path is its own).
 type WS struct {
@@ -283,14 +306,31 @@ type Listener struct {
 	// listener's (subjects, ce-source …/PORT/ws): TLS changes the
 	// transport, not the wire contract.
 	TLS bool
+	// DTLS: a coap listener written coaps, or a raw one written dtls,
+	// whose datagrams come in DTLS sessions (UDPGATE_DTLS_*). As with
+	// wss, its requests are the plain listener's (PORT/coap, PORT/raw),
+	// with the client's identity besides.
+	DTLS bool
 }
 
 func (l Listener) String() string {
-	if l.TLS {
+	switch {
+	case l.TLS:
 		return l.Addr.String() + "/" + ProtocolWSS
+	case l.DTLS && l.Protocol == schemas.ProtocolCoAP:
+		return l.Addr.String() + "/" + ProtocolCoAPS
+	case l.DTLS:
+		return l.Addr.String() + "/" + ProtocolDTLS
 	}
 	return l.Addr.String() + "/" + l.Protocol
 }
+
+// How UDPGATE_LISTENERS writes the DTLS listeners: CoAP over DTLS, and
+// raw datagrams over DTLS.
+const (
+	ProtocolCoAPS = "coaps"
+	ProtocolDTLS  = "dtls"
+)
 
 // ProtocolWSS is how UDPGATE_LISTENERS writes a ws listener over TLS.
 const ProtocolWSS = "wss"
@@ -383,6 +423,7 @@ func (e env) parse(environ []string) (Config, error) {
 	if c.WS.CertFile == "" && slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.TLS }) {
 		bad("WSS_CERT_FILE", "a wss listener needs a certificate: set UDPGATE_WSS_CERT_FILE and UDPGATE_WSS_KEY_FILE")
 	}
+	c.DTLS = e.parseDTLS(bad, slices.ContainsFunc(c.Listeners, func(l Listener) bool { return l.DTLS }))
 	if b := strings.TrimSpace(e.Builtins); b != "off" {
 		for _, entry := range SplitList(b) {
 			name, port, moved := strings.Cut(entry, "=")
@@ -707,7 +748,7 @@ func ParseListeners(s string) ([]Listener, error) {
 		}
 		ports[l.Addr.Port()] = l.Protocol
 		if i := slices.IndexFunc(out, func(o Listener) bool { return o.Addr == l.Addr && o.Protocol == l.Protocol }); i >= 0 {
-			if out[i].Options != l.Options || out[i].TLS != l.TLS {
+			if out[i].Options != l.Options || out[i].TLS != l.TLS || out[i].DTLS != l.DTLS {
 				errs = append(errs, fmt.Errorf("%q: %s is already listed with other options", f, out[i]))
 			}
 			continue
@@ -726,6 +767,13 @@ func parseListener(f string) (Listener, error) {
 	tls := proto == ProtocolWSS
 	if tls {
 		proto = schemas.ProtocolWS
+	}
+	secure := proto == ProtocolCoAPS || proto == ProtocolDTLS
+	switch proto {
+	case ProtocolCoAPS:
+		proto = schemas.ProtocolCoAP
+	case ProtocolDTLS:
+		proto = schemas.ProtocolRaw
 	}
 	if err := checkListenerOptions(opts); err != nil {
 		return Listener{}, fmt.Errorf("%q: %v", f, err)
@@ -757,7 +805,7 @@ func parseListener(f string) (Listener, error) {
 		}
 		return Listener{Addr: ap, Protocol: proto, Options: opts, Path: path, TLS: tls}, nil
 	default:
-		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc, ws, wss)", f, proto)
+		return Listener{}, fmt.Errorf("%q: unknown protocol %q (supported: raw, coap, rpc, ws, wss, coaps, dtls)", f, proto)
 	}
 	ap, err := listenerAddr(hostport)
 	if err != nil {
@@ -771,7 +819,10 @@ func parseListener(f string) (Listener, error) {
 	if push && proto != schemas.ProtocolRaw {
 		return Listener{}, fmt.Errorf("%q: push=on is for raw listeners", f)
 	}
-	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply, Push: push}, nil
+	if secure && (noReply || push) {
+		return Listener{}, fmt.Errorf("%q: reply=off and push=on are not for DTLS listeners (not built yet)", f)
+	}
+	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply, Push: push, DTLS: secure}, nil
 }
 
 // listenerAddr parses a listener's [ADDR:]PORT, 0.0.0.0 when no address

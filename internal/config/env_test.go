@@ -303,3 +303,56 @@ func TestWSSNeedsACertificate(t *testing.T) {
 		t.Errorf("%+v, %v", c.Listeners, err)
 	}
 }
+
+func TestDTLSListenersAndVariables(t *testing.T) {
+	e := defaults(t)
+	e.Listeners = "5684/coaps,9443/dtls"
+	if _, err := e.parse(nil); err == nil || !strings.Contains(err.Error(), "UDPGATE_DTLS_PSK_FILE: a coaps or dtls listener needs keys or a certificate") {
+		t.Errorf("DTLS listeners without keys or a certificate: %v", err)
+	}
+	dir := t.TempDir()
+	psk, bad := dir+"/psk", dir+"/bad"
+	os.WriteFile(psk, []byte("alice:secret\n"), 0o600)
+	os.WriteFile(bad, []byte("alice\nbob:0xzz\n"), 0o600)
+	e.DTLSPSKFile = bad
+	e.DTLSCertFile = "cert.pem"
+	e.DTLSClientCA = dir + "/none.pem"
+	e.DTLSMaxSessions = "0"
+	e.DTLSIdle = "never"
+	e.DTLSHandshakeRate = "-1"
+	e.DTLSHandshakeTimeout = "0s"
+	_, err := e.parse(nil)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"UDPGATE_DTLS_PSK_FILE: " + bad + ": line 1: want IDENTITY:KEY; line 2: identity bob: the key after 0x is not hex",
+		"UDPGATE_DTLS_CERT_FILE: and UDPGATE_DTLS_KEY_FILE go together", "UDPGATE_DTLS_CLIENT_CA:",
+		"UDPGATE_DTLS_MAX_SESSIONS:", "UDPGATE_DTLS_IDLE:", "UDPGATE_DTLS_HANDSHAKE_RATE:", "UDPGATE_DTLS_HANDSHAKE_TIMEOUT:",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	e = defaults(t)
+	e.Listeners = "5684/coaps,127.0.0.1:9443/dtls;rate=5"
+	e.DTLSPSKFile = psk
+	c, err := e.parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Listeners[0]; l.Protocol != "coap" || !l.DTLS || l.String() != "0.0.0.0:5684/coaps" {
+		t.Errorf("coaps listener %+v (%s)", l, l)
+	}
+	if l := c.Listeners[1]; l.Protocol != "raw" || !l.DTLS || l.String() != "127.0.0.1:9443/dtls" {
+		t.Errorf("dtls listener %+v (%s)", l, l)
+	}
+	if c.DTLS.PSKFile != psk || c.DTLS.MaxSessions != 2048 || c.DTLS.Idle != 5*time.Minute || c.DTLS.HandshakeRate != 4 {
+		t.Errorf("DTLS %+v", c.DTLS)
+	}
+	for _, entry := range []string{"9443/dtls;reply=off", "9443/dtls;push=on", "5684/coaps;path=/x"} {
+		if _, err := ParseListeners(entry); err == nil {
+			t.Errorf("%s: no error", entry)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/ingress"
@@ -62,6 +64,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		Push:               gateway.Push{Window: cfg.Push.Window, Allow: cfg.Push.Allow, Rate: cfg.Push.Rate},
 	}
 	wss := &webSockets{cfg: cfg, log: log}
+	secure := &dtlsListeners{cfg: cfg, log: log}
 	for _, l := range listeners {
 		if l.Protocol == schemas.ProtocolWS {
 			gd, err := guard.New(cfg.ListenerGuard(l))
@@ -91,6 +94,13 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 			CloseListeners(g)
 			return nil, &ListenerError{Listener: l, Err: err}
 		}
+		var dc *dtls.Config
+		if l.DTLS {
+			if dc, err = secure.config(); err != nil {
+				CloseListeners(g)
+				return nil, &ListenerError{Listener: l, Err: err}
+			}
+		}
 		c := inh.udp(l)
 		if c == nil {
 			c, err = ingress.Listen(ctx, l.Network(), l.Addr.String(), cfg.RcvBuf)
@@ -99,7 +109,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 			CloseListeners(g)
 			return nil, &ListenerError{Listener: l, Err: err}
 		}
-		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push})
+		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push, DTLS: dc})
 	}
 	return g, nil
 }
@@ -183,6 +193,57 @@ func (w *webSockets) server(l config.Listener, ln net.Listener, gd *guard.Guard)
 		srv.Certificates = certs
 	}
 	return srv, nil
+}
+
+// dtlsListeners makes the configuration of coaps and dtls listeners
+// (UDPGATE_DTLS_*), once for all of them: the keys and the certificate
+// are loaded by the first listener, and read again when their files
+// change. It is not safe for concurrent use.
+type dtlsListeners struct {
+	cfg config.Config
+	log *slog.Logger
+	dc  *dtls.Config
+}
+
+// config returns the DTLS listeners' configuration, loading it the
+// first time.
+func (d *dtlsListeners) config() (*dtls.Config, error) {
+	if d.dc != nil {
+		return d.dc, nil
+	}
+	c := d.cfg.DTLS
+	dc := &dtls.Config{MaxSessions: c.MaxSessions, Idle: c.Idle, HandshakeTimeout: c.HandshakeTimeout, HandshakeRate: c.HandshakeRate}
+	if c.HandshakeRate == 0 {
+		dc.HandshakeRate = -1 // UDPGATE_DTLS_HANDSHAKE_RATE=0: no limit
+	}
+	if c.PSKFile != "" {
+		keys, err := dtls.LoadKeys(c.PSKFile)
+		if err != nil {
+			return nil, fmt.Errorf("UDPGATE_DTLS_PSK_FILE: %w", err)
+		}
+		keys.Log = d.log
+		dc.Keys = keys
+	}
+	if c.CertFile != "" {
+		certs, err := ws.LoadCertificates(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("UDPGATE_DTLS_CERT_FILE: %w", err)
+		}
+		certs.Log = d.log
+		dc.Certificate = func() (*tls.Certificate, error) { return certs.GetCertificate(nil) }
+	}
+	if c.ClientCA != "" {
+		pool, err := config.LoadCAs(c.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("UDPGATE_DTLS_CLIENT_CA: %w", err)
+		}
+		dc.ClientCAs = pool
+	}
+	if err := dc.Check(); err != nil {
+		return nil, fmt.Errorf("%w: set UDPGATE_DTLS_PSK_FILE, or UDPGATE_DTLS_CERT_FILE and UDPGATE_DTLS_KEY_FILE", err)
+	}
+	d.dc = dc
+	return dc, nil
 }
 
 // listenTCP binds the TCP socket of the ws listener l.
