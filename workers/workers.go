@@ -67,6 +67,10 @@
 //     headers (then the request is acked), counted Replied. A reply
 //     without udpgate-status means "ok".
 //
+// The handler of a raw request may send replies with more to follow
+// before that final one, at once, with Request.ReplyMore; they are not
+// counted apart, and the outcome above is the request's.
+//
 // Before calling Handle, the SDK skips a request whose deadline has
 // passed, as above, and sheds one that cannot finish before it or that
 // waited too long in an overloaded instance: the handler is not called,
