@@ -130,6 +130,10 @@ type Stats struct {
 	// Backlog counts datagrams dropped because their session's queue was
 	// full.
 	Backlog uint64
+	// KeyReloads and KeyReloadFailed count the PSK file read again after
+	// a change, and the looks that failed (the keys in use stayed): the
+	// node's file, the same on each of its DTLS listeners.
+	KeyReloads, KeyReloadFailed uint64
 }
 
 type counters struct {
@@ -414,6 +418,9 @@ func (l *Listener) Stats() Stats {
 	st.Handshaking = int(l.handshaking.Load())
 	st.Rebinds, st.Expired, st.Records = l.stats.rebinds.Load(), l.stats.expired.Load(), l.stats.records.Load()
 	st.NoSession, st.Backlog = l.stats.noSession.Load(), l.stats.backlog.Load()
+	if k := l.Config.Keys; k != nil {
+		st.KeyReloads, st.KeyReloadFailed = k.Reloads()
+	}
 	return st
 }
 

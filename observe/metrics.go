@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
@@ -195,6 +196,44 @@ var (
 		"Reconnections to NATS.", nil, nil)
 )
 
+// The metrics of coaps and dtls listeners (package dtls).
+var (
+	descDTLSHandshakes = prometheus.NewDesc("udpgate_dtls_handshakes_total",
+		"DTLS handshakes of a coaps or dtls listener, by outcome (ok; refused: unknown_identity, bad_key, bad_certificate, timeout, failed; not started: rate_limited, table_full).", []string{"port", "outcome"}, nil)
+	descDTLSSessions = prometheus.NewDesc("udpgate_dtls_sessions",
+		"DTLS sessions a coaps or dtls listener holds now, by state (handshaking, established).", []string{"port", "state"}, nil)
+	descDTLSRebinds = prometheus.NewDesc("udpgate_dtls_rebinds_total",
+		"DTLS sessions that moved to a new client address, found by their Connection ID (RFC 9146).", []string{"port"}, nil)
+	descDTLSExpired = prometheus.NewDesc("udpgate_dtls_sessions_expired_total",
+		"DTLS sessions closed for sending nothing for UDPGATE_DTLS_IDLE.", []string{"port"}, nil)
+	descDTLSDropped = prometheus.NewDesc("udpgate_dtls_records_dropped_total",
+		"Datagrams of a coaps or dtls listener dropped before decryption, by reason (no_session: not a ClientHello and no session's; backlog: the session's queue was full).", []string{"port", "reason"}, nil)
+	descDTLSKeyReloads = prometheus.NewDesc("udpgate_dtls_psk_reloads_total",
+		"The PSK file (UDPGATE_DTLS_PSK_FILE) read again after a change (loaded), or a look that failed (failed: the keys in use stay, and an error is logged).", []string{"port", "outcome"}, nil)
+)
+
+// collectDTLS sends the metrics of the coaps and dtls listeners in st.
+func collectDTLS(ch chan<- prometheus.Metric, st gateway.Stats) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	for name, ds := range st.DTLS {
+		p, _, _ := schemas.ParseListener(name)
+		port := strconv.Itoa(int(p))
+		for _, o := range dtls.Outcomes {
+			counter(descDTLSHandshakes, ds.Handshakes[o], port, o)
+		}
+		ch <- prometheus.MustNewConstMetric(descDTLSSessions, prometheus.GaugeValue, float64(ds.Handshaking), port, "handshaking")
+		ch <- prometheus.MustNewConstMetric(descDTLSSessions, prometheus.GaugeValue, float64(ds.Sessions-ds.Handshaking), port, "established")
+		counter(descDTLSRebinds, ds.Rebinds, port)
+		counter(descDTLSExpired, ds.Expired, port)
+		counter(descDTLSDropped, ds.NoSession, port, "no_session")
+		counter(descDTLSDropped, ds.Backlog, port, "backlog")
+		counter(descDTLSKeyReloads, ds.KeyReloads, port, "loaded")
+		counter(descDTLSKeyReloads, ds.KeyReloadFailed, port, "failed")
+	}
+}
+
 // gatewayCollector reads a gateway's counters, and the worker groups it
 // knows, at scrape time.
 type gatewayCollector struct{ g *gateway.Gateway }
@@ -210,10 +249,14 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
+	for _, d := range []*prometheus.Desc{descDTLSHandshakes, descDTLSSessions, descDTLSRebinds, descDTLSExpired, descDTLSDropped, descDTLSKeyReloads} {
+		ch <- d
+	}
 }
 
 func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.g.Stats()
+	collectDTLS(ch, st)
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
