@@ -345,6 +345,14 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	eg.Expired = dis.expired
 	grs := newGroups(g.NATS, g.Prefix, g.DiscoveryInterval, g.Subscriptions, g.Log)
 	eg.Unserved = unserved(g.Prefix, grs, durs)
+	adm := newAdmission(g.Prefix, grs, g.Log)
+	unsubscribe, err := adm.subscribe(g.NATS)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("gateway: subscribe to the durable groups' overload messages: %w", err)
+	}
+	defer unsubscribe()
+	defer adm.stop()
 	// The first part to fail stops the others; Serve returns its error.
 	// The caller's ctx only starts the graceful stop (drain): the parts
 	// run until it has ended.
@@ -352,7 +360,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	runCtx, stopAll := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAll()
 	grp, ctx := errgroup.WithContext(runCtx)
-	r := &running{ctx: ctx, table: table, eg: eg, dis: dis}
+	r := &running{ctx: ctx, table: table, eg: eg, dis: dis, adm: adm}
 	lives := make([]*live, len(g.Listeners))
 	for i, l := range g.Listeners {
 		lives[i] = g.newLive(l, r, share)

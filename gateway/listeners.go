@@ -118,6 +118,7 @@ type running struct {
 	table *exchange.Table
 	eg    *egress.Server
 	dis   *discards
+	adm   *admission     // sheds at the door for overloaded durable groups
 	wg    sync.WaitGroup // the listeners added while serving
 }
 
@@ -160,6 +161,7 @@ func (g *Gateway) newLive(l Listener, r *running, share int) *live {
 		Guard:              l.Guard,
 		NoReply:            l.NoReply,
 		Captured:           r.dis.captured,
+		Admission:          r.adm,
 		TracerProvider:     g.TracerProvider,
 		TraceSample:        g.TraceSample,
 		Tap:                l.Tap,
@@ -208,6 +210,7 @@ func (g *Gateway) newWebSocket(srv *ws.Server, r *running, share int) *live {
 		ListenerMaxPending: share,
 		Log:                g.Log,
 		Captured:           r.dis.captured,
+		Admission:          r.adm,
 		TracerProvider:     g.TracerProvider,
 		TraceSample:        g.TraceSample,
 		Stop:               lv.stop,

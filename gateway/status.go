@@ -50,6 +50,8 @@ type ListenerStatus struct {
 	// NoAnswer how many reached their deadline unanswered, and
 	// CaptureDiscarded how many of those the capture stream's limits had
 	// removed before a worker took them (Stats.CaptureDiscarded).
+	// Shed is how many the gateway shed at the door for an overloaded
+	// durable group (ingress.Stats.Shed).
 	Received         uint64 `json:"received"`
 	Answered         uint64 `json:"answered"`
 	NoResponders     uint64 `json:"no_responders"`
@@ -57,6 +59,7 @@ type ListenerStatus struct {
 	NoWorker         uint64 `json:"no_worker"`
 	NoAnswer         uint64 `json:"no_answer"`
 	CaptureDiscarded uint64 `json:"capture_discarded"`
+	Shed             uint64 `json:"shed"`
 	// Discovery is how many CoAP resource discovery requests the gateway
 	// answered for the listener's groups.
 	Discovery uint64 `json:"discovery"`
@@ -124,10 +127,10 @@ func (g *Gateway) Status(ctx context.Context) Status {
 	byPort := eg.PortStats()
 	for _, lv := range lives {
 		port := lv.port
-		es := byPort[port]
+		es, in := byPort[port], lv.in.Stats()
 		ls := ListenerStatus{
 			Listener: lv.name, Address: lv.address(), Origin: lv.Origin, Subject: schemas.InSubject(g.Prefix, port),
-			Received: lv.in.Stats().Received, Answered: es.Sent, NoResponders: es.NoResponders,
+			Received: in.Received, Answered: es.Sent, NoResponders: es.NoResponders, Shed: in.Shed,
 			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
 			CaptureDiscarded: dis.count(port),
 		}

@@ -135,6 +135,11 @@ type Server struct {
 	// tells when the last datagram read has been published. Without Stop,
 	// cancelling ctx closes the socket at once.
 	Stop <-chan struct{}
+	// Admission, if not nil, sheds requests at the door: those on the
+	// subjects of an overloaded durable group are answered at once with
+	// their protocol's overload status and captured, not published (see
+	// shedAtDoor). Counted Shed.
+	Admission Admission
 
 	drainOnce sync.Once
 	drained   chan struct{} // see Drained
@@ -175,10 +180,10 @@ type Server struct {
 	wildcard  bool
 	queue     chan datagram
 	localAddr netip.AddrPort
-	ids       *exchange.Table                // NoReply: ids of the listener's own
+	ids       *exchange.Table                // ids of the listener's own: NoReply's, and requests shed at the door
 	share     *exchange.Share                // the listener's exchanges open in Table
 	shared    atomic.Pointer[exchange.Share] // share, for Stats from other goroutines
-	idSeq     uint64                         // NoReply: the last id's sequence number; publisher only
+	idSeq     uint64                         // the last id's sequence number in ids; publisher only
 	tracer    trace.Tracer                   // nil when nothing is traced
 	spanName  string
 	// eventStream publishes a ws listener's events' capture copies; set
@@ -213,6 +218,10 @@ type Stats struct {
 	InFlight      uint64
 	NATSDown      uint64 // dropped: not connected to NATS
 	PublishFailed uint64 // dropped: the core publish of the request failed
+	// Shed counts requests shed at the door (Admission): answered at once
+	// with the overload status of their protocol (raw: nothing),
+	// captured, not published.
+	Shed uint64
 	// CaptureFailed counts capture copies that JetStream refused or did
 	// not acknowledge, and could not be published again before the
 	// request's deadline: a gap in the capture, and durable groups do not
@@ -252,7 +261,7 @@ type counters struct {
 	inFlight, natsDown, publishFailed, captureFailed, expired, readErrors      atomic.Uint64
 	captureRetried, fallback                                                   atomic.Uint64
 	events, eventsCaptured, eventCaptureFailed                                 atomic.Uint64
-	kernelDrops, listenerFull                                                  atomic.Uint64
+	kernelDrops, listenerFull, shed                                            atomic.Uint64
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -262,7 +271,7 @@ func (s *Server) Stats() Stats {
 		Received: c.received.Load(), Published: c.published.Load(), Captured: c.captured.Load(),
 		Republished: c.republished.Load(), CaptureFailed: c.captureFailed.Load(), CaptureRetried: c.captureRetried.Load(), Fallback: c.fallback.Load(), TooLarge: c.tooLarge.Load(),
 		QueueFull: c.queueFull.Load(), TableFull: c.tableFull.Load(), ListenerFull: c.listenerFull.Load(),
-		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(),
+		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(), Shed: c.shed.Load(),
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
 		Events: c.events.Load(), EventsCaptured: c.eventsCaptured.Load(), EventCaptureFailed: c.eventCaptureFailed.Load(),
 	}
@@ -538,11 +547,11 @@ func (s *Server) init() error {
 	}
 	s.queue = make(chan datagram, s.Queue)
 	s.retries = make(chan *nats.Msg, s.MaxInFlight)
+	s.ids = exchange.NewTable(1)
 	if s.NoReply {
 		if s.Protocol != schemas.ProtocolRaw {
 			return fmt.Errorf("ingress: %s: NoReply is for raw listeners", s.listener)
 		}
-		s.ids = exchange.NewTable(1)
 	} else {
 		s.share = &exchange.Share{Max: max(s.ListenerMaxPending, 0)}
 		s.shared.Store(s.share)
@@ -779,6 +788,13 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			s.unavailable(d)
 			endSpan(span, outcomeNATSDown, nil)
 			continue
+		}
+		if a := s.Admission; a != nil && !s.NoReply && a.Shedding() {
+			if retry, shed := a.Shed(s.shedSubject(&d)); shed {
+				s.shedAtDoor(d, retry, captures)
+				endSpan(span, outcomeShed, nil)
+				continue
+			}
 		}
 		deadline := d.at.Add(s.Deadline)
 		if s.NoReply {

@@ -24,6 +24,7 @@ const (
 	outcomeTableFull     = "table_full"
 	outcomeListenerFull  = "listener_full"
 	outcomePublishFailed = "publish_failed"
+	outcomeShed          = "shed"
 )
 
 // startSpan starts the span of a datagram chosen for tracing: a new

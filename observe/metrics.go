@@ -77,6 +77,8 @@ var (
 	descDropped = prometheus.NewDesc("udpgate_datagrams_dropped_total",
 		"Datagrams (and, for late_reply and duplicate_reply, workers' replies) dropped, by reason.",
 		[]string{"port", "protocol", "reason"}, nil)
+	descDoorShed = prometheus.NewDesc("udpgate_requests_shed_total",
+		"Requests the gateway shed at the door for an overloaded durable group: answered at once with the overload status (raw: dropped), captured, not published.", listenerLabels, nil)
 	descWorkerErrors = prometheus.NewDesc("udpgate_worker_error_replies_total",
 		"Replies with udpgate-status error (raw listeners send nothing for them).", listenerLabels, nil)
 	descReadErrors = prometheus.NewDesc("udpgate_read_errors_total",
@@ -239,7 +241,7 @@ func collectDTLS(ch chan<- prometheus.Metric, st gateway.Stats) {
 type gatewayCollector struct{ g *gateway.Gateway }
 
 func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReceived, descPublished, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
+	for _, d := range []*prometheus.Desc{descReceived, descPublished, descDoorShed, descCaptured, descRepublished, descNoResponders, descAnswered, descDropped, descWorkerErrors,
 		descReadErrors, descCoAP, descObservers, descObserveRegistrations, descObserveEnds, descNotifications, descRPC, descUnknown, descPending, descCapacity, descRecreated, descDrains, descDrainLeft, descListenerPending, descListenerPendingMax,
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
@@ -266,6 +268,7 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		eg := st.EgressByListener[name]
 		counter(descReceived, in.Received, port, protocol)
 		counter(descPublished, in.Published, port, protocol)
+		counter(descDoorShed, in.Shed, port, protocol)
 		counter(descCaptured, in.Captured, port, protocol)
 		counter(descCaptureRetries, in.CaptureRetried, port, protocol)
 		counter(descFallback, in.Fallback, port, protocol)
@@ -536,13 +539,17 @@ var (
 		"Requests a durable instance received on their fallback subject while the capture stream could not take them; also counted by outcome.", []string{"group"}, nil)
 	descDuplicates = prometheus.NewDesc("udpgate_worker_duplicates_total",
 		"Stored requests a durable instance acked without handling, having answered their fallback copy.", []string{"group"}, nil)
+	descWorkerShedAtDoor = prometheus.NewDesc("udpgate_worker_shed_at_door_total",
+		"Stored requests a durable instance acked without handling because the gateway had shed them at the door and answered them.", []string{"group"}, nil)
+	descWorkerOverloads = prometheus.NewDesc("udpgate_worker_overloads_total",
+		"Times a durable instance found its requests waiting too long in the stream and told the gateways to shed at the door.", []string{"group"}, nil)
 )
 
 // workersCollector reads worker servers' counters at scrape time.
 type workersCollector struct{ ws []*workers.Server }
 
 func (c workersCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped, descShed, descWorkerFallback, descDuplicates} {
+	for _, d := range []*prometheus.Desc{descHandled, descReplied, descFailed, descRetried, descExpired, descWorkerDropped, descShed, descWorkerFallback, descDuplicates, descWorkerShedAtDoor, descWorkerOverloads} {
 		ch <- d
 	}
 }
@@ -554,7 +561,7 @@ func (c workersCollector) Collect(ch chan<- prometheus.Metric) {
 			d *prometheus.Desc
 			n uint64
 		}{{descHandled, st.Handled}, {descReplied, st.Replied}, {descFailed, st.Failed}, {descRetried, st.Retried}, {descExpired, st.Expired}, {descWorkerDropped, st.Dropped}, {descShed, st.Shed},
-			{descWorkerFallback, st.Fallback}, {descDuplicates, st.Duplicates}} {
+			{descWorkerFallback, st.Fallback}, {descDuplicates, st.Duplicates}, {descWorkerShedAtDoor, st.ShedAtDoor}, {descWorkerOverloads, st.Overloads}} {
 			ch <- prometheus.MustNewConstMetric(m.d, prometheus.CounterValue, float64(m.n), w.Group)
 		}
 	}

@@ -70,6 +70,14 @@ func (s *Server) serveDurable(ctx context.Context) error {
 		return err
 	}
 	r.fallback = fb
+	r.pressure = newPressure()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		r.watch(watchCtx, r.pressure, concurrency)
+	}()
+	defer func() { stopWatch(); <-watched }()
 	// Like a Direct instance's, fallback handlers finish what they took.
 	fb.serve(context.WithoutCancel(ctx), r)
 	defer fb.stop(r)

@@ -28,6 +28,13 @@ func (r *run) handle(ctx context.Context, msg jetstream.Msg, w *response, k *kee
 		r.stats.duplicates.Add(1)
 		return
 	}
+	if msg.Headers().Get(schemas.HeaderShed) != "" {
+		// The gateway shed it at the door and answered it: an answer
+		// from here would come too late.
+		r.ack(msg)
+		r.stats.shedAtDoor.Add(1)
+		return
+	}
 	if md, err := msg.Metadata(); err == nil {
 		req.Delivery = md.NumDelivered
 		if req.Received.IsZero() {
@@ -47,7 +54,11 @@ func (r *run) durable(ctx context.Context, msg jetstream.Msg, w *response, k *ke
 		r.stats.expired.Add(1)
 		return outcomeExpired, nil
 	}
-	if est := r.estimate(); cannotFinish(req.Deadline, time.Now(), est) {
+	est, now := r.estimate(), time.Now()
+	if r.pressure != nil {
+		r.pressure.took(req.Received, req.Deadline, now, est)
+	}
+	if cannotFinish(req.Deadline, now, est) {
 		// Acked, never nak'd: it would come back, later still.
 		r.shed(req.Reply, req.Header, est, span)
 		r.ack(msg)
@@ -55,7 +66,13 @@ func (r *run) durable(ctx context.Context, msg jetstream.Msg, w *response, k *ke
 		return outcomeShed, nil
 	}
 
+	if r.pressure != nil {
+		r.pressure.busy.Add(1)
+	}
 	err := r.handled(ctx, msg, w, k, req, span)
+	if r.pressure != nil {
+		r.pressure.busy.Add(-1)
+	}
 	switch {
 	case err == nil && !w.answered():
 		r.ack(msg)

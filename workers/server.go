@@ -197,11 +197,19 @@ type Stats struct {
 	// it acked without handling them again, and counts nowhere else.
 	Fallback   uint64
 	Duplicates uint64
+	// ShedAtDoor counts the capture copies a Durable instance received of
+	// requests that a gateway shed at the door (schemas.HeaderShed) and
+	// answered itself: acked without handling, counted nowhere else.
+	// Overloads counts the times a Durable instance found its requests
+	// waiting too long and told the gateways to shed at the door (see
+	// Server).
+	ShedAtDoor uint64
+	Overloads  uint64
 }
 
 type counters struct {
 	handled, replied, failed, retried, expired, shed, dropped atomic.Uint64
-	fallback, duplicates                                      atomic.Uint64
+	fallback, duplicates, shedAtDoor, overloads               atomic.Uint64
 }
 
 // Stats returns a snapshot of the Server's counters. It is safe for
@@ -218,6 +226,8 @@ func (s *Server) Stats() Stats {
 
 		Fallback:   s.stats.fallback.Load(),
 		Duplicates: s.stats.duplicates.Load(),
+		ShedAtDoor: s.stats.shedAtDoor.Load(),
+		Overloads:  s.stats.overloads.Load(),
 	}
 	s.mu.Lock()
 	if s.dropped != nil {
@@ -283,6 +293,7 @@ type run struct {
 	maxDeliver int           // the consumer's MaxDeliver; -1 for no limit
 	slots      *slots        // the handler slots, which bound the fetches
 	fallback   *fallback     // a Durable instance's fallback copies
+	pressure   *pressure     // a Durable instance's waits, for shedding at the door
 
 	fetchLog limitedLog // fetch failures: every retryEvery while NATS is down
 	ann      *announcer // answers NATS's service discovery; nil when silent

@@ -205,9 +205,9 @@ func printStatus(w io.Writer, st gateway.Status, now time.Time) error {
 	for _, l := range st.Listeners {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "LISTENER\tADDRESS\tSUBJECT\tRECEIVED\tANSWERED\tNO_RESPONDERS\tUNSERVED\tNO_WORKER\tNO_ANSWER\tDISCOVERY")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", l.Listener, l.Address, l.Subject,
-			l.Received, l.Answered, l.NoResponders, l.Unserved, l.NoWorker, l.NoAnswer, l.Discovery)
+		fmt.Fprintln(tw, "LISTENER\tADDRESS\tSUBJECT\tRECEIVED\tANSWERED\tNO_RESPONDERS\tUNSERVED\tNO_WORKER\tNO_ANSWER\tSHED\tDISCOVERY")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", l.Listener, l.Address, l.Subject,
+			l.Received, l.Answered, l.NoResponders, l.Unserved, l.NoWorker, l.NoAnswer, l.Shed, l.Discovery)
 		if l.Origin != "" {
 			fmt.Fprintf(tw, "  from %s, on node %s\n", l.Origin, st.Node)
 		}
