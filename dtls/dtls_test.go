@@ -351,3 +351,56 @@ func TestNoSession(t *testing.T) {
 		t.Errorf("%d sessions", st.Sessions)
 	}
 }
+
+// refused tries a handshake that should not finish, for a second at most.
+func refused(t *testing.T, e *echo, opts []pion.ClientOption) {
+	t.Helper()
+	c, err := pion.ClientWithOptions(udpSocket(t), e.addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err == nil {
+		t.Fatal("handshake succeeded")
+	}
+}
+
+func TestBounds(t *testing.T) {
+	keys, err := LoadKeys(writeKeys(t, "alice:secret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("sessions", func(t *testing.T) {
+		e := startEcho(t, &Config{Keys: keys, MaxSessions: 1, HandshakeRate: -1})
+		if _, err := dial(t, udpSocket(t), e.addr, pskClient("alice", "secret")...); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, e, pskClient("alice", "secret"))
+		if st := e.l.Stats(); st.Handshakes[OutcomeTableFull] < 1 || st.Sessions != 1 {
+			t.Errorf("stats %+v, want table_full counted and 1 session", st)
+		}
+	})
+	t.Run("handshake rate", func(t *testing.T) {
+		e := startEcho(t, &Config{Keys: keys, HandshakeRate: 0.5}) // a burst of 1, then one every 2 s
+		if _, err := dial(t, udpSocket(t), e.addr, pskClient("alice", "secret")...); err != nil {
+			t.Fatal(err)
+		}
+		refused(t, e, pskClient("alice", "secret")) // the same source address, another port
+		if st := e.l.Stats(); st.Handshakes[OutcomeRateLimited] < 1 || st.Handshakes[OutcomeOK] != 1 {
+			t.Errorf("stats %+v, want rate_limited counted", st)
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		e := startEcho(t, &Config{Keys: keys, Idle: 100 * time.Millisecond})
+		c, err := dial(t, udpSocket(t), e.addr, pskClient("alice", "secret")...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := roundTrip(t, c, []byte("x")); string(got) != "alice x" {
+			t.Fatalf("reply %q", got)
+		}
+		eventually(t, "the idle session closed", func() bool { st := e.l.Stats(); return st.Expired == 1 && st.Sessions == 0 })
+	})
+}

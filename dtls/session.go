@@ -151,7 +151,7 @@ func (s *Session) outcome(ctx context.Context, err error) string {
 		// silently, so that handshake ends in a timeout).
 		return OutcomeBadKey
 	case errors.As(err, &unknownAuthority), errors.As(err, &invalid),
-		strings.Contains(err.Error(), "certificate"):
+		strings.Contains(err.Error(), "certificate"), strings.Contains(err.Error(), "client verification"):
 		return OutcomeBadCertificate
 	case timedOut(ctx, err):
 		return OutcomeTimeout

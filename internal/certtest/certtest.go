@@ -23,6 +23,19 @@ import (
 // finds a pair that does not match, never a certificate without its key.
 func WriteSelfSigned(t testing.TB, certFile, keyFile, cn string) *x509.Certificate {
 	t.Helper()
+	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageServerAuth)
+}
+
+// WriteClient is WriteSelfSigned for a client certificate (extended key
+// usage client authentication): a server that lists it among its client
+// CAs verifies it.
+func WriteClient(t testing.TB, certFile, keyFile, cn string) *x509.Certificate {
+	t.Helper()
+	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageClientAuth)
+}
+
+func write(t testing.TB, certFile, keyFile, cn string, usage x509.ExtKeyUsage) *x509.Certificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +47,7 @@ func WriteSelfSigned(t testing.TB, certFile, keyFile, cn string) *x509.Certifica
 		NotAfter:              time.Now().Add(time.Hour),
 		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:           []x509.ExtKeyUsage{usage},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}

@@ -15,8 +15,12 @@ import (
 
 	"github.com/nats-io/nats.go"
 	pion "github.com/pion/dtls/v3"
+	coapdtls "github.com/plgd-dev/go-coap/v3/dtls"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 
 	"github.com/udpgate/udpgate/dtls"
+	"github.com/udpgate/udpgate/internal/certtest"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -31,7 +35,15 @@ func startDTLSNode(t *testing.T, entry, keys, subject string) (n *Node, calls *a
 	if err := os.WriteFile(psk, []byte(keys), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := nodeConfig(t, map[string]string{"DTLS_PSK_FILE": psk, "DTLS_HANDSHAKE_TIMEOUT": "2s"})
+	return startDTLSNodeWith(t, entry, map[string]string{"DTLS_PSK_FILE": psk}, subject)
+}
+
+// startDTLSNodeWith is startDTLSNode with the UDPGATE_DTLS_* variables
+// vars.
+func startDTLSNodeWith(t *testing.T, entry string, vars map[string]string, subject string) (n *Node, calls *atomic.Int64) {
+	t.Helper()
+	vars["DTLS_HANDSHAKE_TIMEOUT"] = "2s"
+	cfg := nodeConfig(t, vars)
 	ls, err := config.ParseListeners(entry)
 	if err != nil {
 		t.Fatal(err)
@@ -157,5 +169,74 @@ func TestNodeDTLSRaw(t *testing.T) {
 	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolRaw)
 	if st := n.Gateway.Stats().DTLS[name]; st.Handshakes[dtls.OutcomeOK] != 1 || st.Sessions != 1 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestNodeCoAPSCertificates: with UDPGATE_DTLS_CLIENT_CA, libcoap's
+// client presenting a certificate the CA file holds is answered, and the
+// worker sees the certificate's subject; a client without one is refused
+// and never reaches the worker.
+func TestNodeCoAPSCertificates(t *testing.T) {
+	client, err := exec.LookPath("coap-client-openssl")
+	if err != nil {
+		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
+	}
+	dir := t.TempDir()
+	file := func(name string) string { return filepath.Join(dir, name) }
+	certtest.WriteSelfSigned(t, file("server.pem"), file("server.key"), "udpgate-test")
+	certtest.WriteClient(t, file("client.pem"), file("client.key"), "device-12")
+	n, calls := startDTLSNodeWith(t, "127.0.0.1:1/coaps", map[string]string{
+		"DTLS_CERT_FILE": file("server.pem"), "DTLS_KEY_FILE": file("server.key"), "DTLS_CLIENT_CA": file("client.pem"),
+	}, "udpgate.in.PORT.GET.whoami")
+	uri := "coaps://" + n.Ports[0].String() + "/whoami"
+	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolCoAP)
+	run := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, client, append(append([]string{"-B", "5", "-m", "get"}, args...), uri)...).CombinedOutput()
+		return string(out)
+	}
+	if out := run("-c", file("client.pem"), "-j", file("client.key")); !strings.Contains(out, "hello CN=device-12") {
+		t.Fatalf("coap-client with a client certificate: %q", out)
+	}
+	dtlsStats(t, n, name, "one handshake", func(st dtls.Stats) bool { return st.Handshakes[dtls.OutcomeOK] == 1 })
+	before := calls.Load()
+	if out := run(); strings.Contains(out, "hello") {
+		t.Errorf("coap-client without a certificate got an answer: %q", out)
+	}
+	dtlsStats(t, n, name, "bad_certificate counted", func(st dtls.Stats) bool { return st.Handshakes[dtls.OutcomeBadCertificate] >= 1 })
+	if calls.Load() != before {
+		t.Error("the worker was called for a client without a certificate")
+	}
+}
+
+// TestNodeCoAPSGoCoAP: go-coap's DTLS client (on pion) is answered by a
+// coaps listener, with a body larger than a block, in Block2 blocks.
+func TestNodeCoAPSGoCoAP(t *testing.T) {
+	n, calls := startDTLSNode(t, "127.0.0.1:1/coaps", "sensor-7:0x0102030405060708\n", "udpgate.in.PORT.POST.whoami")
+	co, err := coapdtls.Dial(n.Ports[0].String(), coapdtls.NewDTLSClientOptions(
+		pion.WithPSK(func([]byte) ([]byte, error) { return []byte{1, 2, 3, 4, 5, 6, 7, 8}, nil }),
+		pion.WithPSKIdentityHint([]byte("sensor-7")),
+		pion.WithCipherSuites(pion.TLS_PSK_WITH_AES_128_CCM_8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer co.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	body := strings.Repeat("0123456789", 300) // 3,000 bytes: Block2 blocks of 1,024
+	resp, err := co.Post(ctx, "/whoami", message.TextPlain, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := resp.ReadBody()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "hello sensor-7 " + body; string(got) != want || resp.Code() != codes.Content {
+		t.Errorf("%v, %d bytes, want 2.05 and %d bytes", resp.Code(), len(got), len(want))
+	}
+	if calls.Load() != 1 {
+		t.Errorf("%d worker calls", calls.Load())
 	}
 }
