@@ -140,6 +140,11 @@ type Gateway struct {
 	// Push configures the unsolicited datagrams of push=on listeners
 	// (Listener.Push): the window, allow-list, rate and peer table.
 	Push Push
+	// Observe is the JetStream key-value bucket where coap listeners keep
+	// their Observe registrations, so that a gateway restarted with the
+	// same Node on the same addresses goes on notifying; an empty Name
+	// keeps them in memory only.
+	Observe ObserveBucket
 
 	mu       sync.Mutex // guards lives, stopping, run, egress, durables, groups and discards, set by Serve
 	lives    []*live    // the listeners served now, in the order they were added
@@ -152,6 +157,7 @@ type Gateway struct {
 	durables *durables
 	groups   *groups
 	discards *discards
+	observe  *observeStore // nil: Observe registrations in memory only
 	ready    chan struct{}
 	once     sync.Once
 	// recreated counts streams found missing, and created again, after
@@ -206,6 +212,8 @@ type Stats struct {
 	// Out counts the unsolicited datagrams of push=on listeners, by
 	// listener (PORT/PROTOCOL).
 	Out map[string]OutStats
+	// Observe counts the node's writes to its Observe bucket.
+	Observe ObserveStats
 }
 
 // Ready returns a channel closed once the gateway reads its sockets and
@@ -268,6 +276,7 @@ func (g *Gateway) Stats() Stats {
 		}
 	}
 	st.ListenersAdded, st.ListenersRemoved = g.added.Load(), g.removed.Load()
+	st.Observe = g.observe.stats()
 	return st
 }
 
@@ -327,6 +336,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		interval = DefaultServedInterval
 	}
 	durs := newDurables(js, g.Stream.Name, interval, g.Log)
+	obs := openObserve(ctx, js, g.Observe, g.Node, g.Prefix, g.Log)
 	eg := &egress.Server{
 		NATS:    g.NATS,
 		Subject: schemas.ReplySubject(g.Prefix, g.Node),
@@ -361,6 +371,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	defer stopAll()
 	grp, ctx := errgroup.WithContext(runCtx)
 	r := &running{ctx: ctx, table: table, eg: eg, dis: dis, adm: adm}
+	r.obs = obs
 	lives := make([]*live, len(g.Listeners))
 	for i, l := range g.Listeners {
 		lives[i] = g.newLive(l, r, share)
@@ -370,12 +381,16 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	}
 	g.mu.Lock()
 	g.lives, g.egress, g.durables, g.groups, g.discards = lives, eg, durs, grs, dis
+	g.observe = obs
 	g.indexLocked()
 	g.mu.Unlock()
 	grp.Go(func() error { return eg.Serve(ctx) })
 	grp.Go(func() error { durs.run(ctx); return nil })
 	grp.Go(func() error { grs.run(ctx); return nil })
 	grp.Go(func() error { dis.run(ctx); return nil })
+	if obs != nil {
+		grp.Go(func() error { obs.run(ctx); return nil })
+	}
 	select {
 	case <-eg.Ready():
 	case <-ctx.Done():

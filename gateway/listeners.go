@@ -32,6 +32,7 @@ type live struct {
 	done     chan struct{}      // closed once in.Serve has returned
 	removing bool               // RemoveListener was called; guarded by Gateway.mu
 	out      *out               // a push=on raw listener's pushing side; nil for others
+	obs      *observeStore      // a coap listener's Observe registrations; nil for others, or in memory
 	err      error              // what in.Serve returned; read after done
 }
 
@@ -118,6 +119,7 @@ type running struct {
 	table *exchange.Table
 	eg    *egress.Server
 	dis   *discards
+	obs   *observeStore  // the Observe bucket; nil: registrations in memory only
 	adm   *admission     // sheds at the door for overloaded durable groups
 	wg    sync.WaitGroup // the listeners added while serving
 }
@@ -166,6 +168,9 @@ func (g *Gateway) newLive(l Listener, r *running, share int) *live {
 		TraceSample:        g.TraceSample,
 		Tap:                l.Tap,
 		Stop:               lv.stop,
+	}
+	if l.Protocol == schemas.ProtocolCoAP {
+		lv.obs = r.obs
 	}
 	if l.Push && l.Protocol == schemas.ProtocolRaw && l.DTLS == nil {
 		lv.out = newOut(l.Conn, l.Guard, g.Push, g.MaxDatagram, lv.stop)

@@ -13,12 +13,27 @@ import (
 // every node with a coap listener on the port receives each
 // notification, and sends it to the observers it holds (coap.Edge.Notify).
 // A notification published as a NATS request is answered with the number
-// of observers notified (schemas.HeaderCoAPObservers). It returns a
-// function that unsubscribes. Other listeners subscribe to nothing.
+// of observers notified (schemas.HeaderCoAPObservers). With an Observe
+// bucket, it makes the bucket the edge's coap.Registry, and reads back
+// the registrations the node held on the port, which the edge restores
+// when it starts. It returns a function that unsubscribes (and stops
+// refreshing the port's registrations in the bucket). Other listeners
+// subscribe to nothing.
 func (lv *live) notifications() (stop func()) {
 	in := lv.in
 	if lv.Protocol != schemas.ProtocolCoAP || in.NATS == nil {
 		return func() {}
+	}
+	if lv.obs != nil {
+		in.CoAP.Registry = lv.obs
+		regs, err := lv.obs.load(lv.ctx, lv.port)
+		if err != nil {
+			in.Log.Error("gateway: the observers registered before this start get no notifications until they register again", "listener", lv.name, "err", err)
+		}
+		in.CoAP.Restore = regs
+		if len(regs) > 0 {
+			in.Log.Info("gateway: Observe registrations read back from the bucket", "listener", lv.name, "registrations", len(regs))
+		}
 	}
 	base := schemas.NotifySubject(in.Prefix, lv.port, nil)
 	handle := func(m *nats.Msg) {
@@ -51,6 +66,9 @@ func (lv *live) notifications() (stop func()) {
 	return func() {
 		for _, s := range subs {
 			s.Unsubscribe()
+		}
+		if lv.obs != nil {
+			lv.obs.forgetPort(lv.port)
 		}
 	}
 }

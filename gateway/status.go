@@ -29,6 +29,12 @@ type Status struct {
 	// Groups are every group the node knows of, those that serve none of
 	// its listeners included.
 	Groups []Group `json:"groups"`
+	// ObserveBucket is the JetStream key-value bucket of the CoAP Observe
+	// registrations (empty: the node keeps them in memory only), and
+	// Observed the resources it lists with registrations, of every node
+	// that shares it.
+	ObserveBucket string             `json:"observe_bucket,omitempty"`
+	Observed      []ObservedResource `json:"observed,omitempty"`
 }
 
 // ListenerStatus is one listener and the groups that serve it.
@@ -113,11 +119,19 @@ func allGroups(v *groupsView, d *durableView) []Group {
 // again if the latest reading is older than ServedInterval.
 func (g *Gateway) Status(ctx context.Context) Status {
 	g.mu.Lock()
-	grs, durs, lives, eg, dis := g.groups, g.durables, slices.Clone(g.lives), g.egress, g.discards
+	grs, durs, lives, eg, dis, obs := g.groups, g.durables, slices.Clone(g.lives), g.egress, g.discards, g.observe
 	g.mu.Unlock()
 	st := Status{Node: g.Node, Prefix: g.Prefix}
 	if grs == nil {
 		return st
+	}
+	if obs != nil {
+		st.ObserveBucket = obs.bucket
+		observed, err := obs.observed(ctx)
+		if err != nil {
+			g.Log.Warn("gateway: status: the observed resources are left out", "err", err)
+		}
+		st.Observed = observed
 	}
 	st.DiscoveryInterval = grs.interval.String()
 	v := grs.current()

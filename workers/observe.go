@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/udpgate/udpgate/schemas"
 )
@@ -36,6 +37,48 @@ type Notifier struct {
 	NATS   *nats.Conn // required
 	Prefix string     // schemas.DefaultPrefix if empty
 	Port   uint16     // the coap listener's port; required
+	// Bucket is the gateways' Observe bucket, UDPGATE_OBSERVE_BUCKET
+	// (schemas.DefaultObserveBucket if empty), which Observed reads.
+	Bucket string
+}
+
+// Observed reports whether resource, a path as Notify takes it, has
+// observers on any gateway node that keeps its registrations in the
+// Observe bucket: a worker need not compute a representation nobody
+// observes. It lists the keys of the resource's registrations
+// (schemas.ObserveResourceFilter) and stops at the first. A registration
+// stays in the bucket a little after its observer has gone (until the
+// gateway has deleted it), and one a node kept in memory only is not
+// there: Notify all the same when in doubt.
+func (n *Notifier) Observed(ctx context.Context, resource string) (bool, error) {
+	m, err := n.message(resource, Representation{ContentFormat: -1})
+	if err != nil {
+		return false, err
+	}
+	js, err := jetstream.New(n.NATS)
+	if err != nil {
+		return false, fmt.Errorf("workers: observed %s: %w", resource, err)
+	}
+	bucket := n.Bucket
+	if bucket == "" {
+		bucket = schemas.DefaultObserveBucket
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return false, fmt.Errorf("workers: observed %s: bucket %s: %w", resource, bucket, err)
+	}
+	l, err := kv.ListKeysFiltered(ctx, schemas.ObserveResourceFilter(n.Port, m.Subject))
+	if err != nil {
+		return false, fmt.Errorf("workers: observed %s: %w", resource, err)
+	}
+	defer l.Stop()
+	_, ok := <-l.Keys()
+	if !ok && ctx.Err() != nil {
+		return false, fmt.Errorf("workers: observed %s: %w", resource, ctx.Err())
+	}
+	return ok, nil
 }
 
 // Notify publishes rep as the new representation of resource, a path
