@@ -94,7 +94,11 @@ func (s *Session) run() {
 	err := s.conn.HandshakeContext(ctx)
 	l.handshaking.Add(-1)
 	if err != nil {
-		l.stats.count(s.outcome(ctx, err))
+		select {
+		case <-l.done: // closed with the listener: no outcome of the peer's
+		default:
+			l.stats.count(s.outcome(ctx, err))
+		}
 		cancel()
 		s.conn.Close()
 		return

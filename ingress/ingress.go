@@ -200,7 +200,7 @@ type Tap func(remote, local netip.AddrPort, at time.Time, data []byte)
 
 // Stats are cumulative counts of one listener's datagrams.
 type Stats struct {
-	Received  uint64 // datagrams read
+	Received  uint64 // datagrams read (on a DTLS listener: records, handshakes included)
 	Published uint64 // requests published to direct groups (core NATS; none on a NoReply listener)
 	Captured  uint64 // capture copies acknowledged by JetStream
 	// Republished counts CoAP requests published again because the
@@ -731,7 +731,7 @@ func (s *Server) accept(b []byte, d datagram, queue chan<- datagram) {
 // decrypted takes datagram b that session sess of a DTLS listener
 // decrypted (dtls.Deliver): the listener's datagram, from then on.
 func (s *Server) decrypted(b []byte, remote, local netip.AddrPort, ifindex int, sess *dtls.Session) {
-	s.stats.received.Add(1)
+	// Received counted the record; the session counts what it decrypts.
 	if len(b) > s.MaxDatagram {
 		s.stats.tooLarge.Add(1)
 		return
