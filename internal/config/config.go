@@ -79,6 +79,9 @@ type env struct {
 	CoAPObserveCONEvery    string `envconfig:"COAP_OBSERVE_CON_EVERY" default:"20" desc:"CoAP Observe: at least every how many notifications to an observer one goes as a CON (and at least every 24 hours)"`
 	CoAPMaxObservers       string `envconfig:"COAP_MAX_OBSERVERS" default:"10000" desc:"CoAP Observe registrations one coap listener keeps; one beyond is answered without Observe"`
 	CoAPMaxObserversPeer   string `envconfig:"COAP_MAX_OBSERVERS_PER_PEER" default:"64" desc:"CoAP Observe registrations one client address may hold on a coap listener"`
+	ObserveBucket          string `envconfig:"OBSERVE_BUCKET" default:"udpgate_observe" desc:"CoAP Observe: the JetStream key-value bucket of every node's registrations, read back by a gateway restarted with the same UDPGATE_NODE (off: in memory only)"`
+	ObserveReplicas        string `envconfig:"OBSERVE_REPLICAS" default:"0" desc:"replicas of UDPGATE_OBSERVE_BUCKET (0: as UDPGATE_STREAM_REPLICAS)"`
+	ObserveTTL             string `envconfig:"OBSERVE_TTL" default:"1h" desc:"how long a registration stays in UDPGATE_OBSERVE_BUCKET unless its node writes it again, which it does every quarter of it"`
 	Allow                  string `envconfig:"ALLOW" desc:"source prefixes admitted, comma-separated CIDR (empty: all)"`
 	Deny                   string `envconfig:"DENY" desc:"source prefixes dropped, comma-separated CIDR; wins over UDPGATE_ALLOW"`
 	Trust                  string `envconfig:"TRUST" desc:"source prefixes exempt from the amplification limit, comma-separated CIDR"`
@@ -185,6 +188,11 @@ type Config struct {
 	WS            WS
 	Push          Push // unsolicited datagrams of push=on raw listeners
 	DTLS          DTLS // coaps and dtls listeners
+	// ObserveBucket is the CoAP Observe bucket ("" keeps registrations
+	// in memory only), with its replicas and TTL.
+	ObserveBucket   string
+	ObserveReplicas int
+	ObserveTTL      time.Duration
 }
 
 // DTLS configures every coaps and dtls listener.
@@ -557,6 +565,18 @@ func (e env) parse(environ []string) (Config, error) {
 	integer("COAP_OBSERVE_CON_EVERY", e.CoAPObserveCONEvery, 1, 1<<20, &c.CoAPObserveCONEvery)
 	integer("COAP_MAX_OBSERVERS", e.CoAPMaxObservers, 1, 1<<24, &c.CoAPMaxObservers)
 	integer("COAP_MAX_OBSERVERS_PER_PEER", e.CoAPMaxObserversPeer, 1, 1<<24, &c.CoAPMaxObserversPeer)
+	switch b := e.ObserveBucket; {
+	case b == "off":
+	case b == "" || strings.Trim(b, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != "":
+		bad("OBSERVE_BUCKET", "%q is not a key-value bucket name (letters, digits, - and _) or off", b)
+	default:
+		c.ObserveBucket = b
+	}
+	integer("OBSERVE_REPLICAS", e.ObserveReplicas, 0, 5, &c.ObserveReplicas)
+	if c.ObserveReplicas == 0 {
+		c.ObserveReplicas = c.StreamReplicas
+	}
+	duration("OBSERVE_TTL", e.ObserveTTL, 10*time.Second, &c.ObserveTTL)
 	c.Guard = e.parseGuard(bad)
 	c.Push = e.parsePush(bad)
 	if c.CoAPPiggyback >= c.Deadline && c.Deadline > 0 {

@@ -62,6 +62,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		DrainTimeout:       cfg.DrainTimeout,
 		Log:                log,
 		Push:               gateway.Push{Window: cfg.Push.Window, Allow: cfg.Push.Allow, Rate: cfg.Push.Rate},
+		Observe:            gateway.ObserveBucket{Name: cfg.ObserveBucket, Replicas: cfg.ObserveReplicas, TTL: cfg.ObserveTTL},
 	}
 	wss := &webSockets{cfg: cfg, log: log}
 	secure := &dtlsListeners{cfg: cfg, log: log}
