@@ -140,8 +140,13 @@ func transport(l config.Listener) string {
 // protocol is l's protocol as UDPGATE_LISTENERS writes it: wss for a ws
 // listener over TLS.
 func protocol(l config.Listener) string {
-	if l.TLS {
+	switch {
+	case l.TLS:
 		return config.ProtocolWSS
+	case l.DTLS && l.Protocol == schemas.ProtocolCoAP:
+		return config.ProtocolCoAPS
+	case l.DTLS:
+		return config.ProtocolDTLS
 	}
 	return l.Protocol
 }
