@@ -213,3 +213,69 @@ func TestObserveGoCoAPTwoInstances(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestObserveNodeCoAPTwoInstances: node-coap (npm coap), in
+// workers/examples/node/observe-client.mjs, observes /sensors/1; one
+// instance of the group answers the registration, then the two
+// instances, each on its own NATS connection, notify in turn. The client
+// prints the registration's response and every notification, in order,
+// then deregisters.
+func TestObserveNodeCoAPTwoInstances(t *testing.T) {
+	dir, node := nodeWorkerDeps(t)
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "coap", "package.json")); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("node-coap missing in CI: %v (.ci/run runs npm ci in %s)", err, dir)
+		}
+		t.Skipf("node-coap missing: run npm ci in %s", dir)
+	}
+	addr, g, instances := observeInteropGateway(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const count = 5
+	cmd := exec.CommandContext(ctx, node, "observe-client.mjs")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "URL=coap://"+addr+"/sensors/1", "COUNT="+strconv.Itoa(count))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{}) // closed once cmd.Wait has returned waitErr
+	go func() {
+		waitErr = cmd.Wait()
+		close(exited)
+	}()
+	defer func() {
+		cancel()
+		<-exited
+	}()
+	registered := func() bool { return observeStats(g).Observers == 1 }
+	for deadline := time.Now().Add(30 * time.Second); !registered(); time.Sleep(5 * time.Millisecond) {
+		select {
+		case <-exited:
+			t.Fatalf("observe-client.mjs exited: %v\n%s%s", waitErr, stdout.String(), stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("observe-client.mjs did not register in 30s")
+		}
+	}
+	who := registrar(t, instances)
+	sent := notifyInTurn(t, instances, count)
+	<-exited
+	if waitErr != nil {
+		t.Fatalf("observe-client.mjs: %v\n%s", waitErr, stderr.String())
+	}
+	want := "2.05 registered\n"
+	for _, s := range sent {
+		want += "2.05 " + s
+	}
+	if got := stdout.String(); got != want {
+		t.Fatalf("observe-client.mjs printed %q, want %q (instance %s registered)\nstderr:\n%s", got, want, who.name, stderr.String())
+	}
+	waitFor(t, "observe-client.mjs deregistered", func() bool { return observeStats(g).Observers == 0 })
+	if st := observeStats(g); st.Observe1 != 1 || st.NON+st.CON != count {
+		t.Fatalf("stats %+v", st)
+	}
+}
