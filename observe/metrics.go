@@ -254,11 +254,15 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDTLSHandshakes, descDTLSSessions, descDTLSRebinds, descDTLSExpired, descDTLSDropped, descDTLSKeyReloads} {
 		ch <- d
 	}
+	for _, d := range observeBucketDescs {
+		ch <- d
+	}
 }
 
 func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.g.Stats()
 	collectDTLS(ch, st)
+	collectObserveBucket(ch, st)
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
