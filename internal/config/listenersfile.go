@@ -257,8 +257,12 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 			l.Protocol, proto = s, s
 		case ProtocolWSS:
 			l.Protocol, proto = schemas.ProtocolWS, s
+		case ProtocolCoAPS:
+			l.Protocol, l.DTLS, proto = schemas.ProtocolCoAP, true, s
+		case ProtocolDTLS:
+			l.Protocol, l.DTLS, proto = schemas.ProtocolRaw, true, s
 		default:
-			bad(lineOf["protocol"], "unknown protocol %q (supported: raw, coap, rpc, ws, wss)", s)
+			bad(lineOf["protocol"], "unknown protocol %q (supported: raw, coap, rpc, ws, wss, coaps, dtls)", s)
 		}
 	}
 	var opts []string
@@ -307,6 +311,10 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 				bad(lineOf[key], "reply: off is for raw listeners: CoAP and RPC clients expect an answer")
 				continue
 			}
+			if l.DTLS {
+				bad(lineOf[key], "reply: off is not for dtls listeners (not built yet)")
+				continue
+			}
 			l.NoReply = true
 		case "push":
 			switch s {
@@ -320,6 +328,10 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 			}
 			if l.Protocol != schemas.ProtocolRaw {
 				bad(lineOf[key], "push: on is for raw listeners")
+				continue
+			}
+			if l.DTLS {
+				bad(lineOf[key], "push: on is not for dtls listeners (not built yet)")
 				continue
 			}
 			l.Push = true

@@ -361,3 +361,24 @@ func FuzzParseListenersFile(f *testing.F) {
 		}
 	})
 }
+
+// TestListenersFileDTLSAsEntries: a coaps or dtls listener of the file is
+// the listener the same UDPGATE_LISTENERS entry makes; reply: off and
+// push: on are refused on it.
+func TestListenersFileDTLSAsEntries(t *testing.T) {
+	entries, err := ParseListeners("5684/coaps,127.0.0.1:9443/dtls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := ParseListenersFile("l.yaml", []byte("listeners:\n  - {port: 5684, protocol: coaps}\n  - {port: 9443, address: 127.0.0.1, protocol: dtls}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 2 || ls[0] != entries[0] || ls[1] != entries[1] {
+		t.Errorf("from the file %+v, from the entries %+v", ls, entries)
+	}
+	_, err = ParseListenersFile("l.yaml", []byte("listeners:\n  - {port: 9443, protocol: dtls, push: on}\n  - {port: 9444, protocol: dtls, reply: off}\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "push: on is not for dtls listeners") || !strings.Contains(err.Error(), "reply: off is not for dtls listeners") {
+		t.Errorf("push and reply on dtls listeners: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -239,4 +240,45 @@ func TestNodeCoAPSGoCoAP(t *testing.T) {
 	if calls.Load() != 1 {
 		t.Errorf("%d worker calls", calls.Load())
 	}
+}
+
+// TestListenersFileCoAPS: a coaps listener the listener file adds serves
+// libcoap's client over DTLS with the node's UDPGATE_DTLS_PSK_FILE, and
+// goes when the file drops it.
+func TestListenersFileCoAPS(t *testing.T) {
+	client, err := exec.LookPath("coap-client-openssl")
+	if err != nil {
+		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
+	}
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("alice:s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	n := startFileNode(t, fmt.Sprintf("listeners:\n  - {port: %d, address: 127.0.0.1, protocol: coaps}\n", port), map[string]string{"DTLS_PSK_FILE": psk})
+	trigger := make(chan struct{})
+	n.watch(t, trigger, time.Hour)
+	sub, err := n.conn.QueueSubscribe(fmt.Sprintf("udpgate.in.%d.GET.whoami", port), "whoami", func(m *nats.Msg) {
+		m.Respond([]byte("hello " + m.Header.Get(schemas.HeaderDTLSIdentity)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := n.conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, client, "-B", "5", "-m", "get", "-u", "alice", "-k", "s3cret", fmt.Sprintf("coaps://127.0.0.1:%d/whoami", port)).CombinedOutput()
+	if !strings.Contains(string(out), "hello alice") {
+		t.Fatalf("coap-client: %q", out)
+	}
+	name := schemas.Listener(port, schemas.ProtocolCoAP)
+	if st := n.Gateway.Stats().DTLS[name]; st.Handshakes[dtls.OutcomeOK] != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	writeFile(t, n.path, "listeners: []\n")
+	trigger <- struct{}{}
+	waitUntil(t, "the coaps listener removed", func() bool { _, ok := n.Gateway.Stats().DTLS[name]; return !ok })
 }

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
 	"github.com/udpgate/udpgate/ingress"
@@ -82,6 +83,7 @@ type ListenersFile struct {
 	leaving map[uint16]<-chan struct{}
 	seen    reading // what Load read last
 	wss     *webSockets
+	dtls    *dtlsListeners
 
 	applies, unchanged, refused atomic.Uint64
 	lastRefused                 atomic.Bool
@@ -252,6 +254,7 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 	if f.applied == nil {
 		f.applied, f.leaving = map[uint16]fileListener{}, map[uint16]<-chan struct{}{}
 		f.wss = &webSockets{cfg: f.Config, log: f.log()}
+		f.dtls = &dtlsListeners{cfg: f.Config, log: f.log()}
 	}
 	// A listener of the file that failed since (its socket broke) is no
 	// longer served: it is added again.
@@ -298,6 +301,9 @@ func (f *ListenersFile) Load(ctx context.Context) error {
 		gd, err := guard.New(f.Config.ListenerGuard(l))
 		if err == nil && l.TLS {
 			_, err = f.wss.certificates()
+		}
+		if err == nil && l.DTLS {
+			_, err = f.dtls.config()
 		}
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("listener %s: %v", l, err))
@@ -438,7 +444,15 @@ func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard
 			return socket{}, err
 		}
 	}
-	return socket{udp: gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push, Origin: OriginFile}}, nil
+	var dc *dtls.Config
+	if l.DTLS {
+		var err error
+		if dc, err = f.dtls.config(); err != nil { // loaded already, by Load's checks
+			c.Close()
+			return socket{}, err
+		}
+	}
+	return socket{udp: gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push, Origin: OriginFile, DTLS: dc}}, nil
 }
 
 // add serves sk, the socket of the file's listener l.
