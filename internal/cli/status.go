@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -233,9 +235,35 @@ func printStatus(w io.Writer, st gateway.Status, now time.Time) error {
 	}
 	if len(others) > 0 {
 		fmt.Fprintln(w, "\ngroups that serve none of these listeners:")
-		return printGroups(w, others)
+		if err := printGroups(w, others); err != nil {
+			return err
+		}
 	}
-	return nil
+	return printObserved(w, st)
+}
+
+// printObserved writes the CoAP resources with Observe registrations, of
+// every node that shares the node's Observe bucket: per resource, its
+// observers and how many each node holds.
+func printObserved(w io.Writer, st gateway.Status) error {
+	if st.ObserveBucket == "" {
+		return nil
+	}
+	if len(st.Observed) == 0 {
+		fmt.Fprintf(w, "\nno CoAP resource is observed (Observe bucket %s)\n", st.ObserveBucket)
+		return nil
+	}
+	fmt.Fprintf(w, "\nobserved CoAP resources, every node's (Observe bucket %s):\n", st.ObserveBucket)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PORT\tRESOURCE\tOBSERVERS\tNODES")
+	for _, o := range st.Observed {
+		nodes := make([]string, 0, len(o.Nodes))
+		for _, n := range slices.Sorted(maps.Keys(o.Nodes)) {
+			nodes = append(nodes, n+"="+strconv.Itoa(o.Nodes[n]))
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%d\t%s\n", o.Port, o.Resource, o.Observers, strings.Join(nodes, " "))
+	}
+	return tw.Flush()
 }
 
 // printGroups writes a table of the groups, one line each, then under it
