@@ -3,6 +3,8 @@ package dtls
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -403,4 +405,62 @@ func TestBounds(t *testing.T) {
 		}
 		eventually(t, "the idle session closed", func() bool { st := e.l.Stats(); return st.Expired == 1 && st.Sessions == 0 })
 	})
+}
+
+// FuzzReceive feeds any datagram from any address to a listener's
+// routing: nothing panics, the table stays within its bounds, and only a
+// datagram that starts as a ClientHello record starts a session.
+func FuzzReceive(f *testing.F) {
+	keys, err := LoadKeys(writeKeys(f, "alice:secret\n"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer conn.Close()
+	local := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	hello := []byte{22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0}
+	f.Add(hello, uint16(1000))
+	f.Add([]byte{25, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 0}, uint16(1001))
+	f.Add([]byte{23, 0xfe, 0xfd, 0, 1}, uint16(1002))
+	f.Fuzz(func(t *testing.T, b []byte, port uint16) {
+		l := &Listener{Conn: conn, Port: local.Port(), Config: &Config{Keys: keys, MaxSessions: 2, HandshakeRate: -1},
+			Deliver: func([]byte, netip.AddrPort, netip.AddrPort, int, *Session) { t.Error("delivered without a handshake") }}
+		if err := l.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		from := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), port)
+		for range 3 {
+			l.Receive(b, from, local, 0, time.Now())
+		}
+		st := l.Stats()
+		starts := len(b) > recordHeader && b[0] == contentHandshake && b[3] == 0 && b[4] == 0 && b[recordHeader] == clientHello
+		if st.Sessions > 1 || st.Sessions == 1 && !starts {
+			t.Fatalf("%d sessions for %x", st.Sessions, b)
+		}
+	})
+}
+
+// TestCloseNotifies: closing the listener ends its sessions with a
+// close_notify, so that a client shakes hands again rather than send
+// into a session nobody holds.
+func TestCloseNotifies(t *testing.T) {
+	keys, err := LoadKeys(writeKeys(t, "alice:secret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEcho(t, &Config{Keys: keys})
+	c, err := dial(t, udpSocket(t), e.addr, pskClient("alice", "secret")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c, []byte("x"))
+	e.l.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 64)); !errors.Is(err, io.EOF) {
+		t.Errorf("read after the listener closed: %v, want EOF (close_notify)", err)
+	}
 }

@@ -401,6 +401,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	close(s.drained)
 	if err == nil {
 		<-ctx.Done() // egress answers the exchanges through the socket and the edge
+		if s.dtlsEdge != nil {
+			s.dtlsEdge.Close() // while the socket still sends their close_notify
+		}
 		s.Conn.Close()
 	}
 	close(done)
