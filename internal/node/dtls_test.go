@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -281,4 +282,137 @@ func TestListenersFileCoAPS(t *testing.T) {
 	writeFile(t, n.path, "listeners: []\n")
 	trigger <- struct{}{}
 	waitUntil(t, "the coaps listener removed", func() bool { _, ok := n.Gateway.Stats().DTLS[name]; return !ok })
+}
+
+// movingConn is a DTLS client's packet connection whose source port
+// changes when told to (a NAT rebinding): it reads from both of its
+// sockets and writes from the current one.
+type movingConn struct {
+	socks [2]*net.UDPConn
+	cur   atomic.Int32
+	in    chan movingPacket
+	done  chan struct{}
+	once  sync.Once
+	mu    sync.Mutex // guards wake
+	wake  chan struct{}
+}
+
+type movingPacket struct {
+	b    []byte
+	from net.Addr
+}
+
+func newMovingConn(t *testing.T) *movingConn {
+	m := &movingConn{in: make(chan movingPacket, 64), done: make(chan struct{}), wake: make(chan struct{})}
+	for i := range m.socks {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		m.socks[i] = c
+		go func() {
+			for {
+				buf := make([]byte, 65536)
+				n, from, err := c.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				select {
+				case m.in <- movingPacket{buf[:n], from}:
+				case <-m.done:
+					return
+				}
+			}
+		}()
+	}
+	return m
+}
+
+func (m *movingConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	m.mu.Lock()
+	wake := m.wake
+	m.mu.Unlock()
+	select {
+	case pk := <-m.in:
+		return copy(p, pk.b), pk.from, nil
+	case <-wake:
+		return 0, nil, os.ErrDeadlineExceeded
+	case <-m.done:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+func (m *movingConn) WriteTo(p []byte, a net.Addr) (int, error) {
+	return m.socks[m.cur.Load()].WriteTo(p, a)
+}
+func (m *movingConn) Close() error                     { m.once.Do(func() { close(m.done) }); return nil }
+func (m *movingConn) LocalAddr() net.Addr              { return m.socks[m.cur.Load()].LocalAddr() }
+func (m *movingConn) SetDeadline(t time.Time) error    { return m.SetReadDeadline(t) }
+func (m *movingConn) SetWriteDeadline(time.Time) error { return nil }
+
+// SetReadDeadline wakes a blocked read for a deadline in the past, as
+// pion sets it to stop reading; later deadlines are not needed here.
+func (m *movingConn) SetReadDeadline(t time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	woken := false
+	select {
+	case <-m.wake:
+		woken = true
+	default:
+	}
+	switch past := !t.IsZero() && !t.After(time.Now()); {
+	case past && !woken:
+		close(m.wake)
+	case !past && woken:
+		m.wake = make(chan struct{})
+	}
+	return nil
+}
+
+// TestNodeDTLSConnectionID: a client whose source port changes keeps its
+// DTLS session through its Connection ID, and the worker's answer to its
+// next datagram reaches it at its new port.
+func TestNodeDTLSConnectionID(t *testing.T) {
+	n, _ := startDTLSNode(t, "127.0.0.1:1/dtls", "sensor-7:0x0102030405060708\n", "udpgate.in.PORT")
+	m := newMovingConn(t)
+	c, err := pion.ClientWithOptions(m, net.UDPAddrFromAddrPort(n.Ports[0]),
+		pion.WithPSK(func([]byte) ([]byte, error) { return []byte{1, 2, 3, 4, 5, 6, 7, 8}, nil }),
+		pion.WithPSKIdentityHint([]byte("sensor-7")),
+		pion.WithCipherSuites(pion.TLS_PSK_WITH_AES_128_CCM_8),
+		pion.WithConnectionIDGenerator(pion.OnlySendCIDGenerator()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(body string) string {
+		t.Helper()
+		if _, err := c.Write([]byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 1500)
+		k, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(buf[:k])
+	}
+	if got := ask("one"); got != "hello sensor-7 one" {
+		t.Fatalf("reply %q", got)
+	}
+	m.cur.Store(1) // the client's source port changes
+	if got := ask("two"); got != "hello sensor-7 two" {
+		t.Fatalf("reply after the rebinding %q", got)
+	}
+	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolRaw)
+	if st := n.Gateway.Stats().DTLS[name]; st.Rebinds != 1 || st.Sessions != 1 || st.Handshakes[dtls.OutcomeOK] != 1 {
+		t.Errorf("stats %+v, want 1 rebind, 1 session, 1 handshake", st)
+	}
 }
