@@ -120,7 +120,7 @@ func openObserve(ctx context.Context, js jetstream.JetStream, c ObserveBucket, n
 	if queue <= 0 {
 		queue = DefaultObserveQueue
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, observeTimeout)
 	defer cancel()
 	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
 		Bucket:      c.Name,
