@@ -113,6 +113,9 @@ var ratioGoals = []struct {
 	{"gateway-raw-durable-n1.p50/udp-echo-n1.p50", "gateway-raw-durable-n1", "udp-echo-n1", "p50", "", 0},
 	// The same calls over WebSocket as over UDP.
 	{"gateway-ws/gateway-rpc", "gateway-ws", "gateway-rpc", "rate", ">=", 0.8},
+	// CoAP notifications delivered to observers against CoAP requests
+	// answered, per second.
+	{"gateway-observe/gateway-coap-long", "gateway-observe", "gateway-coap-long", "rate", "", 0},
 }
 
 // noLossGoals are the no-loss checks: each case's lost, which must be 0.

@@ -19,8 +19,8 @@ import (
 )
 
 // suiteEnv is the suite's gateway: a node (internal/node) with its
-// embedded NATS server's store in a temporary directory, a gateway on six
-// loopback listeners (five UDP, one WebSocket) and the built-in workers,
+// embedded NATS server's store in a temporary directory, a gateway on seven
+// loopback listeners (six UDP, one WebSocket) and the built-in workers,
 // all in this process.
 type suiteEnv struct {
 	*node.Node
@@ -33,6 +33,7 @@ type suiteEnv struct {
 	rpc     netip.AddrPort // rpc, places worker
 	durable netip.AddrPort // raw, echo worker in durable delivery
 	ws      netip.AddrPort // ws (TCP, path /), places worker
+	observe netip.AddrPort // coap, no built-in worker: gateway-observe's own
 }
 
 // start starts the suite's gateway the first time a case needs it.
@@ -94,6 +95,7 @@ func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 			{Addr: loop, Protocol: schemas.ProtocolRPC},
 			{Addr: loop, Protocol: schemas.ProtocolRaw}, // durable: the echo worker as a JetStream pull consumer
 			{Addr: loop, Protocol: schemas.ProtocolWS},
+			{Addr: loop, Protocol: schemas.ProtocolCoAP}, // gateway-observe: its observers and its worker
 		},
 		Workers: []node.Worker{
 			{Name: "echo", Listener: 0},
@@ -113,7 +115,7 @@ func startSuiteEnv(ctx context.Context, cfg config.Config, log *slog.Logger) (*s
 		return nil, err
 	}
 	p := n.Ports
-	return &suiteEnv{Node: n, dir: dir, stream: cfg.Stream, echo: p[0], ingest: p[1], coap: p[2], rpc: p[3], durable: p[4], ws: p[5]}, nil
+	return &suiteEnv{Node: n, dir: dir, stream: cfg.Stream, echo: p[0], ingest: p[1], coap: p[2], rpc: p[3], durable: p[4], ws: p[5], observe: p[6]}, nil
 }
 
 // workerDropped returns the requests the workers' direct subscriptions

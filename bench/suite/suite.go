@@ -46,6 +46,7 @@ var suiteCases = []suiteCase{
 	{name: "gateway-ingest", run: (*suite).gatewayIngest},
 	{name: "gateway-rpc", run: (*suite).gatewayRPC},
 	{name: "gateway-ws", run: (*suite).gatewayWS},
+	{name: "gateway-observe", run: (*suite).gatewayObserve},
 	{name: "gateway-raw-open80", once: true, run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRawOpen80(ctx, false) }},
 	{name: "gateway-raw-durable-open80", once: true, run: func(s *suite, ctx context.Context) (bench.Sample, error) { return s.gatewayRawOpen80(ctx, true) }},
 	{name: "gateway-memory", once: true, run: (*suite).gatewayMemory},
