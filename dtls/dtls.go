@@ -122,6 +122,10 @@ type Stats struct {
 	Rebinds uint64
 	// Expired counts sessions closed for being idle.
 	Expired uint64
+	// Replaced counts sessions closed because their client shook hands
+	// again from the same address (it restarted) and passed the cookie
+	// exchange.
+	Replaced uint64
 	// Records counts datagrams decrypted and delivered.
 	Records uint64
 	// NoSession counts datagrams that belong to no session and do not
@@ -139,6 +143,7 @@ type Stats struct {
 type counters struct {
 	outcomes                                      [8]atomic.Uint64 // by index in Outcomes
 	rebinds, expired, records, noSession, backlog atomic.Uint64
+	replaced                                      atomic.Uint64
 }
 
 func (c *counters) count(outcome string) {
@@ -180,9 +185,12 @@ type Listener struct {
 	MaxDatagram int
 	Log         *slog.Logger
 
-	mu         sync.Mutex // guards byAddr, byCID, handshaking and closed
-	byAddr     map[netip.AddrPort]*Session
-	byCID      map[string]*Session
+	mu     sync.Mutex // guards byAddr, byCID, replacing and closed
+	byAddr map[netip.AddrPort]*Session
+	byCID  map[string]*Session
+	// replacing holds the handshakes from the address of an established
+	// session, until they pass their cookie exchange (promote).
+	replacing  map[netip.AddrPort]*Session
 	handshakes *guard.Guard // each source's handshake rate; nil: no limit
 	closed     bool
 
@@ -214,6 +222,7 @@ func (l *Listener) Start() error {
 	}
 	l.byAddr = map[netip.AddrPort]*Session{}
 	l.byCID = map[string]*Session{}
+	l.replacing = map[netip.AddrPort]*Session{}
 	l.done = make(chan struct{})
 	l.delivering = true
 	l.logger = quietLogger{}
@@ -289,6 +298,7 @@ const (
 	contentHandshake = 22
 	contentCID       = 25
 	clientHello      = 1
+	serverHello      = 2
 )
 
 // Receive routes datagram b, which remote sent to local on interface
@@ -309,17 +319,32 @@ func (l *Listener) Receive(b []byte, remote, local netip.AddrPort, ifindex int, 
 	if b[0] == contentCID && len(b) >= recordHeader+CIDLength {
 		s = l.byCID[string(b[11:11+CIDLength])]
 	}
+	epoch0 := b[3] == 0 && b[4] == 0
+	hello := b[0] == contentHandshake && epoch0 && b[recordHeader] == clientHello
 	if s == nil {
-		s = l.byAddr[remote]
+		if r := l.replacing[remote]; r != nil && epoch0 {
+			s = r // the new handshake's records
+		} else {
+			s = l.byAddr[remote]
+		}
+	}
+	var replaces *Session
+	switch {
+	case s == nil && !hello:
+		l.mu.Unlock()
+		l.stats.noSession.Add(1)
+		return
+	case s != nil && hello && s.established.Load() && l.byAddr[remote] == s && l.replacing[remote] == nil:
+		// RFC 6347 §4.2.8: a client that lost its session (it
+		// restarted) shakes hands again from the same address. The
+		// session it had stays until the new handshake has passed its
+		// cookie exchange (promote): a spoofed ClientHello ends nothing.
+		replaces = s
+		s = nil
 	}
 	if s == nil {
-		if b[0] != contentHandshake || b[3] != 0 || b[4] != 0 || b[recordHeader] != clientHello {
-			l.mu.Unlock()
-			l.stats.noSession.Add(1)
-			return
-		}
 		var outcome string
-		if s, outcome = l.startLocked(remote, local, ifindex, now); s == nil {
+		if s, outcome = l.startLocked(remote, local, ifindex, now, replaces); s == nil {
 			l.mu.Unlock()
 			l.stats.count(outcome)
 			return
@@ -329,10 +354,32 @@ func (l *Listener) Receive(b []byte, remote, local netip.AddrPort, ifindex int, 
 	s.pc.queue(b, remote)
 }
 
+// promote makes s, a handshake from the address of an established
+// session that has just passed its cookie exchange (it sends its
+// ServerHello), the session of that address, and closes the one it
+// replaces.
+func (l *Listener) promote(s *Session) {
+	l.mu.Lock()
+	old := s.replaces
+	s.replaces = nil
+	s.replacing.Store(false)
+	if l.replacing[s.remote] == s {
+		delete(l.replacing, s.remote)
+	}
+	if cur, ok := l.byAddr[s.remote]; !ok || cur == old {
+		l.byAddr[s.remote] = s
+	}
+	l.mu.Unlock()
+	if old != nil {
+		l.stats.replaced.Add(1)
+		l.wg.Go(old.close)
+	}
+}
+
 // startLocked makes a session for remote's ClientHello, or says why not.
 // l.mu must be held.
-func (l *Listener) startLocked(remote, local netip.AddrPort, ifindex int, now time.Time) (*Session, string) {
-	if len(l.byAddr) >= l.Config.maxSessions() || l.handshaking.Load() >= int64(l.Config.maxHandshakes()) {
+func (l *Listener) startLocked(remote, local netip.AddrPort, ifindex int, now time.Time, replaces *Session) (*Session, string) {
+	if len(l.byAddr)+len(l.replacing) >= l.Config.maxSessions() || l.handshaking.Load() >= int64(l.Config.maxHandshakes()) {
 		return nil, OutcomeTableFull
 	}
 	if l.handshakes != nil {
@@ -340,8 +387,9 @@ func (l *Listener) startLocked(remote, local netip.AddrPort, ifindex int, now ti
 			return nil, OutcomeRateLimited
 		}
 	}
-	s := &Session{l: l, remote: remote}
-	s.pc = newPacketConn(l, local, ifindex)
+	s := &Session{l: l, remote: remote, replaces: replaces}
+	s.replacing.Store(replaces != nil)
+	s.pc = newPacketConn(l, s, local, ifindex)
 	s.last.Store(now.UnixNano())
 	opts := []pion.ServerOption{
 		pion.WithLoggerFactory(l.logger),
@@ -363,7 +411,11 @@ func (l *Listener) startLocked(remote, local netip.AddrPort, ifindex int, now ti
 		return nil, OutcomeFailed
 	}
 	s.conn = conn
-	l.byAddr[remote] = s
+	if replaces != nil {
+		l.replacing[remote] = s
+	} else {
+		l.byAddr[remote] = s
+	}
 	l.handshaking.Add(1)
 	l.wg.Go(s.run)
 	return s, ""
@@ -393,8 +445,11 @@ func (l *Listener) Close() {
 		l.StopDelivering()
 		l.mu.Lock()
 		l.closed = true
-		sessions := make([]*Session, 0, len(l.byAddr))
+		sessions := make([]*Session, 0, len(l.byAddr)+len(l.replacing))
 		for _, s := range l.byAddr {
+			sessions = append(sessions, s)
+		}
+		for _, s := range l.replacing {
 			sessions = append(sessions, s)
 		}
 		l.mu.Unlock()
@@ -413,10 +468,11 @@ func (l *Listener) Stats() Stats {
 		st.Handshakes[o] = l.stats.outcomes[i].Load()
 	}
 	l.mu.Lock()
-	st.Sessions = len(l.byAddr)
+	st.Sessions = len(l.byAddr) + len(l.replacing)
 	l.mu.Unlock()
 	st.Handshaking = int(l.handshaking.Load())
 	st.Rebinds, st.Expired, st.Records = l.stats.rebinds.Load(), l.stats.expired.Load(), l.stats.records.Load()
+	st.Replaced = l.stats.replaced.Load()
 	st.NoSession, st.Backlog = l.stats.noSession.Load(), l.stats.backlog.Load()
 	if k := l.Config.Keys; k != nil {
 		st.KeyReloads, st.KeyReloadFailed = k.Reloads()
@@ -459,6 +515,9 @@ func (l *Listener) forget(s *Session) {
 	}
 	if s.cid != "" && l.byCID[s.cid] == s {
 		delete(l.byCID, s.cid)
+	}
+	if l.replacing[s.remote] == s {
+		delete(l.replacing, s.remote)
 	}
 }
 

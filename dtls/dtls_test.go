@@ -464,3 +464,105 @@ func TestCloseNotifies(t *testing.T) {
 		t.Errorf("read after the listener closed: %v, want EOF (close_notify)", err)
 	}
 }
+
+// sharedSocket is one client socket that successive clients use in
+// turn, as a device keeps its port across a restart: each view reads
+// what arrives while it is open, and a closed view sends nothing (a
+// client that crashed sends no close_notify).
+type sharedSocket struct {
+	c  *net.UDPConn
+	in chan packet
+}
+
+func newSharedSocket(t *testing.T) *sharedSocket {
+	s := &sharedSocket{c: udpSocket(t), in: make(chan packet, 64)}
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := s.c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case s.in <- packet{bytes.Clone(buf[:n]), from}:
+			default: // nobody reads: lost, as on a restarting device
+			}
+		}
+	}()
+	return s
+}
+
+type socketView struct {
+	s      *sharedSocket
+	closed chan struct{}
+	once   sync.Once
+	rd     deadline
+}
+
+func (s *sharedSocket) view() *socketView { return &socketView{s: s, closed: make(chan struct{})} }
+
+func (v *socketView) ReadFrom(p []byte) (int, net.Addr, error) {
+	select {
+	case <-v.closed:
+		return 0, nil, net.ErrClosed
+	case <-v.rd.done():
+		return 0, nil, os.ErrDeadlineExceeded
+	case pk := <-v.s.in:
+		return copy(p, pk.b), net.UDPAddrFromAddrPort(pk.from), nil
+	}
+}
+
+func (v *socketView) WriteTo(p []byte, addr net.Addr) (int, error) {
+	select {
+	case <-v.closed:
+		return len(p), nil
+	default:
+		return v.s.c.WriteTo(p, addr)
+	}
+}
+
+func (v *socketView) Close() error                       { v.once.Do(func() { close(v.closed) }); return nil }
+func (v *socketView) LocalAddr() net.Addr                { return v.s.c.LocalAddr() }
+func (v *socketView) SetDeadline(t time.Time) error      { v.rd.set(t); return nil }
+func (v *socketView) SetReadDeadline(t time.Time) error  { v.rd.set(t); return nil }
+func (v *socketView) SetWriteDeadline(t time.Time) error { return nil }
+
+// TestClientRestart: a client that restarts and shakes hands again from
+// the address of its session (RFC 6347 §4.2.8) gets a new session, which
+// replaces the old one once past the cookie exchange; a ClientHello
+// that never echoes its cookie, as a spoofed one, ends nothing.
+func TestClientRestart(t *testing.T) {
+	keys, err := LoadKeys(writeKeys(t, "alice:secret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEcho(t, &Config{Keys: keys, HandshakeRate: -1, HandshakeTimeout: 500 * time.Millisecond})
+	sock := newSharedSocket(t)
+	first := sock.view()
+	c1, err := dial(t, first, e.addr, pskClient("alice", "secret")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, c1, []byte("one")); string(got) != "alice one" {
+		t.Fatalf("reply %q", got)
+	}
+
+	// A ClientHello from the session's address whose sender never sees
+	// the HelloVerifyRequest: the session goes on.
+	hello := []byte{22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 1, 1}
+	e.l.Receive(hello, sock.c.LocalAddr().(*net.UDPAddr).AddrPort(), e.addr.AddrPort(), 0, time.Now())
+	eventually(t, "the spoofed handshake given up", func() bool { return e.l.Stats().Handshaking == 0 })
+	if got := roundTrip(t, c1, []byte("still")); string(got) != "alice still" {
+		t.Fatalf("reply after a spoofed ClientHello %q", got)
+	}
+
+	first.Close() // the client crashes, and restarts on the same port
+	c2, err := dial(t, sock.view(), e.addr, pskClient("alice", "secret")...)
+	if err != nil {
+		t.Fatalf("handshake after the restart: %v", err)
+	}
+	if got := roundTrip(t, c2, []byte("two")); string(got) != "alice two" {
+		t.Fatalf("reply after the restart %q", got)
+	}
+	eventually(t, "the old session closed", func() bool { st := e.l.Stats(); return st.Sessions == 1 && st.Replaced == 1 })
+}

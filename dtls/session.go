@@ -41,6 +41,11 @@ type Session struct {
 	last        atomic.Int64 // unix nanoseconds of the last datagram delivered, or of the start
 	// What the handshake saw, for its outcome.
 	unknown, pskUsed atomic.Bool
+	// replaces is the established session of the same address this
+	// handshake replaces once past its cookie exchange; guarded by l.mu.
+	// replacing is whether it is still waiting for that.
+	replaces  *Session
+	replacing atomic.Bool
 }
 
 // errUnknownIdentity refuses a PSK identity the keys do not hold.
@@ -192,6 +197,7 @@ const sessionQueue = 32
 // writes go through the socket from the address the peer sent to.
 type packetConn struct {
 	l       *Listener
+	s       *Session
 	local   netip.AddrPort
 	ifindex int
 	in      chan packet
@@ -205,8 +211,8 @@ type packetConn struct {
 	lastAddr *net.UDPAddr
 }
 
-func newPacketConn(l *Listener, local netip.AddrPort, ifindex int) *packetConn {
-	return &packetConn{l: l, local: local, ifindex: ifindex, in: make(chan packet, sessionQueue), closed: make(chan struct{})}
+func newPacketConn(l *Listener, s *Session, local netip.AddrPort, ifindex int) *packetConn {
+	return &packetConn{l: l, s: s, local: local, ifindex: ifindex, in: make(chan packet, sessionQueue), closed: make(chan struct{})}
 }
 
 // queue hands the session a copy of b from from, without waiting.
@@ -236,6 +242,12 @@ func (pc *packetConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	to := addrPort(addr)
 	if !to.IsValid() {
 		return 0, fmt.Errorf("dtls: write to %v: not a UDP address", addr)
+	}
+	if pc.s.replacing.Load() && len(p) > recordHeader && p[0] == contentHandshake && p[recordHeader] == serverHello {
+		// pion answers a ClientHello with its ServerHello only once
+		// the client has echoed its cookie: the client is at its
+		// address.
+		pc.l.promote(pc.s)
 	}
 	ex := exchange.Exchange{Conn: pc.l.Conn, Remote: to, Local: pc.local, SetSource: pc.l.SetSource, IfIndex: pc.ifindex}
 	if err := ex.Write(p); err != nil {

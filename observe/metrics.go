@@ -208,6 +208,8 @@ var (
 		"DTLS sessions that moved to a new client address, found by their Connection ID (RFC 9146).", []string{"port"}, nil)
 	descDTLSExpired = prometheus.NewDesc("udpgate_dtls_sessions_expired_total",
 		"DTLS sessions closed for sending nothing for UDPGATE_DTLS_IDLE.", []string{"port"}, nil)
+	descDTLSReplaced = prometheus.NewDesc("udpgate_dtls_sessions_replaced_total",
+		"DTLS sessions closed because their client shook hands again from the same address (a restart) and passed the cookie exchange.", []string{"port"}, nil)
 	descDTLSDropped = prometheus.NewDesc("udpgate_dtls_records_dropped_total",
 		"Datagrams of a coaps or dtls listener dropped before decryption, by reason (no_session: not a ClientHello and no session's; backlog: the session's queue was full).", []string{"port", "reason"}, nil)
 	descDTLSKeyReloads = prometheus.NewDesc("udpgate_dtls_psk_reloads_total",
@@ -229,6 +231,7 @@ func collectDTLS(ch chan<- prometheus.Metric, st gateway.Stats) {
 		ch <- prometheus.MustNewConstMetric(descDTLSSessions, prometheus.GaugeValue, float64(ds.Sessions-ds.Handshaking), port, "established")
 		counter(descDTLSRebinds, ds.Rebinds, port)
 		counter(descDTLSExpired, ds.Expired, port)
+		counter(descDTLSReplaced, ds.Replaced, port)
 		counter(descDTLSDropped, ds.NoSession, port, "no_session")
 		counter(descDTLSDropped, ds.Backlog, port, "backlog")
 		counter(descDTLSKeyReloads, ds.KeyReloads, port, "loaded")
@@ -251,7 +254,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
 	}
-	for _, d := range []*prometheus.Desc{descDTLSHandshakes, descDTLSSessions, descDTLSRebinds, descDTLSExpired, descDTLSDropped, descDTLSKeyReloads} {
+	for _, d := range []*prometheus.Desc{descDTLSHandshakes, descDTLSSessions, descDTLSRebinds, descDTLSExpired, descDTLSReplaced, descDTLSDropped, descDTLSKeyReloads} {
 		ch <- d
 	}
 	for _, d := range observeBucketDescs {
