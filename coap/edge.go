@@ -2,6 +2,7 @@ package coap
 
 import (
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,8 @@ const (
 	DefaultCacheSize = 16384
 	// DefaultACKTimeout is RFC 7252's ACK_TIMEOUT.
 	DefaultACKTimeout = 2 * time.Second
+	// DefaultLeisure is RFC 7252's default Leisure (§8.2.1).
+	DefaultLeisure = 5 * time.Second
 )
 
 // Config tunes an Edge; zero values take the defaults.
@@ -63,6 +66,11 @@ type Config struct {
 	// and ended, so that it can keep them beyond the process; nil keeps
 	// them in memory only.
 	Registry Registry
+	// Leisure bounds the random delay before the response to a request
+	// sent to a multicast group (or broadcast address) is sent, so that
+	// the answers of a group's members do not reach the client at once
+	// (RFC 7252 §8.2; DefaultLeisure if zero).
+	Leisure time.Duration
 	// Restore are registrations that an edge on the same address held
 	// before (a restart, a hand-over), read back from the Registry:
 	// Start restores their observers.
@@ -116,6 +124,7 @@ type Edge struct {
 	uploads    map[transferKey]*upload
 	downloads  map[transferKey]*download
 	outgoing   map[peerMID]*retransmission
+	later      map[*time.Timer]struct{} // responses to multicast requests waiting for their moment (sendLater)
 	peers      map[netip.AddrPort]*midState
 	obs        observeState
 	closed     bool
@@ -164,6 +173,10 @@ type Stats struct {
 	// Retransmitted counts retransmissions of CON requests still
 	// unanswered, handed to Retransmitted to be published again.
 	Retransmitted uint64
+	// MulticastSuppressed counts error responses (4.xx, 5.xx, the
+	// gateway's and the workers') not sent to requests that came to a
+	// multicast group or broadcast address (ReceiveGroup).
+	MulticastSuppressed uint64
 	// Observe counts registrations and notifications.
 	Observe ObserveStats
 }
@@ -173,6 +186,7 @@ type counters struct {
 	requests, duplicates, pings, malformed, badOption, rejected, blockContinue, blocksServed atomic.Uint64
 	piggybacked, separate, retransmissions, gaveUp, resets, timeouts, unavailable, evicted   atomic.Uint64
 	sendErrors, tooMany, echoChallenges, retransmitted, notFound                             atomic.Uint64
+	multicastSuppressed                                                                      atomic.Uint64
 	// Observe: registrations now, kept, ended by reason; notifications.
 	observers                           atomic.Int64
 	registrations, notifyNON, notifyCON atomic.Uint64
@@ -191,8 +205,8 @@ func (e *Edge) Stats() Stats {
 		Resets: c.resets.Load(), Timeouts: c.timeouts.Load(), Unavailable: c.unavailable.Load(), NotFound: c.notFound.Load(),
 		Evicted: c.evicted.Load(), SendErrors: c.sendErrors.Load(),
 		TooManyRequests: c.tooMany.Load(), EchoChallenges: c.echoChallenges.Load(),
-		Retransmitted: c.retransmitted.Load(),
-		Observe:       e.observeStats(),
+		Retransmitted: c.retransmitted.Load(), MulticastSuppressed: c.multicastSuppressed.Load(),
+		Observe: e.observeStats(),
 	}
 }
 
@@ -213,6 +227,9 @@ func (e *Edge) Start() {
 	if e.ACKTimeout <= 0 {
 		e.ACKTimeout = DefaultACKTimeout
 	}
+	if e.Leisure <= 0 {
+		e.Leisure = DefaultLeisure
+	}
 	if e.ObserveCONEvery <= 0 {
 		e.ObserveCONEvery = DefaultObserveCONEvery
 	}
@@ -231,6 +248,7 @@ func (e *Edge) Start() {
 	e.uploads = make(map[transferKey]*upload)
 	e.downloads = make(map[transferKey]*download)
 	e.outgoing = make(map[peerMID]*retransmission)
+	e.later = make(map[*time.Timer]struct{})
 	e.peers = make(map[netip.AddrPort]*midState)
 	e.obs = observeState{
 		observers:  make(map[obsKey]*observer),
@@ -255,6 +273,10 @@ func (e *Edge) Close() {
 	for k, r := range e.outgoing {
 		r.timer.Stop()
 		delete(e.outgoing, k)
+	}
+	for t := range e.later {
+		t.Stop()
+		delete(e.later, t)
 	}
 	if e.winTimer != nil {
 		e.winTimer.Stop()
@@ -286,6 +308,31 @@ func (e *Edge) Sweep(now time.Time) {
 			delete(e.peers, p)
 		}
 	}
+}
+
+// sendLater sends b, the response to a request sent to a multicast
+// group, to dst after a random delay within Leisure (RFC 7252 §8.2). At
+// most CacheSize responses wait at once; one more is dropped, counted as
+// a send error. Close cancels those still waiting. b is kept until sent.
+func (e *Edge) sendLater(dst exchange.Exchange, b []byte) {
+	delay := time.Duration(rand.Int64N(int64(e.Leisure)))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || len(e.later) >= e.CacheSize {
+		e.stats.sendErrors.Add(1)
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(delay, func() {
+		e.mu.Lock() // after sendLater's assignment of t
+		_, due := e.later[t]
+		delete(e.later, t)
+		e.mu.Unlock()
+		if due {
+			e.send(dst, b)
+		}
+	})
+	e.later[t] = struct{}{}
 }
 
 // send writes b to dst, counting and logging at Debug a failure. It does

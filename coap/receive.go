@@ -29,6 +29,9 @@ type Request struct {
 	MessageID   uint16
 	Payload     []byte // owned by the Request
 	Head        []byte // the datagram before the payload; nil if reassembled
+	// Group is the multicast group or broadcast address the request was
+	// sent to (ReceiveGroup); the zero Addr for one sent to the node.
+	Group netip.Addr
 	// Seq is the owner's: ingress keeps the request's exchange here, to
 	// publish it again when the client retransmits it.
 	Seq uint64
@@ -76,6 +79,33 @@ func (e *Edge) Receive(b []byte, remote, local netip.AddrPort, ifindex int, now 
 func (e *Edge) ReceiveSession(b []byte, remote, local netip.AddrPort, ifindex int, session exchange.Session, now time.Time) *Request {
 	dst := e.Socket
 	dst.Remote, dst.Local, dst.IfIndex, dst.Session = remote, local, ifindex, session
+	return e.receive(b, dst, netip.Addr{}, now)
+}
+
+// ReceiveGroup is Receive for a datagram from remote sent to group, a
+// multicast group the listener joined or a broadcast address, that
+// arrived on interface ifindex; local is the node's unicast address to
+// answer from (exchange.Exchange.Local). It follows RFC 7252 §8: only a
+// NON request is taken; anything else (a CON, which a group must not
+// be sent, an empty message, a response) is dropped unanswered, counted
+// as malformed, since no RST answers a group's message. The request's
+// response is a NON sent after a random delay within Leisure, and an
+// error response (4.xx, 5.xx) is not sent at all (MulticastSuppressed).
+func (e *Edge) ReceiveGroup(b []byte, remote, local netip.AddrPort, group netip.Addr, ifindex int, now time.Time) *Request {
+	h, err := peekHeader(b)
+	if err != nil || h.typ != typeNON || h.code == codes.Empty || h.code>>5 != 0 {
+		e.stats.malformed.Add(1)
+		return nil
+	}
+	dst := e.Socket
+	dst.Remote, dst.Local, dst.IfIndex = remote, local, ifindex
+	return e.receive(b, dst, group, now)
+}
+
+// receive is Receive for a datagram from dst.Remote, answered through
+// dst, sent to group if that is valid.
+func (e *Edge) receive(b []byte, dst exchange.Exchange, group netip.Addr, now time.Time) *Request {
+	remote := dst.Remote
 	h, ok := e.checkHeader(b, dst)
 	if !ok {
 		return nil
@@ -101,7 +131,7 @@ func (e *Edge) ReceiveSession(b []byte, remote, local netip.AddrPort, ifindex in
 	// Receive sends itself are encoded before it returns.
 	r := &Request{
 		edge: e, dst: dst, cache: c, cacheSeq: c.seq,
-		Confirmable: h.typ == typeCON, MessageID: h.mid,
+		Confirmable: h.typ == typeCON, MessageID: h.mid, Group: group,
 		Token: m.Token[:len(m.Token):len(m.Token)], ContentFormat: -1, Accept: -1,
 	}
 	if r.Method = methodName(m.Code); r.Method == "" {

@@ -206,17 +206,17 @@ func (r *Request) respondBody(code codes.Code, opts message.Options, body []byte
 // the resource.
 func (r *Request) Fail(why exchange.Failure) {
 	r.declined(endErrorCode)
+	code, sent := codes.ServiceUnavailable, &r.edge.stats.unavailable
 	switch why {
 	case exchange.NoAnswer:
-		r.edge.stats.timeouts.Add(1)
-		r.respond(codes.GatewayTimeout, nil, nil)
+		code, sent = codes.GatewayTimeout, &r.edge.stats.timeouts
 	case exchange.Unserved:
-		r.edge.stats.notFound.Add(1)
-		r.respond(codes.NotFound, nil, nil)
-	default:
-		r.edge.stats.unavailable.Add(1)
-		r.respond(codes.ServiceUnavailable, nil, nil)
+		code, sent = codes.NotFound, &r.edge.stats.notFound
 	}
+	if !r.Group.IsValid() { // a multicast request's error is not sent
+		sent.Add(1)
+	}
+	r.respond(code, nil, nil)
 }
 
 // respond sends the response to r: in the ACK while the piggyback window
@@ -233,6 +233,12 @@ func (r *Request) respond(code codes.Code, opts message.Options, payload []byte)
 		return
 	}
 	r.end()
+	if r.Group.IsValid() && code>>5 >= 4 {
+		// RFC 7252 §8.2: a group's members do not answer with errors.
+		e.mu.Unlock()
+		e.stats.multicastSuppressed.Add(1)
+		return
+	}
 	m := message.Message{Token: r.Token, Options: opts, Code: code, Payload: payload}
 	if !r.address(&m) {
 		e.mu.Unlock()
@@ -255,6 +261,10 @@ func (r *Request) respond(code codes.Code, opts message.Options, payload []byte)
 		c.response = b
 	}
 	e.mu.Unlock()
+	if r.Group.IsValid() {
+		e.sendLater(r.dst, b)
+		return
+	}
 	e.send(r.dst, b)
 }
 

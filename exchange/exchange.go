@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -32,7 +33,12 @@ type Exchange struct {
 	Conn *net.UDPConn
 	// Remote is the client's address.
 	Remote netip.AddrPort
-	// Local is the address the client sent the request to.
+	// Local is the address the client sent the request to, and the
+	// source of the replies: for a request sent to a multicast group or
+	// a broadcast address, the unicast address to answer from instead
+	// (IPv4: the interface's address, IP_PKTINFO's ipi_spec_dst; IPv6:
+	// the unspecified address, and the kernel picks one of interface
+	// IfIndex's), never the group's.
 	Local netip.AddrPort
 	// SetSource asks egress to set Local as the reply's source address
 	// explicitly (IP_PKTINFO), as a socket bound to a wildcard address needs.
@@ -59,6 +65,10 @@ type Exchange struct {
 	// Share, if not nil, is the listener's share of the table: the
 	// exchange counts against it from Open until its slot is vacated.
 	Share *Share
+	// TooBig, if not nil, counts the writes that the path could not
+	// carry in one packet (EMSGSIZE: larger than the path MTU on a
+	// socket that forbids fragmentation, ingress.DontFragment).
+	TooBig *atomic.Uint64
 	// Sent and Replies are the bytes (UDP payload) and the number of the
 	// replies sent so far that said more follow (see Table.More): the
 	// replies of one exchange share its amplification credit. Zero until
@@ -482,6 +492,9 @@ func (ex Exchange) Write(b []byte) error {
 	}
 	// On a dual-stack socket net maps an IPv4 client to ::ffff:a.b.c.d.
 	if _, _, err := ex.Conn.WriteMsgUDPAddrPort(b, oob, ex.Remote); err != nil {
+		if ex.TooBig != nil && errors.Is(err, syscall.EMSGSIZE) {
+			ex.TooBig.Add(1)
+		}
 		return fmt.Errorf("write to %s: %w", ex.Remote, err)
 	}
 	return nil

@@ -12,7 +12,9 @@ const oobSize = 64
 // sourceOOB appends to dst the control message that makes the kernel send
 // from ex.Local: IP_PKTINFO's ipi_spec_dst for IPv4 (also accepted on a
 // dual-stack socket), IPV6_PKTINFO for IPv6. The interface is left to
-// routing except for link-local sources, which need it.
+// routing except for link-local sources, which need it, and for the
+// unspecified address (the answer to a multicast request), which leaves
+// the kernel to pick a source among the interface's addresses.
 func sourceOOB(dst []byte, ex Exchange) []byte {
 	local := ex.Local.Addr()
 	if local.Is4() || local.Is4In6() {
@@ -34,7 +36,7 @@ func sourceOOB(dst []byte, ex Exchange) []byte {
 	h.SetLen(unix.CmsgLen(unix.SizeofInet6Pktinfo))
 	p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&b[unix.CmsgLen(0)]))
 	p.Addr = local.As16()
-	if local.IsLinkLocalUnicast() {
+	if local.IsLinkLocalUnicast() || local.IsUnspecified() {
 		p.Ifindex = uint32(ex.IfIndex)
 	}
 	return dst[:len(dst)+len(b)]

@@ -25,8 +25,11 @@ func (s *Server) admit(b []byte, remote netip.AddrPort, ctl control) bool {
 	case guard.Admitted:
 		return true
 	case guard.RateLimited, guard.GlobalLimited:
+		if _, group := groupSource(ctl, s.port); group && s.wildcard {
+			return false // no error answers a multicast (or broadcast) request
+		}
 		if s.coapEdge != nil && s.dtlsEdge == nil && s.Guard.Trusted(remote.Addr(), now) { // a DTLS listener answers nothing in plaintext
-			dst := exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port, Local: s.localAddr}
+			dst := exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port, Local: s.localAddr, TooBig: &s.stats.tooBig}
 			dst.Remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 			if s.wildcard && ctl.dst.IsValid() {
 				dst.Local = netip.AddrPortFrom(ctl.dst.Unmap(), s.port)

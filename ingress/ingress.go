@@ -249,6 +249,16 @@ type Stats struct {
 	// PendingLimit is the most exchanges the listener may hold open
 	// (ListenerMaxPending as resolved); 0 when only the table's size limits it.
 	PendingLimit int
+	// Multicast counts the datagrams sent to a multicast group the
+	// listener joined, Broadcast those sent to a broadcast address: they
+	// are answered from the listener's unicast address on the
+	// interface, and their requests say where they were sent
+	// (schemas.HeaderMulticast, schemas.HeaderBroadcast).
+	Multicast, Broadcast uint64
+	// TooBig counts replies the kernel refused as larger than the path
+	// MTU (EMSGSIZE) on a socket that forbids fragmentation
+	// (DontFragment, the df=on option).
+	TooBig uint64
 	// Events counts a ws listener's connection events published
 	// ($connect, $disconnect); EventsCaptured their capture copies
 	// acknowledged, EventCaptureFailed those refused, not acknowledged
@@ -262,6 +272,8 @@ type counters struct {
 	captureRetried, fallback                                                   atomic.Uint64
 	events, eventsCaptured, eventCaptureFailed                                 atomic.Uint64
 	kernelDrops, listenerFull, shed                                            atomic.Uint64
+	multicast, broadcast                                                       atomic.Uint64
+	tooBig                                                                     atomic.Uint64 // counted by exchange.Exchange.Write
 }
 
 // Stats returns a snapshot of the server's counters.
@@ -274,6 +286,7 @@ func (s *Server) Stats() Stats {
 		InFlight: c.inFlight.Load(), NATSDown: c.natsDown.Load(), PublishFailed: c.publishFailed.Load(), Shed: c.shed.Load(),
 		Expired: c.expired.Load(), ReadErrors: c.readErrors.Load(), KernelDrops: c.kernelDrops.Load(),
 		Events: c.events.Load(), EventsCaptured: c.eventsCaptured.Load(), EventCaptureFailed: c.eventCaptureFailed.Load(),
+		Multicast: c.multicast.Load(), Broadcast: c.broadcast.Load(), TooBig: c.tooBig.Load(),
 	}
 	if sh := s.shared.Load(); sh != nil {
 		st.Pending, st.PendingLimit = sh.Len(), sh.Max
@@ -293,6 +306,9 @@ type datagram struct {
 	rpc     *rpc.Call     // the decoded call on an rpc listener
 	session *dtls.Session // the session of a DTLS listener's datagram
 	again   bool          // coap is a retransmitted request, already published: publish it again
+	// from is the address to answer from when local is a multicast
+	// group or a broadcast address (see groupSource); invalid otherwise.
+	from netip.AddrPort
 }
 
 // Serve reads datagrams until ctx is cancelled, then closes the socket,
@@ -562,7 +578,7 @@ func (s *Server) init() error {
 	if s.Protocol == schemas.ProtocolCoAP {
 		s.coapEdge = &coap.Edge{
 			Config: s.CoAP,
-			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
+			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port, TooBig: &s.stats.tooBig},
 			Secure: s.DTLS != nil,
 			Log:    s.Log,
 			Guard:  s.Guard,
@@ -594,7 +610,7 @@ func (s *Server) init() error {
 	}
 	if s.Protocol == schemas.ProtocolRPC {
 		s.rpcEdge = &rpc.Edge{
-			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port},
+			Socket: exchange.Exchange{Conn: s.Conn, SetSource: s.wildcard, Port: s.port, TooBig: &s.stats.tooBig},
 			Log:    s.Log,
 		}
 		s.rpcShown.Store(s.rpcEdge)
@@ -686,6 +702,14 @@ func (s *Server) read(queue chan<- datagram) error {
 		if s.wildcard && ctl.dst.IsValid() {
 			d.local = netip.AddrPortFrom(ctl.dst.Unmap(), s.port)
 			d.ifindex = ctl.ifindex
+			if from, ok := groupSource(ctl, s.port); ok {
+				d.from = from
+				if ctl.dst.IsMulticast() {
+					s.stats.multicast.Add(1)
+				} else {
+					s.stats.broadcast.Add(1)
+				}
+			}
 		}
 		if s.dtlsEdge != nil {
 			// A record: its session decrypts it and calls decrypted.
@@ -696,6 +720,41 @@ func (s *Server) read(queue chan<- datagram) error {
 	}
 }
 
+// groupSource reports whether the datagram whose control messages are ctl
+// was sent to a multicast group or a broadcast address, and then the
+// address on port to answer it from: an IPv4 datagram's ipi_spec_dst,
+// the interface's address, which differs from the destination only for
+// those; for an IPv6 group, the unspecified address, which leaves the
+// kernel to pick one of the interface's (exchange.Exchange.Local).
+func groupSource(ctl control, port uint16) (netip.AddrPort, bool) {
+	switch {
+	case ctl.spec.IsValid() && ctl.spec != ctl.dst:
+		return netip.AddrPortFrom(ctl.spec, port), true
+	case ctl.dst.IsMulticast():
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), port), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// source returns the address to answer d from: where it was sent, or,
+// for a datagram sent to a group or a broadcast address, the unicast
+// address of groupSource.
+func (d *datagram) source() netip.AddrPort {
+	if d.from.IsValid() {
+		return d.from
+	}
+	return d.local
+}
+
+// group returns the multicast group or broadcast address d was sent to,
+// or the zero Addr.
+func (d *datagram) group() netip.Addr {
+	if d.from.IsValid() {
+		return d.local.Addr()
+	}
+	return netip.Addr{}
+}
+
 // accept decodes datagram b, whose d has its addresses and time, and
 // hands it to the publisher without waiting. It runs on the read loop,
 // and on the sessions' goroutines of a DTLS listener.
@@ -703,13 +762,18 @@ func (s *Server) accept(b []byte, d datagram, queue chan<- datagram) {
 	if s.coapEdge != nil {
 		// The messaging layer answers what the gateway answers
 		// itself; only complete requests go on.
-		if d.coap = s.coapEdge.ReceiveSession(b, d.remote, d.local, d.ifindex, d.sessionWriter(), d.at); d.coap == nil {
+		if d.from.IsValid() {
+			d.coap = s.coapEdge.ReceiveGroup(b, d.remote, d.from, d.local.Addr(), d.ifindex, d.at)
+		} else {
+			d.coap = s.coapEdge.ReceiveSession(b, d.remote, d.local, d.ifindex, d.sessionWriter(), d.at)
+		}
+		if d.coap == nil {
 			return
 		}
 		d.data = d.coap.Payload
 	} else if s.rpcEdge != nil {
 		// Only calls go on; anything else is dropped unanswered.
-		if d.rpc = s.rpcEdge.Receive(b, d.remote, d.local, d.ifindex); d.rpc == nil {
+		if d.rpc = s.rpcEdge.Receive(b, d.remote, d.source(), d.ifindex); d.rpc == nil {
 			return
 		}
 		d.data = d.rpc.Params
@@ -815,7 +879,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 		seq, expired, err := s.Table.Open(exchange.Exchange{
 			Conn:      s.Conn,
 			Remote:    d.remote,
-			Local:     d.local,
+			Local:     d.source(),
 			SetSource: s.wildcard,
 			IfIndex:   d.ifindex,
 			Port:      s.port,
@@ -825,6 +889,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 			Replier:   d.replier(),
 			Session:   d.sessionWriter(),
 			Share:     s.share,
+			TooBig:    &s.stats.tooBig,
 		}, d.at)
 		if !expired.Deadline.IsZero() { // every exchange has a deadline, not every one a socket
 			s.stats.expired.Add(1)
@@ -851,7 +916,7 @@ func (s *Server) publish(js jetstream.JetStream, queue <-chan datagram, captures
 		msg, subject := newMessage(msg, &Request{
 			Prefix: s.Prefix, Port: s.port, Source: s.source, Reply: s.reply,
 			Remote: d.remote, Local: d.local, Received: d.at, Deadline: deadline,
-			Body: d.data, CoAP: d.coap, RPC: d.rpc, Identity: d.identity(),
+			Body: d.data, CoAP: d.coap, RPC: d.rpc, Identity: d.identity(), Group: d.group(),
 		}, s.subject, s.capture, s.Table, seq)
 		traceMessage(span, msg, msg.Subject)
 		// The request, at once, to the direct groups: a core publish with

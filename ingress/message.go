@@ -37,6 +37,10 @@ type Request struct {
 	// Identity is the authenticated identity of the client of a DTLS
 	// listener (schemas.HeaderDTLSIdentity), or empty.
 	Identity string
+	// Group is the multicast group (schemas.HeaderMulticast) or the
+	// broadcast address (schemas.HeaderBroadcast) the datagram was sent
+	// to, Local's address; the zero Addr for a datagram sent to the node.
+	Group netip.Addr
 }
 
 // Message returns the request message the gateway publishes for r (the
@@ -71,6 +75,7 @@ const (
 	valAccept
 	valHead
 	valRPCID
+	valGroup
 	numVals
 )
 
@@ -94,6 +99,9 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 		n++
 	}
 	if r.Identity != "" {
+		n++
+	}
+	if r.Group.IsValid() {
 		n++
 	}
 
@@ -173,6 +181,11 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 		b = strconv.AppendUint(b, r.RPC.ID, 10)
 		mark(valRPCID, start)
 	}
+	if r.Group.IsValid() {
+		start = len(b)
+		b = r.Group.AppendTo(b)
+		mark(valGroup, start)
+	}
 	// b is never written again: its bytes are the string's.
 	all := unsafe.String(unsafe.SliceData(b), len(b))
 	val := func(v int) string { return all[span[v][0]:span[v][1]] }
@@ -201,6 +214,12 @@ func newMessage(msg *nats.Msg, r *Request, subject, capture string, table *excha
 	h.set(schemas.HeaderReply, reply)
 	if r.Identity != "" {
 		h.set(schemas.HeaderDTLSIdentity, r.Identity)
+	}
+	switch {
+	case r.Group.IsMulticast():
+		h.set(schemas.HeaderMulticast, val(valGroup))
+	case r.Group.IsValid():
+		h.set(schemas.HeaderBroadcast, val(valGroup))
 	}
 	switch c := r.CoAP; {
 	case c != nil:
@@ -262,6 +281,9 @@ func valuesSize(r *Request, subject string, table *exchange.Table) int {
 		inSubjectEx = len(".in.65535.")
 	)
 	n := len(r.Reply) + 1 + len(r.ID) + addrLen(r.Remote) + addrLen(r.Local) + int64Len
+	if r.Group.IsValid() {
+		n += addrLen(r.Local)
+	}
 	if r.KeepTime {
 		n += timeLen
 	}

@@ -38,6 +38,7 @@ func setSocketOptions(fd int, network string, rcvbuf int) error {
 // control is what the control messages of one datagram say.
 type control struct {
 	dst       netip.Addr // the address the datagram was sent to, if known
+	spec      netip.Addr // IPv4: the local address that answers it (ipi_spec_dst), if known
 	ifindex   int        // the interface it arrived on, 0 if unknown
 	drops     uint32     // the socket's cumulative receive-buffer drops (SO_RXQ_OVFL)
 	dropsSeen bool       // whether the kernel reported drops (only once there are some)
@@ -57,7 +58,7 @@ func parseControl(oob []byte) control {
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
 			p := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
-			c.dst, c.ifindex = netip.AddrFrom4(p.Addr), int(p.Ifindex)
+			c.dst, c.spec, c.ifindex = netip.AddrFrom4(p.Addr), netip.AddrFrom4(p.Spec_dst), int(p.Ifindex)
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			p := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
 			c.dst, c.ifindex = netip.AddrFrom16(p.Addr), int(p.Ifindex)
@@ -71,4 +72,28 @@ func parseControl(oob []byte) control {
 		oob = oob[next:]
 	}
 	return c
+}
+
+// joinGroup has socket fd join the multicast group on the interface
+// ifindex (0: the one routing picks).
+func joinGroup(fd int, group netip.Addr, ifindex int) error {
+	if group.Is4() {
+		return unix.SetsockoptIPMreqn(fd, unix.IPPROTO_IP, unix.IP_ADD_MEMBERSHIP,
+			&unix.IPMreqn{Multiaddr: group.As4(), Ifindex: int32(ifindex)})
+	}
+	return unix.SetsockoptIPv6Mreq(fd, unix.IPPROTO_IPV6, unix.IPV6_JOIN_GROUP,
+		&unix.IPv6Mreq{Multiaddr: group.As16(), Interface: uint32(ifindex)})
+}
+
+// dontFragment forbids fragmenting what socket fd sends (IPv4, and IPv6
+// unless v4 says the socket is IPv4 only): a datagram larger than the
+// path MTU fails with EMSGSIZE.
+func dontFragment(fd int, v4 bool) error {
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO); err != nil && v4 {
+		return err
+	}
+	if v4 {
+		return nil
+	}
+	return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_DO)
 }

@@ -79,6 +79,14 @@ var (
 		[]string{"port", "protocol", "reason"}, nil)
 	descDoorShed = prometheus.NewDesc("udpgate_requests_shed_total",
 		"Requests the gateway shed at the door for an overloaded durable group: answered at once with the overload status (raw: dropped), captured, not published.", listenerLabels, nil)
+	descMulticast = prometheus.NewDesc("udpgate_multicast_requests_total",
+		"Datagrams sent to a multicast group the listener joined (group=), answered from its unicast address.", listenerLabels, nil)
+	descBroadcast = prometheus.NewDesc("udpgate_broadcast_requests_total",
+		"Datagrams sent to a broadcast address, answered from the listener's unicast address.", listenerLabels, nil)
+	descMulticastSuppressed = prometheus.NewDesc("udpgate_multicast_errors_suppressed_total",
+		"CoAP error responses (4.xx, 5.xx) not sent because the request came to a multicast group or broadcast address (RFC 7252 §8.2).", listenerLabels, nil)
+	descTooBig = prometheus.NewDesc("udpgate_replies_too_big_total",
+		"Replies the kernel refused as larger than the path MTU on a listener that forbids fragmentation (df=on): not sent.", listenerLabels, nil)
 	descWorkerErrors = prometheus.NewDesc("udpgate_worker_error_replies_total",
 		"Replies with udpgate-status error (raw listeners send nothing for them).", listenerLabels, nil)
 	descReadErrors = prometheus.NewDesc("udpgate_read_errors_total",
@@ -249,7 +257,7 @@ func (c gatewayCollector) Describe(ch chan<- *prometheus.Desc) {
 		descListenersAdded, descListenersRemoved,
 		descCut, descValidated, descBuckets, descBucketsCap, descEvictions, descUnserved, descDiscovery, descCaptureRetries, descFallback, descCaptureDiscarded,
 		descWSConnections, descWSAccepted, descWSRefused, descWSIn, descWSOut, descWSRejected, descWSBusy, descWSClosed, descWSDropped,
-		descPushes, descPushRefused, descMore,
+		descPushes, descPushRefused, descMore, descMulticast, descBroadcast, descMulticastSuppressed, descTooBig,
 		descWSPushes, descWSPushRefused, descWSRateLimited, descWSSReloads, descWSEvents, descWSEventsUncaptured,
 		descGroupInstances, descGroupRequests, descGroupErrors, descGroupProcessing} {
 		ch <- d
@@ -287,6 +295,10 @@ func (c gatewayCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descAnswered, eg.Sent, port, protocol)
 		counter(descWorkerErrors, eg.WorkerError, port, protocol)
 		counter(descReadErrors, in.ReadErrors, port, protocol)
+		counter(descMulticast, in.Multicast, port, protocol)
+		counter(descBroadcast, in.Broadcast, port, protocol)
+		counter(descMulticastSuppressed, st.CoAP[name].MulticastSuppressed, port, protocol)
+		counter(descTooBig, in.TooBig, port, protocol)
 		counter(descMore, eg.More, port, protocol, "sent")
 		counter(descMore, eg.MoreRefused, port, protocol, "final")
 		if o, ok := st.Out[name]; ok {

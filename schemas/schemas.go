@@ -151,6 +151,19 @@ const (
 // other listeners do not have it.
 const HeaderDTLSIdentity = "udpgate-dtls-identity"
 
+// HeaderMulticast is the multicast group a request was sent to (an
+// address without port, like 224.0.1.187 or ff02::fd), and
+// HeaderBroadcast the broadcast address (like 255.255.255.255 or
+// 10.0.0.255); HeaderLocal then holds that address and the port. Every
+// node of the group (or link) received the request and may answer it:
+// the gateway answers from its own unicast address, and a CoAP
+// listener follows RFC 7252 §8.2 (NON only, errors suppressed, a random
+// delay). Requests sent to the node itself have neither.
+const (
+	HeaderMulticast = "udpgate-multicast"
+	HeaderBroadcast = "udpgate-broadcast"
+)
+
 // Reply statuses, the value of HeaderStatus on a reply. A reply without the
 // header has status StatusOK.
 const (

@@ -82,6 +82,7 @@ type env struct {
 	ObserveBucket          string `envconfig:"OBSERVE_BUCKET" default:"udpgate_observe" desc:"CoAP Observe: the JetStream key-value bucket of every node's registrations, read back by a gateway restarted with the same UDPGATE_NODE (off: in memory only)"`
 	ObserveReplicas        string `envconfig:"OBSERVE_REPLICAS" default:"0" desc:"replicas of UDPGATE_OBSERVE_BUCKET (0: as UDPGATE_STREAM_REPLICAS)"`
 	ObserveTTL             string `envconfig:"OBSERVE_TTL" default:"1h" desc:"how long a registration stays in UDPGATE_OBSERVE_BUCKET unless its node writes it again, which it does every quarter of it"`
+	CoAPLeisure            string `envconfig:"COAP_LEISURE" default:"5s" desc:"coap listeners that join groups (group=): the response to a multicast request is sent after a random delay up to this (RFC 7252 Leisure)"`
 	Allow                  string `envconfig:"ALLOW" desc:"source prefixes admitted, comma-separated CIDR (empty: all)"`
 	Deny                   string `envconfig:"DENY" desc:"source prefixes dropped, comma-separated CIDR; wins over UDPGATE_ALLOW"`
 	Trust                  string `envconfig:"TRUST" desc:"source prefixes exempt from the amplification limit, comma-separated CIDR"`
@@ -174,10 +175,11 @@ type Config struct {
 	CoAPPiggyback          time.Duration
 	CoAPBlockSize          int
 	CoAPMaxBody            int
-	CoAPObserveCONEvery    int          // CoAP Observe: a CON at least every this many notifications
-	CoAPMaxObservers       int          // CoAP Observe registrations per coap listener
-	CoAPMaxObserversPeer   int          // and per client address
-	Guard                  guard.Config // every listener's, unless its entry overrides it
+	CoAPObserveCONEvery    int           // CoAP Observe: a CON at least every this many notifications
+	CoAPMaxObservers       int           // CoAP Observe registrations per coap listener
+	CoAPMaxObserversPeer   int           // and per client address
+	CoAPLeisure            time.Duration // the most a response to a multicast request waits
+	Guard                  guard.Config  // every listener's, unless its entry overrides it
 	Lambda                 Lambda
 	// TraceSample is the share of requests the gateway traces, 0 to 1; 0
 	// traces none (docs/tracing.md).
@@ -319,6 +321,10 @@ type Listener struct {
 	// wss, its requests are the plain listener's (PORT/coap, PORT/raw),
 	// with the client's identity besides.
 	DTLS bool
+	// DontFragment (option df=on, UDP listeners): replies are sent with
+	// fragmentation forbidden; one larger than the path MTU is not sent
+	// (counted).
+	DontFragment bool
 }
 
 func (l Listener) String() string {
@@ -577,6 +583,7 @@ func (e env) parse(environ []string) (Config, error) {
 		c.ObserveReplicas = c.StreamReplicas
 	}
 	duration("OBSERVE_TTL", e.ObserveTTL, 10*time.Second, &c.ObserveTTL)
+	duration("COAP_LEISURE", e.CoAPLeisure, time.Millisecond, &c.CoAPLeisure)
 	c.Guard = e.parseGuard(bad)
 	c.Push = e.parsePush(bad)
 	if c.CoAPPiggyback >= c.Deadline && c.Deadline > 0 {
@@ -842,7 +849,14 @@ func parseListener(f string) (Listener, error) {
 	if secure && (noReply || push) {
 		return Listener{}, fmt.Errorf("%q: reply=off and push=on are not for DTLS listeners (not built yet)", f)
 	}
-	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply, Push: push, DTLS: secure}, nil
+	groups, err := listenerGroups(opts, ap.Addr(), proto) // Listener.Groups
+	if err == nil && secure && groups != nil {
+		err = errors.New("group= is not for DTLS listeners: a session is with one peer")
+	}
+	if err != nil {
+		return Listener{}, fmt.Errorf("%q: %v", f, err)
+	}
+	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply, Push: push, DTLS: secure, DontFragment: dfOn(opts)}, nil
 }
 
 // listenerAddr parses a listener's [ADDR:]PORT, 0.0.0.0 when no address

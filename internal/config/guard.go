@@ -43,6 +43,8 @@ var listenerOptions = map[string]string{
 	"amplification": "AMPLIFICATION",
 	"reply":         "", // reply=off: not the guard's (listener.NoReply)
 	"push":          "", // push=on: not the guard's (listener.Push)
+	"group":         "", // multicast groups to join: not the guard's (listener.Groups)
+	"df":            "", // df=on: not the guard's (listener.DontFragment)
 	"path":          "", // ws only: not the guard's (listener.Path)
 	"conn_rate":     "WS_CONN_RATE",
 }
@@ -50,7 +52,7 @@ var listenerOptions = map[string]string{
 // Options of one kind of listener only: a ws listener's calls come over
 // TCP (no amplification, no trust to grant) and are always answered.
 var (
-	udpOnlyOptions = []string{"reply", "amplification", "trust", "push"}
+	udpOnlyOptions = []string{"reply", "amplification", "trust", "push", "group", "df"}
 	wsOnlyOptions  = []string{"path", "conn_rate"}
 )
 
@@ -72,7 +74,7 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		key, value, ok := strings.Cut(kv, "=")
 		key = strings.TrimSpace(key)
 		if _, known := listenerOptions[key]; !known || !ok {
-			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply (UDP listeners), push (raw listeners), path, conn_rate (ws listeners)", kv))
+			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply, df (UDP listeners), push (raw listeners), group (raw and coap listeners), path, conn_rate (ws listeners)", kv))
 			continue
 		}
 		if seen[key] {
@@ -81,9 +83,14 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		}
 		seen[key] = true
 		switch key { // not the guard's
-		case "reply", "push":
+		case "reply", "push", "df":
 			if v := strings.TrimSpace(value); v != "on" && v != "off" {
 				errs = append(errs, fmt.Errorf("option %s=%s: want on or off", key, value))
+			}
+			continue
+		case "group":
+			if _, err := parseGroups(value); err != nil {
+				errs = append(errs, fmt.Errorf("option group=%s: %v", strings.TrimSpace(value), err))
 			}
 			continue
 		case "path":

@@ -52,6 +52,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 			Piggyback: cfg.CoAPPiggyback,
 			BlockSize: cfg.CoAPBlockSize,
 			MaxBody:   cfg.CoAPMaxBody,
+			Leisure:   cfg.CoAPLeisure,
 			// CoAP Observe.
 			ObserveCONEvery:     cfg.CoAPObserveCONEvery,
 			MaxObservers:        cfg.CoAPMaxObservers,
@@ -104,7 +105,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		}
 		c := inh.udp(l)
 		if c == nil {
-			c, err = ingress.Listen(ctx, l.Network(), l.Addr.String(), cfg.RcvBuf)
+			c, err = listenUDP(ctx, l, cfg.RcvBuf)
 		}
 		if err != nil {
 			CloseListeners(g)
@@ -113,6 +114,30 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		g.Listeners = append(g.Listeners, gateway.Listener{Conn: c, Protocol: l.Protocol, Guard: gd, NoReply: l.NoReply, Push: l.Push, DTLS: dc})
 	}
 	return g, nil
+}
+
+// listenUDP binds the socket of l, a UDP listener, with ingress.Listen,
+// and sets it up as l's options say: the multicast groups it joins
+// (group=), fragmentation forbidden (df=on). A socket handed over by
+// another process is set up already.
+func listenUDP(ctx context.Context, l config.Listener, rcvbuf int) (*net.UDPConn, error) {
+	c, err := ingress.Listen(ctx, l.Network(), l.Addr.String(), rcvbuf)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range l.Groups() {
+		if err := ingress.JoinGroup(c, g.Addr, g.Interface); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if l.DontFragment {
+		if err := ingress.DontFragment(c); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // ListenerError is a listener that could not be set up: its socket not

@@ -20,7 +20,6 @@ import (
 	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/gateway"
 	"github.com/udpgate/udpgate/guard"
-	"github.com/udpgate/udpgate/ingress"
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/observe"
 	"github.com/udpgate/udpgate/schemas"
@@ -440,7 +439,7 @@ func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard
 	}
 	if c == nil {
 		var err error
-		if c, err = ingress.Listen(ctx, l.Network(), l.Addr.String(), f.Config.RcvBuf); err != nil {
+		if c, err = listenUDP(ctx, l, f.Config.RcvBuf); err != nil {
 			return socket{}, err
 		}
 	}
