@@ -253,27 +253,27 @@ func (r Report) WriteText(w io.Writer) error {
 			fmt.Fprintf(w, "  %s: %s\n", c.Name, c.Note)
 		}
 	}
-	if len(r.Goals) == 0 {
-		return nil
-	}
-	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "target\tvalue\tgoal\t")
-	for _, g := range r.Goals {
-		if g.Note != "" {
-			fmt.Fprintf(tw, "%s\t-\t%s %g\tnot measured (%s)\n", g.Name, g.Op, g.Goal, g.Note)
-			continue
+	if len(r.Goals) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "target\tvalue\tgoal\t")
+		for _, g := range r.Goals {
+			if g.Note != "" {
+				fmt.Fprintf(tw, "%s\t-\t%s %g\tnot measured (%s)\n", g.Name, g.Op, g.Goal, g.Note)
+				continue
+			}
+			state := "not met"
+			if g.Met {
+				state = "met"
+			}
+			fmt.Fprintf(tw, "%s\t%.3g\t%s %g\t%s\n", g.Name, g.Value, g.Op, g.Goal, state)
 		}
-		state := "not met"
-		if g.Met {
-			state = "met"
+		if err := tw.Flush(); err != nil {
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%.3g\t%s %g\t%s\n", g.Name, g.Value, g.Op, g.Goal, state)
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	// Ratios without a target, for information.
+	// Ratios without a target, for information, even when no goal's
+	// cases ran.
 	var info []string
 	for _, g := range ratioGoals {
 		if v, ok := r.Ratios[g.key]; ok && g.op == "" {

@@ -135,6 +135,25 @@ func TestReportSkipped(t *testing.T) {
 	}
 }
 
+// TestReportInfoRatioAlone: a ratio without a target is computed and
+// printed even when no case of a goal ran.
+func TestReportInfoRatioAlone(t *testing.T) {
+	r := NewReport([]Case{
+		{Name: "gateway-coap-long", Rate: 20000, P50us: 2000},
+		{Name: "gateway-observe", Rate: 100000, P50us: 20000},
+	})
+	if v := r.Ratios["gateway-observe/gateway-coap-long"]; v != 5 || len(r.Goals) != 0 {
+		t.Errorf("ratios %v, goals %+v", r.Ratios, r.Goals)
+	}
+	var text bytes.Buffer
+	if err := r.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if want := "also: gateway-observe/gateway-coap-long 5"; !strings.Contains(text.String(), want) {
+		t.Errorf("text lacks %q:\n%s", want, text.String())
+	}
+}
+
 func TestShort(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		500: "500ns", 45200: "45.2µs", 1234567: "1.23ms", 2500 * time.Millisecond: "2.50s", 150 * time.Microsecond: "150µs",
