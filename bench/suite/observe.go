@@ -132,16 +132,19 @@ func encodeObserve(v uint32) []byte {
 	return []byte{byte(v)}
 }
 
-// receive reads notifications until stop is set, counting those that
-// carry a publish time into delivered, and their latency into h, and
-// keeping the time of the latest in last (unix nanoseconds).
+// receive reads notifications until stop is set and a read deadline
+// passes, counting those that carry a publish time into delivered, and
+// their latency into h, and keeping the time of the latest in last (unix
+// nanoseconds).
 func (o *observer) receive(stop *atomic.Bool, delivered, last *atomic.Int64, h *observeHist) error {
 	buf := make([]byte, 1500)
 	m := message.Message{Options: make(message.Options, 0, 8)}
-	for !stop.Load() {
-		o.c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	for {
 		n, err := o.c.Read(buf)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if stop.Load() {
+				return nil
+			}
 			continue
 		}
 		if err != nil {
@@ -166,7 +169,6 @@ func (o *observer) receive(stop *atomic.Bool, delivered, last *atomic.Int64, h *
 			}
 		}
 	}
-	return nil
 }
 
 // forEach runs f for each observer, n at a time, and returns the first
@@ -267,6 +269,7 @@ func (s *suite) gatewayObserve(ctx context.Context) (bench.Sample, error) {
 		readErr         = make(chan error, len(obs))
 	)
 	for i, o := range obs {
+		o.c.SetReadDeadline(time.Time{})
 		readers.Go(func() { readErr <- o.receive(&stop, &delivered, &last, &hists[i%observeShards]) })
 	}
 	// The notifier: observeInFlight requests in flight for the duration.
@@ -309,6 +312,9 @@ func (s *suite) gatewayObserve(ctx context.Context) (bench.Sample, error) {
 		}
 	}
 	stop.Store(true)
+	for _, o := range obs {
+		o.c.SetReadDeadline(time.Now()) // ends the read under way
+	}
 	readers.Wait()
 	close(readErr)
 	for err := range readErr {
