@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 
@@ -16,9 +17,10 @@ import (
 // of observers notified (schemas.HeaderCoAPObservers). With an Observe
 // bucket, it makes the bucket the edge's coap.Registry, and reads back
 // the registrations the node held on the port, which the edge restores
-// when it starts. It returns a function that unsubscribes (and stops
-// refreshing the port's registrations in the bucket). Other listeners
-// subscribe to nothing.
+// when it starts. The subscriptions end when the listener stops reading,
+// or when the returned function is called, which also stops refreshing
+// the port's registrations in the bucket. Other listeners subscribe to
+// nothing.
 func (lv *live) notifications() (stop func()) {
 	in := lv.in
 	if lv.Protocol != schemas.ProtocolCoAP || in.NATS == nil {
@@ -63,10 +65,31 @@ func (lv *live) notifications() (stop func()) {
 		}
 		subs = append(subs, s)
 	}
-	return func() {
-		for _, s := range subs {
-			s.Unsubscribe()
+	// A listener that stops reading stops notifying: after a hand-over
+	// the process that took its socket has restored the observers and
+	// notifies them, and two processes would send each notification
+	// twice.
+	var once sync.Once
+	unsubscribe := func() {
+		once.Do(func() {
+			for _, s := range subs {
+				s.Unsubscribe()
+			}
+		})
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case <-lv.stop:
+			unsubscribe()
+		case <-done:
 		}
+	})
+	return func() {
+		close(done)
+		wg.Wait()
+		unsubscribe()
 		if lv.obs != nil {
 			lv.obs.forgetPort(lv.port)
 		}
