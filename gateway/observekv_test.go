@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 
+	"github.com/udpgate/udpgate/coap"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
@@ -259,5 +262,56 @@ func TestObserveNoBucket(t *testing.T) {
 	}
 	if st := g.Status(ctx); st.ObserveBucket != "" || st.Observed != nil {
 		t.Fatalf("status: bucket %q, observed %+v", st.ObserveBucket, st.Observed)
+	}
+}
+
+// TestObserveStoreQueue: writes beyond the queue are dropped and
+// counted, never waited for; the refresh writes what they missed; a
+// write the bucket refuses is counted failed.
+func TestObserveStoreQueue(t *testing.T) {
+	s := natstest.RunServer(t)
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := openObserve(ctx, js, ObserveBucket{Name: testBucket, Queue: 1}, "queue-node", schemas.DefaultPrefix, slog.New(slog.DiscardHandler))
+	if st == nil {
+		t.Fatal("no store")
+	}
+	peer := netip.MustParseAddrPort("127.0.0.1:40000")
+	for i := range 3 {
+		st.Register(coap.Registration{Peer: peer, Token: []byte{byte(i)}, Resource: "sensors.1", Op: "GET /sensors/1", Port: 5683, SZX: 6, Registered: time.Now()})
+	}
+	if s := st.stats(); s.Dropped != 2 || s.Held != 3 {
+		t.Fatalf("stats %+v: want 2 dropped, 3 held", s)
+	}
+	st.write(ctx, <-st.queue)
+	st.refresh(ctx)
+	regs, err := st.load(ctx, 5683)
+	if err != nil || len(regs) != 3 {
+		t.Fatalf("load: %d registrations, %v", len(regs), err)
+	}
+	for _, r := range regs {
+		if r.Peer != peer || r.Resource != "sensors.1" || r.Op != "GET /sensors/1" || r.SZX != 6 || r.Port != 5683 || r.Registered.IsZero() {
+			t.Fatalf("registration read back: %+v", r)
+		}
+	}
+	if s := st.stats(); s.Puts != 4 || s.Refreshes != 3 || s.Loaded != 3 || s.Failed != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	// Another node's, and another port's, are not read back.
+	if regs, err := st.load(ctx, 5684); err != nil || len(regs) != 0 {
+		t.Fatalf("load of another port: %d, %v", len(regs), err)
+	}
+	st.Deregister(regs[0])
+	st.write(ctx, <-st.queue)
+	if regs, _ := st.load(ctx, 5683); len(regs) != 2 || st.stats().Deletes != 1 {
+		t.Fatalf("after a deregistration: %d read back, stats %+v", len(regs), st.stats())
+	}
+	if err := js.DeleteKeyValue(ctx, testBucket); err != nil {
+		t.Fatal(err)
+	}
+	st.refresh(ctx)
+	if s := st.stats(); s.Failed != 2 {
+		t.Fatalf("stats %+v: want the 2 refreshes of a deleted bucket failed", s)
 	}
 }
