@@ -183,7 +183,9 @@ func (r *Request) register(now time.Time) (uint32, bool) {
 		return 0, false
 	}
 	o, again := e.obs.observers[key]
+	var prev Registration
 	if again {
+		prev = o.registration(now)
 		e.unlink(o)
 		o.gone = false
 	} else {
@@ -210,6 +212,10 @@ func (r *Request) register(now time.Time) (uint32, bool) {
 	o.seq = clockSeq(o.seq, now)
 	e.stats.registrations.Add(1)
 	if e.Registry != nil {
+		if again && prev.Resource != o.resource {
+			// The token moved to another resource: its key did too.
+			e.Registry.Deregister(prev)
+		}
 		e.Registry.Register(o.registration(now))
 	}
 	return o.seq, true

@@ -423,6 +423,22 @@ func TestObserveRegistry(t *testing.T) {
 	}
 }
 
+// TestObserveRegistryMoved: a re-registration of a token on another
+// resource replaces the registration in the registry too.
+func TestObserveRegistryMoved(t *testing.T) {
+	reg := newRegistry()
+	te := newTestEdge(t, Config{Registry: reg})
+	te.register(t, 1, 7, "a")
+	te.register(t, 2, 7, "b")
+	held := reg.list()
+	if len(held) != 1 || held[0].Resource != "b" || reg.ends != 1 {
+		t.Fatalf("the registry holds %+v after %d ends, want only the registration of b", held, reg.ends)
+	}
+	if te.Observers("a") != 0 || te.Observers("b") != 1 {
+		t.Fatalf("observers of a %d, of b %d", te.Observers("a"), te.Observers("b"))
+	}
+}
+
 // TestObserveRestoreBounds: a registration beyond MaxObserversPerPeer is
 // not restored, and the registry forgets it.
 func TestObserveRestoreBounds(t *testing.T) {
