@@ -1,5 +1,6 @@
 // Package client sends requests to a udpgate gateway, or to any UDP service,
-// and waits for their replies: plain datagrams (udp://), CoAP (coap://), and
+// and waits for their replies: plain datagrams (udp://), CoAP (coap://, and
+// coaps:// over DTLS with a pre-shared key), and
 // the udpgate RPC envelope over UDP (rpc://) or WebSocket (ws://, wss://,
 // see WSConn). It is what `udpgate send` runs, and it
 // prints nothing: every outcome is a value (a Result, a Rejection, Stats), so
@@ -90,6 +91,11 @@ type Options struct {
 	// TLS configures a wss:// connection; nil verifies the listener's
 	// certificate against the system's roots. Other schemes ignore it.
 	TLS *tls.Config
+	// PSKIdentity and PSK authenticate a coaps:// request's DTLS
+	// handshake (a coaps listener's UDPGATE_DTLS_PSK_FILE holds them).
+	// Other schemes ignore them.
+	PSKIdentity string
+	PSK         []byte
 }
 
 func (o Options) wait() time.Duration {
@@ -169,7 +175,7 @@ const reasonWrongAddress = "not the address the request was sent to"
 // exchange at a time: Do must not be called concurrently; open one Conn per
 // concurrent client instead.
 type Conn struct {
-	scheme string // "udp", "coap" or "rpc"
+	scheme string // "udp", "coap", "coaps", "rpc", "ws" or "wss"
 	target string // the URL, for error messages
 	remote netip.AddrPort
 	opts   Options
@@ -210,6 +216,7 @@ const maxRejected = 64
 //
 //	udp://HOST:PORT
 //	coap://HOST[:PORT]/PATH[?QUERY]      (port 5683 if absent)
+//	coaps://HOST[:PORT]/PATH[?QUERY]     (over DTLS with Options.PSK; port 5684)
 //	rpc://HOST:PORT/SERVICE/METHOD
 //	ws://HOST:PORT[/PATH]/SERVICE/METHOD (or wss://; see ParseWS)
 //
@@ -249,9 +256,15 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 		}
 	case "ws", "wss":
 		return dialWS(ctx, c, rawURL)
-	case "coap":
+	case "coap", "coaps":
 		if port == "" {
 			port = "5683"
+			if u.Scheme == "coaps" {
+				port = "5684"
+			}
+		}
+		if u.Scheme == "coaps" && (opts.PSKIdentity == "" || len(opts.PSK) == 0) {
+			return nil, invalid{fmt.Errorf("client: %q: coaps:// needs a pre-shared key and its identity", rawURL)}
 		}
 		if c.coapCode, err = coapMethod(opts.Method); err != nil {
 			return nil, invalid{fmt.Errorf("client: %w", err)}
@@ -269,7 +282,7 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 			}
 		}
 	default:
-		return nil, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT, coap://HOST[:PORT]/PATH, rpc://HOST:PORT/SERVICE/METHOD or ws://HOST:PORT[/PATH]/SERVICE/METHOD", rawURL)}
+		return nil, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT, coap://HOST[:PORT]/PATH, coaps://HOST[:PORT]/PATH, rpc://HOST:PORT/SERVICE/METHOD or ws://HOST:PORT[/PATH]/SERVICE/METHOD", rawURL)}
 	}
 	p, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || p == 0 {
@@ -281,9 +294,15 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 	if err := c.bind(ctx); err != nil {
 		return nil, fmt.Errorf("client: %s: %w", c.remote, err)
 	}
-	if c.scheme == "coap" {
+	switch c.scheme {
+	case "coap":
 		c.coap = dialCoAP(c.conn, opts)
-	} else {
+	case "coaps":
+		if c.coap, err = dialCoAPS(ctx, c.conn, opts); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("client: %s: %w", c.remote, err)
+		}
+	default:
 		c.buf = make([]byte, 65536)
 	}
 	return c, nil

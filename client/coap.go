@@ -43,6 +43,11 @@ func CodeString(code uint8) string {
 // Options.Wait, then doubling) and transfers large bodies block-wise
 // (Block1 and Block2, 1024-byte blocks).
 func dialCoAP(conn *net.UDPConn, opts Options) *coapclient.Conn {
+	return coapudp.Client(conn, coapOptions(opts)...)
+}
+
+// coapOptions are the options of go-coap's client for opts.
+func coapOptions(opts Options) []coapudp.Option {
 	// As many retransmissions as fit in the give-up time; the request's
 	// context ends the exchange at that time in any case.
 	var retransmit uint32
@@ -50,11 +55,11 @@ func dialCoAP(conn *net.UDPConn, opts Options) *coapclient.Conn {
 		w *= 2
 		sum += w
 	}
-	return coapudp.Client(conn,
+	return []coapudp.Option{
 		options.WithBlockwise(true, blockwise.SZX1024, opts.timeout()),
 		options.WithTransmission(1, opts.wait(), retransmit+1),
 		options.WithCloseSocket(),
-	)
+	}
 }
 
 // doCoAP sends one confirmable request and waits for its response.

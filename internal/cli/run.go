@@ -124,9 +124,9 @@ func tryHints(ls []config.Listener, ws []node.Worker) []string {
 			host = netip.MustParseAddr("127.0.0.1")
 		}
 		hp := netip.AddrPortFrom(host, l.Addr.Port()).String()
-		if l.DTLS { // udpgate send speaks no DTLS yet: libcoap's client does
+		if l.DTLS { // send speaks coaps://, with a key of UDPGATE_DTLS_PSK_FILE
 			if w.Name == "coap" {
-				hints = append(hints, "coap-client-openssl -m get -u IDENTITY -k KEY coaps://"+hp+"/time")
+				hints = append(hints, "go run . send --psk-identity IDENTITY --psk KEY coaps://"+hp+"/time")
 			}
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/udpgate/udpgate/client"
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/schemas/rpcpb"
 )
 
@@ -28,17 +29,20 @@ import (
 func newSendCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "send URL [PAYLOAD]",
-		Short: "send a request (udp://, coap://, rpc://, ws://) and print the reply",
+		Short: "send a request (udp://, coap://, coaps://, rpc://, ws://) and print the reply",
 		Long: `Sends a request and prints the reply on standard output; without PAYLOAD the
 payload is read from standard input (not for a CoAP GET or DELETE).
   URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY], rpc://HOST:PORT/SERVICE/METHOD
        or ws://HOST:PORT[/PATH]/SERVICE/METHOD (wss:// too): an RPC call on a ws
-       listener served at PATH (/ if none), in a binary message (--text: base64)
+       listener served at PATH (/ if none), in a binary message (--text: base64);
+       coaps://HOST[:PORT]/PATH[?QUERY]: CoAP over DTLS with --psk-identity and
+       --psk (port 5684 if absent)
 A request over UDP is sent again on a backoff until a reply comes or --timeout
 passes; a ws:// call is sent once, on one connection, and waits --timeout
 (wss://: --cacert trusts a listener's own certificate).`,
 		Example: `  udpgate send udp://127.0.0.1:9000 hello
   udpgate send coap://127.0.0.1/time
+  udpgate send --psk-identity alice --psk s3cret coaps://127.0.0.1/time
   udpgate send rpc://127.0.0.1:7000/InterestingPlaces/GetRandom '{"limit": 2}'
   udpgate send ws://127.0.0.1:8080/rpc/InterestingPlaces/GetRandom '{"limit": 2}'
   udpgate send --count 100 udp://127.0.0.1:9000 ping`,
@@ -54,12 +58,22 @@ passes; a ws:// call is sent once, on one connection, and waits --timeout
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
 	text := fs.Bool("text", false, "ws://: send each call as base64 in a text message (answered in kind) rather than binary")
 	cacert := fs.String("cacert", "", "wss://: trust the certificates of this PEM file (a self-signed listener's) instead of the system's roots")
+	pskIdentity := fs.String("psk-identity", "", "coaps://: the identity of the pre-shared key")
+	psk := fs.String("psk", "", "coaps://: the pre-shared key, as text or as hex after 0x (as in UDPGATE_DTLS_PSK_FILE)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 		if *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {
 			return usageErrorf(cmd, "--count must be at least 1, --wait and --timeout positive, --factor at least 1, --content-format at most 65535")
 		}
-		return send(ctx, args, sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text, cacert: *cacert}, stdout, stderr)
+		o := sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text, cacert: *cacert}
+		if *pskIdentity != "" || *psk != "" {
+			keys, err := dtls.ParseKeys([]byte(*pskIdentity + ":" + *psk))
+			if err != nil || strings.Contains(*pskIdentity, ":") {
+				return usageErrorf(cmd, "--psk-identity and --psk: want an identity (printable, no spaces or colons) and a key (text, or hex after 0x)")
+			}
+			o.pskIdentity, o.psk = *pskIdentity, keys[*pskIdentity]
+		}
+		return send(ctx, args, o, stdout, stderr)
 	}
 	return cmd
 }
@@ -78,12 +92,14 @@ type sendOptions struct {
 	verbose       bool
 	text          bool
 	cacert        string // a PEM file of roots for wss://
+	pskIdentity   string // coaps://
+	psk           []byte
 }
 
 // send sends the request(s) of `udpgate send`.
 func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.Writer) error {
 	method, format, wait, factor, timeout, count, verbose := &o.method, &o.format, &o.wait, &o.factor, &o.timeout, &o.count, &o.verbose
-	opts := client.Options{Wait: *wait, Factor: *factor, Timeout: *timeout, Method: *method, Text: o.text}
+	opts := client.Options{Wait: *wait, Factor: *factor, Timeout: *timeout, Method: *method, Text: o.text, PSKIdentity: o.pskIdentity, PSK: o.psk}
 	if *format >= 0 {
 		cf := uint16(*format)
 		opts.ContentFormat = &cf
@@ -98,7 +114,7 @@ func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.W
 	var payload []byte
 	if len(args) == 2 {
 		payload = []byte(args[1])
-	} else if m := strings.ToLower(*method); !strings.HasPrefix(target, "coap:") || (m != "get" && m != "delete") {
+	} else if m := strings.ToLower(*method); !strings.HasPrefix(target, "coap:") && !strings.HasPrefix(target, "coaps:") || (m != "get" && m != "delete") {
 		const limit = 1 << 20
 		var err error
 		if payload, err = io.ReadAll(io.LimitReader(os.Stdin, limit+1)); err != nil {

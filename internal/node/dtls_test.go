@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,6 +22,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 
+	"github.com/udpgate/udpgate/client"
 	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/internal/certtest"
 	"github.com/udpgate/udpgate/internal/config"
@@ -414,5 +416,32 @@ func TestNodeDTLSConnectionID(t *testing.T) {
 	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolRaw)
 	if st := n.Gateway.Stats().DTLS[name]; st.Rebinds != 1 || st.Sessions != 1 || st.Handshakes[dtls.OutcomeOK] != 1 {
 		t.Errorf("stats %+v, want 1 rebind, 1 session, 1 handshake", st)
+	}
+}
+
+// TestNodeCoAPSClient: udpgate's own client (udpgate send) asks a coaps
+// listener over DTLS with a pre-shared key.
+func TestNodeCoAPSClient(t *testing.T) {
+	n, _ := startDTLSNode(t, "127.0.0.1:1/coaps", "alice:s3cret\n", "udpgate.in.PORT.GET.whoami")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	url := "coaps://" + n.Ports[0].String() + "/whoami"
+	if _, err := client.Dial(ctx, url, client.Options{}); !errors.Is(err, client.ErrInvalid) {
+		t.Errorf("coaps:// without a key: %v, want ErrInvalid", err)
+	}
+	c, err := client.Dial(ctx, url, client.Options{PSKIdentity: "alice", PSK: []byte("s3cret"), Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	res, err := c.Do(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(res.Body) != "hello alice " || res.Code != uint8(codes.Content) {
+		t.Errorf("%s %q", client.CodeString(res.Code), res.Body)
+	}
+	if _, err := client.Dial(ctx, url, client.Options{PSKIdentity: "alice", PSK: []byte("guess"), Timeout: time.Second}); err == nil {
+		t.Error("a wrong key shook hands")
 	}
 }
