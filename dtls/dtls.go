@@ -126,7 +126,7 @@ type Stats struct {
 	// again from the same address (it restarted) and passed the cookie
 	// exchange.
 	Replaced uint64
-	// Records counts datagrams decrypted and delivered.
+	// Records counts datagrams decrypted and handed to Deliver.
 	Records uint64
 	// NoSession counts datagrams that belong to no session and do not
 	// start one (not a ClientHello), dropped.
@@ -180,10 +180,7 @@ type Listener struct {
 	Guard *guard.Guard
 	// Deliver receives the decrypted datagrams. Required.
 	Deliver Deliver
-	// MaxDatagram is the largest decrypted datagram delivered; larger
-	// ones are dropped (counted as Backlog: not delivered).
-	MaxDatagram int
-	Log         *slog.Logger
+	Log     *slog.Logger
 
 	mu     sync.Mutex // guards byAddr, byCID, replacing and closed
 	byAddr map[netip.AddrPort]*Session
@@ -216,9 +213,6 @@ func (l *Listener) Start() error {
 	}
 	if l.Log == nil {
 		l.Log = slog.New(slog.DiscardHandler)
-	}
-	if l.MaxDatagram <= 0 {
-		l.MaxDatagram = 65535
 	}
 	l.byAddr = map[netip.AddrPort]*Session{}
 	l.byCID = map[string]*Session{}

@@ -138,10 +138,6 @@ func (s *Session) run() {
 			l.rebind(s, to)
 			l.Guard.Validate(to.Addr(), now)
 		}
-		if n > l.MaxDatagram {
-			l.stats.backlog.Add(1)
-			continue
-		}
 		l.stats.records.Add(1)
 		l.deliver(buf[:n], s.remote, s)
 	}

@@ -600,7 +600,7 @@ func (s *Server) init() error {
 		}
 		s.dtlsEdge = &dtls.Listener{
 			Conn: s.Conn, SetSource: s.wildcard, Port: s.port, Config: s.DTLS, Guard: s.Guard,
-			Deliver: s.decrypted, MaxDatagram: s.MaxDatagram, Log: s.Log,
+			Deliver: s.decrypted, Log: s.Log,
 		}
 		if err := s.dtlsEdge.Start(); err != nil {
 			s.dtlsEdge = nil
