@@ -152,13 +152,17 @@ func (o *scaleObserver) register(deadline time.Time) error {
 
 // await reads notifications until each of o's tokens has one with body;
 // any other notification (a duplicate, an older one) fails. It returns
-// when the last arrived.
+// when the last arrived. Late answers to registrations are skipped.
 func (o *scaleObserver) await(body string) (time.Time, error) {
 	var last time.Time
 	for left := scaleTokens; left > 0; {
 		m, err := o.read(30 * time.Second)
 		if err != nil {
 			return last, fmt.Errorf("socket %d: %d notifications of %q missing: %w", o.id, left, body, err)
+		}
+		if m.Type == message.Acknowledgement || string(m.Payload) == "registered\n" {
+			// A late answer to a registration sent again.
+			continue
 		}
 		i := o.tokenOf(m.Token)
 		if i < 0 || string(m.Payload) != body || !hasObserve(m) {
