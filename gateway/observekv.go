@@ -79,7 +79,8 @@ type ObserveStats struct {
 
 // observeStore keeps the node's Observe registrations in the bucket: it
 // is every coap listener's coap.Registry. Register and Deregister, called
-// on the edges' hot paths, update held and queue the write; run writes.
+// on the edges' hot paths (under an edge's lock), only name the key,
+// update held and queue the write; run encodes and writes.
 // It is safe for concurrent use.
 type observeStore struct {
 	kv       jetstream.KeyValue
@@ -92,16 +93,17 @@ type observeStore struct {
 	drops    *ratelog.Logger
 	queue    chan kvWrite
 
-	mu   sync.Mutex        // guards held
-	held map[string][]byte // key: value, of every registration the node holds
+	mu   sync.Mutex                   // guards held
+	held map[string]coap.Registration // by key, every registration the node holds
 
 	puts, deletes, refreshes, failed, dropped, loaded, loadFailed atomic.Uint64
 }
 
-// kvWrite is one write to the bucket: a put, or a delete if value is nil.
+// kvWrite is one write to the bucket: a put of reg, or a delete.
 type kvWrite struct {
-	key   string
-	value []byte
+	key    string
+	reg    coap.Registration
+	delete bool
 }
 
 // openObserve makes sure of the bucket c names and returns the store
@@ -142,26 +144,26 @@ func openObserve(ctx context.Context, js jetstream.JetStream, c ObserveBucket, n
 		drops: &ratelog.Logger{Log: log, Level: slog.LevelWarn,
 			Msg: "gateway: writes to the Observe bucket dropped: too many waiting"},
 		queue: make(chan kvWrite, queue),
-		held:  map[string][]byte{},
+		held:  map[string]coap.Registration{},
 	}
 }
 
 // Register implements coap.Registry: it stores r. It does not block.
 func (s *observeStore) Register(r coap.Registration) {
-	key, value := s.encode(r)
+	key := s.key(r)
 	s.mu.Lock()
-	s.held[key] = value
+	s.held[key] = r
 	s.mu.Unlock()
-	s.enqueue(kvWrite{key, value})
+	s.enqueue(kvWrite{key: key, reg: r})
 }
 
 // Deregister implements coap.Registry: it deletes r. It does not block.
 func (s *observeStore) Deregister(r coap.Registration) {
-	key := schemas.ObserveKey(r.Port, s.node, s.subject(r.Port, r.Resource), r.Peer.String(), r.Token)
+	key := s.key(r)
 	s.mu.Lock()
 	delete(s.held, key)
 	s.mu.Unlock()
-	s.enqueue(kvWrite{key: key})
+	s.enqueue(kvWrite{key: key, delete: true})
 }
 
 // enqueue hands w to the writer, or drops it if too many wait.
@@ -183,8 +185,13 @@ func (s *observeStore) subject(port uint16, resource string) string {
 	return subject
 }
 
-// encode returns r's key and value.
-func (s *observeStore) encode(r coap.Registration) (string, []byte) {
+// key returns r's key.
+func (s *observeStore) key(r coap.Registration) string {
+	return schemas.ObserveKey(r.Port, s.node, s.subject(r.Port, r.Resource), r.Peer.String(), r.Token)
+}
+
+// encode returns r's value.
+func (s *observeStore) encode(r coap.Registration) []byte {
 	subject := s.subject(r.Port, r.Resource)
 	v := schemas.ObserveRegistration{
 		Node: s.node, Port: r.Port, Subject: subject, Resource: r.Resource,
@@ -195,7 +202,7 @@ func (s *observeStore) encode(r coap.Registration) (string, []byte) {
 		v.Local = r.Local.String()
 	}
 	b, _ := json.Marshal(v) // cannot fail: strings, numbers and a time
-	return schemas.ObserveKey(r.Port, s.node, subject, v.Peer, r.Token), b
+	return b
 }
 
 // decode returns the registration value holds.
@@ -246,7 +253,7 @@ func (s *observeStore) load(ctx context.Context, port uint16) ([]coap.Registrati
 			}
 			r, err := decode(e.Value())
 			if err != nil || r.Port != port {
-				s.enqueue(kvWrite{key: e.Key()})
+				s.enqueue(kvWrite{key: e.Key(), delete: true})
 				continue
 			}
 			out = append(out, r)
@@ -309,17 +316,17 @@ func (s *observeStore) write(ctx context.Context, w kvWrite) {
 	wctx, cancel := context.WithTimeout(ctx, observeTimeout)
 	defer cancel()
 	var err error
-	if w.value == nil {
+	if w.delete {
 		err = s.kv.Delete(wctx, w.key)
 	} else {
-		_, err = s.kv.Put(wctx, w.key, w.value)
+		_, err = s.kv.Put(wctx, w.key, s.encode(w.reg))
 	}
 	switch {
-	case err != nil && w.value == nil && errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil && w.delete && errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
 		s.failed.Add(1)
 		s.failures.Add("bucket", s.bucket, "key", w.key, "err", err)
-	case w.value == nil:
+	case w.delete:
 		s.deletes.Add(1)
 	default:
 		s.puts.Add(1)
@@ -331,8 +338,8 @@ func (s *observeStore) write(ctx context.Context, w kvWrite) {
 func (s *observeStore) refresh(ctx context.Context) {
 	s.mu.Lock()
 	all := make([]kvWrite, 0, len(s.held))
-	for k, v := range s.held {
-		all = append(all, kvWrite{k, v})
+	for k, r := range s.held {
+		all = append(all, kvWrite{key: k, reg: r})
 	}
 	s.mu.Unlock()
 	for _, w := range all {
