@@ -46,6 +46,9 @@ type ListenerStatus struct {
 	// for a leased listener (gateway.Listener.Origin).
 	Origin  string `json:"origin,omitempty"`
 	Subject string `json:"subject"` // its request subject, PREFIX.in.PORT
+	// DTLS says the listener's datagrams come in DTLS sessions: a coaps
+	// listener (PORT/coap) or a dtls one (PORT/raw).
+	DTLS bool `json:"dtls,omitempty"`
 	// Groups serve some of the listener's subjects, with only their
 	// subjects, resources and figures on this port.
 	Groups []Group `json:"groups"`
@@ -146,7 +149,7 @@ func (g *Gateway) Status(ctx context.Context) Status {
 			Listener: lv.name, Address: lv.address(), Origin: lv.Origin, Subject: schemas.InSubject(g.Prefix, port),
 			Received: in.Received, Answered: es.Sent, NoResponders: es.NoResponders, Shed: in.Shed,
 			Unserved: es.Unserved, NoWorker: es.NoWorker, NoAnswer: es.NoAnswer, Discovery: es.Discovery,
-			CaptureDiscarded: dis.count(port),
+			CaptureDiscarded: dis.count(port), DTLS: lv.DTLS != nil,
 		}
 		for _, gr := range st.Groups {
 			if pg, ok := onPort(gr, g.Prefix, port, lv.name); ok {

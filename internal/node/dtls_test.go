@@ -174,6 +174,9 @@ func TestNodeDTLSRaw(t *testing.T) {
 	if st := n.Gateway.Stats().DTLS[name]; st.Handshakes[dtls.OutcomeOK] != 1 || st.Sessions != 1 {
 		t.Errorf("stats %+v", st)
 	}
+	if ls := n.Gateway.Status(ctx).Listeners; len(ls) != 1 || ls[0].Listener != name || !ls[0].DTLS {
+		t.Errorf("status %+v, want %s with dtls", ls, name)
+	}
 }
 
 // TestNodeCoAPSCertificates: with UDPGATE_DTLS_CLIENT_CA, libcoap's
