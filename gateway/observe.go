@@ -17,7 +17,8 @@ import (
 // of observers notified (schemas.HeaderCoAPObservers). With an Observe
 // bucket, it makes the bucket the edge's coap.Registry, and reads back
 // the registrations the node held on the port, which the edge restores
-// when it starts. The subscriptions end when the listener stops reading,
+// when it starts (a coaps listener deletes them: their DTLS sessions are
+// gone). The subscriptions end when the listener stops reading,
 // or when the returned function is called, which also stops refreshing
 // the port's registrations in the bucket. Other listeners subscribe to
 // nothing.
@@ -31,6 +32,15 @@ func (lv *live) notifications() (stop func()) {
 		regs, err := lv.obs.load(lv.ctx, lv.port)
 		if err != nil {
 			in.Log.Error("gateway: the observers registered before this start get no notifications until they register again", "listener", lv.name, "err", err)
+		}
+		if lv.DTLS != nil {
+			// A coaps listener's observers had DTLS sessions, which ended
+			// with the process that held them: nothing could reach them.
+			// Their keys go; they register again in new sessions.
+			for _, r := range regs {
+				lv.obs.Deregister(r)
+			}
+			regs = nil
 		}
 		in.CoAP.Restore = regs
 		if len(regs) > 0 {

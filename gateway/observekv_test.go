@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 
 	"github.com/udpgate/udpgate/coap"
+	"github.com/udpgate/udpgate/dtls"
 	"github.com/udpgate/udpgate/internal/natstest"
 	"github.com/udpgate/udpgate/schemas"
 	"github.com/udpgate/udpgate/workers"
@@ -313,5 +316,47 @@ func TestObserveStoreQueue(t *testing.T) {
 	st.refresh(ctx)
 	if s := st.stats(); s.Failed != 2 {
 		t.Fatalf("stats %+v: want the 2 refreshes of a deleted bucket failed", s)
+	}
+}
+
+// TestObserveCoAPSNotRestored: a coaps listener does not restore the
+// registrations its node held, whose DTLS sessions ended with the
+// process: it deletes their keys.
+func TestObserveCoAPSNotRestored(t *testing.T) {
+	s := natstest.RunServer(t)
+	_, js := natstest.JetStream(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	// The registration of a process before.
+	st := openObserve(ctx, js, ObserveBucket{Name: testBucket}, "dtls-node", schemas.DefaultPrefix, slog.New(slog.DiscardHandler))
+	st.Register(coap.Registration{Peer: netip.MustParseAddrPort("127.0.0.1:40000"), Token: []byte{1}, Resource: "sensors.1", Port: port, Registered: time.Now()})
+	st.write(ctx, <-st.queue)
+	nf := &workers.Notifier{NATS: natstest.Connect(t, s), Port: port, Bucket: testBucket}
+	if ok, err := nf.Observed(ctx, "/sensors/1"); err != nil || !ok {
+		t.Fatalf("Observed before: %v, %v", ok, err)
+	}
+
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("alice:secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := dtls.LoadKeys(psk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{NATS: natstest.Connect(t, s), Node: "dtls-node", Observe: ObserveBucket{Name: testBucket},
+		Listeners: []Listener{{Conn: c, Protocol: schemas.ProtocolCoAP, DTLS: &dtls.Config{Keys: keys}}}}
+	serveGateway(t, g)
+	waitFor(t, "the key deleted", func() bool { return g.Stats().Observe.Deletes == 1 })
+	if ok, err := nf.Observed(ctx, "/sensors/1"); err != nil || ok {
+		t.Fatalf("Observed after: %v, %v", ok, err)
+	}
+	if st := g.Stats().CoAP[schemas.Listener(port, schemas.ProtocolCoAP)].Observe; st.Restored != 0 || st.Observers != 0 {
+		t.Fatalf("Observe stats %+v", st)
 	}
 }
