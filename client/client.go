@@ -56,6 +56,11 @@ var ErrNoReply = errors.New("no reply")
 // unreachable: nothing listens on the target's port.
 var ErrRefused = errors.New("nothing listens (ICMP port unreachable)")
 
+// ErrTooBig is wrapped by the error of an exchange whose request was
+// larger than the path MTU with Options.DontFragment (EMSGSIZE); PathMTU
+// says the MTU.
+var ErrTooBig = errors.New("request larger than the path MTU")
+
 // ErrInvalid is wrapped by Dial's error when the URL or the options are
 // wrong, rather than the network: the caller's mistake.
 var ErrInvalid = errors.New("invalid URL or options")
@@ -80,6 +85,10 @@ type Options struct {
 	// Timeout is the give-up time, counted from the first copy; 0 means
 	// DefaultTimeout.
 	Timeout time.Duration
+	// DontFragment sends with fragmentation forbidden (IP_MTU_DISCOVER,
+	// PMTUDISC_DO): a request larger than the path MTU is not sent, and
+	// Do's error wraps ErrTooBig and says the path MTU. Not for ws://.
+	DontFragment bool
 	// Method is the CoAP method, case-insensitive: GET, POST, PUT, DELETE,
 	// FETCH, PATCH or iPATCH; "" means GET. Other schemes ignore it.
 	Method string
@@ -328,8 +337,23 @@ func resolve(ctx context.Context, host string, port uint16) (netip.AddrPort, err
 }
 
 // bind opens the connected socket and, where it can, the watch socket
-// sharing its port (see Dial).
+// sharing its port (see Dial), and forbids fragmentation on the connected
+// one with Options.DontFragment.
 func (c *Conn) bind(ctx context.Context) error {
+	if err := c.bindSockets(ctx); err != nil {
+		return err
+	}
+	if c.opts.DontFragment {
+		if err := dontFragment(c.conn, c.remote.Addr().Is6()); err != nil {
+			c.Close()
+			return fmt.Errorf("don't fragment: %w", err)
+		}
+	}
+	return nil
+}
+
+// bindSockets opens the sockets of bind.
+func (c *Conn) bindSockets(ctx context.Context) error {
 	network, unspec := "udp4", netip.IPv4Unspecified()
 	if c.remote.Addr().Is6() {
 		network, unspec = "udp6", netip.IPv6Unspecified()
@@ -357,6 +381,16 @@ func (c *Conn) bind(ctx context.Context) error {
 	}
 	c.conn = conn
 	return nil
+}
+
+// PathMTU returns the path MTU the kernel knows for the target (IP_MTU
+// or IPV6_MTU): the interface's, or less once an ICMP "fragmentation
+// needed" (IPv6: "packet too big") said so. Not for ws://.
+func (c *Conn) PathMTU() (int, error) {
+	if c.conn == nil {
+		return 0, errors.New("client: no path MTU over WebSocket")
+	}
+	return pathMTU(c.conn, c.remote.Addr().Is6())
 }
 
 // watchLoop records every datagram the watch socket receives until Close.
@@ -511,6 +545,12 @@ func (c *Conn) exchange(ctx context.Context, req []byte, match matcher) (Result,
 func (c *Conn) ioError(err error) error {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		return fmt.Errorf("client: %s: %w", c.remote, ErrRefused)
+	}
+	if errors.Is(err, syscall.EMSGSIZE) {
+		if mtu, merr := c.PathMTU(); merr == nil {
+			return fmt.Errorf("client: %s: %w (path MTU %d)", c.remote, ErrTooBig, mtu)
+		}
+		return fmt.Errorf("client: %s: %w", c.remote, ErrTooBig)
 	}
 	return fmt.Errorf("client: %s: %w", c.remote, err)
 }

@@ -39,13 +39,19 @@ payload is read from standard input (not for a CoAP GET or DELETE).
        --psk (port 5684 if absent)
 A request over UDP is sent again on a backoff until a reply comes or --timeout
 passes; a ws:// call is sent once, on one connection, and waits --timeout
-(wss://: --cacert trusts a listener's own certificate).`,
+(wss://: --cacert trusts a listener's own certificate).
+--broadcast sends a udp:// request once to a broadcast address or a multicast
+group and prints every reply that comes within --timeout, each with its source.
+--mtu forbids fragmentation: a request larger than the path MTU is not sent,
+and the path MTU is reported.`,
 		Example: `  udpgate send udp://127.0.0.1:9000 hello
   udpgate send coap://127.0.0.1/time
   udpgate send --psk-identity alice --psk s3cret coaps://127.0.0.1/time
   udpgate send rpc://127.0.0.1:7000/InterestingPlaces/GetRandom '{"limit": 2}'
   udpgate send ws://127.0.0.1:8080/rpc/InterestingPlaces/GetRandom '{"limit": 2}'
-  udpgate send --count 100 udp://127.0.0.1:9000 ping`,
+  udpgate send --count 100 udp://127.0.0.1:9000 ping
+  udpgate send --broadcast --timeout 2s udp://192.168.1.255:9000 who
+  udpgate send --mtu udp://192.0.2.10:9000 < big.bin`,
 		Args: cobra.RangeArgs(1, 2),
 	}
 	fs := cmd.Flags()
@@ -55,6 +61,8 @@ passes; a ws:// call is sent once, on one connection, and waits --timeout
 	factor := fs.Float64("factor", client.DefaultFactor, "each further copy waits this many times longer (CoAP: always 2)")
 	timeout := fs.Duration("timeout", sendTimeout, "give up on a request this long after its first copy (longer than the gateway's UDPGATE_DEADLINE, 5s, so that its answer to a request no worker answered in time, a CoAP 5.04 or an RPC DEADLINE_EXCEEDED, arrives)")
 	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
+	bcast := fs.Bool("broadcast", false, "udp:// to a broadcast address or multicast group: send once (SO_BROADCAST) and print every reply within --timeout with its source")
+	mtu := fs.Bool("mtu", false, "forbid fragmentation (IP_MTU_DISCOVER=IP_PMTUDISC_DO): a request larger than the path MTU is not sent, and the path MTU is reported")
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
 	text := fs.Bool("text", false, "ws://: send each call as base64 in a text message (answered in kind) rather than binary")
 	cacert := fs.String("cacert", "", "wss://: trust the certificates of this PEM file (a self-signed listener's) instead of the system's roots")
@@ -65,7 +73,10 @@ passes; a ws:// call is sent once, on one connection, and waits --timeout
 		if *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {
 			return usageErrorf(cmd, "--count must be at least 1, --wait and --timeout positive, --factor at least 1, --content-format at most 65535")
 		}
-		o := sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text, cacert: *cacert}
+		if *bcast && (*count != 1 || *mtu) {
+			return usageErrorf(cmd, "--broadcast sends one request: not with --count or --mtu")
+		}
+		o := sendOptions{method: *method, format: *format, wait: *wait, factor: *factor, timeout: *timeout, count: *count, verbose: *verbose, text: *text, cacert: *cacert, broadcast: *bcast, mtu: *mtu}
 		if *pskIdentity != "" || *psk != "" {
 			keys, err := dtls.ParseKeys([]byte(*pskIdentity + ":" + *psk))
 			if err != nil || strings.Contains(*pskIdentity, ":") {
@@ -89,6 +100,8 @@ type sendOptions struct {
 	wait, timeout time.Duration
 	factor        float64
 	count         int
+	broadcast     bool // send once, print every reply (sendBroadcast)
+	mtu           bool // fragmentation forbidden (client.Options.DontFragment)
 	verbose       bool
 	text          bool
 	cacert        string // a PEM file of roots for wss://
@@ -104,6 +117,7 @@ func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.W
 		cf := uint16(*format)
 		opts.ContentFormat = &cf
 	}
+	opts.DontFragment = o.mtu
 	if o.cacert != "" {
 		var err error
 		if opts.TLS, err = trusting(o.cacert); err != nil {
@@ -124,6 +138,9 @@ func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.W
 			return fmt.Errorf("send: standard input is larger than %d bytes", limit)
 		}
 	}
+	if o.broadcast {
+		return sendBroadcast(ctx, target, payload, opts, stdout, stderr)
+	}
 	c, err := client.Dial(ctx, target, opts)
 	if errors.Is(err, client.ErrInvalid) {
 		return &exitError{2, fmt.Errorf("send: %w", err)}
@@ -132,6 +149,11 @@ func send(ctx context.Context, args []string, o sendOptions, stdout, stderr io.W
 		return fmt.Errorf("send: %w", err)
 	}
 	defer c.Close()
+	if o.mtu && *verbose {
+		if mtu, err := c.PathMTU(); err == nil {
+			fmt.Fprintf(stderr, "path MTU to %s: %d\n", c.Remote(), mtu)
+		}
+	}
 	if *count == 1 {
 		return sendOne(ctx, c, payload, *verbose, stdout, stderr)
 	}
@@ -222,6 +244,31 @@ func sendMany(ctx context.Context, c *client.Conn, target string, payload []byte
 	}
 	if st.Received < st.Sent {
 		return &exitError{1, fmt.Errorf("send: %d of %d requests got no reply", st.Sent-st.Received, st.Sent)}
+	}
+	return nil
+}
+
+// sendBroadcast sends payload once to target, a broadcast address or a
+// multicast group, and prints every reply within the timeout, a line
+// each: its size, source and time, then the reply as text (quoted when it
+// is not printable UTF-8). Exit status 1 when none came.
+func sendBroadcast(ctx context.Context, target string, payload []byte, opts client.Options, stdout, stderr io.Writer) error {
+	n, err := client.Broadcast(ctx, target, payload, opts, func(r client.Result) {
+		body := string(r.Body)
+		if !utf8.Valid(r.Body) || strings.ContainsFunc(body, func(c rune) bool { return c < ' ' && c != '\t' }) {
+			body = strconv.Quote(body)
+		}
+		fmt.Fprintf(stdout, "%d bytes from %s: time=%s ms: %s\n", len(r.Body), r.From, ms(r.Latency), body)
+	})
+	if errors.Is(err, client.ErrInvalid) {
+		return &exitError{2, fmt.Errorf("send: %w", err)}
+	}
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	fmt.Fprintf(stderr, "%d replies within %s\n", n, opts.Timeout)
+	if n == 0 {
+		return &exitError{1, fmt.Errorf("send: %w from %s within %s", client.ErrNoReply, target, opts.Timeout)}
 	}
 	return nil
 }
