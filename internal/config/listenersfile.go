@@ -25,7 +25,7 @@ const MaxListenersFile = 1 << 20
 // own, then the options of a UDPGATE_LISTENERS entry (listenerOptions).
 var fileKeys = []string{
 	"port", "address", "protocol",
-	"reply", "push", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
+	"reply", "push", "group", "df", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
 	"path", "conn_rate",
 }
 
@@ -68,6 +68,8 @@ func readFile(path string) ([]byte, error) {
 //	    address: 10.0.0.7     # 0.0.0.0 by default; IPv6 like "::" too
 //	    reply: off            # raw only: ingest, never answer
 //	    push: on              # raw only: workers may send unprompted
+//	    group: [224.0.1.187%eth0] # raw and coap on a wildcard address
+//	    df: on                # replies not fragmented
 //	  - port: 5684
 //	    protocol: coap
 //	    rate: 50              # and burst, source_prefix, listener_rate,
@@ -335,6 +337,21 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 				continue
 			}
 			l.Push = true
+		case "df":
+			switch s {
+			case "off", "false":
+				continue // the default: nothing to write
+			case "on", "true":
+				s = "on"
+			default:
+				bad(lineOf[key], "df %q: want on or off", s)
+				continue
+			}
+		case "group":
+			if _, err := parseGroups(s); err != nil {
+				bad(lineOf[key], "group: %v", err)
+				continue
+			}
 		default:
 			var c guard.Config
 			if err := setGuard(&c, key, s); err != nil {
@@ -363,13 +380,13 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 }
 
 // fileValue returns the text of a listener key's value v: a scalar, or
-// for the prefix lists and source_prefix a list of scalars too.
+// for the prefix lists, source_prefix and group a list of scalars too.
 func fileValue(key string, v *yaml.Node) (string, error) {
 	var s string
 	switch {
 	case v.Kind == yaml.ScalarNode && !isNull(v):
 		s = strings.TrimSpace(v.Value)
-	case v.Kind == yaml.SequenceNode && (key == "allow" || key == "deny" || key == "trust" || key == "source_prefix"):
+	case v.Kind == yaml.SequenceNode && (key == "allow" || key == "deny" || key == "trust" || key == "source_prefix" || key == "group"):
 		parts := make([]string, 0, len(v.Content))
 		for _, e := range v.Content {
 			e = deref(e)

@@ -61,3 +61,26 @@ func TestCoAPLeisure(t *testing.T) {
 		t.Errorf("bad UDPGATE_COAP_LEISURE not reported: %v", err)
 	}
 }
+
+// TestListenersFileGroupAsEntry: group and df in the listener file make
+// the listener the same UDPGATE_LISTENERS entry makes; a group on an rpc
+// listener is refused with its line.
+func TestListenersFileGroupAsEntry(t *testing.T) {
+	entries, err := ParseListeners("5683/coap;group=224.0.1.187%eth0 224.0.0.251;df=on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := ParseListenersFile("l.yaml", []byte("listeners:\n  - {port: 5683, protocol: coap, group: [224.0.1.187%eth0, 224.0.0.251], df: on}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 1 || ls[0] != entries[0] || len(ls[0].Groups()) != 2 || !ls[0].DontFragment {
+		t.Errorf("from the file %+v, from the entry %+v", ls, entries)
+	}
+	_, err = ParseListenersFile("l.yaml", []byte("listeners:\n  - port: 7000\n    protocol: rpc\n    group: 224.0.1.187\n  - port: 9000\n    df: maybe\n"), nil)
+	for _, want := range []string{"group= is for raw and coap listeners", `df "maybe": want on or off`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%v, want %q", err, want)
+		}
+	}
+}

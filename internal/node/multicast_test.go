@@ -237,3 +237,31 @@ func TestNodeDontFragment(t *testing.T) {
 		t.Errorf("plain listener counted %d too big", st.TooBig)
 	}
 }
+
+// TestNodeCoAPMulticastIPv6: libcoap's coap-client sends a NON GET to the
+// link-local All-CoAP-Nodes group ff02::fd: the coap listener on [::]
+// joined to it answers from a unicast address of its link.
+func TestNodeCoAPMulticastIPv6(t *testing.T) {
+	client, err := exec.LookPath("coap-client-notls")
+	if err != nil {
+		t.Skip("libcoap's coap-client-notls is not installed")
+	}
+	p := netnstest.New(t, netnstest.Options{})
+	const port = 5683
+	n := startNetnsNode(t, p, fmt.Sprintf("[::]:%d/coap;group=ff02::fd%%%s", port, p.Gateway.Name),
+		map[string]string{"COAP_LEISURE": "200ms"})
+	serve(t, n, schemas.CoAPSubject(schemas.DefaultPrefix, port, "GET", []string{"time"}), func(m *nats.Msg) []byte {
+		return []byte("noon via " + m.Header.Get(schemas.HeaderMulticast) + " to " + m.Header.Get(schemas.HeaderLocal))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := netnstest.Command(ctx, p.Client.Namespace, client, "-N", "-B", "2", "-m", "get",
+		fmt.Sprintf("coap://[ff02::fd%%%s]:%d/time", p.Client.Name, port)).CombinedOutput()
+	if err != nil && ctx.Err() != nil {
+		t.Fatalf("coap-client: %v: %s", err, out)
+	}
+	if !strings.Contains(string(out), "noon via ff02::fd to [ff02::fd]:5683") {
+		t.Errorf("coap-client printed %q, want the worker's answer", out)
+	}
+	ingressStats(t, n, schemas.Listener(port, schemas.ProtocolCoAP), "1 multicast request", func(st ingress.Stats) bool { return st.Multicast == 1 })
+}
