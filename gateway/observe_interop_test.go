@@ -133,6 +133,8 @@ func TestObserveLibcoapTwoInstances(t *testing.T) {
 	cmd := exec.CommandContext(ctx, bin, "-s", "4", "-B", "30", "-o", out, "-m", "get", "coap://"+addr+"/sensors/1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	// Once killed, Wait returns within WaitDelay whatever holds its pipes.
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -237,6 +239,7 @@ func TestObserveNodeCoAPTwoInstances(t *testing.T) {
 	cmd.Env = append(os.Environ(), "URL=coap://"+addr+"/sensors/1", "COUNT="+strconv.Itoa(count))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
