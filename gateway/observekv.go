@@ -323,6 +323,10 @@ func (s *observeStore) write(ctx context.Context, w kvWrite) {
 	}
 	switch {
 	case err != nil && w.delete && errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil && errors.Is(err, context.Canceled):
+		// The node is stopping: what is left is written at the next
+		// start's refresh, or expires; no warning for it.
+		s.failed.Add(1)
 	case err != nil:
 		s.failed.Add(1)
 		s.failures.Add("bucket", s.bucket, "key", w.key, "err", err)
