@@ -1,32 +1,53 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
 )
 
-// Broadcast sends payload once to the udp://HOST:PORT of rawURL, a
-// broadcast address (SO_BROADCAST is set) or a multicast group, from an
-// unconnected socket, and calls each, in order, with every datagram that
-// arrives from anywhere until opts.Timeout (DefaultTimeout if zero) has
-// passed or ctx ends: every node that heard the request may answer, each
-// from its own address. It returns how many replies came; ctx ending is
-// not an error. A request is sent once, not again: a resend would be
-// answered by every node again.
+// Broadcast sends payload once to rawURL's host, a broadcast address
+// (SO_BROADCAST is set) or a multicast group, from an unconnected socket,
+// and calls each, in order, with every reply that arrives from anywhere
+// until opts.Timeout (DefaultTimeout if zero) has passed or ctx ends:
+// every node that heard the request may answer, each from its own
+// address. rawURL is udp://HOST:PORT, whose replies are every datagram,
+// or coap://HOST[:PORT]/PATH[?QUERY], sent as a NON request (RFC 7252
+// §8.1) with opts.Method and opts.ContentFormat, whose replies are the
+// responses with its token (Result.Code, ContentFormat and Body). It
+// returns how many replies came; ctx ending is not an error. A request is
+// sent once, not again: a resend would be answered by every node again.
 func Broadcast(ctx context.Context, rawURL string, payload []byte, opts Options, each func(Result)) (int, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return 0, invalid{fmt.Errorf("client: %w", err)}
 	}
-	p, perr := strconv.ParseUint(u.Port(), 10, 16)
-	if u.Scheme != "udp" || perr != nil || p == 0 || (u.Path != "" && u.Path != "/") {
-		return 0, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT (a broadcast address or a multicast group; an IPv6 zone as %%25, like udp://[ff02::1%%25eth0]:9000)", rawURL)}
+	port := u.Port()
+	if u.Scheme == "coap" && port == "" {
+		port = "5683"
+	}
+	p, perr := strconv.ParseUint(port, 10, 16)
+	if u.Scheme != "udp" && u.Scheme != "coap" || perr != nil || p == 0 || u.Scheme == "udp" && u.Path != "" && u.Path != "/" {
+		return 0, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT or coap://HOST[:PORT]/PATH, HOST a broadcast address or a multicast group (an IPv6 zone as %%25, like udp://[ff02::1%%25eth0]:9000)", rawURL)}
+	}
+	match := func(b []byte) (Result, bool) { return Result{Body: b, ContentFormat: -1}, true }
+	if u.Scheme == "coap" {
+		if payload, match, err = coapNON(u, payload, opts); err != nil {
+			return 0, invalid{fmt.Errorf("client: %q: %w", rawURL, err)}
+		}
 	}
 	to, err := resolve(ctx, u.Hostname(), uint16(p))
 	if err != nil {
@@ -67,13 +88,69 @@ func Broadcast(ctx context.Context, rawURL string, payload []byte, opts Options,
 		case err != nil:
 			return n, fmt.Errorf("client: %w", err)
 		}
+		r, ok := match(buf[:m])
+		if !ok {
+			continue // not a reply to the request
+		}
 		n++
-		each(Result{
-			Body:          append([]byte(nil), buf[:m]...),
-			From:          netip.AddrPortFrom(from.Addr().Unmap(), from.Port()),
-			Tries:         1,
-			Latency:       time.Since(start),
-			ContentFormat: -1,
-		})
+		r.Body = append([]byte(nil), r.Body...)
+		r.From = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		r.Tries, r.Latency = 1, time.Since(start)
+		each(r)
 	}
+}
+
+// coapNON returns the datagram of a NON request to u with payload, and
+// the matcher of its responses: those with its token, their code,
+// Content-Format and payload (aliasing the datagram).
+func coapNON(u *url.URL, payload []byte, opts Options) ([]byte, func([]byte) (Result, bool), error) {
+	code, err := coapMethod(opts.Method)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ids [10]byte
+	if _, err := rand.Read(ids[:]); err != nil {
+		return nil, nil, err
+	}
+	token := ids[:8]
+	var o message.Options
+	for _, seg := range strings.Split(strings.Trim(u.Path, "/"), "/") {
+		if seg != "" {
+			o = append(o, message.Option{ID: message.URIPath, Value: []byte(seg)})
+		}
+	}
+	if cf := opts.ContentFormat; cf != nil {
+		o = append(o, message.Option{ID: message.ContentFormat, Value: binary.BigEndian.AppendUint16(nil, *cf)})
+	}
+	if u.RawQuery != "" {
+		for q := range strings.SplitSeq(u.RawQuery, "&") {
+			if q, err = url.QueryUnescape(q); err != nil {
+				return nil, nil, fmt.Errorf("query: %w", err)
+			}
+			o = append(o, message.Option{ID: message.URIQuery, Value: []byte(q)})
+		}
+	}
+	m := message.Message{Token: token, Code: codes.Code(code), MessageID: int32(binary.BigEndian.Uint16(ids[8:])), Type: message.NonConfirmable, Options: o, Payload: payload}
+	buf := make([]byte, 0, 64+len(payload))
+	buf = buf[:cap(buf)]
+	k, err := coder.DefaultCoder.Encode(m, buf)
+	if errors.Is(err, message.ErrTooSmall) {
+		buf = make([]byte, k)
+		k, err = coder.DefaultCoder.Encode(m, buf)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	match := func(b []byte) (Result, bool) {
+		r := message.Message{Options: make(message.Options, 0, 16)}
+		if _, err := coder.DefaultCoder.Decode(b, &r); err != nil || !bytes.Equal(r.Token, token) || r.Code>>5 < 2 {
+			return Result{}, false
+		}
+		res := Result{Body: r.Payload, Code: uint8(r.Code), ContentFormat: -1}
+		if cf, err := r.Options.ContentFormat(); err == nil {
+			res.ContentFormat = int(cf)
+		}
+		return res, true
+	}
+	return buf[:k], match, nil
 }

@@ -40,8 +40,9 @@ payload is read from standard input (not for a CoAP GET or DELETE).
 A request over UDP is sent again on a backoff until a reply comes or --timeout
 passes; a ws:// call is sent once, on one connection, and waits --timeout
 (wss://: --cacert trusts a listener's own certificate).
---broadcast sends a udp:// request once to a broadcast address or a multicast
-group and prints every reply that comes within --timeout, each with its source.
+--broadcast sends a udp:// request, or a coap:// one as a NON, once to a
+broadcast address or a multicast group and prints every reply that comes within
+--timeout, each with its source.
 --mtu forbids fragmentation: a request larger than the path MTU is not sent,
 and the path MTU is reported.`,
 		Example: `  udpgate send udp://127.0.0.1:9000 hello
@@ -51,6 +52,7 @@ and the path MTU is reported.`,
   udpgate send ws://127.0.0.1:8080/rpc/InterestingPlaces/GetRandom '{"limit": 2}'
   udpgate send --count 100 udp://127.0.0.1:9000 ping
   udpgate send --broadcast --timeout 2s udp://192.168.1.255:9000 who
+  udpgate send --broadcast coap://224.0.1.187/.well-known/core
   udpgate send --mtu udp://192.0.2.10:9000 < big.bin`,
 		Args: cobra.RangeArgs(1, 2),
 	}
@@ -61,7 +63,7 @@ and the path MTU is reported.`,
 	factor := fs.Float64("factor", client.DefaultFactor, "each further copy waits this many times longer (CoAP: always 2)")
 	timeout := fs.Duration("timeout", sendTimeout, "give up on a request this long after its first copy (longer than the gateway's UDPGATE_DEADLINE, 5s, so that its answer to a request no worker answered in time, a CoAP 5.04 or an RPC DEADLINE_EXCEEDED, arrives)")
 	count := fs.Int("count", 1, "send this many requests, one after the other, and print latency and loss")
-	bcast := fs.Bool("broadcast", false, "udp:// to a broadcast address or multicast group: send once (SO_BROADCAST) and print every reply within --timeout with its source")
+	bcast := fs.Bool("broadcast", false, "udp:// or coap:// (a NON) to a broadcast address or multicast group: send once (SO_BROADCAST) and print every reply within --timeout with its source")
 	mtu := fs.Bool("mtu", false, "forbid fragmentation (IP_MTU_DISCOVER=IP_PMTUDISC_DO): a request larger than the path MTU is not sent, and the path MTU is reported")
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
 	text := fs.Bool("text", false, "ws://: send each call as base64 in a text message (answered in kind) rather than binary")
@@ -250,15 +252,20 @@ func sendMany(ctx context.Context, c *client.Conn, target string, payload []byte
 
 // sendBroadcast sends payload once to target, a broadcast address or a
 // multicast group, and prints every reply within the timeout, a line
-// each: its size, source and time, then the reply as text (quoted when it
-// is not printable UTF-8). Exit status 1 when none came.
+// each: its size, source and time, a CoAP response's code, then the
+// reply as text (quoted when it is not printable UTF-8). Exit status 1
+// when none came.
 func sendBroadcast(ctx context.Context, target string, payload []byte, opts client.Options, stdout, stderr io.Writer) error {
 	n, err := client.Broadcast(ctx, target, payload, opts, func(r client.Result) {
 		body := string(r.Body)
 		if !utf8.Valid(r.Body) || strings.ContainsFunc(body, func(c rune) bool { return c < ' ' && c != '\t' }) {
 			body = strconv.Quote(body)
 		}
-		fmt.Fprintf(stdout, "%d bytes from %s: time=%s ms: %s\n", len(r.Body), r.From, ms(r.Latency), body)
+		code := ""
+		if r.Code != 0 {
+			code = fmt.Sprintf(" code=%d.%02d", r.Code>>5, r.Code&31)
+		}
+		fmt.Fprintf(stdout, "%d bytes from %s: time=%s ms%s: %s\n", len(r.Body), r.From, ms(r.Latency), code, body)
 	})
 	if errors.Is(err, client.ErrInvalid) {
 		return &exitError{2, fmt.Errorf("send: %w", err)}

@@ -13,9 +13,10 @@ import (
 	"github.com/udpgate/udpgate/internal/node"
 )
 
-// netnsEchoNode starts a node in namespace ns whose one listener,
-// 0.0.0.0:9000/raw, is served by the built-in echo worker.
-func netnsEchoNode(t *testing.T, ns string) {
+// netnsEchoNode starts a node in namespace ns whose first listener,
+// 0.0.0.0:9000/raw, is served by the built-in echo worker, and whose
+// coap listener, if coap is not empty, by the built-in coap worker.
+func netnsEchoNode(t *testing.T, ns, coap string) {
 	t.Helper()
 	cfg, err := config.Load()
 	if err != nil {
@@ -23,10 +24,22 @@ func netnsEchoNode(t *testing.T, ns string) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ls := []config.Listener{{Addr: netip.MustParseAddrPort("0.0.0.0:9000"), Protocol: "raw"}}
+	ls, err := config.ParseListeners("0.0.0.0:9000/raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := []node.Worker{{Name: "echo", Listener: 0}}
+	if coap != "" {
+		cl, err := config.ParseListeners(coap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, cl...)
+		ws = append(ws, node.Worker{Name: "coap", Listener: 1})
+	}
 	var n *node.Node
 	if err := netnstest.Do(ns, func() error {
-		n, err = node.Start(ctx, cfg.ForGateway(), slog.New(slog.DiscardHandler), node.Options{Listeners: ls, Workers: []node.Worker{{Name: "echo", Listener: 0}}})
+		n, err = node.Start(ctx, cfg.ForGateway(), slog.New(slog.DiscardHandler), node.Options{Listeners: ls, Workers: ws})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -45,9 +58,10 @@ func TestSendBroadcastAndMTU(t *testing.T) {
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
 	t.Setenv("UDPGATE_HTTP_LISTEN", "")
-	netnsEchoNode(t, p.Gateway.Namespace)
+	t.Setenv("UDPGATE_COAP_LEISURE", "100ms")
+	netnsEchoNode(t, p.Gateway.Namespace, "5683/coap;group=224.0.1.187%"+p.Gateway.Name)
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
-	netnsEchoNode(t, p.Client.Namespace)
+	netnsEchoNode(t, p.Client.Namespace, "")
 	send := func(args ...string) (string, string, error) {
 		var out, errb bytes.Buffer
 		var err error
@@ -74,6 +88,16 @@ func TestSendBroadcastAndMTU(t *testing.T) {
 	}
 	if _, _, err := send("--broadcast", "--count", "2", "udp://"+p.Broadcast.String()+":9000", "x"); exitCode(err) != 2 {
 		t.Errorf("--broadcast --count 2: %v, want a usage error", err)
+	}
+	// A NON GET to the All-CoAP-Nodes group: the gateway's coap listener
+	// joined it and answers; the 4.04 for a resource nobody serves is not
+	// sent.
+	out, errb, err = send("--broadcast", "--timeout", "2s", "coap://224.0.1.187/hello")
+	if err != nil || !strings.Contains(out, " bytes from 10.77.0.1:5683: time=") || !strings.Contains(out, " code=2.05: Hello from udpgate") {
+		t.Errorf("--broadcast coap://: %v, stdout %q, stderr %q", err, out, errb)
+	}
+	if out, errb, err = send("--broadcast", "--timeout", "1s", "coap://224.0.1.187/nothing"); exitCode(err) != 1 || out != "" || !strings.Contains(errb, "0 replies") {
+		t.Errorf("--broadcast coap:// to nothing: %v, stdout %q, stderr %q", err, out, errb)
 	}
 
 	to := "udp://" + p.Gateway.IP4.String() + ":9000"
