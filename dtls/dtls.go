@@ -382,6 +382,7 @@ func (l *Listener) startLocked(remote, local netip.AddrPort, ifindex int, now ti
 		}
 	}
 	s := &Session{l: l, remote: remote, replaces: replaces}
+	s.at.Store(&remote)
 	s.replacing.Store(replaces != nil)
 	s.pc = newPacketConn(l, s, local, ifindex)
 	s.last.Store(now.UnixNano())
@@ -516,10 +517,14 @@ func (l *Listener) forget(s *Session) {
 }
 
 // rebind moves s to its new address to, once pion has authenticated a
-// record from there with s's Connection ID.
+// record from there with s's Connection ID (pion then reads from, and
+// writes to, to).
 func (l *Listener) rebind(s *Session, to netip.AddrPort) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed || s.remote == to {
+		return
+	}
 	if l.byAddr[s.remote] == s {
 		delete(l.byAddr, s.remote)
 	}
@@ -529,8 +534,10 @@ func (l *Listener) rebind(s *Session, to netip.AddrPort) {
 		l.wg.Go(old.close)
 	}
 	s.remote = to
+	s.at.Store(&to)
 	l.byAddr[to] = s
 	l.stats.rebinds.Add(1)
+	l.Guard.Validate(to.Addr(), time.Now())
 }
 
 // identityOf returns the identity of a peer authenticated by st: its PSK

@@ -29,9 +29,10 @@ type Session struct {
 	l    *Listener
 	conn *pion.Conn
 	pc   *packetConn
-	// remote is the peer's address; written by run under l.mu, read
-	// under l.mu or by run.
+	// remote is the peer's address, guarded by l.mu; at is the same,
+	// for reading without the lock.
 	remote netip.AddrPort
+	at     atomic.Pointer[netip.AddrPort]
 	// cid is the Connection ID the session gave its peer, "" if none;
 	// guarded by l.mu.
 	cid string
@@ -116,7 +117,7 @@ func (s *Session) run() {
 	s.last.Store(now.UnixNano())
 	s.established.Store(true)
 	l.stats.count(OutcomeOK)
-	l.Guard.Validate(s.remote.Addr(), now)
+	l.Guard.Validate(s.at.Load().Addr(), now)
 	buf := make([]byte, 16384) // the largest record plaintext (RFC 6347 §4.1.1)
 	for {
 		n, err := s.conn.Read(buf)
@@ -134,12 +135,16 @@ func (s *Session) run() {
 		}
 		now := time.Now()
 		s.last.Store(now.UnixNano())
-		if to := addrPort(s.conn.RemoteAddr()); to.IsValid() && to != s.remote {
+		remote := *s.at.Load()
+		if to := addrPort(s.conn.RemoteAddr()); to.IsValid() && to != remote {
+			// pion moved the session after a record with its
+			// Connection ID from to (if the answer to it has not
+			// already, see WriteTo).
 			l.rebind(s, to)
-			l.Guard.Validate(to.Addr(), now)
+			remote = to
 		}
 		l.stats.records.Add(1)
-		l.deliver(buf[:n], s.remote, s)
+		l.deliver(buf[:n], remote, s)
 	}
 }
 
@@ -238,6 +243,11 @@ func (pc *packetConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	to := addrPort(addr)
 	if !to.IsValid() {
 		return 0, fmt.Errorf("dtls: write to %v: not a UDP address", addr)
+	}
+	if cur := pc.s.at.Load(); *cur != to {
+		// pion writes to where its peer's latest record with the
+		// session's Connection ID came from: the session moved.
+		pc.l.rebind(pc.s, to)
 	}
 	if pc.s.replacing.Load() && len(p) > recordHeader && p[0] == contentHandshake && p[recordHeader] == serverHello {
 		// pion answers a ClientHello with its ServerHello only once
