@@ -1,6 +1,6 @@
 // Package client sends requests to a udpgate gateway, or to any UDP service,
-// and waits for their replies: plain datagrams (udp://), CoAP (coap://, and
-// coaps:// over DTLS with a pre-shared key), and
+// and waits for their replies: plain datagrams (udp://, and dtls:// over
+// DTLS with a pre-shared key), CoAP (coap://, and coaps://), and
 // the udpgate RPC envelope over UDP (rpc://) or WebSocket (ws://, wss://,
 // see WSConn). It is what `udpgate send` runs, and it
 // prints nothing: every outcome is a value (a Result, a Rejection, Stats), so
@@ -184,7 +184,7 @@ const reasonWrongAddress = "not the address the request was sent to"
 // exchange at a time: Do must not be called concurrently; open one Conn per
 // concurrent client instead.
 type Conn struct {
-	scheme string // "udp", "coap", "coaps", "rpc", "ws" or "wss"
+	scheme string // "udp", "dtls", "coap", "coaps", "rpc", "ws" or "wss"
 	target string // the URL, for error messages
 	remote netip.AddrPort
 	opts   Options
@@ -192,6 +192,11 @@ type Conn struct {
 	conn  *net.UDPConn // connected to remote
 	watch *net.UDPConn // unconnected, same local port; nil where unsupported
 	wg    sync.WaitGroup
+
+	// rw is what udp://, dtls:// and rpc:// exchanges write and read:
+	// conn, or the DTLS session on it (dtls://).
+	rw   net.Conn
+	dtls net.Conn // dtls://: the session, closed before conn
 
 	mu       sync.Mutex  // guards rejected
 	rejected []Rejection // from the watch socket, not yet handed to a Result
@@ -224,6 +229,7 @@ const maxRejected = 64
 // Dial resolves rawURL's host and opens a Conn to it. The URL is one of
 //
 //	udp://HOST:PORT
+//	dtls://HOST:PORT                     (udp:// over DTLS with Options.PSK)
 //	coap://HOST[:PORT]/PATH[?QUERY]      (port 5683 if absent)
 //	coaps://HOST[:PORT]/PATH[?QUERY]     (over DTLS with Options.PSK; port 5684)
 //	rpc://HOST:PORT/SERVICE/METHOD
@@ -250,9 +256,12 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 	c.scheme = u.Scheme
 	port := u.Port()
 	switch u.Scheme {
-	case "udp":
+	case "udp", "dtls":
 		if port == "" || (u.Path != "" && u.Path != "/") {
-			return nil, invalid{fmt.Errorf("client: %q: want udp://HOST:PORT", rawURL)}
+			return nil, invalid{fmt.Errorf("client: %q: want %s://HOST:PORT", rawURL, u.Scheme)}
+		}
+		if u.Scheme == "dtls" && (opts.PSKIdentity == "" || len(opts.PSK) == 0) {
+			return nil, invalid{fmt.Errorf("client: %q: dtls:// needs a pre-shared key and its identity", rawURL)}
 		}
 	case "rpc":
 		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
@@ -311,7 +320,16 @@ func Dial(ctx context.Context, rawURL string, opts Options) (*Conn, error) {
 			c.Close()
 			return nil, fmt.Errorf("client: %s: %w", c.remote, err)
 		}
+	case "dtls":
+		dc, err := handshakeDTLS(ctx, c.conn, opts)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("client: %s: %w", c.remote, err)
+		}
+		c.rw, c.dtls = dc, dc
+		c.buf = make([]byte, 65536)
 	default:
+		c.rw = c.conn
 		c.buf = make([]byte, 65536)
 	}
 	return c, nil
@@ -449,6 +467,9 @@ func (c *Conn) Close() error {
 		err = c.coap.Close()
 		<-c.coap.Done()
 	}
+	if c.dtls != nil {
+		c.dtls.Close() // a close_notify, on the socket still open
+	}
 	if cerr := c.conn.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
 		err = cerr
 	}
@@ -471,7 +492,7 @@ func (c *Conn) Do(ctx context.Context, payload []byte) (Result, error) {
 		err error
 	)
 	switch c.scheme {
-	case "udp":
+	case "udp", "dtls":
 		res, err = c.exchange(ctx, payload, rawMatcher(payload))
 	case "rpc":
 		res, err = c.doRPC(ctx, payload)
@@ -494,13 +515,13 @@ func (c *Conn) exchange(ctx context.Context, req []byte, match matcher) (Result,
 	start := time.Now()
 	giveUp := start.Add(c.opts.timeout())
 	wait := c.opts.wait()
-	stop := context.AfterFunc(ctx, func() { c.conn.SetReadDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() { c.rw.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	sendAt := start
 	for {
 		now := time.Now()
 		if !now.Before(sendAt) && now.Before(giveUp) {
-			if _, err := c.conn.Write(req); err != nil {
+			if _, err := c.rw.Write(req); err != nil {
 				return res, c.ioError(err)
 			}
 			res.Tries++
@@ -511,11 +532,11 @@ func (c *Conn) exchange(ctx context.Context, req []byte, match matcher) (Result,
 		if sendAt.Before(giveUp) {
 			deadline = sendAt
 		}
-		c.conn.SetReadDeadline(deadline)
+		c.rw.SetReadDeadline(deadline)
 		if err := ctx.Err(); err != nil { // cancelled before the deadline was set
 			return res, err
 		}
-		n, err := c.conn.Read(c.buf)
+		n, err := c.rw.Read(c.buf)
 		if err != nil {
 			if ctx.Err() != nil {
 				return res, ctx.Err()

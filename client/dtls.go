@@ -11,10 +11,19 @@ import (
 	coapclient "github.com/plgd-dev/go-coap/v3/udp/client"
 )
 
-// dialCoAPS shakes hands over DTLS 1.2 with the pre-shared key of opts on
-// the connected socket, within the give-up time, and runs go-coap's
-// client in the session (coaps://).
+// dialCoAPS shakes hands (handshakeDTLS) and runs go-coap's client in the
+// session (coaps://).
 func dialCoAPS(ctx context.Context, conn *net.UDPConn, opts Options) (*coapclient.Conn, error) {
+	dc, err := handshakeDTLS(ctx, conn, opts)
+	if err != nil {
+		return nil, err
+	}
+	return coapdtls.Client(dc, coapOptions(opts)...), nil
+}
+
+// handshakeDTLS shakes hands over DTLS 1.2 with the pre-shared key of
+// opts on the connected socket, within the give-up time.
+func handshakeDTLS(ctx context.Context, conn *net.UDPConn, opts Options) (*pion.Conn, error) {
 	key := opts.PSK
 	dc, err := pion.ClientWithOptions(dtlsnet.PacketConnFromConn(conn), conn.RemoteAddr(),
 		pion.WithPSK(func([]byte) ([]byte, error) { return key, nil }),
@@ -30,5 +39,5 @@ func dialCoAPS(ctx context.Context, conn *net.UDPConn, opts Options) (*coapclien
 		dc.Close()
 		return nil, fmt.Errorf("dtls handshake: %w", err)
 	}
-	return coapdtls.Client(dc, coapOptions(opts)...), nil
+	return dc, nil
 }

@@ -29,14 +29,14 @@ import (
 func newSendCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "send URL [PAYLOAD]",
-		Short: "send a request (udp://, coap://, coaps://, rpc://, ws://) and print the reply",
+		Short: "send a request (udp://, dtls://, coap://, coaps://, rpc://, ws://) and print the reply",
 		Long: `Sends a request and prints the reply on standard output; without PAYLOAD the
 payload is read from standard input (not for a CoAP GET or DELETE).
   URL: udp://HOST:PORT, coap://HOST[:PORT]/PATH[?QUERY], rpc://HOST:PORT/SERVICE/METHOD
        or ws://HOST:PORT[/PATH]/SERVICE/METHOD (wss:// too): an RPC call on a ws
        listener served at PATH (/ if none), in a binary message (--text: base64);
-       coaps://HOST[:PORT]/PATH[?QUERY]: CoAP over DTLS with --psk-identity and
-       --psk (port 5684 if absent)
+       coaps://HOST[:PORT]/PATH[?QUERY] and dtls://HOST:PORT: CoAP and datagrams
+       over DTLS with --psk-identity and --psk (coaps: port 5684 if absent)
 A request over UDP is sent again on a backoff until a reply comes or --timeout
 passes; a ws:// call is sent once, on one connection, and waits --timeout
 (wss://: --cacert trusts a listener's own certificate).
@@ -68,8 +68,8 @@ and the path MTU is reported.`,
 	verbose := fs.BoolP("verbose", "v", false, "say where the reply came from, how soon and after how many tries")
 	text := fs.Bool("text", false, "ws://: send each call as base64 in a text message (answered in kind) rather than binary")
 	cacert := fs.String("cacert", "", "wss://: trust the certificates of this PEM file (a self-signed listener's) instead of the system's roots")
-	pskIdentity := fs.String("psk-identity", "", "coaps://: the identity of the pre-shared key")
-	psk := fs.String("psk", "", "coaps://: the pre-shared key, as text or as hex after 0x (as in UDPGATE_DTLS_PSK_FILE)")
+	pskIdentity := fs.String("psk-identity", "", "coaps:// and dtls://: the identity of the pre-shared key")
+	psk := fs.String("psk", "", "coaps:// and dtls://: the pre-shared key, as text or as hex after 0x (as in UDPGATE_DTLS_PSK_FILE)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		ctx, stdout, stderr := cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr()
 		if *count < 1 || *format > 65535 || *wait <= 0 || *timeout <= 0 || *factor < 1 {

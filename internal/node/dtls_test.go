@@ -177,6 +177,17 @@ func TestNodeDTLSRaw(t *testing.T) {
 	if ls := n.Gateway.Status(ctx).Listeners; len(ls) != 1 || ls[0].Listener != name || !ls[0].DTLS {
 		t.Errorf("status %+v, want %s with dtls", ls, name)
 	}
+
+	// udpgate's own client (udpgate send dtls://).
+	cc, err := client.Dial(ctx, "dtls://"+n.Ports[0].String(), client.Options{PSKIdentity: "sensor-7", PSK: []byte{1, 2, 3, 4, 5, 6, 7, 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	res, err := cc.Do(ctx, []byte("22.0C"))
+	if err != nil || string(res.Body) != "hello sensor-7 22.0C" {
+		t.Errorf("dtls:// reply %q, %v", res.Body, err)
+	}
 }
 
 // TestNodeCoAPSCertificates: with UDPGATE_DTLS_CLIENT_CA, libcoap's
