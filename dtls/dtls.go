@@ -16,7 +16,10 @@
 // HandshakeTimeout, and a session that delivers nothing for Idle is
 // closed. The HelloVerifyRequest cookie exchange of DTLS 1.2 is pion's
 // default and stays on: a source must receive at its address before the
-// server does any public-key work for it.
+// server does any public-key work for it. A client that restarts and
+// shakes hands again from its session's address gets a new session,
+// which replaces the old one once past the cookie exchange (RFC 6347
+// §4.2.8).
 package dtls
 
 import (
