@@ -192,7 +192,9 @@ type Server struct {
 }
 
 // A Tap sees a listener's datagrams as they are read: remote sent data
-// to local at at. It runs on the read loop, so it must not block (hand the
+// to local at at; for a datagram sent to a multicast group or a
+// broadcast address, local is the address that answers it instead
+// (exchange.Exchange.Local), so that what is sent back from it leaves. It runs on the read loop, so it must not block (hand the
 // datagram over without waiting, or drop it); data is the datagram's own
 // copy on a raw listener, the payload on others, and must not be
 // modified.
@@ -782,7 +784,7 @@ func (s *Server) accept(b []byte, d datagram, queue chan<- datagram) {
 		copy(d.data, b)
 	}
 	if s.Tap != nil {
-		s.Tap(d.remote, d.local, d.at, d.data)
+		s.Tap(d.remote, d.source(), d.at, d.data)
 	}
 	select {
 	case queue <- d:

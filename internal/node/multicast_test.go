@@ -18,6 +18,7 @@ import (
 	"github.com/udpgate/udpgate/internal/config"
 	"github.com/udpgate/udpgate/internal/netnstest"
 	"github.com/udpgate/udpgate/schemas"
+	"github.com/udpgate/udpgate/workers"
 )
 
 // startNetnsNode starts a node in the gateway namespace of p, with the
@@ -264,4 +265,30 @@ func TestNodeCoAPMulticastIPv6(t *testing.T) {
 		t.Errorf("coap-client printed %q, want the worker's answer", out)
 	}
 	ingressStats(t, n, schemas.Listener(port, schemas.ProtocolCoAP), "1 multicast request", func(st ingress.Stats) bool { return st.Multicast == 1 })
+}
+
+// TestNodePushAfterBroadcast: a push=on raw listener pushes to a client
+// whose only datagram went to the link's broadcast address from the
+// listener's unicast address, the address a reply would come from, not
+// from the broadcast address (which the kernel refuses as a source).
+func TestNodePushAfterBroadcast(t *testing.T) {
+	p := netnstest.New(t, netnstest.Options{})
+	const port = 9000
+	n := startNetnsNode(t, p, fmt.Sprintf("%d/raw;push=on;reply=off", port), map[string]string{})
+	c := clientSocket(t, p, "udp4", netip.AddrPortFrom(p.Client.IP4, 0))
+	if _, err := c.WriteToUDPAddrPort([]byte("hello"), netip.AddrPortFrom(p.Broadcast, port)); err != nil {
+		t.Fatal(err)
+	}
+	ingressStats(t, n, schemas.Listener(port, schemas.ProtocolRaw), "the broadcast read", func(st ingress.Stats) bool { return st.Broadcast == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dest := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	const node = "trace-test" // nodeConfig's name for every test node
+	if err := workers.SendDatagram(ctx, n.Conn, schemas.DefaultPrefix, node, port, dest, []byte("pushed")); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	b, from, err := readFrom(c, 10*time.Second)
+	if want := netip.AddrPortFrom(p.Gateway.IP4, port); err != nil || string(b) != "pushed" || from != want {
+		t.Errorf("got %q from %s (%v), want %q from %s", b, from, err, "pushed", want)
+	}
 }
