@@ -45,7 +45,7 @@ import (
 // Defaults for the zero values of Config's fields.
 const (
 	DefaultMaxSessions      = 2048
-	DefaultMaxHandshakes    = 256
+	DefaultMaxHandshakes    = 1024
 	DefaultHandshakeRate    = 4
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultIdle             = 5 * time.Minute
@@ -54,6 +54,12 @@ const (
 // CIDLength is the length of the Connection IDs a listener gives its
 // sessions.
 const CIDLength = 8
+
+// CookieWait is how long a handshake may wait for its client to echo the
+// HelloVerifyRequest's cookie. pion keeps a connection per ClientHello
+// meanwhile (its cookie is not stateless): a spoofed ClientHello holds a
+// handshake slot this long at most, not HandshakeTimeout.
+const CookieWait = 2 * time.Second
 
 // Config is what the DTLS listeners of a node share: how peers
 // authenticate, and the bounds of each listener's sessions. A Config
@@ -105,13 +111,14 @@ const (
 	OutcomeBadKey          = "bad_key"          // a known identity that failed: the wrong key
 	OutcomeBadCertificate  = "bad_certificate"  // a client certificate that does not verify
 	OutcomeTimeout         = "timeout"          // not finished within HandshakeTimeout
+	OutcomeNoCookie        = "no_cookie"        // the cookie not echoed within CookieWait: a spoofed source, or a client gone
 	OutcomeFailed          = "failed"           // any other failure (no common cipher suite, …)
 	OutcomeRateLimited     = "rate_limited"     // not started: the source's HandshakeRate
 	OutcomeTableFull       = "table_full"       // not started: MaxSessions or MaxHandshakes
 )
 
 // Outcomes lists the handshake outcomes, in a stable order.
-var Outcomes = []string{OutcomeOK, OutcomeUnknownIdentity, OutcomeBadKey, OutcomeBadCertificate, OutcomeTimeout, OutcomeFailed, OutcomeRateLimited, OutcomeTableFull}
+var Outcomes = []string{OutcomeOK, OutcomeUnknownIdentity, OutcomeBadKey, OutcomeBadCertificate, OutcomeTimeout, OutcomeNoCookie, OutcomeFailed, OutcomeRateLimited, OutcomeTableFull}
 
 // Stats are one listener's counts.
 type Stats struct {
@@ -144,7 +151,7 @@ type Stats struct {
 }
 
 type counters struct {
-	outcomes                                      [8]atomic.Uint64 // by index in Outcomes
+	outcomes                                      [9]atomic.Uint64 // by index in Outcomes
 	rebinds, expired, records, noSession, backlog atomic.Uint64
 	replaced                                      atomic.Uint64
 }
@@ -481,23 +488,35 @@ func (l *Listener) Stats() Stats {
 // sweep closes idle sessions until Close.
 func (l *Listener) sweep() {
 	idle := l.Config.idle()
-	t := time.NewTicker(min(idle/4, time.Second))
+	t := time.NewTicker(min(idle/4, CookieWait/4, time.Second))
 	defer t.Stop()
 	for {
 		select {
 		case <-l.done:
 			return
 		case now := <-t.C:
-			var stale []*Session
+			var stale, uncookied []*Session
 			l.mu.Lock()
 			for _, s := range l.byAddr {
-				if s.established.Load() && now.Sub(time.Unix(0, s.last.Load())) >= idle {
+				switch quiet := now.Sub(time.Unix(0, s.last.Load())); {
+				case s.established.Load() && quiet >= idle:
 					stale = append(stale, s)
+				case !s.established.Load() && !s.cookied.Load() && quiet >= CookieWait:
+					uncookied = append(uncookied, s)
+				}
+			}
+			for _, s := range l.replacing {
+				if !s.cookied.Load() && now.Sub(time.Unix(0, s.last.Load())) >= CookieWait {
+					uncookied = append(uncookied, s)
 				}
 			}
 			l.mu.Unlock()
 			for _, s := range stale {
 				l.stats.expired.Add(1)
+				s.close()
+			}
+			for _, s := range uncookied {
+				s.noCookie.Store(true)
 				s.close()
 			}
 		}

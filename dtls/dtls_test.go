@@ -566,3 +566,55 @@ func TestClientRestart(t *testing.T) {
 	}
 	eventually(t, "the old session closed", func() bool { st := e.l.Stats(); return st.Sessions == 1 && st.Replaced == 1 })
 }
+
+// TestNoCookie: a ClientHello whose sender never echoes the cookie (a
+// spoofed source) holds its handshake slot for CookieWait, not for
+// HandshakeTimeout, and is counted no_cookie.
+func TestNoCookie(t *testing.T) {
+	keys, err := LoadKeys(writeKeys(t, "alice:secret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEcho(t, &Config{Keys: keys, HandshakeTimeout: time.Hour})
+	c, err := pion.ClientWithOptions(newDeaf(t), e.addr, pskClient("alice", "secret")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.HandshakeContext(ctx) // its ClientHello, and retransmissions
+	eventually(t, "a handshake started", func() bool { return e.l.Stats().Handshaking == 1 })
+	eventually(t, "no_cookie counted", func() bool { st := e.l.Stats(); return st.Handshakes[OutcomeNoCookie] >= 1 })
+	cancel()
+	if st := e.l.Stats(); st.Handshakes[OutcomeTimeout] != 0 || st.Handshakes[OutcomeOK] != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// deaf is a client's packet connection that sends and never receives:
+// the HelloVerifyRequest goes nowhere, as it goes to a spoofed source.
+type deaf struct {
+	c      *net.UDPConn
+	rd     deadline
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newDeaf(t *testing.T) *deaf { return &deaf{c: udpSocket(t), closed: make(chan struct{})} }
+
+func (d *deaf) ReadFrom([]byte) (int, net.Addr, error) {
+	select {
+	case <-d.rd.done():
+		return 0, nil, os.ErrDeadlineExceeded
+	case <-d.closed:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+func (d *deaf) WriteTo(p []byte, addr net.Addr) (int, error) { return d.c.WriteTo(p, addr) }
+func (d *deaf) Close() error                                 { d.once.Do(func() { close(d.closed) }); return nil }
+func (d *deaf) LocalAddr() net.Addr                          { return d.c.LocalAddr() }
+func (d *deaf) SetDeadline(t time.Time) error                { d.rd.set(t); return nil }
+func (d *deaf) SetReadDeadline(t time.Time) error            { d.rd.set(t); return nil }
+func (d *deaf) SetWriteDeadline(time.Time) error             { return nil }

@@ -47,6 +47,10 @@ type Session struct {
 	// replacing is whether it is still waiting for that.
 	replaces  *Session
 	replacing atomic.Bool
+	// cookied: the handshake passed its cookie exchange (pion sent its
+	// ServerHello); noCookie: the sweeper closed it for not passing it
+	// within CookieWait.
+	cookied, noCookie atomic.Bool
 }
 
 // errUnknownIdentity refuses a PSK identity the keys do not hold.
@@ -153,6 +157,8 @@ func (s *Session) outcome(ctx context.Context, err error) string {
 	var unknownAuthority x509.UnknownAuthorityError
 	var invalid x509.CertificateInvalidError
 	switch {
+	case s.noCookie.Load():
+		return OutcomeNoCookie
 	case s.unknown.Load():
 		return OutcomeUnknownIdentity
 	case s.pskUsed.Load():
@@ -249,11 +255,14 @@ func (pc *packetConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 		// session's Connection ID came from: the session moved.
 		pc.l.rebind(pc.s, to)
 	}
-	if pc.s.replacing.Load() && len(p) > recordHeader && p[0] == contentHandshake && p[recordHeader] == serverHello {
+	if !pc.s.cookied.Load() && len(p) > recordHeader && p[0] == contentHandshake && p[recordHeader] == serverHello {
 		// pion answers a ClientHello with its ServerHello only once
 		// the client has echoed its cookie: the client is at its
 		// address.
-		pc.l.promote(pc.s)
+		pc.s.cookied.Store(true)
+		if pc.s.replacing.Load() {
+			pc.l.promote(pc.s)
+		}
 	}
 	ex := exchange.Exchange{Conn: pc.l.Conn, Remote: to, Local: pc.local, SetSource: pc.l.SetSource, IfIndex: pc.ifindex}
 	if err := ex.Write(p); err != nil {
