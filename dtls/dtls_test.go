@@ -618,3 +618,66 @@ func (d *deaf) LocalAddr() net.Addr                          { return d.c.LocalA
 func (d *deaf) SetDeadline(t time.Time) error                { d.rd.set(t); return nil }
 func (d *deaf) SetReadDeadline(t time.Time) error            { d.rd.set(t); return nil }
 func (d *deaf) SetWriteDeadline(time.Time) error             { return nil }
+
+// recorder is a client's packet connection that keeps what the client
+// sends and delivers nothing.
+type recorder struct {
+	*deaf
+	mu   sync.Mutex // guards sent
+	sent [][]byte
+}
+
+func (r *recorder) WriteTo(p []byte, _ net.Addr) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sent = append(r.sent, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestSpoofedFlood: ClientHellos from more spoofed sources than there are
+// handshake slots fill the slots (the rest counted table_full), give
+// them back once their cookies do not come, and leave the listener to
+// its real clients.
+func TestSpoofedFlood(t *testing.T) {
+	keys, err := LoadKeys(writeKeys(t, "alice:secret\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEcho(t, &Config{Keys: keys, MaxHandshakes: 64})
+	// A real ClientHello, from pion's client.
+	r := &recorder{deaf: newDeaf(t)}
+	c, err := pion.ClientWithOptions(r, e.addr, pskClient("alice", "secret")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go c.HandshakeContext(ctx)
+	var hello []byte
+	eventually(t, "a ClientHello sent", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if len(r.sent) > 0 {
+			hello = r.sent[0]
+		}
+		return hello != nil
+	})
+	cancel()
+	c.Close()
+
+	local := e.addr.AddrPort()
+	for i := range 100 {
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 2, byte(i)}), 40000)
+		e.l.Receive(hello, from, local, 0, time.Now())
+	}
+	st := e.l.Stats()
+	if st.Handshaking != 64 || st.Handshakes[OutcomeTableFull] != 36 {
+		t.Errorf("stats %+v, want 64 handshakes and 36 table_full", st)
+	}
+	eventually(t, "the slots given back", func() bool {
+		st := e.l.Stats()
+		return st.Handshaking == 0 && st.Sessions == 0 && st.Handshakes[OutcomeNoCookie] == 64
+	})
+	if _, err := dial(t, udpSocket(t), e.addr, pskClient("alice", "secret")...); err != nil {
+		t.Errorf("a real client after the flood: %v", err)
+	}
+}
