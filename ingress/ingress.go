@@ -714,6 +714,12 @@ func (s *Server) read(queue chan<- datagram) error {
 			}
 		}
 		if s.dtlsEdge != nil {
+			if d.from.IsValid() {
+				// A DTLS session is with one peer, at an address of
+				// the node's: nothing sent to a group or a broadcast
+				// address starts one (counted Multicast, Broadcast).
+				continue
+			}
 			// A record: its session decrypts it and calls decrypted.
 			s.dtlsEdge.Receive(buf[:n], d.remote, d.local, d.ifindex, d.at)
 			continue

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -290,5 +292,38 @@ func TestNodePushAfterBroadcast(t *testing.T) {
 	b, from, err := readFrom(c, 10*time.Second)
 	if want := netip.AddrPortFrom(p.Gateway.IP4, port); err != nil || string(b) != "pushed" || from != want {
 		t.Errorf("got %q from %s (%v), want %q from %s", b, from, err, "pushed", want)
+	}
+}
+
+// TestNodeDTLSIgnoresBroadcast: a dtls listener on the wildcard address
+// gives a datagram sent to the link's broadcast address to no DTLS
+// session, nor counts it as one's: a session is with one peer, at the
+// node's own address. The same datagram sent to that address is.
+func TestNodeDTLSIgnoresBroadcast(t *testing.T) {
+	p := netnstest.New(t, netnstest.Options{})
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("alice:s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const port = 9443
+	n := startNetnsNode(t, p, fmt.Sprintf("%d/dtls", port), map[string]string{"DTLS_PSK_FILE": psk})
+	c := clientSocket(t, p, "udp4", netip.AddrPortFrom(p.Client.IP4, 0))
+	name := schemas.Listener(port, schemas.ProtocolRaw)
+	if _, err := c.WriteToUDPAddrPort([]byte("not a record"), netip.AddrPortFrom(p.Broadcast, port)); err != nil {
+		t.Fatal(err)
+	}
+	ingressStats(t, n, name, "the broadcast read", func(st ingress.Stats) bool { return st.Broadcast == 1 })
+	if _, err := c.WriteToUDPAddrPort([]byte("not a record"), netip.AddrPortFrom(p.Gateway.IP4, port)); err != nil {
+		t.Fatal(err)
+	}
+	ingressStats(t, n, name, "the unicast datagram read", func(st ingress.Stats) bool { return st.Received == 2 })
+	for range 500 {
+		if n.Gateway.Stats().DTLS[name].NoSession > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := n.Gateway.Stats().DTLS[name]; st.NoSession != 1 {
+		t.Errorf("datagrams given to DTLS and dropped: %d, want only the unicast one", st.NoSession)
 	}
 }
