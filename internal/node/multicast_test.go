@@ -142,6 +142,45 @@ func TestNodeRawBroadcastAndMulticast(t *testing.T) {
 	}
 }
 
+// TestNodeRawBroadcastPython: the broadcast client of Foundations of
+// Python Network Programming (chapter 2's udp_broadcast.py, with SO_BROADCAST,
+// to the subnet's broadcast address), run by Python in the client
+// namespace, reaches a raw listener on the wildcard address; the worker
+// sees a broadcast, and the answer comes back from the gateway's unicast
+// address.
+func TestNodeRawBroadcastPython(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("python3 is missing")
+		}
+		t.Skip("python3 is missing")
+	}
+	p := netnstest.New(t, netnstest.Options{})
+	const port = 1060
+	n := startNetnsNode(t, p, fmt.Sprintf("%d/raw", port), map[string]string{})
+	calls := serve(t, n, schemas.InSubject(schemas.DefaultPrefix, port), func(m *nats.Msg) []byte {
+		return fmt.Appendf(nil, "%s (broadcast to %s)", m.Data, m.Header.Get(schemas.HeaderBroadcast))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	script, err := filepath.Abs(filepath.Join("testdata", "udp_broadcast.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := netnstest.Command(ctx, p.Client.Namespace, python, script, p.Broadcast.String(), "-p", fmt.Sprint(port))
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	want := fmt.Sprintf("The server at %s:%d replied 'Broadcast datagram! (broadcast to %s)'\n", p.Gateway.IP4, port, p.Broadcast)
+	if err != nil || string(out) != want {
+		t.Fatalf("udp_broadcast.py: %v\n%s\nwant %q", err, out, want)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("the worker saw %d requests, want 1", calls.Load())
+	}
+	ingressStats(t, n, schemas.Listener(port, schemas.ProtocolRaw), "the broadcast counted", func(st ingress.Stats) bool { return st.Broadcast == 1 })
+}
+
 // TestNodeRawMulticastIPv6: a raw listener on [::] joined to ff02::fd on
 // its link answers a datagram sent to the group from a unicast address
 // of the link, the kernel's pick among the interface's.
