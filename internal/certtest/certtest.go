@@ -23,7 +23,7 @@ import (
 // finds a pair that does not match, never a certificate without its key.
 func WriteSelfSigned(t testing.TB, certFile, keyFile, cn string) *x509.Certificate {
 	t.Helper()
-	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageServerAuth)
+	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageServerAuth, time.Now().Add(time.Hour))
 }
 
 // WriteClient is WriteSelfSigned for a client certificate (extended key
@@ -31,10 +31,18 @@ func WriteSelfSigned(t testing.TB, certFile, keyFile, cn string) *x509.Certifica
 // CAs verifies it.
 func WriteClient(t testing.TB, certFile, keyFile, cn string) *x509.Certificate {
 	t.Helper()
-	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageClientAuth)
+	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageClientAuth, time.Now().Add(time.Hour))
 }
 
-func write(t testing.TB, certFile, keyFile, cn string, usage x509.ExtKeyUsage) *x509.Certificate {
+// WriteExpiredClient is WriteClient for a certificate that expired a
+// minute ago: a server that lists it among its client CAs must still
+// refuse it.
+func WriteExpiredClient(t testing.TB, certFile, keyFile, cn string) *x509.Certificate {
+	t.Helper()
+	return write(t, certFile, keyFile, cn, x509.ExtKeyUsageClientAuth, time.Now().Add(-time.Minute))
+}
+
+func write(t testing.TB, certFile, keyFile, cn string, usage x509.ExtKeyUsage, notAfter time.Time) *x509.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -44,7 +52,7 @@ func write(t testing.TB, certFile, keyFile, cn string, usage x509.ExtKeyUsage) *
 		SerialNumber:          big.NewInt(time.Now().UnixNano()),
 		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
+		NotAfter:              notAfter,
 		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{usage},

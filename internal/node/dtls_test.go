@@ -203,8 +203,23 @@ func TestNodeCoAPSCertificates(t *testing.T) {
 	file := func(name string) string { return filepath.Join(dir, name) }
 	certtest.WriteSelfSigned(t, file("server.pem"), file("server.key"), "udpgate-test")
 	certtest.WriteClient(t, file("client.pem"), file("client.key"), "device-12")
+	// The client CAs: device-12's certificate and an expired one's; a
+	// third client certificate is trusted by nobody.
+	certtest.WriteExpiredClient(t, file("expired.pem"), file("expired.key"), "device-old")
+	certtest.WriteClient(t, file("stranger.pem"), file("stranger.key"), "device-stranger")
+	var cas []byte
+	for _, f := range []string{"client.pem", "expired.pem"} {
+		b, err := os.ReadFile(file(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cas = append(cas, b...)
+	}
+	if err := os.WriteFile(file("cas.pem"), cas, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	n, calls := startDTLSNodeWith(t, "127.0.0.1:1/coaps", map[string]string{
-		"DTLS_CERT_FILE": file("server.pem"), "DTLS_KEY_FILE": file("server.key"), "DTLS_CLIENT_CA": file("client.pem"),
+		"DTLS_CERT_FILE": file("server.pem"), "DTLS_KEY_FILE": file("server.key"), "DTLS_CLIENT_CA": file("cas.pem"),
 	}, "udpgate.in.PORT.GET.whoami")
 	uri := "coaps://" + n.Ports[0].String() + "/whoami"
 	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolCoAP)
@@ -225,6 +240,15 @@ func TestNodeCoAPSCertificates(t *testing.T) {
 	dtlsStats(t, n, name, "bad_certificate counted", func(st dtls.Stats) bool { return st.Handshakes[dtls.OutcomeBadCertificate] >= 1 })
 	if calls.Load() != before {
 		t.Error("the worker was called for a client without a certificate")
+	}
+	for i, who := range []string{"expired", "stranger"} {
+		if out := run("-c", file(who+".pem"), "-j", file(who+".key")); strings.Contains(out, "hello") {
+			t.Errorf("coap-client with the %s certificate got an answer: %q", who, out)
+		}
+		dtlsStats(t, n, name, who+"'s handshake refused", func(st dtls.Stats) bool { return st.Handshakes[dtls.OutcomeBadCertificate] >= uint64(i+2) })
+		if calls.Load() != before {
+			t.Errorf("the worker was called for the %s certificate", who)
+		}
 	}
 }
 
