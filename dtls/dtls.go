@@ -94,6 +94,12 @@ type Config struct {
 	// Idle is how long a session may deliver nothing before it is closed
 	// (DefaultIdle if zero).
 	Idle time.Duration
+	// Identities, if not empty, are the only peer identities (PSK
+	// identities, or client certificate subjects as
+	// udpgate-dtls-identity carries them) whose sessions are served: any
+	// other peer's handshake, even one that succeeds, is ended and
+	// counted (not_allowed), and nothing of it reaches a worker.
+	Identities []string
 }
 
 // Check reports what is wrong with c.
@@ -115,10 +121,11 @@ const (
 	OutcomeFailed          = "failed"           // any other failure (no common cipher suite, …)
 	OutcomeRateLimited     = "rate_limited"     // not started: the source's HandshakeRate
 	OutcomeTableFull       = "table_full"       // not started: MaxSessions or MaxHandshakes
+	OutcomeNotAllowed      = "not_allowed"      // authenticated, but an identity Config.Identities does not list
 )
 
 // Outcomes lists the handshake outcomes, in a stable order.
-var Outcomes = []string{OutcomeOK, OutcomeUnknownIdentity, OutcomeBadKey, OutcomeBadCertificate, OutcomeTimeout, OutcomeNoCookie, OutcomeFailed, OutcomeRateLimited, OutcomeTableFull}
+var Outcomes = []string{OutcomeOK, OutcomeUnknownIdentity, OutcomeBadKey, OutcomeBadCertificate, OutcomeTimeout, OutcomeNoCookie, OutcomeFailed, OutcomeRateLimited, OutcomeTableFull, OutcomeNotAllowed}
 
 // Stats are one listener's counts.
 type Stats struct {
@@ -151,7 +158,7 @@ type Stats struct {
 }
 
 type counters struct {
-	outcomes                                      [9]atomic.Uint64 // by index in Outcomes
+	outcomes                                      [10]atomic.Uint64 // by index in Outcomes
 	rebinds, expired, records, noSession, backlog atomic.Uint64
 	replaced                                      atomic.Uint64
 }

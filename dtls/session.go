@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -116,6 +117,11 @@ func (s *Session) run() {
 	cancel()
 	if st, ok := s.conn.ConnectionState(); ok {
 		s.identity = identityOf(&st)
+	}
+	if ids := l.Config.Identities; len(ids) > 0 && !slices.Contains(ids, s.identity) {
+		l.stats.count(OutcomeNotAllowed)
+		s.conn.Close()
+		return
 	}
 	now := time.Now()
 	s.last.Store(now.UnixNano())

@@ -856,6 +856,9 @@ func parseListener(f string) (Listener, error) {
 	if err != nil {
 		return Listener{}, fmt.Errorf("%q: %v", f, err)
 	}
+	if identitiesOf(opts) != nil && !secure {
+		return Listener{}, fmt.Errorf("%q: identity= is for coaps and dtls listeners: only a DTLS session authenticates its peer", f)
+	}
 	return Listener{Addr: ap, Protocol: proto, Options: opts, NoReply: noReply, Push: push, DTLS: secure, DontFragment: dfOn(opts)}, nil
 }
 

@@ -45,6 +45,7 @@ var listenerOptions = map[string]string{
 	"push":          "", // push=on: not the guard's (listener.Push)
 	"group":         "", // multicast groups to join: not the guard's (listener.Groups)
 	"df":            "", // df=on: not the guard's (listener.DontFragment)
+	"identity":      "", // DTLS listeners' allowed identities: not the guard's (listener.Identities)
 	"path":          "", // ws only: not the guard's (listener.Path)
 	"conn_rate":     "WS_CONN_RATE",
 }
@@ -52,7 +53,7 @@ var listenerOptions = map[string]string{
 // Options of one kind of listener only: a ws listener's calls come over
 // TCP (no amplification, no trust to grant) and are always answered.
 var (
-	udpOnlyOptions = []string{"reply", "amplification", "trust", "push", "group", "df"}
+	udpOnlyOptions = []string{"reply", "amplification", "trust", "push", "group", "df", "identity"}
 	wsOnlyOptions  = []string{"path", "conn_rate"}
 )
 
@@ -74,7 +75,7 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		key, value, ok := strings.Cut(kv, "=")
 		key = strings.TrimSpace(key)
 		if _, known := listenerOptions[key]; !known || !ok {
-			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply, df (UDP listeners), push (raw listeners), group (raw and coap listeners), path, conn_rate (ws listeners)", kv))
+			errs = append(errs, fmt.Errorf("option %q: want KEY=VALUE with KEY one of allow, deny, trust, rate, burst, source_prefix, listener_rate, listener_burst, amplification, reply, df (UDP listeners), push (raw listeners), group (raw and coap listeners), identity (coaps and dtls listeners), path, conn_rate (ws listeners)", kv))
 			continue
 		}
 		if seen[key] {
@@ -91,6 +92,11 @@ func applyListenerOptions(c *guard.Config, opts string) error {
 		case "group":
 			if _, err := parseGroups(value); err != nil {
 				errs = append(errs, fmt.Errorf("option group=%s: %v", strings.TrimSpace(value), err))
+			}
+			continue
+		case "identity":
+			if _, err := parseIdentities(value); err != nil {
+				errs = append(errs, fmt.Errorf("option identity=%s: %v", strings.TrimSpace(value), err))
 			}
 			continue
 		case "path":
@@ -221,4 +227,40 @@ func (c Config) ListenerGuard(l Listener) guard.Config {
 		g.Factor, g.Trust = 0, nil // nothing to amplify over TCP
 	}
 	return g
+}
+
+// parseIdentities parses the value of a DTLS listener's identity option:
+// the peer identities it serves, separated by spaces (PSK identities, or
+// client certificate subjects as udpgate-dtls-identity carries them, such
+// as CN=device-12,O=Acme).
+func parseIdentities(v string) ([]string, error) {
+	ids := strings.Fields(v)
+	if len(ids) == 0 {
+		return nil, errors.New("want one or more identities, separated by spaces")
+	}
+	for _, id := range ids {
+		for _, r := range id {
+			if r < 0x20 || r == 0x7f {
+				return nil, fmt.Errorf("identity %q: control characters are never an identity", id)
+			}
+		}
+	}
+	return ids, nil
+}
+
+// Identities returns the peer identities a coaps or dtls listener serves
+// (option identity=), nil for all that authenticate.
+func (l Listener) Identities() []string { return identitiesOf(l.Options) }
+
+// identitiesOf returns the identities of checked listener options, nil if
+// they name none.
+func identitiesOf(opts string) []string {
+	for _, kv := range strings.Split(opts, ";") {
+		key, value, _ := strings.Cut(kv, "=")
+		if strings.TrimSpace(key) == "identity" {
+			ids, _ := parseIdentities(value)
+			return ids
+		}
+	}
+	return nil
 }

@@ -25,7 +25,7 @@ const MaxListenersFile = 1 << 20
 // own, then the options of a UDPGATE_LISTENERS entry (listenerOptions).
 var fileKeys = []string{
 	"port", "address", "protocol",
-	"reply", "push", "group", "df", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
+	"reply", "push", "group", "df", "identity", "allow", "deny", "trust", "rate", "burst", "source_prefix", "listener_rate", "listener_burst", "amplification",
 	"path", "conn_rate",
 }
 
@@ -352,6 +352,15 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 				bad(lineOf[key], "group: %v", err)
 				continue
 			}
+		case "identity":
+			if _, err := parseIdentities(s); err != nil {
+				bad(lineOf[key], "identity: %v", err)
+				continue
+			}
+			if !l.DTLS {
+				bad(lineOf[key], "identity is for coaps and dtls listeners: only a DTLS session authenticates its peer")
+				continue
+			}
 		default:
 			var c guard.Config
 			if err := setGuard(&c, key, s); err != nil {
@@ -386,7 +395,7 @@ func fileValue(key string, v *yaml.Node) (string, error) {
 	switch {
 	case v.Kind == yaml.ScalarNode && !isNull(v):
 		s = strings.TrimSpace(v.Value)
-	case v.Kind == yaml.SequenceNode && (key == "allow" || key == "deny" || key == "trust" || key == "source_prefix" || key == "group"):
+	case v.Kind == yaml.SequenceNode && (key == "allow" || key == "deny" || key == "trust" || key == "source_prefix" || key == "group" || key == "identity"):
 		parts := make([]string, 0, len(v.Content))
 		for _, e := range v.Content {
 			e = deref(e)

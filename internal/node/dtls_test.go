@@ -132,6 +132,37 @@ func TestNodeCoAPSWithLibcoap(t *testing.T) {
 	}
 }
 
+// TestNodeCoAPSIdentities: a coaps listener with identity= serves only
+// the identities it lists: libcoap's client with another key of the file
+// finishes its handshake, is refused (not_allowed), and never reaches
+// the worker.
+func TestNodeCoAPSIdentities(t *testing.T) {
+	client, err := exec.LookPath("coap-client-openssl")
+	if err != nil {
+		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
+	}
+	n, calls := startDTLSNode(t, "127.0.0.1:1/coaps;identity=alice sensor-7", "sensor-7:0x0102030405060708\nalice:s3cret\nbob:hunter2\n", "udpgate.in.PORT.GET.whoami")
+	uri := "coaps://" + n.Ports[0].String() + "/whoami"
+	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolCoAP)
+	run := func(identity, key string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, client, "-B", "5", "-m", "get", "-u", identity, "-k", key, uri).CombinedOutput()
+		return string(out)
+	}
+	if out := run("alice", "s3cret"); !strings.Contains(out, "hello alice") {
+		t.Fatalf("coap-client as alice: %q, want the worker's answer", out)
+	}
+	before := calls.Load()
+	if out := run("bob", "hunter2"); strings.Contains(out, "hello") {
+		t.Errorf("coap-client as bob got an answer: %q", out)
+	}
+	dtlsStats(t, n, name, "bob refused", func(st dtls.Stats) bool { return st.Handshakes[dtls.OutcomeNotAllowed] == 1 })
+	if got := calls.Load(); got != before {
+		t.Errorf("the worker was called %d times for bob", got-before)
+	}
+}
+
 // TestNodeDTLSRaw: a dtls listener's datagrams, through pion's DTLS
 // client, reach a raw worker with the client's identity, and its answer
 // comes back through the session.

@@ -98,7 +98,7 @@ func NewGateway(ctx context.Context, cfg config.Config, log *slog.Logger, nc *na
 		}
 		var dc *dtls.Config
 		if l.DTLS {
-			if dc, err = secure.config(); err != nil {
+			if dc, err = secure.listener(l); err != nil {
 				CloseListeners(g)
 				return nil, &ListenerError{Listener: l, Err: err}
 			}
@@ -229,6 +229,21 @@ type dtlsListeners struct {
 	cfg config.Config
 	log *slog.Logger
 	dc  *dtls.Config
+}
+
+// listener returns the DTLS configuration of the listener l: the
+// listeners' (config), with the identities l serves.
+func (d *dtlsListeners) listener(l config.Listener) (*dtls.Config, error) {
+	dc, err := d.config()
+	if err != nil {
+		return nil, err
+	}
+	if ids := l.Identities(); ids != nil {
+		c := *dc
+		c.Identities = ids
+		dc = &c
+	}
+	return dc, nil
 }
 
 // config returns the DTLS listeners' configuration, loading it the

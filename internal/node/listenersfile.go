@@ -446,7 +446,7 @@ func (f *ListenersFile) listen(ctx context.Context, l config.Listener, gd *guard
 	var dc *dtls.Config
 	if l.DTLS {
 		var err error
-		if dc, err = f.dtls.config(); err != nil { // loaded already, by Load's checks
+		if dc, err = f.dtls.listener(l); err != nil { // loaded already, by Load's checks
 			c.Close()
 			return socket{}, err
 		}
