@@ -681,3 +681,11 @@ func TestSpoofedFlood(t *testing.T) {
 		t.Errorf("a real client after the flood: %v", err)
 	}
 }
+
+// TestOutcomesCounted: every outcome has its counter.
+func TestOutcomesCounted(t *testing.T) {
+	var c counters
+	if len(c.outcomes) != len(Outcomes) {
+		t.Fatalf("%d outcome counters for %d outcomes", len(c.outcomes), len(Outcomes))
+	}
+}
