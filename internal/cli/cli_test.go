@@ -312,7 +312,7 @@ type runPorts struct {
 // listeners on free ports, an extra raw listener no group serves, the
 // HTTP endpoint on a free port, until the test ends. It returns once the
 // banner is printed (the groups have been discovered by then).
-func startRun(t *testing.T) runPorts {
+func startRun(t *testing.T, listeners ...string) runPorts {
 	t.Helper()
 	saved := node.Builtins
 	t.Cleanup(func() { node.Builtins = saved })
@@ -322,7 +322,7 @@ func startRun(t *testing.T) runPorts {
 	node.Builtins[4].Port = p.ws
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
-	t.Setenv("UDPGATE_LISTENERS", "127.0.0.1:"+strconv.Itoa(int(p.extra))+"/raw")
+	t.Setenv("UDPGATE_LISTENERS", strings.Join(append([]string{"127.0.0.1:" + strconv.Itoa(int(p.extra)) + "/raw"}, listeners...), ","))
 	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // the banner says which port
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -135,10 +136,16 @@ func TestAlertRules(t *testing.T) {
 // TestMetricsLint scrapes a real `udpgate run` (gateway, built-in
 // workers, NATS connection) and checks its /metrics with promtool check
 // metrics, Prometheus's linter; the alerts use only metrics it serves. A
-// broken exposition must fail.
+// broken exposition must fail. It serves a coaps listener too, whose
+// metrics an alert uses.
 func TestMetricsLint(t *testing.T) {
 	promtool(t)
-	p := startRun(t)
+	psk := filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(psk, []byte("alice:s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("UDPGATE_DTLS_PSK_FILE", psk)
+	p := startRun(t, "127.0.0.1:"+strconv.Itoa(int(freeUDPPort(t)))+"/coaps")
 	resp, err := http.Get(p.http + "/metrics")
 	if err != nil {
 		t.Fatal(err)
