@@ -368,7 +368,14 @@ func TestMalformedRequest(t *testing.T) {
 				tt.edit(m)
 				e.publish(t, m)
 				e.send(t, "sentinel", "")
-				if got := e.until(t, "sentinel"); (len(got) > 0) != tt.replied {
+				got := e.until(t, "sentinel")
+				if tt.replied && len(got) == 0 && d == workers.Direct {
+					// A direct instance that finds itself behind (a
+					// loaded machine) serves its backlog newest first:
+					// the sentinel may be answered before r1.
+					got = append(got, e.next(t))
+				}
+				if (len(got) > 0) != tt.replied || tt.replied && replyID(got[0]) != "r1" {
 					t.Errorf("%d replies, want reply %v", len(got), tt.replied)
 				}
 				if tt.want != nil {
