@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -26,16 +25,12 @@ import (
 // the listener's port, with the worker's reply after it: the pcap holds
 // no DTLS record.
 func TestNodeCoAPSExportedPlain(t *testing.T) {
-	client, err := exec.LookPath("coap-client-openssl")
-	if err != nil {
-		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
-	}
 	n, calls := startDTLSNode(t, "127.0.0.1:1/coaps", "alice:s3cret\n", "udpgate.in.PORT.GET.whoami")
 	port := n.Ports[0].Port()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, _ := exec.CommandContext(ctx, client, "-B", "5", "-m", "get", "-u", "alice", "-k", "s3cret", "coaps://"+n.Ports[0].String()+"/whoami").CombinedOutput()
-	if !strings.Contains(string(out), "hello alice") || calls.Load() != 1 {
+	out := libcoapPSK(t, "coaps://"+n.Ports[0].String()+"/whoami", "alice", "s3cret")
+	if !strings.Contains(out, "hello alice") || calls.Load() != 1 {
 		t.Fatalf("coap-client: %q, want the worker's answer", out)
 	}
 	js, err := jetstream.New(n.Conn)

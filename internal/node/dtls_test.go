@@ -90,24 +90,29 @@ func dtlsStats(t *testing.T, n *Node, name string, what string, cond func(dtls.S
 	return st
 }
 
+// libcoapPSK runs libcoap's coap-client-openssl: a GET of uri over DTLS
+// with the pre-shared key of identity; it returns what it printed.
+func libcoapPSK(t *testing.T, uri, identity, key string) string {
+	t.Helper()
+	client, err := exec.LookPath("coap-client-openssl")
+	if err != nil {
+		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, client, "-B", "5", "-m", "get", "-u", identity, "-k", key, uri).CombinedOutput()
+	return string(out)
+}
+
 // TestNodeCoAPSWithLibcoap: libcoap's coap-client, over DTLS with a
 // pre-shared key, gets a worker's answer from a coaps listener, and the
 // worker sees the client's identity; a wrong key and an unknown identity
 // are refused, counted, and never reach the worker.
 func TestNodeCoAPSWithLibcoap(t *testing.T) {
-	client, err := exec.LookPath("coap-client-openssl")
-	if err != nil {
-		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
-	}
 	n, calls := startDTLSNode(t, "127.0.0.1:1/coaps", "# devices\nsensor-7:0x0102030405060708\nalice:s3cret\n", "udpgate.in.PORT.GET.whoami")
 	uri := "coaps://" + n.Ports[0].String() + "/whoami"
 	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolCoAP)
-	run := func(identity, key string) string {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, _ := exec.CommandContext(ctx, client, "-B", "5", "-m", "get", "-u", identity, "-k", key, uri).CombinedOutput()
-		return string(out)
-	}
+	run := func(identity, key string) string { return libcoapPSK(t, uri, identity, key) }
 	if out := run("alice", "s3cret"); !strings.Contains(out, "hello alice") {
 		t.Fatalf("coap-client: %q, want the worker's answer for alice", out)
 	}
@@ -137,19 +142,10 @@ func TestNodeCoAPSWithLibcoap(t *testing.T) {
 // finishes its handshake, is refused (not_allowed), and never reaches
 // the worker.
 func TestNodeCoAPSIdentities(t *testing.T) {
-	client, err := exec.LookPath("coap-client-openssl")
-	if err != nil {
-		t.Fatal("coap-client-openssl (libcoap3-bin) is not installed: .ci/run installs it")
-	}
 	n, calls := startDTLSNode(t, "127.0.0.1:1/coaps;identity=alice sensor-7", "sensor-7:0x0102030405060708\nalice:s3cret\nbob:hunter2\n", "udpgate.in.PORT.GET.whoami")
 	uri := "coaps://" + n.Ports[0].String() + "/whoami"
 	name := schemas.Listener(n.Ports[0].Port(), schemas.ProtocolCoAP)
-	run := func(identity, key string) string {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		out, _ := exec.CommandContext(ctx, client, "-B", "5", "-m", "get", "-u", identity, "-k", key, uri).CombinedOutput()
-		return string(out)
-	}
+	run := func(identity, key string) string { return libcoapPSK(t, uri, identity, key) }
 	if out := run("alice", "s3cret"); !strings.Contains(out, "hello alice") {
 		t.Fatalf("coap-client as alice: %q, want the worker's answer", out)
 	}
