@@ -299,16 +299,22 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 			continue
 		}
 		switch key {
-		case "reply":
-			switch s {
-			case "on", "true":
-				continue // the default: nothing to write
-			case "off", "false":
-				s = "off"
-			default:
-				bad(lineOf[key], "reply %q: want on or off", s)
+		case "reply", "push", "df":
+			on, ok := fileSwitch(s)
+			if !ok {
+				bad(lineOf[key], "%s %q: want on or off", key, s)
 				continue
 			}
+			if on == (key == "reply") {
+				continue // the default: nothing to write
+			}
+			s = "off"
+			if on {
+				s = "on"
+			}
+		}
+		switch key {
+		case "reply":
 			if l.Protocol != schemas.ProtocolRaw {
 				bad(lineOf[key], "reply: off is for raw listeners: CoAP and RPC clients expect an answer")
 				continue
@@ -319,15 +325,6 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 			}
 			l.NoReply = true
 		case "push":
-			switch s {
-			case "off", "false":
-				continue // the default: nothing to write
-			case "on", "true":
-				s = "on"
-			default:
-				bad(lineOf[key], "push %q: want on or off", s)
-				continue
-			}
 			if l.Protocol != schemas.ProtocolRaw {
 				bad(lineOf[key], "push: on is for raw listeners")
 				continue
@@ -337,16 +334,7 @@ func (p *fileParser) listener(i int, n *yaml.Node) (Listener, bool) {
 				continue
 			}
 			l.Push = true
-		case "df":
-			switch s {
-			case "off", "false":
-				continue // the default: nothing to write
-			case "on", "true":
-				s = "on"
-			default:
-				bad(lineOf[key], "df %q: want on or off", s)
-				continue
-			}
+		case "df": // checked above
 		case "group":
 			if _, err := parseGroups(s); err != nil {
 				bad(lineOf[key], "group: %v", err)
@@ -434,4 +422,16 @@ func deref(n *yaml.Node) *yaml.Node {
 
 func isNull(n *yaml.Node) bool {
 	return n.Kind == 0 || n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+}
+
+// fileSwitch reads the value of an on/off key of the listener file: on or
+// true, off or false.
+func fileSwitch(s string) (on, ok bool) {
+	switch s {
+	case "on", "true":
+		return true, true
+	case "off", "false":
+		return false, true
+	}
+	return false, false
 }
