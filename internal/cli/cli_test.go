@@ -48,6 +48,22 @@ func freeUDPPort(t *testing.T) uint16 {
 	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
 
+// freeUDPPorts returns n distinct free UDP ports: each is held until all
+// are chosen, so that the kernel cannot hand one out twice.
+func freeUDPPorts(t *testing.T, n int) []uint16 {
+	t.Helper()
+	ports := make([]uint16, n)
+	for i := range ports {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ports[i] = uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	}
+	return ports
+}
+
 func TestGatewayFailsClearlyWithoutNATS(t *testing.T) {
 	url := "nats://user:secret@127.0.0.1:" + strconv.Itoa(int(freeTCPPort(t)))
 	t.Setenv("UDPGATE_NATS_URL", url)
@@ -317,7 +333,8 @@ func startRun(t *testing.T, listeners ...string) runPorts {
 	saved := node.Builtins
 	t.Cleanup(func() { node.Builtins = saved })
 	node.Builtins = slices.Clone(saved)
-	p := runPorts{echo: freeUDPPort(t), time: freeUDPPort(t), coap: freeUDPPort(t), rpc: freeUDPPort(t), extra: freeUDPPort(t), ws: freeTCPPort(t)}
+	u := freeUDPPorts(t, 5)
+	p := runPorts{echo: u[0], time: u[1], coap: u[2], rpc: u[3], extra: u[4], ws: freeTCPPort(t)}
 	node.Builtins[0].Port, node.Builtins[1].Port, node.Builtins[2].Port, node.Builtins[3].Port = p.echo, p.time, p.coap, p.rpc
 	node.Builtins[4].Port = p.ws
 	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
