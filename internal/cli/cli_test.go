@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -333,21 +334,50 @@ func startRun(t *testing.T, listeners ...string) runPorts {
 	saved := node.Builtins
 	t.Cleanup(func() { node.Builtins = saved })
 	node.Builtins = slices.Clone(saved)
-	u := freeUDPPorts(t, 5)
-	p := runPorts{echo: u[0], time: u[1], coap: u[2], rpc: u[3], extra: u[4], ws: freeTCPPort(t)}
-	node.Builtins[0].Port, node.Builtins[1].Port, node.Builtins[2].Port, node.Builtins[3].Port = p.echo, p.time, p.coap, p.rpc
-	node.Builtins[4].Port = p.ws
-	t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
 	t.Setenv("UDPGATE_NATS_LISTEN", "127.0.0.1:0")
-	t.Setenv("UDPGATE_LISTENERS", strings.Join(append([]string{"127.0.0.1:" + strconv.Itoa(int(p.extra)) + "/raw"}, listeners...), ","))
 	t.Setenv("UDPGATE_HTTP_LISTEN", "127.0.0.1:0") // the banner says which port
+	metrics := regexp.MustCompile(`metrics\s+(http://\S+)/metrics`)
+	// A port chosen free can be taken by another test process before
+	// run binds it: run is started again, on other ports, a few times.
+	for attempt := 1; ; attempt++ {
+		u := freeUDPPorts(t, 5)
+		p := runPorts{echo: u[0], time: u[1], coap: u[2], rpc: u[3], extra: u[4], ws: freeTCPPort(t)}
+		node.Builtins[0].Port, node.Builtins[1].Port, node.Builtins[2].Port, node.Builtins[3].Port = p.echo, p.time, p.coap, p.rpc
+		node.Builtins[4].Port = p.ws
+		t.Setenv("UDPGATE_DATA_DIR", t.TempDir())
+		t.Setenv("UDPGATE_LISTENERS", strings.Join(append([]string{"127.0.0.1:" + strconv.Itoa(int(p.extra)) + "/raw"}, listeners...), ","))
+		out, err := runUntilStarted(t)
+		if err != nil && attempt < 3 && strings.Contains(err.Error(), "address already in use") {
+			t.Logf("run, attempt %d: %v: once more on other ports", attempt, err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := metrics.FindStringSubmatch(out.String())
+		if m == nil {
+			t.Fatalf("run printed no metrics URL:\n%s", out.String())
+		}
+		p.http, p.out = m[1], out
+		p.nats = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`).FindString(out.String())
+		return p
+	}
+}
 
+// runUntilStarted runs `udpgate run` until the test ends and returns its
+// output once it has printed its banner, or an error if it exited first.
+func runUntilStarted(t *testing.T) (*syncBuffer, error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	out, errb := new(syncBuffer), new(syncBuffer)
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, []string{"run"}, out, errb) }()
+	exited := false
 	t.Cleanup(func() {
 		cancel()
+		if exited {
+			return
+		}
 		select {
 		case err := <-done:
 			if err != nil {
@@ -357,27 +387,20 @@ func startRun(t *testing.T, listeners ...string) runPorts {
 			t.Error("run did not stop after cancel")
 		}
 	})
-	metrics := regexp.MustCompile(`metrics\s+(http://\S+)/metrics`)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	deadline := time.After(60 * time.Second)
 	for !strings.Contains(out.String(), "try:") {
 		select {
 		case err := <-done:
-			done <- err // for the cleanup
-			t.Fatalf("run exited: %v\n%s", err, errb.String())
+			exited = true
+			return nil, fmt.Errorf("run exited: %v\n%s", err, errb.String())
 		case <-deadline:
 			t.Fatalf("run did not start:\n%s\n%s", out.String(), errb.String())
 		case <-tick.C:
 		}
 	}
-	m := metrics.FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("run printed no metrics URL:\n%s", out.String())
-	}
-	p.http, p.out = m[1], out
-	p.nats = regexp.MustCompile(`nats://127\.0\.0\.1:\d+`).FindString(out.String())
-	return p
+	return out, nil
 }
 
 // TestRun starts `udpgate run` in-process (its built-in listeners moved to
